@@ -1,0 +1,93 @@
+"""State machines of tasks and workers (spec §3), shared by server and client.
+
+The server applies every status change through these tables; an edge that is not listed raises
+``InvalidTransition``, and the caller turns that into HTTP 400/409 without writing anything.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class InvalidTransition(ValueError):
+    """A status change that the state machine does not allow."""
+
+    def __init__(self, entity: str, old: str, new: str):
+        super().__init__(f"Cannot transition {entity} from {old} to {new}.")
+        self.entity, self.old, self.new = entity, old, new
+
+
+class TaskState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class WorkerState(str, Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CRASHED = "crashed"
+
+
+TASK_STATES = tuple(s.value for s in TaskState)
+WORKER_STATES = tuple(s.value for s in WorkerState)
+
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    "created": frozenset({"pending"}),
+    "pending": frozenset({"running", "pending", "cancelled"}),
+    "running": frozenset({"success", "failed", "pending", "cancelled"}),
+    "success": frozenset({"pending", "cancelled"}),
+    "failed": frozenset({"pending", "cancelled", "failed"}),
+    "cancelled": frozenset({"pending", "cancelled"}),
+}
+
+WORKER_TRANSITIONS: dict[str, frozenset[str]] = {
+    "created": frozenset({"active"}),
+    "active": frozenset({"active", "suspended", "crashed"}),
+    "suspended": frozenset({"active"}),
+    "crashed": frozenset({"active", "crashed"}),
+}
+
+
+def check_task_transition(old: str, new: str) -> None:
+    """Raise ``InvalidTransition`` unless the task table allows ``old -> new``."""
+    if new not in TASK_TRANSITIONS.get(old, frozenset()):
+        raise InvalidTransition("task", old, new)
+
+
+def check_worker_transition(old: str, new: str) -> None:
+    """Raise ``InvalidTransition`` unless the worker table allows ``old -> new``."""
+    if new not in WORKER_TRANSITIONS.get(old, frozenset()):
+        raise InvalidTransition("worker", old, new)
+
+
+def task_after_failure(status: str, retries: int, max_retries: int) -> tuple[str, int]:
+    """Status and retry count of a task after a failed run (report ``failed`` or timeout).
+
+    ``running``: retries + 1; back to ``pending`` while ``retries < max_retries``, else
+    ``failed``. ``failed`` stays ``failed`` unchanged. Anything else raises
+    ``InvalidTransition``. With ``max_retries = N`` a task runs at most N times (spec §3.1).
+    """
+    if status == "failed":
+        return "failed", retries
+    if status != "running":
+        raise InvalidTransition("task", status, "failed")
+    retries += 1
+    return ("pending" if retries < max_retries else "failed"), retries
+
+
+def worker_after_failure(status: str, retries: int, max_retries: int) -> tuple[str, int]:
+    """Status and failure count of a worker charged with one failed run.
+
+    ``active``: retries + 1, ``crashed`` once ``retries >= max_retries``. A suspended worker
+    is charged too (its count rises, it stays suspended) so that a task's failure can always
+    be recorded whatever its worker's state (fixes spec §10 bug 7). ``crashed`` is unchanged.
+    """
+    if status == "crashed":
+        return status, retries
+    retries += 1
+    if status == "active" and retries >= max_retries:
+        return "crashed", retries
+    return status, retries

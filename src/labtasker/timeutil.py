@@ -1,0 +1,85 @@
+"""Time helpers shared by client and server.
+
+Every timestamp in labtasker is a timezone-aware UTC ``datetime``. The server's clock is the
+only one that decides timeouts; clients never send their own "now".
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+_UNIT_SECONDS = {
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "m": 60.0,
+    "min": 60.0,
+    "mins": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([a-z]+)")
+
+
+def utc_now() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` as an aware UTC datetime; a naive value is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Parse a duration into float seconds.
+
+    Accepts a plain number (seconds: ``"90"``, ``60.5``) or a concatenation of
+    ``<number><unit>`` parts with units h/hour(s), m/min(s)/minute(s), s/sec(s)/second(s),
+    case-insensitive, spaces/commas/colons ignored: ``"1h30m"``, ``"1 hour, 30 minutes"``,
+    ``"1.5h"``. Behaviour from labtasker 1.0.1 (spec §12.1). Days are not supported.
+
+    Raises ``ValueError`` with a message naming the problem on any other input, and on
+    negative values.
+    """
+    if isinstance(text, bool) or text is None:
+        raise ValueError(f"Invalid duration: {text!r}")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"Duration must not be negative: {text!r}")
+        return float(text)
+    raw = str(text)
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        pass
+    else:
+        if value < 0 or value != value:
+            raise ValueError(f"Invalid duration: {raw!r}")
+        return value
+    compact = re.sub(r"[\s,:]", "", raw.lower())
+    if not compact:
+        raise ValueError(f"Invalid duration: {raw!r}")
+    total = 0.0
+    pos = 0
+    for match in _PART.finditer(compact):
+        if match.start() != pos:
+            break
+        unit = match.group(2)
+        if unit not in _UNIT_SECONDS:
+            raise ValueError(f"Invalid duration {raw!r}: unknown unit {unit!r}")
+        total += float(match.group(1)) * _UNIT_SECONDS[unit]
+        pos = match.end()
+    if pos != len(compact):
+        raise ValueError(
+            f"Invalid duration {raw!r}: expected seconds or parts like '1h30m', '90s', '2 min'"
+        )
+    return total

@@ -1,0 +1,277 @@
+"""Wire models: the JSON bodies of the REST API (spec §2), shared by server and client.
+
+Field names, defaults and key order follow labtasker 1.0.1 so that a 1.0.1 client works
+against our server. Differences: every timestamp is timezone-aware UTC; tasks carry ``run_id``
+(the fencing token of the current claim); metadata/summary keys are validated (spec §10 bug 3).
+Unknown request fields are ignored, as 1.0.1 does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from labtasker.keys import NAME_PATTERN, validate_keys
+
+TaskStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+WorkerStatus = Literal["active", "suspended", "crashed"]
+ReportStatus = Literal["success", "failed", "cancelled"]
+Cmd = str | list[str] | None
+
+
+class Priority:
+    """Priority constants; any int is accepted, higher is fetched first."""
+
+    LOW = 0
+    MEDIUM = 10
+    HIGH = 20
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    client_version: str | None = None
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    notification: list[dict[str, Any]] | None = None
+
+
+def _check_dict_keys(value: dict | None, what: str) -> dict | None:
+    if value is not None:
+        validate_keys(value, what)
+    return value
+
+
+# ---------------------------------------------------------------- queues
+class QueueCreateRequest(_Request):
+    queue_name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    password: str = Field(min_length=1, max_length=100)
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v):
+        return _check_dict_keys(v, "metadata")
+
+
+class QueueCreateResponse(_Response):
+    queue_id: str
+
+
+class QueueGetResponse(_Response):
+    queue_id: str
+    queue_name: str
+    created_at: datetime
+    last_modified: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class QueueUpdateRequest(_Request):
+    new_queue_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    new_password: str | None = Field(None, min_length=1, max_length=100)
+    metadata_update: dict[str, Any] | None = None
+
+    @field_validator("metadata_update")
+    @classmethod
+    def _meta(cls, v):
+        return _check_dict_keys(v, "metadata_update")
+
+
+# ---------------------------------------------------------------- tasks
+class Task(BaseModel):
+    """A task as returned by search/get/fetch, keys in the order of spec §1.4."""
+
+    model_config = ConfigDict(extra="ignore")
+    task_id: str
+    queue_id: str
+    status: TaskStatus
+    task_name: str | None = None
+    created_at: datetime
+    start_time: datetime | None = None
+    last_heartbeat: datetime | None = None
+    last_modified: datetime
+    heartbeat_timeout: float | None = None
+    task_timeout: float | None = None
+    max_retries: int = 3
+    retries: int = 0
+    priority: int = Priority.MEDIUM
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    args: dict[str, Any] = Field(default_factory=dict)
+    cmd: Cmd = ""
+    summary: dict[str, Any] = Field(default_factory=dict)
+    worker_id: str | None = None
+    run_id: str | None = None
+
+
+class TaskSubmitRequest(_Request):
+    task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    args: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    cmd: Cmd = None
+    heartbeat_timeout: float | None = Field(None, gt=0)
+    task_timeout: float | None = Field(None, gt=0)
+    max_retries: int = Field(3, ge=0)
+    priority: int = Priority.MEDIUM
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v):
+        return _check_dict_keys(v, "args")
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v):
+        return _check_dict_keys(v, "metadata")
+
+    @model_validator(mode="after")
+    def _args_or_cmd(self):
+        if not self.args and not self.cmd:
+            raise ValueError("Either args or cmd must be provided")
+        return self
+
+
+class TaskSubmitResponse(_Response):
+    task_id: str
+
+
+SortSpec = list[tuple[str, Literal[1, -1]]]
+
+
+class TaskLsRequest(_Request):
+    offset: int = Field(0, ge=0)
+    limit: int = Field(100, ge=1, le=1000)
+    task_id: str | None = None
+    task_name: str | None = None
+    status: TaskStatus | None = None
+    extra_filter: dict[str, Any] | None = None
+    sort: SortSpec | None = None
+
+
+class TaskLsResponse(_Response):
+    found: bool = False
+    content: list[Task] = Field(default_factory=list)
+
+
+class TaskFetchRequest(_Request):
+    worker_id: str | None = None
+    eta_max: str | None = None
+    heartbeat_timeout: float | None = Field(None, gt=0)
+    start_heartbeat: bool = True
+    required_fields: list[str] | None = None
+    extra_filter: dict[str, Any] | None = None
+    cmd: Cmd = None
+
+
+class TaskFetchResponse(_Response):
+    found: bool = False
+    task: Task | None = None
+
+
+class TaskStatusUpdateRequest(_Request):
+    status: ReportStatus
+    worker_id: str | None = None
+    summary: dict[str, Any] | None = None
+    run_id: str | None = None
+
+    @field_validator("summary")
+    @classmethod
+    def _summary(cls, v):
+        return _check_dict_keys(v, "summary")
+
+
+class TaskUpdateRequest(_Request):
+    """One element of ``PUT /tasks``; only the fields present in the JSON are applied."""
+
+    task_id: str = Field(validation_alias="task_id")
+    replace_fields: list[str] = Field(default_factory=list)
+    status: TaskStatus | None = None
+    task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    heartbeat_timeout: float | None = Field(None, gt=0)
+    task_timeout: float | None = Field(None, gt=0)
+    max_retries: int | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=0)
+    priority: int | None = None
+    metadata: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None
+    cmd: Cmd = None
+    summary: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_alias(cls, data):
+        if isinstance(data, dict) and "task_id" not in data and "_id" in data:
+            data = dict(data)
+            data["task_id"] = data.pop("_id")
+        return data
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v):
+        return _check_dict_keys(v, "args")
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v):
+        return _check_dict_keys(v, "metadata")
+
+    @field_validator("summary")
+    @classmethod
+    def _summary(cls, v):
+        return _check_dict_keys(v, "summary")
+
+
+# ---------------------------------------------------------------- workers
+class Worker(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    worker_id: str
+    queue_id: str
+    status: WorkerStatus
+    worker_name: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    retries: int = 0
+    max_retries: int = 3
+    created_at: datetime
+    last_modified: datetime
+
+
+class WorkerCreateRequest(_Request):
+    worker_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    metadata: dict[str, Any] | None = None
+    max_retries: int = Field(3, ge=1)
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v):
+        return _check_dict_keys(v, "metadata")
+
+
+class WorkerCreateResponse(_Response):
+    worker_id: str
+
+
+class WorkerLsRequest(_Request):
+    offset: int = Field(0, ge=0)
+    limit: int = Field(100, ge=1, le=1000)
+    worker_id: str | None = None
+    worker_name: str | None = None
+    status: WorkerStatus | None = None
+    extra_filter: dict[str, Any] | None = None
+    sort: SortSpec | None = None
+
+
+class WorkerLsResponse(_Response):
+    found: bool = False
+    content: list[Worker] = Field(default_factory=list)
+
+
+class WorkerStatusUpdateRequest(_Request):
+    status: WorkerStatus
+
+
+# ---------------------------------------------------------------- misc
+class HealthCheckResponse(BaseModel):
+    status: str
+    database: str

@@ -1,0 +1,133 @@
+"""Shared fixtures: a real ``labtasker-server`` process on 127.0.0.1 with a real SQLite file,
+and per-test queues with a client root (``.labtasker/client.toml``) pointing at it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A ``labtasker-server serve`` child process; ``url`` ends without a slash."""
+
+    db_url: str
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.port = self.port or free_port()
+        env = {**os.environ, **self.extra_env}
+        log = open(self.workdir / f"server-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "labtasker.server.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--db-url", self.db_url],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become healthy: " + self.log_text())
+
+    def log_text(self) -> str:
+        path = self.workdir / f"server-{self.port}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def restart(self) -> ServerProcess:
+        self.kill(signal.SIGKILL)
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> ServerProcess:
+    """One real server for the whole session, on an SQLite file in a temp directory."""
+    workdir = tmp_path_factory.mktemp("server")
+    srv = ServerProcess(db_url=f"sqlite:///{workdir / 'labtasker.db'}", workdir=workdir,
+                        extra_env={"PERIODIC_TASK_INTERVAL": "0.5"})
+    srv.start()
+    yield srv
+    srv.kill(signal.SIGTERM)
+
+
+@dataclass
+class QueueEnv:
+    """A fresh queue on ``server`` plus a client root whose ``client.toml`` points at it."""
+
+    url: str
+    queue_name: str
+    password: str
+    queue_id: str
+    root: Path
+    workdir: Path
+
+    def http(self) -> httpx.Client:
+        """An httpx client authenticated as this queue (HTTP Basic)."""
+        return httpx.Client(base_url=self.url, auth=(self.queue_name, self.password), timeout=30)
+
+    def env(self) -> dict[str, str]:
+        """Environment for child processes (CLI, loops) that use this queue."""
+        env = {**os.environ, "LABTASKER_ROOT": str(self.root)}
+        for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR"):
+            env.pop(var, None)
+        return env
+
+
+def write_client_toml(root: Path, url: str, queue_name: str, password: str,
+                      heartbeat_interval: float = 1.0) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "client.toml").write_text(
+        f'[endpoint]\napi_base_url = "{url}/"\n\n'
+        f'[queue]\nqueue_name = "{queue_name}"\npassword = "{password}"\n\n'
+        f"[task]\nheartbeat_interval = {heartbeat_interval}\n"
+    )
+
+
+@pytest.fixture
+def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
+    """A new queue and a client root in ``tmp_path/.labtasker``; cwd and LABTASKER_ROOT set."""
+    name = "q-" + uuid.uuid4().hex[:12]
+    password = "pw-" + uuid.uuid4().hex[:8]
+    resp = httpx.post(server.url + "/api/v1/queues",
+                      json={"queue_name": name, "password": password})
+    assert resp.status_code == 201, resp.text
+    root = tmp_path / ".labtasker"
+    write_client_toml(root, server.url, name, password)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABTASKER_ROOT", str(root))
+    for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return QueueEnv(server.url, name, password, resp.json()["queue_id"], root, tmp_path)
