@@ -1,0 +1,277 @@
+"""The ``%(a.b)`` command template of ``labtasker loop`` (spec §5.8, bugs of §10.33 fixed).
+
+Grammar (compatible with labtasker 1.0.1)::
+
+    template := (text | variable)*
+    variable := "%(" ws* segment (ws* "." ws* segment)* ws* ")"
+    segment  := [a-zA-Z0-9_-]+          (1.0.1: identifier or integer, no "-")
+    ws       := space | tab | CR | LF   (ignored inside a variable)
+
+Every character outside a variable is literal text; a lone ``%`` or ``)`` is plain text.
+Differences from 1.0.1 (all were limitations listed in spec §10.33):
+
+* ``%%(`` is an escape and renders as a literal ``%(`` (1.0.1 had no way to write ``%(``).
+* Segments may contain ``-`` (task keys may, so templates can now reach them).
+* A segment made of digits indexes a list (``%(seeds.0)``); on a dict it is the string key
+  ``"0"``, as in 1.0.1.
+* A ``None`` value renders as ``None`` instead of being reported as a missing key.
+
+Rendering of a value (one function, :func:`render_value`):
+
+* ``str`` -> the string itself, untouched;
+* ``dict`` / ``list`` / ``tuple`` -> JSON (``json.dumps``, non-ASCII kept, default separators:
+  ``{"x": 1, "y": [1, 2]}``). 1.0.1 used a Python ``repr`` with quotes swapped, which gives
+  the same text for simple dicts but breaks on ``True``/``None``/quotes inside values;
+* ``bool`` / ``None`` / ``int`` / ``float`` -> ``str(value)`` (``True``, ``None``, ``0.001``),
+  as 1.0.1 did, so ``argparse`` ``type=float`` and ``%(flag)`` comparisons keep working;
+* anything else -> ``str(value)``.
+
+Two modes:
+
+* **argv mode** (:meth:`CommandTemplate.from_argv`): a list of templates; each element renders
+  to exactly ONE argv entry, whatever the values contain (spaces, quotes, newlines, ``;``...):
+  no quoting, no re-splitting, no shell.
+* **shell mode** (:meth:`CommandTemplate.from_shell`): one string for ``/bin/sh -c``; each
+  substituted value is passed through ``shlex.quote`` so the shell sees it as one literal word.
+  The literal text of the template is the user's shell code and is left alone.
+
+Errors: syntax errors raise ``CmdSyntaxError`` at parse time, with a caret under the offending
+column; at render time a missing key raises ``CmdKeyError`` and walking into a non-container
+raises ``CmdTypeError``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from labtasker.exceptions import CmdKeyError, CmdSyntaxError, CmdTypeError
+
+_SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_WS = frozenset(" \t\r\n")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One ``%(...)`` occurrence: its path segments and its column (0-based) in the text."""
+
+    path: tuple[str, ...]
+    column: int
+
+    @property
+    def dotted(self) -> str:
+        """The path as a dotted string, whitespace removed (``a.b``)."""
+        return ".".join(self.path)
+
+
+def _syntax_error(text: str, column: int, message: str) -> CmdSyntaxError:
+    """Build a ``CmdSyntaxError`` showing ``text`` with a caret under ``column``."""
+    # Show the line containing the column, so multi-line shell scripts stay readable.
+    line_start = text.rfind("\n", 0, column) + 1
+    line_end = text.find("\n", column)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    line_no = text.count("\n", 0, column) + 1
+    col = column - line_start
+    where = f"line {line_no}, column {col + 1}" if "\n" in text else f"column {col + 1}"
+    pointer = " " * col + "^"
+    return CmdSyntaxError(f"Template syntax error at {where}: {message}\n  {line}\n  {pointer}")
+
+
+class Template:
+    """A parsed template string: literal text pieces interleaved with :class:`Field` s."""
+
+    def __init__(self, text: str):
+        """Parse ``text``; raises ``CmdSyntaxError`` (with a column pointer) on bad syntax."""
+        if not isinstance(text, str):
+            raise CmdSyntaxError(f"Template must be a string, got {type(text).__name__}")
+        self.text = text
+        self.parts: list[str | Field] = self._parse(text)
+
+    @staticmethod
+    def _parse(text: str) -> list[str | Field]:
+        parts: list[str | Field] = []
+        buf: list[str] = []
+        i, n = 0, len(text)
+        while i < n:
+            if text.startswith("%%(", i):  # escape: literal "%("
+                buf.append("%(")
+                i += 3
+                continue
+            if not text.startswith("%(", i):
+                buf.append(text[i])
+                i += 1
+                continue
+            start = i
+            i += 2
+            segments: list[str] = []
+            expect_segment = True
+            while True:
+                while i < n and text[i] in _WS:
+                    i += 1
+                if i >= n:
+                    raise _syntax_error(text, start, "unterminated '%(' (missing ')')")
+                ch = text[i]
+                if expect_segment:
+                    if ch not in _SEGMENT_CHARS:
+                        what = "empty variable '%()'" if ch == ")" and not segments else None
+                        if what is None:
+                            what = (
+                                f"expected a key name, found {ch!r}"
+                                if ch != ")"
+                                else "key name missing after '.'"
+                            )
+                        raise _syntax_error(text, i, what)
+                    j = i
+                    while j < n and text[j] in _SEGMENT_CHARS:
+                        j += 1
+                    segments.append(text[i:j])
+                    i = j
+                    expect_segment = False
+                elif ch == ".":
+                    expect_segment = True
+                    i += 1
+                elif ch == ")":
+                    i += 1
+                    break
+                else:
+                    raise _syntax_error(
+                        text, i, f"unexpected {ch!r} in variable (use letters, digits, _, - and .)"
+                    )
+            if buf:
+                parts.append("".join(buf))
+                buf = []
+            parts.append(Field(tuple(segments), start))
+        if buf:
+            parts.append("".join(buf))
+        return parts
+
+    @property
+    def fields(self) -> list[Field]:
+        """The variables of this template, in order of appearance (duplicates kept)."""
+        return [p for p in self.parts if isinstance(p, Field)]
+
+    def render(self, args: Mapping[str, Any], quote: Callable[[str], str] | None = None) -> str:
+        """Substitute ``args`` into the template.
+
+        ``quote`` (e.g. ``shlex.quote``) is applied to each rendered value, never to the
+        literal text. Raises ``CmdKeyError`` / ``CmdTypeError`` (see :func:`resolve`).
+        """
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                value = render_value(resolve(args, part.path))
+                out.append(quote(value) if quote else value)
+        return "".join(out)
+
+
+def resolve(args: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """Walk ``args`` along ``path``; return the value found (which may be ``None``).
+
+    A dict is indexed by the segment text; a list/tuple by a digits-only segment.
+    Raises ``CmdKeyError`` when a key (or list index) is absent and ``CmdTypeError`` when a
+    segment would have to walk into a scalar.
+    """
+    node: Any = args
+    for depth, seg in enumerate(path):
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, Mapping):
+            if seg not in node:
+                raise CmdKeyError(
+                    f"Key {where!r} not found in the task args (available here: "
+                    f"{', '.join(map(repr, node)) or 'none'})"
+                )
+            node = node[seg]
+        elif isinstance(node, (list, tuple)):
+            if not seg.isdigit():
+                raise CmdTypeError(
+                    f"{'.'.join(path[:depth]) or 'args'!r} is a list; "
+                    f"{where!r} needs a numeric index"
+                )
+            idx = int(seg)
+            if idx >= len(node):
+                raise CmdKeyError(f"Index {where!r} out of range (list has {len(node)} items)")
+            node = node[idx]
+        else:
+            parent = ".".join(path[:depth])
+            raise CmdTypeError(
+                f"Cannot look up {seg!r} in {parent!r}: it is a {type(node).__name__}, "
+                "not a dict or list"
+            )
+    return node
+
+
+def render_value(value: Any) -> str:
+    """Render one substituted value as text (rules in the module docstring)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+class CommandTemplate:
+    """A ``labtasker loop`` command: argv mode (list of templates) or shell mode (one string).
+
+    Parse once with :meth:`from_argv` / :meth:`from_shell`, then call :meth:`render` per task.
+    """
+
+    def __init__(self, templates: list[Template], shell: bool):
+        self.templates = templates
+        self.shell = shell
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> CommandTemplate:
+        """Argv mode; raises ``CmdSyntaxError`` naming the bad element (1-based)."""
+        if not argv:
+            raise CmdSyntaxError("Command cannot be empty")
+        templates = []
+        for pos, element in enumerate(argv, 1):
+            try:
+                templates.append(Template(element))
+            except CmdSyntaxError as exc:
+                raise CmdSyntaxError(f"In command element {pos}: {exc}") from None
+        return cls(templates, shell=False)
+
+    @classmethod
+    def from_shell(cls, text: str) -> CommandTemplate:
+        """Shell mode; raises ``CmdSyntaxError`` with a column pointer."""
+        if not text or not text.strip():
+            raise CmdSyntaxError("Command cannot be empty")
+        return cls([Template(text)], shell=True)
+
+    def required_fields(self) -> list[str]:
+        """Dotted paths used by the template, deduplicated, in order of first appearance.
+
+        These are sent to ``fetch_task`` as ``required_fields`` ("no more, no less"). A path
+        is cut before its first digits-only segment (``%(seeds.0)`` requires ``seeds``), so
+        that list elements can be addressed while the task's ``args.seeds`` is a list.
+        """
+        seen: dict[str, None] = {}
+        for template in self.templates:
+            for field in template.fields:
+                path = list(field.path)
+                for k, seg in enumerate(path):
+                    if seg.isdigit() and k > 0:
+                        path = path[:k]
+                        break
+                seen.setdefault(".".join(path), None)
+        return list(seen)
+
+    def render(self, args: Mapping[str, Any]) -> list[str] | str:
+        """Render for one task: ``list[str]`` in argv mode, ``str`` in shell mode."""
+        if self.shell:
+            return self.templates[0].render(args, quote=shlex.quote)
+        return [t.render(args) for t in self.templates]
+
+    def __str__(self) -> str:
+        if self.shell:
+            return self.templates[0].text
+        return shlex.join(t.text for t in self.templates)
