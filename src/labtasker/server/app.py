@@ -1,0 +1,81 @@
+"""The FastAPI application: storage, routes, error mapping and the timeout sweeper."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from labtasker.__version__ import __version__
+from labtasker.fsm import InvalidTransition
+from labtasker.server.db import Database
+from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
+from labtasker.server.routes import router
+from labtasker.server.sql_storage import SqlStorage
+from labtasker.server.sweeper import Sweeper
+
+log = logging.getLogger("labtasker.server")
+
+_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 400}
+
+
+def sweep_interval_from_env() -> float:
+    """``PERIODIC_TASK_INTERVAL`` in seconds (default 30)."""
+    raw = os.environ.get("PERIODIC_TASK_INTERVAL", "30")
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"PERIODIC_TASK_INTERVAL must be a number of seconds, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError("PERIODIC_TASK_INTERVAL must be positive")
+    return value
+
+
+def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
+    """Build the app on ``db_url`` (migrated at start-up). ``sweep_interval``: seconds
+    between timeout sweeps (default: ``PERIODIC_TASK_INTERVAL`` or 30)."""
+    db = Database(db_url)
+    db.migrate()
+    storage = SqlStorage(db)
+    sweeper = Sweeper(storage, sweep_interval or sweep_interval_from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sweeper.start()
+        try:
+            yield
+        finally:
+            sweeper.stop()
+            db.dispose()
+
+    app = FastAPI(title="Labtasker", version=__version__, lifespan=lifespan)
+    app.state.db = db
+    app.state.storage = storage
+    app.state.sweeper = sweeper
+    app.include_router(router)
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_request: Request, exc: StorageError):
+        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def _fsm_error(_request: Request, exc: InvalidTransition):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unexpected error")
+        return JSONResponse({"detail": f"Internal server error: {type(exc).__name__}"},
+                            status_code=500)
+
+    return app
+
+
+def _status_of(exc: StorageError) -> int:
+    for cls, code in _STATUS.items():
+        if isinstance(exc, cls):
+            return code
+    return 400

@@ -1,0 +1,57 @@
+"""Queue passwords: Argon2id hashing (argon2-cffi) with a short-lived cache of verifications.
+
+A password is verified with the KDF at most once per ``CACHE_SECONDS`` for each
+(queue, stored hash, supplied password) triple. The cache key includes the stored hash, so a
+password change — made by this server or by another one on the same database — invalidates
+every cached verification at once. Supplied passwords are kept only as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+CACHE_SECONDS = 60.0
+CACHE_MAX = 10_000
+
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("labtasker-dummy-password")
+_cache: dict[tuple[str, str, bytes], float] = {}
+_lock = threading.Lock()
+
+
+def hash_password(password: str) -> str:
+    """Return an Argon2id hash string for ``password``."""
+    return _hasher.hash(password)
+
+
+def verify_password(queue_id: str | None, stored_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches ``stored_hash`` (constant time, via argon2).
+
+    ``queue_id``/``stored_hash`` are ``None`` when no such queue exists: a dummy hash is then
+    verified so that the answer takes as long as for a real queue (no name enumeration by
+    timing).
+    """
+    digest = hashlib.sha256(password.encode()).digest()
+    if queue_id is not None and stored_hash is not None:
+        key = (queue_id, stored_hash, digest)
+        now = time.monotonic()
+        with _lock:
+            expiry = _cache.get(key)
+        if expiry is not None and expiry > now:
+            return True
+    try:
+        ok = _hasher.verify(stored_hash or _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    ok = ok and stored_hash is not None
+    if ok:
+        with _lock:
+            if len(_cache) >= CACHE_MAX:
+                _cache.clear()
+            _cache[(queue_id, stored_hash, digest)] = time.monotonic() + CACHE_SECONDS
+    return ok

@@ -1,0 +1,60 @@
+"""``labtasker-server``: run the labtasker API server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labtasker.server.db import DEFAULT_DB_FILE
+
+app = typer.Typer(help="Labtasker server.", no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@app.callback()
+def _root() -> None:
+    """Labtasker server."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="API_HOST", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="API_PORT", help="Port to listen on.")] = 9321,
+    db_url: Annotated[str | None, typer.Option(
+        envvar="LABTASKER_DB_URL",
+        help=f"Database URL. Default: embedded SQLite file ./{DEFAULT_DB_FILE} in the current "
+             "directory (sqlite:///PATH). PostgreSQL: postgresql://user@host/db.")] = None,
+    periodic_task_interval: Annotated[float | None, typer.Option(
+        help="Seconds between timeout sweeps (env PERIODIC_TASK_INTERVAL, default 30).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve the REST API. The database is created and migrated at start-up."""
+    import uvicorn
+
+    from labtasker.server.app import create_app, sweep_interval_from_env
+
+    url = db_url or f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
+    try:
+        interval = periodic_task_interval or sweep_interval_from_env()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PERIODIC_TASK_INTERVAL") from exc
+    if interval <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
+    logging.basicConfig(level=log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
+    application = create_app(url, interval)
+    typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
+                timeout_graceful_shutdown=5)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

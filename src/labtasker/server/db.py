@@ -1,0 +1,121 @@
+"""Database engines, connection settings, migrations and transactions.
+
+``Database`` wraps one SQLAlchemy engine for reads and one for writes:
+
+* SQLite (the embedded default): WAL journal, ``synchronous=FULL`` (a committed write is on disk
+  before the HTTP answer is sent), foreign keys on, a busy timeout. Write transactions start
+  with ``BEGIN IMMEDIATE`` and are also serialised inside the process by a lock, so a
+  read-modify-write never interleaves with another writer and never fails with
+  "database is locked" under load. Reads run in deferred transactions and never block writers.
+* PostgreSQL (psycopg 3): one pooled engine; row locks inside write transactions.
+
+The schema is created and upgraded by Alembic at start-up (``migrate``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from labtasker.filters.mongo_sql import register_sqlite_functions
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_DB_FILE = "labtasker.db"
+
+
+def normalize_url(url: str) -> str:
+    """Map user-facing URLs to SQLAlchemy ones: ``postgresql://`` uses psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def default_url() -> str:
+    """The embedded default: ``sqlite:///<cwd>/labtasker.db``."""
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
+
+
+def _sqlite_engine(url: str, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                              "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+        register_sqlite_functions(dbapi_conn)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """Engines plus transaction helpers; see the module docstring."""
+
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        if self.dialect == "sqlite":
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.write_engine = _sqlite_engine(self.url, immediate=True)
+            self.read_engine = _sqlite_engine(self.url, immediate=False)
+            self._write_lock: threading.Lock | None = threading.Lock()
+        else:
+            self.write_engine = create_engine(self.url, pool_size=10, max_overflow=10,
+                                              pool_pre_ping=True)
+            self.read_engine = self.write_engine
+            self._write_lock = None
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: committed on normal exit, rolled back on any exception."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self.write_engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction with a consistent snapshot; always rolled back."""
+        with self.read_engine.connect() as conn:
+            with conn.begin() as trans:
+                yield conn
+                trans.rollback()
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest Alembic revision."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises the driver's error when the database is unreachable."""
+        with self.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()

@@ -1,0 +1,214 @@
+"""HTTP routes of the REST API (spec §2.2): paths, bodies, defaults and status codes of
+labtasker 1.0.1. Each handler authenticates, validates, calls ``Storage`` and shapes the
+answer; all business rules live in storage/claim. Timestamps are UTC ISO-8601 with offset.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response, status
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from labtasker import wire
+from labtasker.keys import parse_required_fields
+from labtasker.server.errors import Invalid
+from labtasker.server.storage import Storage
+from labtasker.timeutil import parse_duration
+
+router = APIRouter()
+_basic = HTTPBasic()
+
+
+def storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def queue_id(request: Request,
+             credentials: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
+    """Authenticate HTTP Basic credentials (username = queue name or id) -> queue id.
+
+    401 ``Invalid credentials`` for an unknown queue or a wrong password.
+    """
+    found = request.app.state.storage.authenticate(credentials.username, credentials.password)
+    if found is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
+                            headers={"WWW-Authenticate": "Basic"})
+    return found
+
+
+Store = Annotated[Storage, Depends(storage)]
+QueueId = Annotated[str, Depends(queue_id)]
+
+
+# ------------------------------------------------------------------ service
+@router.get("/")
+def welcome() -> dict[str, Any]:
+    return {"message": "Welcome to Labtasker!", "versions": ["v1"], "docs": "/docs"}
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness: 200 ``{"connection": "ok"}`` while the process serves requests."""
+    return {"connection": "ok"}
+
+
+@router.get("/health/full")
+def health_full(store: Store) -> dict[str, str]:
+    """Readiness: pings the database; always 200, ``status`` healthy|unhealthy."""
+    try:
+        store.ping()
+    except Exception as exc:  # report, never raise
+        return {"status": "unhealthy", "database": str(exc)}
+    return {"status": "healthy", "database": "connected"}
+
+
+@router.get("/api/v1/polling")
+def polling(request: Request) -> dict[str, float]:
+    """When the timeout sweep last ran (epoch seconds) and when it runs next (seconds)."""
+    return request.app.state.sweeper.polling_info()
+
+
+# ------------------------------------------------------------------ queues
+@router.post("/api/v1/queues", status_code=201, response_model=wire.QueueCreateResponse)
+def create_queue(body: wire.QueueCreateRequest, store: Store):
+    """Create a queue (no auth). 409 when the name is taken."""
+    return {"queue_id": store.create_queue(body.queue_name, body.password, body.metadata)}
+
+
+@router.get("/api/v1/queues/me", response_model=wire.QueueGetResponse)
+def get_queue(qid: QueueId, store: Store):
+    return store.get_queue(qid)
+
+
+@router.put("/api/v1/queues/me", response_model=wire.QueueGetResponse)
+def update_queue(body: wire.QueueUpdateRequest, qid: QueueId, store: Store):
+    """Rename, change password, patch metadata. 409 when the new name is taken."""
+    return store.update_queue(qid, body.new_queue_name, body.new_password, body.metadata_update)
+
+
+@router.delete("/api/v1/queues/me", status_code=204)
+def delete_queue(qid: QueueId, store: Store, cascade_delete: bool = False):
+    """Delete the queue together with its tasks and workers (they cannot outlive it; 1.0.1
+    orphaned them when ``cascade_delete`` was false)."""
+    store.delete_queue(qid)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ tasks
+@router.post("/api/v1/queues/me/tasks", status_code=201, response_model=wire.TaskSubmitResponse)
+def submit_task(body: wire.TaskSubmitRequest, qid: QueueId, store: Store):
+    """Submit one task; it starts ``pending``."""
+    return {"task_id": store.submit_task(qid, body.model_dump(exclude={"client_version"}))}
+
+
+@router.put("/api/v1/queues/me/tasks", response_model=wire.TaskLsResponse)
+def update_tasks(body: Annotated[list[wire.TaskUpdateRequest], Body()], qid: QueueId,
+                 store: Store, reset_pending: bool = True):
+    """Update a batch of tasks, all or nothing. With ``reset_pending`` (default, as 1.0.1)
+    every task goes back to pending with retries 0."""
+    updates = []
+    for item in body:
+        fields = item.model_dump(exclude_unset=True, exclude={"client_version"})
+        fields["task_id"] = item.task_id
+        updates.append(fields)
+    content = store.update_tasks(qid, updates, reset_pending)
+    return {"found": bool(content), "content": content}
+
+
+@router.post("/api/v1/queues/me/tasks/search", response_model=wire.TaskLsResponse)
+def search_tasks(body: wire.TaskLsRequest, qid: QueueId, store: Store):
+    """One page of tasks; default order last_modified ascending."""
+    content = store.search_tasks(
+        qid, extra_filter=body.extra_filter, task_id=body.task_id, task_name=body.task_name,
+        status=body.status, sort=body.sort, offset=body.offset, limit=body.limit)
+    return {"found": bool(content), "content": content}
+
+
+@router.post("/api/v1/queues/me/tasks/next", response_model=wire.TaskFetchResponse)
+def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
+    """Claim the next pending task whose args satisfy ``required_fields`` (no more, no
+    less) and ``extra_filter``. 404 unknown worker, 403 suspended/crashed worker."""
+    task_timeout = None
+    if body.eta_max:
+        try:
+            task_timeout = parse_duration(body.eta_max)
+        except ValueError as exc:
+            raise Invalid(f"eta_max: {exc}") from exc
+    if not body.start_heartbeat and not task_timeout:
+        raise Invalid("Eta max must be specified when start_heartbeat is False")
+    try:
+        parse_required_fields(body.required_fields)
+    except ValueError as exc:
+        raise Invalid(f"Invalid required fields. Detail: {exc}") from exc
+    task = store.fetch_task(
+        qid, worker_id=body.worker_id, task_timeout=task_timeout,
+        heartbeat_timeout=body.heartbeat_timeout, start_heartbeat=body.start_heartbeat,
+        required_fields=body.required_fields, extra_filter=body.extra_filter, cmd=body.cmd)
+    return {"found": task is not None, "task": task}
+
+
+@router.post("/api/v1/queues/me/tasks/{task_id}/status")
+def report_task_status(task_id: str, body: wire.TaskStatusUpdateRequest, qid: QueueId,
+                       store: Store):
+    """Report a run's outcome. 409 when ``run_id``/``worker_id`` do not own the task."""
+    store.report_task(qid, task_id, status=body.status, worker_id=body.worker_id,
+                      run_id=body.run_id, summary=body.summary)
+    return None
+
+
+@router.post("/api/v1/queues/me/tasks/{task_id}/heartbeat", status_code=204)
+def heartbeat(task_id: str, qid: QueueId, store: Store, worker_id: str | None = None,
+              run_id: str | None = None):
+    """Refresh the heartbeat. 404 not running, 409 stale ``run_id``, 403 other worker."""
+    store.heartbeat(qid, task_id, worker_id=worker_id, run_id=run_id)
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/queues/me/tasks/{task_id}", response_model=wire.Task)
+def get_task(task_id: str, qid: QueueId, store: Store):
+    return store.get_task(qid, task_id)
+
+
+@router.delete("/api/v1/queues/me/tasks/{task_id}", status_code=204)
+def delete_task(task_id: str, qid: QueueId, store: Store):
+    store.delete_task(qid, task_id)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ workers
+@router.post("/api/v1/queues/me/workers", status_code=201,
+             response_model=wire.WorkerCreateResponse)
+def create_worker(body: wire.WorkerCreateRequest, qid: QueueId, store: Store):
+    return {"worker_id": store.create_worker(qid, body.worker_name, body.metadata,
+                                             body.max_retries)}
+
+
+@router.post("/api/v1/queues/me/workers/search", response_model=wire.WorkerLsResponse)
+def search_workers(body: wire.WorkerLsRequest, qid: QueueId, store: Store):
+    content = store.search_workers(
+        qid, extra_filter=body.extra_filter, worker_id=body.worker_id,
+        worker_name=body.worker_name, status=body.status, sort=body.sort,
+        offset=body.offset, limit=body.limit)
+    return {"found": bool(content), "content": content}
+
+
+@router.post("/api/v1/queues/me/workers/{worker_id}/status")
+def report_worker_status(worker_id: str, body: wire.WorkerStatusUpdateRequest, qid: QueueId,
+                         store: Store):
+    """Set a worker ``active`` or ``suspended``; ``crashed`` is refused with 400."""
+    store.report_worker(qid, worker_id, body.status)
+    return None
+
+
+@router.get("/api/v1/queues/me/workers/{worker_id}")
+def get_worker(worker_id: str, qid: QueueId, store: Store) -> dict[str, Any]:
+    """The worker, keyed ``worker_id`` (and ``_id`` as 1.0.1 clients expect)."""
+    worker = wire.Worker(**store.get_worker(qid, worker_id)).model_dump(mode="json")
+    return {"_id": worker["worker_id"], **worker}
+
+
+@router.delete("/api/v1/queues/me/workers/{worker_id}", status_code=204)
+def delete_worker(worker_id: str, qid: QueueId, store: Store, cascade_update: bool = True):
+    store.delete_worker(qid, worker_id, cascade_update)
+    return Response(status_code=204)

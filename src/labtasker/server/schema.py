@@ -1,0 +1,135 @@
+"""SQLAlchemy Core tables of the labtasker database (SQLite and PostgreSQL).
+
+The Alembic migrations in ``migrations/versions`` create exactly these tables; a test checks
+that the migrated database and this module agree.
+
+Design notes:
+* every timestamp column is ``UTCDateTime``: aware UTC datetimes in Python, ``timestamptz`` in
+  PostgreSQL, ISO text in SQLite;
+* ``tasks.shape_id`` points at the key structure of the task's args (``arg_shapes``), so that
+  fetch evaluates the "no more, no less" rule once per distinct structure (see ``claim.py``);
+* ``tasks.run_id`` is the fencing token of the current claim.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out, whatever the backend stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("queue_id", String(36), primary_key=True),
+    Column("queue_name", String(100), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_modified", UTCDateTime, nullable=False),
+    Column("metadata", JsonDoc, nullable=False),
+)
+
+arg_shapes = Table(
+    "arg_shapes",
+    metadata,
+    Column("shape_id", Integer, primary_key=True, autoincrement=True),
+    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("shape_key", Text, nullable=False),
+    UniqueConstraint("queue_id", "shape_key", name="uq_arg_shapes_queue_shape"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_name", String(100)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("start_time", UTCDateTime),
+    Column("last_heartbeat", UTCDateTime),
+    Column("last_modified", UTCDateTime, nullable=False),
+    Column("heartbeat_timeout", Float),
+    Column("task_timeout", Float),
+    Column("max_retries", Integer, nullable=False),
+    Column("retries", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("metadata", JsonDoc, nullable=False),
+    Column("args", JsonDoc, nullable=False),
+    Column("cmd", JsonDoc),
+    Column("summary", JsonDoc, nullable=False),
+    Column("worker_id", String(36)),
+    Column("run_id", String(36)),
+    Column("shape_id", Integer, ForeignKey("arg_shapes.shape_id"), nullable=False),
+    Index("ix_tasks_queue_modified", "queue_id", "last_modified"),
+    Index("ix_tasks_status", "status"),
+    Index("ix_tasks_worker", "worker_id"),
+)
+# Claim order: priority DESC, last_modified ASC, created_at ASC (spec §4).
+Index("ix_tasks_claim", tasks.c.queue_id, tasks.c.status, tasks.c.priority.desc(),
+      tasks.c.last_modified, tasks.c.created_at)
+Index("ix_tasks_shape_claim", tasks.c.queue_id, tasks.c.shape_id, tasks.c.status,
+      tasks.c.priority.desc(), tasks.c.last_modified, tasks.c.created_at)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", String(36), primary_key=True),
+    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("worker_name", String(100)),
+    Column("metadata", JsonDoc, nullable=False),
+    Column("retries", Integer, nullable=False),
+    Column("max_retries", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_modified", UTCDateTime, nullable=False),
+    Index("ix_workers_queue_modified", "queue_id", "last_modified"),
+)

@@ -1,0 +1,562 @@
+"""``Storage`` on SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL.
+
+Every public method runs in exactly one transaction (``Database.write``/``read``): a request
+either applies completely or not at all. Business rules come from the shared state machines
+(``labtasker.fsm``) and the "no more, no less" rule (``labtasker.keys``); the claim itself is
+in ``claim.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from labtasker import fsm
+from labtasker.filters.mongo_sql import (
+    FieldMap,
+    FilterError,
+    compile_filter,
+    sort_expression,
+)
+from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
+from labtasker.server import auth, claim
+from labtasker.server.db import Database
+from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
+from labtasker.server.schema import arg_shapes, queues, tasks, workers
+from labtasker.timeutil import utc_now
+
+TIMEOUT_MESSAGE = "Either heartbeat or task execution timed out"
+
+TASK_FIELDS = FieldMap(
+    columns={
+        "task_id": tasks.c.task_id,
+        "_id": tasks.c.task_id,
+        "queue_id": tasks.c.queue_id,
+        "status": tasks.c.status,
+        "task_name": tasks.c.task_name,
+        "created_at": tasks.c.created_at,
+        "start_time": tasks.c.start_time,
+        "last_heartbeat": tasks.c.last_heartbeat,
+        "last_modified": tasks.c.last_modified,
+        "heartbeat_timeout": tasks.c.heartbeat_timeout,
+        "task_timeout": tasks.c.task_timeout,
+        "max_retries": tasks.c.max_retries,
+        "retries": tasks.c.retries,
+        "priority": tasks.c.priority,
+        "worker_id": tasks.c.worker_id,
+        "run_id": tasks.c.run_id,
+    },
+    json_columns={
+        "args": tasks.c.args,
+        "metadata": tasks.c.metadata,
+        "summary": tasks.c.summary,
+        "cmd": tasks.c.cmd,
+    },
+    datetime_columns=frozenset({"created_at", "start_time", "last_heartbeat", "last_modified"}),
+)
+
+WORKER_FIELDS = FieldMap(
+    columns={
+        "worker_id": workers.c.worker_id,
+        "_id": workers.c.worker_id,
+        "queue_id": workers.c.queue_id,
+        "status": workers.c.status,
+        "worker_name": workers.c.worker_name,
+        "retries": workers.c.retries,
+        "max_retries": workers.c.max_retries,
+        "created_at": workers.c.created_at,
+        "last_modified": workers.c.last_modified,
+    },
+    json_columns={"metadata": workers.c.metadata},
+    datetime_columns=frozenset({"created_at", "last_modified"}),
+)
+
+TASK_KEYS = (
+    "task_id", "queue_id", "status", "task_name", "created_at", "start_time",
+    "last_heartbeat", "last_modified", "heartbeat_timeout", "task_timeout", "max_retries",
+    "retries", "priority", "metadata", "args", "cmd", "summary", "worker_id", "run_id",
+)
+WORKER_KEYS = (
+    "worker_id", "queue_id", "status", "worker_name", "metadata", "retries", "max_retries",
+    "created_at", "last_modified",
+)
+_TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS]
+_WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
+# Fields a PUT /tasks element may set (spec §2.3(10)); others are ignored.
+UPDATABLE_TASK_FIELDS = (
+    "status", "task_name", "heartbeat_timeout", "task_timeout", "max_retries", "retries",
+    "priority", "metadata", "args", "cmd", "summary",
+)
+_DICT_FIELDS = ("metadata", "args", "summary")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def task_row(row) -> dict[str, Any]:
+    return {k: row._mapping[k] for k in TASK_KEYS}
+
+
+def worker_row(row) -> dict[str, Any]:
+    return {k: row._mapping[k] for k in WORKER_KEYS}
+
+
+def _unflatten(value: dict | None, what: str) -> dict:
+    try:
+        return unflatten(value or {})
+    except KeyConflictError as exc:
+        raise Invalid(f"{what}: {exc}") from exc
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    """Apply ``patch`` one level deep: each top-level (possibly dotted) key sets that path."""
+    out = json.loads(json.dumps(base))
+    for key, value in patch.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = unflatten(value) if isinstance(value, dict) else value
+    return out
+
+
+def _order(sort, fields: FieldMap, dialect: str, default):
+    if not sort:
+        return default
+    out = []
+    for field, direction in sort:
+        expr = sort_expression(field, fields, dialect)
+        out.append(expr.asc() if direction == 1 else expr.desc())
+    return out
+
+
+class SqlStorage:
+    """The ``Storage`` implementation; see the module docstring."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ------------------------------------------------------------------ queues
+    def create_queue(self, name: str, password: str, metadata: dict | None) -> str:
+        """Create a queue; raises ``Conflict`` if the name is taken."""
+        now = utc_now()
+        queue_id = new_id()
+        try:
+            with self.db.write() as conn:
+                if conn.execute(select(queues.c.queue_id).where(queues.c.queue_name == name)
+                                ).first():
+                    raise Conflict(f"Queue '{name}' already exists")
+                conn.execute(insert(queues).values(
+                    queue_id=queue_id, queue_name=name, password_hash=auth.hash_password(password),
+                    created_at=now, last_modified=now,
+                    metadata=_unflatten(metadata, "metadata")))
+        except IntegrityError as exc:
+            raise Conflict(f"Queue '{name}' already exists") from exc
+        return queue_id
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """Queue id for HTTP Basic credentials (username = queue id or name), else None."""
+        with self.db.read() as conn:
+            row = conn.execute(select(queues.c.queue_id, queues.c.password_hash)
+                               .where(queues.c.queue_id == username)).first()
+            if row is None:
+                row = conn.execute(select(queues.c.queue_id, queues.c.password_hash)
+                                   .where(queues.c.queue_name == username)).first()
+        if row is None:
+            auth.verify_password(None, None, password)
+            return None
+        return row.queue_id if auth.verify_password(row.queue_id, row.password_hash,
+                                                    password) else None
+
+    def get_queue(self, queue_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return self._queue(conn, queue_id)
+
+    @staticmethod
+    def _queue(conn: Connection, queue_id: str) -> dict[str, Any]:
+        row = conn.execute(select(queues.c.queue_id, queues.c.queue_name, queues.c.created_at,
+                                  queues.c.last_modified, queues.c.metadata)
+                           .where(queues.c.queue_id == queue_id)).first()
+        if row is None:
+            raise NotFound("Queue not found")
+        return dict(row._mapping)
+
+    def update_queue(self, queue_id, new_name, new_password, metadata_update):
+        """Rename / change password / patch metadata (spec §2.3(7)); ``Conflict`` on a taken
+        name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set."""
+        with self.db.write() as conn:
+            current = self._queue(conn, queue_id)
+            values: dict[str, Any] = {"last_modified": utc_now()}
+            if new_name is not None and new_name != current["queue_name"]:
+                if conn.execute(select(queues.c.queue_id)
+                                .where(queues.c.queue_name == new_name)).first():
+                    raise Conflict(f"Queue name '{new_name}' already exists")
+                values["queue_name"] = new_name
+            if new_password is not None:
+                values["password_hash"] = auth.hash_password(new_password)
+            if metadata_update is not None:
+                values["metadata"] = (_merge(current["metadata"], metadata_update)
+                                      if metadata_update else {})
+            conn.execute(update(queues).where(queues.c.queue_id == queue_id).values(**values))
+            return self._queue(conn, queue_id)
+
+    def delete_queue(self, queue_id: str) -> None:
+        """Delete a queue with its tasks and workers (no orphans, unlike 1.0.1)."""
+        with self.db.write() as conn:
+            conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
+            conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
+            conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))
+            if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
+                raise NotFound("Queue not found")
+
+    # ------------------------------------------------------------------ tasks
+    def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
+        key = shape_key(shape_of(args))
+        found = conn.execute(select(arg_shapes.c.shape_id).where(
+            arg_shapes.c.queue_id == queue_id, arg_shapes.c.shape_key == key)).scalar()
+        if found is not None:
+            return found
+        return conn.execute(insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
+                            .returning(arg_shapes.c.shape_id)).scalar_one()
+
+    def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
+        """Insert a pending task. ``fields``: the TaskSubmitRequest values (spec §2.3(9))."""
+        now = utc_now()
+        task_id = new_id()
+        args = _unflatten(fields.get("args"), "args")
+        metadata = _unflatten(fields.get("metadata"), "metadata")
+        cmd = fields.get("cmd")
+        with self.db.write() as conn:
+            conn.execute(insert(tasks).values(
+                task_id=task_id, queue_id=queue_id, status="pending",
+                task_name=fields.get("task_name"), created_at=now, start_time=None,
+                last_heartbeat=None, last_modified=now,
+                heartbeat_timeout=fields.get("heartbeat_timeout"),
+                task_timeout=fields.get("task_timeout"),
+                max_retries=fields.get("max_retries", 3), retries=0,
+                priority=fields.get("priority", 10), metadata=metadata, args=args,
+                cmd="" if cmd is None else cmd, summary={}, worker_id=None, run_id=None,
+                shape_id=self._shape_id(conn, queue_id, args)))
+        return task_id
+
+    def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return self._task(conn, queue_id, task_id)
+
+    @staticmethod
+    def _task(conn: Connection, queue_id: str, task_id: str, lock: bool = False) -> dict:
+        stmt = select(*_TASK_COLUMNS).where(tasks.c.task_id == task_id,
+                                            tasks.c.queue_id == queue_id)
+        if lock and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"Task {task_id} not found")
+        return task_row(row)
+
+    def _filter(self, fields: FieldMap, extra_filter: dict | None):
+        try:
+            return compile_filter(extra_filter, fields, self.db.dialect)
+        except FilterError as exc:
+            raise Invalid(str(exc)) from exc
+
+    def search_tasks(self, queue_id, *, extra_filter, task_id, task_name, status, sort,
+                     offset, limit):
+        """One page of the queue's tasks matching all given conditions (spec §2.3(11)).
+        Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker."""
+        cond = [tasks.c.queue_id == queue_id, self._filter(TASK_FIELDS, extra_filter)]
+        if task_id is not None:
+            cond.append(tasks.c.task_id == task_id)
+        if task_name is not None:
+            cond.append(tasks.c.task_name == task_name)
+        if status is not None:
+            cond.append(tasks.c.status == status)
+        try:
+            order = _order(sort, TASK_FIELDS, self.db.dialect, [tasks.c.last_modified.asc()])
+        except FilterError as exc:
+            raise Invalid(str(exc)) from exc
+        stmt = (select(*_TASK_COLUMNS).where(and_(*cond))
+                .order_by(*order, tasks.c.task_id).offset(offset).limit(limit))
+        with self.db.read() as conn:
+            return [task_row(r) for r in conn.execute(stmt)]
+
+    def fetch_task(self, queue_id, *, worker_id, task_timeout, heartbeat_timeout,
+                   start_heartbeat, required_fields, extra_filter, cmd):
+        """Claim the next matching pending task for a worker; see ``claim.claim_next``."""
+        where = self._filter(TASK_FIELDS, extra_filter)
+        with self.db.write() as conn:
+            if worker_id is not None:
+                worker = conn.execute(select(workers.c.status).where(
+                    workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).first()
+                if worker is None:
+                    raise NotFound(f"Worker '{worker_id}' not found in queue '{queue_id}'")
+                if worker.status != "active":
+                    raise Forbidden(
+                        f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'")
+            row = claim.claim_next(
+                conn, queue_id=queue_id, required_fields=required_fields, where=where,
+                worker_id=worker_id, run_id=new_id(), now=utc_now(),
+                task_timeout=task_timeout, heartbeat_timeout=heartbeat_timeout,
+                start_heartbeat=start_heartbeat, cmd=cmd)
+            return task_row(row) if row is not None else None
+
+    def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
+                       now: datetime) -> None:
+        """Count one failed run against ``worker_id`` (whatever its state; none if deleted)."""
+        if worker_id is None:
+            return
+        row = conn.execute(select(workers.c.status, workers.c.retries, workers.c.max_retries)
+                           .where(workers.c.worker_id == worker_id,
+                                  workers.c.queue_id == queue_id)).first()
+        if row is None:
+            return
+        status, retries = fsm.worker_after_failure(row.status, row.retries, row.max_retries)
+        if (status, retries) != (row.status, row.retries):
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
+                status=status, retries=retries, last_modified=now))
+
+    def report_task(self, queue_id, task_id, *, status, worker_id, run_id, summary):
+        """Record a run's outcome: ``success`` | ``failed`` | ``cancelled`` (spec §2.3(13)).
+
+        Ownership: a ``run_id`` that is not the task's current run, or a ``worker_id`` that is
+        not the task's worker, raises ``Conflict`` and changes nothing. ``failed`` applies the
+        retry rule and charges the task's worker. ``summary`` keys are merged (``{}`` resets).
+        """
+        now = utc_now()
+        with self.db.write() as conn:
+            task = self._task(conn, queue_id, task_id, lock=True)
+            if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
+                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}")
+            if worker_id is not None and task["worker_id"] != worker_id:
+                raise Conflict(f"Task {task_id} is assigned to worker {task['worker_id']}")
+            values: dict[str, Any] = {"last_modified": now}
+            if status == "success":
+                if task["status"] != "running":
+                    raise Invalid(f"Cannot transition task from {task['status']} to success.")
+                values.update(status="success")
+            elif status == "failed":
+                try:
+                    new_status, retries = fsm.task_after_failure(
+                        task["status"], task["retries"], task["max_retries"])
+                except fsm.InvalidTransition as exc:
+                    raise Invalid(f"Cannot fail task in {task['status']} state") from exc
+                values.update(status=new_status, retries=retries)
+                if task["status"] == "running":
+                    self._charge_worker(conn, queue_id, task["worker_id"], now)
+            elif status == "cancelled":
+                values.update(status="cancelled")
+            else:
+                raise Invalid(f"Invalid report status: {status}")
+            if summary is not None:
+                values["summary"] = _merge(task["summary"], summary) if summary else {}
+            values.update(worker_id=None, run_id=None)
+            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**values))
+
+    def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
+        """Refresh ``last_heartbeat`` of a running task (server clock).
+
+        Raises ``NotFound`` when the task is missing or not running, ``Conflict`` when
+        ``run_id`` is not the current run, ``Forbidden`` when ``worker_id`` is not the task's
+        worker.
+        """
+        with self.db.write() as conn:
+            cond = [tasks.c.task_id == task_id, tasks.c.queue_id == queue_id,
+                    tasks.c.status == "running"]
+            if run_id is not None:
+                cond.append(tasks.c.run_id == run_id)
+            if worker_id is not None:
+                cond.append(tasks.c.worker_id == worker_id)
+            if conn.execute(update(tasks).where(*cond).values(last_heartbeat=utc_now())
+                            ).rowcount == 1:
+                return
+            row = conn.execute(select(tasks.c.status, tasks.c.run_id, tasks.c.worker_id).where(
+                tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)).first()
+            if row is None or row.status != "running":
+                raise NotFound(f"Task '{task_id}' not found in queue '{queue_id}' "
+                               f"or not in 'running' state")
+            if run_id is not None and row.run_id != run_id:
+                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}")
+            raise Forbidden(f"Task {task_id} is assigned to a different worker")
+
+    def update_tasks(self, queue_id, updates, reset_pending):
+        """Apply a ``PUT /tasks`` batch, all or nothing (spec §2.3(10), fixing bug 13).
+
+        ``updates``: dicts holding ``task_id``, ``replace_fields`` and only the fields the
+        client set. Raises ``Invalid`` listing every failed element; nothing is written then.
+        """
+        if len(updates) > 1000:
+            raise Invalid("Too many tasks to update. Maximum is 1000.")
+        now = utc_now()
+        errors: list[tuple[str, str]] = []
+        results: list[str] = []
+        with self.db.write() as conn:
+            for item in updates:
+                task_id = item["task_id"]
+                try:
+                    self._update_one(conn, queue_id, item, reset_pending, now)
+                    results.append(task_id)
+                except (NotFound, Invalid, fsm.InvalidTransition) as exc:
+                    errors.append((task_id, str(exc)))
+            if errors:
+                raise Invalid(
+                    f"Failed to update {len(errors)}/{len(updates)} tasks; nothing was "
+                    f"changed. Detail: {errors}")
+            return [self._task(conn, queue_id, t) for t in results]
+
+    def _update_one(self, conn, queue_id, item, reset_pending, now) -> None:
+        task = self._task(conn, queue_id, item["task_id"], lock=True)
+        replace = set(item.get("replace_fields") or [])
+        unknown = replace - set(UPDATABLE_TASK_FIELDS)
+        if unknown:
+            raise Invalid(f"replace_fields: unknown field(s) {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for field in UPDATABLE_TASK_FIELDS:
+            if field not in item:
+                continue
+            value = item[field]
+            if field in _DICT_FIELDS:
+                if value is None:
+                    continue
+                value = (_unflatten(value, field) if field in replace
+                         else _merge(task[field], value))
+            values[field] = value
+        old = task["status"]
+        if reset_pending:
+            values.update(status="pending", retries=0)
+        new = values.get("status", old)
+        if new != old or reset_pending:
+            fsm.check_task_transition(old, new)
+        if new == "pending":
+            values.update(worker_id=None, run_id=None)
+        elif new != "running" and old == "running":
+            values.update(worker_id=None, run_id=None)
+        if "args" in values:
+            values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
+        values["last_modified"] = now
+        conn.execute(update(tasks).where(tasks.c.task_id == item["task_id"]).values(**values))
+
+    def delete_task(self, queue_id: str, task_id: str) -> None:
+        with self.db.write() as conn:
+            if conn.execute(delete(tasks).where(tasks.c.task_id == task_id,
+                                                tasks.c.queue_id == queue_id)).rowcount == 0:
+                raise NotFound("Task not found")
+
+    # ------------------------------------------------------------------ workers
+    def create_worker(self, queue_id, name, metadata, max_retries) -> str:
+        now = utc_now()
+        worker_id = new_id()
+        with self.db.write() as conn:
+            conn.execute(insert(workers).values(
+                worker_id=worker_id, queue_id=queue_id, status="active", worker_name=name,
+                metadata=_unflatten(metadata, "metadata"), retries=0, max_retries=max_retries,
+                created_at=now, last_modified=now))
+        return worker_id
+
+    def search_workers(self, queue_id, *, extra_filter, worker_id, worker_name, status, sort,
+                       offset, limit):
+        cond = [workers.c.queue_id == queue_id, self._filter(WORKER_FIELDS, extra_filter)]
+        if worker_id is not None:
+            cond.append(workers.c.worker_id == worker_id)
+        if worker_name is not None:
+            cond.append(workers.c.worker_name == worker_name)
+        if status is not None:
+            cond.append(workers.c.status == status)
+        try:
+            order = _order(sort, WORKER_FIELDS, self.db.dialect,
+                           [workers.c.last_modified.asc()])
+        except FilterError as exc:
+            raise Invalid(str(exc)) from exc
+        stmt = (select(*_WORKER_COLUMNS).where(and_(*cond))
+                .order_by(*order, workers.c.worker_id).offset(offset).limit(limit))
+        with self.db.read() as conn:
+            return [worker_row(r) for r in conn.execute(stmt)]
+
+    def get_worker(self, queue_id: str, worker_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return self._worker(conn, queue_id, worker_id)
+
+    @staticmethod
+    def _worker(conn, queue_id, worker_id) -> dict[str, Any]:
+        row = conn.execute(select(*_WORKER_COLUMNS).where(
+            workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).first()
+        if row is None:
+            raise NotFound("Worker not found")
+        return worker_row(row)
+
+    def report_worker(self, queue_id: str, worker_id: str, status: str) -> None:
+        """Manual worker status: ``active`` (from crashed also resets retries) or
+        ``suspended`` (from active only). ``crashed`` is set by failures, never by hand."""
+        if status not in ("active", "suspended"):
+            raise Invalid(f"Invalid worker status {status!r}: use 'active' or 'suspended'")
+        with self.db.write() as conn:
+            worker = self._worker(conn, queue_id, worker_id)
+            fsm.check_worker_transition(worker["status"], status)
+            values: dict[str, Any] = {"status": status, "last_modified": utc_now()}
+            if status == "active" and worker["status"] == "crashed":
+                values["retries"] = 0
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id)
+                         .values(**values))
+
+    def delete_worker(self, queue_id: str, worker_id: str, cascade_update: bool) -> None:
+        """Delete a worker; with ``cascade_update`` its non-running tasks forget it. Running
+        tasks keep their ``worker_id`` so that the run can still report or time out."""
+        now = utc_now()
+        with self.db.write() as conn:
+            deleted = conn.execute(delete(workers).where(
+                workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).rowcount
+            if deleted == 0:
+                raise NotFound("Worker not found")
+            if cascade_update:
+                conn.execute(update(tasks).where(
+                    tasks.c.queue_id == queue_id, tasks.c.worker_id == worker_id,
+                    tasks.c.status != "running").values(worker_id=None, last_modified=now))
+
+    # ------------------------------------------------------------------ maintenance
+    def sweep_timeouts(self, now: datetime | None = None) -> int:
+        """Fail every running task whose heartbeat or execution time expired (server clock).
+
+        Cost grows with the number of *running* tasks only (index on ``status``). Idempotent:
+        a task already swept is no longer running. Returns the number of tasks failed.
+        """
+        now = now or utc_now()
+        count = 0
+        with self.db.write() as conn:
+            rows = conn.execute(select(*_TASK_COLUMNS).where(
+                tasks.c.status == "running",
+                (tasks.c.heartbeat_timeout.is_not(None)) | (tasks.c.task_timeout.is_not(None))
+            )).fetchall()
+            for row in rows:
+                task = task_row(row)
+                if not _expired(task, now):
+                    continue
+                status, retries = fsm.task_after_failure("running", task["retries"],
+                                                         task["max_retries"])
+                self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
+                conn.execute(update(tasks).where(tasks.c.task_id == task["task_id"],
+                                                 tasks.c.status == "running").values(
+                    status=status, retries=retries, last_modified=now, worker_id=None,
+                    run_id=None,
+                    summary=_merge(task["summary"], {"labtasker_error": TIMEOUT_MESSAGE})))
+                count += 1
+        return count
+
+    def ping(self) -> None:
+        self.db.ping()
+
+
+def _expired(task: dict, now: datetime) -> bool:
+    hb, hb_timeout = task["last_heartbeat"], task["heartbeat_timeout"]
+    if hb is not None and hb_timeout is not None and (now - hb).total_seconds() > hb_timeout:
+        return True
+    start, limit = task["start_time"], task["task_timeout"]
+    return start is not None and limit is not None and (now - start).total_seconds() > limit
