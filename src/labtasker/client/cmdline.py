@@ -1,0 +1,215 @@
+"""Parsing of command-line values: extra options, dict options and update expressions.
+
+* :func:`parse_extra_opt` -- ``labtasker task submit -- --lr=0.1 --model.depth 3 -k v`` ->
+  ``{"lr": 0.1, "model": {"depth": 3}, "k": "v"}`` (spec §5.3).
+* :func:`parse_dict_option` -- ``--args``/``--metadata``/``--metadata`` values: a JSON or Python
+  dict literal.
+* :func:`parse_updates` -- ``labtasker task update -u args.lr=0.2 -u status=pending``.
+
+Every error is a :class:`~labtasker.exceptions.LabtaskerValueError` with a one-line message
+naming the offending token or option.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from labtasker.client.filtering import parse_literal
+from labtasker.exceptions import LabtaskerValueError
+from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+#: Task fields that ``task update`` may change.
+UPDATABLE_TASK_FIELDS = (
+    "status",
+    "task_name",
+    "heartbeat_timeout",
+    "task_timeout",
+    "max_retries",
+    "retries",
+    "priority",
+    "metadata",
+    "args",
+    "cmd",
+    "summary",
+)
+_DICT_FIELDS = ("metadata", "args", "summary")
+
+
+def cast_literal(value: str) -> Any:
+    """``ast.literal_eval(value)`` if that works (``"0.1"`` -> 0.1, ``"[1,2]"`` -> list,
+    ``"'x'"`` -> ``"x"``), else the string unchanged (``"resnet"`` -> ``"resnet"``)."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def _is_value(token: str) -> bool:
+    """A token that can be an option's value: not option-like, or a negative number."""
+    return not token.startswith("-") or bool(_NEGATIVE_NUMBER.match(token))
+
+
+def _norm_key(raw: str, token: str) -> str:
+    key = raw.replace("-", "_")
+    if not KEY_PATTERN.match(key):
+        raise LabtaskerValueError(
+            f"Invalid option name in {token!r}: use letters, digits, '_' or '-', "
+            f"dot-separated (like --model.depth)"
+        )
+    return key
+
+
+def parse_extra_opt(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Parse ``--key value`` style tokens into a nested args dict.
+
+    Rules (labtasker 1.0.1, spec §5.3):
+
+    * ``--key value`` and ``--key=value``: long-option values are cast with
+      :func:`cast_literal` (``0.1`` -> float, ``[1,2]`` -> list, other text stays a string);
+    * dots nest: ``--a.b 1`` -> ``{"a": {"b": 1}}``; dashes in names become ``_``
+      (``--learning-rate`` -> ``learning_rate``);
+    * ``-k value`` (one letter) keeps the value as a string;
+    * an option followed by another option (or by nothing) is a flag and is dropped, as are
+      grouped short flags like ``-abc``; a negative number (``--x -3``) counts as a value;
+    * a bare ``--`` is ignored; any other bare token raises
+      ``LabtaskerValueError("Unexpected token: <tok>")``.
+
+    Conflicting keys (``--a 1 --a.b 2``) raise :class:`LabtaskerValueError`.
+    """
+    flat: dict[str, Any] = {}
+    tokens = list(tokens)
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if tok == "--":
+            i += 1
+            continue
+        if tok.startswith("--"):
+            body = tok[2:]
+            if "=" in body:
+                name, _, raw = body.partition("=")
+                flat[_norm_key(name, tok)] = cast_literal(raw)
+                i += 1
+            elif nxt is not None and _is_value(nxt):
+                flat[_norm_key(body, tok)] = cast_literal(nxt)
+                i += 2
+            else:
+                _norm_key(body, tok)  # still reject malformed flag names
+                i += 1
+            continue
+        if tok.startswith("-") and len(tok) > 1 and not _NEGATIVE_NUMBER.match(tok):
+            body = tok[1:]
+            if "=" in body and len(body.partition("=")[0]) == 1:
+                name, _, raw = body.partition("=")
+                flat[_norm_key(name, tok)] = raw
+                i += 1
+            elif len(body) == 1 and nxt is not None and _is_value(nxt):
+                flat[_norm_key(body, tok)] = nxt
+                i += 2
+            else:
+                i += 1  # flag or grouped flags: dropped
+            continue
+        raise LabtaskerValueError(f"Unexpected token: {tok}")
+    try:
+        return unflatten(flat)
+    except KeyConflictError as exc:
+        raise LabtaskerValueError(f"Conflicting options: {exc}") from None
+
+
+def parse_dict_option(text: str | None, option_name: str) -> dict[str, Any] | None:
+    """Parse a dict-valued option such as ``--args '{"lr": 0.1}'`` or ``--metadata "{'a': True}"``.
+
+    Accepts JSON or Python literal syntax (``true/false/null`` and ``True/False/None``).
+    ``None`` -> ``None``. Raises :class:`LabtaskerValueError` naming ``option_name`` when the
+    text is not a dict literal.
+    """
+    if text is None:
+        return None
+    try:
+        value = parse_literal(text)
+    except ValueError as exc:
+        raise LabtaskerValueError(
+            f"Invalid value for {option_name}: expected a dict like '{{\"key\": 1}}' "
+            f"(JSON or Python literal), got {text!r} ({exc})"
+        ) from None
+    if not isinstance(value, dict):
+        raise LabtaskerValueError(
+            f"Invalid value for {option_name}: expected a dict, got {type(value).__name__} {text!r}"
+        )
+    return value
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    node = target
+    for seg in path[:-1]:
+        child = node.get(seg)
+        if not isinstance(child, dict):
+            child = node[seg] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def parse_updates(
+    updates: list[str] | tuple[str, ...], to_primitive: bool = True
+) -> dict[str, Any]:
+    """Turn ``key=value`` update expressions into the fields of a ``TaskUpdateRequest``.
+
+    * A top-level field (``status=pending``, ``args={'x': 1}``, ``task-name=foo``) replaces
+      the field and is listed in ``replace_fields``;
+    * a dotted path (``args.lr=0.2``, ``metadata.tags.0=a``) patches one sub-field of a dict
+      field (``args``, ``metadata``, ``summary``) and leaves its siblings alone;
+    * values are cast with :func:`cast_literal` when ``to_primitive`` (default), else strings;
+    * dashes in keys become ``_``.
+
+    Returns e.g. ``{"status": "pending", "args": {"lr": 0.2}, "replace_fields": ["status"]}``.
+    Raises :class:`LabtaskerValueError` for a missing ``=``, a key starting with ``-``, an
+    unknown top-level field, a dotted path into a non-dict field, or a non-dict value for a
+    replaced dict field.
+    """
+    result: dict[str, Any] = {}
+    replace: list[str] = []
+    patches: list[tuple[str, list[str], Any]] = []
+    for expr in updates:
+        key, sep, raw = expr.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise LabtaskerValueError(f"Invalid update {expr!r}: expected key=value")
+        if key.startswith("-"):
+            raise LabtaskerValueError(f"Invalid update {expr!r}: key must not start with '-'")
+        key = key.replace("-", "_")
+        if not KEY_PATTERN.match(key):
+            raise LabtaskerValueError(f"Invalid update {expr!r}: malformed key {key!r}")
+        top, *rest = key.split(".")
+        if top not in UPDATABLE_TASK_FIELDS:
+            raise LabtaskerValueError(
+                f"Invalid update {expr!r}: unknown field {top!r} "
+                f"(updatable: {', '.join(UPDATABLE_TASK_FIELDS)})"
+            )
+        value = cast_literal(raw) if to_primitive else raw
+        if top in ("status", "task_name") and not isinstance(value, str):
+            value = raw  # names and statuses are text even when they look like numbers
+        if rest:
+            if top not in _DICT_FIELDS:
+                raise LabtaskerValueError(f"Invalid update {expr!r}: {top!r} has no sub-fields")
+            patches.append((top, rest, value))
+        else:
+            if top in _DICT_FIELDS and not isinstance(value, dict):
+                raise LabtaskerValueError(
+                    f"Invalid update {expr!r}: {top} must be a dict, like {top}=\"{{'x': 1}}\""
+                )
+            result[top] = value
+            if top not in replace:
+                replace.append(top)
+    for top, path, value in patches:
+        if top in replace:  # replaced wholesale and patched: patch inside the new value
+            _set_path(result[top], path, value)
+        else:
+            result.setdefault(top, {})[".".join(path)] = value
+    if replace:
+        result["replace_fields"] = replace
+    return result
