@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# End-to-end demo of labtasker on a real experiment (examples/digits), from a fresh clone.
+#
+#   bash scripts/demo.sh
+#
+# What it does, printing each step:
+#   1. creates (or reuses) the virtualenv .venv-demo and installs `.[demo]` into it
+#      (a regular, non-editable install: the demo runs what a user would get);
+#   2. starts `labtasker-server serve` on a free port with a throw-away SQLite database in a
+#      temporary directory;
+#   3. runs `labtasker init` non-interactively into a temporary LABTASKER_ROOT;
+#   4. submits a 12-task grid: half with `labtasker task submit` (submit_grid.sh), half with
+#      `labtasker.submit_task` (submit_grid.py);
+#   5. runs two `labtasker loop` workers in parallel until the queue is drained;
+#   6. prints the results table and stops the server.
+# Exit status 0 only if every task ended `success`.
+#
+# Environment knobs:
+#   PYTHON=python3.12          interpreter used to create the venv (default: first python3.x >= 3.10)
+#   LABTASKER_DEMO_VENV=DIR    venv location (default: <repo>/.venv-demo)
+#   LABTASKER_DEMO_TIMEOUT=S   give up on the workers after S seconds (default 600)
+#   LABTASKER_DEMO_KEEP=1      keep the temporary directory (database, logs) for inspection
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+EXAMPLE_DIR="$REPO_DIR/examples/digits"
+VENV_DIR=${LABTASKER_DEMO_VENV:-$REPO_DIR/.venv-demo}
+WORKER_TIMEOUT=${LABTASKER_DEMO_TIMEOUT:-600}
+QUEUE_NAME=digits-demo
+
+step_no=0
+step() {
+    step_no=$((step_no + 1))
+    printf '\n==> [%d] %s\n' "$step_no" "$*"
+}
+info() { printf '    %s\n' "$*"; }
+die() {
+    printf '\nERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------
+# State shared with the cleanup trap.
+TMP_DIR=""
+SERVER_PID=""
+WORKER_PIDS=()
+
+stop_server() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            info "server did not stop on SIGTERM, sending SIGKILL"
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${WORKER_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    if [[ -n "$SERVER_PID" ]]; then
+        if ((status != 0)) && [[ -n "$TMP_DIR" && -f "$TMP_DIR/server.log" ]]; then
+            printf '\n--- last lines of the server log ---\n' >&2
+            tail -n 30 "$TMP_DIR/server.log" >&2 || true
+        fi
+        printf '\n==> stopping the server (pid %s)\n' "$SERVER_PID"
+        stop_server
+    fi
+    if [[ -n "$TMP_DIR" && -d "$TMP_DIR" ]]; then
+        if [[ "${LABTASKER_DEMO_KEEP:-0}" == 1 ]]; then
+            printf '==> kept the temporary directory %s\n' "$TMP_DIR"
+        else
+            rm -rf "$TMP_DIR"
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------
+step "Finding a Python >= 3.10"
+find_python() {
+    local candidates=()
+    if [[ -n "${PYTHON:-}" ]]; then
+        candidates=("$PYTHON")
+    else
+        candidates=(python3 python3.14 python3.13 python3.12 python3.11 python3.10 python)
+    fi
+    local py
+    for py in "${candidates[@]}"; do
+        if command -v "$py" >/dev/null 2>&1 &&
+            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            command -v "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+PYTHON_BIN=$(find_python) || die "no Python >= 3.10 found (set PYTHON=/path/to/python3)"
+info "using $PYTHON_BIN ($("$PYTHON_BIN" -c 'import sys; print(sys.version.split()[0])'))"
+
+# ---------------------------------------------------------------------------------------
+step "Preparing the virtualenv $VENV_DIR"
+if [[ -x "$VENV_DIR/bin/python" ]] && "$VENV_DIR/bin/python" -c 'import sys' 2>/dev/null; then
+    info "reusing the existing virtualenv"
+else
+    rm -rf "$VENV_DIR"
+    "$PYTHON_BIN" -m venv "$VENV_DIR" ||
+        die "could not create a virtualenv (on Debian/Ubuntu: apt-get install python3-venv)"
+    info "created"
+fi
+# Keep the demo venv out of `git status` without touching the repository's .gitignore.
+[[ -f "$VENV_DIR/.gitignore" ]] || printf '*\n' >"$VENV_DIR/.gitignore"
+VPY="$VENV_DIR/bin/python"
+
+step "Installing labtasker with the demo extra (pip install '.[demo]')"
+# pip always rebuilds and reinstalls a local directory, so a re-run picks up the current
+# checkout; already-satisfied dependencies are not downloaded again.
+"$VPY" -m pip install --quiet --disable-pip-version-check "${REPO_DIR}[demo]"
+for tool in labtasker labtasker-server; do
+    [[ -x "$VENV_DIR/bin/$tool" ]] || die "$tool was not installed into $VENV_DIR/bin"
+done
+info "labtasker $("$VPY" -c 'import labtasker; print(labtasker.__version__)'), scikit-learn $("$VPY" -c 'import sklearn; print(sklearn.__version__)')"
+
+# Everything below runs the venv's tools; `python` in the loop command is the venv's python.
+export PATH="$VENV_DIR/bin:$PATH"
+unset LABTASKER_TASK_ID LABTASKER_WORKER_ID LABTASKER_LOG_DIR
+
+# ---------------------------------------------------------------------------------------
+step "Starting labtasker-server with a temporary SQLite database"
+TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/labtasker-demo.XXXXXX")
+PORT=$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+DB_URL="sqlite:///$TMP_DIR/demo.db"
+API_URL="http://127.0.0.1:$PORT"
+info "temporary directory: $TMP_DIR"
+info "labtasker-server serve --host 127.0.0.1 --port $PORT --db-url $DB_URL"
+(cd "$TMP_DIR" && exec labtasker-server serve --host 127.0.0.1 --port "$PORT" --db-url "$DB_URL") \
+    >"$TMP_DIR/server.log" 2>&1 &
+SERVER_PID=$!
+
+info "waiting for $API_URL/health ..."
+healthy=0
+for _ in $(seq 1 300); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        die "the server exited during start-up"
+    fi
+    if "$VPY" - "$API_URL/health" <<'PY' 2>/dev/null; then
+import sys
+import urllib.request
+
+with urllib.request.urlopen(sys.argv[1], timeout=1) as resp:
+    sys.exit(0 if resp.status == 200 else 1)
+PY
+        healthy=1
+        break
+    fi
+    sleep 0.1
+done
+((healthy)) || die "the server did not become healthy within 30 s"
+info "server is up (pid $SERVER_PID)"
+
+# ---------------------------------------------------------------------------------------
+step "Initialising the client config (labtasker init, non-interactive)"
+export LABTASKER_ROOT="$TMP_DIR/labtasker-root"
+PASSWORD=$("$VPY" -c 'import secrets; print(secrets.token_hex(12))')
+info "LABTASKER_ROOT=$LABTASKER_ROOT"
+info "labtasker init --api-base-url $API_URL --queue-name $QUEUE_NAME --password ****** --create-queue"
+labtasker init --api-base-url "$API_URL" --queue-name "$QUEUE_NAME" --password "$PASSWORD" \
+    --create-queue
+[[ -f "$LABTASKER_ROOT/client.toml" ]] || die "labtasker init did not write $LABTASKER_ROOT/client.toml"
+
+# ---------------------------------------------------------------------------------------
+cd "$EXAMPLE_DIR"
+
+step "Submitting the SVC half of the grid from the shell (examples/digits/submit_grid.sh)"
+bash submit_grid.sh
+
+step "Submitting the LogisticRegression half from Python (examples/digits/submit_grid.py)"
+python submit_grid.py
+
+# ---------------------------------------------------------------------------------------
+LOOP_CMD=(python job.py --model '%(model)' --C '%(C)' --scaler '%(scaler)')
+step "Running two workers in parallel: labtasker loop -- ${LOOP_CMD[*]}"
+for n in 1 2; do
+    labtasker loop -- "${LOOP_CMD[@]}" \
+        > >(sed -u "s/^/[worker-$n] /") 2> >(sed -u "s/^/[worker-$n] /" >&2) &
+    WORKER_PIDS+=($!)
+    info "worker-$n started (pid $!)"
+done
+
+deadline=$((SECONDS + WORKER_TIMEOUT))
+while :; do
+    running=0
+    for pid in "${WORKER_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then running=1; fi
+    done
+    ((running)) || break
+    if ((SECONDS >= deadline)); then
+        die "workers still running after ${WORKER_TIMEOUT}s (LABTASKER_DEMO_TIMEOUT)"
+    fi
+    sleep 0.5
+done
+worker_failures=0
+for n in 1 2; do
+    pid=${WORKER_PIDS[$((n - 1))]}
+    if wait "$pid"; then
+        info "worker-$n finished (exit 0)"
+    else
+        rc=$?
+        info "worker-$n exited with status $rc"
+        worker_failures=$((worker_failures + 1))
+    fi
+done
+WORKER_PIDS=()
+sleep 0.2 # let the prefixing sed processes flush
+
+# ---------------------------------------------------------------------------------------
+step "Results (examples/digits/report.py)"
+report_status=0
+python report.py --require-success || report_status=$?
+
+step "Stopping the server"
+stop_server
+info "stopped"
+
+if ((report_status != 0 || worker_failures != 0)); then
+    printf '\nDEMO FAILED: not every task succeeded (report exit %s, failed workers %s)\n' \
+        "$report_status" "$worker_failures" >&2
+    exit 1
+fi
+printf '\nDEMO OK: every task succeeded.\n'
