@@ -1,0 +1,128 @@
+"""Root of the ``labtasker`` / ``lt`` command-line interface.
+
+Sub-command groups live in sibling modules (``queue``, ``task``, ``worker``) plus the
+top-level commands ``init``, ``config``, ``health``, ``help`` and ``loop`` (registered by
+``labtasker.client.cli.loop.register``). Usage errors print a single ``Error: ...`` line and
+exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from labtasker.__version__ import __version__
+from labtasker.client.cli import config_cmd, init_cmd, loop, queue, task, worker
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(
+    name="labtasker",
+    help="Labtasker: a task queue for ML experiments. Submit tasks, then run them with "
+    "`labtasker loop`.",
+    context_settings=CONTEXT_SETTINGS,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"Labtasker Version: {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_version_callback,
+    ),
+) -> None:
+    """Labtasker: a task queue for ML experiments."""
+
+
+@app.command("help")
+def help_cmd(ctx: typer.Context) -> None:
+    """Show this help message."""
+    print(ctx.parent.get_help() if ctx.parent else ctx.get_help())
+
+
+app.add_typer(queue.app, name="queue")
+app.add_typer(task.app, name="task")
+app.add_typer(worker.app, name="worker")
+init_cmd.register(app)
+config_cmd.register(app)
+loop.register(app)
+
+
+def _load_plugins() -> None:
+    """Import CLI plugins (entry points of group ``labtasker.client.cli``), spec §8.4.
+
+    Filtered by ``[cli_plugins]`` of ``client.toml`` when it exists; a plugin that fails to
+    import is skipped with a warning.
+    """
+    from importlib.metadata import entry_points
+
+    try:
+        eps = list(entry_points(group="labtasker.client.cli"))
+    except Exception:  # pragma: no cover - broken metadata
+        return
+    if not eps:
+        return
+    from fnmatch import fnmatch
+
+    default, include, exclude = "all", [], []
+    try:
+        from labtasker.client.config import get_client_config
+
+        plugins_cfg = get_client_config().cli_plugins
+        default, include, exclude = plugins_cfg.default, plugins_cfg.include, plugins_cfg.exclude
+    except Exception:
+        pass
+    import importlib
+
+    for ep in eps:
+        package = ep.value.split(":")[0].split(".")[0]
+        if default == "selected":
+            wanted = any(fnmatch(package, pat) for pat in include)
+        else:
+            wanted = not any(fnmatch(package, pat) for pat in exclude)
+        if not wanted:
+            continue
+        try:
+            importlib.import_module(ep.value.split(":")[0])
+        except Exception as exc:
+            print(f"Warning: failed to load CLI plugin {ep.name!r}: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and exit with its status code."""
+    _load_plugins()
+    try:
+        rv = app(args=argv, prog_name="labtasker", standalone_mode=False)
+    except typer.TyperException as exc:  # click-style usage errors (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())
+            sys.exit(2)
+        message = " ".join(exc.format_message().split()).replace("Value error, ", "")
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:
+        from labtasker.client.cli.common import _silence_stdout
+
+        _silence_stdout()
+        sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

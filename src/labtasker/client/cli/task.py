@@ -1,0 +1,394 @@
+"""``labtasker task submit|ls|update|delete`` (spec §5.3)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from labtasker.client.cli.common import (
+    OutputFormat,
+    TaskStatusChoice,
+    choose_format,
+    confirm,
+    dict_option,
+    emit_records,
+    filter_option,
+    handle_errors,
+    ids_filter,
+    parse_sort,
+    print_filter,
+    read_ids_from_stdin,
+    stdin_is_tty,
+    tasks_table,
+    usage_error,
+)
+
+app = typer.Typer(
+    help="Submit, list, update and delete tasks.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_LS_SORT = [("priority", -1), ("last_modified", 1), ("created_at", 1)]
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    """Seconds from ``90``, ``1.5``, ``1h30m``...; bad text -> usage error naming ``option``."""
+    if text is None:
+        return None
+    from labtasker.timeutil import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise usage_error(f"Invalid value for {option}: {exc}") from None
+    if value <= 0:
+        raise usage_error(f"Invalid value for {option}: must be > 0 seconds")
+    return value
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": False})
+@handle_errors
+def submit(
+    args_pos: list[str] | None = typer.Argument(
+        None,
+        metavar="[-- ARGS]...",
+        help="Task args as options after `--`: `-- --lr 0.1 --model.depth=3`.",
+        show_default=False,
+    ),
+    task_name: str | None = typer.Option(None, "--task-name", "--name", help="Task name."),
+    args: str | None = typer.Option(
+        None, "--args", help="Task args as a dict (JSON or Python literal), e.g. '{\"lr\": 0.1}'."
+    ),
+    metadata: str | None = typer.Option(None, "--metadata", help="Task metadata as a dict."),
+    cmd: str | None = typer.Option(None, "--cmd", help="Command to run for this task."),
+    heartbeat_timeout: str | None = typer.Option(
+        "60",
+        "--heartbeat-timeout",
+        help="Fail the task if no heartbeat for this long (seconds or '5min').",
+    ),
+    task_timeout: str | None = typer.Option(
+        None, "--task-timeout", help="Maximum run time (seconds or '2h'); default: no limit."
+    ),
+    max_retries: int = typer.Option(3, "--max-retries", min=0, help="Failures before 'failed'."),
+    priority: int = typer.Option(
+        10, "--priority", help="Higher runs first (LOW 0, MEDIUM 10, HIGH 20)."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the task id."),
+) -> None:
+    """Submit a task. Args come from `--args` or from options after `--`.
+
+    Example: `labtasker task submit --name exp1 -- --lr 0.1 --model.depth 3`
+    """
+    from labtasker.client import api
+    from labtasker.client.cmdline import parse_extra_opt
+
+    if args_pos and args is not None:
+        raise usage_error("Use either --args or positional args after `--`, not both.")
+    if args_pos:
+        try:
+            parsed_args = parse_extra_opt(args_pos)
+        except ValueError as exc:
+            raise usage_error(f"Invalid value for [ARGS]: {exc}") from None
+    else:
+        parsed_args = dict_option(args, "--args")
+    meta = dict_option(metadata, "--metadata")
+    if not parsed_args and not cmd:
+        raise usage_error("Either --cmd or args (--args or `-- --key value`) must be specified.")
+    resp = api.submit_task(
+        task_name=task_name,
+        args=parsed_args,
+        metadata=meta,
+        cmd=cmd,
+        heartbeat_timeout=_duration(heartbeat_timeout, "--heartbeat-timeout"),
+        task_timeout=_duration(task_timeout, "--task-timeout"),
+        max_retries=max_retries,
+        priority=priority,
+    )
+    print(resp.task_id if quiet else f"Task submitted with ID: {resp.task_id}")
+
+
+def _selection(
+    task_id: str | None,
+    task_name: str | None,
+    status: TaskStatusChoice | None,
+    extra_filter: str | None,
+    piped_ids: list[str] | None,
+) -> dict:
+    query = filter_option(extra_filter)
+    if piped_ids is not None:
+        extra = ids_filter(piped_ids)
+        query = {"$and": [query, extra]} if query else extra
+    return {
+        "task_id": task_id,
+        "task_name": task_name,
+        "status": status.value if status else None,
+        "extra_filter": query,
+    }
+
+
+@app.command()
+@handle_errors
+def ls(
+    task_id: str | None = typer.Option(None, "--task-id", "--id", help="Only this task."),
+    task_name: str | None = typer.Option(None, "--task-name", "--name", help="Only this name."),
+    status: TaskStatusChoice | None = typer.Option(
+        None, "-s", "--status", help="Only this status."
+    ),
+    extra_filter: str | None = typer.Option(
+        None,
+        "-f",
+        "--extra-filter",
+        help="Python expression (`args.lr < 0.1 and status == 'failed'`) or a Mongo-style "
+        'dict (`{"args.lr": {"$lt": 0.1}}`).',
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only task ids, one per line."),
+    fmt: OutputFormat | None = typer.Option(
+        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
+    ),
+    limit: int = typer.Option(
+        100, "--limit", min=1, max=1000, help="Page size (all pages are listed)."
+    ),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many tasks first."),
+    sort: list[str] | None = typer.Option(
+        None,
+        "-S",
+        "--sort",
+        help="Sort key `field:asc|desc`, repeatable (default: priority:desc, "
+        "last_modified:asc, created_at:asc).",
+    ),
+    pager: bool = typer.Option(
+        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
+    ),
+    ansi: bool = typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output."),
+    piped_in: bool = typer.Option(False, "--piped-in", help="Read task ids from stdin."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+) -> None:
+    """List tasks (all pages). Datetimes are UTC."""
+    from labtasker.client import api
+
+    if quiet and verbose:
+        raise usage_error("-q/--quiet and -v/--verbose cannot be used together.")
+    piped_ids = None
+    if piped_in:
+        if task_id or task_name or status or extra_filter:
+            raise usage_error(
+                "--piped-in cannot be combined with --task-id, --task-name, --status or "
+                "--extra-filter."
+            )
+        piped_ids = read_ids_from_stdin()
+        if not piped_ids:
+            return
+    sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
+    order = parse_sort(sort) or DEFAULT_LS_SORT
+    if verbose:
+        print_filter(sel["extra_filter"] or {})
+    records = api.iter_tasks(**sel, page_size=limit, offset=offset, sort=order)
+    emit_records(
+        records,
+        choose_format(fmt),
+        table_builder=tasks_table,
+        quiet_key="task_id",
+        quiet=quiet,
+        ansi=ansi,
+    )
+
+
+@app.command()
+@handle_errors
+def update(
+    updates_pos: list[str] | None = typer.Argument(
+        None, metavar="[UPDATES]...", help="Updates `key=value` (same as -u).", show_default=False
+    ),
+    task_id: str | None = typer.Option(None, "--task-id", "--id", help="Select this task."),
+    task_name: str | None = typer.Option(None, "--task-name", "--name", help="Select by name."),
+    status: TaskStatusChoice | None = typer.Option(
+        None, "-s", "--status", help="Select by status."
+    ),
+    extra_filter: str | None = typer.Option(
+        None, "-f", "--extra-filter", help="Select by filter (Python expression or dict)."
+    ),
+    update_opts: list[str] | None = typer.Option(
+        None,
+        "-u",
+        "--update",
+        help="Update `key=value`, repeatable: `status=pending`, `args.lr=0.2` (patch one "
+        "sub-field), `args={'lr': 0.2}` (replace the whole field).",
+    ),
+    limit: int = typer.Option(1000, "--limit", min=1, max=1000, help="Update at most this many."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many selected tasks."),
+    reset_pending: bool = typer.Option(
+        False,
+        "--reset-pending/--no-reset-pending",
+        help="Also put the tasks back to pending with retries=0.",
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing on success."),
+    editor: str | None = typer.Option(
+        None, "--editor", help="Editor for interactive mode (default $VISUAL/$EDITOR)."
+    ),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+) -> None:
+    """Update tasks selected by id/name/status/filter (or ids on stdin).
+
+    Without updates, the selected tasks open in an editor as YAML.
+    """
+    from labtasker.client import api
+    from labtasker.client.cmdline import parse_updates
+    from labtasker.wire import TaskUpdateRequest
+
+    if updates_pos and update_opts:
+        raise usage_error("Give updates either as positional arguments or with -u, not both.")
+    if quiet and verbose:
+        raise usage_error("-q/--quiet and -v/--verbose cannot be used together.")
+    updates = list(updates_pos or update_opts or [])
+    fields = parse_updates(updates) if updates else None
+    if fields is None and reset_pending is False and quiet:
+        raise usage_error("Interactive editing needs no -q; give updates with -u key=value.")
+
+    selected_by_option = any(v is not None for v in (task_id, task_name, status, extra_filter))
+    piped_ids = None
+    if not selected_by_option and not stdin_is_tty():
+        piped_ids = read_ids_from_stdin()
+        if not piped_ids:
+            print("No task ids read from stdin; nothing to update.", file=sys.stderr)
+            return
+    sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
+    if verbose:
+        print_filter(sel["extra_filter"] or {})
+    tasks = api.ls_tasks(**sel, limit=limit, offset=offset, sort=[("created_at", 1)]).content
+    if not tasks:
+        print("No tasks matched.", file=sys.stderr)
+        return
+
+    if fields is None and not reset_pending:
+        requests = _edit_tasks(tasks, editor)
+        if requests is None:
+            print("No changes.", file=sys.stderr)
+            return
+    else:
+        requests = [
+            TaskUpdateRequest.model_validate({"task_id": t.task_id, **(fields or {})})
+            for t in tasks
+        ]
+    result = api.update_tasks(requests, reset_pending=reset_pending)
+    if not quiet:
+        print(f"Total {len(result.content)} tasks updated.")
+
+
+_READ_ONLY = (
+    "task_id",
+    "queue_id",
+    "created_at",
+    "start_time",
+    "last_heartbeat",
+    "last_modified",
+    "worker_id",
+    "run_id",
+)
+
+
+def _edit_tasks(tasks, editor: str | None):
+    """Open the tasks as YAML in an editor; return update requests for changed fields
+    (``None`` when nothing changed)."""
+    import os
+    import tempfile
+
+    import yaml
+
+    original = [t.model_dump(mode="json") for t in tasks]
+    header = (
+        "# Edit the tasks below and save. Read-only fields "
+        f"({', '.join(_READ_ONLY)}) are ignored.\n"
+        "# Do not add, remove or reorder tasks.\n"
+    )
+    text = header + yaml.safe_dump(original, sort_keys=False, allow_unicode=True)
+    fd, tmp = tempfile.mkstemp(prefix="labtasker.tmp.", suffix=".yaml")
+    os.close(fd)
+    try:
+        return _edit_loop(tmp, text, original, editor)
+    finally:
+        os.unlink(tmp)
+
+
+def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
+    import yaml
+
+    from labtasker.client.cli.common import run_editor
+    from labtasker.client.cmdline import UPDATABLE_TASK_FIELDS
+    from labtasker.wire import TaskUpdateRequest
+
+    while True:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        run_editor(tmp, editor)
+        with open(tmp, encoding="utf-8") as fh:
+            edited = fh.read()
+        if edited == text:
+            return None
+        try:
+            new = yaml.safe_load(edited)
+            if not isinstance(new, list) or [d.get("task_id") for d in new] != [
+                d["task_id"] for d in original
+            ]:
+                raise ValueError("the list of task_ids (count and order) must not change")
+            requests = []
+            for old, cur in zip(original, new, strict=True):
+                changed = [
+                    k for k in UPDATABLE_TASK_FIELDS if k in cur and cur.get(k) != old.get(k)
+                ]
+                ignored = [k for k in _READ_ONLY if cur.get(k) != old.get(k)]
+                if ignored:
+                    print(
+                        f"Warning: ignoring changes to read-only fields {ignored} "
+                        f"of task {old['task_id']}",
+                        file=sys.stderr,
+                    )
+                if changed:
+                    body = {k: cur[k] for k in changed}
+                    body.update(task_id=old["task_id"], replace_fields=changed)
+                    requests.append(TaskUpdateRequest.model_validate(body))
+            return requests or None
+        except (yaml.YAMLError, ValueError, AttributeError) as exc:
+            print(f"Error: invalid edit: {' '.join(str(exc).split())}", file=sys.stderr)
+            if not typer.confirm("Continue to edit?", default=True):
+                raise typer.Exit(1) from None
+            text = edited
+
+
+@app.command()
+@handle_errors
+def delete(
+    task_ids: list[str] | None = typer.Argument(
+        None, help="Ids of the tasks to delete (read from stdin when piped).", show_default=False
+    ),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Delete tasks by id."""
+    from labtasker.client import api
+    from labtasker.exceptions import LabtaskerHTTPStatusError
+
+    ids = list(task_ids or [])
+    if not ids:
+        if stdin_is_tty():
+            raise usage_error("Missing argument TASK_IDS (or pipe ids on stdin).")
+        ids = read_ids_from_stdin()
+        if not ids:
+            print("No task ids given; nothing to delete.", file=sys.stderr)
+            return
+        if not yes:
+            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
+    confirm(f"Are you sure you want to delete tasks {ids}?", yes)
+    missing = 0
+    for tid in ids:
+        try:
+            api.delete_task(tid)
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            missing += 1
+            print(f"Error: Task {tid} not found.", file=sys.stderr)
+        else:
+            print(f"Task {tid} deleted.")
+    if missing:
+        raise typer.Exit(1)

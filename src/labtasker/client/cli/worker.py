@@ -1,0 +1,160 @@
+"""``labtasker worker create|ls|report|delete`` (spec §5.4)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from labtasker.client.cli.common import (
+    OutputFormat,
+    WorkerStatusChoice,
+    choose_format,
+    confirm,
+    dict_option,
+    emit_records,
+    filter_option,
+    handle_errors,
+    parse_sort,
+    print_filter,
+    read_ids_from_stdin,
+    stdin_is_tty,
+    usage_error,
+    workers_table,
+)
+
+app = typer.Typer(
+    help="Create, list, suspend/activate and delete workers.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.command()
+@handle_errors
+def create(
+    worker_name: str | None = typer.Option(None, "--worker-name", "--name", help="Worker name."),
+    metadata: str | None = typer.Option(None, "--metadata", help="Worker metadata as a dict."),
+    max_retries: int = typer.Option(
+        3, "--max-retries", min=1, help="Failures after which the worker is marked crashed."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the worker id."),
+) -> None:
+    """Register a worker."""
+    from labtasker.client import api
+
+    worker_id = api.create_worker(worker_name, dict_option(metadata, "--metadata"), max_retries)
+    print(worker_id if quiet else f"Worker created with ID: {worker_id}")
+
+
+@app.command()
+@handle_errors
+def ls(
+    worker_id: str | None = typer.Option(None, "--worker-id", "--id", help="Only this worker."),
+    worker_name: str | None = typer.Option(None, "--worker-name", "--name", help="Only this name."),
+    status: WorkerStatusChoice | None = typer.Option(
+        None, "-s", "--status", help="Only this status."
+    ),
+    extra_filter: str | None = typer.Option(
+        None, "-f", "--extra-filter", help="Python expression or Mongo-style dict."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only worker ids."),
+    fmt: OutputFormat | None = typer.Option(
+        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
+    ),
+    limit: int = typer.Option(
+        100, "--limit", min=1, max=1000, help="Page size (all pages are listed)."
+    ),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many workers first."),
+    sort: list[str] | None = typer.Option(
+        None, "-S", "--sort", help="Sort key `field:asc|desc`, repeatable."
+    ),
+    pager: bool = typer.Option(
+        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
+    ),
+    ansi: bool = typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+) -> None:
+    """List workers (all pages). Datetimes are UTC."""
+    from labtasker.client import api
+
+    if quiet and verbose:
+        raise usage_error("-q/--quiet and -v/--verbose cannot be used together.")
+    query = filter_option(extra_filter)
+    if verbose:
+        print_filter(query or {})
+    records = api.iter_workers(
+        worker_id=worker_id,
+        worker_name=worker_name,
+        status=status.value if status else None,
+        extra_filter=query,
+        page_size=limit,
+        offset=offset,
+        sort=parse_sort(sort) or [("created_at", 1)],
+    )
+    emit_records(
+        records,
+        choose_format(fmt),
+        table_builder=workers_table,
+        quiet_key="worker_id",
+        quiet=quiet,
+        ansi=ansi,
+    )
+
+
+@app.command()
+@handle_errors
+def report(
+    worker_id: str = typer.Argument(..., help="Worker id."),
+    status: WorkerStatusChoice = typer.Argument(
+        ..., help="New status: active (re-activate) or suspended."
+    ),
+) -> None:
+    """Suspend or re-activate a worker."""
+    from labtasker.client import api
+
+    api.report_worker_status(worker_id, status.value)
+    print(f"Worker {worker_id} status updated to {status.value}.")
+
+
+@app.command()
+@handle_errors
+def delete(
+    worker_ids: list[str] | None = typer.Argument(
+        None, help="Ids of the workers to delete (read from stdin when piped).", show_default=False
+    ),
+    cascade_update: bool = typer.Option(
+        True,
+        "--cascade-update/--no-cascade-update",
+        help="Clear worker_id on the tasks of deleted workers.",
+    ),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Delete workers by id."""
+    from labtasker.client import api
+    from labtasker.exceptions import LabtaskerHTTPStatusError
+
+    ids = list(worker_ids or [])
+    if not ids:
+        if stdin_is_tty():
+            raise usage_error("Missing argument WORKER_IDS (or pipe ids on stdin).")
+        ids = read_ids_from_stdin()
+        if not ids:
+            print("No worker ids given; nothing to delete.", file=sys.stderr)
+            return
+        if not yes:
+            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
+    confirm(f"Are you sure you want to delete worker {ids}?", yes)
+    missing = 0
+    for wid in ids:
+        try:
+            api.delete_worker(wid, cascade_update=cascade_update)
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            missing += 1
+            print(f"Error: Worker {wid} not found.", file=sys.stderr)
+        else:
+            print(f"Worker {wid} deleted.")
+    if missing:
+        raise typer.Exit(1)
