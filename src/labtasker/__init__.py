@@ -1,6 +1,110 @@
-"""labtasker: a task queue for ML experiments."""
+"""labtasker: a task queue for ML experiments.
+
+``import labtasker`` is cheap and has no side effects (no network, no config read): every
+public name of spec §6.1 is resolved on first access (PEP 562 ``__getattr__``). Typical use::
+
+    import labtasker
+    from labtasker import Required
+
+    @labtasker.loop()
+    def train(lr=Required(), cfg=Required(alias="model.cfg")):
+        ...
+        labtasker.finish("success", summary={"accuracy": acc})   # optional
+
+    train()   # runs matching tasks until none is left
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from labtasker.__version__ import __version__
 
 __application__ = "labtasker"
-__all__ = ["__version__"]
+
+_RUNNER = "labtasker.client.runner"
+_API = "labtasker.client.api"
+_EXC = "labtasker.exceptions"
+
+_LAZY: dict[str, str] = {
+    # loop runner and context helpers
+    "loop": _RUNNER,
+    "finish": _RUNNER,
+    "set_loop_internal_error_handler": _RUNNER,
+    "set_prompt_on_task_failure": _RUNNER,
+    "task_info": _RUNNER,
+    "current_task_id": _RUNNER,
+    "current_worker_id": _RUNNER,
+    "is_enabled": _RUNNER,
+    "get_labtasker_log_dir": _RUNNER,
+    "Required": "labtasker.client.required",
+    "run_with_pty": "labtasker.client.job",
+    "run_with_subprocess": "labtasker.client.job",
+    # HTTP wrappers
+    "get_httpx_client": _API,
+    "close_httpx_client": _API,
+    "health_check": _API,
+    "create_queue": _API,
+    "get_queue": _API,
+    "update_queue": _API,
+    "delete_queue": _API,
+    "submit_task": _API,
+    "fetch_task": _API,
+    "report_task_status": _API,
+    "refresh_task_heartbeat": _API,
+    "ls_tasks": _API,
+    "update_tasks": _API,
+    "delete_task": _API,
+    "create_worker": _API,
+    "ls_workers": _API,
+    "report_worker_status": _API,
+    "delete_worker": _API,
+    # events (optional module)
+    "connect_events": "labtasker.client.events",
+    "EventListener": "labtasker.client.events",
+    # configuration
+    "get_client_config": "labtasker.client.config",
+    "get_labtasker_client_config_path": "labtasker.client.config",
+    # exceptions
+    "LabtaskerError": _EXC,
+    "LabtaskerRuntimeError": _EXC,
+    "LabtaskerValueError": _EXC,
+    "LabtaskerTypeError": _EXC,
+    "LabtaskerNetworkError": _EXC,
+    "LabtaskerHTTPStatusError": _EXC,
+    "LabtaskerConnectError": _EXC,
+    "LabtaskerConnectTimeout": _EXC,
+    "WorkerSuspended": _EXC,
+    "TaskNotOwned": _EXC,
+    "CmdParserError": _EXC,
+    "CmdSyntaxError": _EXC,
+    "CmdKeyError": _EXC,
+    "CmdTypeError": _EXC,
+    "QueryTranspilerError": _EXC,
+    "QueryTranspilerSyntaxError": _EXC,
+    "QueryTranspilerValueError": _EXC,
+}
+
+__all__ = ["__version__", "__application__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` on first access and cache the value."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'labtasker' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AttributeError(f"labtasker.{name} is not available: {exc}") from exc
+    try:
+        value = getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"labtasker.{name} is not available in {module_name}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,7 +1,163 @@
-"""`labtasker loop`: placeholder, filled in by the loop-runner work."""
+"""``labtasker loop``: run a command for every matching task (spec §5.8).
+
+Examples::
+
+    labtasker loop -- python train.py --lr '%(lr)' --name '%(run.name)'   # argv mode
+    labtasker loop -c 'python train.py --lr %(lr) > out-%(lr).txt'          # shell mode
+    labtasker loop --script-path job.sh                                     # shell mode
+    echo 'python eval.py %(ckpt)' | labtasker loop                          # shell mode
+
+In argv mode each element is one argument of the program, whatever the substituted values
+contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields become the
+loop's required fields ("no more, no less": only tasks whose args have exactly these fields
+are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.runner`.
+
+Exit status: 0 when no matching task is left (or the worker is suspended); 2 on usage or
+set-up errors (one-line message); 1 when the loop gave up after repeated internal errors;
+128 + N when stopped by signal N (the running job gets the same signal, then SIGKILL after
+10 s).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer
+
+from labtasker.exceptions import (
+    CmdSyntaxError,
+    LabtaskerError,
+    LabtaskerNetworkError,
+    QueryTranspilerError,
+)
+
+HELP = "Fetch matching tasks one by one and run COMMAND for each (see `labtasker loop --help`)."
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``loop`` command to the root CLI app."""
+
+    @app.command(
+        "loop",
+        help=HELP,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def loop_command(
+        ctx: typer.Context,
+        cmd: list[str] | None = typer.Argument(
+            None,
+            help="Command in argv mode, usually after `--`: each element is one argument; "
+            "`%(a.b)` is replaced by the task's args.a.b without any quoting.",
+            show_default=False,
+        ),
+        command: str | None = typer.Option(
+            None,
+            "--command",
+            "--cmd",
+            "-c",
+            help="Command as a shell string, run with /bin/sh -c (values are shell-quoted).",
+        ),
+        script_path: Path | None = typer.Option(
+            None, "--script-path", help="File whose content is the shell command to run."
+        ),
+        executable: str | None = typer.Option(
+            None, "--executable", help="Shell used for shell commands (default /bin/sh)."
+        ),
+        extra_filter: str | None = typer.Option(
+            None,
+            "--extra-filter",
+            "-f",
+            help="Only fetch tasks matching this filter: a Mongo-style dict such as "
+            '\'{"metadata.tags": {"$in": ["exp"]}}\' or a Python expression such as '
+            "'args.lr < 0.1'.",
+        ),
+        worker_id: str | None = typer.Option(
+            None, "--worker-id", help="Use this existing worker (default: create one)."
+        ),
+        eta_max: str | None = typer.Option(
+            None, "--eta-max", help="Maximum run time per task, e.g. '2h', '30m', '90'."
+        ),
+        heartbeat_timeout: float | None = typer.Option(
+            None,
+            "--heartbeat-timeout",
+            help="Seconds without heartbeat before the server reclaims a task "
+            "(default 3 x heartbeat_interval).",
+        ),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    ) -> None:
+        from labtasker.client.runner import LoopRunner, ensure_logging
+        from labtasker.client.template import CommandTemplate
+
+        argv = list(cmd or []) + list(ctx.args)
+        sources = [
+            name
+            for name, given in (
+                ("CMD", argv),
+                ("--command", command is not None),
+                ("--script-path", script_path is not None),
+            )
+            if given
+        ]
+        if len(sources) > 1:
+            raise _fail(f"give exactly one command source, got {' and '.join(sources)}")
+        shell_text: str | None = None
+        if command is not None:
+            shell_text = command
+        elif script_path is not None:
+            try:
+                shell_text = script_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"cannot read --script-path {script_path}: {exc.strerror}") from None
+        elif not argv:
+            if sys.stdin is not None and not sys.stdin.isatty():
+                shell_text = sys.stdin.read()
+            else:
+                raise _fail("Command cannot be empty. Use `labtasker loop -- CMD...` or -c.")
+        if shell_text is not None and not shell_text.strip():
+            raise _fail("Command cannot be empty.")
+        try:
+            template = (
+                CommandTemplate.from_shell(shell_text)
+                if shell_text is not None
+                else CommandTemplate.from_argv(argv)
+            )
+        except CmdSyntaxError as exc:
+            raise _fail(f"Command error with exception {exc}") from None
+
+        ensure_logging(verbose)
+        if executable and not template.shell:
+            typer.echo("Warning: --executable only applies to shell commands; ignored.", err=True)
+        try:
+            runner = LoopRunner(
+                required_fields=template.required_fields(),
+                extra_filter=extra_filter,
+                cmd=sys.argv if shell_text is None else shell_text,
+                worker_id=worker_id,
+                eta_max=eta_max,
+                heartbeat_timeout=heartbeat_timeout,
+            )
+        except QueryTranspilerError as exc:
+            raise _fail(f"invalid --extra-filter: {exc}") from None
+        except (LabtaskerError, ValueError) as exc:
+            raise _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        import logging
+
+        logging.getLogger("labtasker.loop").info("Got command: %s", template)
+        try:
+            runner.setup()
+        except LabtaskerNetworkError as exc:
+            raise _fail(f"cannot reach the server: {exc}", 1) from None
+        except LabtaskerError as exc:
+            raise _fail(str(exc).splitlines()[0]) from None
+        try:
+            signum = runner.run(runner.command_executor(template, executable))
+        except LabtaskerError as exc:
+            raise _fail(f"loop stopped after repeated internal errors: {exc}", 1) from None
+        if signum:
+            raise typer.Exit(128 + signum)

@@ -1,0 +1,155 @@
+"""Heartbeat thread of one running task (spec §5.10, bug 31 fixed, lesson 2).
+
+* The first beat is sent at once, then one every ``interval`` seconds.
+* Errors other than "the task is no longer ours" (network errors, 5xx, timeouts...) are
+  logged and retried with exponential back-off (0.5 s doubling, capped at ``interval``); the
+  thread never dies silently.
+* When the server answers that the task is no longer this run's (``TaskNotOwned``: task
+  cancelled, timed out and re-dispatched, reported...), ``on_lost(exc)`` is called once and the
+  thread ends, so the runner can stop the job.
+* :meth:`Heartbeat.stop` returns at once (the thread waits on an ``Event``, never on a bare
+  ``sleep``) and no beat is sent after it.
+* ``lock_file`` (``<run dir>/heartbeat.lock``) exists while the heartbeat runs, as in 1.0.1;
+  deleting it stops the heartbeat without calling ``on_lost``.
+* ``finishing()`` (optional predicate) is true while/after a ``finish()`` -- possibly in the
+  job's child process -- reports the task: beats are held, and a "not ours" answer then means
+  "just reported", so ``on_lost`` is not called. If that report fails, beats resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from labtasker.exceptions import LabtaskerRuntimeError, TaskNotOwned
+
+logger = logging.getLogger("labtasker.heartbeat")
+
+RefreshFn = Callable[..., object]
+
+
+def _default_refresh(task_id: str, worker_id: str | None, run_id: str | None) -> object:
+    from labtasker.client.api import refresh_task_heartbeat
+
+    return refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id)
+
+
+class Heartbeat:
+    """Periodic ``POST /tasks/{id}/heartbeat`` for one claim (``task_id`` + ``run_id``).
+
+    ``interval`` is in seconds. ``refresh(task_id, worker_id, run_id)`` performs one beat and
+    raises ``TaskNotOwned`` when the claim is gone (default: the HTTP API wrapper).
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        worker_id: str | None,
+        run_id: str | None,
+        interval: float,
+        on_lost: Callable[[Exception], None] | None = None,
+        lock_file: Path | None = None,
+        refresh: Callable[[str, str | None, str | None], object] | None = None,
+        finishing: Callable[[], bool] | None = None,
+    ):
+        if interval <= 0:
+            raise LabtaskerRuntimeError(f"heartbeat interval must be > 0, got {interval}")
+        self.task_id = task_id
+        self.worker_id = worker_id
+        self.run_id = run_id
+        self.interval = float(interval)
+        self.on_lost = on_lost
+        self.lock_file = Path(lock_file) if lock_file else None
+        self.refresh = refresh or _default_refresh
+        self.finishing = finishing
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.beats = 0  # successful beats, for tests and logs
+        self.lost: Exception | None = None
+
+    def start(self) -> Heartbeat:
+        """Create the lock file and start the thread; a second start raises
+        ``LabtaskerRuntimeError``."""
+        if self._thread is not None:
+            raise LabtaskerRuntimeError("Heartbeat already started.")
+        if self.lock_file is not None:
+            self.lock_file.touch()
+        self._thread = threading.Thread(
+            target=self._run, name=f"labtasker-heartbeat-{self.task_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop beating now; joins the thread up to ``timeout`` seconds (a beat already in
+        flight may take that long) and removes the lock file. Idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self.lock_file is not None:
+            try:
+                self.lock_file.unlink()
+            except FileNotFoundError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _released(self) -> bool:
+        return self.lock_file is not None and not os.path.exists(self.lock_file)
+
+    def _is_finishing(self) -> bool:
+        try:
+            return bool(self.finishing and self.finishing())
+        except Exception:  # noqa: BLE001 - a broken predicate must not kill the thread
+            return False
+
+    def _run(self) -> None:
+        failures = 0
+        delay = 0.0
+        while not self._stop.wait(delay):
+            if self._released():
+                logger.debug("Heartbeat of task %s released (lock file removed).", self.task_id)
+                return
+            if self._is_finishing():
+                delay = min(0.2, self.interval)  # a report is in flight: hold the beat
+                continue
+            try:
+                self.refresh(self.task_id, self.worker_id, self.run_id)
+            except TaskNotOwned as exc:
+                if self._stop.is_set() or self._released() or self._is_finishing():
+                    return  # the task was just reported by a finish(), not lost
+                self.lost = exc
+                logger.warning("Task %s is no longer ours: %s", self.task_id, exc)
+                if self.on_lost is not None:
+                    try:
+                        self.on_lost(exc)
+                    except Exception:  # pragma: no cover - defensive
+                        logger.exception("Heartbeat on_lost callback failed")
+                return
+            except Exception as exc:  # noqa: BLE001 - transient: retry, never die
+                if self._stop.is_set():
+                    return
+                failures += 1
+                delay = min(self.interval, 0.5 * 2 ** (failures - 1))
+                logger.warning(
+                    "Failed to refresh heartbeat of task %s (attempt %d, retry in %.1fs): %s",
+                    self.task_id,
+                    failures,
+                    delay,
+                    exc,
+                )
+                continue
+            if failures:
+                logger.info(
+                    "Heartbeat of task %s recovered after %d failures.", self.task_id, failures
+                )
+            failures = 0
+            self.beats += 1
+            delay = self.interval

@@ -1,0 +1,613 @@
+"""End-to-end tests of ``labtasker loop`` and ``@labtasker.loop`` against a real server.
+
+Every loop is a real child process (the ``labtasker`` console script or a Python script using
+the decorator); jobs are real processes that write what they received into files, which the
+tests compare with what was submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+LABTASKER = str(Path(sys.executable).parent / "labtasker")
+
+NASTY = [
+    "plain",
+    "two words",
+    "it's",
+    'say "hi"',
+    "both ' and \"",
+    "$HOME ${PATH}",
+    "`id` $(id)",
+    "100% %d %(x)",
+    "a;b && c || d | e > f < g",
+    "line1\nline2",
+    "tab\there",
+    "  padded  ",
+    "",
+    "-n",
+    "--flag=value",
+    "#comment",
+    "*.py ?",
+    "~",
+    "back\\slash\\",
+    "unicodé ✓ 日本語 🚀",
+    "{}",
+    "!",
+]
+
+# A job that records its argv and LABTASKER_* environment into <out>/<task_id>.json
+RECORDER = textwrap.dedent(
+    """
+    import json, os, sys
+    out = os.environ["OUT_DIR"]
+    data = {"argv": sys.argv[1:],
+            "env": {k: v for k, v in os.environ.items() if k.startswith("LABTASKER_")},
+            "stdin": sys.stdin.read(), "cwd": os.getcwd()}
+    print("job output for", os.environ["LABTASKER_TASK_ID"], flush=True)
+    with open(os.path.join(out, os.environ["LABTASKER_TASK_ID"] + ".json"), "w") as f:
+        json.dump(data, f)
+    """
+)
+
+
+# ------------------------------------------------------------------------------ helpers
+def submit(http, args=None, **fields) -> str:
+    body = {"args": args, **fields}
+    resp = http.post("/api/v1/queues/me/tasks", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()["task_id"]
+
+
+def get_task(http, task_id: str) -> dict:
+    resp = http.get(f"/api/v1/queues/me/tasks/{task_id}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def run_loop(
+    queue_env, *loop_args, timeout=120, extra_env=None, **kw
+) -> subprocess.CompletedProcess:
+    env = {**queue_env.env(), **(extra_env or {})}
+    return subprocess.run(
+        [LABTASKER, "loop", *loop_args],
+        env=env,
+        cwd=queue_env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
+
+
+@pytest.fixture
+def recorder(queue_env):
+    script = queue_env.workdir / "recorder.py"
+    script.write_text(RECORDER)
+    out = queue_env.workdir / "out"
+    out.mkdir()
+    return script, out
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+
+
+def run_dirs(queue_env) -> list[Path]:
+    base = queue_env.root / "logs" / "run"
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+# ------------------------------------------------------------------------------ argv / shell
+def test_argv_mode_nasty_values_reach_job_literally(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    ids = {submit(http, {"v": v}): v for v in NASTY}
+    proc = run_loop(
+        queue_env,
+        "--",
+        sys.executable,
+        str(script),
+        "%(v)",
+        "--opt=%(v)",
+        "lit eral",
+        extra_env={"OUT_DIR": str(out)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = records(out)
+    assert set(got) == set(ids)
+    for task_id, value in ids.items():
+        assert got[task_id]["argv"] == [value, "--opt=" + value, "lit eral"], value
+        assert get_task(http, task_id)["status"] == "success"
+
+
+def test_shell_mode_nasty_values_reach_job_literally(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    ids = {submit(http, {"v": v}): v for v in NASTY}
+    shell_cmd = f"{sys.executable} {script} %(v) x%(v)y && echo done-$LABTASKER_TASK_ID"
+    proc = run_loop(queue_env, "-c", shell_cmd, extra_env={"OUT_DIR": str(out)})
+    assert proc.returncode == 0, proc.stderr
+    got = records(out)
+    assert set(got) == set(ids)
+    for task_id, value in ids.items():
+        assert got[task_id]["argv"] == [value, "x" + value + "y"], value
+    for task_id in ids:  # the literal shell code still ran, in the same shell
+        assert f"done-{task_id}" in proc.stdout
+
+
+def test_structured_values_render_as_json(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    tid = submit(
+        http,
+        {"cfg": {"a": [1, 2], "b": None}, "flag": True, "lr": 0.001, "n": None, "seeds": [7, 8]},
+    )
+    proc = run_loop(
+        queue_env,
+        "--",
+        sys.executable,
+        str(script),
+        "%(cfg)",
+        "%(flag)",
+        "%(lr)",
+        "%(n)",
+        "%(seeds.1)",
+        "%(seeds)",
+        extra_env={"OUT_DIR": str(out)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = records(out)[tid]["argv"]
+    assert argv == ['{"a": [1, 2], "b": null}', "True", "0.001", "None", "8", "[7, 8]"]
+
+
+def test_script_path_and_executable(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    tid = submit(http, {"word": "two words"})
+    job = queue_env.workdir / "job.sh"
+    job.write_text(f"{sys.executable} {script} %(word)\n")
+    proc = run_loop(
+        queue_env,
+        "--script-path",
+        str(job),
+        "--executable",
+        "/bin/bash",
+        extra_env={"OUT_DIR": str(out)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert records(out)[tid]["argv"] == ["two words"]
+
+
+# ------------------------------------------------------------------------------ selection
+def test_required_fields_no_more_no_less(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    exact = submit(http, {"prompt": "a cat"})
+    nested = submit(http, {"prompt": {"text": "covered subtree"}})
+    extra = submit(http, {"prompt": "a dog", "guidance_scale": 7.5})
+    other = submit(http, {"other": 1})
+    proc = run_loop(
+        queue_env, "--", sys.executable, str(script), "%(prompt)", extra_env={"OUT_DIR": str(out)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert set(records(out)) == {exact, nested}
+    assert get_task(http, extra)["status"] == "pending"
+    assert get_task(http, other)["status"] == "pending"
+    assert "all done" in proc.stderr
+
+
+def test_extra_filter_metadata_tags(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    tagged = submit(http, {"x": 1}, metadata={"tags": ["experimental", "a"]})
+    untagged = submit(http, {"x": 2}, metadata={"tags": ["stable"]})
+    bare = submit(http, {"x": 3})
+    proc = run_loop(
+        queue_env,
+        "-f",
+        '{"metadata.tags": {"$in": ["experimental"]}}',
+        "--",
+        sys.executable,
+        str(script),
+        "%(x)",
+        extra_env={"OUT_DIR": str(out)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert set(records(out)) == {tagged}
+    assert get_task(http, untagged)["status"] == "pending"
+    assert get_task(http, bare)["status"] == "pending"
+
+
+# ------------------------------------------------------------------------------ context
+def test_env_vars_run_dir_and_files(queue_env, recorder):
+    script, out = recorder
+    http = queue_env.http()
+    tid = submit(http, {"x": "y"}, task_name="my-task")
+    proc = run_loop(
+        queue_env, "--", sys.executable, str(script), "%(x)", extra_env={"OUT_DIR": str(out)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = records(out)[tid]
+    env = rec["env"]
+    assert env["LABTASKER_TASK_ID"] == tid
+    task = get_task(http, tid)
+    worker = http.get(f"/api/v1/queues/me/workers/{env['LABTASKER_WORKER_ID']}")
+    assert worker.status_code == 200, worker.text  # the auto-created worker
+    assert worker.json()["worker_name"]  # <host>-<pid>
+    assert rec["stdin"] == ""  # /dev/null, not a pipe that never closes
+    (run_dir,) = run_dirs(queue_env)
+    assert env["LABTASKER_LOG_DIR"] == str(run_dir) and os.path.isabs(env["LABTASKER_LOG_DIR"])
+    assert run_dir.name.startswith("run_t") and f"_nmy-task_id{tid}_rd" in run_dir.name
+    assert len(run_dir.name.rsplit("_rd", 1)[1]) == 8
+    info = json.loads((run_dir / "task_info.json").read_text())
+    assert info["task_id"] == tid and info["args"] == {"x": "y"} and info["status"] == "running"
+    assert info["run_id"]
+    assert (run_dir / "task_info.json").read_text().startswith("{\n    ")  # indent 4
+    assert f"job output for {tid}" in (run_dir / "run.log").read_text()
+    assert json.loads((run_dir / "status.json").read_text()) == {"status": "success"}
+    assert json.loads((run_dir / "summary.json").read_text()) == {}
+    assert not (run_dir / "heartbeat.lock").exists()
+    assert task["status"] == "success"
+
+
+def test_failure_summary_has_exit_code_and_output(queue_env):
+    http = queue_env.http()
+    tid = submit(http, {"code": 3}, max_retries=1)
+    proc = run_loop(queue_env, "-c", "echo about to fail; echo oops >&2; exit %(code)")
+    assert proc.returncode == 0, proc.stderr
+    task = get_task(http, tid)
+    assert task["status"] == "failed"
+    summary = task["summary"]
+    exc = summary["labtasker_exception"]
+    assert exc["type"] == "LabtaskerJobFailed"
+    assert "exit code: 3" in exc["message"]
+    assert set(exc) == {"type", "message", "traceback"}
+    assert summary["exit_code"] == 3
+    assert "about to fail" in summary["output_tail"] and "oops" in summary["output_tail"]
+    for run_dir in run_dirs(queue_env):
+        assert json.loads((run_dir / "status.json").read_text()) == {"status": "failed"}
+        assert json.loads((run_dir / "summary.json").read_text())["exit_code"] == 3
+
+
+def test_job_killed_by_signal_is_a_failure(queue_env):
+    http = queue_env.http()
+    tid = submit(http, {"x": 1}, max_retries=1)
+    proc = run_loop(queue_env, "-c", "kill -9 $$ # %(x)")
+    assert proc.returncode == 0, proc.stderr
+    summary = get_task(http, tid)["summary"]
+    assert summary["exit_code"] == -9
+    assert "SIGKILL" in summary["labtasker_exception"]["message"]
+
+
+# ------------------------------------------------------------------------------ summaries
+def test_summary_json_written_by_job_is_merged(queue_env):
+    http = queue_env.http()
+    ok = submit(http, {"acc": 0.93})
+    proc = run_loop(
+        queue_env,
+        "-c",
+        'printf \'{"accuracy": %s, "nested": {"n_train": 100}}\' %(acc) > "$LABTASKER_LOG_DIR/summary.json"',
+    )
+    assert proc.returncode == 0, proc.stderr
+    task = get_task(http, ok)
+    assert task["status"] == "success"
+    assert task["summary"]["accuracy"] == 0.93
+    assert task["summary"]["nested"] == {"n_train": 100}
+
+
+def test_summary_json_merged_into_failure_and_invalid_ignored(queue_env):
+    http = queue_env.http()
+    failing = submit(http, {"k": "fail"}, max_retries=1)
+    proc = run_loop(
+        queue_env, "-c", 'echo \'{"loss": 9.5}\' > "$LABTASKER_LOG_DIR/summary.json"; exit 4 # %(k)'
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = get_task(http, failing)["summary"]
+    assert summary["loss"] == 9.5 and summary["exit_code"] == 4
+
+    bad = submit(http, {"j": "bad"})
+    proc = run_loop(
+        queue_env, "-c", 'echo \'{"bad key": 1}\' > "$LABTASKER_LOG_DIR/summary.json" # %(j)'
+    )
+    assert proc.returncode == 0, proc.stderr
+    task = get_task(http, bad)
+    assert task["status"] == "success"
+    assert "ignored" in task["summary"]["labtasker_warning"]
+    assert "bad key" not in task["summary"]
+
+
+def test_finish_from_python_child_first_finish_wins(queue_env):
+    http = queue_env.http()
+    t_ok = submit(http, {"mode": "report-success-then-exit-1"})
+    t_fail = submit(http, {"mode": "report-failed-then-exit-0"})
+    job = queue_env.workdir / "finisher.py"
+    job.write_text(
+        textwrap.dedent(
+            """
+        import sys, labtasker
+        mode = sys.argv[1]
+        info = labtasker.task_info()
+        assert info.args["mode"] == mode and info.run_id
+        if mode == "report-success-then-exit-1":
+            labtasker.finish("success", summary={"metric": 42})
+            labtasker.finish("failed")  # ignored: first finish wins
+            sys.exit(1)
+        labtasker.finish("failed", summary={"why": "custom"})
+        """
+        )
+    )
+    proc = run_loop(queue_env, "--", sys.executable, str(job), "%(mode)")
+    assert proc.returncode == 0, proc.stderr
+    ok = get_task(http, t_ok)
+    assert ok["status"] == "success" and ok["summary"] == {"metric": 42}
+    failed = get_task(http, t_fail)
+    assert failed["summary"]["why"] == "custom"
+    assert failed["status"] in ("pending", "failed")  # retried per max_retries
+    assert failed["retries"] >= 1
+
+
+# ------------------------------------------------------------------------------ decorator
+DECORATED = textwrap.dedent(
+    """
+    import json, os, sys
+    from typing import Annotated
+    import labtasker
+    from labtasker import Required
+
+    out = sys.argv[1]
+    labtasker.set_prompt_on_task_failure(False)
+
+    @labtasker.loop(extra_filter={"metadata.kind": "deco"}, eta_max="1h")
+    def job(lr=Required(resolver=float),
+            bs: Annotated[int, Required(alias="cfg.batch_size", resolver=int)] = 0,
+            tag="plain"):
+        info = labtasker.task_info()
+        rec = {"lr": lr, "bs": bs, "tag": tag, "task_id": labtasker.current_task_id(),
+               "worker": labtasker.current_worker_id(),
+               "log_dir": str(labtasker.get_labtasker_log_dir()),
+               "env_task": os.environ.get("LABTASKER_TASK_ID"), "run_id": info.run_id}
+        print("deco job", rec["task_id"])
+        with open(os.path.join(out, rec["task_id"] + ".json"), "w") as f:
+            json.dump(rec, f)
+        if lr < 0:
+            raise ValueError("negative learning rate")
+        if lr == 0.5:
+            labtasker.finish("success", summary={"score": 0.5})
+
+    print("imported", flush=True)  # nothing happened at decoration time
+    n = job(tag="forwarded")
+    print("ran", n)
+    """
+)
+
+
+def test_python_decorator_loop_with_required_both_styles(queue_env):
+    http = queue_env.http()
+    t1 = submit(http, {"lr": "0.1", "cfg": {"batch_size": "32"}}, metadata={"kind": "deco"})
+    t2 = submit(http, {"lr": 0.5, "cfg": {"batch_size": 8}}, metadata={"kind": "deco"})
+    t_bad = submit(
+        http, {"lr": -1, "cfg": {"batch_size": 1}}, metadata={"kind": "deco"}, max_retries=1
+    )
+    t_more = submit(
+        http, {"lr": 1, "cfg": {"batch_size": 1}, "extra": 1}, metadata={"kind": "deco"}
+    )
+    t_kind = submit(http, {"lr": 1, "cfg": {"batch_size": 1}})
+    script = queue_env.workdir / "deco.py"
+    script.write_text(DECORATED)
+    out = queue_env.workdir / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("imported")
+    assert "ran 3" in proc.stdout
+    got = records(out)
+    assert set(got) == {t1, t2, t_bad}
+    assert got[t1]["lr"] == 0.1 and got[t1]["bs"] == 32 and got[t1]["tag"] == "forwarded"
+    assert got[t2]["bs"] == 8
+    for tid, rec in got.items():
+        assert rec["env_task"] == tid and rec["worker"] and rec["run_id"]
+        assert Path(rec["log_dir"]).is_dir()
+        assert "deco job" in (Path(rec["log_dir"]) / "run.log").read_text()
+    assert get_task(http, t1)["status"] == "success"
+    assert get_task(http, t2)["summary"] == {"score": 0.5}
+    bad = get_task(http, t_bad)
+    assert bad["status"] == "failed"
+    exc = bad["summary"]["labtasker_exception"]
+    assert exc["type"] == "ValueError" and "negative learning rate" in exc["message"]
+    assert "Traceback" in exc["traceback"]
+    assert get_task(http, t_more)["status"] == "pending"
+    assert get_task(http, t_kind)["status"] == "pending"
+
+
+def test_import_labtasker_is_lazy_and_fast(queue_env):
+    code = (
+        "import sys, time; t = time.perf_counter(); import labtasker; "
+        "dt = time.perf_counter() - t; "
+        "assert 'httpx' not in sys.modules, 'httpx imported eagerly'; "
+        "print(dt); labtasker.Required; labtasker.finish; labtasker.fetch_task; "
+        "labtasker.LabtaskerError; labtasker.CmdKeyError; print(labtasker.__version__)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=queue_env.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.split()[0]) < 0.5
+
+
+# ------------------------------------------------------------------------------ concurrency
+def test_two_concurrent_loops_never_run_the_same_task(queue_env):
+    http = queue_env.http()
+    ids = {submit(http, {"i": i}) for i in range(24)}
+    ledger = queue_env.workdir / "ledger.txt"
+    cmd = f'echo "$LABTASKER_TASK_ID $LABTASKER_WORKER_ID %(i)" >> {ledger}; sleep 0.05'
+    env = queue_env.env()
+    procs = [
+        subprocess.Popen(
+            [LABTASKER, "loop", "-c", cmd],
+            env=env,
+            cwd=queue_env.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    lines = ledger.read_text().splitlines()
+    ran = [line.split()[0] for line in lines]
+    assert sorted(ran) == sorted(ids)  # each task exactly once
+    assert len({line.split()[1] for line in lines}) == 2  # both loops did work
+    for tid in ids:
+        assert get_task(http, tid)["status"] == "success"
+
+
+# ------------------------------------------------------------------------------ stopping
+def _wait_for(predicate, timeout=30.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def test_cancelled_task_stops_job_and_loop_continues(queue_env):
+    http = queue_env.http()
+    victim = submit(http, {"s": 600}, priority=20)
+    follower = submit(http, {"s": 0})
+    pids = queue_env.workdir / "pids"
+    pids.mkdir()
+    cmd = f"echo $$ > {pids}/$LABTASKER_TASK_ID; exec sleep %(s)"
+    p = subprocess.Popen(
+        [LABTASKER, "loop", "-c", cmd],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        pid_file = pids / victim
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        job_pid = int(pid_file.read_text())
+        resp = http.post(f"/api/v1/queues/me/tasks/{victim}/status", json={"status": "cancelled"})
+        assert resp.status_code == 200, resp.text
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "no longer ours" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)
+    assert get_task(http, victim)["status"] == "cancelled"
+    assert get_task(http, follower)["status"] == "success"
+
+
+def test_sigint_forwarded_to_job_and_task_reported(queue_env):
+    http = queue_env.http()
+    tid = submit(http, {"s": 600})
+    marker = queue_env.workdir / "got-signal"
+    job = queue_env.workdir / "trap.sh"
+    job.write_text(f"trap 'echo INT > {marker}; exit 5' INT\necho started\nsleep %(s) & wait\n")
+    p = subprocess.Popen(
+        [LABTASKER, "loop", "--script-path", str(job)],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: get_task(http, tid)["status"] == "running")
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert marker.read_text().strip() == "INT"
+    task = get_task(http, tid)
+    assert task["summary"]["labtasker_exception"]["type"] == "KeyboardInterrupt"
+    assert task["summary"]["exit_code"] == 5
+
+
+def test_heartbeat_keeps_long_task_alive(queue_env):
+    """heartbeat_interval is 1 s, timeout 3 s: a 5 s job must not be reclaimed."""
+    http = queue_env.http()
+    tid = submit(http, {"s": 5})
+    proc = run_loop(queue_env, "-c", "sleep %(s)")
+    assert proc.returncode == 0, proc.stderr
+    task = get_task(http, tid)
+    assert task["status"] == "success" and task["retries"] == 0
+
+
+# ------------------------------------------------------------------------------ usage errors
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-c", "echo %(a b)"], "Command error"),
+        (["-c", "echo hi", "--", "echo"], "exactly one command source"),
+        (["-c", "  "], "empty"),
+        (["--script-path", "/nonexistent/x.sh"], "cannot read"),
+        (["--eta-max", "soon", "-c", "echo"], "eta_max"),
+        (["-f", "args.x ==", "-c", "echo"], "filter"),
+        (["--worker-id", "no-such-worker", "-c", "echo"], "not found"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(queue_env, args, message):
+    t0 = time.monotonic()
+    proc = run_loop(queue_env, *args, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 20
+
+
+def test_no_tasks_exits_0_and_uses_given_worker(queue_env):
+    http = queue_env.http()
+    resp = http.post("/api/v1/queues/me/workers", json={"worker_name": "mine"})
+    assert resp.status_code == 201, resp.text
+    wid = resp.json()["worker_id"]
+    tid = submit(http, {"x": 1})
+    seen = queue_env.workdir / "wid.txt"
+    proc = run_loop(
+        queue_env, "--worker-id", wid, "-c", f"echo $LABTASKER_WORKER_ID > {seen} # %(x)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert seen.read_text().strip() == wid
+    assert get_task(http, tid)["status"] == "success"
+    workers = http.post("/api/v1/queues/me/workers/search", json={}).json()["content"]
+    assert [w["worker_id"] for w in workers] == [wid]  # no extra worker was created
+    proc = run_loop(queue_env, "-c", "true %(x)")
+    assert proc.returncode == 0 and "all done" in proc.stderr
