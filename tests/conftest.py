@@ -42,9 +42,22 @@ class ServerProcess:
         env = {**os.environ, **self.extra_env}
         log = open(self.workdir / f"server-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labtasker.server.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--db-url", self.db_url],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "labtasker.server.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--db-url",
+                self.db_url,
+            ],
+            cwd=self.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -72,12 +85,57 @@ class ServerProcess:
         return self.start()
 
 
+# The storage backend under test: LABTASKER_TEST_BACKEND=sqlite (default) or postgresql.
+# PostgreSQL scratch databases are created on LABTASKER_TEST_PG_URL and dropped afterwards.
+BACKEND = os.environ.get("LABTASKER_TEST_BACKEND", "sqlite")
+PG_ADMIN_URL = os.environ.get(
+    "LABTASKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class ScratchDatabases:
+    """Creates one empty database per call (a file for SQLite, a database for PostgreSQL)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp = tmp_path_factory
+        self.created: list[str] = []
+
+    def new_url(self) -> str:
+        if BACKEND == "sqlite":
+            return f"sqlite:///{self.tmp.mktemp('db') / 'labtasker.db'}"
+        import psycopg
+
+        name = "lt_test_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+    def drop_all(self) -> None:
+        if not self.created:
+            return
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> ServerProcess:
-    """One real server for the whole session, on an SQLite file in a temp directory."""
+def scratch_dbs(tmp_path_factory):
+    dbs = ScratchDatabases(tmp_path_factory)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, scratch_dbs) -> ServerProcess:
+    """One real server for the whole session on a scratch database of the backend under test
+    (an SQLite file by default); the timeout sweep runs every 0.5 s."""
     workdir = tmp_path_factory.mktemp("server")
-    srv = ServerProcess(db_url=f"sqlite:///{workdir / 'labtasker.db'}", workdir=workdir,
-                        extra_env={"PERIODIC_TASK_INTERVAL": "0.5"})
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(), workdir=workdir, extra_env={"PERIODIC_TASK_INTERVAL": "0.5"}
+    )
     srv.start()
     yield srv
     srv.kill(signal.SIGTERM)
@@ -106,8 +164,9 @@ class QueueEnv:
         return env
 
 
-def write_client_toml(root: Path, url: str, queue_name: str, password: str,
-                      heartbeat_interval: float = 1.0) -> None:
+def write_client_toml(
+    root: Path, url: str, queue_name: str, password: str, heartbeat_interval: float = 1.0
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "client.toml").write_text(
         f'[endpoint]\napi_base_url = "{url}/"\n\n'
@@ -121,8 +180,9 @@ def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
     """A new queue and a client root in ``tmp_path/.labtasker``; cwd and LABTASKER_ROOT set."""
     name = "q-" + uuid.uuid4().hex[:12]
     password = "pw-" + uuid.uuid4().hex[:8]
-    resp = httpx.post(server.url + "/api/v1/queues",
-                      json={"queue_name": name, "password": password})
+    resp = httpx.post(
+        server.url + "/api/v1/queues", json={"queue_name": name, "password": password}
+    )
     assert resp.status_code == 201, resp.text
     root = tmp_path / ".labtasker"
     write_client_toml(root, server.url, name, password)

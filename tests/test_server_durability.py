@@ -7,7 +7,6 @@ import threading
 from collections import Counter
 
 import httpx
-
 from conftest import ServerProcess
 
 API = "/api/v1/queues/me"
@@ -50,8 +49,8 @@ def test_16_concurrent_fetchers_never_claim_a_task_twice(server, queue_env):
     assert len(done) == 500
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path):
-    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", workdir=tmp_path).start()
+def test_acknowledged_writes_survive_kill_9(tmp_path, scratch_dbs):
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path).start()
     try:
         created = httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "dur",
                                                                "password": "pw"})

@@ -12,8 +12,9 @@ matches a list containing ``"x"``), comparisons within a type bracket (a number 
 compares with a string), Mongo's null rule (``{"a": null}`` matches null or missing), and the
 ``{"_dt": iso}`` datetime convention (spec §2.3(11)).
 
-JSON comparisons are implemented for SQLite's JSON1 functions; the PostgreSQL (jsonb) variant
-is a separate backend class below.
+JSON access is a small backend class per database: SQLite's JSON1 functions (``json_type``,
+``json_extract``, ``json_each``) and PostgreSQL's jsonb operators (``#>``, ``jsonb_typeof``,
+``jsonb_array_elements``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Boolean,
     ColumnElement,
+    Numeric,
+    Text,
     and_,
+    case,
+    cast,
     false,
     func,
     literal,
@@ -38,6 +44,7 @@ from sqlalchemy import (
     true,
     type_coerce,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 MAX_DEPTH = 32
 MAX_NODES = 2000
@@ -168,6 +175,83 @@ class _SqliteJson:
     def sort_key(self, col, segments: list[str]):
         return self.jvalue(col, _json_path(segments))
 
+    def whole_eq(self, col, value: dict):
+        return func.json(col) == func.json(json.dumps(value, separators=(",", ":")))
+
+
+class _PostgresJson:
+    """JSON access for PostgreSQL (jsonb). Paths are bound ``text[]`` parameters; casts are
+    guarded by ``CASE`` on ``jsonb_typeof`` so a value of another type never raises."""
+
+    def _at(self, col, segments: list[str]):
+        return col.op("#>", return_type=JSONB)(literal(list(segments), ARRAY(Text)))
+
+    def _typed(self, doc, kind: str, value: Any):
+        typ = func.jsonb_typeof(doc)
+        if kind == "number":
+            return case((typ == "number", cast(doc.op("#>>", return_type=Text)(
+                literal([], ARRAY(Text))), Numeric)), else_=None), literal(value, Numeric)
+        text = case((typ == "string", doc.op("#>>", return_type=Text)(
+            literal([], ARRAY(Text)))), else_=None)
+        return text, literal(value, Text)
+
+    def scalar_pred(self, doc, op: str, value: Any):
+        kind = _kind(value)
+        typ = func.jsonb_typeof(doc)
+        if kind == "bool":
+            allowed = {
+                "$eq": {value},
+                "$gt": {True} if value is False else set(),
+                "$lt": {False} if value is True else set(),
+                "$gte": {True} if value else {False, True},
+                "$lte": {False} if not value else {False, True},
+            }[op]
+            if not allowed:
+                return false()
+            return and_(typ == "boolean",
+                        doc.in_([cast(literal(json.dumps(b)), JSONB) for b in sorted(allowed)]))
+        if kind == "null":
+            return typ == "null" if op in ("$eq", "$gte", "$lte") else false()
+        if kind == "number":
+            lhs, rhs = self._typed(doc, "number", value)
+            return _cmp(lhs, op, rhs)
+        if kind in ("string", "datetime"):
+            v = value.isoformat() if kind == "datetime" else value
+            lhs, rhs = self._typed(doc, "string", v)
+            return _cmp(lhs, op, rhs)
+        if op != "$eq":
+            raise FilterError(f"{op} with an object or array value is not supported")
+        return doc == cast(literal(json.dumps(value)), JSONB)
+
+    def field_pred(self, col, segments: list[str], op: str, value: Any):
+        doc = self._at(col, segments)
+        direct = self.scalar_pred(doc, op, value)
+        if value is None:
+            return or_(direct, doc.is_(None)) if op in ("$eq", "$gte", "$lte") else direct
+        if _kind(value) in ("array", "object"):
+            return direct
+        arr = case((func.jsonb_typeof(doc) == "array", doc),
+                   else_=cast(literal("[]"), JSONB))
+        elems = func.jsonb_array_elements(arr).table_valued("value")
+        any_elem = select(literal(1)).select_from(elems).where(
+            self.scalar_pred(elems.c.value, op, value)).exists()
+        return or_(direct, any_elem)
+
+    def exists(self, col, segments: list[str]):
+        return self._at(col, segments).is_not(None)
+
+    def regex(self, col, segments: list[str], pattern: str):
+        doc = self._at(col, segments)
+        text = case((func.jsonb_typeof(doc) == "string",
+                     doc.op("#>>", return_type=Text)(literal([], ARRAY(Text)))), else_=None)
+        return text.op("~")(literal(pattern, Text))
+
+    def sort_key(self, col, segments: list[str]):
+        return self._at(col, segments)
+
+    def whole_eq(self, col, value: dict):
+        return col == cast(literal(json.dumps(value)), JSONB)
+
 
 def _cmp(lhs, op: str, rhs):
     return {
@@ -290,6 +374,8 @@ class Compiler:
         if kind == "never":
             return false()
         if kind == "column":
+            if isinstance(self.backend, _PostgresJson):
+                return _safe(col.op("~")(literal(full, Text)))
             return _safe(func.labtasker_regexp(full, col) == 1)
         return _safe(self.backend.regex(col, segs, full))
 
@@ -313,7 +399,7 @@ class Compiler:
             # the whole document (e.g. {"args": {...}})
             if op != "$eq" or not isinstance(value, dict):
                 raise FilterError(f"{path!r} can only be compared with an object")
-            return _safe(func.json(col) == func.json(json.dumps(value, separators=(",", ":"))))
+            return _safe(self.backend.whole_eq(col, value))
         return _safe(self.backend.field_pred(col, segs, op, value))
 
     def column_pred(self, path: str, col, op: str, value: Any):
@@ -339,10 +425,13 @@ class Compiler:
         return _safe(self.backend.exists(col, segs))
 
 
-def backend_for(dialect: str) -> _SqliteJson:
+def backend_for(dialect: str) -> _SqliteJson | _PostgresJson:
+    """The JSON backend for a SQLAlchemy dialect name (``sqlite`` or ``postgresql``)."""
     if dialect == "sqlite":
         return _SqliteJson()
-    raise FilterError(f"Filters are not supported on the {dialect} backend yet")
+    if dialect == "postgresql":
+        return _PostgresJson()
+    raise FilterError(f"Filters are not supported on the {dialect} backend")
 
 
 def compile_filter(filt: Mapping[str, Any] | None, fields: FieldMap, dialect: str) -> ColumnElement:

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -222,12 +224,16 @@ class SqlStorage:
     # ------------------------------------------------------------------ tasks
     def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
         key = shape_key(shape_of(args))
-        found = conn.execute(select(arg_shapes.c.shape_id).where(
-            arg_shapes.c.queue_id == queue_id, arg_shapes.c.shape_key == key)).scalar()
+        lookup = select(arg_shapes.c.shape_id).where(
+            arg_shapes.c.queue_id == queue_id, arg_shapes.c.shape_key == key)
+        found = conn.execute(lookup).scalar()
         if found is not None:
             return found
-        return conn.execute(insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
-                            .returning(arg_shapes.c.shape_id)).scalar_one()
+        # Another server may insert the same shape concurrently: insert-or-ignore, re-read.
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(dialect_insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
+                     .on_conflict_do_nothing())
+        return conn.execute(lookup).scalar_one()
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
         """Insert a pending task. ``fields``: the TaskSubmitRequest values (spec §2.3(9))."""
@@ -531,23 +537,29 @@ class SqlStorage:
         now = now or utc_now()
         count = 0
         with self.db.write() as conn:
-            rows = conn.execute(select(*_TASK_COLUMNS).where(
+            stmt = select(*_TASK_COLUMNS).where(
                 tasks.c.status == "running",
-                (tasks.c.heartbeat_timeout.is_not(None)) | (tasks.c.task_timeout.is_not(None))
-            )).fetchall()
-            for row in rows:
+                (tasks.c.heartbeat_timeout.is_not(None)) | (tasks.c.task_timeout.is_not(None)))
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            for row in conn.execute(stmt).fetchall():
                 task = task_row(row)
                 if not _expired(task, now):
                     continue
                 status, retries = fsm.task_after_failure("running", task["retries"],
                                                          task["max_retries"])
-                self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
-                conn.execute(update(tasks).where(tasks.c.task_id == task["task_id"],
-                                                 tasks.c.status == "running").values(
+                # Guarded by the run id: a run that another sweeper (or a report) already
+                # ended is left alone, so the sweep is idempotent across servers.
+                done = conn.execute(update(tasks).where(
+                    tasks.c.task_id == task["task_id"], tasks.c.status == "running",
+                    tasks.c.run_id == task["run_id"]).values(
                     status=status, retries=retries, last_modified=now, worker_id=None,
                     run_id=None,
-                    summary=_merge(task["summary"], {"labtasker_error": TIMEOUT_MESSAGE})))
-                count += 1
+                    summary=_merge(task["summary"], {"labtasker_error": TIMEOUT_MESSAGE}))
+                ).rowcount
+                if done:
+                    self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
+                    count += 1
         return count
 
     def ping(self) -> None:
