@@ -1,0 +1,183 @@
+"""Unit tests of the job process wrapper and the heartbeat thread (no server needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from labtasker.client.heartbeat import Heartbeat
+from labtasker.client.job import JobProcess, describe_exit
+from labtasker.exceptions import LabtaskerNetworkError, LabtaskerRuntimeError, TaskNotOwned
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ job
+def test_output_tee_tail_and_stdin(tmp_path):
+    echo = io.BytesIO()
+    log = tmp_path / "run.log"
+    code = (
+        "import sys; print('in:', repr(sys.stdin.read())); "
+        "print('\\x1b[31mred\\x1b[0m'); print('err', file=sys.stderr); "
+        "sys.stdout.write('x' * 5000); sys.exit(7)"
+    )
+    job = JobProcess([sys.executable, "-c", code], env=dict(os.environ), log_path=log, echo=echo)
+    assert job.start().wait(timeout=30) == 7
+    text = log.read_text()
+    assert "in: ''" in text and "red" in text and "\x1b[" not in text and "err" in text
+    assert b"\x1b[31m" in echo.getvalue()  # the terminal copy keeps colours
+    tail = job.output_tail()
+    assert len(tail) == 2048 and tail.endswith("x" * 100)
+
+
+def test_shell_mode_and_executable(tmp_path):
+    echo = io.BytesIO()
+    job = JobProcess(
+        "echo $0 && echo $((2+3))", env=dict(os.environ), executable="/bin/bash", echo=echo
+    )
+    assert job.start().wait(timeout=30) == 0
+    assert echo.getvalue().split() == [b"/bin/bash", b"5"]
+
+
+def test_stop_kills_whole_group_with_grace(tmp_path):
+    pidfile = tmp_path / "pids"
+    # parent ignores SIGTERM; its child too: only SIGKILL after the grace period works
+    script = f"trap '' TERM; (trap '' TERM; sleep 600) & echo $! > {pidfile}; wait"
+    job = JobProcess(script, env=dict(os.environ), echo=None).start()
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    t0 = time.monotonic()
+    code = job.stop(grace_seconds=0.5)
+    assert code == -9 and describe_exit(code).startswith("killed by signal SIGKILL")
+    assert 0.4 < time.monotonic() - t0 < 10
+    time.sleep(0.2)
+    assert not alive(grandchild)
+
+
+def test_leftover_background_process_is_cleaned_up(tmp_path):
+    pidfile = tmp_path / "bg"
+    job = JobProcess(f"sleep 600 & echo $! > {pidfile}", env=dict(os.environ), echo=None)
+    t0 = time.monotonic()
+    assert job.start().wait(timeout=30) == 0
+    assert time.monotonic() - t0 < 8  # the pipe held by `sleep` does not hang the runner
+    assert not alive(int(pidfile.read_text()))
+
+
+def test_launch_error():
+    with pytest.raises(LabtaskerRuntimeError, match="Could not start job"):
+        JobProcess(["/nonexistent/prog"], env=dict(os.environ), echo=None).start()
+
+
+# ------------------------------------------------------------------------------ heartbeat
+class FakeServer:
+    """Stands in for the HTTP call only (the thread logic is under test)."""
+
+    def __init__(self, script):
+        self.script = list(script)  # items: None (ok) or an exception to raise
+        self.calls: list[float] = []
+
+    def __call__(self, task_id, worker_id, run_id):
+        assert (task_id, worker_id, run_id) == ("t1", "w1", "r1")
+        self.calls.append(time.monotonic())
+        item = self.script.pop(0) if self.script else None
+        if item is not None:
+            raise item
+
+
+def make(fake, interval=0.2, **kw):
+    return Heartbeat("t1", worker_id="w1", run_id="r1", interval=interval, refresh=fake, **kw)
+
+
+def test_first_beat_immediate_then_periodic():
+    fake = FakeServer([])
+    t0 = time.monotonic()
+    hb = make(fake).start()
+    time.sleep(0.5)
+    hb.stop()
+    assert fake.calls[0] - t0 < 0.1
+    assert 2 <= len(fake.calls) <= 5
+    n = len(fake.calls)
+    time.sleep(0.4)
+    assert len(fake.calls) == n  # nothing after stop
+    assert not hb.running
+
+
+def test_transient_errors_retried_and_recover():
+    fake = FakeServer([LabtaskerNetworkError("down"), RuntimeError("500"), None])
+    lost = []
+    hb = make(fake, interval=0.3, on_lost=lost.append).start()
+    time.sleep(1.5)
+    hb.stop()
+    assert hb.beats >= 2 and not lost and len(fake.calls) >= 4
+
+
+def test_task_not_owned_calls_on_lost_once(tmp_path):
+    fake = FakeServer([None, TaskNotOwned("gone", status_code=409)])
+    lost = []
+    lock = tmp_path / "heartbeat.lock"
+    hb = make(fake, interval=0.1, on_lost=lost.append, lock_file=lock).start()
+    assert lock.exists()
+    time.sleep(0.6)
+    assert len(lost) == 1 and isinstance(lost[0], TaskNotOwned)
+    assert not hb.running and len(fake.calls) == 2
+    hb.stop()
+    assert not lock.exists()
+
+
+def test_beats_held_while_finishing():
+    fake = FakeServer([])
+    finishing = threading.Event()
+    hb = make(fake, interval=0.1, finishing=finishing.is_set).start()
+    time.sleep(0.05)
+    finishing.set()
+    n = len(fake.calls)
+    time.sleep(0.4)
+    assert len(fake.calls) == n == 1  # held while a finish() report is in flight
+    finishing.clear()  # e.g. that report failed: beats resume
+    time.sleep(0.3)
+    hb.stop()
+    assert len(fake.calls) >= 2
+
+
+def test_not_owned_answer_to_a_finished_task_is_not_a_loss():
+    finishing = threading.Event()
+    lost = []
+
+    def refresh(task_id, worker_id, run_id):
+        finishing.set()  # a finish() in the job reported while this beat was in flight
+        raise TaskNotOwned("already reported", status_code=404)
+
+    hb = Heartbeat(
+        "t1",
+        worker_id="w1",
+        run_id="r1",
+        interval=0.1,
+        refresh=refresh,
+        on_lost=lost.append,
+        finishing=finishing.is_set,
+    ).start()
+    time.sleep(0.3)
+    assert not lost and not hb.running
+    hb.stop()
+
+
+def test_stop_is_immediate_and_double_start_rejected():
+    hb = make(FakeServer([]), interval=60).start()
+    with pytest.raises(LabtaskerRuntimeError):
+        hb.start()
+    t0 = time.monotonic()
+    hb.stop()
+    assert time.monotonic() - t0 < 1
