@@ -22,9 +22,7 @@ Hierarchy (all derive from :class:`LabtaskerError`)::
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "LabtaskerError",
@@ -69,29 +67,6 @@ class LabtaskerNetworkError(LabtaskerError):
     """A transport-level problem talking to the server (base of the HTTP errors below)."""
 
 
-class LabtaskerHTTPStatusError(LabtaskerNetworkError, httpx.HTTPStatusError):
-    """The server answered with a 4xx/5xx status.
-
-    Attributes: ``status_code`` (int), ``detail`` (the server's ``detail`` field: a string, a
-    list of validation errors, or the raw body text), plus httpx's ``request``/``response``.
-    """
-
-    def __init__(
-        self, message: str, *, request: httpx.Request, response: httpx.Response, detail: Any = None
-    ):
-        super().__init__(message, request=request, response=response)
-        self.status_code = response.status_code
-        self.detail = detail
-
-
-class LabtaskerConnectError(LabtaskerNetworkError, httpx.ConnectError):
-    """The server could not be reached (connection refused, DNS failure, ...)."""
-
-
-class LabtaskerConnectTimeout(LabtaskerNetworkError, httpx.ConnectTimeout):
-    """Connecting to the server timed out."""
-
-
 class WorkerSuspended(LabtaskerRuntimeError):
     """``fetch_task`` was refused (HTTP 403) because the worker is suspended or crashed."""
 
@@ -109,6 +84,81 @@ class TaskNotOwned(LabtaskerRuntimeError):
         super().__init__(message)
         self.status_code = status_code
         self.detail = detail
+
+
+if TYPE_CHECKING:  # static view of the lazily created classes below
+    import httpx
+
+    class LabtaskerHTTPStatusError(LabtaskerNetworkError, httpx.HTTPStatusError):
+        status_code: int
+        detail: Any
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            request: httpx.Request,
+            response: httpx.Response,
+            detail: Any = None,
+        ) -> None: ...
+
+    class LabtaskerConnectError(LabtaskerNetworkError, httpx.ConnectError): ...
+
+    class LabtaskerConnectTimeout(LabtaskerNetworkError, httpx.ConnectTimeout): ...
+
+
+def _make_httpx_based_classes() -> dict[str, type]:
+    """Create the classes that also derive from httpx exceptions.
+
+    They are built on first access (module ``__getattr__``) so that importing this module
+    does not import httpx, which keeps ``labtasker --help`` fast.
+    """
+    import httpx
+
+    class LabtaskerHTTPStatusError(LabtaskerNetworkError, httpx.HTTPStatusError):
+        """The server answered with a 4xx/5xx status.
+
+        Attributes: ``status_code`` (int), ``detail`` (the server's ``detail`` field: a string,
+        a list of validation errors, or the raw body text), plus httpx's ``request``/``response``.
+        """
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            request: httpx.Request,
+            response: httpx.Response,
+            detail: Any = None,
+        ):
+            super().__init__(message, request=request, response=response)
+            self.status_code = response.status_code
+            self.detail = detail
+
+    class LabtaskerConnectError(LabtaskerNetworkError, httpx.ConnectError):
+        """The server could not be reached (connection refused, DNS failure, ...)."""
+
+    class LabtaskerConnectTimeout(LabtaskerNetworkError, httpx.ConnectTimeout):
+        """Connecting to the server timed out."""
+
+    classes = {
+        "LabtaskerHTTPStatusError": LabtaskerHTTPStatusError,
+        "LabtaskerConnectError": LabtaskerConnectError,
+        "LabtaskerConnectTimeout": LabtaskerConnectTimeout,
+    }
+    for cls in classes.values():
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return classes
+
+
+_LAZY = ("LabtaskerHTTPStatusError", "LabtaskerConnectError", "LabtaskerConnectTimeout")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        globals().update(_make_httpx_based_classes())
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(LabtaskerRuntimeError):

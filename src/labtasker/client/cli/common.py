@@ -341,7 +341,10 @@ def emit_records(
 def make_console(ansi: bool = True):
     from rich.console import Console
 
-    return Console(no_color=not ansi, highlight=False, soft_wrap=False)
+    # On a terminal use its width; when redirected, do not squeeze the table into 80 columns.
+    width = None if stdout_is_tty() else 200
+    color_system = "auto" if ansi else None
+    return Console(color_system=color_system, highlight=False, soft_wrap=False, width=width)
 
 
 STATUS_STYLES = {
@@ -383,19 +386,30 @@ def status_text(status: str):
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
 
-def tasks_table(items: list[dict]):
-    """Rich table of tasks: id, name, status, priority, retries, args, summary (UTC times)."""
+def _table(title: str):
+    from rich import box
     from rich.table import Table
 
-    table = Table(show_lines=False, header_style="bold", title=f"{len(items)} task(s)")
-    table.add_column("ID", no_wrap=True, overflow="fold")
-    table.add_column("Name", overflow="fold")
+    return Table(
+        title=title,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+        title_justify="left",
+    )
+
+
+def tasks_table(items: list[dict]):
+    """Rich table of tasks: id, name, status, priority, retries, args, summary."""
+    table = _table(f"{len(items)} task(s)")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name", overflow="fold", min_width=4)
     table.add_column("Status", no_wrap=True)
     table.add_column("Prio", justify="right", no_wrap=True)
-    table.add_column("Retries", justify="right", no_wrap=True)
-    table.add_column("Args", overflow="fold")
-    table.add_column("Summary", overflow="fold")
-    table.add_column("Modified (UTC)", no_wrap=True)
+    table.add_column("Tries", justify="right", no_wrap=True)
+    table.add_column("Args", overflow="fold", ratio=2, min_width=10)
+    table.add_column("Summary", overflow="fold", ratio=1, min_width=7)
     for t in items:
         table.add_row(
             t["task_id"],
@@ -403,24 +417,21 @@ def tasks_table(items: list[dict]):
             status_text(t["status"]),
             str(t.get("priority")),
             f"{t.get('retries', 0)}/{t.get('max_retries', 0)}",
-            compact_json(t.get("args")),
-            compact_json(t.get("summary")),
-            fmt_time(t.get("last_modified")),
+            compact_json(t.get("args"), 200),
+            compact_json(t.get("summary"), 120),
         )
     return table
 
 
 def workers_table(items: list[dict]):
     """Rich table of workers: id, name, status, retries, metadata, created (UTC)."""
-    from rich.table import Table
-
-    table = Table(header_style="bold", title=f"{len(items)} worker(s)")
-    table.add_column("ID", no_wrap=True, overflow="fold")
-    table.add_column("Name", overflow="fold")
+    table = _table(f"{len(items)} worker(s)")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name", overflow="fold", min_width=4)
     table.add_column("Status", no_wrap=True)
-    table.add_column("Retries", justify="right", no_wrap=True)
-    table.add_column("Metadata", overflow="fold")
-    table.add_column("Created (UTC)", no_wrap=True)
+    table.add_column("Tries", justify="right", no_wrap=True)
+    table.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
+    table.add_column("Created (UTC)", no_wrap=True, min_width=19)
     for w in items:
         table.add_row(
             w["worker_id"],
