@@ -301,7 +301,9 @@ def test_queue_create_get_update_delete(cli, queue_env, server):
     proc = cli("queue", "create", "--queue-name", name, "--password", "pw1")
     assert proc.returncode == 1 and "already exists" in err_line(proc)
     # bad metadata
-    proc = cli("queue", "create", "--queue-name", "x" + name, "--password", "p", "--metadata", "[1]")
+    proc = cli(
+        "queue", "create", "--queue-name", "x" + name, "--password", "p", "--metadata", "[1]"
+    )
     assert proc.returncode == 2 and "--metadata" in err_line(proc)
 
     # get (of the configured queue)

@@ -1,0 +1,198 @@
+"""Tests of the client core (``labtasker.client.api`` and ``config``) in-process, against the
+real server fixture: error conversion, run fencing (``TaskNotOwned``), ``WorkerSuspended``,
+retries, the global client following config changes, and datetime filters."""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from labtasker.client import api
+from labtasker.client.config import (
+    get_client_config,
+    get_labtasker_client_config_path,
+    get_labtasker_root,
+)
+from labtasker.exceptions import (
+    ConfigNotFoundError,
+    LabtaskerConnectError,
+    LabtaskerHTTPStatusError,
+    LabtaskerRuntimeError,
+    LabtaskerValueError,
+    TaskNotOwned,
+    WorkerSuspended,
+)
+from labtasker.wire import TaskUpdateRequest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client():
+    api.close_httpx_client()
+    yield
+    api.close_httpx_client()
+    api.set_retry_policy()
+
+
+def test_root_resolved_at_call_time(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABTASKER_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert get_labtasker_root() == tmp_path / ".labtasker"
+    monkeypatch.setenv("LABTASKER_ROOT", str(tmp_path / "other"))
+    assert get_labtasker_client_config_path() == tmp_path / "other" / "client.toml"
+    with pytest.raises(ConfigNotFoundError, match="labtasker init"):
+        get_client_config()
+
+
+def test_queue_and_task_roundtrip(queue_env):
+    assert api.health_check().status == "healthy"
+    queue = api.get_queue()
+    assert queue.queue_id == queue_env.queue_id and queue.created_at.tzinfo is not None
+
+    tid = api.submit_task(task_name="t", args={"a.b": 1, "c": 2}, metadata={"m": 1}).task_id
+    task = api.get_task(tid)
+    assert task.args == {"a": {"b": 1}, "c": 2} and task.status == "pending"
+
+    with pytest.raises(LabtaskerValueError, match="Either cmd or args"):
+        api.submit_task()
+
+    page = api.ls_tasks(task_id=tid)
+    assert page.found and [t.task_id for t in page.content] == [tid]
+    assert api.ls_tasks(extra_filter="args.a.b == 1").content[0].task_id == tid
+    assert api.ls_tasks(extra_filter="{'metadata.m': 1}").content[0].task_id == tid
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    assert api.ls_tasks(extra_filter={"created_at": {"$gt": later}}).content == []
+    earlier = datetime.now(timezone.utc) - timedelta(hours=1)
+    assert len(api.ls_tasks(extra_filter={"created_at": {"$gt": earlier}}).content) == 1
+
+    res = api.update_tasks([TaskUpdateRequest(task_id=tid, priority=20), {"task_id": tid}])
+    assert res.content[0].priority == 20
+
+    api.delete_task(tid)
+    with pytest.raises(LabtaskerHTTPStatusError) as info:
+        api.get_task(tid)
+    assert info.value.status_code == 404 and "not found" in str(info.value).lower()
+    assert isinstance(info.value, httpx.HTTPStatusError)
+
+
+def test_iter_tasks_pages_through_everything(queue_env):
+    ids = {api.submit_task(args={"i": i}).task_id for i in range(5)}
+    assert {t.task_id for t in api.iter_tasks(page_size=2)} == ids
+    assert len(list(api.iter_tasks(page_size=2, offset=3))) == 2
+
+
+def test_fetch_report_heartbeat_fencing(queue_env):
+    tid = api.submit_task(args={"x": 1}).task_id
+    wid = api.create_worker(worker_name="w")
+    fetched = api.fetch_task(worker_id=wid, required_fields=["x"])
+    assert fetched.found and fetched.task.task_id == tid
+    run_id = fetched.task.run_id
+
+    api.refresh_task_heartbeat(tid, worker_id=wid, run_id=run_id)
+    with pytest.raises(TaskNotOwned) as info:
+        api.refresh_task_heartbeat(tid, worker_id=wid, run_id="stale-run")
+    assert info.value.status_code == 409
+    with pytest.raises(TaskNotOwned):
+        api.report_task_status(tid, "success", worker_id=wid, run_id="stale-run")
+
+    api.report_task_status(tid, "success", summary={"acc": 0.9}, worker_id=wid, run_id=run_id)
+    task = api.get_task(tid)
+    assert task.status == "success" and task.summary == {"acc": 0.9}
+
+    # the task is no longer running: heartbeat refused with 404 -> TaskNotOwned
+    with pytest.raises(TaskNotOwned) as info:
+        api.refresh_task_heartbeat(tid, worker_id=wid, run_id=run_id)
+    assert info.value.status_code == 404
+    assert isinstance(info.value, LabtaskerRuntimeError)
+
+    assert not api.fetch_task(worker_id=wid).found
+    with pytest.raises(LabtaskerValueError, match="Eta max"):
+        api.fetch_task(start_heartbeat=False)
+    with pytest.raises(LabtaskerValueError, match="eta_max"):
+        api.fetch_task(eta_max="1 fortnight")
+
+
+def test_worker_suspended_and_fsm_errors(queue_env):
+    api.submit_task(args={"x": 1})
+    wid = api.create_worker()
+    assert isinstance(wid, str)
+    assert api.get_worker(wid).status == "active"
+    api.report_worker_status(wid, "suspended")
+    with pytest.raises(WorkerSuspended):
+        api.fetch_task(worker_id=wid)
+    with pytest.raises(LabtaskerRuntimeError, match="FSM invalid transition"):
+        api.report_worker_status(wid, "suspended")
+    with pytest.raises(LabtaskerValueError):
+        api.report_worker_status(wid, "sleeping")
+    api.report_worker_status(wid, "active")
+    assert api.fetch_task(worker_id=wid).found
+    assert [w.worker_id for w in api.ls_workers(status="active").content] == [wid]
+    api.delete_worker(wid)
+    with pytest.raises(LabtaskerHTTPStatusError):
+        api.get_worker(wid)
+
+
+def test_global_client_follows_config_changes(queue_env, tmp_path, monkeypatch):
+    assert api.get_queue().queue_id == queue_env.queue_id
+    # a second queue in another root: switching LABTASKER_ROOT switches the credentials
+    other = httpx.post(
+        queue_env.url + "/api/v1/queues", json={"queue_name": queue_env.queue_name + "x",
+                                                "password": "pw2"},
+    ).json()["queue_id"]  # fmt: skip
+    root2 = tmp_path / "root2"
+    root2.mkdir()
+    (root2 / "client.toml").write_text(
+        f'[endpoint]\napi_base_url = "{queue_env.url}/"\n'
+        f'[queue]\nqueue_name = "{queue_env.queue_name}x"\npassword = "pw2"\n'
+    )
+    monkeypatch.setenv("LABTASKER_ROOT", str(root2))
+    assert api.get_queue().queue_id == other
+    # editing the file is picked up too (wrong password -> 401)
+    time.sleep(0.01)
+    (root2 / "client.toml").write_text(
+        f'[endpoint]\napi_base_url = "{queue_env.url}/"\n'
+        f'[queue]\nqueue_name = "{queue_env.queue_name}x"\npassword = "wrong"\n'
+    )
+    with pytest.raises(LabtaskerHTTPStatusError) as info:
+        api.get_queue()
+    assert info.value.status_code == 401
+
+
+def test_connect_error_is_retried_then_converted(queue_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+    api.set_retry_policy(attempts=3, initial=0.05, jitter=0.0)
+    t0 = time.monotonic()
+    with pytest.raises(LabtaskerConnectError, match="Cannot connect"):
+        api.ls_tasks(client=client)
+    assert 0.1 <= time.monotonic() - t0 < 5  # two back-off waits: 0.05 s + 0.1 s
+
+
+def test_transient_503_is_retried_for_safe_calls(queue_env):
+    calls = {"n": 0}
+    real = httpx.HTTPTransport()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            return httpx.Response(503, json={"detail": "busy"})
+        return real.handle_request(request)
+
+    client = httpx.Client(
+        base_url=queue_env.url,
+        auth=(queue_env.queue_name, queue_env.password),
+        transport=httpx.MockTransport(handler),
+    )
+    api.set_retry_policy(attempts=5, initial=0.01, jitter=0.0)
+    assert api.get_queue(client=client).queue_id == queue_env.queue_id
+    assert calls["n"] == 3
+    # a non-idempotent call is not retried on 503
+    calls["n"] = 0
+    with pytest.raises(LabtaskerHTTPStatusError) as info:
+        api.submit_task(args={"a": 1}, client=client)
+    assert info.value.status_code == 503 and calls["n"] == 1
