@@ -611,3 +611,57 @@ def test_no_tasks_exits_0_and_uses_given_worker(queue_env):
     assert [w["worker_id"] for w in workers] == [wid]  # no extra worker was created
     proc = run_loop(queue_env, "-c", "true %(x)")
     assert proc.returncode == 0 and "all done" in proc.stderr
+
+
+LOST_DECORATED = textwrap.dedent(
+    """
+    import os, sys, time
+    import labtasker
+    from labtasker import Required
+
+    out = sys.argv[1]
+
+    @labtasker.loop()
+    def job(s=Required()):
+        tid = labtasker.current_task_id()
+        open(os.path.join(out, tid + ".started"), "w").close()
+        try:
+            for _ in range(int(s * 10)):
+                time.sleep(0.1)
+        finally:
+            open(os.path.join(out, tid + ".ended"), "w").close()
+
+    job()
+    """
+)
+
+
+def test_decorated_job_interrupted_when_task_taken_away(queue_env):
+    http = queue_env.http()
+    victim = submit(http, {"s": 600}, priority=20)
+    follower = submit(http, {"s": 0})
+    script = queue_env.workdir / "lost.py"
+    script.write_text(LOST_DECORATED)
+    out = queue_env.workdir / "out"
+    out.mkdir()
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: (out / f"{victim}.started").exists())
+        resp = http.post(f"/api/v1/queues/me/tasks/{victim}/status", json={"status": "cancelled"})
+        assert resp.status_code == 200, resp.text
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert (out / f"{victim}.ended").exists()  # the job was interrupted, its finally ran
+    assert get_task(http, victim)["status"] == "cancelled"
+    assert get_task(http, follower)["status"] == "success"

@@ -458,6 +458,7 @@ class LoopRunner:
         self.auto_worker = False
         self.interrupt = _Interrupt()
         self.tasks_run = 0
+        self.ignored: set[str] = set()  # tasks the user chose to Ignore after a failure
         self.tasks_succeeded = 0
         self.tasks_failed = 0
 
@@ -529,6 +530,10 @@ class LoopRunner:
                         break
                     if self.interrupt.signum is not None:
                         self._ignore(resp.task)  # interrupted while claiming: hand it back
+                        break
+                    if resp.task.task_id in self.ignored:
+                        self._ignore(resp.task)
+                        logger.info("Only tasks ignored in this session are left; stopping.")
                         break
                     outcome = self._run_task(resp.task, execute, python_job, installed)
                     failures = 0
@@ -606,6 +611,7 @@ class LoopRunner:
                 if self._ask_ignore(task):
                     heartbeat.stop()
                     self._ignore(task)
+                    self.ignored.add(task.task_id)
                     outcome.status = None
             if outcome.status is not None:
                 try:
