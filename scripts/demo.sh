@@ -127,9 +127,17 @@ fi
 VPY="$VENV_DIR/bin/python"
 
 step "Installing labtasker with the demo extra (pip install '.[demo]')"
+TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/labtasker-demo.XXXXXX")
+info "temporary directory (database, client config, logs): $TMP_DIR"
+info "pip install ... (the first run downloads the dependencies and can take a minute)"
 # pip always rebuilds and reinstalls a local directory, so a re-run picks up the current
-# checkout; already-satisfied dependencies are not downloaded again.
-"$VPY" -m pip install --quiet --disable-pip-version-check "${REPO_DIR}[demo]"
+# checkout; already-satisfied dependencies are not downloaded again. Its chatter goes to a
+# log file that is shown only if the installation fails.
+if ! "$VPY" -m pip install --disable-pip-version-check "${REPO_DIR}[demo]" \
+    >"$TMP_DIR/pip.log" 2>&1; then
+    tail -n 40 "$TMP_DIR/pip.log" >&2
+    die "pip install failed (last 40 lines of its log above)"
+fi
 for tool in labtasker labtasker-server; do
     [[ -x "$VENV_DIR/bin/$tool" ]] || die "$tool was not installed into $VENV_DIR/bin"
 done
@@ -141,11 +149,9 @@ unset LABTASKER_TASK_ID LABTASKER_WORKER_ID LABTASKER_LOG_DIR
 
 # ---------------------------------------------------------------------------------------
 step "Starting labtasker-server with a temporary SQLite database"
-TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/labtasker-demo.XXXXXX")
 PORT=$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 DB_URL="sqlite:///$TMP_DIR/demo.db"
 API_URL="http://127.0.0.1:$PORT"
-info "temporary directory: $TMP_DIR"
 info "labtasker-server serve --host 127.0.0.1 --port $PORT --db-url $DB_URL"
 (cd "$TMP_DIR" && exec labtasker-server serve --host 127.0.0.1 --port "$PORT" --db-url "$DB_URL") \
     >"$TMP_DIR/server.log" 2>&1 &
@@ -192,6 +198,9 @@ step "Submitting the LogisticRegression half from Python (examples/digits/submit
 python submit_grid.py
 
 # ---------------------------------------------------------------------------------------
+# Two workers share this machine's cores: keep each job's numpy/BLAS to one thread so they do
+# not slow each other down by oversubscribing the CPU.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 LOOP_CMD=(python job.py --model '%(model)' --C '%(C)' --scaler '%(scaler)')
 step "Running two workers in parallel: labtasker loop -- ${LOOP_CMD[*]}"
 for n in 1 2; do

@@ -1,8 +1,10 @@
-"""The digits demo job (examples/digits/job.py) runs and records its accuracy.
+"""The digits demo (examples/digits): the job records its accuracy, and the Python submitter,
+one `labtasker loop` run and the report work against a real server.
 
 The full scripts/demo.sh (venv creation, server, two loop workers) is too slow for the suite;
-this covers the experiment itself, run exactly as `labtasker loop` would run it: a plain child
-process with $LABTASKER_LOG_DIR pointing at its run directory.
+these cover its pieces: the job run exactly as `labtasker loop` runs it (a plain child process
+with $LABTASKER_LOG_DIR pointing at its run directory), then the example end to end on one
+task of the grid.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the demo extra (scikit-learn) is not installed")
 
-JOB = Path(__file__).resolve().parents[1] / "examples" / "digits" / "job.py"
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "digits"
+JOB = EXAMPLE_DIR / "job.py"
 
 
 def run_job(args: list[str], log_dir: Path | None) -> subprocess.CompletedProcess:
@@ -60,3 +63,70 @@ def test_job_rejects_unknown_model(tmp_path):
     proc = run_job(["--model", "forest", "--C", "1.0"], tmp_path)
     assert proc.returncode == 2
     assert not (tmp_path / "summary.json").exists()
+
+
+def run_in_example(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, cwd=EXAMPLE_DIR, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_digits_example_through_the_queue(queue_env):
+    """submit_grid.py -> one `labtasker loop` task -> report.py, on a real server."""
+    env = {**queue_env.env(), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+    proc = run_in_example([sys.executable, "submit_grid.py"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted 6 tasks" in proc.stdout
+
+    with queue_env.http() as http:
+        resp = http.post("/api/v1/queues/me/tasks/search", json={"limit": 100})
+        resp.raise_for_status()
+        tasks = resp.json()["content"]
+    assert len(tasks) == 6
+    assert {t["status"] for t in tasks} == {"pending"}
+    assert all(set(t["args"]) == {"model", "C", "scaler"} for t in tasks)
+    assert {t["metadata"].get("submitted_by") for t in tasks} == {"submit_grid.py"}
+
+    # The demo's worker command, restricted to one task of the grid to stay fast.
+    proc = run_in_example(
+        [
+            sys.executable,
+            "-m",
+            "labtasker.client.cli.main",
+            "loop",
+            "--extra-filter",
+            '{"args.C": 1.0, "args.scaler": "minmax"}',
+            "--",
+            sys.executable,
+            "job.py",
+            "--model",
+            "%(model)",
+            "--C",
+            "%(C)",
+            "--scaler",
+            "%(scaler)",
+        ],
+        env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    with queue_env.http() as http:
+        resp = http.post("/api/v1/queues/me/tasks/search", json={"limit": 100})
+        resp.raise_for_status()
+        tasks = resp.json()["content"]
+    done = [t for t in tasks if t["status"] == "success"]
+    assert len(done) == 1, tasks
+    assert done[0]["args"] == {"model": "logreg", "C": 1.0, "scaler": "minmax"}
+    assert 0.9 < done[0]["summary"]["accuracy"] <= 1.0
+    assert sum(t["status"] == "pending" for t in tasks) == 5
+
+    proc = run_in_example([sys.executable, "report.py", "--page-size", "4"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 tasks" in proc.stdout
+    assert "pending=5, success=1" in proc.stdout
+    assert f"{done[0]['summary']['accuracy']:.4f}" in proc.stdout
+
+    proc = run_in_example([sys.executable, "report.py", "--require-success"], env)
+    assert proc.returncode == 1
+    assert "not every task succeeded" in proc.stdout

@@ -61,11 +61,12 @@ def sort_key(task: Any, arg_keys: list[str]) -> tuple:
     return tuple(key)
 
 
+def ordered_keys(keys) -> list[str]:
+    return sorted(keys, key=lambda k: (ARG_ORDER.index(k) if k in ARG_ORDER else len(ARG_ORDER), k))
+
+
 def build_table(tasks: list[Any]) -> Table:
-    arg_keys = sorted(
-        {k for t in tasks for k in t.args},
-        key=lambda k: (ARG_ORDER.index(k) if k in ARG_ORDER else len(ARG_ORDER), k),
-    )
+    arg_keys = ordered_keys({k for t in tasks for k in t.args})
     accuracies = [
         t.summary.get("accuracy")
         for t in tasks
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         top = max(scored, key=lambda t: t.summary["accuracy"])
         console.print(
             f"best: {top.summary['accuracy']:.4f} with "
-            + " ".join(f"{k}={fmt_value(v)}" for k, v in sorted(top.args.items()))
+            + " ".join(f"{k}={fmt_value(top.args[k])}" for k in ordered_keys(top.args))
         )
 
     if args.require_success and counts.get("success", 0) != len(tasks):
