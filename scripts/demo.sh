@@ -61,14 +61,37 @@ stop_server() {
     SERVER_PID=""
 }
 
+any_alive() {
+    local pid
+    for pid in "$@"; do
+        if kill -0 "$pid" 2>/dev/null; then return 0; fi
+    done
+    return 1
+}
+
+# Interrupted while the workers run: ask them to stop (each `labtasker loop` stops its job and
+# reports the task) while the server is still up, then SIGKILL whatever is left after 30 s.
+stop_workers() {
+    local live=() pid
+    for pid in "${WORKER_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then live+=("$pid"); fi
+    done
+    WORKER_PIDS=()
+    ((${#live[@]})) || return 0
+    printf '\n==> stopping the workers (pids %s)\n' "${live[*]}"
+    kill -TERM "${live[@]}" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+        any_alive "${live[@]}" || return 0
+        sleep 0.1
+    done
+    printf '    workers still running after 30 s, sending SIGKILL\n'
+    kill -KILL "${live[@]}" 2>/dev/null || true
+}
+
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    for pid in "${WORKER_PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_workers
     if [[ -n "$SERVER_PID" ]]; then
         if ((status != 0)) && [[ -n "$TMP_DIR" && -f "$TMP_DIR/server.log" ]]; then
             printf '\n--- last lines of the server log ---\n' >&2
@@ -212,11 +235,7 @@ done
 
 deadline=$((SECONDS + WORKER_TIMEOUT))
 while :; do
-    running=0
-    for pid in "${WORKER_PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then running=1; fi
-    done
-    ((running)) || break
+    any_alive "${WORKER_PIDS[@]}" || break
     if ((SECONDS >= deadline)); then
         die "workers still running after ${WORKER_TIMEOUT}s (LABTASKER_DEMO_TIMEOUT)"
     fi
