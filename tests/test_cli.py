@@ -681,3 +681,76 @@ def test_worker_bad_input(cli):
     assert proc.returncode == 2 and "--max-retries" in err_line(proc)
     proc = cli("worker", "ls", "-s", "sleepy")
     assert proc.returncode == 2 and "--status" in err_line(proc)
+
+
+# ---------------------------------------------------------------------- terminal (pty) mode
+
+
+def run_in_pty(args: list[str], env: dict, cwd: Path, answers=(), timeout: float = 60):
+    """Run the CLI on a pseudo-terminal, answering prompts: ``answers`` is a list of
+    ``(prompt substring, reply)``. Returns ``(exit code, output)``."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        try:
+            os.chdir(cwd)
+            os.execve(sys.executable, [sys.executable, "-m", "labtasker.client.cli.main", *args],
+                      {**env, "COLUMNS": "160"})  # fmt: skip
+        finally:
+            os._exit(127)
+    pending = list(answers)
+    buf, seen = b"", 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            buf += data
+        if pending and pending[0][0].encode() in buf[seen:]:
+            seen = buf.index(pending[0][0].encode(), seen) + len(pending[0][0])
+            time.sleep(0.2)
+            os.write(fd, pending.pop(0)[1].encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), buf.decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
+def test_interactive_init_and_table_on_terminal(server, tmp_path):
+    root = tmp_path / "tty-root"
+    env = {**os.environ, "LABTASKER_ROOT": str(root)}
+    name = "tty-" + uuid.uuid4().hex[:8]
+    code, out = run_in_pty(
+        ["init"],
+        env,
+        tmp_path,
+        answers=[
+            ("server", "not-a-url"),
+            ("server", server.url),
+            ("Queue name", "bad name"),
+            ("Queue name", name),
+            ("Queue password", "pw"),
+            ("Repeat", "pw"),
+            ("create this queue", "y"),
+        ],
+    )
+    assert code == 0, out
+    assert "not a valid http(s) URL" in out
+    assert "Queue created with ID" in out and "Configuration initialized successfully" in out
+    assert "Traceback" not in out
+    assert f'queue_name = "{name}"' in (root / "client.toml").read_text()
+
+    tid = ok(run_cli("task", "submit", "-q", "--name", "on-tty", "--args", "{'lr': 0.1}",
+                     env=env)).strip()  # fmt: skip
+    code, out = run_in_pty(["task", "ls"], env, tmp_path)
+    assert code == 0, out
+    assert tid in out and "on-tty" in out and "pending" in out
+    assert "Status" in out and "Args" in out  # a table, not YAML
+    assert "task_id:" not in out
