@@ -54,16 +54,53 @@ fi
 unset LABTASKER_TASK_ID LABTASKER_WORKER_ID LABTASKER_LOG_DIR
 export PATH="$VENV_DIR/bin:$PATH"
 
-echo "==> python -m pytest $*"
-status=0
-"$VPY" -m pytest "$@" || status=$?
+# Storage-dependent tests also run against PostgreSQL when one is reachable (a scratch
+# database per run on $LABTASKER_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+# Without PostgreSQL that half is skipped with a message; with LABTASKER_REQUIRE_POSTGRES=1
+# (set by .ci/run) a missing PostgreSQL is a failure.
+PG_TESTS=(tests/test_server_api.py tests/test_server_durability.py tests/test_filter_differential.py
+    tests/test_cli_api.py tests/test_loop.py)
+for f in tests/test_lifecycle*.py; do [[ -e "$f" ]] && PG_TESTS+=("$f"); done
 
-case $status in
-    0) echo "==> tests passed" ;;
-    5)
-        echo "==> FAILED: pytest collected no tests (exit code 5)" >&2
-        status=1
-        ;;
-    *) echo "==> FAILED: pytest exit code $status" >&2 ;;
-esac
+run_pytest() { # label, pytest args...
+    local label=$1 rc=0
+    shift
+    echo "==> [$label] python -m pytest $*"
+    "$VPY" -m pytest "$@" || rc=$?
+    case $rc in
+        0) echo "==> [$label] tests passed" ;;
+        5) echo "==> [$label] FAILED: pytest collected no tests (exit code 5)" >&2; rc=1 ;;
+        *) echo "==> [$label] FAILED: pytest exit code $rc" >&2 ;;
+    esac
+    return "$rc"
+}
+
+pg_status=0
+if [[ "${LABTASKER_TEST_SKIP_POSTGRES:-0}" == 1 ]]; then
+    echo "==> PostgreSQL half skipped (LABTASKER_TEST_SKIP_POSTGRES=1)"
+elif "$VPY" - <<'PY'
+import os, sys
+import psycopg
+url = os.environ.get("LABTASKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+try:
+    psycopg.connect(url, connect_timeout=3).close()
+except Exception as exc:
+    print(f"==> PostgreSQL not reachable at {url}: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+then
+    LABTASKER_TEST_BACKEND=postgresql run_pytest postgresql "${PG_TESTS[@]}" "$@" || pg_status=$?
+elif [[ "${LABTASKER_REQUIRE_POSTGRES:-0}" == 1 ]]; then
+    echo "==> FAILED: PostgreSQL is required (LABTASKER_REQUIRE_POSTGRES=1) but not reachable" >&2
+    pg_status=1
+else
+    echo "==> SKIPPED: the PostgreSQL half of the suite (no PostgreSQL reachable); only SQLite was tested"
+fi
+
+status=0
+LABTASKER_TEST_BACKEND=sqlite run_pytest sqlite "$@" || status=$?
+if [[ $pg_status != 0 ]]; then
+    echo "==> FAILED: the PostgreSQL half failed (see above)" >&2
+    status=$pg_status
+fi
 exit "$status"
