@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
     "update_queue": _API,
     "delete_queue": _API,
     "submit_task": _API,
+    "submit_tasks": _API,
     "fetch_task": _API,
     "report_task_status": _API,
     "refresh_task_heartbeat": _API,

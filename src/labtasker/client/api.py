@@ -85,6 +85,7 @@ __all__ = [
     "update_queue",
     "delete_queue",
     "submit_task",
+    "submit_tasks",
     "fetch_task",
     "report_task_status",
     "refresh_task_heartbeat",
@@ -94,6 +95,7 @@ __all__ = [
     "report_worker_status",
     "ls_tasks",
     "iter_tasks",
+    "iter_task_pages",
     "iter_workers",
     "get_task",
     "update_tasks",
@@ -494,6 +496,111 @@ def submit_task(
     return TaskSubmitResponse.model_validate(body)
 
 
+MAX_BATCH = 5000  # tasks per ``POST /tasks/batch`` request accepted by the server
+
+
+def _submit_body(index: int, task: Any) -> dict[str, Any]:
+    """Validate one element of :func:`submit_tasks` and return its JSON body."""
+    if isinstance(task, TaskSubmitRequest):
+        req = task
+    else:
+        if not isinstance(task, dict):
+            raise LabtaskerTypeError(f"tasks[{index}] must be a dict, got {type(task).__name__}")
+        if task.get("args") is not None and not isinstance(task["args"], dict):
+            raise LabtaskerTypeError(
+                f"tasks[{index}].args must be a dict, got {type(task['args']).__name__}"
+            )
+        try:
+            req = TaskSubmitRequest.model_validate(task)
+        except ValueError as exc:  # pydantic.ValidationError is a ValueError
+            text = " ".join(str(exc).split())
+            raise LabtaskerValueError(f"tasks[{index}] is invalid: {text}") from exc
+    data = req.model_dump(mode="json", exclude_none=True)
+    data.pop("client_version", None)
+    return data
+
+
+def submit_tasks(
+    tasks: Sequence[dict[str, Any] | TaskSubmitRequest],
+    chunk_size: int = MAX_BATCH,
+    progress: Any = None,
+    client: httpx.Client | None = None,
+) -> list[str]:
+    """Submit many tasks; return their ids in the order given.
+
+    Each element is a dict with the keyword arguments of :func:`submit_task` (``args``,
+    ``task_name``, ``metadata``, ``cmd``, ``heartbeat_timeout``, ``task_timeout``,
+    ``max_retries``, ``priority``). Every task is validated before anything is sent
+    (:class:`LabtaskerValueError` / :class:`LabtaskerTypeError` naming ``tasks[i]``).
+
+    Tasks are sent ``chunk_size`` (1..5000) at a time to ``POST /tasks/batch``; each request is
+    all-or-nothing. When a request is refused, the :class:`LabtaskerHTTPStatusError` raised
+    carries ``submitted_task_ids`` (ids of the chunks already accepted) and ``first_index``
+    (the position of the refused chunk's first task). A server without the batch route (HTTP
+    404/405, e.g. 1.0.1) gets the tasks one by one instead -- not atomic then.
+
+    ``progress``, if given, is called as ``progress(done, total)`` after every request.
+    """
+    if not 1 <= chunk_size <= MAX_BATCH:
+        raise LabtaskerValueError(f"chunk_size must be in 1..{MAX_BATCH}, got {chunk_size}")
+    bodies = [_submit_body(i, t) for i, t in enumerate(tasks)]
+    total = len(bodies)
+    ids: list[str] = []
+    batch_path = f"{_QUEUE_ME}/tasks/batch"
+    batch = True
+    while len(ids) < total:
+        start = len(ids)
+        if batch:
+            chunk = bodies[start : start + chunk_size]
+            payload = {"tasks": chunk, "client_version": __version__}
+            response, _ = _send("POST", batch_path, client=client, json_body=payload)
+            if response.status_code in (404, 405) and not _is_labtasker_404(response):
+                batch = False  # no batch route: fall back to one request per task
+                continue
+            if response.is_error:
+                raise _bulk_error(response, ids, start)
+            body = response.json()
+            _show_notifications(body)
+            got = list(body.get("task_ids") or ())
+            if len(got) != len(chunk):
+                raise LabtaskerRuntimeError(
+                    f"Server returned {len(got)} task ids for {len(chunk)} tasks"
+                )
+            ids.extend(got)
+        else:
+            payload = {**bodies[start], "client_version": __version__}
+            response, _ = _send("POST", f"{_QUEUE_ME}/tasks", client=client, json_body=payload)
+            if response.is_error:
+                raise _bulk_error(response, ids, start)
+            ids.append(TaskSubmitResponse.model_validate(response.json()).task_id)
+        if progress is not None:
+            progress(len(ids), total)
+    return ids
+
+
+def _is_labtasker_404(response: httpx.Response) -> bool:
+    """A 404 produced by a handler (e.g. "Queue not found") rather than a missing route."""
+    if response.status_code != 404:
+        return False
+    detail = _detail_of(response)
+    return isinstance(detail, str) and detail != "Not Found"
+
+
+def _bulk_error(
+    response: httpx.Response, submitted: list[str], first_index: int
+) -> LabtaskerHTTPStatusError:
+    exc = _status_error(response)
+    if first_index:
+        exc.args = (
+            f"{exc.args[0] if exc.args else exc} ({first_index} task(s) before this request "
+            f"were already submitted; indexes in the detail are relative to task "
+            f"#{first_index})",
+        )
+    exc.submitted_task_ids = list(submitted)
+    exc.first_index = first_index
+    return exc
+
+
 def fetch_task(
     worker_id: str | None = None,
     eta_max: str | None = None,
@@ -646,6 +753,51 @@ def ls_tasks(
     return TaskLsResponse.model_validate(data)
 
 
+def iter_task_pages(
+    task_id: str | None = None,
+    task_name: str | None = None,
+    status: str | None = None,
+    extra_filter: str | dict[str, Any] | None = None,
+    page_size: int = 100,
+    offset: int = 0,
+    sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
+    client: httpx.Client | None = None,
+) -> Iterator[list[Task]]:
+    """Yield every matching task page by page (lists of at most ``page_size`` tasks).
+
+    Keyset paging: when the server answers with a ``next_cursor`` (column sorts, including
+    the default order), the following pages are requested with that cursor, so each page
+    costs the same however deep into the queue it is. Servers without cursors (1.0.1), and
+    sorts on JSON fields, are paged by ``offset``. Only one page is held at a time.
+    """
+    req = TaskLsRequest(
+        offset=offset,
+        limit=page_size,
+        task_id=task_id,
+        task_name=task_name,
+        status=status,
+        extra_filter=coerce_filter(extra_filter),
+        sort=_normalize_sort(sort),
+    )
+    body = _body(req)
+    path = f"{_QUEUE_ME}/tasks/search"
+    while True:
+        data = _call("POST", path, client=client, json_body=body, safe=True) or {}
+        content = [Task.model_validate(item) for item in data.get("content") or ()]
+        if content:
+            yield content
+        if "next_cursor" in data:  # keyset paging
+            cursor = data["next_cursor"]
+            if not cursor or not content:
+                return
+            body = {**body, "cursor": cursor}
+            body.pop("offset", None)
+        else:  # offset paging
+            if len(content) < page_size:
+                return
+            body = {**body, "offset": body.get("offset", 0) + len(content)}
+
+
 def iter_tasks(
     task_id: str | None = None,
     task_name: str | None = None,
@@ -656,14 +808,12 @@ def iter_tasks(
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
     client: httpx.Client | None = None,
 ) -> Iterator[Task]:
-    """Yield every matching task, fetching pages of ``page_size`` starting at ``offset``."""
-    extra = coerce_filter(extra_filter)
-    while True:
-        page = ls_tasks(task_id, task_name, status, extra, page_size, offset, sort, client)
-        yield from page.content
-        if len(page.content) < page_size:
-            return
-        offset += len(page.content)
+    """Yield every matching task, fetching pages of ``page_size`` starting at ``offset``
+    (keyset cursors when the server offers them; see :func:`iter_task_pages`)."""
+    for page in iter_task_pages(
+        task_id, task_name, status, extra_filter, page_size, offset, sort, client
+    ):
+        yield from page
 
 
 def get_task(task_id: str, client: httpx.Client | None = None) -> Task:

@@ -20,6 +20,7 @@ from labtasker.client.cli.common import (
     print_filter,
     read_ids_from_stdin,
     stdin_is_tty,
+    stdout_is_tty,
     tasks_table,
     usage_error,
 )
@@ -75,15 +76,43 @@ def submit(
     priority: int = typer.Option(
         10, "--priority", help="Higher runs first (LOW 0, MEDIUM 10, HIGH 20)."
     ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the task id."),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="Print only the task id(s), one per line."
+    ),
+    file: str | None = typer.Option(
+        None,
+        "--file",
+        "-F",
+        help="Submit many tasks from a file: JSON lines (.jsonl), YAML (.yaml/.yml, a list or "
+        "documents) or `-` for stdin. Each record is a task (keys args, task_name, metadata, "
+        "cmd, heartbeat_timeout, task_timeout, max_retries, priority) or, without `args` and "
+        "`cmd` keys, the args themselves. Options given here are defaults for every record.",
+    ),
 ) -> None:
     """Submit a task. Args come from `--args` or from options after `--`.
 
     Example: `labtasker task submit --name exp1 -- --lr 0.1 --model.depth 3`
+
+    Many tasks at once: `labtasker task submit --file tasks.jsonl` (sent in batches of 5,000,
+    each all-or-nothing; a progress bar is shown on a terminal).
     """
     from labtasker.client import api
     from labtasker.client.cmdline import parse_extra_opt
 
+    if file is not None:
+        if args_pos or args is not None:
+            raise usage_error("--file cannot be combined with --args or args after `--`.")
+        defaults = {
+            "task_name": task_name,
+            "metadata": dict_option(metadata, "--metadata"),
+            "cmd": cmd,
+            "heartbeat_timeout": _duration(heartbeat_timeout, "--heartbeat-timeout"),
+            "task_timeout": _duration(task_timeout, "--task-timeout"),
+            "max_retries": max_retries,
+            "priority": priority,
+        }
+        _submit_file(file, {k: v for k, v in defaults.items() if v is not None}, quiet)
+        return
     if args_pos and args is not None:
         raise usage_error("Use either --args or positional args after `--`, not both.")
     if args_pos:
@@ -107,6 +136,176 @@ def submit(
         priority=priority,
     )
     print(resp.task_id if quiet else f"Task submitted with ID: {resp.task_id}")
+
+
+_TASK_KEYS = (
+    "task_name",
+    "args",
+    "metadata",
+    "cmd",
+    "heartbeat_timeout",
+    "task_timeout",
+    "max_retries",
+    "priority",
+)
+PROGRESS_MIN_TASKS = 5000  # show a progress bar from this many tasks on (stderr a terminal)
+
+
+def _read_records(file: str) -> list[tuple[str, object]]:
+    """``[(location, record), ...]`` from a JSON-lines or YAML file (``-``: stdin)."""
+    import json
+
+    if file == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise usage_error(f"Invalid value for --file: {exc.strerror}: {file}") from None
+        name = file
+    lower = name.lower()
+    if lower.endswith((".yaml", ".yml")):
+        kind = "yaml"
+    elif lower.endswith((".jsonl", ".ndjson", ".json")):
+        kind = "json"
+    else:  # stdin or unknown extension: JSON if it looks like JSON
+        kind = "json" if text.lstrip()[:1] in ("{", "[", "") else "yaml"
+    if kind == "json":
+        stripped = text.lstrip()
+        if stripped.startswith("["):  # one JSON array
+            try:
+                items = json.loads(text)
+            except ValueError as exc:
+                raise usage_error(f"{name}: invalid JSON: {exc}") from None
+            return [(f"{name}[{i}]", item) for i, item in enumerate(items)]
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                records.append((f"{name}:{lineno}", json.loads(line)))
+            except ValueError as exc:
+                raise usage_error(f"{name}:{lineno}: invalid JSON: {exc}") from None
+        return records
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise usage_error(f"{name}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if len(docs) == 1 and isinstance(docs[0], list):
+        return [(f"{name}[{i}]", item) for i, item in enumerate(docs[0])]
+    return [(f"{name} (document {i + 1})", item) for i, item in enumerate(docs)]
+
+
+def _task_requests(records: list[tuple[str, object]], defaults: dict) -> list:
+    """Validate records into ``TaskSubmitRequest`` objects; errors name the file location."""
+    from pydantic import ValidationError
+
+    from labtasker.wire import TaskSubmitRequest
+
+    out = []
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise usage_error(f"{where}: a task must be a mapping, got {type(record).__name__}")
+        if "args" in record or "cmd" in record:
+            unknown = sorted(set(record) - set(_TASK_KEYS))
+            if unknown:
+                raise usage_error(f"{where}: unknown task field(s) {unknown}")
+            fields = {**defaults, **record}
+        else:
+            fields = {**defaults, "args": record}
+        if fields.get("args") is not None and not isinstance(fields["args"], dict):
+            raise usage_error(f"{where}: args must be a mapping")
+        try:
+            out.append(TaskSubmitRequest.model_validate(fields))
+        except ValidationError as exc:
+            msgs = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'task'}: {e.get('msg')}"
+                for e in exc.errors()
+            )
+            raise usage_error(f"{where}: invalid task: {' '.join(msgs.split())}") from None
+    return out
+
+
+def _submit_file(file: str, defaults: dict, quiet: bool) -> None:
+    from labtasker.client import api
+
+    requests = _task_requests(_read_records(file), defaults)
+    if not requests:
+        print("No tasks in the input; nothing submitted.", file=sys.stderr)
+        return
+    progress = None
+    bar = None
+    if len(requests) >= PROGRESS_MIN_TASKS and _stderr_is_tty():
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("Submitting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        job = bar.add_task("submit", total=len(requests))
+
+        def progress(done: int, total: int) -> None:
+            bar.update(job, completed=done)
+
+        bar.start()
+    try:
+        ids = api.submit_tasks(requests, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if quiet:
+        sys.stdout.write("".join(f"{tid}\n" for tid in ids))
+    else:
+        print(f"{len(ids)} task(s) submitted.")
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _stream_with_progress(pages, enabled: bool):
+    """Flatten pages of tasks; on a terminal, count them on stderr once a second page comes."""
+    bar = None
+    count = 0
+    try:
+        for page in pages:
+            if enabled and bar is None and count:
+                from rich.console import Console
+                from rich.progress import Progress, SpinnerColumn, TextColumn
+
+                bar = Progress(
+                    SpinnerColumn(),
+                    TextColumn("Listing tasks: {task.completed} fetched"),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
+                job = bar.add_task("ls", total=None, completed=count)
+                bar.start()
+            count += len(page)
+            if bar is not None:
+                bar.update(job, completed=count)
+            yield from page
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _selection(
@@ -184,10 +383,14 @@ def ls(
     order = parse_sort(sort) or DEFAULT_LS_SORT
     if verbose:
         print_filter(sel["extra_filter"] or {})
-    records = api.iter_tasks(**sel, page_size=limit, offset=offset, sort=order)
+    out_fmt = choose_format(fmt)
+    pages = api.iter_task_pages(**sel, page_size=limit, offset=offset, sort=order)
+    # Progress only where it cannot mix with the listing: stderr is a terminal and the output
+    # is either collected for a table or goes to a pipe/file.
+    show = _stderr_is_tty() and ((out_fmt == "table" and not quiet) or not stdout_is_tty())
     emit_records(
-        records,
-        choose_format(fmt),
+        _stream_with_progress(pages, show),
+        out_fmt,
         table_builder=tasks_table,
         quiet_key="task_id",
         quiet=quiet,

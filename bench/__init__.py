@@ -1,0 +1,1 @@
+"""labtasker benchmark suite: ``python -m bench`` (see ``bench/run.py`` and docs/benchmarks.md)."""

@@ -1,0 +1,743 @@
+"""labtasker benchmark: ``python -m bench [--quick] [--compare] [--json FILE]``.
+
+Starts its own servers on 127.0.0.1 (fresh SQLite file in a temporary directory), drives them
+over HTTP and prints one markdown table. With ``--compare`` the same rows also run against
+labtasker 1.0.1 (installed from PyPI into ``bench/.cache/venv-1.0.1``), each 1.0.1 row capped
+by ``--ref-budget`` seconds, and a ratio column is added. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+if __package__ in (None, ""):  # run as `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REQUIRED, make_args, median, percentile
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+CACHE = BENCH_DIR / ".cache"
+REF_VERSION = "1.0.1"
+QUEUE_ME = "/api/v1/queues/me"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class Sizes:
+    submit_one: int = 2000
+    submit_bulk: int = 100_000
+    claim_tasks: int = 5000
+    claim_workers: tuple[int, ...] = (1, 4, 16)
+    fetch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
+    fetch_samples: int = 200
+    ls_sizes: tuple[int, ...] = (10_000, 100_000)
+    ls_samples: int = 30
+    loop_tasks: int = 200
+    startup_runs: int = 10
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            submit_one=100,
+            submit_bulk=2000,
+            claim_tasks=200,
+            claim_workers=(1, 4),
+            fetch_sizes=(100, 1000),
+            fetch_samples=20,
+            ls_sizes=(1000,),
+            ls_samples=5,
+            loop_tasks=10,
+            startup_runs=3,
+        )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x.replace("_", "").replace(",", "")) for x in text.split(",") if x)
+
+
+def fmt_n(n: int) -> str:
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Impl:
+    """One implementation under test: its interpreter, CLI and server."""
+
+    name: str  # "current" or "1.0.1"
+    kind: str  # "current" or "ref101"
+    python: str
+    cli: str
+    workdir: Path
+    budget: float | None = None  # seconds per row (1.0.1 only)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    has_batch: bool | None = None
+    db_url: str = ""
+    db_path: str = ""
+    queues: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (id, password)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_ref(self) -> bool:
+        return self.kind == "ref101"
+
+    def start(self, timeout: float = 600.0) -> None:
+        self.port = self.port or free_port()
+        cmd = [self.python, str(BENCH_DIR / "serve.py"), self.kind, "--port", str(self.port)]
+        if self.kind == "current":
+            self.db_url = self.db_url or f"sqlite:///{self.workdir / 'labtasker.db'}"
+            cmd += ["--db-url", self.db_url]
+        else:
+            self.db_path = self.db_path or str(self.workdir / "labtasker_db.json")
+            cmd += ["--db-path", self.db_path]
+        log = open(self.workdir / "server.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} server exited: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} server did not start: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self) -> str:
+        path = self.workdir / "server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    # ------------------------------------------------------------------ queues and seeding
+    def client(self, queue: str) -> httpx.Client:
+        _qid, password = self.queues[queue]
+        return httpx.Client(base_url=self.url, auth=(queue, password), timeout=600)
+
+    def new_queue(self, label: str) -> str:
+        """Create a queue (over HTTP, or offline for 1.0.1 when seeding); returns its name."""
+        name = f"{label}-{uuid.uuid4().hex[:8]}"
+        password = "pw-" + uuid.uuid4().hex[:8]
+        resp = httpx.post(
+            self.url + "/api/v1/queues", json={"queue_name": name, "password": password}
+        )
+        resp.raise_for_status()
+        self.queues[name] = (resp.json()["queue_id"], password)
+        return name
+
+    def probe_batch(self) -> bool:
+        if self.has_batch is None:
+            if self.is_ref:
+                self.has_batch = False
+            else:
+                name = self.new_queue("probe")
+                with self.client(name) as c:
+                    r = c.post(QUEUE_ME + "/tasks/batch", json={"tasks": []})
+                self.has_batch = r.status_code not in (404, 405)
+        return self.has_batch
+
+    def seed(self, queue: str, kind: str, start: int, count: int) -> None:
+        """Add ``count`` pending tasks of ``kind`` (bulk route, or offline)."""
+        if count <= 0:
+            return
+        qid, password = self.queues[queue]
+        if self.is_ref:
+            # 1.0.1 rewrites its whole database file on every write: seed offline.
+            self.stop()
+            subprocess.run(
+                [
+                    self.python,
+                    str(BENCH_DIR / "seed_ref.py"),
+                    self.db_path,
+                    queue,
+                    password,
+                    kind,
+                    str(start),
+                    str(count),
+                ],
+                check=True,
+                cwd=self.workdir,
+                stdout=subprocess.DEVNULL,
+            )
+            self.start()
+        elif self.probe_batch():
+            bulk_submit(self, queue, kind, start, count)
+        else:
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(BENCH_DIR / "seed_current.py"),
+                    self.db_url,
+                    qid,
+                    kind,
+                    str(start),
+                    str(count),
+                ],
+                check=True,
+            )
+
+    def write_client_root(self, queue: str) -> Path:
+        _qid, password = self.queues[queue]
+        root = self.workdir / f"root-{queue}"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "client.toml").write_text(
+            f'version_check = false\n\n[endpoint]\napi_base_url = "{self.url}"\n\n'
+            f'[queue]\nqueue_name = "{queue}"\npassword = "{password}"\n\n'
+            "[task]\nheartbeat_interval = 30.0\n"
+        )
+        return root
+
+
+def bulk_submit(impl: Impl, queue: str, kind: str, start: int, count: int) -> float:
+    """Submit through ``POST /tasks/batch`` in chunks of 5,000; returns the seconds taken."""
+    bodies = [{"args": make_args(kind, n), "heartbeat_timeout": 3600} for n in range(count)]
+    for off, body in enumerate(bodies):
+        body["args"] = make_args(kind, start + off)
+    t0 = time.perf_counter()
+    with impl.client(queue) as c:
+        for i in range(0, count, 5000):
+            r = c.post(QUEUE_ME + "/tasks/batch", json={"tasks": bodies[i : i + 5000]})
+            if r.status_code != 201:
+                raise RuntimeError(f"batch submit failed: {r.status_code} {r.text[:300]}")
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    value: float | None  # the number compared (tasks/s, ms or MB)
+    text: str  # shown in the table
+    higher_better: bool = False
+    note: str = ""
+
+
+class Budget:
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> bool:
+        return self.deadline is None or time.monotonic() < self.deadline
+
+
+def ms(x: float) -> str:
+    if x != x:  # NaN
+        return "-"
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def timed_post(c: httpx.Client, path: str, body: Any) -> tuple[httpx.Response, float, float]:
+    t0 = time.perf_counter()
+    r = c.post(path, json=body)
+    wall = (time.perf_counter() - t0) * 1000
+    server = r.headers.get("x-process-time")
+    return r, wall, float(server) if server else float("nan")
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
+    queue = impl.new_queue("submit1")
+    budget = Budget(impl.budget)
+    done = 0
+    with impl.client(queue) as c:
+        t0 = time.perf_counter()
+        for n in range(sizes.submit_one):
+            if not budget.left():
+                break
+            r = c.post(
+                QUEUE_ME + "/tasks", json={"args": make_args("claim", n), "heartbeat_timeout": 3600}
+            )
+            if r.status_code != 201:
+                raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
+            done += 1
+        elapsed = time.perf_counter() - t0
+    rate = done / elapsed
+    note = "" if done == sizes.submit_one else f"{done} of {sizes.submit_one} within budget"
+    out["submit_one"] = Result(rate, f"{rate:,.0f}/s", True, note)
+
+
+def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
+    if impl.is_ref or not impl.probe_batch():
+        out["submit_bulk"] = Result(None, "n/a (no batch route)")
+        return
+    queue = impl.new_queue("bulk")
+    elapsed = bulk_submit(impl, queue, "claim", 0, sizes.submit_bulk)
+    rate = sizes.submit_bulk / elapsed
+    out["submit_bulk"] = Result(rate, f"{rate:,.0f}/s", True)
+
+
+def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
+    queue = impl.new_queue(f"claim{workers}")
+    impl.seed(queue, "claim", 0, sizes.claim_tasks)
+    _qid, password = impl.queues[queue]
+    tmp = Path(tempfile.mkdtemp(prefix="claim-", dir=impl.workdir))
+    start_at = time.time() + 1.0 + 0.2 * workers
+    deadline = start_at + (impl.budget if impl.budget else 3600)
+    procs = []
+    for w in range(workers):
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH_DIR / "worker.py"),
+                    impl.url,
+                    queue,
+                    password,
+                    ",".join(REQUIRED["claim"]),
+                    str(tmp / f"w{w}.json"),
+                    repr(start_at),
+                    repr(deadline),
+                ]
+            )
+        )
+    for p in procs:
+        p.wait()
+    ids: list[str] = []
+    lat: list[float] = []
+    errors = 0
+    end = start_at
+    for w in range(workers):
+        data = json.loads((tmp / f"w{w}.json").read_text())
+        ids += data["ids"]
+        lat += data["lat"]
+        errors += data["errors"]
+        end = max(end, data["end"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    dup = len(ids) - len(set(ids))
+    rate = len(ids) / max(end - start_at, 1e-9)
+    complete = len(set(ids)) == sizes.claim_tasks
+    check = f"{dup} dup"
+    if not complete:
+        check += f", {len(set(ids))} of {sizes.claim_tasks} claimed" + (
+            " within budget" if impl.budget else " (MISSING TASKS)"
+        )
+    if errors:
+        check += f", {errors} HTTP errors"
+    text = (
+        f"{rate:,.0f}/s; p50 {ms(percentile(lat, 50) * 1000)} / "
+        f"p99 {ms(percentile(lat, 99) * 1000)} ms; {check}"
+    )
+    out[f"claim_{workers}"] = Result(rate, text, True)
+
+
+def _fetch_samples(
+    impl: Impl, queue: str, required: list[str], samples: int, budget: Budget, before=None
+) -> tuple[list[float], list[float]]:
+    walls, servers = [], []
+    body = {"required_fields": required, "heartbeat_timeout": 3600}
+    with impl.client(queue) as c:
+        for j in range(samples):
+            if walls and not budget.left():
+                break
+            if before is not None:
+                before(c, j)
+            r, wall, server = timed_post(c, QUEUE_ME + "/tasks/next", body)
+            if r.status_code != 200 or not r.json().get("found"):
+                raise RuntimeError(f"fetch found nothing: {r.status_code} {r.text[:200]}")
+            walls.append(wall)
+            servers.append(server)
+    return walls, servers
+
+
+def _lat_text(walls: list[float], servers: list[float], n_wanted: int) -> str:
+    text = f"{ms(median(walls))} ms (server {ms(median(servers))})"
+    if len(walls) < n_wanted:
+        text += f"; {len(walls)} samples"
+    return text
+
+
+def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
+    """fetch p50 at growing pending counts (one queue, topped up), ls at the listed sizes,
+    the other-shapes row and the server RSS, all on the same queue."""
+    queue = impl.new_queue("fetch")
+    seeded = claimed = 0
+    for size in sorted(set(sizes.fetch_sizes) | set(sizes.ls_sizes)):
+        pending = seeded - claimed
+        want = size + (sizes.fetch_samples if size in sizes.fetch_sizes else 0)
+        impl.seed(queue, "fetch", seeded, want - pending)
+        seeded += max(0, want - pending)
+        if size in sizes.ls_sizes:
+            budget = Budget(impl.budget)
+            walls, servers = [], []
+            body = {"extra_filter": {"args.grp": 3}, "limit": 100}
+            with impl.client(queue) as c:
+                for _ in range(sizes.ls_samples):
+                    if walls and not budget.left():
+                        break
+                    r, wall, server = timed_post(c, QUEUE_ME + "/tasks/search", body)
+                    if r.status_code != 200 or len(r.json()["content"]) != 100:
+                        raise RuntimeError(f"ls failed: {r.status_code} {r.text[:200]}")
+                    walls.append(wall)
+                    servers.append(server)
+            value = median(servers) if servers and servers[0] == servers[0] else median(walls)
+            out[f"ls_{size}"] = Result(value, _lat_text(walls, servers, sizes.ls_samples))
+        if size in sizes.fetch_sizes:
+            walls, servers = _fetch_samples(
+                impl, queue, REQUIRED["fetch"], sizes.fetch_samples, Budget(impl.budget)
+            )
+            claimed += len(walls)
+            out[f"fetch_{size}"] = Result(
+                median(walls), _lat_text(walls, servers, sizes.fetch_samples)
+            )
+    lo, hi = min(sizes.fetch_sizes), max(sizes.fetch_sizes)
+    if f"fetch_{lo}" in out and f"fetch_{hi}" in out:
+        ratio = out[f"fetch_{hi}"].value / out[f"fetch_{lo}"].value
+        out["fetch_ratio"] = Result(ratio, f"{ratio:.2f}x")
+
+    # 100k (largest size) pending tasks of other shapes, 1 matching at a time.
+    def add_one(c: httpx.Client, j: int) -> None:
+        r = c.post(QUEUE_ME + "/tasks", json={"args": make_args("other", j)})
+        if r.status_code != 201:
+            raise RuntimeError(f"submit failed: {r.status_code} {r.text[:200]}")
+
+    walls, servers = _fetch_samples(
+        impl, queue, REQUIRED["other"], sizes.fetch_samples, Budget(impl.budget), add_one
+    )
+    out["fetch_other"] = Result(median(walls), _lat_text(walls, servers, sizes.fetch_samples))
+    out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB")
+
+
+def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
+    queue = impl.new_queue("loop")
+    impl.seed(queue, "loop", 0, sizes.loop_tasks)
+    root = impl.write_client_root(queue)
+    env = {**os.environ, "LABTASKER_ROOT": str(root)}
+    for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR", "PYTHONPATH"):
+        env.pop(var, None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [impl.cli, "loop", "--", "true", "%(i)"],
+        env=env,
+        cwd=impl.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=3600,
+    )
+    t_loop = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace")[-500:]
+        raise RuntimeError(f"loop exited {proc.returncode}: {tail}")
+    with impl.client(queue) as c:
+        r = c.post(QUEUE_ME + "/tasks/search", json={"status": "success", "limit": 1000})
+        done = len(r.json()["content"])
+    t0 = time.perf_counter()
+    for n in range(sizes.loop_tasks):
+        subprocess.run(["true", str(n)], check=True)
+    t_spawn = time.perf_counter() - t0
+    per_task = (t_loop - t_spawn) / sizes.loop_tasks * 1000
+    note = "" if done == sizes.loop_tasks else f"only {done} of {sizes.loop_tasks} succeeded"
+    out["loop"] = Result(
+        per_task,
+        f"{per_task:.1f} ms (loop {t_loop:.2f} s vs spawn {t_spawn:.2f} s)"
+        + (f"; {note}" if note else ""),
+    )
+
+
+def _run_times(cmd: list[str], runs: int, env: dict) -> list[float]:
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # warm
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
+    env = {**os.environ, "LABTASKER_ROOT": str(impl.workdir / "no-root")}
+    env.pop("PYTHONPATH", None)
+    base = median(_run_times([impl.python, "-c", "pass"], sizes.startup_runs, env))
+    t_help = median(_run_times([impl.cli, "--help"], sizes.startup_runs, env))
+    t_imp = median(_run_times([impl.python, "-c", "import labtasker"], sizes.startup_runs, env))
+    out["help"] = Result(t_help, f"{t_help:.0f} ms")
+    out["import"] = Result(t_imp, f"{t_imp:.0f} ms (bare python {base:.0f})")
+
+
+# ----------------------------------------------------------------------------- driver
+
+TARGETS = {
+    "submit_one": "≥ 1,000/s",
+    "submit_bulk": "≥ 20,000/s",
+    "claim_16": "≥ 800/s, 0 dup",
+    "fetch_ratio": "≤ 2x",
+    "ls_100000": "≤ 10 ms server",
+    "loop": "≤ 20 ms",
+    "rss": "≤ 120 MB",
+    "help": "≤ 200 ms",
+    "import": "≤ 150 ms",
+}
+
+
+def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
+    labels = [
+        ("submit_one", f"submit {sizes.submit_one:,} one by one (tasks/s)"),
+        ("submit_bulk", f"submit {sizes.submit_bulk:,} in bulk (tasks/s)"),
+    ]
+    for w in sizes.claim_workers:
+        labels.append(
+            (
+                f"claim_{w}",
+                f"claim + report, {w} worker process(es), {sizes.claim_tasks:,} tasks "
+                "(tasks/s; latency)",
+            )
+        )
+    for n in sizes.fetch_sizes:
+        labels.append((f"fetch_{n}", f"fetch p50, {fmt_n(n)} pending"))
+    lo, hi = min(sizes.fetch_sizes), max(sizes.fetch_sizes)
+    labels.append(("fetch_ratio", f"fetch p50 ratio {fmt_n(hi)} / {fmt_n(lo)} pending"))
+    labels.append(
+        ("fetch_other", f"fetch p50, {fmt_n(hi)} pending of other arg shapes + 1 matching")
+    )
+    for n in sizes.ls_sizes:
+        labels.append((f"ls_{n}", f"`task ls` page of 100, args filter, {fmt_n(n)} tasks"))
+    labels += [
+        ("loop", f"`loop` overhead per task, job `true`, {sizes.loop_tasks} tasks"),
+        ("rss", f"server RSS with {fmt_n(hi)}+ tasks"),
+        ("help", "`labtasker --help` (wall, median)"),
+        ("import", "`python -c 'import labtasker'` (wall, median)"),
+    ]
+    return labels
+
+
+def ratio_text(key: str, cur: Result | None, ref: Result | None) -> str:
+    if cur is None or ref is None or cur.value is None or ref.value is None:
+        return "-"
+    if key == "fetch_ratio" or not cur.value or not ref.value:
+        return "-"
+    factor = cur.value / ref.value if cur.higher_better else ref.value / cur.value
+    return f"{factor:,.1f}x better" if factor >= 1 else f"{1 / factor:,.1f}x worse"
+
+
+def render(sizes: Sizes, results: dict[str, dict[str, Result]], notes: list[str]) -> str:
+    names = list(results)
+    header = ["row", "target"] + names + (["ratio"] if len(names) == 2 else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, label in row_labels(sizes):
+        cells = [label, TARGETS.get(key, "")]
+        for name in names:
+            res = results[name].get(key)
+            cell = res.text if res else "-"
+            if res and res.note:
+                cell += f" ({res.note})"
+            cells.append(cell)
+        if len(names) == 2:
+            cells.append(ratio_text(key, results[names[0]].get(key), results[names[1]].get(key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes)
+
+
+def ensure_ref_venv() -> Path:
+    venv = CACHE / f"venv-{REF_VERSION}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        check = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('labtasker'))"],
+            capture_output=True,
+            text=True,
+        )
+        if check.stdout.strip() == REF_VERSION:
+            return venv
+    CACHE.mkdir(parents=True, exist_ok=True)
+    print(f"[bench] installing labtasker=={REF_VERSION} into {venv} ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"labtasker=={REF_VERSION}"], check=True
+    )
+    return venv
+
+
+def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Result]:
+    out: dict[str, Result] = {}
+    steps = [
+        ("startup", lambda: rows_startup(impl, sizes, out)),
+        ("submit", lambda: row_submit_one(impl, sizes, out)),
+        ("submit", lambda: row_submit_bulk(impl, sizes, out)),
+        *[("claim", lambda w=w: row_claim(impl, sizes, w, out)) for w in sizes.claim_workers],
+        ("loop", lambda: row_loop(impl, sizes, out)),
+        ("fetch", lambda: rows_fetch_ls(impl, sizes, out)),
+    ]
+    impl.start()
+    try:
+        for group, step in steps:
+            if only and group not in only:
+                continue
+            t0 = time.monotonic()
+            try:
+                step()
+            except Exception as exc:  # keep going: one broken row must not hide the others
+                print(f"[bench] {impl.name} {group}: FAILED: {exc}", file=sys.stderr)
+                out.setdefault(f"error_{group}", Result(None, f"failed: {exc}"))
+            print(f"[bench] {impl.name} {group}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    finally:
+        impl.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Small sizes (smoke test).")
+    parser.add_argument("--compare", action="store_true", help=f"Also run labtasker {REF_VERSION}.")
+    parser.add_argument(
+        "--ref-budget",
+        type=float,
+        default=60.0,
+        help="Seconds per row for labtasker 1.0.1 (it is too slow for the full sizes).",
+    )
+    parser.add_argument("--only", help="Comma list of groups: startup,submit,claim,loop,fetch.")
+    parser.add_argument("--submit-one", type=int)
+    parser.add_argument("--submit-bulk", type=int)
+    parser.add_argument("--claim-tasks", type=int)
+    parser.add_argument("--claim-workers", type=_ints, help="e.g. 1,4,16")
+    parser.add_argument("--fetch-sizes", type=_ints, help="e.g. 1000,10000,100000")
+    parser.add_argument("--fetch-samples", type=int)
+    parser.add_argument("--ls-sizes", type=_ints, help="e.g. 10000,100000")
+    parser.add_argument("--loop-tasks", type=int)
+    parser.add_argument("--json", help="Also write the results as JSON to this file.")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
+    args = parser.parse_args(argv)
+
+    sizes = Sizes.quick() if args.quick else Sizes()
+    for name in (
+        "submit_one",
+        "submit_bulk",
+        "claim_tasks",
+        "claim_workers",
+        "fetch_sizes",
+        "fetch_samples",
+        "ls_sizes",
+        "loop_tasks",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(sizes, name, value)
+    only = set(args.only.split(",")) if args.only else None
+
+    tmp = Path(tempfile.mkdtemp(prefix="labtasker-bench-"))
+    bindir = Path(sys.executable).parent
+    impls = [
+        Impl(
+            "current",
+            "current",
+            sys.executable,
+            str(bindir / "labtasker") if (bindir / "labtasker").exists() else "labtasker",
+            tmp / "current",
+        )
+    ]
+    if args.compare:
+        venv = ensure_ref_venv()
+        impls.append(
+            Impl(
+                REF_VERSION,
+                "ref101",
+                str(venv / "bin" / "python"),
+                str(venv / "bin" / "labtasker"),
+                tmp / "ref",
+                budget=args.ref_budget,
+            )
+        )
+    results: dict[str, dict[str, Result]] = {}
+    started = time.monotonic()
+    try:
+        for impl in impls:
+            impl.workdir.mkdir(parents=True)
+            results[impl.name] = run_impl(impl, sizes, only)
+    finally:
+        for impl in impls:
+            impl.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    cur = impls[0]
+    notes = [
+        f"SQLite (WAL, synchronous=FULL), {os.cpu_count()} CPU(s), Python "
+        f"{sys.version.split()[0]}; total {time.monotonic() - started:.0f} s. "
+        "Latencies are client-side wall times over HTTP; 'server' is the bench-side "
+        "X-Process-Time (ASGI entry to response start).",
+        "Bulk route: "
+        + ("present" if cur.has_batch else "absent (seeding went straight to the database)")
+        + ".",
+    ]
+    if args.compare:
+        notes.append(
+            f"labtasker {REF_VERSION}: embedded (mongomock) server, each row capped at "
+            f"{args.ref_budget:.0f} s; its tasks are seeded offline."
+        )
+    errors = [
+        f"{name}: {res.text}"
+        for name, rows in results.items()
+        for key, res in rows.items()
+        if key.startswith("error_")
+    ]
+    if errors:
+        notes.append("Errors: " + "; ".join(errors))
+    print(render(sizes, results, notes))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    name: {k: {"value": r.value, "text": r.text} for k, r in rows.items()}
+                    for name, rows in results.items()
+                },
+                indent=2,
+            )
+        )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
