@@ -500,7 +500,14 @@ def _run_times(cmd: list[str], runs: int, env: dict) -> list[float]:
 
 
 def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
-    env = {**os.environ, "LABTASKER_ROOT": str(impl.workdir / "no-root")}
+    # A configured client (version_check off: 1.0.1 would otherwise query PyPI on import).
+    root = impl.workdir / "startup-root"
+    root.mkdir(exist_ok=True)
+    (root / "client.toml").write_text(
+        'version_check = false\n\n[endpoint]\napi_base_url = "http://127.0.0.1:9"\n\n'
+        '[queue]\nqueue_name = "startup"\npassword = "startup"\n'
+    )
+    env = {**os.environ, "LABTASKER_ROOT": str(root)}
     env.pop("PYTHONPATH", None)
     base = median(_run_times([impl.python, "-c", "pass"], sizes.startup_runs, env))
     t_help = median(_run_times([impl.cli, "--help"], sizes.startup_runs, env))
