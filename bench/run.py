@@ -154,6 +154,13 @@ class Impl:
         path = self.workdir / "server.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (load-independent cost)."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         assert self.proc is not None
         with open(f"/proc/{self.proc.pid}/status") as fh:
@@ -296,6 +303,7 @@ def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
     budget = Budget(impl.budget)
     done = 0
     with impl.client(queue) as c:
+        cpu0 = impl.cpu_seconds()
         t0 = time.perf_counter()
         for n in range(sizes.submit_one):
             if not budget.left():
@@ -307,9 +315,10 @@ def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
                 raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
             done += 1
         elapsed = time.perf_counter() - t0
+        cpu = (impl.cpu_seconds() - cpu0) / max(done, 1) * 1000
     rate = done / elapsed
     note = "" if done == sizes.submit_one else f"{done} of {sizes.submit_one} within budget"
-    out["submit_one"] = Result(rate, f"{rate:,.0f}/s", True, note)
+    out["submit_one"] = Result(rate, f"{rate:,.0f}/s; server CPU {cpu:.2f} ms/task", True, note)
 
 
 def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
@@ -317,9 +326,11 @@ def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
         out["submit_bulk"] = Result(None, "n/a (no batch route)")
         return
     queue = impl.new_queue("bulk")
+    cpu0 = impl.cpu_seconds()
     elapsed = bulk_submit(impl, queue, "claim", 0, sizes.submit_bulk)
+    cpu = (impl.cpu_seconds() - cpu0) / sizes.submit_bulk * 1000
     rate = sizes.submit_bulk / elapsed
-    out["submit_bulk"] = Result(rate, f"{rate:,.0f}/s", True)
+    out["submit_bulk"] = Result(rate, f"{rate:,.0f}/s; server CPU {cpu:.3f} ms/task", True)
 
 
 def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
@@ -330,6 +341,7 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
     start_at = time.time() + 1.0 + 0.2 * workers
     deadline = start_at + (impl.budget if impl.budget else 3600)
     procs = []
+    cpu0 = impl.cpu_seconds()
     for w in range(workers):
         procs.append(
             subprocess.Popen(
@@ -348,6 +360,7 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
         )
     for p in procs:
         p.wait()
+    cpu = impl.cpu_seconds() - cpu0
     ids: list[str] = []
     lat: list[float] = []
     errors = 0
@@ -371,7 +384,8 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
         check += f", {errors} HTTP errors"
     text = (
         f"{rate:,.0f}/s; p50 {ms(percentile(lat, 50) * 1000)} / "
-        f"p99 {ms(percentile(lat, 99) * 1000)} ms; {check}"
+        f"p99 {ms(percentile(lat, 99) * 1000)} ms; {check}; "
+        f"server CPU {cpu / max(len(ids), 1) * 1000:.2f} ms/task"
     )
     out[f"claim_{workers}"] = Result(rate, text, True)
 
@@ -458,7 +472,13 @@ def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
     impl.seed(queue, "loop", 0, sizes.loop_tasks)
     root = impl.write_client_root(queue)
     env = {**os.environ, "LABTASKER_ROOT": str(root)}
-    for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR", "PYTHONPATH"):
+    for var in (
+        "LABTASKER_TASK_ID",
+        "LABTASKER_WORKER_ID",
+        "LABTASKER_LOG_DIR",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+    ):
         env.pop(var, None)
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -509,6 +529,7 @@ def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
     )
     env = {**os.environ, "LABTASKER_ROOT": str(root)}
     env.pop("PYTHONPATH", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # users have .pyc caches; the warm-up writes them
     base = median(_run_times([impl.python, "-c", "pass"], sizes.startup_runs, env))
     t_help = median(_run_times([impl.cli, "--help"], sizes.startup_runs, env))
     t_imp = median(_run_times([impl.python, "-c", "import labtasker"], sizes.startup_runs, env))
@@ -700,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     results: dict[str, dict[str, Result]] = {}
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     try:
         for impl in impls:
             impl.workdir.mkdir(parents=True)
@@ -712,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     cur = impls[0]
     notes = [
         f"SQLite (WAL, synchronous=FULL), {os.cpu_count()} CPU(s), Python "
-        f"{sys.version.split()[0]}; total {time.monotonic() - started:.0f} s. "
+        f"{sys.version.split()[0]}; total {time.monotonic() - started:.0f} s; load average "
+        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
         "Latencies are client-side wall times over HTTP; 'server' is the bench-side "
         "X-Process-Time (ASGI entry to response start).",
         "Bulk route: "
