@@ -156,9 +156,14 @@ class TaskLsResponse(_Response):
 
 
 class TaskFetchRequest(_Request):
+    """``heartbeat_timeout``/``eta_max`` override the task's own timeouts for this run only.
+    ``heartbeat_interval`` (seconds; not in 1.0.1, which ignores it) is how often the client
+    will beat: the server refuses a ``heartbeat_timeout`` shorter than it (400)."""
+
     worker_id: str | None = None
     eta_max: str | None = None
     heartbeat_timeout: float | None = Field(None, gt=0)
+    heartbeat_interval: float | None = Field(None, gt=0)
     start_heartbeat: bool = True
     required_fields: list[str] | None = None
     extra_filter: dict[str, Any] | None = None
@@ -198,6 +203,8 @@ class TaskUpdateRequest(_Request):
     args: dict[str, Any] | None = None
     cmd: Cmd = None
     summary: dict[str, Any] | None = None
+    # Fence (not stored): only apply if this is still the task's current run, else 409.
+    run_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +242,8 @@ class Worker(BaseModel):
     max_retries: int = 3
     created_at: datetime
     last_modified: datetime
+    # Tasks this worker is running now (computed from the tasks; empty for 1.0.1 servers).
+    running_task_ids: list[str] = Field(default_factory=list)
 
 
 class WorkerCreateRequest(_Request):

@@ -47,7 +47,8 @@ def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | 
     """Claim one task; returns the updated row (all task columns) or ``None``.
 
     ``where``: compiled extra filter (SQL boolean). ``task_timeout``/``heartbeat_timeout``:
-    seconds, stored on the task when given. ``cmd``: recorded on the task only when the task
+    seconds, overrides for this run only (``run_task_timeout``/``run_heartbeat_timeout``).
+    ``cmd``: recorded on the task only when the task
     has none of its own (1.0.1 overwrote the submitted command, spec §10 bug 8).
     """
     shape_ids = matching_shape_ids(conn, queue_id, required_fields)
@@ -77,10 +78,10 @@ def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | 
     }
     if cmd and not row.cmd:
         values["cmd"] = cmd
-    if task_timeout:
-        values["task_timeout"] = task_timeout
-    if heartbeat_timeout:
-        values["heartbeat_timeout"] = heartbeat_timeout
+    # Overrides apply to this run only (run_* columns, cleared when the run ends); the task's
+    # own submitted timeouts are kept (1.0.1 overwrote them: spec §10 bug 8).
+    values["run_task_timeout"] = task_timeout or None
+    values["run_heartbeat_timeout"] = heartbeat_timeout or None
     return conn.execute(
         update(tasks)
         .where(tasks.c.task_id == row.task_id, tasks.c.status == "pending")

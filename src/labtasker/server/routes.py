@@ -137,6 +137,11 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
             raise Invalid(f"eta_max: {exc}") from exc
     if not body.start_heartbeat and not task_timeout:
         raise Invalid("Eta max must be specified when start_heartbeat is False")
+    if (body.heartbeat_interval is not None and body.heartbeat_timeout is not None
+            and body.heartbeat_timeout < body.heartbeat_interval):
+        raise Invalid(f"heartbeat_timeout ({body.heartbeat_timeout:g}s) must not be shorter "
+                      f"than heartbeat_interval ({body.heartbeat_interval:g}s); use at least "
+                      f"3 x the interval")
     try:
         parse_required_fields(body.required_fields)
     except ValueError as exc:

@@ -8,7 +8,10 @@ Design notes:
   PostgreSQL, ISO text in SQLite;
 * ``tasks.shape_id`` points at the key structure of the task's args (``arg_shapes``), so that
   fetch evaluates the "no more, no less" rule once per distinct structure (see ``claim.py``);
-* ``tasks.run_id`` is the fencing token of the current claim.
+* ``tasks.run_id`` is the fencing token of the current claim;
+* ``tasks.run_heartbeat_timeout``/``run_task_timeout`` hold a fetch's timeout overrides for
+  that run only; ``heartbeat_timeout``/``task_timeout`` keep the values the task was submitted
+  with (1.0.1 overwrote them, spec §10 bug 8). The sweeper applies the override if set.
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ tasks = Table(
     Column("worker_id", String(36)),
     Column("run_id", String(36)),
     Column("shape_id", Integer, ForeignKey("arg_shapes.shape_id"), nullable=False),
+    # Timeout overrides of the current run only (fetch ``heartbeat_timeout``/``eta_max``);
+    # NULL when the run has none or no run is going on. Migration 0002.
+    Column("run_heartbeat_timeout", Float),
+    Column("run_task_timeout", Float),
     Index("ix_tasks_queue_modified", "queue_id", "last_modified"),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_worker", "worker_id"),

@@ -33,7 +33,9 @@ from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
 from labtasker.timeutil import utc_now
 
-TIMEOUT_MESSAGE = "Either heartbeat or task execution timed out"
+# Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
+HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
+TASK_TIMEOUT_MESSAGE = "Task execution timed out: running for {age:.1f}s (task_timeout {limit:g}s)"
 
 TASK_FIELDS = FieldMap(
     columns={
@@ -88,7 +90,11 @@ WORKER_KEYS = (
     "worker_id", "queue_id", "status", "worker_name", "metadata", "retries", "max_retries",
     "created_at", "last_modified",
 )
-_TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS]
+_RUN_TIMEOUT_KEYS = ("run_heartbeat_timeout", "run_task_timeout")
+_TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS] + [tasks.c[k] for k in _RUN_TIMEOUT_KEYS]
+# Values that end the current run (report, timeout, reset, manual status change).
+_END_RUN = {"worker_id": None, "run_id": None, "run_heartbeat_timeout": None,
+            "run_task_timeout": None}
 _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
 # Fields a PUT /tasks element may set (spec §2.3(10)); others are ignored.
 UPDATABLE_TASK_FIELDS = (
@@ -103,7 +109,17 @@ def new_id() -> str:
 
 
 def task_row(row) -> dict[str, Any]:
-    return {k: row._mapping[k] for k in TASK_KEYS}
+    """A task as the wire shows it. ``heartbeat_timeout``/``task_timeout`` are the values in
+    force: the current run's override (fetch ``heartbeat_timeout``/``eta_max``) while there is
+    one, else the task's own submitted values -- what a 1.0.1 client saw after its fetch,
+    without the override outliving the run."""
+    m = row._mapping
+    out = {k: m[k] for k in TASK_KEYS}
+    for key in ("heartbeat_timeout", "task_timeout"):
+        override = m.get("run_" + key)
+        if override is not None:
+            out[key] = override
+    return out
 
 
 def worker_row(row) -> dict[str, Any]:
@@ -365,7 +381,7 @@ class SqlStorage:
                 raise Invalid(f"Invalid report status: {status}")
             if summary is not None:
                 values["summary"] = _merge(task["summary"], summary) if summary else {}
-            values.update(worker_id=None, run_id=None)
+            values.update(_END_RUN)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**values))
 
     def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
@@ -405,22 +421,31 @@ class SqlStorage:
         now = utc_now()
         errors: list[tuple[str, str]] = []
         results: list[str] = []
+        conflict = False
         with self.db.write() as conn:
             for item in updates:
                 task_id = item["task_id"]
                 try:
                     self._update_one(conn, queue_id, item, reset_pending, now)
                     results.append(task_id)
+                except Conflict as exc:
+                    conflict = True
+                    errors.append((task_id, str(exc)))
                 except (NotFound, Invalid, fsm.InvalidTransition) as exc:
                     errors.append((task_id, str(exc)))
             if errors:
-                raise Invalid(
+                # raising rolls the whole transaction back: nothing of the batch is written
+                raise (Conflict if conflict else Invalid)(
                     f"Failed to update {len(errors)}/{len(updates)} tasks; nothing was "
                     f"changed. Detail: {errors}")
             return [self._task(conn, queue_id, t) for t in results]
 
     def _update_one(self, conn, queue_id, item, reset_pending, now) -> None:
         task = self._task(conn, queue_id, item["task_id"], lock=True)
+        fence = item.get("run_id")
+        if fence is not None and (task["run_id"] != fence or task["status"] != "running"):
+            # the run that sent this update (e.g. the loop's "Ignore") no longer owns the task
+            raise Conflict(f"Task {item['task_id']} is no longer owned by run {fence}")
         replace = set(item.get("replace_fields") or [])
         unknown = replace - set(UPDATABLE_TASK_FIELDS)
         if unknown:
@@ -440,12 +465,15 @@ class SqlStorage:
         if reset_pending:
             values.update(status="pending", retries=0)
         new = values.get("status", old)
-        if new != old or reset_pending:
+        if "status" in values:  # an explicit status (or the reset) is checked even if unchanged
             fsm.check_task_transition(old, new)
-        if new == "pending":
-            values.update(worker_id=None, run_id=None)
-        elif new != "running" and old == "running":
-            values.update(worker_id=None, run_id=None)
+        if new == "pending" or (new != "running" and old == "running"):
+            values.update(_END_RUN)
+        elif new == "running" and old != "running":
+            # a manual start: a fresh run (so stale reports are fenced off) on the server
+            # clock, so the task's own timeouts apply to it like to any claimed run
+            values.update(_END_RUN)
+            values.update(run_id=new_id(), start_time=now, last_heartbeat=now)
         if "args" in values:
             values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
         values["last_modified"] = now
@@ -485,11 +513,28 @@ class SqlStorage:
         stmt = (select(*_WORKER_COLUMNS).where(and_(*cond))
                 .order_by(*order, workers.c.worker_id).offset(offset).limit(limit))
         with self.db.read() as conn:
-            return [worker_row(r) for r in conn.execute(stmt)]
+            return self._with_running(conn, queue_id, [worker_row(r) for r in conn.execute(stmt)])
+
+    @staticmethod
+    def _with_running(conn, queue_id: str, items: list[dict]) -> list[dict]:
+        """Add ``running_task_ids`` (tasks of each worker now running) to worker dicts. It is
+        derived from ``tasks`` (index on ``worker_id``), never stored on the worker."""
+        if not items:
+            return items
+        ids = [w["worker_id"] for w in items]
+        running: dict[str, list[str]] = {wid: [] for wid in ids}
+        rows = conn.execute(select(tasks.c.worker_id, tasks.c.task_id).where(
+            tasks.c.queue_id == queue_id, tasks.c.status == "running",
+            tasks.c.worker_id.in_(ids)).order_by(tasks.c.start_time, tasks.c.task_id))
+        for row in rows:
+            running[row.worker_id].append(row.task_id)
+        for w in items:
+            w["running_task_ids"] = running[w["worker_id"]]
+        return items
 
     def get_worker(self, queue_id: str, worker_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
-            return self._worker(conn, queue_id, worker_id)
+            return self._with_running(conn, queue_id, [self._worker(conn, queue_id, worker_id)])[0]
 
     @staticmethod
     def _worker(conn, queue_id, worker_id) -> dict[str, Any]:
@@ -539,13 +584,17 @@ class SqlStorage:
         with self.db.write() as conn:
             stmt = select(*_TASK_COLUMNS).where(
                 tasks.c.status == "running",
-                (tasks.c.heartbeat_timeout.is_not(None)) | (tasks.c.task_timeout.is_not(None)))
+                tasks.c.heartbeat_timeout.is_not(None) | tasks.c.task_timeout.is_not(None)
+                | tasks.c.run_heartbeat_timeout.is_not(None)
+                | tasks.c.run_task_timeout.is_not(None))
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in conn.execute(stmt).fetchall():
                 task = task_row(row)
-                if not _expired(task, now):
+                reason = _expired(task, now)
+                if reason is None:
                     continue
+                kind, message = reason
                 status, retries = fsm.task_after_failure("running", task["retries"],
                                                          task["max_retries"])
                 # Guarded by the run id: a run that another sweeper (or a report) already
@@ -553,9 +602,9 @@ class SqlStorage:
                 done = conn.execute(update(tasks).where(
                     tasks.c.task_id == task["task_id"], tasks.c.status == "running",
                     tasks.c.run_id == task["run_id"]).values(
-                    status=status, retries=retries, last_modified=now, worker_id=None,
-                    run_id=None,
-                    summary=_merge(task["summary"], {"labtasker_error": TIMEOUT_MESSAGE}))
+                    status=status, retries=retries, last_modified=now, **_END_RUN,
+                    summary=_merge(task["summary"], {"labtasker_error": message,
+                                                     "labtasker_timeout": kind}))
                 ).rowcount
                 if done:
                     self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
@@ -566,9 +615,17 @@ class SqlStorage:
         self.db.ping()
 
 
-def _expired(task: dict, now: datetime) -> bool:
+def _expired(task: dict, now: datetime) -> tuple[str, str] | None:
+    """``("heartbeat" | "task", message)`` if the run's time is up (strictly greater than the
+    timeout, server clock), else ``None``. ``task`` holds the timeouts in force."""
     hb, hb_timeout = task["last_heartbeat"], task["heartbeat_timeout"]
-    if hb is not None and hb_timeout is not None and (now - hb).total_seconds() > hb_timeout:
-        return True
+    if hb is not None and hb_timeout is not None:
+        age = (now - hb).total_seconds()
+        if age > hb_timeout:
+            return "heartbeat", HEARTBEAT_TIMEOUT_MESSAGE.format(age=age, limit=hb_timeout)
     start, limit = task["start_time"], task["task_timeout"]
-    return start is not None and limit is not None and (now - start).total_seconds() > limit
+    if start is not None and limit is not None:
+        age = (now - start).total_seconds()
+        if age > limit:
+            return "task", TASK_TIMEOUT_MESSAGE.format(age=age, limit=limit)
+    return None
