@@ -610,14 +610,18 @@ def fetch_task(
     extra_filter: str | dict[str, Any] | None = None,
     cmd: str | list[str] | None = None,
     client: httpx.Client | None = None,
+    heartbeat_interval: float | None = None,
 ) -> TaskFetchResponse:
     """Claim the next pending task matching the criteria; returns ``TaskFetchResponse(found,
     task)`` (``task`` carries ``run_id``, the token to pass to heartbeats/reports).
 
     ``eta_max`` is a duration string (``"1h30m"``, ``"90"`` seconds) limiting the run time;
-    ``heartbeat_timeout`` is seconds. ``extra_filter`` is a dict or a string (see
-    :func:`labtasker.client.filtering.parse_filter`). Raises :class:`LabtaskerValueError` if
-    ``start_heartbeat`` is False without ``eta_max``, :class:`WorkerSuspended` on HTTP 403.
+    ``heartbeat_timeout`` is seconds; both apply to this run only. ``heartbeat_interval``
+    (seconds between the caller's heartbeats) lets the server refuse a ``heartbeat_timeout``
+    shorter than it (HTTP 400; 1.0.1 servers ignore it). ``extra_filter`` is a dict or a
+    string (see :func:`labtasker.client.filtering.parse_filter`). Raises
+    :class:`LabtaskerValueError` if ``start_heartbeat`` is False without ``eta_max``,
+    :class:`WorkerSuspended` on HTTP 403.
     """
     if not start_heartbeat and eta_max is None:
         raise LabtaskerValueError("Eta max must be specified when start_heartbeat is False")
@@ -631,6 +635,7 @@ def fetch_task(
         worker_id=worker_id,
         eta_max=eta_max,
         heartbeat_timeout=heartbeat_timeout,
+        heartbeat_interval=heartbeat_interval,
         start_heartbeat=start_heartbeat,
         required_fields=list(required_fields) if required_fields is not None else None,
         extra_filter=coerce_filter(extra_filter),

@@ -73,8 +73,9 @@ from labtasker.wire import Task
 
 logger = logging.getLogger("labtasker.loop")
 
-STOP_GRACE_SECONDS = 10.0  # SIGTERM -> SIGKILL delay when a job has to be stopped
+STOP_GRACE_SECONDS = 10.0  # default SIGTERM -> SIGKILL delay when a job has to be stopped
 PROMPT_SECONDS = 10.0
+IDLE_POLL_MAX_SECONDS = 5.0  # --idle-timeout: longest pause between two fetches
 TASK_INFO = "task_info.json"
 SUMMARY = "summary.json"
 STATUS = "status.json"
@@ -355,6 +356,8 @@ class _Interrupt:
         self.in_python_job = False
         self._old: dict[int, Any] = {}
         self.lost_callback_pending = False
+        self.prompting = False  # a failure prompt is on screen: Ctrl+C picks its choice
+        self.prompt_interrupted = False
 
     def install(self) -> bool:
         if threading.current_thread() is not threading.main_thread():
@@ -374,6 +377,9 @@ class _Interrupt:
             self.lost_callback_pending = False
             if self.in_python_job:
                 raise _TaskLost()
+            return
+        if self.prompting and signum == signal.SIGINT:
+            self.prompt_interrupted = True  # Ctrl+C answers the prompt; the loop goes on
             return
         self.signum = signum
         self.count += 1
@@ -412,7 +418,9 @@ class LoopRunner:
     ``"2h"``), ``heartbeat_timeout`` (seconds; default 3 x ``heartbeat_interval`` of the
     config), ``cmd`` (recorded on fetched tasks), ``worker_id`` (else env
     ``LABTASKER_WORKER_ID``, else a worker named ``<host>-<pid>`` is created with
-    ``create_worker_kwargs``).
+    ``create_worker_kwargs``; one worker for the whole loop), ``grace_period`` (seconds
+    between SIGTERM/SIGINT forwarded to a job's process group and SIGKILL), ``idle_timeout``
+    (seconds to keep polling for matching tasks when none is pending; 0 = stop at once).
     """
 
     def __init__(
@@ -425,7 +433,13 @@ class LoopRunner:
         create_worker_kwargs: dict[str, Any] | None = None,
         eta_max: str | None = None,
         heartbeat_timeout: float | None = None,
+        grace_period: float = STOP_GRACE_SECONDS,
+        idle_timeout: float = 0.0,
     ):
+        if not grace_period >= 0:
+            raise LabtaskerValueError("grace_period must be >= 0 seconds")
+        if not idle_timeout >= 0:
+            raise LabtaskerValueError("idle_timeout must be >= 0 seconds")
         if required_fields is not None:
             if isinstance(required_fields, (str, bytes)) or not isinstance(
                 required_fields, (list, tuple)
@@ -461,6 +475,9 @@ class LoopRunner:
         self.ignored: set[str] = set()  # tasks the user chose to Ignore after a failure
         self.tasks_succeeded = 0
         self.tasks_failed = 0
+        self.grace_period = float(grace_period)
+        self.idle_timeout = float(idle_timeout)
+        self.exit_requested = False  # "Exit" chosen after a failure
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -477,6 +494,12 @@ class LoopRunner:
         self.heartbeat_interval = float(cfg.task.heartbeat_interval)
         if self.heartbeat_timeout is None:
             self.heartbeat_timeout = 3 * self.heartbeat_interval
+        elif self.heartbeat_timeout < self.heartbeat_interval:
+            raise LabtaskerValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}s) must not be shorter than "
+                f"the heartbeat interval ({self.heartbeat_interval:g}s, task.heartbeat_interval "
+                "in client.toml); use at least 3 x the interval"
+            )
         try:
             api.get_queue()
         except LabtaskerHTTPStatusError as exc:
@@ -508,6 +531,8 @@ class LoopRunner:
 
         installed = self.interrupt.install()
         failures = 0
+        idle_since: float | None = None  # when fetches started to come back empty
+        idle_delay = 0.5
         try:
             while True:
                 if self.interrupt.signum is not None:
@@ -517,17 +542,34 @@ class LoopRunner:
                         worker_id=self.worker_id,
                         eta_max=self.eta_max,
                         heartbeat_timeout=self.heartbeat_timeout,
+                        heartbeat_interval=self.heartbeat_interval,
                         start_heartbeat=True,
                         required_fields=self.required_fields,
                         extra_filter=self.extra_filter,
                         cmd=self.cmd,
                     )
+                    failures = 0
                     if not resp.found or resp.task is None:
+                        now = time.monotonic()
+                        if idle_since is None:
+                            idle_since = now
+                            idle_delay = 0.5
+                            if self.idle_timeout > 0:
+                                logger.info(
+                                    "No pending task matches; waiting up to %gs for one.",
+                                    self.idle_timeout,
+                                )
+                        left = idle_since + self.idle_timeout - now
+                        if left > 0:
+                            self.interrupt.event.wait(min(idle_delay, left))
+                            idle_delay = min(IDLE_POLL_MAX_SECONDS, idle_delay * 2)
+                            continue
                         logger.info(
                             "Tasks with required fields %s are all done.",
                             self.required_fields if self.required_fields else "(any)",
                         )
                         break
+                    idle_since = None
                     if self.interrupt.signum is not None:
                         self._ignore(resp.task)  # interrupted while claiming: hand it back
                         break
@@ -536,7 +578,7 @@ class LoopRunner:
                         logger.info("Only tasks ignored in this session are left; stopping.")
                         break
                     outcome = self._run_task(resp.task, execute, python_job, installed)
-                    failures = 0
+                    failures = 0  # the back-off of internal errors restarts after a task
                     if outcome.stop_loop:
                         break
                 except WorkerSuspended as exc:
@@ -551,6 +593,10 @@ class LoopRunner:
         finally:
             if installed:
                 self.interrupt.restore()
+        if self.exit_requested and self.auto_worker and self.worker_id:
+            with contextlib.suppress(LabtaskerError):
+                api.delete_worker(self.worker_id)
+                logger.info("Deleted auto-created worker %s.", self.worker_id)
         logger.info(
             "Loop ended: %d task(s) run, %d succeeded, %d failed.",
             self.tasks_run,
@@ -607,10 +653,10 @@ class LoopRunner:
                     run.lost_reason,
                 )
                 outcome.status = None
-            if outcome.status == "failed" and not run.finished():
-                if self._ask_ignore(task):
-                    heartbeat.stop()
-                    self._ignore(task)
+            failed = outcome.status == "failed" and not run.finished()
+            if failed and self._ask_ignore(task):
+                heartbeat.stop()
+                if self._ignore(task):
                     self.ignored.add(task.task_id)
                     outcome.status = None
             if outcome.status is not None:
@@ -623,6 +669,10 @@ class LoopRunner:
                     logger.warning(
                         "Task %s is no longer ours; result not recorded: %s", task.task_id, exc
                     )
+            if failed and not outcome.stop_loop and self._ask_exit():
+                logger.info("Exiting task loop.")
+                self.exit_requested = True
+                outcome.stop_loop = True
             final = self._final_status(run, outcome)
             if final == "success":
                 self.tasks_succeeded += 1
@@ -644,37 +694,128 @@ class LoopRunner:
 
     # ------------------------------------------------------------------ failure prompt
     def _ask_ignore(self, task: Task) -> bool:
-        """10 s Report/Ignore prompt; True = Ignore. Without a TTY: Report at once."""
-        if not _prompt_on_failure or self.interrupt.signum is not None:
+        """Decision 1 after a failure: 10 s countdown, Report (default, Enter, timeout) or
+        Ignore (``i`` or Ctrl+C). True = Ignore. Without a terminal: Report at once. Not asked
+        when the loop is being stopped by SIGTERM."""
+        if self.interrupt.signum not in (None, signal.SIGINT):
             return False
-        try:
-            if not sys.stdin.isatty():
-                return False
-            sys.stderr.write(
-                f"Task {task.task_id} failed. Type 'i' + Enter to IGNORE it (back to pending, "
-                f"worker not charged); Enter or {PROMPT_SECONDS:.0f}s timeout = REPORT: "
-            )
-            sys.stderr.flush()
-            ready, _, _ = select.select([sys.stdin], [], [], PROMPT_SECONDS)
-            answer = sys.stdin.readline().strip().lower() if ready else ""
-            sys.stderr.write("\n")
-            return answer in ("i", "ignore")
-        except (OSError, ValueError, KeyboardInterrupt):
-            return False
+        choice = self._countdown_choice(
+            f"Task {task.task_id} failed. [R]eport (default) / [I]gnore = back to pending, "
+            f"retries stay {task.retries}, worker not charged",
+            {"r": "report", "i": "ignore"},
+            default="report",
+            on_ctrl_c="ignore",
+        )
+        return choice == "ignore"
 
-    def _ignore(self, task: Task) -> None:
+    def _ask_exit(self) -> bool:
+        """Decision 2 after a failure: 10 s countdown, Continue (default) or Exit (``e`` or
+        Ctrl+C). True = Exit. Without a terminal: Continue at once."""
+        if self.interrupt.signum is not None:
+            return False
+        choice = self._countdown_choice(
+            "[C]ontinue with the next task (default) / [E]xit the loop",
+            {"c": "continue", "e": "exit"},
+            default="continue",
+            on_ctrl_c="exit",
+        )
+        return choice == "exit"
+
+    def _countdown_choice(
+        self, question: str, keys: dict[str, str], *, default: str, on_ctrl_c: str
+    ) -> str:
+        """Ask ``question`` on the terminal with a ``PROMPT_SECONDS`` countdown; one key press
+        (no Enter needed) picks ``keys[key]``; Enter or the timeout picks ``default``; Ctrl+C
+        picks ``on_ctrl_c``. Returns ``default`` at once when prompting is disabled or stdin
+        is not a terminal, and on SIGTERM."""
+        if not _prompt_on_failure:
+            return default
+        try:
+            stdin = sys.stdin
+            if stdin is None or not stdin.isatty():
+                return default
+            fd = stdin.fileno()
+            import termios
+            import tty
+
+            saved = termios.tcgetattr(fd)
+        except (OSError, ValueError, ImportError, AttributeError):
+            return default
+        out = sys.stderr
+        intr = self.interrupt
+        signals_before = intr.count
+        intr.prompt_interrupted = False
+        intr.prompting = True
+        choice: str | None = None
+        shown = -1
+        try:
+            tty.setcbreak(fd, termios.TCSANOW)
+            deadline = time.monotonic() + PROMPT_SECONDS
+            while choice is None:
+                if intr.prompt_interrupted:
+                    choice = on_ctrl_c
+                    break
+                if intr.count != signals_before:  # SIGTERM meanwhile: no more questions
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if int(left + 0.999) != shown:
+                    shown = int(left + 0.999)
+                    out.write(f"\r{question} -- {default} in {shown:2d}s: ")
+                    out.flush()
+                ready, _, _ = select.select([fd], [], [], min(0.2, left))
+                if not ready:
+                    continue
+                key = os.read(fd, 1).decode("utf-8", errors="ignore").lower()
+                if key == "":
+                    break  # EOF
+                if key in ("\r", "\n"):
+                    choice = default
+                elif key in keys:
+                    choice = keys[key]
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            intr.prompting = False
+            choice = choice or default
+            with contextlib.suppress(Exception):
+                out.write(f"\n-> {choice}\n")
+                out.flush()
+        return choice
+
+    def _ignore(self, task: Task) -> bool:
+        """Hand ``task`` back: pending, ``retries`` as before this run, worker not charged.
+        Fenced by the run id, so it never touches a task that is no longer this run's.
+        Returns whether the server accepted it."""
         from labtasker.client import api
         from labtasker.wire import TaskUpdateRequest
 
         try:
             api.update_tasks(
-                [TaskUpdateRequest(task_id=task.task_id, status="pending", retries=task.retries)]
+                [
+                    TaskUpdateRequest(
+                        task_id=task.task_id,
+                        status="pending",
+                        retries=task.retries,
+                        run_id=task.run_id,
+                    )
+                ]
             )
             logger.info(
                 "Task %s ignored: back to pending (retries %d).", task.task_id, task.retries
             )
+            return True
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code == 409:
+                logger.warning("Task %s is no longer ours; not handed back.", task.task_id)
+                return True
+            logger.error("Could not reset task %s to pending: %s", task.task_id, exc)
         except LabtaskerError as exc:
             logger.error("Could not reset task %s to pending: %s", task.task_id, exc)
+        return False
 
     # ------------------------------------------------------------------ executors
     def command_executor(
@@ -766,11 +907,11 @@ class LoopRunner:
                     "Stopping job of task %s (%s); SIGKILL in %.0fs.",
                     run.task.task_id,
                     "interrupted" if self.interrupt.signum else "task no longer ours",
-                    STOP_GRACE_SECONDS,
+                    self.grace_period,
                 )
                 job.send_signal(sig)
             elif kills_sent == 0 and (
-                now - stopping_since > STOP_GRACE_SECONDS or self.interrupt.count > 1
+                now - stopping_since > self.grace_period or self.interrupt.count > 1
             ):
                 kills_sent = 1
                 job.send_signal(signal.SIGKILL)
@@ -894,6 +1035,7 @@ def loop(
     eta_max: str | None = None,
     heartbeat_timeout: float | None = None,
     pass_args_dict: bool = False,
+    idle_timeout: float = 0.0,
 ) -> Callable[[Callable], Callable]:
     """Decorator turning a job function into a task loop (spec §6.3).
 
@@ -938,6 +1080,7 @@ def loop(
                 create_worker_kwargs=create_worker_kwargs,
                 eta_max=eta_max,
                 heartbeat_timeout=heartbeat_timeout,
+                idle_timeout=idle_timeout,
             )
             runner.setup()
             signum = runner.run(

@@ -12,10 +12,11 @@ contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields be
 loop's required fields ("no more, no less": only tasks whose args have exactly these fields
 are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.runner`.
 
-Exit status: 0 when no matching task is left (or the worker is suspended); 2 on usage or
-set-up errors (one-line message); 1 when the loop gave up after repeated internal errors;
-128 + N when stopped by signal N (the running job gets the same signal, then SIGKILL after
-10 s).
+Exit status: 0 when no matching task is left (after ``--idle-timeout``), the worker is
+suspended or "Exit" was chosen after a failure; 2 on usage or set-up errors (one-line
+message); 1 when the loop gave up after repeated internal errors; 128 + N when stopped by
+signal N (the running job's process group gets the same signal, then SIGKILL after
+``--grace-period`` seconds; the outcome is reported before the loop exits).
 """
 
 from __future__ import annotations
@@ -78,16 +79,39 @@ def register(app: typer.Typer) -> None:
             "'args.lr < 0.1'.",
         ),
         worker_id: str | None = typer.Option(
-            None, "--worker-id", help="Use this existing worker (default: create one)."
+            None,
+            "--worker-id",
+            envvar="LABTASKER_WORKER_ID",
+            help="Use this existing worker (default: create one named <host>-<pid> for this "
+            "loop).",
         ),
         eta_max: str | None = typer.Option(
-            None, "--eta-max", help="Maximum run time per task, e.g. '2h', '30m', '90'."
+            None,
+            "--eta-max",
+            help="Maximum run time of each task run, e.g. '2h', '1h30m', '90' (seconds); the "
+            "server then fails the run (retry rules apply). For these runs only; the task's "
+            "own task_timeout is kept.",
         ),
         heartbeat_timeout: float | None = typer.Option(
             None,
             "--heartbeat-timeout",
-            help="Seconds without heartbeat before the server reclaims a task "
-            "(default 3 x heartbeat_interval).",
+            help="Seconds without heartbeat before the server fails the run and puts the task "
+            "back (default 3 x heartbeat_interval of client.toml; must be >= the interval).",
+        ),
+        grace_period: float = typer.Option(
+            10.0,
+            "--grace-period",
+            min=0,
+            help="Seconds a job gets to exit after SIGTERM (or the forwarded SIGINT) before "
+            "its whole process group is killed with SIGKILL. Applies when the loop is "
+            "interrupted and when the task is taken away (cancelled, reset, deleted, timed out).",
+        ),
+        idle_timeout: float = typer.Option(
+            0.0,
+            "--idle-timeout",
+            min=0,
+            help="When no pending task matches, keep polling for up to this many seconds "
+            "before exiting (default 0: exit at once).",
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
@@ -141,6 +165,8 @@ def register(app: typer.Typer) -> None:
                 worker_id=worker_id,
                 eta_max=eta_max,
                 heartbeat_timeout=heartbeat_timeout,
+                grace_period=grace_period,
+                idle_timeout=idle_timeout,
             )
         except QueryTranspilerError as exc:
             raise _fail(f"invalid --extra-filter: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 
 import typer
 
@@ -20,8 +21,41 @@ from labtasker.client.cli.common import (
     read_ids_from_stdin,
     stdin_is_tty,
     usage_error,
-    workers_table,
 )
+
+
+class ReportStatus(str, Enum):
+    """Statuses a worker can be given by hand (``crashed`` is set by failures only)."""
+
+    active = "active"
+    suspended = "suspended"
+
+
+def workers_table(items: list[dict]):
+    """Rich table of workers: id, name, status, failures/max, running task(s), metadata,
+    created (UTC). "Running" is derived by the server from the tasks, not stored."""
+    from labtasker.client.cli.common import _table, compact_json, fmt_time, status_text
+
+    table = _table(f"{len(items)} worker(s)")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name", overflow="fold", min_width=4)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Fails", justify="right", no_wrap=True)
+    table.add_column("Running task", no_wrap=True)
+    table.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
+    table.add_column("Created (UTC)", no_wrap=True, min_width=19)
+    for w in items:
+        running = w.get("running_task_ids") or []
+        table.add_row(
+            w["worker_id"],
+            w.get("worker_name") or "-",
+            status_text(w["status"]),
+            f"{w.get('retries', 0)}/{w.get('max_retries', 0)}",
+            "\n".join(running) if running else "-",
+            compact_json(w.get("metadata")),
+            fmt_time(w.get("created_at")),
+        )
+    return table
 
 app = typer.Typer(
     help="Create, list, suspend/activate and delete workers.",
@@ -75,7 +109,7 @@ def ls(
     ansi: bool = typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
 ) -> None:
-    """List workers (all pages). Datetimes are UTC."""
+    """List workers (all pages) with the task each is running. Datetimes are UTC."""
     from labtasker.client import api
 
     if quiet and verbose:
@@ -106,11 +140,14 @@ def ls(
 @handle_errors
 def report(
     worker_id: str = typer.Argument(..., help="Worker id."),
-    status: WorkerStatusChoice = typer.Argument(
-        ..., help="New status: active (re-activate) or suspended."
+    status: ReportStatus = typer.Argument(
+        ...,
+        help="active: re-activate (from crashed this also resets its failure count); "
+        "suspended: stop it from fetching new tasks (its running task is not stopped).",
     ),
 ) -> None:
-    """Suspend or re-activate a worker."""
+    """Suspend or re-activate a worker. A worker becomes crashed by itself after
+    max_retries failed runs; it must then be re-activated by hand."""
     from labtasker.client import api
 
     api.report_worker_status(worker_id, status.value)
