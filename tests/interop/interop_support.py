@@ -63,6 +63,19 @@ def v1_unavailable_reason() -> str | None:
     return None
 
 
+def skip_module_without_v1() -> None:
+    """Skip the calling test module when the 1.0.1 client is missing -- or fail it when
+    ``LABTASKER_INTEROP_REQUIRED=1`` (``scripts/interop.sh``: a skip there is a failure)."""
+    import pytest
+
+    reason = v1_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("LABTASKER_INTEROP_REQUIRED") == "1":
+        raise RuntimeError(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+
 def our_bindir() -> Path:
     here = Path(sys.executable).parent
     return here if (here / "labtasker").exists() else REPO / ".venv" / "bin"

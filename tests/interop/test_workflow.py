@@ -21,13 +21,11 @@ from interop_support import (
     UUID_RE,
     Project,
     parse_json_stream,
-    v1_unavailable_reason,
+    skip_module_without_v1,
     wait_for,
 )
 
-_REASON = v1_unavailable_reason()
-if _REASON:
-    pytest.skip(_REASON, allow_module_level=True)
+skip_module_without_v1()
 
 LS = ("task", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl")
 
@@ -69,6 +67,11 @@ def test_queue_get(project, queue):
     assert queue["queue_id"] in out.stdout and project.queue_name in out.stdout, out.describe()
     quiet = project.lt("queue", "get", "-q")
     assert quiet.stdout.strip() == queue["queue_id"], quiet.describe()
+
+
+def test_queue_update_metadata(project, queue):
+    project.lt("queue", "update", "--metadata", "{'owner': 'wf', 'n': 1}")
+    assert project.require_queue()["metadata"] == {"owner": "wf", "n": 1}
 
 
 def test_labtasker_root_env_selects_the_config(project, queue, tmp_path):
@@ -139,8 +142,27 @@ def test_task_update(project, queue):
     assert pos["max_retries"] == 5
 
 
+def test_task_update_reset_pending_and_editor(project, queue, tmp_path):
+    task_id = project.submit_http(args={"wf_rp": 1}, task_name="wf-rp")
+    with project.http() as c:  # claim it: the task is running, held by nobody
+        claimed = c.post("/api/v1/queues/me/tasks/next", json={"required_fields": ["wf_rp"]})
+    assert claimed.json()["task"]["task_id"] == task_id
+    project.lt("task", "update", "--task-id", task_id, "--reset-pending",
+               "-u", "task_name=wf-rp2", input="n\n")
+    task = project.task(task_id)
+    assert (task["status"], task["task_name"], task["retries"], task["worker_id"]) == (
+        "pending", "wf-rp2", 0, None)
+    # no updates given: the tasks open as YAML in $EDITOR (here a script editing the file)
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\nsed -i 's/priority: 10\\b/priority: 7/' \"$1\"\n")
+    editor.chmod(0o755)
+    project.lt("task", "update", "--task-id", task_id, "--editor", str(editor), input="n\n",
+               env={"EDITOR": str(editor), "VISUAL": str(editor)})
+    assert project.task(task_id)["priority"] == 7
+
+
 def test_task_delete(project, queue):
-    doomed = submit(project, "--", "--wf_doomed", "1")
+    doomed = project.submit_http(args={"wf_doomed": 1})
     out = project.lt("task", "delete", "-y", doomed)
     assert f"Task {doomed} deleted." in out.stdout, out.describe()
     assert project.task(doomed) is None
@@ -160,10 +182,11 @@ JOB_PY = textwrap.dedent("""\
 
 def test_loop_argv_mode(project, queue):
     (project.workdir / "job.py").write_text(JOB_PY)
-    ids = [submit(project, "--", f"--lx={i}", f"--ly.z={'a b' if i else '%s'}")
+    # (submitted over HTTP: the submit forms are tested above, and every CLI call costs ~2 s)
+    ids = [project.submit_http(args={"lx": i, "ly": {"z": "a b" if i else "%s"}})
            for i in range(3)]
-    extra = submit(project, "--", "--lx=9", "--ly.z=q", "--lextra=1")  # "no more": not run
-    less = submit(project, "--", "--lx=8")  # "no less": not run
+    extra = project.submit_http(args={"lx": 9, "ly": {"z": "q"}, "lextra": 1})  # "no more"
+    less = project.submit_http(args={"lx": 8})  # "no less": neither is run
     project.lt("loop", "--", "python", "job.py", "--x", "%(lx)", "--z=%(ly.z)", timeout=120)
     calls = [json.loads(line) for line in
              (project.workdir / "job-calls.jsonl").read_text().splitlines()]
@@ -182,7 +205,7 @@ def test_loop_argv_mode(project, queue):
 
 
 def test_loop_shell_mode(project, queue):
-    ids = [submit(project, "--", f"--sx={v!r}") for v in ("hello world", "it's", "$HOME;x")]
+    ids = [project.submit_http(args={"sx": v}) for v in ("hello world", "it's", "$HOME;x")]
     project.lt("loop", "-c", "echo %(sx) >> shell-out.txt && echo done-%(sx) >> shell-out.txt",
                timeout=120)
     lines = (project.workdir / "shell-out.txt").read_text().splitlines()
@@ -193,7 +216,7 @@ def test_loop_shell_mode(project, queue):
 
 
 def test_failing_job_is_retried_then_failed(project, queue):
-    task_id = submit(project, "--max-retries", "2", "--", "--fcode", "3")
+    task_id = project.submit_http(args={"fcode": 3}, max_retries=2)
     project.lt("loop", "--", "python", "-c", "import sys; sys.exit(int(sys.argv[1]))",
                "%(fcode)", timeout=120)
     task = project.task(task_id)
@@ -208,7 +231,7 @@ def test_failing_job_is_retried_then_failed(project, queue):
 
 def test_failing_job_crashes_worker(project, queue):
     """A worker whose jobs keep failing is refused further tasks; the loop stops (exit 0)."""
-    ids = [submit(project, "--max-retries", "5", "--", "--ccode", str(i)) for i in range(3)]
+    ids = [project.submit_http(args={"ccode": i}, max_retries=5) for i in range(3)]
     worker_id = project.lt("worker", "create", "--max-retries", "2", "--worker-name",
                            "wf-crashy").uuid()
     project.lt("loop", "--worker-id", worker_id, "--", "python", "-c",
@@ -244,13 +267,16 @@ def test_worker_report(project, queue):
     assert f"Worker {worker_id} status updated to suspended." in out.stdout, out.describe()
     assert status() == "suspended"
     # a suspended worker gets no task: the loop ends at once without running anything
-    task_id = submit(project, "--", "--wr", "1")
+    task_id = project.submit_http(args={"wr": 1})
     project.lt("loop", "--worker-id", worker_id, "--", "python", "-c", "pass", "%(wr)")
     assert project.task(task_id)["status"] == "pending"
     project.lt("worker", "report", worker_id, "active")
     assert status() == "active"
+    out = project.lt("worker", "delete", "-y", worker_id)
+    assert f"Worker {worker_id} deleted." in out.stdout, out.describe()
+    assert worker_id not in {w["worker_id"] for w in project.workers()}
     crashed = [w for w in project.workers() if w["worker_name"] == "wf-crashy"]
-    if crashed:  # re-activating a crashed worker resets its failure count
+    if crashed and crashed[0]["status"] == "crashed":  # re-activating a crashed worker resets its failure count
         project.lt("worker", "report", crashed[0]["worker_id"], "active")
         again = {w["worker_id"]: w for w in project.workers()}[crashed[0]["worker_id"]]
         assert again["status"] == "active" and again["retries"] == 0
@@ -343,19 +369,17 @@ def test_python_api_loop_required_submit_ls(project, queue):
 
 CONNECT_EVENTS_SCRIPT = textwrap.dedent("""\
     import json
+    import time
     import labtasker
 
     listener = labtasker.connect_events(timeout=10)
     task_id = labtasker.submit_task(args={"ce": 1}).task_id
     transitions = []
-    for _ in range(100):
-        event = listener.get_event(timeout=10)
-        if event is None:
-            break
-        e = event.event
-        if getattr(e, "entity_id", None) == task_id:
-            transitions.append([e.old_state, e.new_state])
-            break
+    deadline = time.monotonic() + 30
+    while not transitions and time.monotonic() < deadline:
+        event = listener.get_event(timeout=1)  # None: timeout or a keep-alive ping
+        if event is not None and getattr(event.event, "entity_id", None) == task_id:
+            transitions.append([event.event.old_state, event.event.new_state])
     listener.stop()
     print("RESULT " + json.dumps(transitions))
     """)
