@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 import textwrap
 
-from interop_support import Client, Project, interop_venv, our_bindir, skip_module_without_v1
+from interop_support import (
+    DEMOS,
+    Client,
+    Project,
+    interop_venv,
+    our_bindir,
+    skip_module_without_v1,
+)
 
 skip_module_without_v1()
 
@@ -46,3 +53,20 @@ def test_tasks_of_either_client_run_by_the_other(interop_server, tmp_path):
     for p in (project, by_ours):
         ids = p.lt("task", "ls", "--no-pager", "-q", "-s", "success").stdout.split()
         assert sorted(ids) == sorted(ran_by)
+
+
+def test_job_with_the_other_clients_finish(interop_server, tmp_path):
+    """The loop of one client runs a job whose interpreter has the other client installed and
+    calls ``labtasker.finish(summary=...)`` (CLI upgraded, job venv not yet -- or back)."""
+    v1, ours = Client("v1", interop_venv() / "bin"), Client("ours", our_bindir())
+    project = Project.create(v1, interop_server.url, tmp_path, "mixfin")
+    project.create_queue_http()
+    job = str(DEMOS / "bash_demo" / "job_main.py")
+    for loop_client, job_client, lr in ((ours, v1, 0.1), (v1, ours, 0.2)):
+        task_id = project.submit_http(args={"lr": lr, "seed": 1, "depth": 2})
+        loop_client.labtasker("loop", "--", str(job_client.bindir / "python"), job, "--lr",
+                              "%(lr)", "--seed", "%(seed)", "--depth", "%(depth)",
+                              cwd=tmp_path)
+        task = project.task(task_id)
+        assert (task["status"], task["retries"]) == ("success", 0), (loop_client.name, task)
+        assert task["summary"] == {"accuracy": round(1.0 - lr * 2 / 2, 6)}, task
