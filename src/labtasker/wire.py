@@ -284,3 +284,28 @@ class WorkerStatusUpdateRequest(_Request):
 class HealthCheckResponse(BaseModel):
     status: str
     database: str
+
+
+# ---------------------------------------------------------------- events
+class StateTransitionEvent(BaseModel):
+    """One state transition of a task or worker (spec §2.4)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str = "state_transition"
+    queue_id: str
+    timestamp: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    entity_type: Literal["task", "worker"]
+    entity_id: str
+    old_state: str
+    new_state: str
+    entity_data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventResponse(BaseModel):
+    """The ``data`` of an SSE ``event`` message; ``sequence`` is the event id."""
+
+    model_config = ConfigDict(extra="ignore")
+    sequence: int
+    timestamp: datetime
+    event: StateTransitionEvent

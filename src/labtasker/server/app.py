@@ -13,6 +13,7 @@ from labtasker.__version__ import __version__
 from labtasker.fsm import InvalidTransition
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
+from labtasker.server.events import router as events_router
 from labtasker.server.routes import router
 from labtasker.server.sql_storage import SqlStorage
 from labtasker.server.sweeper import Sweeper
@@ -56,6 +57,7 @@ def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.sweeper = sweeper
     app.include_router(router)
+    app.include_router(events_router)
 
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError):

@@ -140,3 +140,18 @@ workers = Table(
     Column("last_modified", UTCDateTime, nullable=False),
     Index("ix_workers_queue_modified", "queue_id", "last_modified"),
 )
+
+# Transition log for live events (``events.py``); migration 0003.
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("queue_id", String(36), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("entity_type", String(16), nullable=False),
+    Column("entity_id", String(36), nullable=False),
+    Column("old_state", String(16), nullable=False),
+    Column("new_state", String(16), nullable=False),
+    Column("entity_data", JsonDoc, nullable=False),
+    Index("ix_events_queue_event", "queue_id", "event_id"),
+)

@@ -27,10 +27,11 @@ from labtasker.filters.mongo_sql import (
     sort_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim
+from labtasker.server import auth, claim, events
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
+from labtasker.server.schema import events as events_table
 from labtasker.timeutil import utc_now
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
@@ -234,6 +235,7 @@ class SqlStorage:
             conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
             conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))
+            conn.execute(delete(events_table).where(events_table.c.queue_id == queue_id))
             if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
                 raise NotFound("Queue not found")
 
@@ -250,6 +252,19 @@ class SqlStorage:
         conn.execute(dialect_insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
                      .on_conflict_do_nothing())
         return conn.execute(lookup).scalar_one()
+
+    def _task_event(self, conn: Connection, queue_id: str, task_id: str, old: str,
+                    now: datetime) -> None:
+        """Log the task's transition from ``old`` to its current state (same transaction)."""
+        task = self._task(conn, queue_id, task_id)
+        events.record(conn, queue_id=queue_id, entity_type="task", entity_id=task_id, old=old,
+                      new=task["status"], data=task, now=now)
+
+    def _worker_event(self, conn: Connection, queue_id: str, worker_id: str, old: str,
+                      now: datetime) -> None:
+        worker = self._worker(conn, queue_id, worker_id)
+        events.record(conn, queue_id=queue_id, entity_type="worker", entity_id=worker_id,
+                      old=old, new=worker["status"], data=worker, now=now)
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
         """Insert a pending task. ``fields``: the TaskSubmitRequest values (spec §2.3(9))."""
@@ -269,6 +284,7 @@ class SqlStorage:
                 priority=fields.get("priority", 10), metadata=metadata, args=args,
                 cmd="" if cmd is None else cmd, summary={}, worker_id=None, run_id=None,
                 shape_id=self._shape_id(conn, queue_id, args)))
+            self._task_event(conn, queue_id, task_id, "created", now)
         return task_id
 
     def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
@@ -325,12 +341,19 @@ class SqlStorage:
                 if worker.status != "active":
                     raise Forbidden(
                         f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'")
+            now = utc_now()
             row = claim.claim_next(
                 conn, queue_id=queue_id, required_fields=required_fields, where=where,
-                worker_id=worker_id, run_id=new_id(), now=utc_now(),
+                worker_id=worker_id, run_id=new_id(), now=now,
                 task_timeout=task_timeout, heartbeat_timeout=heartbeat_timeout,
                 start_heartbeat=start_heartbeat, cmd=cmd)
-            return task_row(row) if row is not None else None
+            if row is None:
+                return None
+            task = task_row(row)
+            events.record(conn, queue_id=queue_id, entity_type="task",
+                          entity_id=task["task_id"], old="pending", new="running", data=task,
+                          now=now)
+            return task
 
     def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
                        now: datetime) -> None:
@@ -346,6 +369,8 @@ class SqlStorage:
         if (status, retries) != (row.status, row.retries):
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
                 status=status, retries=retries, last_modified=now))
+            if row.status == "active":  # active -> active|crashed is published (spec §2.4)
+                self._worker_event(conn, queue_id, worker_id, row.status, now)
 
     def report_task(self, queue_id, task_id, *, status, worker_id, run_id, summary):
         """Record a run's outcome: ``success`` | ``failed`` | ``cancelled`` (spec §2.3(13)).
@@ -383,6 +408,8 @@ class SqlStorage:
                 values["summary"] = _merge(task["summary"], summary) if summary else {}
             values.update(_END_RUN)
             conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**values))
+            if not (task["status"] == "failed" and values["status"] == "failed"):
+                self._task_event(conn, queue_id, task_id, task["status"], now)
 
     def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
         """Refresh ``last_heartbeat`` of a running task (server clock).
@@ -478,6 +505,8 @@ class SqlStorage:
             values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
         values["last_modified"] = now
         conn.execute(update(tasks).where(tasks.c.task_id == item["task_id"]).values(**values))
+        if reset_pending or new != old:
+            self._task_event(conn, queue_id, item["task_id"], old, now)
 
     def delete_task(self, queue_id: str, task_id: str) -> None:
         with self.db.write() as conn:
@@ -494,6 +523,7 @@ class SqlStorage:
                 worker_id=worker_id, queue_id=queue_id, status="active", worker_name=name,
                 metadata=_unflatten(metadata, "metadata"), retries=0, max_retries=max_retries,
                 created_at=now, last_modified=now))
+            self._worker_event(conn, queue_id, worker_id, "created", now)
         return worker_id
 
     def search_workers(self, queue_id, *, extra_filter, worker_id, worker_name, status, sort,
@@ -552,11 +582,13 @@ class SqlStorage:
         with self.db.write() as conn:
             worker = self._worker(conn, queue_id, worker_id)
             fsm.check_worker_transition(worker["status"], status)
-            values: dict[str, Any] = {"status": status, "last_modified": utc_now()}
+            now = utc_now()
+            values: dict[str, Any] = {"status": status, "last_modified": now}
             if status == "active" and worker["status"] == "crashed":
                 values["retries"] = 0
             conn.execute(update(workers).where(workers.c.worker_id == worker_id)
                          .values(**values))
+            self._worker_event(conn, queue_id, worker_id, worker["status"], now)
 
     def delete_worker(self, queue_id: str, worker_id: str, cascade_update: bool) -> None:
         """Delete a worker; with ``cascade_update`` its non-running tasks forget it. Running
@@ -608,7 +640,9 @@ class SqlStorage:
                 ).rowcount
                 if done:
                     self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
+                    self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     count += 1
+            events.prune(conn)
         return count
 
     def ping(self) -> None:

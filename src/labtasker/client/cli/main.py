@@ -13,7 +13,7 @@ import sys
 import typer
 
 from labtasker.__version__ import __version__
-from labtasker.client.cli import config_cmd, init_cmd, loop, queue, task, worker
+from labtasker.client.cli import config_cmd, event_cmd, init_cmd, loop, queue, task, worker
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -59,6 +59,7 @@ def help_cmd(ctx: typer.Context) -> None:
 app.add_typer(queue.app, name="queue")
 app.add_typer(task.app, name="task")
 app.add_typer(worker.app, name="worker")
+app.add_typer(event_cmd.app, name="event")
 init_cmd.register(app)
 config_cmd.register(app)
 loop.register(app)

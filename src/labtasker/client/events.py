@@ -1,0 +1,138 @@
+"""Listening to a queue's live events (spec §6.5): ``connect_events`` and ``EventListener``.
+
+The listener runs a daemon thread that holds the SSE stream (parsed by ``httpx-sse``) ``GET /api/v1/queues/me/events``
+open and puts every message on an in-memory queue. When the connection drops it reconnects on
+its own with ``Last-Event-ID`` set to the last event it saw, so no event is missed as long as
+the server still keeps it (the server keeps a bounded log). ``stop()`` ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+from labtasker.exceptions import LabtaskerRuntimeError
+from labtasker.wire import EventResponse
+
+EVENTS_PATH = "/api/v1/queues/me/events"
+
+
+class EventListener:
+    """A background listener of the current queue's events.
+
+    ``client``: an ``httpx.Client`` with base URL and auth (default: the one built from
+    ``client.toml``). Use ``start()`` (or ``connect_events()``), then ``iter_events()`` /
+    ``get_event(timeout)``; ``stop()`` when done.
+    """
+
+    def __init__(self, client: httpx.Client | None = None, reconnect_delay: float = 1.0):
+        if client is None:
+            from labtasker.client.api import get_httpx_client
+
+            client = get_httpx_client()
+        self._client = client
+        self._queue: queue.Queue[ServerSentEvent] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client_id: str | None = None
+        self._last_id: str | None = None
+        self._error: BaseException | None = None
+        self._reconnect_delay = reconnect_delay
+
+    def start(self, timeout: float = 10) -> EventListener:
+        """Connect in a daemon thread; wait up to ``timeout`` s for the ``connection``
+        message. Raises ``LabtaskerRuntimeError`` on timeout, or the HTTP error (e.g. 401)."""
+        self._thread = threading.Thread(target=self._run, name="labtasker-events", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            if self._error is not None:
+                self.stop()
+                raise self._error
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LabtaskerRuntimeError("Timeout waiting for event connection")
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            headers = {"Accept": "text/event-stream"}
+            if self._last_id is not None:
+                headers["Last-Event-ID"] = self._last_id
+            try:
+                with self._client.stream(
+                    "GET", EVENTS_PATH, headers=headers, timeout=httpx.Timeout(10, read=60)
+                ) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        from labtasker.client.api import _status_error
+
+                        raise _status_error(resp)
+                    for msg in EventSource(resp).iter_sse():
+                        if self._stop.is_set():
+                            return
+                        if msg.event == "connection":
+                            self._client_id = json.loads(msg.data).get("client_id")
+                            self._connected.set()
+                        if msg.id:
+                            self._last_id = msg.id
+                        self._queue.put(msg)
+            except httpx.TransportError:
+                pass  # dropped: reconnect below, resuming after the last id
+            except BaseException as exc:  # HTTP errors: report to start() and stop
+                if not self._connected.is_set():
+                    self._error = exc
+                    return
+            self._connected.clear()
+            self._stop.wait(self._reconnect_delay)
+
+    def get_client_id(self) -> str | None:
+        return self._client_id
+
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self) -> None:
+        """Stop listening (the stream is closed within a few seconds)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    def get_raw_sse(self, timeout: float | None = None) -> ServerSentEvent | None:
+        """The next message of any kind (``connection``, ``ping``, ``event``), or None."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def get_event(self, timeout: float | None = None) -> EventResponse | None:
+        """The next state-transition event; None on timeout or for a non-``event`` message."""
+        msg = self.get_raw_sse(timeout)
+        if msg is None or msg.event != "event":
+            return None
+        return EventResponse.model_validate_json(msg.data)
+
+    def iter_raw_sse(self) -> Iterator[ServerSentEvent]:
+        """Every message until ``stop()``."""
+        while not self._stop.is_set():
+            msg = self.get_raw_sse(timeout=0.5)
+            if msg is not None:
+                yield msg
+
+    def iter_events(self) -> Iterator[EventResponse]:
+        """Every state-transition event until ``stop()``, resuming across reconnects."""
+        for msg in self.iter_raw_sse():
+            if msg.event == "event":
+                yield EventResponse.model_validate_json(msg.data)
+
+
+def connect_events(timeout: float = 10, client: httpx.Client | None = None) -> EventListener:
+    """Start and return an ``EventListener`` for the configured queue."""
+    return EventListener(client=client).start(timeout=timeout)
