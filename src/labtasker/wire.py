@@ -148,11 +148,28 @@ class TaskLsRequest(_Request):
     status: TaskStatus | None = None
     extra_filter: dict[str, Any] | None = None
     sort: SortSpec | None = None
+    cursor: str | None = None  # keyset paging (ours): the previous page's ``next_cursor``
 
 
 class TaskLsResponse(_Response):
     found: bool = False
     content: list[Task] = Field(default_factory=list)
+    # Keyset paging (ours): pass back as ``cursor`` for the next page; null when no page may
+    # follow or when the sort is on a JSON path (page by ``offset`` then).
+    next_cursor: str | None = None
+
+
+MAX_BATCH = 5000
+
+
+class TaskBatchSubmitRequest(_Request):
+    """``POST /tasks/batch``: up to 5,000 tasks, stored all or nothing."""
+
+    tasks: list[TaskSubmitRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class TaskBatchSubmitResponse(_Response):
+    task_ids: list[str]
 
 
 class TaskFetchRequest(_Request):

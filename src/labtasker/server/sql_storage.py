@@ -27,7 +27,7 @@ from labtasker.filters.mongo_sql import (
     sort_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim, events
+from labtasker.server import auth, claim, events, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
@@ -268,24 +268,46 @@ class SqlStorage:
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
         """Insert a pending task. ``fields``: the TaskSubmitRequest values (spec §2.3(9))."""
+        return self.submit_tasks(queue_id, [fields])[0]
+
+    def submit_tasks(self, queue_id: str, batch: list[dict[str, Any]]) -> list[str]:
+        """Insert many pending tasks in one transaction (all or nothing); ids in order.
+
+        ``batch``: TaskSubmitRequest values per task. Raises ``Invalid`` naming the index of
+        a task whose dotted keys conflict.
+        """
         now = utc_now()
-        task_id = new_id()
-        args = _unflatten(fields.get("args"), "args")
-        metadata = _unflatten(fields.get("metadata"), "metadata")
-        cmd = fields.get("cmd")
+        rows = []
+        for index, fields in enumerate(batch):
+            where = f"tasks[{index}]." if len(batch) > 1 else ""
+            cmd = fields.get("cmd")
+            rows.append({
+                "task_id": new_id(), "queue_id": queue_id, "status": "pending",
+                "task_name": fields.get("task_name"), "created_at": now, "start_time": None,
+                "last_heartbeat": None, "last_modified": now,
+                "heartbeat_timeout": fields.get("heartbeat_timeout"),
+                "task_timeout": fields.get("task_timeout"),
+                "max_retries": fields.get("max_retries", 3), "retries": 0,
+                "priority": fields.get("priority", 10),
+                "metadata": _unflatten(fields.get("metadata"), where + "metadata"),
+                "args": _unflatten(fields.get("args"), where + "args"),
+                "cmd": "" if cmd is None else cmd, "summary": {}, "worker_id": None,
+                "run_id": None,
+            })
         with self.db.write() as conn:
-            conn.execute(insert(tasks).values(
-                task_id=task_id, queue_id=queue_id, status="pending",
-                task_name=fields.get("task_name"), created_at=now, start_time=None,
-                last_heartbeat=None, last_modified=now,
-                heartbeat_timeout=fields.get("heartbeat_timeout"),
-                task_timeout=fields.get("task_timeout"),
-                max_retries=fields.get("max_retries", 3), retries=0,
-                priority=fields.get("priority", 10), metadata=metadata, args=args,
-                cmd="" if cmd is None else cmd, summary={}, worker_id=None, run_id=None,
-                shape_id=self._shape_id(conn, queue_id, args)))
-            self._task_event(conn, queue_id, task_id, "created", now)
-        return task_id
+            shapes: dict[str, int] = {}
+            for row in rows:
+                key = shape_key(shape_of(row["args"]))
+                if key not in shapes:
+                    shapes[key] = self._shape_id(conn, queue_id, row["args"])
+                row["shape_id"] = shapes[key]
+            conn.execute(insert(tasks), rows)
+            for row in rows:
+                data = {k: row[k] for k in TASK_KEYS}
+                events.record(conn, queue_id=queue_id, entity_type="task",
+                              entity_id=row["task_id"], old="created", new="pending",
+                              data=data, now=now)
+        return [row["task_id"] for row in rows]
 
     def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
@@ -309,7 +331,7 @@ class SqlStorage:
             raise Invalid(str(exc)) from exc
 
     def search_tasks(self, queue_id, *, extra_filter, task_id, task_name, status, sort,
-                     offset, limit):
+                     offset, limit, cursor: str | None = None):
         """One page of the queue's tasks matching all given conditions (spec §2.3(11)).
         Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker."""
         cond = [tasks.c.queue_id == queue_id, self._filter(TASK_FIELDS, extra_filter)]
@@ -323,6 +345,12 @@ class SqlStorage:
             order = _order(sort, TASK_FIELDS, self.db.dialect, [tasks.c.last_modified.asc()])
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
+        if cursor is not None:
+            keys = paging.keyset_sort(sort)
+            if keys is None:
+                raise Invalid("cursor: paging by cursor needs a sort on task columns")
+            cond.append(paging.after_condition(keys, cursor))
+            offset = 0
         stmt = (select(*_TASK_COLUMNS).where(and_(*cond))
                 .order_by(*order, tasks.c.task_id).offset(offset).limit(limit))
         with self.db.read() as conn:

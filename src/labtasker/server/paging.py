@@ -1,0 +1,65 @@
+"""Keyset paging for task search: opaque cursors that make every page cost the same.
+
+A cursor encodes the sort-key values and ``task_id`` of the last task of a page; the next page
+asks for tasks strictly after it in the (sort keys..., task_id) order, which an index walk
+answers without skipping ``offset`` rows. Cursors exist only when every sort key is a non-null
+column (the default order ``last_modified`` is one); sorts on JSON paths page by ``offset``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_
+
+from labtasker.server.errors import Invalid
+from labtasker.server.schema import tasks
+
+# Task columns that are never NULL, so that tuple comparison is well defined.
+KEYSET_COLUMNS = ("last_modified", "created_at", "priority", "retries", "max_retries",
+                  "status", "task_id")
+_DATETIMES = {"last_modified", "created_at"}
+DEFAULT_SORT: list[tuple[str, int]] = [("last_modified", 1)]
+
+
+def keyset_sort(sort: list[tuple[str, int]] | None) -> list[tuple[str, int]] | None:
+    """The sort as (column, ±1) pairs if it supports cursors, else ``None``."""
+    sort = [tuple(s) for s in sort] if sort else DEFAULT_SORT
+    if all(field in KEYSET_COLUMNS for field, _ in sort):
+        return sort
+    return None
+
+
+def encode_cursor(sort: list[tuple[str, int]], last: dict[str, Any]) -> str:
+    """Cursor after the task ``last`` (a task dict) for ``sort``."""
+    values = [last[f].isoformat() if f in _DATETIMES else last[f] for f, _ in sort]
+    raw = json.dumps([values, last["task_id"]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def after_condition(sort: list[tuple[str, int]], cursor: str):
+    """SQL condition "strictly after the cursor" in (sort keys..., task_id asc) order.
+
+    Raises ``Invalid`` (naming ``cursor``) for a cursor that does not decode or does not fit
+    the sort.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values, last_id = json.loads(raw)
+        if not isinstance(values, list) or len(values) != len(sort):
+            raise ValueError("wrong number of keys")
+        values = [datetime.fromisoformat(v) if f in _DATETIMES else v
+                  for (f, _), v in zip(sort, values, strict=True)]
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"cursor: not a cursor of this listing ({exc})") from exc
+    keys = [(tasks.c[f], d, v) for (f, d), v in zip(sort, values, strict=True)]
+    keys.append((tasks.c.task_id, 1, last_id))
+    clauses = []
+    for i, (col, direction, value) in enumerate(keys):
+        equal_before = [c == v for c, _, v in keys[:i]]
+        beyond = col > value if direction == 1 else col < value
+        clauses.append(and_(*equal_before, beyond))
+    return or_(*clauses)
