@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from labtasker.filters.mongo_sql import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+BEFORE_COMMIT = "labtasker_before_commit"
 DEFAULT_DB_FILE = "labtasker.db"
 
 
@@ -85,10 +86,19 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on normal exit, rolled back on any exception."""
+        """A write transaction: committed on normal exit, rolled back on any exception.
+
+        Callables appended to ``conn.info["before_commit"]`` run last, just before the
+        commit (the events log uses this to append its rows at the very end).
+        """
         lock = self._write_lock or contextlib.nullcontext()
         with lock, self.write_engine.begin() as conn:
-            yield conn
+            try:
+                yield conn
+                for hook in conn.info.get(BEFORE_COMMIT, ()):
+                    hook(conn)
+            finally:
+                conn.info.pop(BEFORE_COMMIT, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:

@@ -25,9 +25,10 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import Connection
 
+from labtasker.server.db import BEFORE_COMMIT
 from labtasker.server.errors import Invalid
 from labtasker.server.routes import queue_id
 from labtasker.server.schema import events
@@ -50,35 +51,44 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def record(
-    conn: Connection,
-    *,
-    queue_id: str,
-    entity_type: str,
-    entity_id: str,
-    old: str,
-    new: str,
-    data: dict[str, Any],
-    now: datetime,
-) -> None:
-    """Append one transition to the log inside the caller's transaction.
+def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str, old: str,
+           new: str, data: dict[str, Any], now: datetime) -> None:
+    """Log one transition as part of the caller's write transaction.
 
     ``entity_type``: ``task`` | ``worker``; ``old``/``new``: states (``created`` for a new
-    entity); ``data``: the entity after the change (datetimes become ISO text).
+    entity); ``data``: the entity after the change (datetimes become ISO text). The rows are
+    inserted just before the commit (``_Flusher``), under a per-queue lock on PostgreSQL, so
+    that within a queue event ids are assigned in commit order: a listener that has read up
+    to id N can never later see a smaller id appear (which would be a silently missed event).
     """
     doc = _jsonable(data)
     doc.setdefault("_id", entity_id)
-    conn.execute(
-        insert(events).values(
-            queue_id=queue_id,
-            created_at=now,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            old_state=old,
-            new_state=new,
-            entity_data=doc,
-        )
-    )
+    hooks = conn.info.setdefault(BEFORE_COMMIT, [])
+    flusher = next((h for h in hooks if isinstance(h, _Flusher)), None)
+    if flusher is None:
+        flusher = _Flusher()
+        hooks.append(flusher)
+    flusher.rows.append({"queue_id": queue_id, "created_at": now, "entity_type": entity_type,
+                         "entity_id": entity_id, "old_state": old, "new_state": new,
+                         "entity_data": doc})
+
+
+class _Flusher:
+    """Inserts a transaction's events just before its commit (see ``record``); dropped with
+    the transaction's hooks when it rolls back."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, conn: Connection) -> None:
+        if not self.rows:
+            return
+        if conn.dialect.name == "postgresql":
+            # Held until commit; taken in a fixed order so two transactions never deadlock.
+            for qid in sorted({r["queue_id"] for r in self.rows}):
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:q, 7))"),
+                             {"q": qid})
+        conn.execute(insert(events), self.rows)
 
 
 def prune(conn: Connection, keep: int = EVENT_LOG_SIZE) -> int:
