@@ -68,7 +68,7 @@ fi
 if ! "$MAIN_VENV/bin/python" -c 'import labtasker.server, pytest, httpx' 2>/dev/null; then
     [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker/pytest not installed in $MAIN_VENV" >&2; exit 1; }
     echo "==> pip install -e '.[dev]' into $MAIN_VENV"
-    quiet_pip "$MAIN_VENV" -e "$REPO_DIR[dev]"
+    quiet_pip "$MAIN_VENV" -e "${REPO_DIR}[dev]"
 fi
 
 # 2. the 1.0.1 client (reused when present)
