@@ -91,7 +91,8 @@ def test_submit_get_search_delete(queue_env):
         by_name = http.post(f"{API}/tasks/search", json={"task_name": "t1"}).json()
         assert [t["task_id"] for t in by_name["content"]] == [tid]
         none = http.post(f"{API}/tasks/search", json={"task_name": "zz"}).json()
-        assert none == {"notification": None, "found": False, "content": []}
+        assert none == {"notification": None, "found": False, "content": [],
+                        "next_cursor": None}
         assert http.delete(f"{API}/tasks/{tid}").status_code == 204
         missing = http.get(f"{API}/tasks/{tid}")
         assert missing.status_code == 404
@@ -312,8 +313,8 @@ def test_update_tasks_batch_is_all_or_nothing(queue_env):
         r = http.put(f"{API}/tasks", json=[{"task_id": a}])
         t = r.json()["content"][0]
         assert (t["status"], t["retries"], t["worker_id"]) == ("pending", 0, None)
-        assert http.put(f"{API}/tasks", json=[]).json() == {"notification": None,
-                                                            "found": False, "content": []}
+        assert http.put(f"{API}/tasks", json=[]).json() == {
+            "notification": None, "found": False, "content": [], "next_cursor": None}
 
 
 def test_heartbeat_timeout_is_swept(queue_env):
