@@ -58,7 +58,7 @@ export PATH="$VENV_DIR/bin:$PATH"
 # database per run on $LABTASKER_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
 # Without PostgreSQL that half is skipped with a message; with LABTASKER_REQUIRE_POSTGRES=1
 # (set by .ci/run) a missing PostgreSQL is a failure.
-PG_TESTS=(tests/test_server_api.py tests/test_server_durability.py tests/test_server_paging.py tests/test_events.py tests/test_multi_server.py tests/test_filter_differential.py
+PG_TESTS=(tests/test_server_api.py tests/test_server_durability.py tests/test_server_paging.py tests/test_events.py tests/test_multi_server.py tests/test_copydb.py tests/test_filter_differential.py
     tests/test_cli_api.py tests/test_loop.py)
 for f in tests/test_lifecycle*.py; do [[ -e "$f" ]] && PG_TESTS+=("$f"); done
 

@@ -51,6 +51,28 @@ def serve(
                 timeout_graceful_shutdown=5)
 
 
+@app.command("copy-db")
+def copy_db(
+    source: Annotated[str, typer.Option("--from", help="Database to copy, e.g. "
+                                        "sqlite:///path/labtasker.db.")],
+    target: Annotated[str, typer.Option("--to", help="Empty database to fill, e.g. "
+                                        "postgresql://postgres@127.0.0.1/labtasker.")],
+) -> None:
+    """Copy every queue, task, worker and event from one database into an empty one
+    (e.g. move from the embedded SQLite file to PostgreSQL). Stop the server first."""
+    from labtasker.server.copydb import CopyError, copy_database
+
+    try:
+        counts = copy_database(source, target)
+    except CopyError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # connection errors and the like: one line, no traceback
+        typer.echo(f"Error: {type(exc).__name__}: {str(exc).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("Copied " + ", ".join(f"{n} {name}" for name, n in counts.items()) + ".")
+
+
 def main() -> None:
     app()
 
