@@ -13,7 +13,9 @@ class InvalidTransition(ValueError):
     """A status change that the state machine does not allow."""
 
     def __init__(self, entity: str, old: str, new: str):
-        super().__init__(f"Cannot transition {entity} from {old} to {new}.")
+        # "InvalidStateTransition" in the text: 1.0.1 clients recognise FSM errors by it.
+        super().__init__(f"InvalidStateTransition: Cannot transition {entity} from {old} "
+                         f"to {new}.")
         self.entity, self.old, self.new = entity, old, new
 
 

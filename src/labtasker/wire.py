@@ -8,6 +8,7 @@ Unknown request fields are ignored, as 1.0.1 does.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -94,7 +95,7 @@ class Task(BaseModel):
     last_heartbeat: datetime | None = None
     last_modified: datetime
     heartbeat_timeout: float | None = None
-    task_timeout: float | None = None
+    task_timeout: int | None = None  # seconds; 1.0.1 clients expect an int
     max_retries: int = 3
     retries: int = 0
     priority: int = Priority.MEDIUM
@@ -105,6 +106,12 @@ class Task(BaseModel):
     worker_id: str | None = None
     run_id: str | None = None
 
+    @field_validator("task_timeout", mode="before")
+    @classmethod
+    def _whole_seconds(cls, v):
+        # a per-run eta_max may be fractional; shown rounded up (1.0.1 clients parse an int)
+        return math.ceil(v) if isinstance(v, float) else v
+
 
 class TaskSubmitRequest(_Request):
     task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
@@ -112,7 +119,7 @@ class TaskSubmitRequest(_Request):
     metadata: dict[str, Any] | None = None
     cmd: Cmd = None
     heartbeat_timeout: float | None = Field(None, gt=0)
-    task_timeout: float | None = Field(None, gt=0)
+    task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
     max_retries: int = Field(3, ge=0)
     priority: int = Priority.MEDIUM
 
@@ -212,7 +219,7 @@ class TaskUpdateRequest(_Request):
     status: TaskStatus | None = None
     task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
     heartbeat_timeout: float | None = Field(None, gt=0)
-    task_timeout: float | None = Field(None, gt=0)
+    task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
     max_retries: int | None = Field(None, ge=0)
     retries: int | None = Field(None, ge=0)
     priority: int | None = None

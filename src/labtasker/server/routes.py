@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from labtasker import wire
@@ -36,6 +37,35 @@ def queue_id(request: Request,
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
                             headers={"WWW-Authenticate": "Basic"})
     return found
+
+
+def legacy_client(client_version: str | None) -> bool:
+    """True for labtasker 1.0.x clients (they send ``client_version`` in request bodies)."""
+    if not client_version:
+        return False
+    parts = client_version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) < (1, 1)
+    except (ValueError, IndexError):
+        return False
+
+
+def _for_client(body, model, answer: dict, key: str, extra: set[str],
+                drop: frozenset | set = frozenset()):
+    """Validate ``answer`` with ``model``; for a 1.0.x client, leave out the fields it does
+    not know (``extra`` inside ``answer[key]``, ``drop`` at the top), because 1.0.1 prints
+    an "Unknown fields" warning for every object that carries one."""
+    data = model.model_validate(answer).model_dump(mode="json")
+    if not legacy_client(body.client_version):
+        return JSONResponse(data)
+    for name in drop:
+        data.pop(name, None)
+    items = data[key] if isinstance(data[key], list) else [data[key]]
+    for item in items:
+        if item is not None:
+            for name in extra:
+                item.pop(name, None)
+    return JSONResponse(data)
 
 
 Store = Annotated[Storage, Depends(storage)]
@@ -136,7 +166,9 @@ def search_tasks(body: wire.TaskLsRequest, qid: QueueId, store: Store):
     keys = paging.keyset_sort(body.sort)
     next_cursor = (paging.encode_cursor(keys, content[-1])
                    if keys is not None and len(content) == body.limit else None)
-    return {"found": bool(content), "content": content, "next_cursor": next_cursor}
+    answer = {"found": bool(content), "content": content, "next_cursor": next_cursor}
+    return _for_client(body, wire.TaskLsResponse, answer, "content", {"run_id"},
+                       drop={"next_cursor"})
 
 
 @router.post("/api/v1/queues/me/tasks/next", response_model=wire.TaskFetchResponse)
@@ -164,7 +196,8 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
         qid, worker_id=body.worker_id, task_timeout=task_timeout,
         heartbeat_timeout=body.heartbeat_timeout, start_heartbeat=body.start_heartbeat,
         required_fields=body.required_fields, extra_filter=body.extra_filter, cmd=body.cmd)
-    return {"found": task is not None, "task": task}
+    answer = {"found": task is not None, "task": task}
+    return _for_client(body, wire.TaskFetchResponse, answer, "task", {"run_id"})
 
 
 @router.post("/api/v1/queues/me/tasks/{task_id}/status")
@@ -209,7 +242,8 @@ def search_workers(body: wire.WorkerLsRequest, qid: QueueId, store: Store):
         qid, extra_filter=body.extra_filter, worker_id=body.worker_id,
         worker_name=body.worker_name, status=body.status, sort=body.sort,
         offset=body.offset, limit=body.limit)
-    return {"found": bool(content), "content": content}
+    answer = {"found": bool(content), "content": content}
+    return _for_client(body, wire.WorkerLsResponse, answer, "content", {"running_task_ids"})
 
 
 @router.post("/api/v1/queues/me/workers/{worker_id}/status")
