@@ -63,6 +63,14 @@ def put(http, items, reset_pending=False):
     return http.put(f"{API}/tasks", params={"reset_pending": reset_pending}, json=items)
 
 
+def _gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -455,8 +463,8 @@ def test_worker_list_shows_running_task(queue_env):
 
 # ------------------------------------------------------------------------------ loop processes
 def test_kill9_loop_and_job_task_pending_again(queue_env):
-    """kill -9 of a loop and its job mid-task: the server puts the task back within
-    heartbeat_timeout + sweep period, retries 1, the worker is charged."""
+    """kill -9 of a loop mid-task: its job dies with it (PDEATHSIG), the server puts the task
+    back within heartbeat_timeout + sweep period, retries 1, the worker is charged."""
     with queue_env.http() as http:
         tid = submit(http, {"s": 600}, max_retries=3)
         pid_file = queue_env.workdir / "job.pid"
@@ -469,9 +477,9 @@ def test_kill9_loop_and_job_task_pending_again(queue_env):
             wid = task["worker_id"]
             job_pid = int(pid_file.read_text())
             os.kill(loop.pid, signal.SIGKILL)
-            os.kill(job_pid, signal.SIGKILL)
             killed = time.monotonic()
             loop.wait(timeout=10)
+            wait_for(lambda: _gone(job_pid), timeout=5, what="the job dying with its loop")
             t = wait_for(lambda: (t := get_task(http, tid))["status"] != "running" and t,
                          timeout=20)
             took = time.monotonic() - killed

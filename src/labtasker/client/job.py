@@ -12,6 +12,9 @@
   jobs stream their output line by line.
 * After the job's main process exits, any process it left behind in its group gets SIGTERM,
   then SIGKILL after a short grace period, so nothing keeps GPU memory or the pipe alive.
+* On Linux the job's main process also gets SIGKILL if the runner itself dies without
+  cleaning up (``kill -9`` of the loop): ``prctl(PR_SET_PDEATHSIG)``. Processes the job
+  started itself are not covered by that signal.
 
 Exit codes follow ``subprocess``: ``0`` success, ``n > 0`` the job's code, ``-N`` killed by
 signal ``N``.
@@ -31,6 +34,25 @@ from typing import BinaryIO
 
 from labtasker.exceptions import LabtaskerRuntimeError
 
+
+def _kill_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """``preexec_fn``: ask Linux to SIGKILL this child when the runner thread dies."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
@@ -103,6 +125,7 @@ class JobProcess:
                 cwd=self.cwd,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=_kill_with_parent if _PRCTL is not None else None,
             )
         except OSError as exc:
             raise LabtaskerRuntimeError(f"Could not start job {self.argv[0]!r}: {exc}") from exc
