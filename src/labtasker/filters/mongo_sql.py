@@ -54,6 +54,7 @@ from sqlalchemy import (
     ARRAY,
     Boolean,
     ColumnElement,
+    DateTime,
     Float,
     Integer,
     LargeBinary,
@@ -74,6 +75,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import Grouping
 
 MAX_DEPTH = 32  # nesting of objects/lists in a filter
 MAX_NODES = 2000  # operators, conditions and list members in one filter
@@ -305,14 +307,19 @@ def _bool_sets(op: str, value: bool) -> set[bool]:
 # --------------------------------------------------------------------------- JSON backends
 
 
-@dataclass
 class JV:
     """A present JSON value with cheaper spellings of its type and scalar value (an array
-    element from ``json_each``); backends accept a ``JV`` wherever they take a JSON value."""
+    element from ``json_each``); backends accept a ``JV`` wherever they take a JSON value.
+    ``j`` (the value as JSON) may be given as a function, built on first use."""
 
-    j: Any
-    typ: Any = None
-    scalar: Any = None
+    def __init__(self, j: Any, typ: Any = None, scalar: Any = None):
+        self._j, self.typ, self.scalar = j, typ, scalar
+
+    @property
+    def j(self):
+        if callable(self._j):
+            self._j = self._j()
+        return self._j
 
 
 def _raw(j):
@@ -406,14 +413,18 @@ class _SqliteJson:
     def each(self, x) -> _Each:
         """FROM item over the elements of the array ``x``."""
         t = func.json_each(x).table_valued("key", "value", "type", "atom").alias()
-        value = case(
-            (t.c.type.is_(None), null()),
-            (t.c.type.in_(("object", "array")), t.c.value),
-            (t.c.type == "true", literal("true", Text)),
-            (t.c.type == "false", literal("false", Text)),
-            else_=func.json_quote(t.c.value),
-        )
-        return _Each(t, t.c.type, JV(value, t.c.type, t.c.atom), t.c.key, t.c.value)
+        c = t.c
+
+        def value():
+            return case(
+                (c.type.is_(None), null()),
+                (c.type.in_(("object", "array")), c.value),
+                (c.type == "true", literal("true", Text)),
+                (c.type == "false", literal("false", Text)),
+                else_=func.json_quote(c.value),
+            )
+
+        return _Each(t, c.type, JV(value, c.type, c.atom), c.key, c.value)
 
     def elements(self, j) -> _Each:
         return self.each(case((self.typ(j) == "array", _raw(j)), else_=literal("[]", Text)))
@@ -445,6 +456,24 @@ class _SqliteJson:
         return case(
             (and_(func.typeof(a) == "integer", func.typeof(b) == "integer"), a % b),
             else_=a - b * cast(cast(a, Float) / b, Integer),
+        )
+
+    def pack(self, v):
+        """A one-element array holding the slots of an ``$expr`` value as an object."""
+        slots = []
+        for key, value in (("k", v.kind), ("n", v.num), ("t", v.text), ("d", v.dt)):
+            slots += [literal(key, Text), null() if value is None else value]
+        slots += [literal("j", Text), null() if v.json is None else func.json(v.json)]
+        return func.json_array(func.json_object(*slots))
+
+    def unpack(self, obj) -> _ExprVal:
+        get = lambda key: obj.op("->>")(literal(f"$.{key}", Text))  # noqa: E731
+        return _ExprVal(
+            kind=get("k"),
+            num=get("n"),
+            text=get("t"),
+            dt=get("d"),
+            json=obj.op("->", return_type=Text)(literal("$.j", Text)),
         )
 
     def sort_key(self, j):
@@ -569,6 +598,22 @@ class _PostgresJson:
 
     def expr_mod(self, a, b):
         return a - b * func.trunc(a / b)
+
+    def pack(self, v):
+        slots = []
+        for key, value in (("k", v.kind), ("n", v.num), ("t", v.text), ("d", v.dt), ("j", v.json)):
+            slots += [literal(key, Text), cast(null(), Text) if value is None else value]
+        return func.jsonb_build_array(func.jsonb_build_object(*slots, type_=JSONB), type_=JSONB)
+
+    def unpack(self, obj) -> _ExprVal:
+        get = lambda key: obj.op("->>", return_type=Text)(literal(key, Text))  # noqa: E731
+        return _ExprVal(
+            kind=cast(get("k"), Integer),
+            num=cast(get("n"), Float),
+            text=get("t"),
+            dt=cast(get("d"), DateTime(timezone=True)),
+            json=obj.op("->", return_type=JSONB)(literal("j", Text)),
+        )
 
     def sort_key(self, j):
         typ = self.typ(j)
@@ -702,7 +747,7 @@ class Compiler:
         if op == "$expr":
             if self.root is not None:
                 raise FilterError("$expr is not supported inside $elemMatch")
-            return _safe(self.truthy(self.expr(value, depth + 1)))
+            return self.top_expr(value, depth + 1)
         if op not in _LOGICAL:
             raise FilterError(f"Unknown or unsupported top-level operator {op}")
         if not isinstance(value, list) or not value:
@@ -1148,13 +1193,37 @@ class Compiler:
         return _any(parts)
 
     # ------------------------------------------------------------------ $expr
+    def top_expr(self, node: Any, depth: int) -> ColumnElement:
+        """``{"$expr": node}``. Every computed value is materialised as a one-row FROM item
+        (a JSON object holding its slots), so that a parent refers to its children's columns
+        instead of repeating their SQL: the statement grows linearly with the expression."""
+        self._expr_froms: list = []
+        try:
+            cond = self.truthy(self.expr(node, depth))
+            froms = self._expr_froms
+        finally:
+            self._expr_froms = None
+        if not froms:
+            return _safe(cond)
+        stmt = select(literal(1)).select_from(froms[0])
+        for extra in froms[1:]:
+            stmt = stmt.join(extra, true())
+        return stmt.where(cond).exists()
+
+    def _materialise(self, v: _ExprVal) -> _ExprVal:
+        if getattr(self, "_expr_froms", None) is None:
+            return v
+        e = self.b.each(self.b.pack(v))
+        self._expr_froms.append(e.table)
+        return self.b.unpack(e.obj)
+
     def expr(self, node: Any, depth: int) -> _ExprVal:
         """Compile an aggregation expression into a typed value."""
         self._tick(depth)
         if isinstance(node, str) and node.startswith("$"):
             if node.startswith("$$"):
                 raise FilterError(f"Variables are not supported in $expr: {node!r}")
-            return self.expr_field(node[1:])
+            return self._materialise(self.expr_field(node[1:]))
         if isinstance(node, Mapping) and len(node) == 1 and next(iter(node)).startswith("$"):
             op, args = next(iter(node.items()))
             if op in _UNSAFE:
@@ -1162,7 +1231,7 @@ class Compiler:
             if op == "$literal":
                 return self.expr_literal(decode_datetimes(args))
             if op in _EXPR_ARITH:
-                return self.expr_arith(op, args, depth)
+                return self._materialise(self.expr_arith(op, args, depth))
             if op in _COMPARE:
                 if not isinstance(args, list) or len(args) != 2:
                     raise FilterError(f"{op} in $expr needs a list of two expressions")
@@ -1193,8 +1262,11 @@ class Compiler:
 
     def _bool_val(self, cond) -> _ExprVal:
         """A SQL condition (NULL = error) as a boolean $expr value."""
-        return _ExprVal(
-            kind=case((cond.is_(None), null()), else_=_ORDER["bool"]), num=case((cond, 1), else_=0)
+        return self._materialise(
+            _ExprVal(
+                kind=case((Grouping(cond).is_(None), null()), else_=_ORDER["bool"]),
+                num=case((cond, 1), else_=0),
+            )
         )
 
     def expr_literal(self, value: Any) -> _ExprVal:
@@ -1263,7 +1335,7 @@ class Compiler:
             raise FilterError(f"{op} needs exactly two expressions")
         vals = [self.expr(a, depth + 1) for a in args]
         b = self.b
-        nums = [v.num for v in vals]
+        nums = [b.expr_number(null()) if v.num is None else v.num for v in vals]
         if op == "$add":
             result = nums[0]
             for n in nums[1:]:
