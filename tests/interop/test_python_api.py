@@ -51,13 +51,8 @@ def test_api_call(surface, call):
     assert surface[call] == ["ok", EXPECTED[call]]
 
 
-def test_update_tasks_with_api_models_request(surface, client, request):
+def test_update_tasks_with_api_models_request(surface):
     """1.0.1 scripts build ``update_tasks`` items with ``labtasker.api_models.TaskUpdateRequest``
-    (the only public way: it is not re-exported by ``labtasker``)."""
-    if client.name == "ours":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "our client has no module labtasker.api_models (the models live in "
-            "labtasker.wire), so `from labtasker.api_models import TaskUpdateRequest` -- "
-            "needed by every 1.0.1 script calling labtasker.update_tasks -- raises "
-            "ModuleNotFoundError; a thin re-export module would fix it")))
+    (the only public way: it is not re-exported by ``labtasker``). Our client lacked that
+    module (I4, fixed by the ``labtasker.api_models`` alias)."""
     assert surface["update_tasks_api_models"] == ["ok", [["pending", 5]]]
