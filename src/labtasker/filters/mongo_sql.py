@@ -36,6 +36,32 @@ MongoDB semantics (the model the SQL implements)
     *Columns.* ``task_id status priority retries created_at ...`` are plain columns and compile
     to plain, index-friendly comparisons; ``args.* metadata.* summary.* cmd`` are JSON paths.
 
+Known differences from MongoDB
+    * ``a.0`` on an array is the element at index 0 only; MongoDB also looks for a key "0"
+      in objects inside the array.
+    * ``$elemMatch`` with a query document matches object elements only (MongoDB also treats
+      nested arrays as objects with keys "0", "1" ...).
+    * ``$expr``: field paths do not traverse arrays (an array on the way gives missing);
+      ``$lt/$gt...`` between two arrays or two objects, arithmetic on non-numbers and division
+      by zero never match (MongoDB fails the whole query); missing < null < numbers < strings
+      < objects < arrays < booleans < dates.
+    * Sorting on a JSON path: MongoDB's type order, but an array sorts as a whole value
+      (MongoDB uses its smallest/largest element).
+    * PostgreSQL: jsonb forgets key order, so ``{"a": {"x": 1, "y": 2}}`` also matches
+      ``{"y": 2, "x": 1}``; ``2.0`` equals ``2`` inside arrays/objects (on SQLite containers
+      compare as normalised JSON text, so it does not); ``$type: "double"`` is judged from the
+      number's text (``1e20`` counts as an integer). Regexes run on PostgreSQL's ARE engine:
+      the options are mapped (i, x; m/s to newline modes), ``\\b`` becomes ``\\y``, constructs
+      it lacks (named groups, atomic groups, scoped flags) are refused with 400; without ``s``,
+      ``[^x]`` does not match a newline there.
+    * Datetimes (``{"_dt": ...}``) compared with JSON values compare as ISO text.
+
+Cost: column conditions are plain comparisons (indexes apply). A JSON path becomes one
+``EXISTS`` over a chain of ``json_each``/``jsonb_array_elements`` (one per path segment), so the
+SQL grows linearly with the filter; ``$expr`` values are materialised as one-row FROM items
+for the same reason. Limits: ``MAX_DEPTH``, ``MAX_NODES``, ``MAX_PATH_SEGMENTS``,
+``MAX_PATTERN``.
+
 JSON access is a small backend class per database: SQLite JSON1 (``json_type``, ``->``,
 ``->>``, ``json_each``) and PostgreSQL jsonb (``->``, ``jsonb_typeof``,
 ``jsonb_array_elements``); SQLite JSON paths are bound strings, PostgreSQL keys bound text.
