@@ -10,7 +10,8 @@
 #   2. the interop venv ($LABTASKER_INTEROP_VENV, default <repo>/.venv-interop) is created if
 #      missing and gets labtasker==1.0.1 from the package index unless it already has it;
 #   3. `pytest tests/interop` runs in .venv with LABTASKER_INTEROP_VENV pointing at the
-#      interop venv. The tests start our server (.venv) on a temporary SQLite file and a free
+#      interop venv (without that variable, e.g. in scripts/test.sh, the interop tests skip
+#      themselves). The tests start our server (.venv) on a temporary SQLite file and a free
 #      port and run both clients as child processes.
 #
 # Exit status: pytest's; "no tests collected" (5) is a failure, and so is a missing interop
