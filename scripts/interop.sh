@@ -60,46 +60,53 @@ quiet_pip() {
     fi
 }
 
-# 1. our checkout
-if [[ ! -x "$MAIN_VENV/bin/python" ]]; then
-    [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $MAIN_VENV missing" >&2; exit 1; }
-    echo "==> creating $MAIN_VENV"
-    "$(find_python)" -m venv "$MAIN_VENV"
-fi
-if ! "$MAIN_VENV/bin/python" -c 'import labtasker.server, pytest, httpx' 2>/dev/null; then
-    [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker/pytest not installed in $MAIN_VENV" >&2; exit 1; }
-    echo "==> pip install -e '.[dev]' into $MAIN_VENV"
-    quiet_pip "$MAIN_VENV" -e "${REPO_DIR}[dev]"
-fi
+# The whole run is one function: bash parses it completely before running it, so editing
+# this file during a run cannot make bash re-execute parts of it.
+main() {
+    # 1. our checkout
+    if [[ ! -x "$MAIN_VENV/bin/python" ]]; then
+        [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $MAIN_VENV missing" >&2; exit 1; }
+        echo "==> creating $MAIN_VENV"
+        "$(find_python)" -m venv "$MAIN_VENV"
+    fi
+    if ! "$MAIN_VENV/bin/python" -c 'import labtasker.server, pytest, httpx' 2>/dev/null; then
+        [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker/pytest not installed in $MAIN_VENV" >&2; exit 1; }
+        echo "==> pip install -e '.[dev]' into $MAIN_VENV"
+        quiet_pip "$MAIN_VENV" -e "${REPO_DIR}[dev]"
+    fi
 
-# 2. the 1.0.1 client (reused when present)
-installed_v1() {
-    "$INTEROP_VENV/bin/python" -c \
-        'import importlib.metadata as m; print(m.version("labtasker"))' 2>/dev/null || true
+    # 2. the 1.0.1 client (reused when present)
+    installed_v1() {
+        "$INTEROP_VENV/bin/python" -c \
+            'import importlib.metadata as m; print(m.version("labtasker"))' 2>/dev/null || true
+    }
+    if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
+        [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $INTEROP_VENV missing" >&2; exit 1; }
+        echo "==> creating $INTEROP_VENV"
+        "$(find_python)" -m venv "$INTEROP_VENV"
+        # keep the venv out of `git status` without touching the repository's .gitignore
+        echo '*' >"$INTEROP_VENV/.gitignore"
+    fi
+    if [[ "$(installed_v1)" != "$V1_VERSION" ]]; then
+        [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker $V1_VERSION not in $INTEROP_VENV" >&2; exit 1; }
+        echo "==> pip install labtasker==$V1_VERSION into $INTEROP_VENV"
+        quiet_pip "$INTEROP_VENV" "labtasker==$V1_VERSION"
+    fi
+    echo "==> labtasker $(installed_v1) in $INTEROP_VENV; ours: $("$MAIN_VENV/bin/python" -c \
+        'import labtasker; print(labtasker.__version__)') in $MAIN_VENV"
+
+    # 3. the tests
+    export LABTASKER_INTEROP_VENV="$INTEROP_VENV"
+    export LABTASKER_INTEROP_REQUIRED=1
+    local status=0
+    "$MAIN_VENV/bin/python" -m pytest tests/interop -p no:cacheprovider -rs "$@" || status=$?
+    if [[ $status == 5 ]]; then
+        echo "ERROR: no interop tests were collected" >&2
+        status=1
+    fi
+    echo "==> interop run finished in $(($(date +%s) - started)) s (exit $status)"
+    return $status
 }
-if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
-    [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $INTEROP_VENV missing" >&2; exit 1; }
-    echo "==> creating $INTEROP_VENV"
-    "$(find_python)" -m venv "$INTEROP_VENV"
-    # keep the venv out of `git status` without touching the repository's .gitignore
-    echo '*' >"$INTEROP_VENV/.gitignore"
-fi
-if [[ "$(installed_v1)" != "$V1_VERSION" ]]; then
-    [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker $V1_VERSION not in $INTEROP_VENV" >&2; exit 1; }
-    echo "==> pip install labtasker==$V1_VERSION into $INTEROP_VENV"
-    quiet_pip "$INTEROP_VENV" "labtasker==$V1_VERSION"
-fi
-echo "==> labtasker $(installed_v1) in $INTEROP_VENV; ours: $("$MAIN_VENV/bin/python" -c \
-    'import labtasker; print(labtasker.__version__)') in $MAIN_VENV"
 
-# 3. the tests
-export LABTASKER_INTEROP_VENV="$INTEROP_VENV"
-export LABTASKER_INTEROP_REQUIRED=1
-status=0
-"$MAIN_VENV/bin/python" -m pytest tests/interop -p no:cacheprovider -rs "$@" || status=$?
-if [[ $status == 5 ]]; then
-    echo "ERROR: no interop tests were collected" >&2
-    status=1
-fi
-echo "==> interop run finished in $(($(date +%s) - started)) s (exit $status)"
-exit $status
+main "$@"
+exit $?
