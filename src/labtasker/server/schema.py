@@ -115,15 +115,16 @@ tasks = Table(
     # NULL when the run has none or no run is going on. Migration 0002.
     Column("run_heartbeat_timeout", Float),
     Column("run_task_timeout", Float),
-    Index("ix_tasks_queue_modified", "queue_id", "last_modified"),
+    Index("ix_tasks_queue_modified", "queue_id", "last_modified", "task_id"),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_worker", "worker_id"),
 )
-# Claim order: priority DESC, last_modified ASC, created_at ASC (spec §4).
+# Claim order: priority DESC, last_modified ASC, created_at ASC (spec §4), task_id last so
+# that ties (a batch shares one timestamp) are ordered by the index, not sorted per query.
 Index("ix_tasks_claim", tasks.c.queue_id, tasks.c.status, tasks.c.priority.desc(),
-      tasks.c.last_modified, tasks.c.created_at)
+      tasks.c.last_modified, tasks.c.created_at, tasks.c.task_id)
 Index("ix_tasks_shape_claim", tasks.c.queue_id, tasks.c.shape_id, tasks.c.status,
-      tasks.c.priority.desc(), tasks.c.last_modified, tasks.c.created_at)
+      tasks.c.priority.desc(), tasks.c.last_modified, tasks.c.created_at, tasks.c.task_id)
 
 workers = Table(
     "workers",

@@ -57,14 +57,14 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(36)),
         sa.Column("shape_id", sa.Integer, sa.ForeignKey("arg_shapes.shape_id"), nullable=False),
     )
-    op.create_index("ix_tasks_queue_modified", "tasks", ["queue_id", "last_modified"])
+    op.create_index("ix_tasks_queue_modified", "tasks", ["queue_id", "last_modified", "task_id"])
     op.create_index("ix_tasks_status", "tasks", ["status"])
     op.create_index("ix_tasks_worker", "tasks", ["worker_id"])
     op.create_index("ix_tasks_claim", "tasks", ["queue_id", "status", sa.text("priority DESC"),
-                                                "last_modified", "created_at"])
+                                                "last_modified", "created_at", "task_id"])
     op.create_index("ix_tasks_shape_claim", "tasks",
                     ["queue_id", "shape_id", "status", sa.text("priority DESC"),
-                     "last_modified", "created_at"])
+                     "last_modified", "created_at", "task_id"])
     op.create_table(
         "workers",
         sa.Column("worker_id", sa.String(36), primary_key=True),
