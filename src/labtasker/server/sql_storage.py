@@ -254,9 +254,10 @@ class SqlStorage:
         return conn.execute(lookup).scalar_one()
 
     def _task_event(self, conn: Connection, queue_id: str, task_id: str, old: str,
-                    now: datetime) -> None:
-        """Log the task's transition from ``old`` to its current state (same transaction)."""
-        task = self._task(conn, queue_id, task_id)
+                    now: datetime, task: dict[str, Any] | None = None) -> None:
+        """Log the task's transition from ``old`` to its current state (same transaction).
+        ``task``: the task as it is now, when the caller has it (saves a read)."""
+        task = task or self._task(conn, queue_id, task_id)
         events.record(conn, queue_id=queue_id, entity_type="task", entity_id=task_id, old=old,
                       new=task["status"], data=task, now=now)
 
@@ -435,9 +436,11 @@ class SqlStorage:
             if summary is not None:
                 values["summary"] = _merge(task["summary"], summary) if summary else {}
             values.update(_END_RUN)
-            conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**values))
+            row = conn.execute(update(tasks).where(tasks.c.task_id == task_id)
+                               .values(**values).returning(*_TASK_COLUMNS)).first()
             if not (task["status"] == "failed" and values["status"] == "failed"):
-                self._task_event(conn, queue_id, task_id, task["status"], now)
+                self._task_event(conn, queue_id, task_id, task["status"], now,
+                                 task=task_row(row))
 
     def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
         """Refresh ``last_heartbeat`` of a running task (server clock).
