@@ -59,7 +59,8 @@ export PATH="$VENV_DIR/bin:$PATH"
 # Without PostgreSQL that half is skipped with a message; with LABTASKER_REQUIRE_POSTGRES=1
 # (set by .ci/run) a missing PostgreSQL is a failure.
 PG_TESTS=(tests/test_server_api.py tests/test_server_durability.py tests/test_server_paging.py tests/test_events.py tests/test_multi_server.py tests/test_copydb.py tests/test_filter_differential.py
-    tests/test_cli_api.py tests/test_loop.py)
+    tests/test_cli_api.py)
+# (test_loop.py exercises the client's loop, the same whatever the backend: SQLite half only)
 for f in tests/test_lifecycle*.py; do [[ -e "$f" ]] && PG_TESTS+=("$f"); done
 
 run_pytest() { # label, pytest args...
