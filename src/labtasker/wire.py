@@ -211,6 +211,15 @@ class TaskStatusUpdateRequest(_Request):
         return _check_dict_keys(v, "summary")
 
 
+# Fields of a task that ``PUT /tasks`` may change (spec §2.3(10)); the dict-valued ones are
+# merged key by key unless listed in ``replace_fields``.
+UPDATABLE_TASK_FIELDS = (
+    "status", "task_name", "heartbeat_timeout", "task_timeout", "max_retries", "retries",
+    "priority", "metadata", "args", "cmd", "summary",
+)
+DICT_TASK_FIELDS = ("metadata", "args", "summary")
+
+
 class TaskUpdateRequest(_Request):
     """One element of ``PUT /tasks``; only the fields present in the JSON are applied."""
 

@@ -19,24 +19,10 @@ from typing import Any
 from labtasker.client.filtering import parse_literal
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
+from labtasker.wire import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
-#: Task fields that ``task update`` may change.
-UPDATABLE_TASK_FIELDS = (
-    "status",
-    "task_name",
-    "heartbeat_timeout",
-    "task_timeout",
-    "max_retries",
-    "retries",
-    "priority",
-    "metadata",
-    "args",
-    "cmd",
-    "summary",
-)
-_DICT_FIELDS = ("metadata", "args", "summary")
 
 
 def cast_literal(value: str) -> Any:
@@ -194,11 +180,11 @@ def parse_updates(
         if top in ("status", "task_name") and not isinstance(value, str):
             value = raw  # names and statuses are text even when they look like numbers
         if rest:
-            if top not in _DICT_FIELDS:
+            if top not in DICT_TASK_FIELDS:
                 raise LabtaskerValueError(f"Invalid update {expr!r}: {top!r} has no sub-fields")
             patches.append((top, rest, value))
         else:
-            if top in _DICT_FIELDS and not isinstance(value, dict):
+            if top in DICT_TASK_FIELDS and not isinstance(value, dict):
                 raise LabtaskerValueError(
                     f"Invalid update {expr!r}: {top} must be a dict, like {top}=\"{{'x': 1}}\""
                 )

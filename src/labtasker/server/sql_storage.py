@@ -33,6 +33,7 @@ from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
 from labtasker.server.schema import events as events_table
 from labtasker.timeutil import utc_now
+from labtasker.wire import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
 HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
@@ -98,11 +99,6 @@ _END_RUN = {"worker_id": None, "run_id": None, "run_heartbeat_timeout": None,
             "run_task_timeout": None}
 _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
 # Fields a PUT /tasks element may set (spec §2.3(10)); others are ignored.
-UPDATABLE_TASK_FIELDS = (
-    "status", "task_name", "heartbeat_timeout", "task_timeout", "max_retries", "retries",
-    "priority", "metadata", "args", "cmd", "summary",
-)
-_DICT_FIELDS = ("metadata", "args", "summary")
 
 
 def new_id() -> str:
@@ -513,7 +509,7 @@ class SqlStorage:
             if field not in item:
                 continue
             value = item[field]
-            if field in _DICT_FIELDS:
+            if field in DICT_TASK_FIELDS:
                 if value is None:
                     continue
                 value = (_unflatten(value, field) if field in replace
