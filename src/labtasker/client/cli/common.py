@@ -476,3 +476,39 @@ def confirm(message: str, yes: bool) -> None:
     if not ok:
         print("Aborted.", file=sys.stderr)
         raise typer.Exit(EXIT_RUNTIME)
+
+
+def delete_by_ids(ids: list[str] | None, kind: str, delete: Callable[[str], None],
+                  yes: bool = False) -> None:
+    """Shared body of ``task delete`` / ``worker delete``.
+
+    ``ids`` from the command line, else one per line from piped stdin (then ``-y`` is
+    required: nobody can answer the prompt). Asks for confirmation unless ``yes``; prints one
+    line per id; an unknown id is reported and makes the command exit 1 after the others.
+    """
+    from labtasker.exceptions import LabtaskerHTTPStatusError
+
+    ids = list(ids or [])
+    if not ids:
+        if stdin_is_tty():
+            raise usage_error(f"Missing argument {kind.upper()}_IDS (or pipe ids on stdin).")
+        ids = read_ids_from_stdin()
+        if not ids:
+            print(f"No {kind} ids given; nothing to delete.", file=sys.stderr)
+            return
+        if not yes:
+            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
+    confirm(f"Are you sure you want to delete {kind}s {ids}?", yes)
+    missing = 0
+    for item_id in ids:
+        try:
+            delete(item_id)
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            missing += 1
+            print(f"Error: {kind.capitalize()} {item_id} not found.", file=sys.stderr)
+        else:
+            print(f"{kind.capitalize()} {item_id} deleted.")
+    if missing:
+        raise typer.Exit(1)

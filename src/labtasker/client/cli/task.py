@@ -10,7 +10,7 @@ from labtasker.client.cli.common import (
     OutputFormat,
     TaskStatusChoice,
     choose_format,
-    confirm,
+    delete_by_ids,
     dict_option,
     emit_records,
     filter_option,
@@ -569,29 +569,5 @@ def delete(
 ) -> None:
     """Delete tasks by id."""
     from labtasker.client import api
-    from labtasker.exceptions import LabtaskerHTTPStatusError
 
-    ids = list(task_ids or [])
-    if not ids:
-        if stdin_is_tty():
-            raise usage_error("Missing argument TASK_IDS (or pipe ids on stdin).")
-        ids = read_ids_from_stdin()
-        if not ids:
-            print("No task ids given; nothing to delete.", file=sys.stderr)
-            return
-        if not yes:
-            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
-    confirm(f"Are you sure you want to delete tasks {ids}?", yes)
-    missing = 0
-    for tid in ids:
-        try:
-            api.delete_task(tid)
-        except LabtaskerHTTPStatusError as exc:
-            if exc.status_code != 404:
-                raise
-            missing += 1
-            print(f"Error: Task {tid} not found.", file=sys.stderr)
-        else:
-            print(f"Task {tid} deleted.")
-    if missing:
-        raise typer.Exit(1)
+    delete_by_ids(task_ids, "task", api.delete_task, yes)

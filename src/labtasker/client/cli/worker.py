@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 
 import typer
@@ -11,15 +10,13 @@ from labtasker.client.cli.common import (
     OutputFormat,
     WorkerStatusChoice,
     choose_format,
-    confirm,
+    delete_by_ids,
     dict_option,
     emit_records,
     filter_option,
     handle_errors,
     parse_sort,
     print_filter,
-    read_ids_from_stdin,
-    stdin_is_tty,
     usage_error,
 )
 
@@ -169,29 +166,6 @@ def delete(
 ) -> None:
     """Delete workers by id."""
     from labtasker.client import api
-    from labtasker.exceptions import LabtaskerHTTPStatusError
 
-    ids = list(worker_ids or [])
-    if not ids:
-        if stdin_is_tty():
-            raise usage_error("Missing argument WORKER_IDS (or pipe ids on stdin).")
-        ids = read_ids_from_stdin()
-        if not ids:
-            print("No worker ids given; nothing to delete.", file=sys.stderr)
-            return
-        if not yes:
-            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
-    confirm(f"Are you sure you want to delete worker {ids}?", yes)
-    missing = 0
-    for wid in ids:
-        try:
-            api.delete_worker(wid, cascade_update=cascade_update)
-        except LabtaskerHTTPStatusError as exc:
-            if exc.status_code != 404:
-                raise
-            missing += 1
-            print(f"Error: Worker {wid} not found.", file=sys.stderr)
-        else:
-            print(f"Worker {wid} deleted.")
-    if missing:
-        raise typer.Exit(1)
+    delete_by_ids(worker_ids, "worker",
+                  lambda wid: api.delete_worker(wid, cascade_update=cascade_update), yes)
