@@ -364,7 +364,22 @@ class _Each:
     obj: Any
 
 
-class _SqliteJson:
+class _JsonBackend:
+    """What both JSON backends share; subclasses supply ``num`` and ``is_kind``."""
+
+    def type_test(self, j, name: str):
+        """``$type`` on a JSON value: Mongo type names mapped onto JSON kinds."""
+        if name == "date":
+            return false()
+        if name in ("int", "long"):
+            inside = self.num(j).between(*INT32)
+            return and_(self.is_kind(j, "integer"), inside if name == "int" else not_(inside))
+        if name == "double":
+            return self.is_kind(j, "real")
+        return self.is_kind(j, name)
+
+
+class _SqliteJson(_JsonBackend):
     """JSON access for SQLite (JSON1). A JSON value ``J`` is JSON text (``NULL`` = missing);
     paths are bound parameters."""
 
@@ -462,16 +477,6 @@ class _SqliteJson:
     def collate(self, expr):
         return expr
 
-    def type_test(self, j, name: str):
-        if name == "date":
-            return false()
-        if name in ("int", "long"):
-            inside = self.num(j).between(*INT32)
-            return and_(self.is_kind(j, "integer"), inside if name == "int" else not_(inside))
-        if name == "double":
-            return self.is_kind(j, "real")
-        return self.is_kind(j, name)
-
     def expr_number(self, expr):
         return expr
 
@@ -515,7 +520,7 @@ class _SqliteJson:
         )
 
 
-class _PostgresJson:
+class _PostgresJson(_JsonBackend):
     """JSON access for PostgreSQL (jsonb). A JSON value ``J`` is jsonb (``NULL`` = missing).
     Every function that could raise on a value of the wrong type is guarded by ``CASE``."""
 
@@ -605,16 +610,6 @@ class _PostgresJson:
 
     def collate(self, expr):
         return expr.collate("C")
-
-    def type_test(self, j, name: str):
-        if name == "date":
-            return false()
-        if name in ("int", "long"):
-            inside = self.num(j).between(*INT32)
-            return and_(self.is_kind(j, "integer"), inside if name == "int" else not_(inside))
-        if name == "double":
-            return self.is_kind(j, "real")
-        return self.is_kind(j, name)
 
     def expr_number(self, expr):
         return cast(expr, Float)
