@@ -277,6 +277,28 @@ def test_worker_fsm(queue_env):
         assert set_status("no-such-worker", "active").status_code == 404
 
 
+def test_concurrent_failures_each_charge_the_worker(queue_env):
+    """Failed runs of one worker reported at the same moment from eight threads are all
+    counted: the worker's failure count is a locked read-modify-write (on PostgreSQL two
+    transactions used to read the same count and one charge was lost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    http = queue_env.http()
+    wid = new_worker(http, max_retries=1_000_000)
+    ids = [submit(http, {"i": i}, max_retries=5) for i in range(60)]
+    for _ in ids:
+        assert fetch(http, worker_id=wid) is not None
+
+    def fail(task_id):
+        with queue_env.http() as client:
+            return report(client, task_id, "failed", worker_id=wid).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(fail, ids)) == {200}
+    assert get_worker(http, wid)["retries"] == len(ids)
+    assert all(get_task(http, t)["retries"] == 1 for t in ids)
+
+
 def test_failure_and_timeout_whatever_the_worker_state(queue_env):
     """A task is never stuck: failing it (report or timeout) works when its worker is
     suspended, crashed or deleted (1.0.1 bug 7)."""

@@ -65,6 +65,21 @@ def test_queue_lifecycle(server, queue_env):
     assert new.get(API).status_code == 401
 
 
+def test_concurrent_metadata_patches_all_land(queue_env):
+    """Twelve metadata patches of one queue sent at once from six threads: every key is kept
+    (the merge is a locked read-modify-write, so no patch overwrites another)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def patch(i):
+        with queue_env.http() as http:
+            return http.put(API, json={"metadata_update": {f"k{i}": i}}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert set(pool.map(patch, range(12))) == {200}
+    with queue_env.http() as http:
+        assert http.get(API).json()["metadata"] == {f"k{i}": i for i in range(12)}
+
+
 @pytest.mark.parametrize("body, field", [
     ({"queue_name": "bad name", "password": "x"}, "queue_name"),
     ({"queue_name": "ok", "password": ""}, "password"),

@@ -198,10 +198,13 @@ class SqlStorage:
             return self._queue(conn, queue_id)
 
     @staticmethod
-    def _queue(conn: Connection, queue_id: str) -> dict[str, Any]:
-        row = conn.execute(select(queues.c.queue_id, queues.c.queue_name, queues.c.created_at,
-                                  queues.c.last_modified, queues.c.metadata)
-                           .where(queues.c.queue_id == queue_id)).first()
+    def _queue(conn: Connection, queue_id: str, lock: bool = False) -> dict[str, Any]:
+        stmt = select(queues.c.queue_id, queues.c.queue_name, queues.c.created_at,
+                      queues.c.last_modified, queues.c.metadata).where(
+            queues.c.queue_id == queue_id)
+        if lock and conn.dialect.name == "postgresql":  # read-modify-write of the metadata
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
         if row is None:
             raise NotFound("Queue not found")
         return dict(row._mapping)
@@ -210,7 +213,7 @@ class SqlStorage:
         """Rename / change password / patch metadata (spec §2.3(7)); ``Conflict`` on a taken
         name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set."""
         with self.db.write() as conn:
-            current = self._queue(conn, queue_id)
+            current = self._queue(conn, queue_id, lock=True)
             values: dict[str, Any] = {"last_modified": utc_now()}
             if new_name is not None and new_name != current["queue_name"]:
                 if conn.execute(select(queues.c.queue_id)
@@ -385,17 +388,19 @@ class SqlStorage:
         """Count one failed run against ``worker_id`` (whatever its state; none if deleted)."""
         if worker_id is None:
             return
-        row = conn.execute(select(workers.c.status, workers.c.retries, workers.c.max_retries)
-                           .where(workers.c.worker_id == worker_id,
-                                  workers.c.queue_id == queue_id)).first()
-        if row is None:
+        # Row-locked read-modify-write: two failures charged to one worker at once (a report
+        # and a timeout sweep on PostgreSQL) must both count.
+        try:
+            row = self._worker(conn, queue_id, worker_id, lock=True)
+        except NotFound:
             return
-        status, retries = fsm.worker_after_failure(row.status, row.retries, row.max_retries)
-        if (status, retries) != (row.status, row.retries):
+        status, retries = fsm.worker_after_failure(row["status"], row["retries"],
+                                                   row["max_retries"])
+        if (status, retries) != (row["status"], row["retries"]):
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
                 status=status, retries=retries, last_modified=now))
-            if row.status == "active":  # active -> active|crashed is published (spec §2.4)
-                self._worker_event(conn, queue_id, worker_id, row.status, now)
+            if row["status"] == "active":  # active -> active|crashed is published (spec §2.4)
+                self._worker_event(conn, queue_id, worker_id, row["status"], now)
 
     def report_task(self, queue_id, task_id, *, status, worker_id, run_id, summary):
         """Record a run's outcome: ``success`` | ``failed`` | ``cancelled`` (spec §2.3(13)).
@@ -594,9 +599,14 @@ class SqlStorage:
             return self._with_running(conn, queue_id, [self._worker(conn, queue_id, worker_id)])[0]
 
     @staticmethod
-    def _worker(conn, queue_id, worker_id) -> dict[str, Any]:
-        row = conn.execute(select(*_WORKER_COLUMNS).where(
-            workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).first()
+    def _worker(conn, queue_id, worker_id, lock: bool = False) -> dict[str, Any]:
+        """The worker's row; ``lock`` takes a row lock on PostgreSQL for a read-modify-write
+        (SQLite transactions here are already serialised by ``BEGIN IMMEDIATE``)."""
+        stmt = select(*_WORKER_COLUMNS).where(
+            workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)
+        if lock and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
         if row is None:
             raise NotFound("Worker not found")
         return worker_row(row)
@@ -607,7 +617,7 @@ class SqlStorage:
         if status not in ("active", "suspended"):
             raise Invalid(f"Invalid worker status {status!r}: use 'active' or 'suspended'")
         with self.db.write() as conn:
-            worker = self._worker(conn, queue_id, worker_id)
+            worker = self._worker(conn, queue_id, worker_id, lock=True)
             fsm.check_worker_transition(worker["status"], status)
             now = utc_now()
             values: dict[str, Any] = {"status": status, "last_modified": now}
