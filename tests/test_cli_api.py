@@ -4,6 +4,7 @@ retries, the global client following config changes, and datetime filters."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from datetime import datetime, timedelta, timezone
@@ -82,6 +83,32 @@ def test_iter_tasks_pages_through_everything(queue_env):
     ids = {api.submit_task(args={"i": i}).task_id for i in range(5)}
     assert {t.task_id for t in api.iter_tasks(page_size=2)} == ids
     assert len(list(api.iter_tasks(page_size=2, offset=3))) == 2
+
+
+def test_iter_workers_pages_by_offset(queue_env):
+    """Worker listings have no cursor: pages of ``page_size`` until a short page."""
+    requests: list[dict] = []
+    client = httpx.Client(
+        base_url=queue_env.url,
+        auth=(queue_env.queue_name, queue_env.password),
+        event_hooks={"request": [lambda r: requests.append(json.loads(r.content))]},
+    )
+    with client:
+        ids = [api.create_worker(worker_name=f"w{i}", client=client) for i in range(5)]
+        requests.clear()
+        order = ["created_at:asc"]
+        got = [w.worker_id for w in api.iter_workers(page_size=2, sort=order, client=client)]
+        assert got == ids
+        assert [r["offset"] for r in requests] == [0, 2, 4]  # 2 + 2 + 1: the short page ends it
+        requests.clear()
+        tail = api.iter_workers(page_size=2, offset=3, sort=order, client=client)
+        assert [w.worker_id for w in tail] == ids[3:]
+        assert [r["offset"] for r in requests] == [3, 5]  # a full last page needs one more
+        page = api.ls_workers(limit=2, offset=1, sort=order, client=client)
+        assert [w.worker_id for w in page.content] == ids[1:3]
+        gen = api.iter_workers(status="sleeping", client=client)  # errors when iterated
+        with pytest.raises(ValueError):
+            next(gen)
 
 
 def test_fetch_report_heartbeat_fencing(queue_env):

@@ -727,6 +727,71 @@ def refresh_task_heartbeat(
         raise
 
 
+_TASK_SEARCH = f"{_QUEUE_ME}/tasks/search"
+_WORKER_SEARCH = f"{_QUEUE_ME}/workers/search"
+
+
+def _search_body(
+    request_model: type[TaskLsRequest] | type[WorkerLsRequest],
+    selection: dict[str, Any],
+    extra_filter: str | dict[str, Any] | None,
+    limit: int,
+    offset: int,
+    sort: Sequence[tuple[str, int]] | Sequence[str] | None,
+) -> dict[str, Any]:
+    """JSON body of one search request (``TaskLsRequest`` or ``WorkerLsRequest``).
+
+    ``selection`` holds the id/name/status equality conditions. Raises
+    ``pydantic.ValidationError`` for out-of-range ``limit``/``offset`` or a bad status,
+    :class:`LabtaskerValueError` for a bad ``sort`` and the filter errors of
+    :func:`~labtasker.client.filtering.coerce_filter`.
+    """
+    req = request_model(
+        offset=offset,
+        limit=limit,
+        extra_filter=coerce_filter(extra_filter),
+        sort=_normalize_sort(sort),
+        **selection,
+    )
+    return _body(req)
+
+
+def _search_page(path: str, body: dict[str, Any], client: httpx.Client | None) -> dict[str, Any]:
+    """One ``POST .../search`` request (retried like every read); the answer's JSON object."""
+    return _call("POST", path, client=client, json_body=body, safe=True) or {}
+
+
+def _iter_pages(
+    path: str,
+    body: dict[str, Any],
+    item_model: type[Task] | type[Worker],
+    client: httpx.Client | None,
+) -> Iterator[list[Any]]:
+    """Yield the non-empty pages (lists of ``item_model``) of a search, starting at ``body``.
+
+    Keyset paging when the answer carries ``next_cursor`` (our server, task listings in
+    column order): the next page is requested with that cursor instead of an offset, so
+    each page costs the same however deep it is. Otherwise (1.0.1 servers, worker listings,
+    sorts on JSON paths) the offset advances by the page length until a short page.
+    """
+    page_size = body["limit"]
+    while True:
+        data = _search_page(path, body, client)
+        content = [item_model.model_validate(item) for item in data.get("content") or ()]
+        if content:
+            yield content
+        if "next_cursor" in data:  # keyset paging
+            cursor = data["next_cursor"]
+            if not cursor or not content:
+                return
+            body = {**body, "cursor": cursor}
+            body.pop("offset", None)
+        else:  # offset paging
+            if len(content) < page_size:
+                return
+            body = {**body, "offset": body.get("offset", 0) + len(content)}
+
+
 def ls_tasks(
     task_id: str | None = None,
     task_name: str | None = None,
@@ -741,21 +806,13 @@ def ls_tasks(
 
     ``limit`` is 1..1000, ``offset`` >= 0; ``sort`` is ``[("field", 1 | -1), ...]`` or
     ``["field:asc", ...]``. ``extra_filter`` as in :func:`fetch_task`. Use :func:`iter_tasks`
-    to go through every page.
+    to go through every page. Raises ``pydantic.ValidationError`` for out-of-range
+    ``limit``/``offset`` or an unknown ``status``, :class:`LabtaskerValueError` for a bad
+    ``sort``, :class:`LabtaskerHTTPStatusError` (400) for a filter the server refuses.
     """
-    req = TaskLsRequest(
-        offset=offset,
-        limit=limit,
-        task_id=task_id,
-        task_name=task_name,
-        status=status,
-        extra_filter=coerce_filter(extra_filter),
-        sort=_normalize_sort(sort),
-    )
-    data = _call(
-        "POST", f"{_QUEUE_ME}/tasks/search", client=client, json_body=_body(req), safe=True
-    )
-    return TaskLsResponse.model_validate(data)
+    selection = {"task_id": task_id, "task_name": task_name, "status": status}
+    body = _search_body(TaskLsRequest, selection, extra_filter, limit, offset, sort)
+    return TaskLsResponse.model_validate(_search_page(_TASK_SEARCH, body, client))
 
 
 def iter_task_pages(
@@ -774,33 +831,11 @@ def iter_task_pages(
     the default order), the following pages are requested with that cursor, so each page
     costs the same however deep into the queue it is. Servers without cursors (1.0.1), and
     sorts on JSON fields, are paged by ``offset``. Only one page is held at a time.
+    Arguments and errors as in :func:`ls_tasks` (raised when iteration starts).
     """
-    req = TaskLsRequest(
-        offset=offset,
-        limit=page_size,
-        task_id=task_id,
-        task_name=task_name,
-        status=status,
-        extra_filter=coerce_filter(extra_filter),
-        sort=_normalize_sort(sort),
-    )
-    body = _body(req)
-    path = f"{_QUEUE_ME}/tasks/search"
-    while True:
-        data = _call("POST", path, client=client, json_body=body, safe=True) or {}
-        content = [Task.model_validate(item) for item in data.get("content") or ()]
-        if content:
-            yield content
-        if "next_cursor" in data:  # keyset paging
-            cursor = data["next_cursor"]
-            if not cursor or not content:
-                return
-            body = {**body, "cursor": cursor}
-            body.pop("offset", None)
-        else:  # offset paging
-            if len(content) < page_size:
-                return
-            body = {**body, "offset": body.get("offset", 0) + len(content)}
+    selection = {"task_id": task_id, "task_name": task_name, "status": status}
+    body = _search_body(TaskLsRequest, selection, extra_filter, page_size, offset, sort)
+    yield from _iter_pages(_TASK_SEARCH, body, Task, client)
 
 
 def iter_tasks(
@@ -889,20 +924,13 @@ def ls_workers(
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
     client: httpx.Client | None = None,
 ) -> WorkerLsResponse:
-    """Search workers, one page: ``WorkerLsResponse(found, content=[Worker, ...])``."""
-    req = WorkerLsRequest(
-        offset=offset,
-        limit=limit,
-        worker_id=worker_id,
-        worker_name=worker_name,
-        status=status,
-        extra_filter=coerce_filter(extra_filter),
-        sort=_normalize_sort(sort),
-    )
-    data = _call(
-        "POST", f"{_QUEUE_ME}/workers/search", client=client, json_body=_body(req), safe=True
-    )
-    return WorkerLsResponse.model_validate(data)
+    """Search workers, one page: ``WorkerLsResponse(found, content=[Worker, ...])``.
+
+    Arguments and errors as in :func:`ls_tasks` (``status``: active|suspended|crashed).
+    """
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status}
+    body = _search_body(WorkerLsRequest, selection, extra_filter, limit, offset, sort)
+    return WorkerLsResponse.model_validate(_search_page(_WORKER_SEARCH, body, client))
 
 
 def iter_workers(
@@ -915,14 +943,12 @@ def iter_workers(
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
     client: httpx.Client | None = None,
 ) -> Iterator[Worker]:
-    """Yield every matching worker, page by page."""
-    extra = coerce_filter(extra_filter)
-    while True:
-        page = ls_workers(worker_id, worker_name, status, extra, page_size, offset, sort, client)
-        yield from page.content
-        if len(page.content) < page_size:
-            return
-        offset += len(page.content)
+    """Yield every matching worker, fetching pages of ``page_size`` starting at ``offset``.
+    Arguments and errors as in :func:`ls_workers` (raised when iteration starts)."""
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status}
+    body = _search_body(WorkerLsRequest, selection, extra_filter, page_size, offset, sort)
+    for page in _iter_pages(_WORKER_SEARCH, body, Worker, client):
+        yield from page
 
 
 def get_worker(worker_id: str, client: httpx.Client | None = None) -> Worker:

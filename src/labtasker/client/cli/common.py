@@ -423,27 +423,6 @@ def tasks_table(items: list[dict]):
     return table
 
 
-def workers_table(items: list[dict]):
-    """Rich table of workers: id, name, status, retries, metadata, created (UTC)."""
-    table = _table(f"{len(items)} worker(s)")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Name", overflow="fold", min_width=4)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Tries", justify="right", no_wrap=True)
-    table.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
-    table.add_column("Created (UTC)", no_wrap=True, min_width=19)
-    for w in items:
-        table.add_row(
-            w["worker_id"],
-            w.get("worker_name") or "-",
-            status_text(w["status"]),
-            f"{w.get('retries', 0)}/{w.get('max_retries', 0)}",
-            compact_json(w.get("metadata")),
-            fmt_time(w.get("created_at")),
-        )
-    return table
-
-
 def run_editor(path: str, editor: str | None = None) -> None:
     """Open ``path`` in ``editor`` (default ``$VISUAL``, ``$EDITOR``, then the first of
     sensible-editor/vim/nano/vi on PATH) and wait for it. The editor string may contain
