@@ -27,6 +27,8 @@ EXAMPLE_DIR="$REPO_DIR/examples/digits"
 VENV_DIR=${LABTASKER_DEMO_VENV:-$REPO_DIR/.venv-demo}
 WORKER_TIMEOUT=${LABTASKER_DEMO_TIMEOUT:-600}
 QUEUE_NAME=digits-demo
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 
 step_no=0
 step() {
@@ -115,24 +117,7 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------
 step "Finding a Python >= 3.10"
-find_python() {
-    local candidates=()
-    if [[ -n "${PYTHON:-}" ]]; then
-        candidates=("$PYTHON")
-    else
-        candidates=(python3 python3.14 python3.13 python3.12 python3.11 python3.10 python)
-    fi
-    local py
-    for py in "${candidates[@]}"; do
-        if command -v "$py" >/dev/null 2>&1 &&
-            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-            command -v "$py"
-            return 0
-        fi
-    done
-    return 1
-}
-PYTHON_BIN=$(find_python) || die "no Python >= 3.10 found (set PYTHON=/path/to/python3)"
+PYTHON_BIN=$(find_python) || exit 1
 info "using $PYTHON_BIN ($("$PYTHON_BIN" -c 'import sys; print(sys.version.split()[0])'))"
 
 # ---------------------------------------------------------------------------------------

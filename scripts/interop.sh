@@ -31,22 +31,9 @@ INTEROP_VENV="${LABTASKER_INTEROP_VENV:-$REPO_DIR/.venv-interop}"
 V1_VERSION=1.0.1
 SKIP_INSTALL="${LABTASKER_INTEROP_SKIP_INSTALL:-0}"
 cd "$REPO_DIR"
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 started=$(date +%s)
-
-find_python() {
-    local candidates=(python3 python3.13 python3.12 python3.11 python3.10 python)
-    [[ -n "${PYTHON:-}" ]] && candidates=("$PYTHON")
-    local py
-    for py in "${candidates[@]}"; do
-        if command -v "$py" >/dev/null 2>&1 &&
-            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-            command -v "$py"
-            return 0
-        fi
-    done
-    echo "ERROR: no Python >= 3.10 found (set PYTHON=/path/to/python3)" >&2
-    return 1
-}
 
 # pip with its (noisy) output in a log file that is shown only when pip fails
 quiet_pip() {
@@ -63,11 +50,13 @@ quiet_pip() {
 # The whole run is one function: bash parses it completely before running it, so editing
 # this file during a run cannot make bash re-execute parts of it.
 main() {
+    local python_bin
     # 1. our checkout
     if [[ ! -x "$MAIN_VENV/bin/python" ]]; then
         [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $MAIN_VENV missing" >&2; exit 1; }
         echo "==> creating $MAIN_VENV"
-        "$(find_python)" -m venv "$MAIN_VENV"
+        python_bin=$(find_python) || exit 1
+        "$python_bin" -m venv "$MAIN_VENV"
     fi
     if ! "$MAIN_VENV/bin/python" -c 'import labtasker.server, pytest, httpx' 2>/dev/null; then
         [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: labtasker/pytest not installed in $MAIN_VENV" >&2; exit 1; }
@@ -83,7 +72,8 @@ main() {
     if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
         [[ "$SKIP_INSTALL" == 1 ]] && { echo "ERROR: $INTEROP_VENV missing" >&2; exit 1; }
         echo "==> creating $INTEROP_VENV"
-        "$(find_python)" -m venv "$INTEROP_VENV"
+        python_bin=$(find_python) || exit 1
+        "$python_bin" -m venv "$INTEROP_VENV"
         # keep the venv out of `git status` without touching the repository's .gitignore
         echo '*' >"$INTEROP_VENV/.gitignore"
     fi

@@ -15,30 +15,11 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV_DIR="$REPO_DIR/.venv"
 cd "$REPO_DIR"
-
-find_python() {
-    local candidates=()
-    if [[ -n "${PYTHON:-}" ]]; then
-        candidates=("$PYTHON")
-    else
-        candidates=(python3 python3.14 python3.13 python3.12 python3.11 python3.10 python)
-    fi
-    local py
-    for py in "${candidates[@]}"; do
-        if command -v "$py" >/dev/null 2>&1 &&
-            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-            command -v "$py"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 
 if [[ ! -x "$VENV_DIR/bin/python" ]]; then
-    PYTHON_BIN=$(find_python) || {
-        echo "ERROR: no Python >= 3.10 found (set PYTHON=/path/to/python3)" >&2
-        exit 1
-    }
+    PYTHON_BIN=$(find_python) || exit 1
     echo "==> creating $VENV_DIR with $PYTHON_BIN"
     "$PYTHON_BIN" -m venv "$VENV_DIR"
 fi
