@@ -29,29 +29,41 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def _cache_key(queue_id: str, stored_hash: str, password: str) -> tuple[str, str, bytes]:
+    return queue_id, stored_hash, hashlib.sha256(password.encode()).digest()
+
+
+def verified_recently(queue_id: str | None, stored_hash: str | None, password: str) -> bool:
+    """True when this (queue, stored hash, password) was verified by the KDF less than
+    ``CACHE_SECONDS`` ago. Cheap (one SHA-256): safe to call on the event loop; ``False``
+    means "run ``verify_password``", not "wrong password"."""
+    if queue_id is None or stored_hash is None:
+        return False
+    key = _cache_key(queue_id, stored_hash, password)
+    with _lock:
+        expiry = _cache.get(key)
+    return expiry is not None and expiry > time.monotonic()
+
+
 def verify_password(queue_id: str | None, stored_hash: str | None, password: str) -> bool:
-    """True when ``password`` matches ``stored_hash`` (constant time, via argon2).
+    """True when ``password`` matches ``stored_hash`` (constant time, via argon2); CPU-heavy
+    (tens of ms) unless ``verified_recently`` already holds, so run it off the event loop.
 
     ``queue_id``/``stored_hash`` are ``None`` when no such queue exists: a dummy hash is then
     verified so that the answer takes as long as for a real queue (no name enumeration by
     timing).
     """
-    digest = hashlib.sha256(password.encode()).digest()
-    if queue_id is not None and stored_hash is not None:
-        key = (queue_id, stored_hash, digest)
-        now = time.monotonic()
-        with _lock:
-            expiry = _cache.get(key)
-        if expiry is not None and expiry > now:
-            return True
+    if verified_recently(queue_id, stored_hash, password):
+        return True
     try:
         ok = _hasher.verify(stored_hash or _DUMMY_HASH, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
-    ok = ok and stored_hash is not None
+    ok = ok and stored_hash is not None and queue_id is not None
     if ok:
         with _lock:
             if len(_cache) >= CACHE_MAX:
                 _cache.clear()
-            _cache[(queue_id, stored_hash, digest)] = time.monotonic() + CACHE_SECONDS
+            _cache[_cache_key(queue_id, stored_hash, password)] = (time.monotonic()
+                                                                   + CACHE_SECONDS)
     return ok

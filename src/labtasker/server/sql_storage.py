@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -155,6 +155,24 @@ def _order(sort, fields: FieldMap, dialect: str, default):
     return out
 
 
+# Hot-path statements built once: SQLAlchemy then reuses their cache keys and compiled forms
+# instead of rebuilding the expression tree on every request.
+_CREDENTIALS = select(queues.c.queue_id, queues.c.password_hash).where(
+    or_(queues.c.queue_id == bindparam("username"), queues.c.queue_name == bindparam("username")))
+
+_WORKER_STATUS = select(workers.c.status).where(
+    workers.c.worker_id == bindparam("worker_id"), workers.c.queue_id == bindparam("queue_id"))
+_TASK = select(*_TASK_COLUMNS).where(tasks.c.task_id == bindparam("task_id"),
+                                     tasks.c.queue_id == bindparam("queue_id"))
+_TASK_LOCKED = _TASK.with_for_update()  # SQLite renders no FOR UPDATE (writers serialised)
+_SHAPE_ID = select(arg_shapes.c.shape_id).where(
+    arg_shapes.c.queue_id == bindparam("queue_id"), arg_shapes.c.shape_key == bindparam("shape_key"))
+_INSERT_TASKS = insert(tasks)
+# Column values come from the execute() parameters (one compiled form per set of keys).
+_UPDATE_TASK = (update(tasks).where(tasks.c.task_id == bindparam("p_task_id"))
+                .returning(*_TASK_COLUMNS))
+
+
 class SqlStorage:
     """The ``Storage`` implementation; see the module docstring."""
 
@@ -179,19 +197,16 @@ class SqlStorage:
             raise Conflict(f"Queue '{name}' already exists") from exc
         return queue_id
 
-    def authenticate(self, username: str, password: str) -> str | None:
-        """Queue id for HTTP Basic credentials (username = queue id or name), else None."""
+    def queue_credentials(self, username: str) -> tuple[str, str] | None:
+        """``(queue_id, password_hash)`` of the queue whose id or name is ``username``
+        (an id wins over a name), else ``None``. One indexed read; password checks are
+        ``labtasker.server.auth``'s business."""
         with self.db.read() as conn:
-            row = conn.execute(select(queues.c.queue_id, queues.c.password_hash)
-                               .where(queues.c.queue_id == username)).first()
-            if row is None:
-                row = conn.execute(select(queues.c.queue_id, queues.c.password_hash)
-                                   .where(queues.c.queue_name == username)).first()
-        if row is None:
-            auth.verify_password(None, None, password)
+            rows = conn.execute(_CREDENTIALS, {"username": username}).fetchall()
+        if not rows:
             return None
-        return row.queue_id if auth.verify_password(row.queue_id, row.password_hash,
-                                                    password) else None
+        row = next((r for r in rows if r.queue_id == username), rows[0])
+        return row.queue_id, row.password_hash
 
     def get_queue(self, queue_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
@@ -241,16 +256,15 @@ class SqlStorage:
     # ------------------------------------------------------------------ tasks
     def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
         key = shape_key(shape_of(args))
-        lookup = select(arg_shapes.c.shape_id).where(
-            arg_shapes.c.queue_id == queue_id, arg_shapes.c.shape_key == key)
-        found = conn.execute(lookup).scalar()
+        params = {"queue_id": queue_id, "shape_key": key}
+        found = conn.execute(_SHAPE_ID, params).scalar()
         if found is not None:
             return found
         # Another server may insert the same shape concurrently: insert-or-ignore, re-read.
         dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(dialect_insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
                      .on_conflict_do_nothing())
-        return conn.execute(lookup).scalar_one()
+        return conn.execute(_SHAPE_ID, params).scalar_one()
 
     def _task_event(self, conn: Connection, queue_id: str, task_id: str, old: str,
                     now: datetime, task: dict[str, Any] | None = None) -> None:
@@ -301,7 +315,7 @@ class SqlStorage:
                 if key not in shapes:
                     shapes[key] = self._shape_id(conn, queue_id, row["args"])
                 row["shape_id"] = shapes[key]
-            conn.execute(insert(tasks), rows)
+            conn.execute(_INSERT_TASKS, rows)
             for row in rows:
                 data = {k: row[k] for k in TASK_KEYS}
                 events.record(conn, queue_id=queue_id, entity_type="task",
@@ -315,11 +329,10 @@ class SqlStorage:
 
     @staticmethod
     def _task(conn: Connection, queue_id: str, task_id: str, lock: bool = False) -> dict:
-        stmt = select(*_TASK_COLUMNS).where(tasks.c.task_id == task_id,
-                                            tasks.c.queue_id == queue_id)
-        if lock and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
+        """The task (``task_row``); ``lock`` row-locks it on PostgreSQL for a
+        read-modify-write. Raises ``NotFound``."""
+        row = conn.execute(_TASK_LOCKED if lock else _TASK,
+                           {"task_id": task_id, "queue_id": queue_id}).first()
         if row is None:
             raise NotFound(f"Task {task_id} not found")
         return task_row(row)
@@ -359,11 +372,11 @@ class SqlStorage:
     def fetch_task(self, queue_id, *, worker_id, task_timeout, heartbeat_timeout,
                    start_heartbeat, required_fields, extra_filter, cmd):
         """Claim the next matching pending task for a worker; see ``claim.claim_next``."""
-        where = self._filter(TASK_FIELDS, extra_filter)
+        where = self._filter(TASK_FIELDS, extra_filter) if extra_filter else None
         with self.db.write() as conn:
             if worker_id is not None:
-                worker = conn.execute(select(workers.c.status).where(
-                    workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).first()
+                worker = conn.execute(_WORKER_STATUS, {"worker_id": worker_id,
+                                                       "queue_id": queue_id}).first()
                 if worker is None:
                     raise NotFound(f"Worker '{worker_id}' not found in queue '{queue_id}'")
                 if worker.status != "active":
@@ -437,8 +450,8 @@ class SqlStorage:
             if summary is not None:
                 values["summary"] = _merge(task["summary"], summary) if summary else {}
             values.update(_END_RUN)
-            row = conn.execute(update(tasks).where(tasks.c.task_id == task_id)
-                               .values(**values).returning(*_TASK_COLUMNS)).first()
+            values["p_task_id"] = task_id
+            row = conn.execute(_UPDATE_TASK, values).first()
             if not (task["status"] == "failed" and values["status"] == "failed"):
                 self._task_event(conn, queue_id, task_id, task["status"], now,
                                  task=task_row(row))
