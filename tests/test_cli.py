@@ -623,6 +623,124 @@ def test_task_delete(cli, queue_env):
     assert ls_ids(cli) == []
 
 
+# ---------------------------------------------------------------------- task cancel
+
+
+def _run_to_end(queue_env, task_id: str, status: str) -> None:
+    """Claim ``task_id`` (the only pending task) and report ``status`` for that run."""
+    with queue_env.http() as http:
+        run = http.post("/api/v1/queues/me/tasks/next", json={}).json()["task"]
+        assert run["task_id"] == task_id
+        resp = http.post(f"/api/v1/queues/me/tasks/{task_id}/status",
+                         json={"status": status, "run_id": run["run_id"]})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+
+
+def test_task_cancel(cli, queue_env):
+    won = submit(cli, "--args", "{'x': 1}")
+    _run_to_end(queue_env, won, "success")
+    lost = submit(cli, "--args", "{'x': 2}", "--max-retries", "1")
+    _run_to_end(queue_env, lost, "failed")
+    a = submit(cli, "--args", "{'x': 3}")
+    b = submit(cli, "--args", "{'x': 4}")
+    c = submit(cli, "--args", "{'x': 5}")
+
+    assert ok(cli("task", "cancel", a, "-y")).strip() == f"Task {a} cancelled (was pending)."
+    assert get_task(queue_env, a)["status"] == "cancelled"
+    # again: nothing to do, not an error
+    assert ok(cli("task", "cancel", a, "-y")).strip() == f"Task {a} was already cancelled."
+
+    # ended tasks and unknown ids are errors, the others are still cancelled
+    proc = cli("task", "cancel", won, b, lost, "no-such-id", "-y")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"Task {b} cancelled (was pending)."]
+    assert proc.stderr.splitlines() == [
+        f"Error: Task {won} already ended (success); not cancelled.",
+        f"Error: Task {lost} already ended (failed); not cancelled.",
+        "Error: Task no-such-id not found.",
+    ]
+    assert [get_task(queue_env, t)["status"] for t in (won, lost, b)] == [
+        "success", "failed", "cancelled"]  # fmt: skip
+
+    # confirmation answered on stdin
+    proc = cli("task", "cancel", c, input="n\n")
+    assert proc.returncode == 1 and get_task(queue_env, c)["status"] == "pending"
+    # ids from stdin need -y; an empty stdin cancels nothing
+    proc = cli("task", "cancel", input=f"{c}\n")
+    assert proc.returncode == 2 and "-y" in err_line(proc)
+    proc = cli("task", "cancel", "-y", input="\n")
+    assert proc.returncode == 0 and "nothing to cancel" in proc.stderr
+    assert get_task(queue_env, c)["status"] == "pending"
+    pending = ok(cli("task", "ls", "-q", "-s", "pending"))
+    assert pending.split() == [c]
+    assert ok(cli("task", "cancel", "-y", input=pending)).strip() == (
+        f"Task {c} cancelled (was pending).")  # fmt: skip
+    assert ls_ids(cli, "-s", "pending") == []
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_task_cancel_stops_the_running_job_of_a_loop(cli, queue_env):
+    """A real `labtasker loop` runs `sleep 600`; `task cancel` makes the loop kill the job
+    within a few heartbeat intervals (1 s in the test client.toml), the task stays
+    cancelled (not reported failed), the worker is not charged and the loop moves on."""
+    interval = 1.0
+    victim = submit(cli, "--priority", "20", "--", "--s", "600")
+    follower = submit(cli, "--", "--s", "0")
+    pids = queue_env.workdir / "pids"
+    pids.mkdir()
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "labtasker.client.cli.main", "loop",
+         "-c", f"echo $$ > {pids}/$LABTASKER_TASK_ID; exec sleep %(s)"],
+        env=queue_env.env(), cwd=queue_env.workdir, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids / victim).exists() or not (pids / victim).read_text().strip():
+            assert time.monotonic() < deadline and loop.poll() is None, "job did not start"
+            time.sleep(0.05)
+        job_pid = int((pids / victim).read_text())
+        time.sleep(2 * interval)  # a few heartbeats went through: the job is healthy
+        assert _alive(job_pid)
+        running = get_task(queue_env, victim)
+        assert running["status"] == "running" and running["worker_id"]
+
+        started = time.monotonic()
+        proc = cli("task", "cancel", victim, "-y")
+        t0 = time.monotonic()
+        assert ok(proc).strip() == f"Task {victim} cancelled (was running)."
+        while _alive(job_pid) and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+        gone_after = time.monotonic() - t0
+        _, err = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    print(f"job gone {gone_after:.2f} s after `task cancel` returned "
+          f"({t0 - started:.2f} s for the command itself)")
+    assert not _alive(job_pid)
+    assert gone_after < 3 * interval + 1, gone_after
+    assert loop.returncode == 0, err
+    assert "no longer ours" in err
+    task = get_task(queue_env, victim)
+    assert (task["status"], task["retries"], task["worker_id"]) == ("cancelled", 0, None)
+    assert "labtasker_exception" not in task["summary"]
+    assert get_task(queue_env, follower)["status"] == "success"  # the loop moved on
+    with queue_env.http() as http:
+        worker = http.get(f"/api/v1/queues/me/workers/{running['worker_id']}").json()
+    assert (worker["status"], worker["retries"]) == ("active", 0)
+
+
 def test_pipe_ls_into_update_and_delete(cli, queue_env):
     ids = [submit(cli, "--args", f"{{'x': {i}}}") for i in range(3)]
     failed_ids = ok(cli("task", "ls", "-q", "-f", "args.x >= 1"))

@@ -142,6 +142,80 @@ def test_fetch_report_heartbeat_fencing(queue_env):
         api.fetch_task(eta_max="1 fortnight")
 
 
+def test_cancel_task_pending_running_and_ended(queue_env):
+    pending = api.submit_task(args={"p": 1}).task_id
+    assert api.cancel_task(pending) == "pending"
+    assert api.get_task(pending).status == "cancelled"
+    assert api.cancel_task(pending) == "cancelled"  # nothing left to do
+
+    running = api.submit_task(args={"x": 1}).task_id
+    wid = api.create_worker()
+    run = api.fetch_task(worker_id=wid, required_fields=["x"]).task
+    assert run.task_id == running
+    assert api.cancel_task(running) == "running"
+    task = api.get_task(running)
+    assert (task.status, task.worker_id, task.run_id) == ("cancelled", None, None)
+    # the run lost its task: its heartbeat and its late report are refused
+    with pytest.raises(TaskNotOwned) as info:
+        api.refresh_task_heartbeat(running, worker_id=wid, run_id=run.run_id)
+    assert info.value.status_code == 404
+    with pytest.raises(TaskNotOwned):
+        api.report_task_status(running, "failed", worker_id=wid, run_id=run.run_id)
+    assert api.get_task(running).status == "cancelled"
+    assert api.get_worker(wid).retries == 0  # cancelling does not charge the worker
+
+    done = api.submit_task(args={"y": 1}).task_id
+    run = api.fetch_task(worker_id=wid, required_fields=["y"]).task
+    api.report_task_status(done, "success", summary={"acc": 1}, run_id=run.run_id)
+    assert api.cancel_task(done) == "success"
+    task = api.get_task(done)
+    assert (task.status, task.summary) == ("success", {"acc": 1})  # result kept
+
+    with pytest.raises(LabtaskerHTTPStatusError) as info:
+        api.cancel_task("no-such-task")
+    assert info.value.status_code == 404
+
+
+@pytest.mark.parametrize("server_has_run_ids", [True, False], ids=["run_id", "worker_id"])
+def test_cancel_task_does_not_overwrite_a_run_that_ends_meanwhile(queue_env, server_has_run_ids):
+    """The run finishes between cancel_task's read and its cancel: the fenced cancel is
+    refused, the task is read again and its success is kept. Without run ids (a 1.0.1
+    server, simulated by hiding them) the fence is the worker id."""
+    tid = api.submit_task(args={"x": 1}).task_id
+    wid = api.create_worker()
+    run = api.fetch_task(worker_id=wid, required_fields=["x"]).task
+    status_path = f"/api/v1/queues/me/tasks/{tid}/status"
+    cancels: list[dict] = []
+
+    class RunEndsFirst(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.path == status_path:
+                cancels.append(json.loads(request.content))
+                if len(cancels) == 1:  # the job reports success just before our cancel lands
+                    api.report_task_status(tid, "success", worker_id=wid, run_id=run.run_id)
+            response = super().handle_request(request)
+            if not server_has_run_ids and request.method == "GET":
+                response.read()
+                data = response.json()
+                data.pop("run_id", None)
+                return httpx.Response(response.status_code, json=data, request=request)
+            return response
+
+    client = httpx.Client(
+        base_url=queue_env.url,
+        auth=(queue_env.queue_name, queue_env.password),
+        transport=RunEndsFirst(),
+    )
+    with client:
+        assert api.cancel_task(tid, client=client) == "success"
+    assert api.get_task(tid).status == "success"
+    assert len(cancels) == 1 and cancels[0]["status"] == "cancelled"
+    if server_has_run_ids:
+        assert cancels[0]["run_id"] == run.run_id
+    else:
+        assert "run_id" not in cancels[0] and cancels[0]["worker_id"] == wid
+
+
 def test_worker_suspended_and_fsm_errors(queue_env):
     api.submit_task(args={"x": 1})
     wid = api.create_worker()

@@ -99,6 +99,7 @@ __all__ = [
     "iter_workers",
     "get_task",
     "update_tasks",
+    "cancel_task",
     "delete_task",
     "delete_worker",
 ]
@@ -892,6 +893,51 @@ def update_tasks(
         params={"reset_pending": str(bool(reset_pending)).lower()},
     )
     return TaskLsResponse.model_validate(data)
+
+
+ENDED_TASK_STATUSES = ("success", "failed", "cancelled")
+_CANCEL_ATTEMPTS = 5
+
+
+def cancel_task(task_id: str, client: httpx.Client | None = None) -> str:
+    """Cancel a task that has not ended yet; return the status it had before.
+
+    * ``"pending"``: it is now ``cancelled`` and will not be fetched.
+    * ``"running"``: it is now ``cancelled``; the server refuses the next heartbeat of the
+      run, so the ``labtasker loop`` / ``@labtasker.loop`` running it stops the job and moves
+      on without reporting it (a late report of that run is refused as well).
+    * ``"success"``, ``"failed"`` or ``"cancelled"``: the task had already ended and is left
+      unchanged (its result and summary are kept). Compare the returned value with
+      :data:`ENDED_TASK_STATUSES` to tell.
+
+    Sent as ``POST /tasks/{id}/status`` with ``status="cancelled"``. A running task is
+    cancelled only while it is still the run that was read (fenced by its ``run_id``, or by
+    its ``worker_id`` on a server without run ids): when that run ends or is re-dispatched in
+    between, the task is read again and the decision made anew. A pending task is cancelled
+    without a fence: if a worker claimed it in between, that run is stopped like any other.
+
+    Raises :class:`LabtaskerHTTPStatusError` (``status_code`` 404) when there is no such task,
+    :class:`LabtaskerRuntimeError` if the task changed run under it 5 times in a row.
+    """
+    for _ in range(_CANCEL_ATTEMPTS):
+        task = get_task(task_id, client=client)
+        if task.status in ENDED_TASK_STATUSES:
+            return task.status
+        fence: dict[str, str] = {}
+        if task.status == "running":
+            if task.run_id:
+                fence["run_id"] = task.run_id
+            elif task.worker_id:
+                fence["worker_id"] = task.worker_id
+        try:
+            report_task_status(task_id, "cancelled", client=client, **fence)
+        except TaskNotOwned:
+            continue  # the run ended or changed (or the task vanished) meanwhile: look again
+        return task.status
+    raise LabtaskerRuntimeError(
+        f"Task {task_id} changed its run {_CANCEL_ATTEMPTS} times while being cancelled; "
+        "not cancelled"
+    )
 
 
 def delete_task(task_id: str, client: httpx.Client | None = None) -> None:

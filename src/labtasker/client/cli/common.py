@@ -457,37 +457,66 @@ def confirm(message: str, yes: bool) -> None:
         raise typer.Exit(EXIT_RUNTIME)
 
 
-def delete_by_ids(ids: list[str] | None, kind: str, delete: Callable[[str], None],
-                  yes: bool = False) -> None:
-    """Shared body of ``task delete`` / ``worker delete``.
+def ids_to_act_on(ids: list[str] | None, kind: str, verb: str, yes: bool = False) -> list[str]:
+    """Ids for ``<kind> <verb> [IDS]... [-y]`` (``task delete``, ``task cancel``, ...).
 
-    ``ids`` from the command line, else one per line from piped stdin (then ``-y`` is
-    required: nobody can answer the prompt). Asks for confirmation unless ``yes``; prints one
-    line per id; an unknown id is reported and makes the command exit 1 after the others.
+    ``ids`` from the command line, else whitespace-separated from piped stdin (then ``-y`` is
+    required: nobody can answer the prompt). Asks "Are you sure you want to <verb> <kind>s
+    [...]?" unless ``yes``. Returns ``[]`` (saying so on stderr) when stdin held no ids.
+    Raises a usage error (exit 2) when no ids are given on a terminal, or ids come from stdin
+    without ``-y``; a "no" to the prompt exits 1.
     """
-    from labtasker.exceptions import LabtaskerHTTPStatusError
-
     ids = list(ids or [])
     if not ids:
         if stdin_is_tty():
             raise usage_error(f"Missing argument {kind.upper()}_IDS (or pipe ids on stdin).")
         ids = read_ids_from_stdin()
         if not ids:
-            print(f"No {kind} ids given; nothing to delete.", file=sys.stderr)
-            return
+            print(f"No {kind} ids given; nothing to {verb}.", file=sys.stderr)
+            return []
         if not yes:
             raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
-    confirm(f"Are you sure you want to delete {kind}s {ids}?", yes)
-    missing = 0
+    confirm(f"Are you sure you want to {verb} {kind}s {ids}?", yes)
+    return ids
+
+
+def for_each_id(ids: list[str], kind: str, action: Callable[[str], str]) -> None:
+    """Run ``action(id)`` for every id and print the line it returns on stdout.
+
+    A per-id failure does not stop the others: HTTP 404 prints ``Error: <Kind> <id> not
+    found.``, a :class:`CliError` raised by ``action`` prints ``Error: <its message>`` (both
+    on stderr); after the last id the command exits 1 if any failed. Other errors abort at
+    once (``handle_errors``).
+    """
+    from labtasker.exceptions import LabtaskerHTTPStatusError
+
+    failed = 0
     for item_id in ids:
         try:
-            delete(item_id)
+            message = action(item_id)
         except LabtaskerHTTPStatusError as exc:
             if exc.status_code != 404:
                 raise
-            missing += 1
+            failed += 1
             print(f"Error: {kind.capitalize()} {item_id} not found.", file=sys.stderr)
+        except CliError as exc:
+            failed += 1
+            print(f"Error: {exc}", file=sys.stderr)
         else:
-            print(f"{kind.capitalize()} {item_id} deleted.")
-    if missing:
-        raise typer.Exit(1)
+            print(message)
+    if failed:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def delete_by_ids(
+    ids: list[str] | None, kind: str, delete: Callable[[str], None], yes: bool = False
+) -> None:
+    """Shared body of ``task delete`` / ``worker delete``: ids as in :func:`ids_to_act_on`,
+    ``delete(id)`` for each, one line per id; an unknown id is reported and makes the
+    command exit 1 after the others."""
+
+    def act(item_id: str) -> str:
+        delete(item_id)
+        return f"{kind.capitalize()} {item_id} deleted."
+
+    for_each_id(ids_to_act_on(ids, kind, "delete", yes), kind, act)

@@ -1,4 +1,4 @@
-"""``labtasker task submit|ls|update|delete`` (spec §5.3)."""
+"""``labtasker task submit|ls|update|cancel|delete`` (spec §5.3; ``cancel`` is ours)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import typer
 
 from labtasker.client.cli.common import (
+    CliError,
     OutputFormat,
     TaskStatusChoice,
     choose_format,
@@ -14,8 +15,10 @@ from labtasker.client.cli.common import (
     dict_option,
     emit_records,
     filter_option,
+    for_each_id,
     handle_errors,
     ids_filter,
+    ids_to_act_on,
     parse_sort,
     print_filter,
     read_ids_from_stdin,
@@ -26,7 +29,7 @@ from labtasker.client.cli.common import (
 )
 
 app = typer.Typer(
-    help="Submit, list, update and delete tasks.",
+    help="Submit, list, update, cancel and delete tasks.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -557,6 +560,48 @@ def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
             if not typer.confirm("Continue to edit?", default=True):
                 raise typer.Exit(1) from None
             text = edited
+
+
+@app.command()
+@handle_errors
+def cancel(
+    task_ids: list[str] | None = typer.Argument(
+        None, help="Ids of the tasks to cancel (read from stdin when piped).", show_default=False
+    ),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Cancel pending or running tasks by id.
+
+    A pending task will not be fetched any more. A running task's `labtasker loop` notices
+    at its next heartbeat (within one heartbeat_interval), stops the job and moves on:
+
+    \b
+      SIGTERM to the job's process group, SIGKILL after the loop's --grace-period;
+      the task stays cancelled, its run is not reported, its worker is not charged.
+
+    Tasks that already ended are left unchanged: one already cancelled is only mentioned,
+    a success or failed one is an error (to run it again: task update --id ID
+    --reset-pending).
+
+    Exit status: 0 when every task is cancelled (now or before); 1 when an id is unknown
+    or a task had already succeeded or failed (the other ids are still cancelled); 2 for ids
+    on stdin without -y.
+
+    \b
+    Cancel by filter:
+      labtasker task ls -q -s pending -f 'args.lr > 0.1' | labtasker task cancel -y
+    """
+    from labtasker.client import api
+
+    def act(task_id: str) -> str:
+        before = api.cancel_task(task_id)
+        if before == "cancelled":
+            return f"Task {task_id} was already cancelled."
+        if before in api.ENDED_TASK_STATUSES:
+            raise CliError(f"Task {task_id} already ended ({before}); not cancelled.")
+        return f"Task {task_id} cancelled (was {before})."
+
+    for_each_id(ids_to_act_on(task_ids, "task", "cancel", yes), "task", act)
 
 
 @app.command()
