@@ -203,6 +203,47 @@ def _silence_stdout() -> None:
         pass
 
 
+# ----------------------------------------------------------------------------- shared options
+# Factories (a fresh typer OptionInfo per command) for options several commands declare alike.
+
+
+def fmt_option():
+    """``--fmt yaml|jsonl|table`` (``None``: see :func:`choose_format`)."""
+    return typer.Option(
+        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
+    )
+
+
+def page_size_option():
+    """``--limit`` of the listing commands: the page size, every page is listed."""
+    return typer.Option(100, "--limit", min=1, max=1000, help="Page size (all pages are listed).")
+
+
+def pager_option():
+    """``--pager/--no-pager``: accepted like labtasker 1.0.1, never pages."""
+    return typer.Option(
+        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
+    )
+
+
+def ansi_option():
+    """``--ansi/--no-ansi``: colours of the table output."""
+    return typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output.")
+
+
+def ids_argument(kind: str, verb: str):
+    """``[KIND_IDS]...`` of ``<kind> <verb>``, optional because they may come from stdin
+    (see :func:`ids_to_act_on`)."""
+    return typer.Argument(
+        None, help=f"Ids of the {kind}s to {verb} (read from stdin when piped).", show_default=False
+    )
+
+
+def yes_option():
+    """``-y/--yes``: skip the confirmation prompt."""
+    return typer.Option(False, "-y", "--yes", help="Do not ask for confirmation.")
+
+
 # ----------------------------------------------------------------------------- input helpers
 
 

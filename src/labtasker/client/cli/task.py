@@ -10,15 +10,20 @@ from labtasker.client.cli.common import (
     CliError,
     OutputFormat,
     TaskStatusChoice,
+    ansi_option,
     choose_format,
     delete_by_ids,
     dict_option,
     emit_records,
     filter_option,
+    fmt_option,
     for_each_id,
     handle_errors,
+    ids_argument,
     ids_filter,
     ids_to_act_on,
+    page_size_option,
+    pager_option,
     parse_sort,
     print_filter,
     read_ids_from_stdin,
@@ -26,6 +31,7 @@ from labtasker.client.cli.common import (
     stdout_is_tty,
     tasks_table,
     usage_error,
+    yes_option,
 )
 
 app = typer.Typer(
@@ -346,12 +352,8 @@ def ls(
         'dict (`{"args.lr": {"$lt": 0.1}}`).',
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only task ids, one per line."),
-    fmt: OutputFormat | None = typer.Option(
-        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
-    ),
-    limit: int = typer.Option(
-        100, "--limit", min=1, max=1000, help="Page size (all pages are listed)."
-    ),
+    fmt: OutputFormat | None = fmt_option(),
+    limit: int = page_size_option(),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many tasks first."),
     sort: list[str] | None = typer.Option(
         None,
@@ -360,10 +362,8 @@ def ls(
         help="Sort key `field:asc|desc`, repeatable (default: priority:desc, "
         "last_modified:asc, created_at:asc).",
     ),
-    pager: bool = typer.Option(
-        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
-    ),
-    ansi: bool = typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output."),
+    pager: bool = pager_option(),
+    ansi: bool = ansi_option(),
     piped_in: bool = typer.Option(False, "--piped-in", help="Read task ids from stdin."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
 ) -> None:
@@ -565,10 +565,8 @@ def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
 @app.command()
 @handle_errors
 def cancel(
-    task_ids: list[str] | None = typer.Argument(
-        None, help="Ids of the tasks to cancel (read from stdin when piped).", show_default=False
-    ),
-    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+    task_ids: list[str] | None = ids_argument("task", "cancel"),
+    yes: bool = yes_option(),
 ) -> None:
     """Cancel pending or running tasks by id.
 
@@ -607,10 +605,8 @@ def cancel(
 @app.command()
 @handle_errors
 def delete(
-    task_ids: list[str] | None = typer.Argument(
-        None, help="Ids of the tasks to delete (read from stdin when piped).", show_default=False
-    ),
-    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+    task_ids: list[str] | None = ids_argument("task", "delete"),
+    yes: bool = yes_option(),
 ) -> None:
     """Delete tasks by id."""
     from labtasker.client import api

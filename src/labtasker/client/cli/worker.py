@@ -9,15 +9,21 @@ import typer
 from labtasker.client.cli.common import (
     OutputFormat,
     WorkerStatusChoice,
+    ansi_option,
     choose_format,
     delete_by_ids,
     dict_option,
     emit_records,
     filter_option,
+    fmt_option,
     handle_errors,
+    ids_argument,
+    page_size_option,
+    pager_option,
     parse_sort,
     print_filter,
     usage_error,
+    yes_option,
 )
 
 
@@ -53,6 +59,7 @@ def workers_table(items: list[dict]):
             fmt_time(w.get("created_at")),
         )
     return table
+
 
 app = typer.Typer(
     help="Create, list, suspend/activate and delete workers.",
@@ -90,20 +97,14 @@ def ls(
         None, "-f", "--extra-filter", help="Python expression or Mongo-style dict."
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only worker ids."),
-    fmt: OutputFormat | None = typer.Option(
-        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
-    ),
-    limit: int = typer.Option(
-        100, "--limit", min=1, max=1000, help="Page size (all pages are listed)."
-    ),
+    fmt: OutputFormat | None = fmt_option(),
+    limit: int = page_size_option(),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many workers first."),
     sort: list[str] | None = typer.Option(
         None, "-S", "--sort", help="Sort key `field:asc|desc`, repeatable."
     ),
-    pager: bool = typer.Option(
-        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
-    ),
-    ansi: bool = typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output."),
+    pager: bool = pager_option(),
+    ansi: bool = ansi_option(),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
 ) -> None:
     """List workers (all pages) with the task each is running. Datetimes are UTC."""
@@ -154,18 +155,17 @@ def report(
 @app.command()
 @handle_errors
 def delete(
-    worker_ids: list[str] | None = typer.Argument(
-        None, help="Ids of the workers to delete (read from stdin when piped).", show_default=False
-    ),
+    worker_ids: list[str] | None = ids_argument("worker", "delete"),
     cascade_update: bool = typer.Option(
         True,
         "--cascade-update/--no-cascade-update",
         help="Clear worker_id on the tasks of deleted workers.",
     ),
-    yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
+    yes: bool = yes_option(),
 ) -> None:
     """Delete workers by id."""
     from labtasker.client import api
 
-    delete_by_ids(worker_ids, "worker",
-                  lambda wid: api.delete_worker(wid, cascade_update=cascade_update), yes)
+    delete_by_ids(
+        worker_ids, "worker", lambda wid: api.delete_worker(wid, cascade_update=cascade_update), yes
+    )
