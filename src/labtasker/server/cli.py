@@ -31,6 +31,11 @@ def serve(
     periodic_task_interval: Annotated[float | None, typer.Option(
         help="Seconds between timeout sweeps (env PERIODIC_TASK_INTERVAL, default 30).")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    workers: Annotated[int, typer.Option(
+        min=1, envvar="LABTASKER_SERVER_WORKERS",
+        help="Server processes sharing the port and the database (uvicorn workers). A "
+             "single process uses about one CPU core; 2 or more let a busy queue use the "
+             "other cores, on SQLite as on PostgreSQL.")] = 1,
 ) -> None:
     """Serve the REST API. The database is created and migrated at start-up."""
     import uvicorn
@@ -45,10 +50,37 @@ def serve(
     if interval <= 0:
         raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
+    if workers > 1:
+        # Each worker process builds its own app (``_worker_app``) from these variables; the
+        # schema is migrated once here first, so the workers find it at head.
+        from labtasker.server.db import Database
+
+        db = Database(url)
+        db.migrate()
+        typer.echo(f"labtasker-server: database {db.url.split('@')[-1]}, {workers} processes",
+                   err=True)
+        db.dispose()
+        os.environ[_WORKER_DB_URL] = url
+        os.environ[_WORKER_INTERVAL] = repr(interval)
+        uvicorn.run("labtasker.server.cli:_worker_app", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        return
     application = create_app(url, interval)
     typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                 timeout_graceful_shutdown=5)
+
+
+_WORKER_DB_URL = "_LABTASKER_SERVER_DB_URL"
+_WORKER_INTERVAL = "_LABTASKER_SERVER_SWEEP_INTERVAL"
+
+
+def _worker_app():
+    """App factory run in each process of ``serve --workers N`` (configured through the
+    environment by ``serve``)."""
+    from labtasker.server.app import create_app
+
+    return create_app(os.environ[_WORKER_DB_URL], float(os.environ[_WORKER_INTERVAL]))
 
 
 @app.command("copy-db")

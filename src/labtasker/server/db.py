@@ -4,9 +4,9 @@
 
 * SQLite (the embedded default): WAL journal, ``synchronous=FULL`` (a committed write is on disk
   before the HTTP answer is sent), foreign keys on, a busy timeout. Write transactions start
-  with ``BEGIN IMMEDIATE`` and are also serialised inside the process by a lock, so a
-  read-modify-write never interleaves with another writer and never fails with
-  "database is locked" under load. Reads run in deferred transactions and never block writers.
+  with ``BEGIN IMMEDIATE`` and are also serialised by a lock (a thread lock plus a ``flock``
+  on ``<file>.lock`` shared by every server process on the file), so a read-modify-write
+  never interleaves with another writer and never fails with "database is locked" under load. Reads run in deferred transactions and never block writers.
 * PostgreSQL (psycopg 3): one pooled engine; row locks inside write transactions.
 
 The schema is created and upgraded by Alembic at start-up (``migrate``).
@@ -15,6 +15,7 @@ The schema is created and upgraded by Alembic at start-up (``migrate``).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,11 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from labtasker.filters.mongo_sql import register_sqlite_functions
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the thread lock alone (one process)
+    fcntl = None  # type: ignore[assignment]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BEFORE_COMMIT = "labtasker_before_commit"
@@ -65,6 +71,39 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
     return engine
 
 
+class _WriteLock:
+    """Serialises SQLite write transactions: a thread lock inside the process and, for a
+    database file on POSIX, an exclusive ``flock`` on ``<file>.lock`` across processes
+    (``serve --workers N``, or several servers on one file). Waiting on the file lock blocks
+    in the kernel and wakes in order, where SQLite's own busy handler would poll with sleeps
+    of 1-100 ms."""
+
+    def __init__(self, database: str | None):
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if database is not None and fcntl is not None:
+            self._fd = os.open(database + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Database:
     """Engines plus transaction helpers; see the module docstring."""
 
@@ -77,7 +116,8 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.write_engine = _sqlite_engine(self.url, immediate=True)
             self.read_engine = _sqlite_engine(self.url, immediate=False)
-            self._write_lock: threading.Lock | None = threading.Lock()
+            self._write_lock: contextlib.AbstractContextManager | None = _WriteLock(
+                database if database and database != ":memory:" else None)
         else:
             self.write_engine = create_engine(self.url, pool_size=10, max_overflow=10,
                                               pool_pre_ping=True)
@@ -126,6 +166,8 @@ class Database:
             conn.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
+        if isinstance(self._write_lock, _WriteLock):
+            self._write_lock.close()
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()

@@ -1,0 +1,91 @@
+"""``labtasker-server serve --workers N``: several server processes on one port and one
+database (SQLite file or PostgreSQL) hand out every task exactly once, and stop together."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from conftest import ServerProcess
+
+API = "/api/v1/queues/me"
+N_TASKS = 300
+N_CLIENTS = 8
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_two_server_processes_claim_each_task_once(tmp_path, scratch_dbs):
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
+                        extra_env={"LABTASKER_SERVER_WORKERS": "2"}).start()
+    try:
+        deadline = time.monotonic() + 60  # /health answers once the first process is up
+        while len(re.findall(r"Started server process \[\d+\]", srv.log_text())) < 2:
+            assert time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.1)
+        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]",
+                                              srv.log_text())}
+        assert workers <= _children(srv.proc.pid), (workers, _children(srv.proc.pid))
+        r = httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "w", "password": "pw"})
+        assert r.status_code == 201, r.text
+        http = httpx.Client(base_url=srv.url, auth=("w", "pw"), timeout=60)
+        r = http.post(f"{API}/tasks/batch",
+                      json={"tasks": [{"args": {"i": i}} for i in range(N_TASKS)]})
+        assert r.status_code == 201, r.text
+        claimed: list[str] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def work():
+            # a new connection per request spreads the requests over both processes
+            while True:
+                with httpx.Client(base_url=srv.url, auth=("w", "pw"), timeout=60) as c:
+                    r = c.post(f"{API}/tasks/next", json={"required_fields": ["i"]})
+                    if r.status_code != 200:
+                        errors.append(r.text)
+                        return
+                    task = r.json()["task"]
+                    if task is None:
+                        return
+                    rep = c.post(f"{API}/tasks/{task['task_id']}/status",
+                                 json={"status": "success", "run_id": task["run_id"]})
+                    if rep.status_code != 200:
+                        errors.append(rep.text)
+                with lock:
+                    claimed.append(task["task_id"])
+
+        threads = [threading.Thread(target=work) for _ in range(N_CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert errors == []
+        assert len(claimed) == N_TASKS and len(set(claimed)) == N_TASKS
+        done = http.post(f"{API}/tasks/search", json={"status": "success", "limit": 1000})
+        assert len(done.json()["content"]) == N_TASKS
+        # SIGTERM to the supervisor stops every worker process
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, [Path(f"/proc/{p}/cmdline").read_bytes()
+                                                 for p in workers if Path(f"/proc/{p}").exists()]
+            time.sleep(0.1)
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.proc.wait(timeout=30)
