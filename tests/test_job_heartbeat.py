@@ -11,8 +11,20 @@ import time
 import pytest
 
 from labtasker.client.heartbeat import Heartbeat
-from labtasker.client.job import JobProcess, describe_exit
-from labtasker.exceptions import LabtaskerNetworkError, LabtaskerRuntimeError, TaskNotOwned
+from labtasker.client.job import (
+    JobProcess,
+    default_grace_period,
+    describe_exit,
+    run_with_subprocess,
+    shutdown_watchdog,
+)
+from labtasker.exceptions import (
+    LabtaskerNetworkError,
+    LabtaskerRuntimeError,
+    LabtaskerTypeError,
+    LabtaskerValueError,
+    TaskNotOwned,
+)
 
 
 def alive(pid: int) -> bool:
@@ -74,6 +86,83 @@ def test_leftover_background_process_is_cleaned_up(tmp_path):
     assert job.start().wait(timeout=30) == 0
     assert time.monotonic() - t0 < 8  # the pipe held by `sleep` does not hang the runner
     assert not alive(int(pidfile.read_text()))
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for PID 1, not for us)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return alive(pid)  # no /proc
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for_file(path, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+def test_grace_period_validated_defaulted_and_used_by_stop(tmp_path):
+    with pytest.raises(LabtaskerValueError, match="grace_period"):
+        JobProcess("true", env={}, grace_period=-1)
+    with pytest.raises(LabtaskerValueError, match="grace_period"):
+        JobProcess("true", env={}, grace_period=float("inf"))
+    with pytest.raises(LabtaskerTypeError, match="grace_period"):
+        JobProcess("true", env={}, grace_period="5")
+    with pytest.raises(LabtaskerValueError):
+        with default_grace_period(-2):
+            pass
+    assert JobProcess("true", env={}).grace_period == 10.0
+    with default_grace_period(0.5):
+        assert JobProcess("true", env={}).grace_period == 0.5
+        assert JobProcess("true", env={}, grace_period=3).grace_period == 3.0
+    assert JobProcess("true", env={}).grace_period == 10.0
+    pidfile = tmp_path / "pid"
+    job = JobProcess(
+        f"trap '' TERM; sleep 600 & echo $! > {pidfile}; wait",
+        env=dict(os.environ),
+        echo=None,
+        grace_period=0.5,
+    ).start()
+    try:
+        grandchild = int(wait_for_file(pidfile))
+        t0 = time.monotonic()
+        assert job.stop() == -9  # no argument: the job's own grace period
+        assert 0.4 < time.monotonic() - t0 < 8
+        time.sleep(0.2)
+        assert not running(grandchild)
+    finally:
+        job.stop(0)
+        shutdown_watchdog()
+
+
+def test_run_with_subprocess_stops_its_tree_when_interrupted(tmp_path):
+    """A KeyboardInterrupt (Ctrl+C/SIGTERM of a ``@labtasker.loop``, or the task taken away)
+    while ``run_with_subprocess`` waits stops the command's whole process group (SIGKILL
+    after the grace period, here 0.5 s, as SIGTERM is ignored) before propagating."""
+    import _thread
+
+    pidfile = tmp_path / "pid"
+
+    def interrupt_when_started():
+        wait_for_file(pidfile)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with default_grace_period(0.5), pytest.raises(KeyboardInterrupt):
+            run_with_subprocess(f"trap '' TERM; sleep 600 & echo $! > {pidfile}; wait")
+        took = time.monotonic() - t0
+        grandchild = int(pidfile.read_text())
+        time.sleep(0.2)
+        assert not running(grandchild)
+        assert took < 8
+    finally:
+        shutdown_watchdog()
 
 
 def test_launch_error():
