@@ -583,6 +583,8 @@ def test_heartbeat_keeps_long_task_alive(queue_env):
         (["--eta-max", "soon", "-c", "echo"], "eta_max"),
         (["-f", "args.x ==", "-c", "echo"], "filter"),
         (["--worker-id", "no-such-worker", "-c", "echo"], "not found"),
+        (["--grace-period", "inf", "-c", "echo"], "grace_period must be a finite number"),
+        (["--heartbeat-timeout", "nan", "-c", "echo"], "heartbeat_timeout must be"),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(queue_env, args, message):
@@ -591,7 +593,90 @@ def test_usage_errors_exit_2_without_traceback(queue_env, args, message):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()[-1]) < 300  # one line
     assert time.monotonic() - t0 < 20
+
+
+# ------------------------------------------------------------------------------ LoopOptions
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"required_fields": "lr"}, "LabtaskerTypeError", "list of strings"),
+        ({"required_fields": ["lr", 1]}, "LabtaskerTypeError", "1 is not a string"),
+        ({"extra_filter": 5}, "LabtaskerTypeError", "dict or a filter string"),
+        ({"extra_filter": "args.x =="}, "QueryTranspilerSyntaxError", ""),
+        ({"cmd": ["python", 3]}, "LabtaskerTypeError", "cmd must be"),
+        ({"worker_id": 7}, "LabtaskerTypeError", "worker_id"),
+        ({"create_worker_kwargs": ["x"]}, "LabtaskerTypeError", "create_worker_kwargs"),
+        ({"create_worker_kwargs": {"name": "x"}}, "LabtaskerValueError", "'name'"),
+        ({"eta_max": "soon"}, "LabtaskerValueError", "Invalid eta_max"),
+        ({"heartbeat_timeout": 0}, "LabtaskerValueError", "heartbeat_timeout"),
+        ({"heartbeat_timeout": "30"}, "LabtaskerTypeError", "heartbeat_timeout"),
+        ({"grace_period": -1}, "LabtaskerValueError", "grace_period"),
+        ({"grace_period": float("inf")}, "LabtaskerValueError", "grace_period"),
+        ({"grace_period": float("nan")}, "LabtaskerValueError", "grace_period"),
+        ({"grace_period": True}, "LabtaskerTypeError", "grace_period"),
+        ({"idle_timeout": -0.5}, "LabtaskerValueError", "idle_timeout"),
+    ],
+)
+def test_loop_options_reject_bad_values_everywhere(kwargs, error, message):
+    """One validation (``LoopOptions``) for the runner, its keyword form and the decorator,
+    which validates eagerly: before a function is decorated, without a server."""
+    import labtasker
+    from labtasker.client.runner import LoopOptions, LoopRunner
+
+    for build in (LoopOptions, LoopRunner, labtasker.loop):
+        with pytest.raises(Exception) as info:  # noqa: PT011 - the class is checked below
+            build(**kwargs)
+        assert type(info.value).__name__ == error, (build, info.value)
+        assert message in str(info.value)
+
+
+def test_loop_options_normalised_frozen_and_shared_by_runner():
+    import dataclasses
+    import math
+
+    import labtasker
+    from labtasker import Required
+    from labtasker.client.runner import LoopOptions, LoopRunner
+    from labtasker.exceptions import LabtaskerTypeError
+
+    opts = LoopOptions(
+        required_fields=["lr", "cfg.bs"],
+        extra_filter="args.lr > 0.01",
+        cmd=["python", "train.py"],
+        create_worker_kwargs={"worker_name": "w", "max_retries": 5},
+        eta_max=90,
+        heartbeat_timeout=12,
+        grace_period=2,
+        idle_timeout=math.inf,
+    )
+    assert opts.required_fields == ("lr", "cfg.bs") and opts.cmd == ("python", "train.py")
+    assert isinstance(opts.extra_filter, dict) and opts.extra_filter
+    assert (opts.eta_max, opts.heartbeat_timeout, opts.grace_period) == ("90", 12.0, 2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.grace_period = 5  # type: ignore[misc]
+    assert dataclasses.replace(opts, grace_period=3).grace_period == 3.0  # validated again
+    with pytest.raises(ValueError, match="grace_period"):
+        dataclasses.replace(opts, grace_period=-3)
+    assert LoopOptions(extra_filter="  ").extra_filter is None
+
+    runner = LoopRunner(opts)
+    assert runner.options is opts
+    assert (runner.required_fields, runner.cmd) == (["lr", "cfg.bs"], ["python", "train.py"])
+    assert (runner.grace_period, runner.idle_timeout, runner.eta_max) == (2.0, math.inf, "90")
+    assert runner.create_worker_kwargs == {"worker_name": "w", "max_retries": 5}
+    by_keywords = LoopRunner(required_fields=["lr", "cfg.bs"], grace_period=2)
+    assert by_keywords.options == LoopOptions(required_fields=("lr", "cfg.bs"), grace_period=2)
+    assert LoopRunner().grace_period == 10.0 and LoopRunner().cmd == sys.argv
+    with pytest.raises(LabtaskerTypeError, match="not both"):
+        LoopRunner(opts, grace_period=1)
+
+    @labtasker.loop(required_fields=["extra"], grace_period=0.5)
+    def job(lr=Required(), bs=Required(alias="cfg.bs")):
+        pass
+
+    assert job.required_fields == ["extra", "lr", "cfg.bs"]
 
 
 def test_no_tasks_exits_0_and_uses_given_worker(queue_env):

@@ -40,6 +40,7 @@ with a ``labtasker_warning`` entry in the reported summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -410,73 +411,163 @@ def ensure_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _seconds(
+    name: str,
+    value: Any,
+    *,
+    allow_none: bool = False,
+    positive: bool = False,
+    allow_inf: bool = False,
+) -> float | None:
+    """``value`` as float seconds; ``LabtaskerTypeError`` if it is not a number (bools are
+    not), ``LabtaskerValueError`` if negative (or 0 when ``positive``), NaN or infinite
+    (unless ``allow_inf``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LabtaskerTypeError(f"{name} must be a number of seconds, got {value!r}")
+    value = float(value)
+    ok = value > 0 if positive else value >= 0  # False for NaN
+    if not ok or (value == float("inf") and not allow_inf):
+        bound = "> 0" if positive else ">= 0"
+        raise LabtaskerValueError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """Everything that configures one task loop, validated once (spec §5.9, §6.3).
+
+    Used by ``labtasker loop``, ``@labtasker.loop`` and :class:`LoopRunner`. Fields:
+
+    * ``required_fields``: list/tuple of dotted arg keys (``"*"`` allowed) a task's args must
+      have exactly ("no more, no less"); ``None`` = any task. Stored as a tuple.
+    * ``extra_filter``: a Mongo-style ``dict`` or a filter string (Python expression or
+      JSON), transpiled here; stored as a dict (``None`` when empty).
+    * ``cmd``: command recorded on fetched tasks (``str`` or list of ``str``); ``None`` =
+      ``sys.argv`` of the runner process.
+    * ``worker_id``: an existing worker (else env ``LABTASKER_WORKER_ID``, else a worker
+      named ``<host>-<pid>`` is created for the loop with ``create_worker_kwargs``: any of
+      ``worker_name``, ``metadata``, ``max_retries``).
+    * ``eta_max``: longest run time of each task run, a duration (``"2h"``, ``"1h30m"``,
+      ``90``); stored as a string.
+    * ``heartbeat_timeout``: seconds (> 0) without heartbeat before the server fails a run;
+      ``None`` = 3 x ``heartbeat_interval`` of the config (checked against the interval when
+      the loop starts).
+    * ``grace_period``: seconds (>= 0, finite) between the SIGTERM/SIGINT sent to a job's
+      process group (loop interrupted, task taken away, loop killed) and SIGKILL; default
+      10. For ``@labtasker.loop``: the groups of ``labtasker.run_with_subprocess`` calls.
+    * ``idle_timeout``: seconds (>= 0, ``math.inf`` allowed) to keep polling when no pending
+      task matches; default 0 = stop at once.
+
+    Raises ``LabtaskerTypeError`` for a value of the wrong type, ``LabtaskerValueError`` for
+    an out-of-range value or an invalid duration, ``QueryTranspilerError`` for an invalid
+    filter string. Frozen: derive variants with ``dataclasses.replace`` (validated again).
+    """
+
+    required_fields: tuple[str, ...] | None = None
+    extra_filter: dict[str, Any] | None = None
+    cmd: str | tuple[str, ...] | None = None
+    worker_id: str | None = None
+    create_worker_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    eta_max: str | None = None
+    heartbeat_timeout: float | None = None
+    grace_period: float = STOP_GRACE_SECONDS
+    idle_timeout: float = 0.0
+
+    _WORKER_KWARGS = frozenset({"worker_name", "metadata", "max_retries"})
+
+    def __post_init__(self) -> None:
+        put = functools.partial(object.__setattr__, self)
+        fields = self.required_fields
+        if fields is not None:
+            if isinstance(fields, (str, bytes)) or not isinstance(fields, (list, tuple)):
+                raise LabtaskerTypeError(
+                    f"required_fields must be a list of strings, got {type(fields).__name__}"
+                )
+            for f in fields:
+                if not isinstance(f, str):
+                    raise LabtaskerTypeError(f"required_fields: {f!r} is not a string")
+            put("required_fields", tuple(fields))
+        flt = self.extra_filter
+        if isinstance(flt, str):
+            from labtasker.client.filtering import parse_filter
+
+            flt = parse_filter(flt) if flt.strip() else None
+        elif flt is not None and not isinstance(flt, Mapping):
+            raise LabtaskerTypeError(
+                f"extra_filter must be a dict or a filter string, got {type(flt).__name__}"
+            )
+        put("extra_filter", dict(flt) if flt else None)
+        cmd = self.cmd
+        if cmd is not None and not isinstance(cmd, str):
+            if not isinstance(cmd, (list, tuple)) or not all(isinstance(c, str) for c in cmd):
+                raise LabtaskerTypeError("cmd must be a string or a list of strings")
+            put("cmd", tuple(cmd))
+        if self.worker_id is not None and not isinstance(self.worker_id, str):
+            raise LabtaskerTypeError(f"worker_id must be a string, got {self.worker_id!r}")
+        kwargs = self.create_worker_kwargs if self.create_worker_kwargs is not None else {}
+        if not isinstance(kwargs, Mapping):
+            raise LabtaskerTypeError("create_worker_kwargs must be a dict")
+        unknown = sorted(set(kwargs) - self._WORKER_KWARGS)
+        if unknown:
+            raise LabtaskerValueError(
+                f"create_worker_kwargs: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(sorted(self._WORKER_KWARGS))}"
+            )
+        put("create_worker_kwargs", dict(kwargs))
+        if self.eta_max is not None:
+            try:
+                parse_duration(self.eta_max)
+            except ValueError as exc:
+                raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
+            put("eta_max", str(self.eta_max))
+        put(
+            "heartbeat_timeout",
+            _seconds("heartbeat_timeout", self.heartbeat_timeout, allow_none=True, positive=True),
+        )
+        put("grace_period", _seconds("grace_period", self.grace_period))
+        put("idle_timeout", _seconds("idle_timeout", self.idle_timeout, allow_inf=True))
+
+
 class LoopRunner:
     """Fetch-run-report loop. ``execute(run)`` runs one task and returns an :class:`Outcome`.
 
-    Arguments mirror ``fetch_task``: ``required_fields`` (list of dotted keys, ``"*"``
-    allowed), ``extra_filter`` (dict or filter string), ``eta_max`` (duration string, e.g.
-    ``"2h"``), ``heartbeat_timeout`` (seconds; default 3 x ``heartbeat_interval`` of the
-    config), ``cmd`` (recorded on fetched tasks), ``worker_id`` (else env
-    ``LABTASKER_WORKER_ID``, else a worker named ``<host>-<pid>`` is created with
-    ``create_worker_kwargs``; one worker for the whole loop), ``grace_period`` (seconds
-    between SIGTERM/SIGINT forwarded to a job's process group and SIGKILL), ``idle_timeout``
-    (seconds to keep polling for matching tasks when none is pending; 0 = stop at once).
+    Construct it from a :class:`LoopOptions` (``LoopRunner(options)``) or from the same
+    fields as keyword arguments (``LoopRunner(eta_max="2h", grace_period=5)``), not both.
+    Raises what :class:`LoopOptions` raises for invalid options, ``LabtaskerTypeError`` when
+    both forms are given.
     """
 
-    def __init__(
-        self,
-        *,
-        required_fields: list[str] | None = None,
-        extra_filter: str | dict[str, Any] | None = None,
-        cmd: str | list[str] | None = None,
-        worker_id: str | None = None,
-        create_worker_kwargs: dict[str, Any] | None = None,
-        eta_max: str | None = None,
-        heartbeat_timeout: float | None = None,
-        grace_period: float = STOP_GRACE_SECONDS,
-        idle_timeout: float = 0.0,
-    ):
-        if not grace_period >= 0:
-            raise LabtaskerValueError("grace_period must be >= 0 seconds")
-        if not idle_timeout >= 0:
-            raise LabtaskerValueError("idle_timeout must be >= 0 seconds")
-        if required_fields is not None:
-            if isinstance(required_fields, (str, bytes)) or not isinstance(
-                required_fields, (list, tuple)
-            ):
-                raise LabtaskerTypeError("required_fields must be a list of strings")
-            for f in required_fields:
-                if not isinstance(f, str):
-                    raise LabtaskerTypeError(f"required_fields: {f!r} is not a string")
-            required_fields = list(required_fields)
-        if eta_max is not None:
-            try:
-                parse_duration(eta_max)
-            except ValueError as exc:
-                raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
-            eta_max = str(eta_max)
-        if heartbeat_timeout is not None and not heartbeat_timeout > 0:
-            raise LabtaskerValueError("heartbeat_timeout must be a positive number of seconds")
-        if isinstance(extra_filter, str):
-            from labtasker.client.filtering import parse_filter
-
-            extra_filter = parse_filter(extra_filter) if extra_filter.strip() else None
-        self.required_fields = required_fields
-        self.extra_filter = extra_filter or None
-        self.cmd = cmd if cmd is not None else list(sys.argv)
-        self.worker_id = worker_id
-        self.create_worker_kwargs = dict(create_worker_kwargs or {})
-        self.eta_max = eta_max
-        self.heartbeat_timeout = heartbeat_timeout
+    def __init__(self, options: LoopOptions | None = None, **kwargs: Any):
+        if options is None:
+            options = LoopOptions(**kwargs)
+        elif kwargs:
+            raise LabtaskerTypeError("LoopRunner: give LoopOptions or keyword arguments, not both")
+        elif not isinstance(options, LoopOptions):
+            raise LabtaskerTypeError("LoopRunner: options must be a LoopOptions")
+        self.options = options
+        self.required_fields = (
+            list(options.required_fields) if options.required_fields is not None else None
+        )
+        self.extra_filter = options.extra_filter
+        cmd = options.cmd if options.cmd is not None else sys.argv
+        self.cmd = cmd if isinstance(cmd, str) else list(cmd)
+        self.worker_id = options.worker_id
+        self.create_worker_kwargs = dict(options.create_worker_kwargs)
+        self.eta_max = options.eta_max
+        self.heartbeat_timeout = options.heartbeat_timeout  # resolved by setup()
         self.heartbeat_interval = 30.0
+        self.grace_period = options.grace_period
+        self.idle_timeout = options.idle_timeout
         self.auto_worker = False
         self.interrupt = _Interrupt()
         self.tasks_run = 0
         self.ignored: set[str] = set()  # tasks the user chose to Ignore after a failure
         self.tasks_succeeded = 0
         self.tasks_failed = 0
-        self.grace_period = float(grace_period)
-        self.idle_timeout = float(idle_timeout)
         self.exit_requested = False  # "Exit" chosen after a failure
 
     # ------------------------------------------------------------------ set-up
@@ -593,6 +684,9 @@ class LoopRunner:
         finally:
             if installed:
                 self.interrupt.restore()
+            from labtasker.client.job import shutdown_watchdog
+
+            shutdown_watchdog()  # reap the job watchdog (kept if another job still runs)
         if self.exit_requested and self.auto_worker and self.worker_id:
             with contextlib.suppress(LabtaskerError):
                 api.delete_worker(self.worker_id)
@@ -843,6 +937,7 @@ class LoopRunner:
             env=run.child_env(),
             log_path=run.run_dir / RUN_LOG,
             executable=executable if template.shell else None,
+            grace_period=self.grace_period,
         )
         try:
             job.start()
@@ -941,7 +1036,13 @@ class LoopRunner:
                     exc,
                 )
                 return Outcome("failed", exception_summary(exc), exc)
-            with _job_environment(run), _tee_std_streams(run.run_dir / RUN_LOG):
+            from labtasker.client.job import default_grace_period
+
+            with (
+                _job_environment(run),
+                _tee_std_streams(run.run_dir / RUN_LOG),
+                default_grace_period(self.grace_period),
+            ):
                 self.interrupt.in_python_job = True
                 try:
                     func(*pos, **kw)
@@ -1036,6 +1137,7 @@ def loop(
     heartbeat_timeout: float | None = None,
     pass_args_dict: bool = False,
     idle_timeout: float = 0.0,
+    grace_period: float = STOP_GRACE_SECONDS,
 ) -> Callable[[Callable], Callable]:
     """Decorator turning a job function into a task loop (spec §6.3).
 
@@ -1043,45 +1145,45 @@ def loop(
     ``required_fields``. Nothing contacts the server at decoration time: calling the decorated
     function checks the queue, resolves the worker and runs tasks until none match; positional
     and keyword arguments of the call are forwarded to every job invocation. Returns the
-    number of tasks run. See :class:`LoopRunner` for the other arguments.
-    Raises ``LabtaskerTypeError``/``LabtaskerValueError`` for invalid arguments (eagerly).
+    number of tasks run. ``pass_args_dict=True`` passes the task's whole ``args`` dict as
+    first positional argument. The other arguments are the fields of :class:`LoopOptions`
+    (durations in seconds). ``grace_period`` (default 10) applies to the processes a job
+    starts with ``labtasker.run_with_subprocess``/``run_with_pty``: SIGTERM, then SIGKILL
+    after that many seconds, when the loop is interrupted or killed or the task is taken
+    away (the job function itself runs in-process and gets ``KeyboardInterrupt``). All are
+    validated eagerly, at ``loop(...)``: raises
+    ``LabtaskerTypeError``/``LabtaskerValueError`` (or ``QueryTranspilerError`` for a bad
+    filter string) before any function is decorated.
     """
     from labtasker.client.required import collect_required, required_fields_of
 
     if callable(required_fields):
         raise LabtaskerTypeError("Use @labtasker.loop(...) with parentheses")
-    if required_fields is not None:
-        if isinstance(required_fields, (str, bytes)) or not isinstance(
-            required_fields, (list, tuple)
-        ):
-            raise LabtaskerTypeError("required_fields must be a list of strings")
-        if not all(isinstance(f, str) for f in required_fields):
-            raise LabtaskerTypeError("required_fields must be a list of strings")
-    if eta_max is not None:
-        try:
-            parse_duration(eta_max)
-        except ValueError as exc:
-            raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
+    options = LoopOptions(
+        required_fields=required_fields,
+        extra_filter=extra_filter,
+        cmd=cmd,
+        worker_id=worker_id,
+        create_worker_kwargs=create_worker_kwargs,
+        eta_max=eta_max,
+        heartbeat_timeout=heartbeat_timeout,
+        grace_period=grace_period,
+        idle_timeout=idle_timeout,
+    )
 
     def decorator(func: Callable) -> Callable:
         params = collect_required(func)
         fields: list[str] | None = None
         if required_fields is not None or params:
-            fields = list(dict.fromkeys([*(required_fields or []), *required_fields_of(params)]))
+            fields = list(
+                dict.fromkeys([*(options.required_fields or ()), *required_fields_of(params)])
+            )
+        func_options = dataclasses.replace(options, required_fields=fields)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> int:
             ensure_logging()
-            runner = LoopRunner(
-                required_fields=fields,
-                extra_filter=extra_filter,
-                cmd=cmd,
-                worker_id=worker_id,
-                create_worker_kwargs=create_worker_kwargs,
-                eta_max=eta_max,
-                heartbeat_timeout=heartbeat_timeout,
-                idle_timeout=idle_timeout,
-            )
+            runner = LoopRunner(func_options)
             runner.setup()
             signum = runner.run(
                 runner.python_executor(func, params, args, kwargs, pass_args_dict),

@@ -16,7 +16,9 @@ Exit status: 0 when no matching task is left (after ``--idle-timeout``), the wor
 suspended or "Exit" was chosen after a failure; 2 on usage or set-up errors (one-line
 message); 1 when the loop gave up after repeated internal errors; 128 + N when stopped by
 signal N (the running job's process group gets the same signal, then SIGKILL after
-``--grace-period`` seconds; the outcome is reported before the loop exits).
+``--grace-period`` seconds; the outcome is reported before the loop exits). If the loop
+itself dies (``kill -9``), its job watchdog stops the running job's process group the same way
+(Linux; see :mod:`labtasker.client.job`).
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ def register(app: typer.Typer) -> None:
             min=0,
             help="Seconds a job gets to exit after SIGTERM (or the forwarded SIGINT) before "
             "its whole process group is killed with SIGKILL. Applies when the loop is "
-            "interrupted and when the task is taken away (cancelled, reset, deleted, timed out).",
+            "interrupted, when the task is taken away (cancelled, reset, deleted, timed out) "
+            "and, on Linux, when the loop itself is killed (kill -9): a small watchdog process "
+            "then stops the job.",
         ),
         idle_timeout: float = typer.Option(
             0.0,
@@ -115,7 +119,7 @@ def register(app: typer.Typer) -> None:
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
-        from labtasker.client.runner import LoopRunner, ensure_logging
+        from labtasker.client.runner import LoopOptions, LoopRunner, ensure_logging
         from labtasker.client.template import CommandTemplate
 
         argv = list(cmd or []) + list(ctx.args)
@@ -158,7 +162,7 @@ def register(app: typer.Typer) -> None:
         if executable and not template.shell:
             typer.echo("Warning: --executable only applies to shell commands; ignored.", err=True)
         try:
-            runner = LoopRunner(
+            options = LoopOptions(
                 required_fields=template.required_fields(),
                 extra_filter=extra_filter,
                 cmd=sys.argv if shell_text is None else shell_text,
@@ -175,6 +179,7 @@ def register(app: typer.Typer) -> None:
         import logging
 
         logging.getLogger("labtasker.loop").info("Got command: %s", template)
+        runner = LoopRunner(options)
         try:
             runner.setup()
         except LabtaskerNetworkError as exc:
