@@ -3,15 +3,27 @@ Last-Event-ID, and the ``labtasker event listen`` command (real server, real pro
 
 from __future__ import annotations
 
+import random
+import statistics
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
+import pytest
+from conftest import ServerProcess
 
 from labtasker.client.events import EventListener
 
 API = "/api/v1/queues/me"
+# The latency tests' servers re-read the event log on their own (fallback poll, and with each
+# ping) only every SLOW_POLL s, far above the latency bounds: the bounds hold only when a commit
+# wakes the listeners (in-process on SQLite, NOTIFY on PostgreSQL).
+SLOW_POLL = 30.0
+SLOW_POLL_ENV = {"EVENT_POLL_INTERVAL": str(SLOW_POLL), "SSE_PING_INTERVAL": str(SLOW_POLL)}
+LATENCY_BOUND = 0.150  # s, median commit-to-listener latency
+MAX_LATENCY = 5.0  # s, any single event
 
 
 def collect(listener: EventListener, n: int, timeout: float = 15) -> list:
@@ -129,3 +141,93 @@ def test_cli_event_listen_compact(queue_env):
     assert "[task      ]" in lines[0] and "created    -> pending" in lines[0]
     assert tid[:10] in lines[0]
     assert "pending    -> cancelled" in lines[1]
+
+
+def event_latencies(writer: httpx.Client, listener: EventListener, n: int = 20,
+                    timeout: float = MAX_LATENCY) -> list[float]:
+    """Submit ``n`` tasks one by one through ``writer``; for each, the seconds from the
+    acknowledged (committed) submission until ``listener`` delivers its ``created -> pending``
+    event. Submissions are spaced by random pauses so they do not line up with any poll
+    period. Fails when an event takes longer than ``timeout`` s."""
+    rng = random.Random(7)
+    out = []
+    for i in range(n):
+        resp = writer.post(f"{API}/tasks", json={"args": {"i": i}})
+        acked = time.perf_counter()
+        assert resp.status_code == 201, resp.text
+        tid = resp.json()["task_id"]
+        while True:
+            left = acked + timeout - time.perf_counter()
+            assert left > 0, f"event of task {i} not delivered within {timeout} s"
+            ev = listener.get_event(timeout=left)
+            if ev is not None and ev.event.entity_id == tid:
+                out.append(time.perf_counter() - acked)
+                break
+        time.sleep(rng.uniform(0.02, 0.25))
+    return out
+
+
+def describe(latencies: list[float]) -> str:
+    ms = sorted(1000 * x for x in latencies)
+    return (f"median {statistics.median(ms):.1f} ms, p90 {ms[int(0.9 * len(ms)) - 1]:.1f} ms, "
+            f"max {ms[-1]:.1f} ms over {len(ms)}")
+
+
+def new_queue(url: str) -> httpx.Client:
+    """A fresh queue on the server at ``url``; returns a client authenticated as it."""
+    name = "q-" + uuid.uuid4().hex[:12]
+    resp = httpx.post(url + "/api/v1/queues", json={"queue_name": name, "password": "pw"})
+    assert resp.status_code == 201, resp.text
+    return httpx.Client(base_url=url, auth=(name, "pw"), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def slow_poll_server(tmp_path_factory, scratch_dbs):
+    """A server whose streams re-read the log on their own only every ``SLOW_POLL`` s."""
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path_factory.mktemp("slow"),
+                        extra_env=SLOW_POLL_ENV).start()
+    yield srv
+    srv.kill()
+
+
+def test_commit_wakes_listeners_without_waiting_for_the_poll(slow_poll_server):
+    with new_queue(slow_poll_server.url) as http:
+        listener = EventListener(client=http).start(timeout=10)
+        try:
+            latencies = event_latencies(http, listener)
+        finally:
+            listener.stop()
+    print("same-server event latency:", describe(latencies))
+    assert statistics.median(latencies) < LATENCY_BOUND, describe(latencies)
+
+
+def test_poll_delivers_events_committed_outside_the_server(tmp_path, scratch_dbs):
+    """The safety net: a commit that wakes nobody in the server (on SQLite, one made by
+    another process) still reaches the listener, after at most ``EVENT_POLL_INTERVAL`` s."""
+    from labtasker.server.db import Database
+    from labtasker.server.sql_storage import SqlStorage
+
+    poll = 1.0
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
+                        extra_env={"EVENT_POLL_INTERVAL": str(poll)}).start()
+    db = Database(srv.db_url)
+    try:
+        with new_queue(srv.url) as http:
+            qid = http.get(API).json()["queue_id"]
+            listener = EventListener(client=http).start(timeout=10)
+            try:
+                waits = []
+                for i in range(3):
+                    tid = SqlStorage(db).submit_task(qid, {"args": {"outside": i}})
+                    committed = time.perf_counter()
+                    ev = None
+                    while ev is None and time.perf_counter() - committed < 10 * poll:
+                        ev = listener.get_event(timeout=0.2)
+                    assert ev is not None and ev.event.entity_id == tid
+                    waits.append(time.perf_counter() - committed)
+            finally:
+                listener.stop()
+    finally:
+        db.dispose()
+        srv.kill()
+    assert max(waits) < poll + 1.0, waits

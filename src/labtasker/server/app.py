@@ -1,4 +1,5 @@
-"""The FastAPI application: storage, routes, error mapping and the timeout sweeper."""
+"""The FastAPI application: storage, routes, error mapping, the timeout sweeper and the
+event wake-ups (``events.Notifier``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from labtasker.__version__ import __version__
 from labtasker.fsm import InvalidTransition
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
+from labtasker.server.events import Notifier
 from labtasker.server.events import router as events_router
 from labtasker.server.routes import router
 from labtasker.server.sql_storage import SqlStorage
@@ -42,20 +44,24 @@ def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
     db.migrate()
     storage = SqlStorage(db)
     sweeper = Sweeper(storage, sweep_interval or sweep_interval_from_env())
+    notifier = Notifier(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        notifier.start()
         sweeper.start()
         try:
             yield
         finally:
             sweeper.stop()
+            notifier.stop()
             db.dispose()
 
     app = FastAPI(title="Labtasker", version=__version__, lifespan=lifespan)
     app.state.db = db
     app.state.storage = storage
     app.state.sweeper = sweeper
+    app.state.notifier = notifier
     app.include_router(router)
     app.include_router(events_router)
 
