@@ -104,6 +104,7 @@ class Impl:
     db_url: str = ""
     db_path: str = ""
     queues: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (id, password)
+    server_workers: int = 1  # server processes (``serve --workers N``; current only)
 
     @property
     def url(self) -> str:
@@ -118,7 +119,7 @@ class Impl:
         cmd = [self.python, str(BENCH_DIR / "serve.py"), self.kind, "--port", str(self.port)]
         if self.kind == "current":
             self.db_url = self.db_url or f"sqlite:///{self.workdir / 'labtasker.db'}"
-            cmd += ["--db-url", self.db_url]
+            cmd += ["--db-url", self.db_url, "--workers", str(self.server_workers)]
         else:
             self.db_path = self.db_path or str(self.workdir / "labtasker_db.json")
             cmd += ["--db-path", self.db_path]
@@ -162,20 +163,41 @@ class Impl:
         path = self.workdir / "server.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (load-independent cost)."""
+    def server_pids(self) -> list[int]:
+        """The server process and its children (the worker processes of ``--workers N``)."""
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.proc.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server processes so far (load-independent cost)."""
+        total = 0
+        for pid in self.server_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        return float("nan")
+        total = 0.0
+        for pid in self.server_pids():
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) / 1024.0
+            except OSError:
+                continue
+        return total or float("nan")
 
     # ------------------------------------------------------------------ queues and seeding
     def client(self, queue: str) -> httpx.Client:
@@ -575,6 +597,13 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
                 "(tasks/s; latency)",
             )
         )
+    top = max(sizes.claim_workers)
+    labels.append(
+        (
+            f"claim_{top}_procs2",
+            f"claim + report, {top} worker process(es), server `--workers 2` (tasks/s; latency)",
+        )
+    )
     for n in sizes.fetch_sizes:
         labels.append((f"fetch_{n}", f"fetch p50, {fmt_n(n)} pending"))
     lo, hi = min(sizes.fetch_sizes), max(sizes.fetch_sizes)
@@ -640,6 +669,24 @@ def ensure_ref_venv() -> Path:
     return venv
 
 
+def row_claim_two_processes(impl: Impl, sizes: Sizes, out: dict) -> None:
+    """The busiest claim row again against ``serve --workers 2`` on a fresh database (ours
+    only: 1.0.1 has no such option)."""
+    if impl.is_ref:
+        return
+    workdir = impl.workdir / "procs2"
+    workdir.mkdir(exist_ok=True)
+    two = Impl(f"{impl.name} x2", impl.kind, impl.python, impl.cli, workdir, server_workers=2)
+    two.start()
+    try:
+        top = max(sizes.claim_workers)
+        two_out: dict[str, Result] = {}
+        row_claim(two, sizes, top, two_out)
+        out[f"claim_{top}_procs2"] = two_out[f"claim_{top}"]
+    finally:
+        two.stop()
+
+
 def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Result]:
     out: dict[str, Result] = {}
     steps = [
@@ -647,6 +694,7 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
         ("submit", lambda: row_submit_one(impl, sizes, out)),
         ("submit", lambda: row_submit_bulk(impl, sizes, out)),
         *[("claim", lambda w=w: row_claim(impl, sizes, w, out)) for w in sizes.claim_workers],
+        ("claim", lambda: row_claim_two_processes(impl, sizes, out)),
         ("loop", lambda: row_loop(impl, sizes, out)),
         ("fetch", lambda: rows_fetch_ls(impl, sizes, out)),
     ]
