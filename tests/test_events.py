@@ -123,6 +123,36 @@ def test_events_are_scoped_to_the_queue(server, queue_env):
     assert [e.event.entity_id for e in events] == [mine]
 
 
+def test_event_ids_are_never_reused_after_a_queue_is_deleted(server, queue_env):
+    """Deleting a queue deletes its events; if they were the newest, the next event of another
+    queue must still get a higher id than any handed out before (SQLite AUTOINCREMENT,
+    migration 0004), or a listener resuming from its last id would miss it."""
+    other = "d-" + queue_env.queue_name
+    httpx.post(server.url + "/api/v1/queues", json={"queue_name": other, "password": "pw"})
+    with queue_env.http() as http, httpx.Client(base_url=server.url, auth=(other, "pw")) as o:
+        listener = EventListener(client=http).start(timeout=10)
+        http.post(f"{API}/tasks", json={"args": {"i": 0}})
+        before = collect(listener, 1)[0].sequence
+        listener.stop()
+        for i in range(5):  # the newest events now belong to the other queue
+            assert o.post(f"{API}/tasks", json={"args": {"i": i}}).status_code == 201
+        with o.stream("GET", f"{API}/events", headers={"Last-Event-ID": str(before)}) as resp:
+            highest = 0
+            for line in resp.iter_lines():
+                if line.startswith("id:"):
+                    highest = max(highest, int(line.split(":", 1)[1]))
+                    if highest >= before + 5:
+                        break
+        assert o.delete(API).status_code == 204
+        listener = EventListener(client=http).start(timeout=10)
+        try:
+            http.post(f"{API}/tasks", json={"args": {"i": 1}})
+            after = collect(listener, 1)[0].sequence
+        finally:
+            listener.stop()
+    assert after > highest > before
+
+
 def test_cli_event_listen_compact(queue_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "labtasker.client.cli.main", "event", "listen", "--compact"],

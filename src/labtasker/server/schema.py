@@ -142,7 +142,7 @@ workers = Table(
     Index("ix_workers_queue_modified", "queue_id", "last_modified"),
 )
 
-# Transition log for live events (``events.py``); migration 0003.
+# Transition log for live events (``events.py``); migrations 0003, 0004 (ids never reused).
 events = Table(
     "events",
     metadata,
@@ -155,4 +155,5 @@ events = Table(
     Column("new_state", String(16), nullable=False),
     Column("entity_data", JsonDoc, nullable=False),
     Index("ix_events_queue_event", "queue_id", "event_id"),
+    sqlite_autoincrement=True,
 )
