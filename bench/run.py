@@ -353,6 +353,28 @@ def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
     out["submit_one"] = Result(rate, f"{rate:,.0f}/s; server CPU {cpu:.2f} ms/task", True, note)
 
 
+def row_http_floor(impl: Impl, sizes: Sizes, out: dict) -> None:
+    """Server CPU per request of the cheapest routes: ``GET /health`` (no auth, no database)
+    and ``GET /queues/me`` (auth + one read): the HTTP stack's floor under every row."""
+    queue = impl.new_queue("floor")
+    n = max(200, sizes.submit_one)
+    parts = []
+    for label, path, auth in (("GET /health", "/health", False),
+                              ("GET /queues/me", QUEUE_ME, True)):
+        with (impl.client(queue) if auth else httpx.Client(base_url=impl.url)) as c:
+            c.get(path)
+            cpu0 = impl.cpu_seconds()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                c.get(path)
+            wall = (time.perf_counter() - t0) / n * 1000
+            cpu = (impl.cpu_seconds() - cpu0) / n * 1000
+        parts.append(f"{label} {cpu:.2f} ms CPU ({wall:.1f} ms wall)")
+        if label == "GET /health":
+            value = cpu
+    out["http_floor"] = Result(value, "; ".join(parts) + " per request")
+
+
 def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
     if impl.is_ref or not impl.probe_batch():
         out["submit_bulk"] = Result(None, "n/a (no batch route)")
@@ -589,6 +611,7 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
         ("submit_one", f"submit {sizes.submit_one:,} one by one (tasks/s)"),
         ("submit_bulk", f"submit {sizes.submit_bulk:,} in bulk (tasks/s)"),
     ]
+    labels.append(("http_floor", "HTTP floor: server CPU per request, sequential client"))
     for w in sizes.claim_workers:
         labels.append(
             (
@@ -693,6 +716,7 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
         ("startup", lambda: rows_startup(impl, sizes, out)),
         ("submit", lambda: row_submit_one(impl, sizes, out)),
         ("submit", lambda: row_submit_bulk(impl, sizes, out)),
+        ("claim", lambda: row_http_floor(impl, sizes, out)),
         *[("claim", lambda w=w: row_claim(impl, sizes, w, out)) for w in sizes.claim_workers],
         ("claim", lambda: row_claim_two_processes(impl, sizes, out)),
         ("loop", lambda: row_loop(impl, sizes, out)),

@@ -35,14 +35,15 @@ fi
 unset LABTASKER_TASK_ID LABTASKER_WORKER_ID LABTASKER_LOG_DIR
 export PATH="$VENV_DIR/bin:$PATH"
 
-# Storage-dependent tests also run against PostgreSQL when one is reachable (a scratch
-# database per run on $LABTASKER_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+# The suite runs twice: on SQLite (everything) and on PostgreSQL (every test that reaches the
+# storage through the server/queue_env/scratch_dbs fixtures, chosen in tests/conftest.py; the
+# backend-independent ones ran on SQLite already). PostgreSQL scratch databases are created
+# per run on $LABTASKER_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+# The two halves run at the same time (most tests wait on servers, loops and timeouts rather
+# than on the CPU); LABTASKER_TEST_SERIAL=1 runs them one after the other. The PostgreSQL
+# half's output is printed after the SQLite half's.
 # Without PostgreSQL that half is skipped with a message; with LABTASKER_REQUIRE_POSTGRES=1
 # (set by .ci/run) a missing PostgreSQL is a failure.
-PG_TESTS=(tests/test_server_api.py tests/test_server_durability.py tests/test_server_paging.py tests/test_events.py tests/test_multi_server.py tests/test_copydb.py tests/test_filter_differential.py
-    tests/test_cli_api.py)
-# (test_loop.py exercises the client's loop, the same whatever the backend: SQLite half only)
-for f in tests/test_lifecycle*.py; do [[ -e "$f" ]] && PG_TESTS+=("$f"); done
 
 run_pytest() { # label, pytest args...
     local label=$1 rc=0
@@ -57,7 +58,17 @@ run_pytest() { # label, pytest args...
     return "$rc"
 }
 
+TMP_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/labtasker-tests.XXXXXX")
+trap 'rm -rf "$TMP_ROOT"' EXIT
+
+run_pg_half() {
+    # The 16-loop stress tests exercise the loop more than the storage: smaller on this half.
+    LABTASKER_TEST_BACKEND=postgresql LABTASKER_STRESS_TASKS=${LABTASKER_STRESS_TASKS:-300} \
+        run_pytest postgresql -p no:cacheprovider --basetemp "$TMP_ROOT/pg" "$@"
+}
+
 pg_status=0
+pg_pid=""
 if [[ "${LABTASKER_TEST_SKIP_POSTGRES:-0}" == 1 ]]; then
     echo "==> PostgreSQL half skipped (LABTASKER_TEST_SKIP_POSTGRES=1)"
 elif "$VPY" - <<'PY'
@@ -71,9 +82,13 @@ except Exception as exc:
     sys.exit(1)
 PY
 then
-    # The 16-loop stress tests exercise the loop more than the storage: smaller on this half.
-    LABTASKER_TEST_BACKEND=postgresql LABTASKER_STRESS_TASKS=${LABTASKER_STRESS_TASKS:-300} \
-        run_pytest postgresql "${PG_TESTS[@]}" "$@" || pg_status=$?
+    if [[ "${LABTASKER_TEST_SERIAL:-0}" == 1 ]]; then
+        run_pg_half "$@" || pg_status=$?
+    else
+        echo "==> [postgresql] running in the background; its output follows the SQLite half's"
+        run_pg_half "$@" >"$TMP_ROOT/pg.log" 2>&1 &
+        pg_pid=$!
+    fi
 elif [[ "${LABTASKER_REQUIRE_POSTGRES:-0}" == 1 ]]; then
     echo "==> FAILED: PostgreSQL is required (LABTASKER_REQUIRE_POSTGRES=1) but not reachable" >&2
     pg_status=1
@@ -83,6 +98,13 @@ fi
 
 status=0
 LABTASKER_TEST_BACKEND=sqlite run_pytest sqlite "$@" || status=$?
+if [[ -n "$pg_pid" ]]; then
+    wait "$pg_pid" || pg_status=$?
+    cat "$TMP_ROOT/pg.log"
+fi
+if [[ $status != 0 ]]; then
+    echo "==> FAILED: the SQLite half failed (see above)" >&2
+fi
 if [[ $pg_status != 0 ]]; then
     echo "==> FAILED: the PostgreSQL half failed (see above)" >&2
     status=$pg_status

@@ -93,6 +93,30 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+# Fixtures through which a test reaches the storage backend under test.
+BACKEND_FIXTURES = frozenset({"server", "queue_env", "scratch_dbs"})
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backend: runs on every storage backend although it uses no backend fixture")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a non-default backend run only the tests that touch storage (those using a backend
+    fixture, or marked ``backend``): the others (parsers, templates, the embedded demo...)
+    do not depend on the backend and already ran on SQLite."""
+    if BACKEND == "sqlite":
+        return
+    keep, skip = [], []
+    for item in items:
+        touches = BACKEND_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        (keep if touches or item.get_closest_marker("backend") else skip).append(item)
+    if skip:
+        config.hook.pytest_deselected(items=skip)
+        items[:] = keep
+
+
 class ScratchDatabases:
     """Creates one empty database per call (a file for SQLite, a database for PostgreSQL)."""
 

@@ -770,6 +770,7 @@ def test_column_filters_can_use_indexes(store):
         assert any("INDEX" in str(row) for row in plan), plan
 
 
+@pytest.mark.backend
 def test_generated_case_count():
     """At least 1,000 generated filters per run (when the differential tests ran)."""
     if STATS["generated"] == 0:

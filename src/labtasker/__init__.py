@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "ls_tasks": _API,
     "update_tasks": _API,
     "delete_task": _API,
+    "cancel_task": _API,
     "create_worker": _API,
     "ls_workers": _API,
     "report_worker_status": _API,
