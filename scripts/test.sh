@@ -62,9 +62,7 @@ TMP_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/labtasker-tests.XXXXXX")
 trap 'rm -rf "$TMP_ROOT"' EXIT
 
 run_pg_half() {
-    # The 16-loop stress tests exercise the loop more than the storage: smaller on this half.
-    LABTASKER_TEST_BACKEND=postgresql LABTASKER_STRESS_TASKS=${LABTASKER_STRESS_TASKS:-300} \
-        run_pytest postgresql -p no:cacheprovider --basetemp "$TMP_ROOT/pg" "$@"
+    LABTASKER_TEST_BACKEND=postgresql run_pytest postgresql -p no:cacheprovider --basetemp "$TMP_ROOT/pg" "$@"
 }
 
 pg_status=0

@@ -103,14 +103,10 @@ log = logging.getLogger("labtasker.server.events")
 router = APIRouter()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+def _jsonable(entity: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of a task/worker dict with its datetime columns as ISO text. Only the
+    top level can hold datetimes: nested values (args, metadata, summary) come from JSON."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in entity.items()}
 
 
 def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str, old: str,
