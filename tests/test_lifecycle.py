@@ -485,7 +485,7 @@ def test_worker_list_shows_running_task(queue_env):
 
 # ------------------------------------------------------------------------------ loop processes
 def test_kill9_loop_and_job_task_pending_again(queue_env):
-    """kill -9 of a loop mid-task: its job dies with it (PDEATHSIG), the server puts the task
+    """kill -9 of a loop mid-task: its job dies with it (job watchdog), the server puts the task
     back within heartbeat_timeout + sweep period, retries 1, the worker is charged."""
     with queue_env.http() as http:
         tid = submit(http, {"s": 600}, max_retries=3)

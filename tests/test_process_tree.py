@@ -156,9 +156,9 @@ STUBBORN = "trap '' TERM; " + TREE  # SIG_IGN is inherited: the whole tree ignor
 def test_kill9_of_the_loop_leaves_no_job_process(queue_env, job, how):
     """``kill -9`` of ``labtasker loop`` (or of its whole process group, as a closing
     terminal would) while its shell job runs a background and a foreground ``sleep 600``:
-    the shell dies at once (PDEATHSIG), both sleeps within the grace period (SIGTERM from the
-    watchdog, SIGKILL after ``--grace-period`` when SIGTERM is ignored), then the watchdog
-    exits too."""
+    the whole job group -- the shell and both sleeps -- gets SIGTERM from the watchdog at once
+    and SIGKILL after ``--grace-period`` when SIGTERM is ignored; then the watchdog exits
+    too."""
     pids_file = queue_env.workdir / "pids"
     with queue_env.http() as http:
         tid = submit(http, {"x": 1})
@@ -179,7 +179,8 @@ def test_kill9_of_the_loop_leaves_no_job_process(queue_env, job, how):
                 os.killpg(loop.pid, signal.SIGKILL)
             killed = time.monotonic()
             loop.wait(timeout=10)
-            wait_for(lambda: gone(shell), timeout=SLACK, what="shell killed by PDEATHSIG")
+            wait_for(lambda: gone(shell), timeout=SLACK + (GRACE if job is STUBBORN else 0),
+                     what="the job's shell gone")
             wait_for(
                 lambda: gone(background) and gone(foreground),
                 timeout=GRACE + SLACK,

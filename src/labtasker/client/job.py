@@ -15,10 +15,12 @@
 
 **When the runner itself dies** (``kill -9`` of the loop, OOM killer; Linux only):
 
-* the job's main process gets SIGKILL at once: ``prctl(PR_SET_PDEATHSIG)``;
-* the rest of the job's process group (``bash -c 'sleep 600 & sleep 600'``, data-loader
-  workers...) is handled by the **job watchdog**: one small process per runner process,
-  started lazily by the first :meth:`JobProcess.start` and reused by every later job. It holds
+* the job's whole process group (the job, ``bash -c 'sleep 600 & sleep 600'``, data-loader
+  workers...) is handled by the **job watchdog** below; only when no watchdog can run does
+  the job's main process get ``prctl(PR_SET_PDEATHSIG)`` (SIGKILL when the runner dies)
+  instead: that needs a ``preexec_fn``, which forces ``subprocess`` off its ``vfork`` fast
+  path (~3-10 ms more per job in a big runner process);
+* the **job watchdog** is one small process per runner process, started lazily by the first :meth:`JobProcess.start` and reused by every later job. It holds
   the read end of a pipe whose write end only the runner holds; the runner writes
   ``+ <pgid> <grace>`` when a job starts and ``- <pgid>`` when its group is cleaned up. The
   watchdog waits in ``poll()`` for the hang-up only, so a message does not even wake it up;
@@ -47,7 +49,7 @@
   ``PR_SET_CHILD_SUBREAPER`` is not used: it only re-parents orphans to a live ancestor and
   does nothing once that ancestor is killed. Not covered: a process that leaves the job's
   process group on purpose (``setsid``, ``setpgid``), and the microseconds between the job's
-  ``fork`` and its registration (its main process still has PDEATHSIG). On other platforms
+  ``fork`` and its registration. On other platforms
   the runner keeps the previous behaviour (no PDEATHSIG, no watchdog).
 
 Exit codes follow ``subprocess``: ``0`` success, ``n > 0`` the job's code, ``-N`` killed by
@@ -207,6 +209,14 @@ class _Watchdog:
                 self._send(f"+ {pgid} {grace_seconds:.3f}\n")
             except Exception as exc:  # noqa: BLE001 - e.g. EMFILE: the job runs on regardless
                 logger.warning("Job watchdog unavailable: %s", exc)
+
+    def ensure(self) -> bool:
+        """Start the watchdog if it is not running; True when it runs (a job started now
+        will be covered once registered)."""
+        with self._lock:
+            if self._wfd is None:
+                self._send("", spawn=True)
+            return self._wfd is not None
 
     def unregister(self, pgid: int) -> None:
         """Stop watching ``pgid`` (its group has been cleaned up)."""
@@ -394,6 +404,9 @@ class JobProcess:
         watchdog, starting the watchdog on first use). Returns ``self``. Raises
         ``LabtaskerRuntimeError`` if it cannot be started (program not found, not
         executable...)."""
+        # With the watchdog running, no PDEATHSIG: a ``preexec_fn`` forces subprocess off its
+        # vfork fast path, which costs ~3-10 ms per job in a big runner process.
+        watched = _WATCHDOG is not None and _WATCHDOG.ensure()
         try:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -404,7 +417,7 @@ class JobProcess:
                 cwd=self.cwd,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_kill_with_parent if _PRCTL is not None else None,
+                preexec_fn=_kill_with_parent if _PRCTL is not None and not watched else None,
             )
         except OSError as exc:
             raise LabtaskerRuntimeError(f"Could not start job {self.argv[0]!r}: {exc}") from exc
