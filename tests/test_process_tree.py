@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import descendants, get_task, gone, proc_stat, submit, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the job watchdog is Linux only"
@@ -27,62 +28,6 @@ SLACK = 2.5  # scheduling slack on a loaded 2-core machine
 
 
 # ------------------------------------------------------------------------------ helpers
-def submit(http, args, **fields) -> str:
-    resp = http.post(f"{API}/tasks", json={"args": args, **fields})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["task_id"]
-
-
-def get_task(http, task_id: str) -> dict:
-    resp = http.get(f"{API}/tasks/{task_id}")
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(interval)
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of ``pid`` from ``/proc``, or None if it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs: absent, or a zombie (orphans are re-parented to
-    PID 1, whose reaping is not ours to test)."""
-    st = _stat(pid)
-    return st is None or st[0] == "Z"
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st:
-                children.setdefault(st[1], []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
 def is_watchdog(pid: int) -> bool:
     try:
         return WATCHDOG_MARK in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -215,7 +160,7 @@ def test_one_watchdog_per_loop_reaped_when_the_loop_ends(queue_env):
         assert all(get_task(http, t)["status"] == "success" for t in ids)
     assert len(seen) == 1, seen
     (watchdog,) = seen
-    wait_for(lambda: _stat(watchdog) is None, timeout=5, what="watchdog reaped")
+    wait_for(lambda: proc_stat(watchdog) is None, timeout=5, what="watchdog reaped")
 
 
 # ------------------------------------------------------------------------------ JobProcess API
