@@ -347,7 +347,11 @@ def test_finish_from_python_child_first_finish_wins(queue_env):
         """
         )
     )
-    proc = run_loop(queue_env, "--", sys.executable, str(job), "%(mode)")
+    # a worker that survives the three failed runs (the default max_retries would crash it
+    # on the third, which ends the loop with exit 1)
+    wid = http.post("/api/v1/queues/me/workers",
+                    json={"worker_name": "finisher", "max_retries": 10}).json()["worker_id"]
+    proc = run_loop(queue_env, "--worker-id", wid, "--", sys.executable, str(job), "%(mode)")
     assert proc.returncode == 0, proc.stderr
     ok = get_task(http, t_ok)
     assert ok["status"] == "success" and ok["summary"] == {"metric": 42}
@@ -696,6 +700,42 @@ def test_no_tasks_exits_0_and_uses_given_worker(queue_env):
     assert [w["worker_id"] for w in workers] == [wid]  # no extra worker was created
     proc = run_loop(queue_env, "-c", "true %(x)")
     assert proc.returncode == 0 and "all done" in proc.stderr
+
+
+def test_loop_stops_at_once_when_going_on_cannot_help(queue_env):
+    """A fetch the server refuses for good (here: a forbidden filter operator, HTTP 400) and a
+    crashed worker stop the loop at once with exit 1 and a one-line reason, instead of
+    minutes of back-off or a silent exit 0."""
+    http = queue_env.http()
+    submit(http, {"x": 1})
+    t0 = time.monotonic()
+    proc = run_loop(queue_env, "-f", '{"args.x": {"$where": 1}}', "--", "true", "%(x)")
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert "Loop stopped" in proc.stderr and "$where" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # a worker that crashes (max_retries 1) after its first failed run
+    wid = http.post("/api/v1/queues/me/workers",
+                    json={"worker_name": "fragile", "max_retries": 1}).json()["worker_id"]
+    submit(http, {"x": 2})
+    proc = run_loop(queue_env, "--worker-id", wid, "-c", "exit 3 # %(x)")
+    assert proc.returncode == 1, proc.stderr
+    assert f"labtasker worker report {wid} active" in proc.stderr
+    assert http.get(f"/api/v1/queues/me/workers/{wid}").json()["status"] == "crashed"
+    pending = http.post("/api/v1/queues/me/tasks/search", json={"status": "pending"}).json()
+    assert pending["content"], "matching tasks were left: the exit must not say 'all done'"
+
+
+def test_command_without_placeholder_warns(queue_env):
+    """A command without %(...) takes tasks of any shape (1.0.1): the loop says so."""
+    http = queue_env.http()
+    tid = submit(http, {"lr": 0.1})
+    proc = run_loop(queue_env, "--", "true")
+    assert proc.returncode == 0, proc.stderr
+    assert "no %(...) placeholder" in proc.stderr
+    assert get_task(http, tid)["status"] == "success"
+    proc = run_loop(queue_env, "--", "true", "%(lr)")
+    assert "placeholder" not in proc.stderr
 
 
 LOST_DECORATED = textwrap.dedent(

@@ -71,6 +71,12 @@ class WorkerSuspended(LabtaskerRuntimeError):
     """``fetch_task`` was refused (HTTP 403) because the worker is suspended or crashed."""
 
 
+class LoopStopped(LabtaskerRuntimeError):
+    """The loop ended because going on cannot help: its worker is suspended or crashed, or the
+    server refused a fetch for good (HTTP 400/401/404/422: a bad filter, a deleted queue, a
+    changed password, a deleted worker). ``labtasker loop`` exits 1 with this message."""
+
+
 class TaskNotOwned(LabtaskerRuntimeError):
     """The server refused a heartbeat or a status report for a task this worker ran.
 

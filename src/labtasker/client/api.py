@@ -24,6 +24,7 @@ All timestamps in responses are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -74,6 +75,8 @@ from labtasker.wire import (
     WorkerLsResponse,
     WorkerStatusUpdateRequest,
 )
+
+_log = logging.getLogger("labtasker.client")
 
 __all__ = [
     "get_httpx_client",
@@ -297,12 +300,18 @@ def _send(
             delay = _next_delay(policy, attempt, start) if retryable else None
             if delay is None:
                 raise _convert_transport_error(exc, client) from exc
+            problem = f"{type(exc).__name__}: {exc}"
         else:
             if not (safe and response.status_code in _RETRY_STATUS):
                 return response, attempt
             delay = _next_delay(policy, attempt, start)
             if delay is None:
                 return response, attempt
+            problem = f"HTTP {response.status_code}"
+        # say so (INFO: shown by the loop's log, not by one-shot commands, which end with a
+        # one-line error): a loop waiting for a server that is down must not look hung
+        _log.info("%s %s: %s; retrying in %.1fs (attempt %d)", method, path, problem,
+                     delay, attempt + 1)
         time.sleep(delay)
 
 

@@ -65,6 +65,7 @@ from labtasker.exceptions import (
     LabtaskerRuntimeError,
     LabtaskerTypeError,
     LabtaskerValueError,
+    LoopStopped,
     TaskNotOwned,
     WorkerSuspended,
 )
@@ -97,6 +98,11 @@ def set_prompt_on_task_failure(enabled: bool) -> None:
     """
     global _prompt_on_failure
     _prompt_on_failure = bool(enabled)
+
+
+# Fetch answers that retrying cannot change: bad request/filter, credentials refused (queue
+# deleted, password changed), worker deleted, validation error. The loop stops at once.
+PERMANENT_HTTP_ERRORS = frozenset({400, 401, 404, 422})
 
 
 def default_internal_error_handler(exc: Exception, failure_count: int) -> None:
@@ -616,11 +622,14 @@ class LoopRunner:
     def run(self, execute: Callable[[TaskRun], Outcome], *, python_job: bool = False) -> int:
         """Run tasks until none match, the worker is suspended or the user interrupts.
 
-        Returns the signal number that stopped the loop (0 if none).
+        Returns the signal number that stopped the loop (0 if none). Raises ``LoopStopped``
+        when going on cannot help (worker suspended/crashed; a fetch refused with HTTP
+        400/401/404/422), at once instead of after the back-off of transient errors.
         """
         from labtasker.client import api
 
         installed = self.interrupt.install()
+        stopped: LoopStopped | None = None  # set when going on cannot help
         failures = 0
         idle_since: float | None = None  # when fetches started to come back empty
         idle_delay = 0.5
@@ -673,8 +682,22 @@ class LoopRunner:
                     if outcome.stop_loop:
                         break
                 except WorkerSuspended as exc:
-                    logger.warning("Worker suspended: %s", exc)
+                    stopped = LoopStopped(
+                        f"The server refused to give worker {self.worker_id} work: {exc}. "
+                        f"Re-activate it with `labtasker worker report {self.worker_id} "
+                        "active`.")
+                    logger.error("%s", stopped)
                     break
+                except LabtaskerHTTPStatusError as exc:
+                    if self.interrupt.signum is not None:
+                        break
+                    if exc.status_code in PERMANENT_HTTP_ERRORS:
+                        stopped = LoopStopped(f"Loop stopped: {exc}")
+                        logger.error("%s", stopped)
+                        break
+                    failures += 1
+                    logger.error("Loop internal error (%d in a row): %s", failures, exc)
+                    _internal_error_handler(exc, failures)
                 except (LabtaskerError, OSError) as exc:
                     if self.interrupt.signum is not None:
                         break
@@ -697,6 +720,8 @@ class LoopRunner:
             self.tasks_succeeded,
             self.tasks_failed,
         )
+        if stopped is not None and not self.interrupt.signum:
+            raise stopped
         return self.interrupt.signum or 0
 
     def _run_task(

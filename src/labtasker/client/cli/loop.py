@@ -12,9 +12,14 @@ contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields be
 loop's required fields ("no more, no less": only tasks whose args have exactly these fields
 are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.runner`.
 
-Exit status: 0 when no matching task is left (after ``--idle-timeout``), the worker is
-suspended or "Exit" was chosen after a failure; 2 on usage or set-up errors (one-line
-message); 1 when the loop gave up after repeated internal errors; 128 + N when stopped by
+A command without any ``%(...)`` takes pending tasks of any argument shape (as 1.0.1); the
+loop warns about it.
+
+Exit status: 0 when no matching task is left (after ``--idle-timeout``) or "Exit" was chosen
+after a failure; 2 on usage or set-up errors (one-line message); 1 when going on cannot help
+(the worker is suspended or crashed; the server refuses the fetch for good: a bad filter, a
+deleted queue, a changed password -- HTTP 400/401/404/422, at once) or after repeated
+internal errors (network, server errors: back-off up to 60 s, 10 in a row); 128 + N when stopped by
 signal N (the running job's process group gets the same signal, then SIGKILL after
 ``--grace-period`` seconds; the outcome is reported before the loop exits). If the loop
 itself dies (``kill -9``), its job watchdog stops the running job's process group the same way
@@ -32,10 +37,18 @@ from labtasker.exceptions import (
     CmdSyntaxError,
     LabtaskerError,
     LabtaskerNetworkError,
+    LoopStopped,
     QueryTranspilerError,
 )
 
-HELP = "Fetch matching tasks one by one and run COMMAND for each (see `labtasker loop --help`)."
+HELP = (
+    "Fetch matching tasks one by one and run COMMAND for each.\n\n"
+    "`%(field)` placeholders choose the tasks: only tasks whose args have exactly these "
+    "fields are run (a command without any takes tasks of any shape). Exit status: 0 when no "
+    "matching task is left; 1 when going on cannot help (worker suspended or crashed, queue "
+    "deleted, invalid filter) or after repeated network/server errors; 2 on usage errors; "
+    "128+N when stopped by signal N (forwarded to the job, SIGKILL after --grace-period)."
+)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -159,6 +172,13 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"Command error with exception {exc}") from None
 
         ensure_logging(verbose)
+        if not template.required_fields():
+            typer.echo(
+                "Warning: the command has no %(...) placeholder, so this loop takes pending tasks "
+                "of any argument shape (as labtasker 1.0.1). Use %(field) in the command to run "
+                "only the tasks whose args are exactly those fields.",
+                err=True,
+            )
         if executable and not template.shell:
             typer.echo("Warning: --executable only applies to shell commands; ignored.", err=True)
         try:
@@ -188,6 +208,8 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc).splitlines()[0]) from None
         try:
             signum = runner.run(runner.command_executor(template, executable))
+        except LoopStopped as exc:
+            raise _fail(str(exc).splitlines()[0], 1) from None
         except LabtaskerError as exc:
             raise _fail(f"loop stopped after repeated internal errors: {exc}", 1) from None
         if signum:
