@@ -143,7 +143,7 @@ def test_event_ids_are_never_reused_after_a_queue_is_deleted(server, queue_env):
                     highest = max(highest, int(line.split(":", 1)[1]))
                     if highest >= before + 5:
                         break
-        assert o.delete(API).status_code == 204
+        assert o.delete(API, params={"cascade_delete": "true"}).status_code == 204
         listener = EventListener(client=http).start(timeout=10)
         try:
             http.post(f"{API}/tasks", json={"args": {"i": 1}})

@@ -60,8 +60,12 @@ def test_queue_lifecycle(server, queue_env):
         assert http.get(API).status_code == 401
     new = httpx.Client(base_url=server.url, auth=(queue_env.queue_name, "new-pw"))
     assert new.get(API).status_code == 200
-    submit(new, args={"x": 1})
-    assert new.delete(API).status_code == 204
+    tid = submit(new, args={"x": 1})
+    # without cascade_delete a queue with tasks is not deleted (1.0.1 orphaned them)
+    refused = new.delete(API)
+    assert refused.status_code == 409 and "1 task(s) and 0 worker(s)" in refused.json()["detail"]
+    assert new.get(f"{API}/tasks/{tid}").status_code == 200
+    assert new.delete(API, params={"cascade_delete": "true"}).status_code == 204
     assert new.get(API).status_code == 401
 
 

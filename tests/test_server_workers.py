@@ -89,3 +89,22 @@ def test_two_server_processes_claim_each_task_once(tmp_path, scratch_dbs):
         if srv.proc and srv.proc.poll() is None:
             srv.proc.send_signal(signal.SIGTERM)
             srv.proc.wait(timeout=30)
+
+
+def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path):
+    """``serve`` with an unsupported, malformed or unreachable database URL exits at once with
+    a one-line message (2: the URL, 1: the database), never a traceback."""
+    import subprocess
+    import sys
+
+    for url, code, words in (
+        ("mysql://x@y/z", 2, "unsupported database 'mysql'"),
+        ("not a url", 2, "invalid --db-url"),
+        ("postgresql://postgres@127.0.0.1:1/nope", 1, "cannot open the database"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "labtasker.server.cli", "serve", "--port", "1",
+             "--db-url", url], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, (url, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -50,16 +50,15 @@ def serve(
     if interval <= 0:
         raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no "setup plugin" lines
+    _check_database(url)
     if workers > 1:
         # Each worker process builds its own app (``_worker_app``) from these variables; the
-        # schema is migrated once here first, so the workers find it at head.
-        from labtasker.server.db import Database
+        # schema was migrated once by ``_check_database``, so the workers find it at head.
+        from labtasker.server.db import normalize_url
 
-        db = Database(url)
-        db.migrate()
-        typer.echo(f"labtasker-server: database {db.url.split('@')[-1]}, {workers} processes",
-                   err=True)
-        db.dispose()
+        typer.echo(f"labtasker-server: database {normalize_url(url).split('@')[-1]}, "
+                   f"{workers} processes", err=True)
         os.environ[_WORKER_DB_URL] = url
         os.environ[_WORKER_INTERVAL] = repr(interval)
         uvicorn.run("labtasker.server.cli:_worker_app", factory=True, workers=workers, host=host,
@@ -69,6 +68,41 @@ def serve(
     typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                 timeout_graceful_shutdown=5)
+
+
+def _check_database(url: str) -> None:
+    """Open and migrate the database once before serving; a bad URL, a missing driver or an
+    unreachable database ends ``serve`` with a one-line message (exit 2 for a URL the server
+    cannot use, 1 for a database it cannot reach) instead of a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from labtasker.server.db import Database, normalize_url
+
+    def fail(message: str, code: int) -> typer.Exit:
+        typer.echo(f"Error: {message}", err=True)
+        return typer.Exit(code)
+
+    try:
+        backend = make_url(normalize_url(url)).get_backend_name()
+    except ArgumentError as exc:
+        raise fail(f"invalid --db-url {url!r}: {exc}", 2) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise fail(f"unsupported database {backend!r} in --db-url: use sqlite:///PATH or "
+                   "postgresql://user@host/db", 2)
+    try:
+        db = Database(url)
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'labtasker[postgres]')" if backend == "postgresql" else ""
+        raise fail(f"the database driver is not installed: {exc}{hint}", 2) from None
+    try:
+        db.migrate()
+    except (SQLAlchemyError, OSError) as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise fail(f"cannot open the database {db.url.split('@')[-1]}: "
+                   f"{first[0] if first else type(exc).__name__}", 1) from None
+    finally:
+        db.dispose()
 
 
 _WORKER_DB_URL = "_LABTASKER_SERVER_DB_URL"

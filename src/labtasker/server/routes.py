@@ -132,9 +132,10 @@ def update_queue(body: wire.QueueUpdateRequest, qid: QueueId, store: Store):
 
 @router.delete("/api/v1/queues/me", status_code=204)
 def delete_queue(qid: QueueId, store: Store, cascade_delete: bool = False):
-    """Delete the queue together with its tasks and workers (they cannot outlive it; 1.0.1
-    orphaned them when ``cascade_delete`` was false)."""
-    store.delete_queue(qid)
+    """Delete the queue. With ``cascade_delete`` its tasks and workers go with it; without,
+    a queue that still has any is not deleted (409) -- 1.0.1 deleted the queue and left its
+    tasks and workers orphaned."""
+    store.delete_queue(qid, cascade=cascade_delete)
     return Response(status_code=204)
 
 

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -243,9 +243,21 @@ class SqlStorage:
             conn.execute(update(queues).where(queues.c.queue_id == queue_id).values(**values))
             return self._queue(conn, queue_id)
 
-    def delete_queue(self, queue_id: str) -> None:
-        """Delete a queue with its tasks and workers (no orphans, unlike 1.0.1)."""
+    def delete_queue(self, queue_id: str, cascade: bool = True) -> None:
+        """Delete a queue with its tasks, workers and events (no orphans, unlike 1.0.1).
+        Without ``cascade`` a queue that still has tasks or workers is not deleted:
+        ``Conflict`` saying how many."""
         with self.db.write() as conn:
+            if not cascade:
+                n_tasks = conn.execute(select(func.count()).select_from(tasks).where(
+                    tasks.c.queue_id == queue_id)).scalar_one()
+                n_workers = conn.execute(select(func.count()).select_from(workers).where(
+                    workers.c.queue_id == queue_id)).scalar_one()
+                if n_tasks or n_workers:
+                    raise Conflict(
+                        f"Queue still has {n_tasks} task(s) and {n_workers} worker(s); delete "
+                        "them with it using cascade_delete=true (labtasker queue delete "
+                        "--cascade)")
             conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
             conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))

@@ -185,7 +185,9 @@ def update(
 @handle_errors
 def delete(
     cascade: bool = typer.Option(
-        False, "--cascade/--no-cascade", help="Also delete the queue's tasks and workers."
+        False, "--cascade/--no-cascade",
+        help="Also delete the queue's tasks and workers; without it, a queue that still has "
+             "any is not deleted."
     ),
     yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
 ) -> None:
