@@ -261,3 +261,37 @@ def test_poll_delivers_events_committed_outside_the_server(tmp_path, scratch_dbs
         db.dispose()
         srv.kill()
     assert max(waits) < poll + 1.0, waits
+
+
+def test_server_shutdown_ends_open_streams_at_once(tmp_path, scratch_dbs):
+    """SIGTERM to a server with open event streams: the streams end at once and the server
+    exits well within uvicorn's 5 s graceful-shutdown timeout, without the cancelled-stream
+    traceback ("Exception in ASGI application") that waiting for that timeout produced."""
+    import signal
+    import threading
+
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path).start()
+    try:
+        httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "sd", "password": "pw"})
+        ended = threading.Event()
+
+        def listen():
+            with httpx.Client(base_url=srv.url, auth=("sd", "pw"), timeout=30) as c, \
+                    c.stream("GET", f"{API}/events") as resp:
+                for _ in resp.iter_lines():
+                    pass
+            ended.set()
+
+        threads = [threading.Thread(target=listen, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # both streams open
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+        assert took < 3.0, took
+        assert ended.wait(5)
+        assert "Exception in ASGI application" not in srv.log_text()
+    finally:
+        srv.kill()

@@ -3,8 +3,11 @@ event wake-ups (``events.Notifier``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -37,6 +40,34 @@ def sweep_interval_from_env() -> float:
     return value
 
 
+def _close_streams_on_exit_signals(notifier: Notifier):
+    """Chain SIGINT/SIGTERM (installed by uvicorn before the lifespan starts) so that a
+    shutdown also ends the open event streams at once (``Notifier.close_streams``); returns a
+    function that puts the previous handlers back. Only in the main thread (where uvicorn
+    serves); elsewhere (tests running the app in a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if not callable(handler):
+            continue
+
+        def chained(sig, frame, _previous=handler):
+            notifier.close_streams()
+            _previous(sig, frame)
+
+        previous[signum] = handler
+        signal.signal(signum, chained)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, handler)
+
+    return restore
+
+
 def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
     """Build the app on ``db_url`` (migrated at start-up). ``sweep_interval``: seconds
     between timeout sweeps (default: ``PERIODIC_TASK_INTERVAL`` or 30)."""
@@ -50,9 +81,11 @@ def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         notifier.start()
         sweeper.start()
+        restore = _close_streams_on_exit_signals(notifier)
         try:
             yield
         finally:
+            restore()
             sweeper.stop()
             notifier.stop()
             db.dispose()

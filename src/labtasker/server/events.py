@@ -173,6 +173,14 @@ class Notifier:
         self._scheduled = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.closing = False  # the server is shutting down: streams end (``close_streams``)
+
+    def close_streams(self) -> None:
+        """Make every open event stream of this process end now (server shutdown). Without
+        this uvicorn would wait its graceful-shutdown timeout for the never-ending streams and
+        then cancel them with a logged traceback. Any thread; listeners reconnect."""
+        self.closing = True
+        self.wake(None)
 
     # --------------------------------------------------------------- event loop side
     def start(self) -> None:
@@ -399,7 +407,8 @@ async def stream(request: Request, db, queue_id: str, after: int | None) -> Asyn
     if notifier is not None:
         notifier.streams += 1
     try:
-        while not await request.is_disconnected():
+        while not (notifier is not None and notifier.closing) \
+                and not await request.is_disconnected():
             woken = notifier.waiter(queue_id) if notifier is not None else asyncio.Event()
             rows = await anyio.to_thread.run_sync(read_after, db, queue_id, last)
             for row in rows:
