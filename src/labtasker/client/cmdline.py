@@ -49,7 +49,8 @@ def _norm_key(raw: str, token: str) -> str:
     return key
 
 
-def parse_extra_opt(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_extra_opt(tokens: list[str] | tuple[str, ...],
+                    dropped: list[str] | None = None) -> dict[str, Any]:
     """Parse ``--key value`` style tokens into a nested args dict.
 
     Rules (labtasker 1.0.1, spec §5.3):
@@ -64,7 +65,8 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
     * a bare ``--`` is ignored; any other bare token raises
       ``LabtaskerValueError("Unexpected token: <tok>")``.
 
-    Conflicting keys (``--a 1 --a.b 2``) raise :class:`LabtaskerValueError`.
+    Conflicting keys (``--a 1 --a.b 2``) raise :class:`LabtaskerValueError`. The flags that
+    were dropped are appended to ``dropped`` when a list is given (for a warning).
     """
     flat: dict[str, Any] = {}
     tokens = list(tokens)
@@ -86,6 +88,8 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 i += 2
             else:
                 _norm_key(body, tok)  # still reject malformed flag names
+                if dropped is not None:
+                    dropped.append(tok)
                 i += 1
             continue
         if tok.startswith("-") and len(tok) > 1 and not _NEGATIVE_NUMBER.match(tok):
@@ -98,6 +102,8 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 flat[_norm_key(body, tok)] = nxt
                 i += 2
             else:
+                if dropped is not None:
+                    dropped.append(tok)
                 i += 1  # flag or grouped flags: dropped
             continue
         raise LabtaskerValueError(f"Unexpected token: {tok}")

@@ -125,10 +125,14 @@ def submit(
     if args_pos and args is not None:
         raise usage_error("Use either --args or positional args after `--`, not both.")
     if args_pos:
+        dropped: list[str] = []
         try:
-            parsed_args = parse_extra_opt(args_pos)
+            parsed_args = parse_extra_opt(args_pos, dropped)
         except ValueError as exc:
             raise usage_error(f"Invalid value for [ARGS]: {exc}") from None
+        if dropped:
+            typer.echo(f"Warning: {' '.join(dropped)} without a value ignored (as labtasker "
+                       "1.0.1); give a value, e.g. --flag=true.", err=True)
     else:
         parsed_args = dict_option(args, "--args")
     meta = dict_option(metadata, "--metadata")
