@@ -178,6 +178,9 @@ class SqlStorage:
 
     def __init__(self, db: Database):
         self.db = db
+        # Reads of the embedded SQLite file are local and quick (WAL: never blocked by
+        # writers); a database server may be slow or gone (``routes.queue_id``).
+        self.reads_are_local = db.dialect == "sqlite"
 
     # ------------------------------------------------------------------ queues
     def create_queue(self, name: str, password: str, metadata: dict | None) -> str:

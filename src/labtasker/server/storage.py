@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 
 class Storage(Protocol):
+    reads_are_local: bool  # quick local reads, safe on the event loop (embedded SQLite)
+
     # --- queues
     def create_queue(self, name: str, password: str, metadata: dict | None) -> str: ...
     def queue_credentials(self, username: str) -> tuple[str, str] | None: ...
