@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Interoperability job (issue 5): drive the labtasker 1.0.1 client from PyPI -- and, with the
+# Interoperability job: drive the labtasker 1.0.1 client from PyPI -- and, with the
 # same commands and config, our own client -- against this checkout's server.
 #
 #   bash scripts/interop.sh                 # everything in tests/interop

@@ -74,7 +74,7 @@ def test_transitions_of_a_task_life_in_order(queue_env):
         ("worker", "created", "active"),
         ("task", "created", "pending"),
         ("task", "pending", "running"),
-        ("worker", "active", "active"),  # worker charged before the task event (spec §2.4)
+        ("worker", "active", "active"),  # worker charged before the task event, as in 1.0.1
         ("task", "running", "failed"),
         ("task", "failed", "pending"),
         ("task", "pending", "cancelled"),

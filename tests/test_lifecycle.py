@@ -1,4 +1,4 @@
-"""Task and worker lifecycle (issue 3): state machines, timeouts, run fencing, the loop's
+"""Task and worker lifecycle: state machines, timeouts, run fencing, the loop's
 process tree, failure prompts, idle polling, worker identity -- against a real server process
 with real loop and job processes. Run on SQLite (default) or PostgreSQL
 (``LABTASKER_TEST_BACKEND=postgresql``).
@@ -77,7 +77,7 @@ def finish_proc(p: subprocess.Popen, timeout=60) -> str:
 
 # ------------------------------------------------------------------------------ task FSM
 TASK_STATES = ["pending", "running", "success", "failed", "cancelled"]
-ALLOWED = {  # spec §3.1
+ALLOWED = {  # the task state machine of 1.0.1 (labtasker.fsm)
     "pending": {"running", "pending", "cancelled"},
     "running": {"success", "failed", "pending", "cancelled"},
     "success": {"pending", "cancelled"},
@@ -101,7 +101,7 @@ def task_in_state(http, state: str) -> str:
 
 @pytest.mark.parametrize("old", TASK_STATES)
 def test_task_fsm_manual_transitions(queue_env, old):
-    """Every (from, to) pair of spec §3.1 through ``PUT /tasks`` (explicit status): allowed
+    """Every (from, to) pair of the task state machine through ``PUT /tasks`` (explicit status): allowed
     edges apply, refused ones answer 400 and change nothing."""
     with queue_env.http() as http:
         for new in TASK_STATES:
@@ -124,7 +124,7 @@ def test_task_fsm_manual_transitions(queue_env, old):
 
 @pytest.mark.parametrize("old", TASK_STATES)
 def test_task_fsm_reports_and_reset(queue_env, old):
-    """Triggers of spec §3.1 from every state: report success/failed/cancelled, reset."""
+    """Triggers of the task state machine from every state: report success/failed/cancelled, reset."""
     with queue_env.http() as http:
         # success: only from running
         tid = task_in_state(http, old)
@@ -173,7 +173,7 @@ def test_retry_arithmetic(queue_env):
 
 # ------------------------------------------------------------------------------ worker FSM
 def test_worker_fsm(queue_env):
-    """Spec §3.2: create -> active; failures crash it at max_retries; manual active/suspended
+    """Worker state machine: create -> active; failures crash it at max_retries; manual active/suspended
     per the table; crashed cannot be requested; re-activation from crashed resets retries."""
     with queue_env.http() as http:
 
@@ -239,7 +239,7 @@ def test_concurrent_failures_each_charge_the_worker(queue_env):
 
 def test_failure_and_timeout_whatever_the_worker_state(queue_env):
     """A task is never stuck: failing it (report or timeout) works when its worker is
-    suspended, crashed or deleted (1.0.1 bug 7)."""
+    suspended, crashed or deleted (1.0.1 refused such reports)."""
     with queue_env.http() as http:
         cases = {}
         for how in ("suspended", "crashed", "deleted"):
@@ -304,7 +304,7 @@ def test_run_fencing_on_heartbeat_report_and_update(queue_env):
 # ------------------------------------------------------------------------------ timeouts
 def test_timeouts_say_which_and_overrides_last_one_run(queue_env, server):
     """Summary names the timeout; fetch overrides (heartbeat_timeout, eta_max) apply to that
-    run only (1.0.1 bug 8), the submitted values are kept and shown again afterwards."""
+    run only (1.0.1 wrote them into the task), the submitted values are kept and shown again afterwards."""
     with queue_env.http() as http:
         hb = submit(http, heartbeat_timeout=120.0, max_retries=3)
         t = fetch(http, hb, heartbeat_timeout=0.5)

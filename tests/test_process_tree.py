@@ -1,4 +1,4 @@
-"""The loop owns its process tree (issue 3): when a loop dies -- ``kill -9``, however -- no
+"""The loop owns its process tree: when a loop dies -- ``kill -9``, however -- no
 process its jobs started survives, thanks to the per-loop job watchdog of
 :mod:`labtasker.client.job`; a loop that ends normally leaves no watchdog behind. Real loop,
 job and watchdog processes throughout (Linux: ``/proc``)."""

@@ -1,4 +1,4 @@
-"""Unit tests of the Python-syntax filter transpiler (spec §7). Pure: no server, no network."""
+"""Unit tests of the Python-syntax filter transpiler. Pure: no server, no network."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from labtasker.filters.pyquery import (
 
 
 def tp(text: str) -> dict:
-    """Transpile with any field name allowed (the spec's examples use foo/bar/a/b)."""
+    """Transpile with any field name allowed (the 1.0.1 examples use foo/bar/a/b)."""
     return transpile(text, allowed_fields=None)
 
 
@@ -34,7 +34,7 @@ def exists(*paths: str) -> list[dict]:
     return [{p: {"$exists": True}} for p in paths]
 
 
-# --------------------------------------------------------------------------- spec examples
+# --------------------------------------------------------------------------- 1.0.1 examples
 
 
 def test_spec_example_field_vs_field():

@@ -1,4 +1,4 @@
-"""Unit tests of ``Required`` (spec §6.3) and of the decorator's set-up (no network)."""
+"""Unit tests of ``Required`` and of the decorator's set-up (no network)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_binding_errors():
 def test_decorator_does_nothing_at_decoration_time(monkeypatch, tmp_path):
     import labtasker
 
-    # no config, no server: decoration must still succeed (bug 32 fixed)
+    # no config, no server: decoration must still succeed (1.0.1 connected at decoration)
     monkeypatch.setenv("LABTASKER_ROOT", str(tmp_path / "nowhere"))
 
     @labtasker.loop(required_fields=["extra"], eta_max="1h")

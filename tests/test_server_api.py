@@ -1,4 +1,4 @@
-"""REST API on a real uvicorn server process and a real SQLite file (spec §2)."""
+"""REST API on a real uvicorn server process and a real SQLite file."""
 
 from __future__ import annotations
 
@@ -284,7 +284,7 @@ def test_worker_crashes_after_max_retries_and_reactivation(queue_env):
 
 
 def test_failure_recorded_even_when_worker_is_suspended_or_deleted(queue_env):
-    """1.0.1 bug 7: the report failed because the worker could not be charged."""
+    """In 1.0.1 the report failed because the worker could not be charged."""
     with queue_env.http() as http:
         for action in ("suspend", "delete"):
             tid = submit(http, args={"a": action})

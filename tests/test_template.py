@@ -1,4 +1,4 @@
-"""Unit tests of the ``%(a.b)`` command template (spec §5.8, bug 33 fixed)."""
+"""Unit tests of the ``%(a.b)`` command template, including the 1.0.1 limitations it lifts."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """labtasker: a task queue for ML experiments.
 
 ``import labtasker`` is cheap and has no side effects (no network, no config read): every
-public name of spec §6.1 is resolved on first access (PEP 562 ``__getattr__``). Typical use::
+public name of the 1.0.1 Python API is resolved on first access (PEP 562 ``__getattr__``). Typical use::
 
     import labtasker
     from labtasker import Required

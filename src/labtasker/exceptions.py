@@ -1,4 +1,4 @@
-"""Exception classes of the labtasker client (spec §6.1).
+"""Exception classes of the labtasker client (the 1.0.1 names, plus ours).
 
 Hierarchy (all derive from :class:`LabtaskerError`)::
 

@@ -1,4 +1,4 @@
-"""State machines of tasks and workers (spec §3), shared by server and client.
+"""State machines of tasks and workers, shared by server and client.
 
 The server applies every status change through these tables; an edge that is not listed raises
 ``InvalidTransition``, and the caller turns that into HTTP 400/409 without writing anything.
@@ -70,7 +70,7 @@ def task_after_failure(status: str, retries: int, max_retries: int) -> tuple[str
 
     ``running``: retries + 1; back to ``pending`` while ``retries < max_retries``, else
     ``failed``. ``failed`` stays ``failed`` unchanged. Anything else raises
-    ``InvalidTransition``. With ``max_retries = N`` a task runs at most N times (spec §3.1).
+    ``InvalidTransition``. With ``max_retries = N`` a task runs at most N times (1.0.1's arithmetic).
     """
     if status == "failed":
         return "failed", retries
@@ -85,7 +85,8 @@ def worker_after_failure(status: str, retries: int, max_retries: int) -> tuple[s
 
     ``active``: retries + 1, ``crashed`` once ``retries >= max_retries``. A suspended worker
     is charged too (its count rises, it stays suspended) so that a task's failure can always
-    be recorded whatever its worker's state (fixes spec §10 bug 7). ``crashed`` is unchanged.
+    be recorded whatever its worker's state (1.0.1 refused it and the task stayed
+    ``running``; docs/compatibility.md, B7). ``crashed`` is unchanged.
     """
     if status == "crashed":
         return status, retries

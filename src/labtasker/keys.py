@@ -2,7 +2,7 @@
 
 Shared by client and server. Task ``args`` are nested dicts; users address them with dotted
 paths (``a.b``). A *required-fields* list (e.g. the ``%(a.b)`` fields of a ``labtasker loop``
-template) selects the tasks whose args have exactly those fields (spec §4):
+template) selects the tasks whose args have exactly those fields (1.0.1's rule):
 
 * **no less**: every required path exists in ``args``;
 * **no more**: at every level the keys of ``args`` equal the keys of the required tree, where a
@@ -178,7 +178,7 @@ def _covers(tree: Shape, shape: Any) -> bool:
 def shape_matches(required: Iterable[str] | None, shape: Shape) -> bool:
     """Whether a task whose args have key structure ``shape`` satisfies ``required``.
 
-    Implements the "no more, no less" rule of spec §4; see the module docstring.
+    Implements the "no more, no less" rule; see the module docstring.
     Raises ``ValueError`` on a malformed required-fields list.
     """
     paths, star = parse_required_fields(required)

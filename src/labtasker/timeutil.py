@@ -45,7 +45,7 @@ def parse_duration(text: str | int | float) -> float:
     Accepts a plain number (seconds: ``"90"``, ``60.5``) or a concatenation of
     ``<number><unit>`` parts with units h/hour(s), m/min(s)/minute(s), s/sec(s)/second(s),
     case-insensitive, spaces/commas/colons ignored: ``"1h30m"``, ``"1 hour, 30 minutes"``,
-    ``"1.5h"``. Behaviour from labtasker 1.0.1 (spec §12.1). Days are not supported.
+    ``"1.5h"``. Behaviour from labtasker 1.0.1. Days are not supported.
 
     Raises ``ValueError`` with a message naming the problem on any other input, and on
     negative values.

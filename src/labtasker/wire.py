@@ -1,8 +1,9 @@
-"""Wire models: the JSON bodies of the REST API (spec §2), shared by server and client.
+"""Wire models: the JSON bodies of the REST API, shared by server and client.
 
 Field names, defaults and key order follow labtasker 1.0.1 so that a 1.0.1 client works
 against our server. Differences: every timestamp is timezone-aware UTC; tasks carry ``run_id``
-(the fencing token of the current claim); metadata/summary keys are validated (spec §10 bug 3).
+(the fencing token of the current claim); metadata/summary keys are validated (1.0.1 accepted any
+key; docs/compatibility.md, V1).
 Unknown request fields are ignored, as 1.0.1 does.
 """
 
@@ -83,7 +84,7 @@ class QueueUpdateRequest(_Request):
 
 # ---------------------------------------------------------------- tasks
 class Task(BaseModel):
-    """A task as returned by search/get/fetch, keys in the order of spec §1.4."""
+    """A task as returned by search/get/fetch, keys in 1.0.1's order."""
 
     model_config = ConfigDict(extra="ignore")
     task_id: str
@@ -211,7 +212,7 @@ class TaskStatusUpdateRequest(_Request):
         return _check_dict_keys(v, "summary")
 
 
-# Fields of a task that ``PUT /tasks`` may change (spec §2.3(10)); the dict-valued ones are
+# Fields of a task that ``PUT /tasks`` may change (as in 1.0.1); the dict-valued ones are
 # merged key by key unless listed in ``replace_fields``.
 UPDATABLE_TASK_FIELDS = (
     "status", "task_name", "heartbeat_timeout", "task_timeout", "max_retries", "retries",
@@ -321,7 +322,7 @@ class HealthCheckResponse(BaseModel):
 
 # ---------------------------------------------------------------- events
 class StateTransitionEvent(BaseModel):
-    """One state transition of a task or worker (spec §2.4)."""
+    """One state transition of a task or worker (1.0.1's payload)."""
 
     model_config = ConfigDict(extra="ignore")
     type: str = "state_transition"

@@ -154,7 +154,7 @@ class Client:
 
 def write_v1_client_toml(root: Path, url: str, queue_name: str, password: str,
                          heartbeat_interval: float = 5.0) -> Path:
-    """``<root>/client.toml`` with every key ``labtasker init`` of 1.0.1 writes (spec §8.1),
+    """``<root>/client.toml`` with every key ``labtasker init`` of 1.0.1 writes,
     the version check off (no PyPI calls); heartbeat every 5 s (timeout 15 s: safe on a
     loaded CI machine, still short enough that a lost run would be swept)."""
     root.mkdir(parents=True, exist_ok=True)

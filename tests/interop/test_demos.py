@@ -1,4 +1,4 @@
-"""Issue 5.2: the 1.x demos (our rewrite, ``tests/interop/demos``) run unchanged with the
+"""The 1.x demos (our rewrite, ``tests/interop/demos``) run unchanged with the
 labtasker 1.0.1 client and with ours, against our server.
 
 Each demo gets a fresh queue and a project directory with ``./.labtasker/client.toml``; the

@@ -1,4 +1,4 @@
-"""The 1.0.1 Python API surface (spec §6.1-6.2), called exactly as a 1.x script calls it, by
+"""The 1.0.1 Python API surface, called exactly as a 1.x script calls it, by
 the 1.0.1 client and by ours (``scripts/api_surface.py`` prints one result per call)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 5: the scripted 1.x workflow, run by the labtasker 1.0.1 client and by ours.
+"""The scripted 1.x workflow, run by the labtasker 1.0.1 client and by ours.
 
 Every test is one step of the workflow, run by the client under test as a child process in
 a project directory whose ``./.labtasker/client.toml`` is written the 1.0.1 way; each step

@@ -1,4 +1,4 @@
-"""HTTP wrappers of the labtasker REST API (spec §6.2).
+"""HTTP wrappers of the labtasker REST API (the 1.0.1 Python API, same signatures).
 
 Every function takes an optional ``client: httpx.Client``. Without one, a process-global client
 is used, created lazily from ``client.toml`` (base URL ``[endpoint] api_base_url``, HTTP Basic

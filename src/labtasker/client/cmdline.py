@@ -1,7 +1,7 @@
 """Parsing of command-line values: extra options, dict options and update expressions.
 
 * :func:`parse_extra_opt` -- ``labtasker task submit -- --lr=0.1 --model.depth 3 -k v`` ->
-  ``{"lr": 0.1, "model": {"depth": 3}, "k": "v"}`` (spec §5.3).
+  ``{"lr": 0.1, "model": {"depth": 3}, "k": "v"}`` (1.0.1's rules).
 * :func:`parse_dict_option` -- ``--args``/``--metadata``/``--metadata`` values: a JSON or Python
   dict literal.
 * :func:`parse_updates` -- ``labtasker task update -u args.lr=0.2 -u status=pending``.
@@ -53,7 +53,7 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...],
                     dropped: list[str] | None = None) -> dict[str, Any]:
     """Parse ``--key value`` style tokens into a nested args dict.
 
-    Rules (labtasker 1.0.1, spec §5.3):
+    Rules (those of labtasker 1.0.1):
 
     * ``--key value`` and ``--key=value``: long-option values are cast with
       :func:`cast_literal` (``0.1`` -> float, ``[1,2]`` -> list, other text stays a string);

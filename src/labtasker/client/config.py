@@ -1,4 +1,4 @@
-"""Client configuration: ``$LABTASKER_ROOT/client.toml`` (spec §8.1).
+"""Client configuration: ``$LABTASKER_ROOT/client.toml`` (1.0.1's file and keys).
 
 The root directory is ``$LABTASKER_ROOT`` if set, else ``./.labtasker`` relative to the
 current working directory; both are resolved when a function is *called*, not at import time,

@@ -1,4 +1,4 @@
-"""Listening to a queue's live events (spec §6.5): ``connect_events`` and ``EventListener``.
+"""Listening to a queue's live events: ``connect_events`` and ``EventListener``.
 
 The listener runs a daemon thread that holds the SSE stream (parsed by ``httpx-sse``) ``GET /api/v1/queues/me/events``
 open and puts every message on an in-memory queue. When the connection drops it reconnects on

@@ -6,7 +6,7 @@
   as-is, anything else is a Python-syntax expression handed to the transpiler
   (``labtasker.filters.pyquery.transpile``), e.g. ``args.lr < 0.1 and status == "failed"``.
 * :func:`encode_filter` prepares a filter dict for JSON transport: datetimes become
-  ``{"_dt": "<ISO 8601 UTC>"}`` (spec §2.3(11)).
+  ``{"_dt": "<ISO 8601 UTC>"}`` (the encoding 1.0.1 uses).
 """
 
 from __future__ import annotations

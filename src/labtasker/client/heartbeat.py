@@ -1,4 +1,5 @@
-"""Heartbeat thread of one running task (spec §5.10, bug 31 fixed, lesson 2).
+"""Heartbeat thread of one running task; a definitive loss stops the job (1.0.1's thread
+died on the first error and the job ran on; docs/compatibility.md).
 
 * The first beat is sent at once, then one every ``interval`` seconds.
 * Errors other than "the task is no longer ours" (network errors, 5xx, timeouts...) are

@@ -1,11 +1,11 @@
-"""Run one job as a child process that labtasker owns completely (spec §5.8, lesson 3).
+"""Run one job as a child process that labtasker owns completely, so that it can always be stopped.
 
 * The child starts in its **own session and process group** (``start_new_session=True``), so
   a Ctrl+C in the terminal reaches only the runner, which then decides what to do, and
   :meth:`JobProcess.stop` can signal the whole tree the job created (data-loader workers...).
 * argv mode runs the list directly (no shell); shell mode runs ``<executable> -c <string>``
   with ``/bin/sh`` as default executable.
-* stdin is ``/dev/null`` (a job that reads stdin gets EOF instead of hanging; bug 26).
+* stdin is ``/dev/null`` (a job that reads stdin gets EOF instead of hanging, as it did under 1.0.1).
 * stdout and stderr are merged into one pipe; a reader thread copies every chunk to the
   terminal (``echo``) and to ``run.log`` (ANSI colour codes stripped there) and keeps the last
   ``tail_bytes`` for the failure summary. ``PYTHONUNBUFFERED=1`` is set in the child so Python

@@ -1,4 +1,4 @@
-"""``Required``: job parameters filled from task args by ``@labtasker.loop`` (spec §6.3).
+"""``Required``: job parameters filled from task args by ``@labtasker.loop``.
 
 Two equivalent styles::
 

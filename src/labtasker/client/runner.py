@@ -1,22 +1,24 @@
-"""The loop runner shared by ``labtasker loop`` and ``@labtasker.loop`` (spec §5.9).
+"""The loop runner shared by ``labtasker loop`` and ``@labtasker.loop``.
 
 Compatible with labtasker 1.0.1 (same fetch arguments, run-directory layout, environment
 variables, ``finish()`` semantics, failure summary shape), with its known bugs fixed:
 
 * nothing happens at import or decoration time; the queue check and worker creation run when
-  the loop starts (bug 32);
+  the loop starts (1.0.1 did both at decoration time);
 * a given ``worker_id`` is checked once at start-up: an unknown id is a clear error instead of
-  five minutes of back-off (bug 28); the internal-error counter is per loop and reset after
-  every successful iteration (bug 28);
+  five minutes of back-off; the internal-error counter is per loop and reset after every
+  successful iteration (1.0.1 kept one global counter that never reset);
 * ``finish()`` reports to the server first and writes ``summary.json``/``status.json`` only
   after the server accepted the report; a failed report leaves no local "completed" marker and
-  does not block a later ``finish()`` (bug 29);
+  does not block a later ``finish()`` (1.0.1 wrote the files first, so a failed report
+  looked finished);
 * every claim carries its ``run_id`` (fencing token) on heartbeats and reports; when the
-  server says the task is no longer ours, the job is stopped and the loop goes on (bug 31);
+  server says the task is no longer ours, the job is stopped and the loop goes on (1.0.1's
+  heartbeat thread died on the first error and the job kept running);
 * the job gets ``/dev/null`` as stdin and its output is always captured in ``run.log``
-  (bug 26);
+  (a 1.0.1 job reading stdin hung);
 * "Ignore" on the failure prompt restores the task's previous ``retries`` instead of 0
-  (bug 30).
+  (as 1.0.1 did).
 
 Run directory (times in UTC)::
 
@@ -444,7 +446,7 @@ def _seconds(
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """Everything that configures one task loop, validated once (spec §5.9, §6.3).
+    """Everything that configures one task loop, validated once.
 
     Used by ``labtasker loop``, ``@labtasker.loop`` and :class:`LoopRunner`. Fields:
 
@@ -1164,7 +1166,7 @@ def loop(
     idle_timeout: float = 0.0,
     grace_period: float = STOP_GRACE_SECONDS,
 ) -> Callable[[Callable], Callable]:
-    """Decorator turning a job function into a task loop (spec §6.3).
+    """Decorator turning a job function into a task loop.
 
     ``Required`` parameters of the function add their field (alias or name) to
     ``required_fields``. Nothing contacts the server at decoration time: calling the decorated

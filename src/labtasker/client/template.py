@@ -1,4 +1,4 @@
-"""The ``%(a.b)`` command template of ``labtasker loop`` (spec §5.8, bugs of §10.33 fixed).
+"""The ``%(a.b)`` command template of ``labtasker loop``.
 
 Grammar (compatible with labtasker 1.0.1)::
 
@@ -8,7 +8,7 @@ Grammar (compatible with labtasker 1.0.1)::
     ws       := space | tab | CR | LF   (ignored inside a variable)
 
 Every character outside a variable is literal text; a lone ``%`` or ``)`` is plain text.
-Differences from 1.0.1 (all were limitations listed in spec §10.33):
+Differences from 1.0.1 (each lifts a limitation of 1.0.1):
 
 * ``%%(`` is an escape and renders as a literal ``%(`` (1.0.1 had no way to write ``%(``).
 * Segments may contain ``-`` (task keys may, so templates can now reach them).

@@ -8,7 +8,7 @@ Called inside a write transaction (``Database.write``). Steps:
    shapes cost nothing.
 2. **One indexed candidate query**: pending tasks of the queue with a matching shape and the
    compiled ``extra_filter``, ordered by priority (high first), then least recently modified,
-   then oldest (spec §4), ``LIMIT 1``. On PostgreSQL the row is locked with
+   then oldest (1.0.1's order), ``LIMIT 1``. On PostgreSQL the row is locked with
    ``FOR UPDATE SKIP LOCKED`` so concurrent claims never wait for each other.
 3. **Compare-and-set**: ``UPDATE ... WHERE task_id = :id AND status = 'pending'``; the status
    guard makes a double claim impossible even if two transactions saw the same candidate.
@@ -95,7 +95,7 @@ def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | 
     ``where``: compiled extra filter (SQL boolean) or ``None``. ``task_timeout``/
     ``heartbeat_timeout``: seconds, overrides for this run only (``run_task_timeout``/
     ``run_heartbeat_timeout``). ``cmd``: recorded on the task only when the task has none of
-    its own (1.0.1 overwrote the submitted command, spec §10 bug 8).
+    its own (1.0.1 overwrote the submitted command; docs/compatibility.md, B3).
     """
     shape_ids = matching_shape_ids(conn, queue_id, required_fields)
     if shape_ids == []:
@@ -111,7 +111,7 @@ def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | 
     if row is None:
         return None
     # Overrides apply to this run only (run_* columns, cleared when the run ends); the task's
-    # own submitted timeouts are kept (1.0.1 overwrote them: spec §10 bug 8).
+    # own submitted timeouts are kept (1.0.1 overwrote them; docs/compatibility.md, B4).
     values: dict[str, Any] = {
         "p_task_id": row.task_id, "p_now": now,
         "p_heartbeat": now if start_heartbeat else None,

@@ -4,7 +4,7 @@ Every state transition (task ``created -> pending``, ``pending -> running`` ...;
 ``created -> active`` ...) is written to the ``events`` table **in the same transaction** as
 the change it describes (``record``), so an event exists exactly when the change committed.
 ``GET /api/v1/queues/me/events`` streams a queue's events as Server-Sent Events in the format
-of labtasker 1.0.1 (spec §2.4: ``connection``, ``ping`` and ``event`` messages, same payload),
+of labtasker 1.0.1 (``connection``, ``ping`` and ``event`` messages, same payload),
 plus an SSE ``id:`` per event. A client that reconnects with ``Last-Event-ID`` gets what it
 missed, as far back as the log reaches (``EVENT_LOG_SIZE`` newest events are kept, pruned by
 the sweeper). Heartbeats publish nothing.
@@ -434,7 +434,7 @@ async def listen(
     qid: Annotated[str, Depends(queue_id)],
     last_event_id: Annotated[str | None, Header()] = None,
 ):
-    """Server-Sent Events of the queue's state transitions (spec §2.4, with ``id:`` and
+    """Server-Sent Events of the queue's state transitions (1.0.1's format, plus ``id:`` and
     ``Last-Event-ID`` resume). 400 when ``Last-Event-ID`` is not an integer."""
     after = None
     if last_event_id is not None:

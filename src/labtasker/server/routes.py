@@ -1,4 +1,4 @@
-"""HTTP routes of the REST API (spec §2.2): paths, bodies, defaults and status codes of
+"""HTTP routes of the REST API: paths, bodies, defaults and status codes of
 labtasker 1.0.1. Each handler authenticates, validates, calls ``Storage`` and shapes the
 answer; all business rules live in storage/claim. Timestamps are UTC ISO-8601 with offset.
 """

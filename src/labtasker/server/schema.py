@@ -11,7 +11,7 @@ Design notes:
 * ``tasks.run_id`` is the fencing token of the current claim;
 * ``tasks.run_heartbeat_timeout``/``run_task_timeout`` hold a fetch's timeout overrides for
   that run only; ``heartbeat_timeout``/``task_timeout`` keep the values the task was submitted
-  with (1.0.1 overwrote them, spec §10 bug 8). The sweeper applies the override if set.
+  with (1.0.1 overwrote them; docs/compatibility.md, B4). The sweeper applies the override if set.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ tasks = Table(
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_worker", "worker_id"),
 )
-# Claim order: priority DESC, last_modified ASC, created_at ASC (spec §4), task_id last so
+# Claim order: priority DESC, last_modified ASC, created_at ASC (1.0.1's fetch order), task_id last so
 # that ties (a batch shares one timestamp) are ordered by the index, not sorted per query.
 Index("ix_tasks_claim", tasks.c.queue_id, tasks.c.status, tasks.c.priority.desc(),
       tasks.c.last_modified, tasks.c.created_at, tasks.c.task_id)

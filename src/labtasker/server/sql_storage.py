@@ -98,7 +98,7 @@ _TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS] + [tasks.c[k] for k in _RUN_TIME
 _END_RUN = {"worker_id": None, "run_id": None, "run_heartbeat_timeout": None,
             "run_task_timeout": None}
 _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
-# Fields a PUT /tasks element may set (spec §2.3(10)); others are ignored.
+# Fields a PUT /tasks element may set; others are ignored (as 1.0.1 does).
 
 
 def new_id() -> str:
@@ -228,7 +228,7 @@ class SqlStorage:
         return dict(row._mapping)
 
     def update_queue(self, queue_id, new_name, new_password, metadata_update):
-        """Rename / change password / patch metadata (spec §2.3(7)); ``Conflict`` on a taken
+        """Rename / change password / patch metadata; ``Conflict`` on a taken
         name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set."""
         with self.db.write() as conn:
             current = self._queue(conn, queue_id, lock=True)
@@ -296,7 +296,7 @@ class SqlStorage:
                       old=old, new=worker["status"], data=worker, now=now)
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
-        """Insert a pending task. ``fields``: the TaskSubmitRequest values (spec §2.3(9))."""
+        """Insert a pending task. ``fields``: the TaskSubmitRequest values."""
         return self.submit_tasks(queue_id, [fields])[0]
 
     def submit_tasks(self, queue_id: str, batch: list[dict[str, Any]]) -> list[str]:
@@ -360,7 +360,7 @@ class SqlStorage:
 
     def search_tasks(self, queue_id, *, extra_filter, task_id, task_name, status, sort,
                      offset, limit, cursor: str | None = None):
-        """One page of the queue's tasks matching all given conditions (spec §2.3(11)).
+        """One page of the queue's tasks matching all given conditions.
         Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker."""
         cond = [tasks.c.queue_id == queue_id, self._filter(TASK_FIELDS, extra_filter)]
         if task_id is not None:
@@ -427,11 +427,11 @@ class SqlStorage:
         if (status, retries) != (row["status"], row["retries"]):
             conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
                 status=status, retries=retries, last_modified=now))
-            if row["status"] == "active":  # active -> active|crashed is published (spec §2.4)
+            if row["status"] == "active":  # active -> active|crashed is published, as 1.0.1 does
                 self._worker_event(conn, queue_id, worker_id, row["status"], now)
 
     def report_task(self, queue_id, task_id, *, status, worker_id, run_id, summary):
-        """Record a run's outcome: ``success`` | ``failed`` | ``cancelled`` (spec §2.3(13)).
+        """Record a run's outcome: ``success`` | ``failed`` | ``cancelled``.
 
         Ownership: a ``run_id`` that is not the task's current run, or a ``worker_id`` that is
         not the task's worker, raises ``Conflict`` and changes nothing. ``failed`` applies the
@@ -498,7 +498,8 @@ class SqlStorage:
             raise Forbidden(f"Task {task_id} is assigned to a different worker")
 
     def update_tasks(self, queue_id, updates, reset_pending):
-        """Apply a ``PUT /tasks`` batch, all or nothing (spec §2.3(10), fixing bug 13).
+        """Apply a ``PUT /tasks`` batch, all or nothing (1.0.1 kept the items before a failing one;
+        docs/compatibility.md, E6).
 
         ``updates``: dicts holding ``task_id``, ``replace_fields`` and only the fields the
         client set. Raises ``Invalid`` listing every failed element; nothing is written then.

@@ -1,4 +1,4 @@
-"""The periodic timeout sweep (spec §3.3), run in a background thread of the server.
+"""The periodic timeout sweep, run in a background thread of the server.
 
 Every ``interval`` seconds (``PERIODIC_TASK_INTERVAL``, default 30) it fails running tasks
 whose heartbeat or execution time expired, on the server's clock. It runs off the event loop,

@@ -1,4 +1,4 @@
-"""The 1.0.1 Python API surface (spec §6), called the 1.0.1 way by the interop tests.
+"""The 1.0.1 Python API surface, called the 1.0.1 way by the interop tests.
 
 Runs in a project directory with ./.labtasker/client.toml; prints `RESULT {call: [ok|error, value]}`.
 """

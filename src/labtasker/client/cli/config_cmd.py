@@ -1,4 +1,4 @@
-"""``labtasker config`` (edit/show client.toml, spec §5.6) and ``labtasker health``."""
+"""``labtasker config`` (edit/show client.toml) and ``labtasker health``."""
 
 from __future__ import annotations
 

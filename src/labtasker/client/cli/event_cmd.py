@@ -1,4 +1,4 @@
-"""``labtasker event listen``: print the queue's state transitions as they happen (spec §5.5)."""
+"""``labtasker event listen``: print the queue's state transitions as they happen."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``labtasker init``: create ``.labtasker/client.toml`` (spec §5.7).
+"""``labtasker init``: create ``.labtasker/client.toml``.
 
 Interactive by default (prompts for what is missing); scripts pass everything as options::
 

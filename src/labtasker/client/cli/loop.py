@@ -1,4 +1,4 @@
-"""``labtasker loop``: run a command for every matching task (spec §5.8).
+"""``labtasker loop``: run a command for every matching task.
 
 Examples::
 

@@ -97,7 +97,7 @@ def _plugin_entry_points_present() -> bool:
 
 
 def _load_plugins() -> None:
-    """Import CLI plugins (entry points of group ``labtasker.client.cli``), spec §8.4.
+    """Import CLI plugins (entry points of group ``labtasker.client.cli``), as in 1.0.1.
 
     Filtered by ``[cli_plugins]`` of ``client.toml`` when it exists; a plugin that fails to
     import is skipped with a warning.

@@ -1,4 +1,4 @@
-"""``labtasker queue create|create-from-config|get|update|delete`` (spec §5.2)."""
+"""``labtasker queue create|create-from-config|get|update|delete``."""
 
 from __future__ import annotations
 

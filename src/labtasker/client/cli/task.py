@@ -1,4 +1,4 @@
-"""``labtasker task submit|ls|update|cancel|delete`` (spec §5.3; ``cancel`` is ours)."""
+"""``labtasker task submit|ls|update|cancel|delete`` (``cancel`` is new; the others are 1.0.1's)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``labtasker worker create|ls|report|delete`` (spec §5.4)."""
+"""``labtasker worker create|ls|report|delete``."""
 
 from __future__ import annotations
 

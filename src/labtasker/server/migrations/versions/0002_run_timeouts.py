@@ -2,7 +2,7 @@
 
 A fetch may override a task's ``heartbeat_timeout`` (request field) and ``task_timeout``
 (``eta_max``). 1.0.1 wrote those overrides over the task's own values, so they silently applied
-to every later run (spec §10 bug 8). They now live in these columns, set by the claim and
+to every later run (docs/compatibility.md, B4). They now live in these columns, set by the claim and
 cleared when the run ends; the task's submitted values are left alone.
 
 Revision ID: 0002_run_timeouts
