@@ -1,11 +1,11 @@
 """The FastAPI application: storage, routes, error mapping, the timeout sweeper and the
-event wake-ups (``events.Notifier``)."""
+event wake-ups (``notifier.Notifier``), configured by one ``ServerSettings``."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import os
 import signal
 import threading
 from contextlib import asynccontextmanager
@@ -17,27 +17,16 @@ from labtasker.__version__ import __version__
 from labtasker.fsm import InvalidTransition
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
-from labtasker.server.events import Notifier
-from labtasker.server.events import router as events_router
+from labtasker.server.notifier import Notifier
 from labtasker.server.routes import router
+from labtasker.server.settings import ServerSettings
 from labtasker.server.sql_storage import SqlStorage
+from labtasker.server.sse import router as events_router
 from labtasker.server.sweeper import Sweeper
 
 log = logging.getLogger("labtasker.server")
 
 _STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 400}
-
-
-def sweep_interval_from_env() -> float:
-    """``PERIODIC_TASK_INTERVAL`` in seconds (default 30)."""
-    raw = os.environ.get("PERIODIC_TASK_INTERVAL", "30")
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"PERIODIC_TASK_INTERVAL must be a number of seconds, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError("PERIODIC_TASK_INTERVAL must be positive")
-    return value
 
 
 def _close_streams_on_exit_signals(notifier: Notifier):
@@ -68,13 +57,20 @@ def _close_streams_on_exit_signals(notifier: Notifier):
     return restore
 
 
-def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
-    """Build the app on ``db_url`` (migrated at start-up). ``sweep_interval``: seconds
-    between timeout sweeps (default: ``PERIODIC_TASK_INTERVAL`` or 30)."""
+def create_app(db_url: str, sweep_interval: float | None = None,
+               settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app on ``db_url`` (migrated at start-up). ``settings``: the tunables
+    (default: read from the environment, ``ServerSettings.from_env``; ``ValueError`` names a
+    bad variable). ``sweep_interval``: seconds between timeout sweeps, overriding
+    ``settings.sweep_interval``."""
+    if settings is None:
+        settings = ServerSettings.from_env()
+    if sweep_interval:
+        settings = dataclasses.replace(settings, sweep_interval=sweep_interval)
     db = Database(db_url)
     db.migrate()
-    storage = SqlStorage(db)
-    sweeper = Sweeper(storage, sweep_interval or sweep_interval_from_env())
+    storage = SqlStorage(db, event_log_size=settings.event_log_size)
+    sweeper = Sweeper(storage, settings.sweep_interval)
     notifier = Notifier(db)
 
     @asynccontextmanager
@@ -91,6 +87,7 @@ def create_app(db_url: str, sweep_interval: float | None = None) -> FastAPI:
             db.dispose()
 
     app = FastAPI(title="Labtasker", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
     app.state.db = db
     app.state.storage = storage
     app.state.sweeper = sweeper

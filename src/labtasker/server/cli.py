@@ -40,13 +40,15 @@ def serve(
     """Serve the REST API. The database is created and migrated at start-up."""
     import uvicorn
 
-    from labtasker.server.app import create_app, sweep_interval_from_env
+    from labtasker.server.app import create_app
+    from labtasker.server.settings import ServerSettings
 
     url = db_url or f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
     try:
-        interval = periodic_task_interval or sweep_interval_from_env()
+        settings = ServerSettings.from_env()
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="PERIODIC_TASK_INTERVAL") from exc
+        raise typer.BadParameter(str(exc), param_hint=str(exc).split()[0]) from exc
+    interval = periodic_task_interval or settings.sweep_interval
     if interval <= 0:
         raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
     logging.basicConfig(level=log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
@@ -64,7 +66,7 @@ def serve(
         uvicorn.run("labtasker.server.cli:_worker_app", factory=True, workers=workers, host=host,
                     port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
         return
-    application = create_app(url, interval)
+    application = create_app(url, interval, settings)
     typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                 timeout_graceful_shutdown=5)

@@ -7,64 +7,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from labtasker import wire
 from labtasker.keys import parse_required_fields
-from labtasker.server import auth, paging
+from labtasker.server import paging
+from labtasker.server.deps import QueueId, Store, legacy_client
 from labtasker.server.errors import Invalid
-from labtasker.server.storage import Storage
 from labtasker.timeutil import parse_duration
 
 router = APIRouter()
-_basic = HTTPBasic()
-
-
-async def storage(request: Request) -> Storage:
-    """The app's storage (async: resolved on the event loop, no thread hop)."""
-    return request.app.state.storage
-
-
-async def queue_id(request: Request,
-                   credentials: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
-    """Authenticate HTTP Basic credentials (username = queue name or id) -> queue id.
-
-    401 ``Invalid credentials`` for an unknown queue or a wrong password. The stored hash is
-    read on every request (a password changed through any server takes effect at once); the
-    Argon2 check runs in a worker thread only when this password was not verified against
-    this hash in the last minute (``auth.CACHE_SECONDS``). On the embedded SQLite file the
-    read runs on the event loop (no thread hop: ~0.1 ms, never waits for writers); on a
-    database server it runs in a worker thread, so that a slow or unreachable database
-    never stalls the event loop.
-    """
-    store = request.app.state.storage
-    if store.reads_are_local:
-        found = store.queue_credentials(credentials.username)
-    else:
-        found = await anyio.to_thread.run_sync(store.queue_credentials, credentials.username)
-    qid, stored = found if found is not None else (None, None)
-    ok = auth.verified_recently(qid, stored, credentials.password)
-    if not ok:
-        ok = await anyio.to_thread.run_sync(auth.verify_password, qid, stored,
-                                            credentials.password)
-    if not ok or qid is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
-                            headers={"WWW-Authenticate": "Basic"})
-    return qid
-
-
-def legacy_client(client_version: str | None) -> bool:
-    """True for labtasker 1.0.x clients (they send ``client_version`` in request bodies)."""
-    if not client_version:
-        return False
-    parts = client_version.split(".")
-    try:
-        return (int(parts[0]), int(parts[1])) < (1, 1)
-    except (ValueError, IndexError):
-        return False
 
 
 def _for_client(body, model, answer: dict, key: str, extra: set[str],
@@ -83,10 +36,6 @@ def _for_client(body, model, answer: dict, key: str, extra: set[str],
             for name in extra:
                 item.pop(name, None)
     return JSONResponse(data)
-
-
-Store = Annotated[Storage, Depends(storage)]
-QueueId = Annotated[str, Depends(queue_id)]
 
 
 # ------------------------------------------------------------------ service

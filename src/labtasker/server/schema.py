@@ -142,7 +142,7 @@ workers = Table(
     Index("ix_workers_queue_modified", "queue_id", "last_modified"),
 )
 
-# Transition log for live events (``events.py``); migrations 0003, 0004 (ids never reused).
+# Transition log for live events (``eventlog.py``); migrations 0003, 0004 (ids never reused).
 events = Table(
     "events",
     metadata,

@@ -27,11 +27,12 @@ from labtasker.filters.mongo_sql import (
     sort_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim, events, paging
+from labtasker.server import auth, claim, eventlog, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
 from labtasker.server.schema import events as events_table
+from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
 from labtasker.timeutil import utc_now
 from labtasker.wire import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 
@@ -176,10 +177,12 @@ _UPDATE_TASK = (update(tasks).where(tasks.c.task_id == bindparam("p_task_id"))
 class SqlStorage:
     """The ``Storage`` implementation; see the module docstring."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, *, event_log_size: int = DEFAULT_EVENT_LOG_SIZE):
+        """``event_log_size``: newest events kept by the timeout sweep's pruning."""
         self.db = db
+        self.event_log_size = event_log_size
         # Reads of the embedded SQLite file are local and quick (WAL: never blocked by
-        # writers); a database server may be slow or gone (``routes.queue_id``).
+        # writers); a database server may be slow or gone (``deps.queue_id``).
         self.reads_are_local = db.dialect == "sqlite"
 
     # ------------------------------------------------------------------ queues
@@ -286,14 +289,14 @@ class SqlStorage:
         """Log the task's transition from ``old`` to its current state (same transaction).
         ``task``: the task as it is now, when the caller has it (saves a read)."""
         task = task or self._task(conn, queue_id, task_id)
-        events.record(conn, queue_id=queue_id, entity_type="task", entity_id=task_id, old=old,
-                      new=task["status"], data=task, now=now)
+        eventlog.record(conn, queue_id=queue_id, entity_type="task", entity_id=task_id, old=old,
+                        new=task["status"], data=task, now=now)
 
     def _worker_event(self, conn: Connection, queue_id: str, worker_id: str, old: str,
                       now: datetime) -> None:
         worker = self._worker(conn, queue_id, worker_id)
-        events.record(conn, queue_id=queue_id, entity_type="worker", entity_id=worker_id,
-                      old=old, new=worker["status"], data=worker, now=now)
+        eventlog.record(conn, queue_id=queue_id, entity_type="worker", entity_id=worker_id,
+                        old=old, new=worker["status"], data=worker, now=now)
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
         """Insert a pending task. ``fields``: the TaskSubmitRequest values."""
@@ -333,9 +336,9 @@ class SqlStorage:
             conn.execute(_INSERT_TASKS, rows)
             for row in rows:
                 data = {k: row[k] for k in TASK_KEYS}
-                events.record(conn, queue_id=queue_id, entity_type="task",
-                              entity_id=row["task_id"], old="created", new="pending",
-                              data=data, now=now)
+                eventlog.record(conn, queue_id=queue_id, entity_type="task",
+                                entity_id=row["task_id"], old="created", new="pending",
+                                data=data, now=now)
         return [row["task_id"] for row in rows]
 
     def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
@@ -406,9 +409,9 @@ class SqlStorage:
             if row is None:
                 return None
             task = task_row(row)
-            events.record(conn, queue_id=queue_id, entity_type="task",
-                          entity_id=task["task_id"], old="pending", new="running", data=task,
-                          now=now)
+            eventlog.record(conn, queue_id=queue_id, entity_type="task",
+                            entity_id=task["task_id"], old="pending", new="running", data=task,
+                            now=now)
             return task
 
     def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
@@ -708,7 +711,7 @@ class SqlStorage:
                     self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     count += 1
-            events.prune(conn)
+            eventlog.prune(conn, self.event_log_size)
         return count
 
     def ping(self) -> None:

@@ -1,0 +1,132 @@
+"""The event log: a persisted, bounded log of the queues' state transitions.
+
+Every state transition (task ``created -> pending``, ``pending -> running`` ...; worker
+``created -> active`` ...) is written to the ``events`` table **in the same transaction** as
+the change it describes (:func:`record`), so an event exists exactly when the change
+committed. The table is the only source of truth of the live event streams (``sse.py``): a
+stream sends exactly the rows with ``event_id`` greater than the last one it sent. The
+newest ``EVENT_LOG_SIZE`` events are kept (:func:`prune`, run by the timeout sweep), so a
+client that reconnects with ``Last-Event-ID`` gets what it missed as far back as the log
+reaches. Heartbeats publish nothing.
+
+Besides inserting the rows, the commit hook (``_Flusher``) arranges the wake-up of the
+listeners of the affected queues (``notifier.py``): on PostgreSQL it runs
+``pg_notify(CHANNEL, <queue_id>)``, delivered at commit and only if the transaction commits;
+on SQLite it notes the queue ids on the write connection (``conn.info[WAKE_KEY]``), fired by
+the notifier once the connection is returned to the pool after the commit.
+
+This module is what storage imports: SQLAlchemy only, no web framework. Timestamps in
+events are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.engine import Connection, Row
+
+from labtasker.server.db import BEFORE_COMMIT, Database
+from labtasker.server.schema import events
+from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
+
+CHANNEL = "labtasker_events"  # PostgreSQL NOTIFY channel; payload: the queue id
+WAKE_KEY = "labtasker_events_wake"  # conn.info: queue ids to wake after an SQLite commit
+BATCH = 500  # most events read at once by a stream
+
+
+def _jsonable(entity: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of a task/worker dict with its datetime columns as ISO text. Only the
+    top level can hold datetimes: nested values (args, metadata, summary) come from JSON."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in entity.items()}
+
+
+def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str, old: str,
+           new: str, data: dict[str, Any], now: datetime) -> None:
+    """Log one transition as part of the caller's write transaction.
+
+    ``entity_type``: ``task`` | ``worker``; ``old``/``new``: states (``created`` for a new
+    entity); ``data``: the entity after the change (datetimes become ISO text). The rows are
+    inserted just before the commit (``_Flusher``), under a per-queue lock on PostgreSQL, so
+    that within a queue event ids are assigned in commit order: a listener that has read up
+    to id N can never later see a smaller id appear (which would be a silently missed event).
+    """
+    doc = _jsonable(data)
+    doc.setdefault("_id", entity_id)
+    hooks = conn.info.setdefault(BEFORE_COMMIT, [])
+    flusher = next((h for h in hooks if isinstance(h, _Flusher)), None)
+    if flusher is None:
+        flusher = _Flusher()
+        hooks.append(flusher)
+    flusher.rows.append({"queue_id": queue_id, "created_at": now, "entity_type": entity_type,
+                         "entity_id": entity_id, "old_state": old, "new_state": new,
+                         "entity_data": doc})
+
+
+class _Flusher:
+    """Inserts a transaction's events just before its commit (see ``record``) and arranges
+    the wake-up of the listeners of their queues (see the module docstring); dropped with the
+    transaction's hooks when it rolls back."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, conn: Connection) -> None:
+        if not self.rows:
+            return
+        queue_ids = sorted({r["queue_id"] for r in self.rows})
+        if conn.dialect.name == "postgresql":
+            # The lock is held until commit, taken in a fixed order so two transactions never
+            # deadlock; the notification is delivered at commit, and only if it commits.
+            for qid in queue_ids:
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:q, 7)), "
+                                  f"pg_notify('{CHANNEL}', :q)"), {"q": qid})
+        else:
+            conn.info[WAKE_KEY] = queue_ids  # fired after the commit (Notifier, checkin)
+        conn.execute(insert(events), self.rows)
+
+
+def prune(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> int:
+    """Delete all but the newest ``keep`` events; returns how many were deleted."""
+    newest = conn.execute(select(func.max(events.c.event_id))).scalar()
+    if newest is None or newest <= keep:
+        return 0
+    return conn.execute(delete(events).where(events.c.event_id <= newest - keep)).rowcount
+
+
+def payload(row: Row) -> dict[str, Any]:
+    """The 1.0.1 ``EventResponse`` JSON for one log row."""
+    when = row.created_at.isoformat()
+    return {
+        "sequence": row.event_id,
+        "timestamp": when,
+        "event": {
+            "type": "state_transition",
+            "queue_id": row.queue_id,
+            "timestamp": when,
+            "metadata": {},
+            "entity_type": row.entity_type,
+            "entity_id": row.entity_id,
+            "old_state": row.old_state,
+            "new_state": row.new_state,
+            "entity_data": row.entity_data,
+        },
+    }
+
+
+def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> list[Row]:
+    """Events of ``queue_id`` with id > ``after``, oldest first (at most ``limit``)."""
+    with db.read() as conn:
+        return list(conn.execute(
+            select(events)
+            .where(events.c.queue_id == queue_id, events.c.event_id > after)
+            .order_by(events.c.event_id)
+            .limit(limit)
+        ).fetchall())
+
+
+def latest_id(db: Database) -> int:
+    """The newest event id of any queue (0 when the log is empty)."""
+    with db.read() as conn:
+        return conn.execute(select(func.max(events.c.event_id))).scalar() or 0

@@ -1,0 +1,109 @@
+"""The live event stream: ``GET /api/v1/queues/me/events`` as Server-Sent Events.
+
+The format is labtasker 1.0.1's (``connection``, ``ping`` and ``event`` messages, same
+payload), plus an SSE ``id:`` per event: a client that reconnects with ``Last-Event-ID`` gets
+what it missed, as far back as the event log (``eventlog.py``) reaches. A stream reads the log
+when the app's ``Notifier`` (``notifier.py``) wakes it and at the latest every
+``EVENT_POLL_INTERVAL`` s; it sends a ``ping`` every ``SSE_PING_INTERVAL`` s (both from
+``ServerSettings``). With N listeners on a queue, each event costs N indexed reads; an idle
+listener costs one read per ``EVENT_POLL_INTERVAL`` s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+
+from labtasker.server.db import Database
+from labtasker.server.deps import queue_id
+from labtasker.server.errors import Invalid
+from labtasker.server.eventlog import BATCH, latest_id, payload, read_after
+from labtasker.server.notifier import Notifier
+from labtasker.server.settings import ServerSettings
+
+router = APIRouter()
+
+
+def sse_message(event: str, data: str = "", event_id: int | None = None,
+                retry: int | None = None) -> str:
+    """One SSE message: ``event:``, optional ``id:``, one ``data:`` line per line of
+    ``data``, optional ``retry:`` (milliseconds); CRLF line ends, blank line after."""
+    lines = [f"event: {event}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in (data.split("\n") if data else [""]))
+    if retry is not None:
+        lines.append(f"retry: {retry}")
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+async def stream(request: Request, db: Database, queue_id: str,
+                 after: int | None) -> AsyncIterator[str]:
+    """The SSE body: ``connection`` first, then every event after ``after`` (or, without
+    ``Last-Event-ID``, every event committed after the ``connection`` message was sent),
+    ``ping`` every ``SSE_PING_INTERVAL`` s. Re-reads the log when woken by the app's
+    ``Notifier`` and at the latest every ``EVENT_POLL_INTERVAL`` s."""
+    notifier: Notifier | None = getattr(request.app.state, "notifier", None)
+    settings: ServerSettings = getattr(request.app.state, "settings", None) or ServerSettings()
+    poll_seconds, ping_seconds = settings.event_poll_interval, settings.sse_ping_interval
+    last = after if after is not None else await anyio.to_thread.run_sync(latest_id, db)
+    client_id = str(uuid.uuid4())
+    yield sse_message(
+        "connection", json.dumps({"status": "connected", "client_id": client_id}), retry=3000
+    )
+    loop = asyncio.get_running_loop()
+    next_ping = loop.time() + ping_seconds
+    if notifier is not None:
+        notifier.streams += 1
+    try:
+        while not (notifier is not None and notifier.closing) \
+                and not await request.is_disconnected():
+            woken = notifier.waiter(queue_id) if notifier is not None else asyncio.Event()
+            rows = await anyio.to_thread.run_sync(read_after, db, queue_id, last)
+            for row in rows:
+                last = row.event_id
+                yield sse_message("event", json.dumps(payload(row)), event_id=row.event_id)
+            now = loop.time()
+            if now >= next_ping:
+                next_ping = now + ping_seconds
+                yield sse_message("ping")
+            if len(rows) < BATCH:
+                try:
+                    await asyncio.wait_for(woken.wait(), min(poll_seconds, next_ping - now))
+                except asyncio.TimeoutError:
+                    pass
+    finally:
+        if notifier is not None:
+            notifier.streams -= 1
+
+
+@router.get("/api/v1/queues/me/events")
+async def listen(
+    request: Request,
+    qid: Annotated[str, Depends(queue_id)],
+    last_event_id: Annotated[str | None, Header()] = None,
+):
+    """Server-Sent Events of the queue's state transitions (1.0.1's format, plus ``id:`` and
+    ``Last-Event-ID`` resume). 400 when ``Last-Event-ID`` is not an integer."""
+    after = None
+    if last_event_id is not None:
+        try:
+            after = int(last_event_id)
+        except ValueError as exc:
+            raise Invalid("Last-Event-ID must be an integer event id") from exc
+    return StreamingResponse(
+        stream(request, request.app.state.db, qid, after),
+        media_type="text/event-stream",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+            "Connection": "keep-alive",
+        },
+    )
