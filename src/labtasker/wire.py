@@ -106,6 +106,9 @@ class Task(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     worker_id: str | None = None
     run_id: str | None = None
+    # Latest progress snapshot of the current/last run (ours): {"step", "total", "metrics",
+    # "updated_at"}; None until the job reports progress. Left out for 1.0.x clients.
+    progress: dict[str, Any] | None = None
 
     @field_validator("task_timeout", mode="before")
     @classmethod
@@ -264,6 +267,124 @@ class TaskUpdateRequest(_Request):
         return _check_dict_keys(v, "summary")
 
 
+# ---------------------------------------------------------------- results (ours)
+class TaskCountRequest(_Request):
+    """``POST /tasks/count``: matching tasks counted in one query, grouped by ``by``."""
+
+    status: TaskStatus | None = None
+    extra_filter: dict[str, Any] | None = None
+    by: str | None = Field(None, max_length=200)  # status (default), a column, or args.x...
+
+
+class CountGroup(BaseModel):
+    value: Any = None  # the field's value (JSON); None for null or missing
+    count: int
+
+
+class TaskCountResponse(_Response):
+    total: int  # always the sum of every group's count
+    by: str
+    groups: list[CountGroup] = Field(default_factory=list)
+    truncated: bool = False  # more distinct values than listed (the largest groups kept)
+
+
+class TaskRequeueRequest(_Request):
+    """``POST /tasks/requeue``: back to pending with retries 0. Without ``status`` the ended
+    tasks (success, failed, cancelled) matching the other conditions are requeued."""
+
+    task_ids: list[str] | None = Field(None, max_length=1000)
+    status: Literal["running", "success", "failed", "cancelled"] | None = None
+    extra_filter: dict[str, Any] | None = None
+    limit: int = Field(1000, ge=1, le=1000)
+
+
+class TaskRequeueResponse(_Response):
+    requeued: int
+    task_ids: list[str] = Field(default_factory=list)
+    more: bool = False  # more tasks matched than ``limit``: call again
+
+
+ProgressNumber = float | int
+MAX_PROGRESS_METRICS = 32
+
+
+class TaskProgressRequest(_Request):
+    """``POST /tasks/{id}/progress``: the latest progress of a running task (also counts as
+    a heartbeat). ``metrics``: up to 32 numbers, strings (<= 200 characters), booleans or
+    nulls under valid keys."""
+
+    step: ProgressNumber = Field(ge=0)
+    total: ProgressNumber | None = Field(None, gt=0)
+    metrics: dict[str, float | int | bool | str | None] = Field(default_factory=dict)
+    worker_id: str | None = None
+    run_id: str | None = None
+
+    @field_validator("step", "total")
+    @classmethod
+    def _finite(cls, v):
+        if v is not None and isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v):
+        if len(v) > MAX_PROGRESS_METRICS:
+            raise ValueError(f"at most {MAX_PROGRESS_METRICS} metrics, got {len(v)}")
+        validate_keys(v, "metrics")
+        for key, value in v.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"metrics.{key}: must be a finite number")
+            if isinstance(value, str) and len(value) > 200:
+                raise ValueError(f"metrics.{key}: at most 200 characters")
+        return v
+
+
+class TaskProgressResponse(_Response):
+    progress: dict[str, Any]
+
+
+class RunningTask(BaseModel):
+    task_id: str
+    task_name: str | None = None
+    worker_id: str | None = None
+    worker_name: str | None = None
+    start_time: datetime | None = None
+    last_heartbeat: datetime | None = None
+    progress: dict[str, Any] | None = None
+
+
+class QueueOverviewResponse(_Response):
+    """``GET /overview``: the queue at a glance (see ``labtasker status``). Seconds; UTC."""
+
+    queue_id: str
+    queue_name: str | None = None
+    now: datetime
+    total: int
+    counts: dict[str, int]  # per task status; sums to ``total``
+    window_seconds: float
+    finished_recently: int  # runs ended in the window (after a start)
+    succeeded_recently: int
+    failed_recently: int
+    mean_run_seconds: float | None = None
+    throughput_per_minute: float | None = None
+    eta_seconds: float | None = None  # pending + running at the recent throughput
+    workers: dict[str, int]  # live workers per status, plus "gone"
+    running: list[RunningTask] = Field(default_factory=list)
+
+
+class WorkerPruneRequest(_Request):
+    """``POST /workers/prune``: delete gone workers (gone for at least ``gone_for`` s)."""
+
+    gone_for: float = Field(0, ge=0)
+
+
+class WorkerPruneResponse(_Response):
+    deleted: int
+    worker_ids: list[str] = Field(default_factory=list)
+    more: bool = False
+
+
 # ---------------------------------------------------------------- workers
 class Worker(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -278,6 +399,8 @@ class Worker(BaseModel):
     last_modified: datetime
     # Tasks this worker is running now (computed from the tasks; empty for 1.0.1 servers).
     running_task_ids: list[str] = Field(default_factory=list)
+    # When the loop that created this worker ended (ours); None while it is live.
+    gone_at: datetime | None = None
 
 
 class WorkerCreateRequest(_Request):
@@ -303,6 +426,7 @@ class WorkerLsRequest(_Request):
     status: WorkerStatus | None = None
     extra_filter: dict[str, Any] | None = None
     sort: SortSpec | None = None
+    gone: bool | None = None  # ours: True only gone workers, False only live ones
 
 
 class WorkerLsResponse(_Response):

@@ -24,7 +24,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, null, select, update
 from sqlalchemy.engine import Connection, Row
 
 from labtasker.keys import shape_matches
@@ -65,6 +65,7 @@ def _claim_update(with_cmd: bool):
         "run_task_timeout": bindparam("p_task_timeout", type_=tasks.c.run_task_timeout.type),
         "run_heartbeat_timeout": bindparam("p_heartbeat_timeout",
                                            type_=tasks.c.run_heartbeat_timeout.type),
+        "progress": null(),  # a new run starts without progress
     }
     if with_cmd:
         values["cmd"] = bindparam("p_cmd", type_=tasks.c.cmd.type)

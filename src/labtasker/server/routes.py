@@ -38,6 +38,11 @@ def _for_client(body, model, answer: dict, key: str, extra: set[str],
     return JSONResponse(data)
 
 
+# Fields 1.0.x clients do not know (left out of their answers).
+_NEW_TASK_FIELDS = {"run_id", "progress"}
+_NEW_WORKER_FIELDS = {"running_task_ids", "gone_at"}
+
+
 # ------------------------------------------------------------------ service
 @router.get("/")
 def welcome() -> dict[str, Any]:
@@ -134,7 +139,7 @@ def search_tasks(body: wire.TaskLsRequest, qid: QueueId, store: Store):
     next_cursor = (paging.encode_cursor(keys, content[-1])
                    if keys is not None and len(content) == body.limit else None)
     answer = {"found": bool(content), "content": content, "next_cursor": next_cursor}
-    return _for_client(body, wire.TaskLsResponse, answer, "content", {"run_id"},
+    return _for_client(body, wire.TaskLsResponse, answer, "content", _NEW_TASK_FIELDS,
                        drop={"next_cursor"})
 
 
@@ -164,7 +169,7 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
         heartbeat_timeout=body.heartbeat_timeout, start_heartbeat=body.start_heartbeat,
         required_fields=body.required_fields, extra_filter=body.extra_filter, cmd=body.cmd)
     answer = {"found": task is not None, "task": task}
-    return _for_client(body, wire.TaskFetchResponse, answer, "task", {"run_id"})
+    return _for_client(body, wire.TaskFetchResponse, answer, "task", _NEW_TASK_FIELDS)
 
 
 @router.post("/api/v1/queues/me/tasks/{task_id}/status")
@@ -182,6 +187,45 @@ def heartbeat(task_id: str, qid: QueueId, store: Store, worker_id: str | None = 
     """Refresh the heartbeat. 404 not running, 409 stale ``run_id``, 403 other worker."""
     store.heartbeat(qid, task_id, worker_id=worker_id, run_id=run_id)
     return Response(status_code=204)
+
+
+@router.post("/api/v1/queues/me/tasks/{task_id}/progress",
+             response_model=wire.TaskProgressResponse)
+def report_progress(task_id: str, body: wire.TaskProgressRequest, qid: QueueId, store: Store):
+    """Store the latest progress of a running task (ours; also refreshes its heartbeat).
+    Answer ``{"progress": {"step", "total", "metrics", "updated_at"}}``. 404 not running,
+    409 stale ``run_id``, 403 other worker, 422 bad values (naming the field)."""
+    progress = {"step": body.step, "total": body.total, "metrics": body.metrics}
+    return {"progress": store.report_progress(qid, task_id, progress=progress,
+                                              worker_id=body.worker_id, run_id=body.run_id)}
+
+
+@router.post("/api/v1/queues/me/tasks/count", response_model=wire.TaskCountResponse)
+def count_tasks(body: wire.TaskCountRequest, qid: QueueId, store: Store):
+    """Count matching tasks grouped by ``by`` (``status`` by default, a task column, or a
+    dotted ``args.*``/``metadata.*``/``summary.*`` path) in one query: the groups always
+    add up to ``total``. At most 1,000 groups (``truncated``). 400 names a bad field."""
+    return store.count_tasks(qid, extra_filter=body.extra_filter, status=body.status,
+                             by=body.by)
+
+
+@router.post("/api/v1/queues/me/tasks/requeue", response_model=wire.TaskRequeueResponse)
+def requeue_tasks(body: wire.TaskRequeueRequest, qid: QueueId, store: Store):
+    """Put matching tasks back to pending with retries 0 (ours). Without ``status``, the
+    ended ones (success, failed, cancelled) are requeued; at most ``limit`` per call, and
+    ``more`` says whether to call again."""
+    return store.requeue_tasks(qid, task_ids=body.task_ids, status=body.status,
+                               extra_filter=body.extra_filter, limit=body.limit)
+
+
+@router.get("/api/v1/queues/me/overview", response_model=wire.QueueOverviewResponse)
+def overview(qid: QueueId, store: Store, window_seconds: float = 600.0):
+    """The queue at a glance (ours): counts per status, runs finished in the last
+    ``window_seconds`` (1..86400, default 600), throughput and ETA, workers, running tasks
+    with their progress."""
+    if not 1 <= window_seconds <= 86400:
+        raise Invalid(f"window_seconds: must be between 1 and 86400, got {window_seconds:g}")
+    return store.queue_overview(qid, window_seconds=window_seconds)
 
 
 @router.get("/api/v1/queues/me/tasks/{task_id}", response_model=wire.Task)
@@ -208,9 +252,9 @@ def search_workers(body: wire.WorkerLsRequest, qid: QueueId, store: Store):
     content = store.search_workers(
         qid, extra_filter=body.extra_filter, worker_id=body.worker_id,
         worker_name=body.worker_name, status=body.status, sort=body.sort,
-        offset=body.offset, limit=body.limit)
+        offset=body.offset, limit=body.limit, gone=body.gone)
     answer = {"found": bool(content), "content": content}
-    return _for_client(body, wire.WorkerLsResponse, answer, "content", {"running_task_ids"})
+    return _for_client(body, wire.WorkerLsResponse, answer, "content", _NEW_WORKER_FIELDS)
 
 
 @router.post("/api/v1/queues/me/workers/{worker_id}/status")
@@ -219,6 +263,25 @@ def report_worker_status(worker_id: str, body: wire.WorkerStatusUpdateRequest, q
     """Set a worker ``active`` or ``suspended``; ``crashed`` is refused with 400."""
     store.report_worker(qid, worker_id, body.status)
     return None
+
+
+@router.post("/api/v1/queues/me/workers/prune", response_model=wire.WorkerPruneResponse)
+def prune_workers(body: wire.WorkerPruneRequest, qid: QueueId, store: Store):
+    """Delete workers that have gone (for at least ``gone_for`` seconds) and run no task
+    (ours). At most 1,000 per call (``more``)."""
+    from datetime import timedelta
+
+    from labtasker.timeutil import utc_now
+
+    before = utc_now() - timedelta(seconds=body.gone_for) if body.gone_for else None
+    return store.prune_workers(qid, gone_before=before)
+
+
+@router.post("/api/v1/queues/me/workers/{worker_id}/gone", response_model=wire.Worker)
+def mark_worker_gone(worker_id: str, qid: QueueId, store: Store):
+    """Mark the worker as gone: the loop that created it ended (ours). Idempotent; a
+    later fetch with its id makes it live again."""
+    return store.mark_worker_gone(qid, worker_id)
 
 
 @router.get("/api/v1/queues/me/workers/{worker_id}")

@@ -115,6 +115,9 @@ tasks = Table(
     # NULL when the run has none or no run is going on. Migration 0002.
     Column("run_heartbeat_timeout", Float),
     Column("run_task_timeout", Float),
+    # Latest progress snapshot of the current/last run (``report_progress``); a claim clears
+    # it. Migration 0005.
+    Column("progress", JsonDoc),
     Index("ix_tasks_queue_modified", "queue_id", "last_modified", "task_id"),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_worker", "worker_id"),
@@ -139,6 +142,8 @@ workers = Table(
     Column("max_retries", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_modified", UTCDateTime, nullable=False),
+    # When the loop that created the worker ended (NULL while live). Migration 0005.
+    Column("gone_at", UTCDateTime),
     Index("ix_workers_queue_modified", "queue_id", "last_modified"),
 )
 

@@ -27,7 +27,7 @@ from labtasker.filters.mongo_sql import (
     sort_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim, eventlog, paging
+from labtasker.server import auth, claim, counting, eventlog, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.schema import arg_shapes, queues, tasks, workers
@@ -64,6 +64,7 @@ TASK_FIELDS = FieldMap(
         "metadata": tasks.c.metadata,
         "summary": tasks.c.summary,
         "cmd": tasks.c.cmd,
+        "progress": tasks.c.progress,
     },
     datetime_columns=frozenset({"created_at", "start_time", "last_heartbeat", "last_modified"}),
 )
@@ -79,19 +80,21 @@ WORKER_FIELDS = FieldMap(
         "max_retries": workers.c.max_retries,
         "created_at": workers.c.created_at,
         "last_modified": workers.c.last_modified,
+        "gone_at": workers.c.gone_at,
     },
     json_columns={"metadata": workers.c.metadata},
-    datetime_columns=frozenset({"created_at", "last_modified"}),
+    datetime_columns=frozenset({"created_at", "last_modified", "gone_at"}),
 )
 
 TASK_KEYS = (
     "task_id", "queue_id", "status", "task_name", "created_at", "start_time",
     "last_heartbeat", "last_modified", "heartbeat_timeout", "task_timeout", "max_retries",
     "retries", "priority", "metadata", "args", "cmd", "summary", "worker_id", "run_id",
+    "progress",
 )
 WORKER_KEYS = (
     "worker_id", "queue_id", "status", "worker_name", "metadata", "retries", "max_retries",
-    "created_at", "last_modified",
+    "created_at", "last_modified", "gone_at",
 )
 _RUN_TIMEOUT_KEYS = ("run_heartbeat_timeout", "run_task_timeout")
 _TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS] + [tasks.c[k] for k in _RUN_TIMEOUT_KEYS]
@@ -99,6 +102,9 @@ _TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS] + [tasks.c[k] for k in _RUN_TIME
 _END_RUN = {"worker_id": None, "run_id": None, "run_heartbeat_timeout": None,
             "run_task_timeout": None}
 _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
+MAX_REQUEUE = 1000  # tasks requeued by one call (``more`` tells the caller to call again)
+REQUEUE_STATUSES = ("success", "failed", "cancelled")  # requeued when no status is given
+MAX_PRUNE = 1000  # workers removed by one prune call
 # Fields a PUT /tasks element may set; others are ignored (as 1.0.1 does).
 
 
@@ -161,7 +167,7 @@ def _order(sort, fields: FieldMap, dialect: str, default):
 _CREDENTIALS = select(queues.c.queue_id, queues.c.password_hash).where(
     or_(queues.c.queue_id == bindparam("username"), queues.c.queue_name == bindparam("username")))
 
-_WORKER_STATUS = select(workers.c.status).where(
+_WORKER_STATUS = select(workers.c.status, workers.c.gone_at).where(
     workers.c.worker_id == bindparam("worker_id"), workers.c.queue_id == bindparam("queue_id"))
 _TASK = select(*_TASK_COLUMNS).where(tasks.c.task_id == bindparam("task_id"),
                                      tasks.c.queue_id == bindparam("queue_id"))
@@ -335,7 +341,7 @@ class SqlStorage:
                 row["shape_id"] = shapes[key]
             conn.execute(_INSERT_TASKS, rows)
             for row in rows:
-                data = {k: row[k] for k in TASK_KEYS}
+                data = {k: row.get(k) for k in TASK_KEYS}
                 eventlog.record(conn, queue_id=queue_id, entity_type="task",
                                 entity_id=row["task_id"], old="created", new="pending",
                                 data=data, now=now)
@@ -400,6 +406,9 @@ class SqlStorage:
                 if worker.status != "active":
                     raise Forbidden(
                         f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'")
+                if worker.gone_at is not None:  # its id is in use again: live once more
+                    conn.execute(update(workers).where(workers.c.worker_id == worker_id)
+                                 .values(gone_at=None))
             now = utc_now()
             row = claim.claim_next(
                 conn, queue_id=queue_id, required_fields=required_fields, where=where,
@@ -482,23 +491,48 @@ class SqlStorage:
         worker.
         """
         with self.db.write() as conn:
-            cond = [tasks.c.task_id == task_id, tasks.c.queue_id == queue_id,
-                    tasks.c.status == "running"]
-            if run_id is not None:
-                cond.append(tasks.c.run_id == run_id)
-            if worker_id is not None:
-                cond.append(tasks.c.worker_id == worker_id)
+            cond = self._run_condition(queue_id, task_id, worker_id, run_id)
             if conn.execute(update(tasks).where(*cond).values(last_heartbeat=utc_now())
                             ).rowcount == 1:
                 return
-            row = conn.execute(select(tasks.c.status, tasks.c.run_id, tasks.c.worker_id).where(
-                tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)).first()
-            if row is None or row.status != "running":
-                raise NotFound(f"Task '{task_id}' not found in queue '{queue_id}' "
-                               f"or not in 'running' state")
-            if run_id is not None and row.run_id != run_id:
-                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}")
-            raise Forbidden(f"Task {task_id} is assigned to a different worker")
+            raise self._not_owned(conn, queue_id, task_id, run_id)
+
+    @staticmethod
+    def _run_condition(queue_id, task_id, worker_id, run_id) -> list:
+        cond = [tasks.c.task_id == task_id, tasks.c.queue_id == queue_id,
+                tasks.c.status == "running"]
+        if run_id is not None:
+            cond.append(tasks.c.run_id == run_id)
+        if worker_id is not None:
+            cond.append(tasks.c.worker_id == worker_id)
+        return cond
+
+    @staticmethod
+    def _not_owned(conn, queue_id, task_id, run_id) -> Exception:
+        """The error for a heartbeat/progress that matched no running task of that run."""
+        row = conn.execute(select(tasks.c.status, tasks.c.run_id, tasks.c.worker_id).where(
+            tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)).first()
+        if row is None or row.status != "running":
+            return NotFound(f"Task '{task_id}' not found in queue '{queue_id}' "
+                            f"or not in 'running' state")
+        if run_id is not None and row.run_id != run_id:
+            return Conflict(f"Task {task_id} is no longer owned by run {run_id}")
+        return Forbidden(f"Task {task_id} is assigned to a different worker")
+
+    def report_progress(self, queue_id, task_id, *, progress: dict[str, Any],
+                        worker_id: str | None, run_id: str | None) -> dict[str, Any]:
+        """Store ``progress`` (``{"step", "total", "metrics"}``, validated by the caller) as
+        the latest snapshot of the running task, stamped ``updated_at`` (server clock, ISO
+        UTC), and refresh its heartbeat. Returns the snapshot. Errors as ``heartbeat``.
+        ``last_modified`` is left alone (listings keep their order)."""
+        now = utc_now()
+        snapshot = {**progress, "updated_at": now.isoformat()}
+        with self.db.write() as conn:
+            cond = self._run_condition(queue_id, task_id, worker_id, run_id)
+            if conn.execute(update(tasks).where(*cond).values(
+                    progress=snapshot, last_heartbeat=now)).rowcount == 1:
+                return snapshot
+            raise self._not_owned(conn, queue_id, task_id, run_id)
 
     def update_tasks(self, queue_id, updates, reset_pending):
         """Apply a ``PUT /tasks`` batch, all or nothing (1.0.1 kept the items before a failing one;
@@ -572,6 +606,82 @@ class SqlStorage:
         if reset_pending or new != old:
             self._task_event(conn, queue_id, item["task_id"], old, now)
 
+    def requeue_tasks(self, queue_id: str, *, task_ids: list[str] | None = None,
+                      status: str | None = None, extra_filter: dict | None = None,
+                      limit: int = MAX_REQUEUE) -> dict[str, Any]:
+        """Put matching tasks back to ``pending`` with ``retries`` 0, in one transaction.
+
+        Selection (all given conditions apply): ``task_ids`` (at most ``MAX_REQUEUE``),
+        ``status`` (``running``, ``success``, ``failed`` or ``cancelled``; default: the
+        ended ones, success/failed/cancelled), ``extra_filter``. A requeued running task's
+        run is fenced off (its heartbeats and report are refused, so its loop stops it).
+        The summary is kept until the next run starts. At most ``limit`` tasks (<=
+        ``MAX_REQUEUE``), least recently modified first, per call; returns::
+
+            {"requeued": int, "task_ids": [str, ...], "more": bool}
+
+        ``more``: further tasks matched; call again (requeued tasks no longer match, so the
+        calls end). Raises ``Invalid`` for ``status="pending"`` or too many ids.
+        """
+        if status == "pending":
+            raise Invalid("status: pending tasks are already queued; requeue takes running, "
+                          "success, failed or cancelled tasks")
+        if task_ids is not None and len(task_ids) > MAX_REQUEUE:
+            raise Invalid(f"task_ids: at most {MAX_REQUEUE} per request, got {len(task_ids)}")
+        limit = max(1, min(limit, MAX_REQUEUE))
+        statuses = [status] if status else list(REQUEUE_STATUSES)
+        cond = [tasks.c.queue_id == queue_id, tasks.c.status.in_(statuses),
+                self._filter(TASK_FIELDS, extra_filter)]
+        if task_ids is not None:
+            cond.append(tasks.c.task_id.in_(task_ids))
+        now = utc_now()
+        with self.db.write() as conn:
+            stmt = (select(tasks.c.task_id, tasks.c.status).where(*cond)
+                    .order_by(tasks.c.last_modified, tasks.c.task_id).limit(limit + 1))
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(of=tasks)
+            found = conn.execute(stmt).fetchall()
+            more = len(found) > limit
+            old = {r.task_id: r.status for r in found[:limit]}
+            done: list[str] = []
+            if old:
+                rows = conn.execute(
+                    update(tasks).where(tasks.c.task_id.in_(list(old)),
+                                        tasks.c.status.in_(statuses))
+                    .values(status="pending", retries=0, last_modified=now, **_END_RUN)
+                    .returning(*_TASK_COLUMNS)).fetchall()
+                for row in rows:
+                    task = task_row(row)
+                    eventlog.record(conn, queue_id=queue_id, entity_type="task",
+                                    entity_id=task["task_id"], old=old[task["task_id"]],
+                                    new="pending", data=task, now=now)
+                    done.append(task["task_id"])
+        return {"requeued": len(done), "task_ids": done, "more": more}
+
+    def count_tasks(self, queue_id: str, *, extra_filter: dict | None = None,
+                    status: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """Count matching tasks grouped by ``by`` in one query (groups sum to the total).
+
+        ``by``: ``"status"`` (default), a task column or a dotted ``args.*``/``metadata.*``/
+        ``summary.*`` path. Returns ``{"total": int, "by": str, "groups": [{"value": v,
+        "count": int}, ...], "truncated": bool}``; see ``counting.count_tasks`` for the
+        order of groups and the cap. Raises ``Invalid`` for a bad filter or field.
+        """
+        where = self._filter(TASK_FIELDS, extra_filter)
+        if status is not None:
+            where = and_(where, tasks.c.status == status)
+        with self.db.read() as conn:
+            return counting.count_tasks(conn, TASK_FIELDS, queue_id, where, by)
+
+    def queue_overview(self, queue_id: str, *, window_seconds: float = 600.0
+                       ) -> dict[str, Any]:
+        """The queue at a glance (one read transaction): counts per status, runs finished in
+        the last ``window_seconds``, throughput and ETA, workers (live per status, gone) and
+        the running tasks with their progress. Shape: ``counting.queue_overview``."""
+        with self.db.read() as conn:
+            self._queue(conn, queue_id)
+            return counting.queue_overview(conn, queue_id, utc_now(), window_seconds)
+
     def delete_task(self, queue_id: str, task_id: str) -> None:
         with self.db.write() as conn:
             if conn.execute(delete(tasks).where(tasks.c.task_id == task_id,
@@ -591,8 +701,12 @@ class SqlStorage:
         return worker_id
 
     def search_workers(self, queue_id, *, extra_filter, worker_id, worker_name, status, sort,
-                       offset, limit):
+                       offset, limit, gone: bool | None = None):
+        """One page of workers; ``gone``: True only workers whose loop ended, False only
+        live ones, None both."""
         cond = [workers.c.queue_id == queue_id, self._filter(WORKER_FIELDS, extra_filter)]
+        if gone is not None:
+            cond.append(workers.c.gone_at.is_not(None) if gone else workers.c.gone_at.is_(None))
         if worker_id is not None:
             cond.append(workers.c.worker_id == worker_id)
         if worker_name is not None:
@@ -658,6 +772,38 @@ class SqlStorage:
             conn.execute(update(workers).where(workers.c.worker_id == worker_id)
                          .values(**values))
             self._worker_event(conn, queue_id, worker_id, worker["status"], now)
+
+    def mark_worker_gone(self, queue_id: str, worker_id: str) -> dict[str, Any]:
+        """Record that the loop using this worker ended: ``gone_at`` = now (server clock),
+        kept if already set. Status and failure count are unchanged. A later fetch with
+        this worker id makes it live again. Returns the worker; ``NotFound``."""
+        now = utc_now()
+        with self.db.write() as conn:
+            conn.execute(update(workers).where(
+                workers.c.worker_id == worker_id, workers.c.queue_id == queue_id,
+                workers.c.gone_at.is_(None)).values(gone_at=now))
+            return self._with_running(conn, queue_id, [self._worker(conn, queue_id, worker_id)])[0]
+
+    def prune_workers(self, queue_id: str, *, gone_before: datetime | None = None
+                      ) -> dict[str, Any]:
+        """Delete workers that have gone (``gone_at`` set, before ``gone_before`` if given)
+        and run no task. At most ``MAX_PRUNE`` per call, oldest first; returns
+        ``{"deleted": int, "worker_ids": [...], "more": bool}``."""
+        cond = [workers.c.queue_id == queue_id, workers.c.gone_at.is_not(None),
+                ~select(tasks.c.task_id).where(
+                    tasks.c.worker_id == workers.c.worker_id, tasks.c.status == "running"
+                ).exists()]
+        if gone_before is not None:
+            cond.append(workers.c.gone_at < gone_before)
+        with self.db.write() as conn:
+            ids = list(conn.execute(select(workers.c.worker_id).where(*cond)
+                                    .order_by(workers.c.gone_at, workers.c.worker_id)
+                                    .limit(MAX_PRUNE + 1)).scalars())
+            more = len(ids) > MAX_PRUNE
+            ids = ids[:MAX_PRUNE]
+            if ids:
+                conn.execute(delete(workers).where(workers.c.worker_id.in_(ids)))
+        return {"deleted": len(ids), "worker_ids": ids, "more": more}
 
     def delete_worker(self, queue_id: str, worker_id: str, cascade_update: bool) -> None:
         """Delete a worker; with ``cascade_update`` its non-running tasks forget it. Running

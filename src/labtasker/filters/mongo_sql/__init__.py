@@ -70,7 +70,12 @@ from labtasker.filters.mongo_sql.common import (
     FilterError,
     decode_datetimes,
 )
-from labtasker.filters.mongo_sql.compiler import Compiler, compile_filter, sort_expression
+from labtasker.filters.mongo_sql.compiler import (
+    Compiler,
+    compile_filter,
+    sort_expression,
+    value_expression,
+)
 from labtasker.filters.mongo_sql.regex import register_sqlite_functions
 
 __all__ = [
@@ -89,4 +94,5 @@ __all__ = [
     "decode_datetimes",
     "register_sqlite_functions",
     "sort_expression",
+    "value_expression",
 ]

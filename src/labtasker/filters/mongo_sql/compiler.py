@@ -584,3 +584,28 @@ def sort_expression(field: Any, fields: FieldMap, dialect: str) -> Any:
         root = backend.root(fields.json_columns[head])
         return backend.sort_key(backend.path(root, segments[1:]) if len(segments) > 1 else root)
     return literal(None)
+
+
+def value_expression(field: Any, fields: FieldMap, dialect: str) -> tuple[Any, bool]:
+    """``(expression, is_json)`` giving the value of ``field`` per row, for grouping.
+
+    A column name gives the column (``is_json`` False). A JSON column, or a dotted path into
+    one (``args.lr``), gives its JSON value (SQLite: JSON text; PostgreSQL: jsonb), SQL NULL
+    where the path is missing (``is_json`` True). Raises ``FilterError`` naming the field
+    for anything else."""
+    if not isinstance(field, str):
+        raise FilterError(f"Invalid field {field!r}")
+    segments = field.split(".")
+    if len(segments) > MAX_PATH_SEGMENTS or not all(SEGMENT.match(s) for s in segments):
+        raise FilterError(f"Invalid field {field!r}: use letters, digits, '_' or '-', "
+                          "dot-separated (like 'args.lr')")
+    head = segments[0]
+    if head in fields.columns and len(segments) == 1:
+        return fields.columns[head], False
+    if head in fields.json_columns:
+        backend = backend_for(dialect)
+        root = backend.root(fields.json_columns[head])
+        return (backend.path(root, segments[1:]) if len(segments) > 1 else root), True
+    known = ", ".join(sorted(set(fields.columns) - {"_id"})
+                      + [f"{name}.*" for name in sorted(fields.json_columns)])
+    raise FilterError(f"Unknown field {field!r}; use one of {known}")
