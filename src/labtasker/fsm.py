@@ -20,21 +20,58 @@ class InvalidTransition(ValueError):
 
 
 class TaskState(str, Enum):
+    """The status of a task: the one task-status vocabulary (wire models, storage, CLI
+    choices). Members compare equal to their value (``TaskState.PENDING == "pending"``)."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class WorkerState(str, Enum):
+    """The status of a worker: the one worker-status vocabulary."""
+
     ACTIVE = "active"
     SUSPENDED = "suspended"
     CRASHED = "crashed"
 
+    def __str__(self) -> str:
+        return self.value
 
-TASK_STATES = tuple(s.value for s in TaskState)
-WORKER_STATES = tuple(s.value for s in WorkerState)
+
+class RunOutcome(str, Enum):
+    """What a run of a task reports (``POST /tasks/{id}/status``); also the states in which a
+    task has ended (:data:`TERMINAL_TASK_STATES`)."""
+
+    SUCCESS = TaskState.SUCCESS.value
+    FAILED = TaskState.FAILED.value
+    CANCELLED = TaskState.CANCELLED.value
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkerReportState(str, Enum):
+    """The states a user may put a worker in (``worker report``); ``crashed`` is reached only
+    by failures."""
+
+    ACTIVE = WorkerState.ACTIVE.value
+    SUSPENDED = WorkerState.SUSPENDED.value
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TASK_STATES: tuple[str, ...] = tuple(s.value for s in TaskState)
+WORKER_STATES: tuple[str, ...] = tuple(s.value for s in WorkerState)
+# A task in one of these states has ended: no run of it is in progress or due.
+TERMINAL_TASK_STATES: frozenset[str] = frozenset(s.value for s in RunOutcome)
+WORKER_REPORT_STATES: tuple[str, ...] = tuple(s.value for s in WorkerReportState)
 
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "created": frozenset({"pending"}),
@@ -70,7 +107,8 @@ def task_after_failure(status: str, retries: int, max_retries: int) -> tuple[str
 
     ``running``: retries + 1; back to ``pending`` while ``retries < max_retries``, else
     ``failed``. ``failed`` stays ``failed`` unchanged. Anything else raises
-    ``InvalidTransition``. With ``max_retries = N`` a task runs at most N times (1.0.1's arithmetic).
+    ``InvalidTransition``. With ``max_retries = N`` a task runs at most N times (1.0.1's
+    arithmetic).
     """
     if status == "failed":
         return "failed", retries

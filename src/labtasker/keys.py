@@ -21,9 +21,27 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-KEY_SEGMENT = r"[a-zA-Z0-9_-]+"
+# The one name rule: queue, task and worker names and every segment of a dotted key use
+# letters, digits, ``_`` and ``-`` only.
+NAME_CHARS = r"a-zA-Z0-9_-"  # as a regex character class body
+NAME_CHARSET: frozenset[str] = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+NAME_PATTERN = rf"^[{NAME_CHARS}]+$"
+NAME_RE = re.compile(NAME_PATTERN)
+MAX_NAME_LENGTH = 100  # characters of a queue/task/worker name
+KEY_SEGMENT = rf"[{NAME_CHARS}]+"
 KEY_PATTERN = re.compile(rf"^{KEY_SEGMENT}(\.{KEY_SEGMENT})*$")
-NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+_NOT_NAME_CHAR = re.compile(rf"[^{NAME_CHARS}]")
+
+
+def is_name(text: str) -> bool:
+    """Whether ``text`` is a valid name: 1..``MAX_NAME_LENGTH`` characters of the name rule."""
+    return isinstance(text, str) and len(text) <= MAX_NAME_LENGTH and bool(NAME_RE.fullmatch(text))
+
+
+def sanitize_name(text: str, replacement: str = "-") -> str:
+    """``text`` with every character outside the name rule replaced by ``replacement``."""
+    return _NOT_NAME_CHAR.sub(replacement, text)
 
 Shape = dict[str, Any]  # nested dict; a leaf (any non-dict value) is None
 
@@ -71,7 +89,7 @@ def unflatten(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge_disjoint(a: dict, b: dict, where: str) -> dict:
+def _merge_disjoint(a: dict[str, Any], b: dict[str, Any], where: str) -> dict[str, Any]:
     merged = dict(a)
     for k, v in b.items():
         if k in merged:

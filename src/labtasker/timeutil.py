@@ -83,3 +83,30 @@ def parse_duration(text: str | int | float) -> float:
             f"Invalid duration {raw!r}: expected seconds or parts like '1h30m', '90s', '2 min'"
         )
     return total
+
+
+def parse_positive_duration(text: str | int | float) -> float:
+    """:func:`parse_duration`, and more than 0 seconds (a timeout of 0 would fail every run
+    at once). ``ValueError`` names the problem."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be > 0 seconds")
+    return value
+
+
+# The run limits a fetch sets: without heartbeats, only ``eta_max`` can end a lost run.
+ETA_MAX_REQUIRED = "Eta max must be specified when start_heartbeat is False"
+
+
+def heartbeat_timeout_problem(heartbeat_timeout: float | None, interval: float | None, *,
+                              interval_name: str = "heartbeat_interval",
+                              source: str | None = None) -> str | None:
+    """Why ``heartbeat_timeout`` (seconds) cannot work with heartbeats every ``interval``
+    seconds, or ``None`` when it can (or either is unknown). A timeout shorter than the
+    interval fails healthy runs; ``interval_name``/``source`` say where the interval comes
+    from in the message (``source``, e.g. ``"task.heartbeat_interval in client.toml"``)."""
+    if heartbeat_timeout is None or interval is None or heartbeat_timeout >= interval:
+        return None
+    where = f", {source}" if source else ""
+    return (f"heartbeat_timeout ({heartbeat_timeout:g}s) must not be shorter than "
+            f"{interval_name} ({interval:g}s{where}); use at least 3 x the interval")

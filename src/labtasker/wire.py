@@ -15,11 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from labtasker.keys import NAME_PATTERN, validate_keys
+from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS  # noqa: F401 (re-exported)
+from labtasker.fsm import RunOutcome, TaskState, WorkerState
+from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
 
-TaskStatus = Literal["pending", "running", "success", "failed", "cancelled"]
-WorkerStatus = Literal["active", "suspended", "crashed"]
-ReportStatus = Literal["success", "failed", "cancelled"]
+# Statuses are the ``fsm`` enums; the models store the plain string value
+# (``use_enum_values``), so ``task.status == "pending"`` and JSON output are unchanged.
+TaskStatus = TaskState
+WorkerStatus = WorkerState
+ReportStatus = RunOutcome  # what a run reports: ``success`` | ``failed`` | ``cancelled``
 Cmd = str | list[str] | None
 
 
@@ -32,16 +36,16 @@ class Priority:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
     client_version: str | None = None
 
 
 class _Response(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
     notification: list[dict[str, Any]] | None = None
 
 
-def _check_dict_keys(value: dict | None, what: str) -> dict | None:
+def _check_dict_keys(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
     if value is not None:
         validate_keys(value, what)
     return value
@@ -49,13 +53,13 @@ def _check_dict_keys(value: dict | None, what: str) -> dict | None:
 
 # ---------------------------------------------------------------- queues
 class QueueCreateRequest(_Request):
-    queue_name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    queue_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     password: str = Field(min_length=1, max_length=100)
     metadata: dict[str, Any] | None = None
 
     @field_validator("metadata")
     @classmethod
-    def _meta(cls, v):
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "metadata")
 
 
@@ -72,21 +76,22 @@ class QueueGetResponse(_Response):
 
 
 class QueueUpdateRequest(_Request):
-    new_queue_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    new_queue_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     new_password: str | None = Field(None, min_length=1, max_length=100)
     metadata_update: dict[str, Any] | None = None
 
     @field_validator("metadata_update")
     @classmethod
-    def _meta(cls, v):
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "metadata_update")
 
 
 # ---------------------------------------------------------------- tasks
 class Task(BaseModel):
-    """A task as returned by search/get/fetch, keys in 1.0.1's order."""
+    """A task as returned by search/get/fetch, keys in 1.0.1's order (that of the task-field
+    registry, ``labtasker.fields.TASK_FIELDS``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
     task_id: str
     queue_id: str
     status: TaskStatus
@@ -112,13 +117,13 @@ class Task(BaseModel):
 
     @field_validator("task_timeout", mode="before")
     @classmethod
-    def _whole_seconds(cls, v):
+    def _whole_seconds(cls, v: Any) -> Any:
         # a per-run eta_max may be fractional; shown rounded up (1.0.1 clients parse an int)
         return math.ceil(v) if isinstance(v, float) else v
 
 
 class TaskSubmitRequest(_Request):
-    task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    task_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     args: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     cmd: Cmd = None
@@ -129,16 +134,16 @@ class TaskSubmitRequest(_Request):
 
     @field_validator("args")
     @classmethod
-    def _args(cls, v):
+    def _args(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "args")
 
     @field_validator("metadata")
     @classmethod
-    def _meta(cls, v):
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "metadata")
 
     @model_validator(mode="after")
-    def _args_or_cmd(self):
+    def _args_or_cmd(self) -> TaskSubmitRequest:
         if not self.args and not self.cmd:
             raise ValueError("Either args or cmd must be provided")
         return self
@@ -211,17 +216,12 @@ class TaskStatusUpdateRequest(_Request):
 
     @field_validator("summary")
     @classmethod
-    def _summary(cls, v):
+    def _summary(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "summary")
 
 
-# Fields of a task that ``PUT /tasks`` may change (as in 1.0.1); the dict-valued ones are
-# merged key by key unless listed in ``replace_fields``.
-UPDATABLE_TASK_FIELDS = (
-    "status", "task_name", "heartbeat_timeout", "task_timeout", "max_retries", "retries",
-    "priority", "metadata", "args", "cmd", "summary",
-)
-DICT_TASK_FIELDS = ("metadata", "args", "summary")
+# ``UPDATABLE_TASK_FIELDS``/``DICT_TASK_FIELDS`` (imported above from the task-field
+# registry, ``labtasker.fields``): what ``PUT /tasks`` may change and what it merges.
 
 
 class TaskUpdateRequest(_Request):
@@ -230,7 +230,7 @@ class TaskUpdateRequest(_Request):
     task_id: str = Field(validation_alias="task_id")
     replace_fields: list[str] = Field(default_factory=list)
     status: TaskStatus | None = None
-    task_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    task_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     heartbeat_timeout: float | None = Field(None, gt=0)
     task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
     max_retries: int | None = Field(None, ge=0)
@@ -245,7 +245,7 @@ class TaskUpdateRequest(_Request):
 
     @model_validator(mode="before")
     @classmethod
-    def _id_alias(cls, data):
+    def _id_alias(cls, data: Any) -> Any:
         if isinstance(data, dict) and "task_id" not in data and "_id" in data:
             data = dict(data)
             data["task_id"] = data.pop("_id")
@@ -253,17 +253,17 @@ class TaskUpdateRequest(_Request):
 
     @field_validator("args")
     @classmethod
-    def _args(cls, v):
+    def _args(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "args")
 
     @field_validator("metadata")
     @classmethod
-    def _meta(cls, v):
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "metadata")
 
     @field_validator("summary")
     @classmethod
-    def _summary(cls, v):
+    def _summary(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "summary")
 
 
@@ -387,7 +387,7 @@ class WorkerPruneResponse(_Response):
 
 # ---------------------------------------------------------------- workers
 class Worker(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
     worker_id: str
     queue_id: str
     status: WorkerStatus
@@ -404,13 +404,13 @@ class Worker(BaseModel):
 
 
 class WorkerCreateRequest(_Request):
-    worker_name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    worker_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     metadata: dict[str, Any] | None = None
     max_retries: int = Field(3, ge=1)
 
     @field_validator("metadata")
     @classmethod
-    def _meta(cls, v):
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         return _check_dict_keys(v, "metadata")
 
 

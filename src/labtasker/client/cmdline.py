@@ -18,8 +18,8 @@ from typing import Any
 
 from labtasker.client.filtering import parse_literal
 from labtasker.exceptions import LabtaskerValueError
+from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
-from labtasker.wire import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 

@@ -27,13 +27,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labtasker.exceptions import ConfigError, ConfigNotFoundError
+from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN
 
 CLIENT_CONFIG_FILENAME = "client.toml"
 DEFAULT_API_BASE_URL = "http://localhost:9321/"
 GITIGNORE_TEXT = "*.toml\nlogs\n"
 
 _URL_RE = re.compile(r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", re.IGNORECASE)
-_NAME_RE = r"^[a-zA-Z0-9_-]+$"
 
 
 class _Section(BaseModel):
@@ -54,7 +54,7 @@ class EndpointConfig(_Section):
 class QueueConfig(_Section):
     """``[queue]``: the queue this client works on (HTTP Basic credentials)."""
 
-    queue_name: str = Field(min_length=1, max_length=100, pattern=_NAME_RE)
+    queue_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     password: str = Field(min_length=1, max_length=100, repr=False)
 
 
@@ -106,10 +106,13 @@ def get_labtasker_client_config_path() -> Path:
     return get_labtasker_root() / CLIENT_CONFIG_FILENAME
 
 
-def get_labtasker_log_dir() -> Path:
-    """Directory for run logs: ``$LABTASKER_LOG_DIR`` or ``<root>/logs``."""
-    env = os.environ.get("LABTASKER_LOG_DIR")
-    return Path(env).expanduser().absolute() if env else get_labtasker_root() / "logs"
+def invalid_credentials_advice(config_path: str | Path | None = None) -> str:
+    """What to tell a user whose queue credentials were refused (HTTP 401): the one text of
+    the CLI and the loop runner. ``config_path``: the ``client.toml`` to point at (default:
+    :func:`get_labtasker_client_config_path`)."""
+    path = config_path if config_path is not None else get_labtasker_client_config_path()
+    return ("Either invalid credentials or queue not created. Check [queue] in "
+            f"{path} or run `labtasker queue create-from-config`.")
 
 
 def _format_validation_error(err: ValidationError) -> str:

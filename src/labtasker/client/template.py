@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from labtasker.exceptions import CmdKeyError, CmdSyntaxError, CmdTypeError
+from labtasker.keys import NAME_CHARSET
 
-_SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_SEGMENT_CHARS = NAME_CHARSET  # a variable's path segments follow the name rule
 _WS = frozenset(" \t\r\n")
 
 

@@ -107,6 +107,7 @@ from labtasker.exceptions import (
     QueryTranspilerSyntaxError,
     QueryTranspilerValueError,
 )
+from labtasker.fields import TASK_FIELDS as TASK_FIELD_REGISTRY
 
 __all__ = [
     "ALLOWED_FIELDS",
@@ -119,27 +120,10 @@ __all__ = [
     "transpile",
 ]
 
+# The names a filter may start with: 1.0.1's task fields (``run_id`` is ours and not
+# filterable by name here), plus ``worker_name`` as 1.0.1 allowed it.
 ALLOWED_FIELDS: tuple[str, ...] = (
-    "task_id",
-    "queue_id",
-    "status",
-    "task_name",
-    "created_at",
-    "start_time",
-    "last_heartbeat",
-    "last_modified",
-    "heartbeat_timeout",
-    "task_timeout",
-    "max_retries",
-    "retries",
-    "priority",
-    "metadata",
-    "args",
-    "cmd",
-    "summary",
-    "worker_id",
-    "worker_name",
-)
+    *(f.name for f in TASK_FIELD_REGISTRY if f.v1), "worker_name")
 
 SUPPORTED_FUNCTIONS: dict[str, str] = {
     "regex": "regex(field, pattern)",

@@ -95,7 +95,7 @@ def prune(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> int:
     return conn.execute(delete(events).where(events.c.event_id <= newest - keep)).rowcount
 
 
-def payload(row: Row) -> dict[str, Any]:
+def payload(row: Row[Any]) -> dict[str, Any]:
     """The 1.0.1 ``EventResponse`` JSON for one log row."""
     when = row.created_at.isoformat()
     return {
@@ -115,7 +115,7 @@ def payload(row: Row) -> dict[str, Any]:
     }
 
 
-def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> list[Row]:
+def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> list[Row[Any]]:
     """Events of ``queue_id`` with id > ``after``, oldest first (at most ``limit``)."""
     with db.read() as conn:
         return list(conn.execute(

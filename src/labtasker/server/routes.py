@@ -15,7 +15,7 @@ from labtasker.keys import parse_required_fields
 from labtasker.server import paging
 from labtasker.server.deps import QueueId, Store, legacy_client
 from labtasker.server.errors import Invalid
-from labtasker.timeutil import parse_duration
+from labtasker.timeutil import ETA_MAX_REQUIRED, heartbeat_timeout_problem, parse_duration
 
 router = APIRouter()
 
@@ -154,12 +154,10 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
         except ValueError as exc:
             raise Invalid(f"eta_max: {exc}") from exc
     if not body.start_heartbeat and not task_timeout:
-        raise Invalid("Eta max must be specified when start_heartbeat is False")
-    if (body.heartbeat_interval is not None and body.heartbeat_timeout is not None
-            and body.heartbeat_timeout < body.heartbeat_interval):
-        raise Invalid(f"heartbeat_timeout ({body.heartbeat_timeout:g}s) must not be shorter "
-                      f"than heartbeat_interval ({body.heartbeat_interval:g}s); use at least "
-                      f"3 x the interval")
+        raise Invalid(ETA_MAX_REQUIRED)
+    problem = heartbeat_timeout_problem(body.heartbeat_timeout, body.heartbeat_interval)
+    if problem:
+        raise Invalid(problem)
     try:
         parse_required_fields(body.required_fields)
     except ValueError as exc:

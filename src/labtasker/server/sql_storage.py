@@ -19,7 +19,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from labtasker import fields as field_registry
 from labtasker import fsm
+from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 from labtasker.filters.mongo_sql import (
     FieldMap,
     FilterError,
@@ -34,39 +36,17 @@ from labtasker.server.schema import arg_shapes, queues, tasks, workers
 from labtasker.server.schema import events as events_table
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
 from labtasker.timeutil import utc_now
-from labtasker.wire import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
 HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
 TASK_TIMEOUT_MESSAGE = "Task execution timed out: running for {age:.1f}s (task_timeout {limit:g}s)"
 
+# The filter/sort field map of tasks, from the task-field registry; ``_id`` names the id.
 TASK_FIELDS = FieldMap(
-    columns={
-        "task_id": tasks.c.task_id,
-        "_id": tasks.c.task_id,
-        "queue_id": tasks.c.queue_id,
-        "status": tasks.c.status,
-        "task_name": tasks.c.task_name,
-        "created_at": tasks.c.created_at,
-        "start_time": tasks.c.start_time,
-        "last_heartbeat": tasks.c.last_heartbeat,
-        "last_modified": tasks.c.last_modified,
-        "heartbeat_timeout": tasks.c.heartbeat_timeout,
-        "task_timeout": tasks.c.task_timeout,
-        "max_retries": tasks.c.max_retries,
-        "retries": tasks.c.retries,
-        "priority": tasks.c.priority,
-        "worker_id": tasks.c.worker_id,
-        "run_id": tasks.c.run_id,
-    },
-    json_columns={
-        "args": tasks.c.args,
-        "metadata": tasks.c.metadata,
-        "summary": tasks.c.summary,
-        "cmd": tasks.c.cmd,
-        "progress": tasks.c.progress,
-    },
-    datetime_columns=frozenset({"created_at", "start_time", "last_heartbeat", "last_modified"}),
+    columns={"_id": tasks.c.task_id,
+             **{f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage != "json"}},
+    json_columns={f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage == "json"},
+    datetime_columns=field_registry.DATETIME_TASK_FIELDS,
 )
 
 WORKER_FIELDS = FieldMap(
@@ -86,12 +66,7 @@ WORKER_FIELDS = FieldMap(
     datetime_columns=frozenset({"created_at", "last_modified", "gone_at"}),
 )
 
-TASK_KEYS = (
-    "task_id", "queue_id", "status", "task_name", "created_at", "start_time",
-    "last_heartbeat", "last_modified", "heartbeat_timeout", "task_timeout", "max_retries",
-    "retries", "priority", "metadata", "args", "cmd", "summary", "worker_id", "run_id",
-    "progress",
-)
+TASK_KEYS = field_registry.TASK_FIELD_NAMES
 WORKER_KEYS = (
     "worker_id", "queue_id", "status", "worker_name", "metadata", "retries", "max_retries",
     "created_at", "last_modified", "gone_at",
@@ -760,7 +735,7 @@ class SqlStorage:
     def report_worker(self, queue_id: str, worker_id: str, status: str) -> None:
         """Manual worker status: ``active`` (from crashed also resets retries) or
         ``suspended`` (from active only). ``crashed`` is set by failures, never by hand."""
-        if status not in ("active", "suspended"):
+        if status not in fsm.WORKER_REPORT_STATES:
             raise Invalid(f"Invalid worker status {status!r}: use 'active' or 'suspended'")
         with self.db.write() as conn:
             worker = self._worker(conn, queue_id, worker_id, lock=True)

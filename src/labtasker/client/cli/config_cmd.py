@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from labtasker.client.cli.common import CliError, handle_errors, run_editor
+from labtasker.client.cli.errors import CliError, handle_errors
+from labtasker.client.cli.prompts import run_editor
 
 
 def register(app: typer.Typer) -> None:

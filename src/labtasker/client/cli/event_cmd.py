@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-from labtasker.client.cli.common import handle_errors
+from labtasker.client.cli.errors import handle_errors
+from labtasker.client.cli.output import STATUS_STYLES
 
 app = typer.Typer(
     help="Watch live events of the queue.",
@@ -15,8 +16,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_COLOURS = {"pending": "gold1", "running": "blue", "success": "green", "active": "green",
-            "failed": "red", "crashed": "red", "cancelled": "white", "suspended": "white"}
 
 
 def compact_line(ev) -> str:
@@ -60,7 +59,7 @@ def listen(
                 print(compact_line(ev), flush=True)
             else:
                 e = ev.event
-                colour = _COLOURS.get(e.new_state, "white")
+                colour = STATUS_STYLES.get(e.new_state, "white")
                 console.print(Panel(
                     f"Sequence: {ev.sequence}\nTimestamp: {ev.timestamp.isoformat()}\n"
                     f"Entity Type: {e.entity_type}\nEntity ID: {e.entity_id}\n"

@@ -7,15 +7,15 @@ Interactive by default (prompts for what is missing); scripts pass everything as
 
 from __future__ import annotations
 
-import re
 import sys
 
 import typer
 
-from labtasker.client.cli.common import CliError, handle_errors, stdin_is_tty, usage_error
+from labtasker.client.cli.errors import CliError, handle_errors, usage_error
+from labtasker.client.terminal import stdin_is_tty
+from labtasker.keys import is_name
 
 DEFAULT_URL = "http://localhost:9321"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,100}$")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,7 +52,7 @@ def _server_ok(url: str) -> bool:
 
 def _ask_name(interactive: bool, given: str | None) -> str:
     if given is not None:
-        if not _NAME_RE.match(given):
+        if not is_name(given):
             raise usage_error(
                 f"Invalid value for --queue-name: {given!r} (1-100 letters, digits, '_' or '-')"
             )
@@ -61,7 +61,7 @@ def _ask_name(interactive: bool, given: str | None) -> str:
         raise usage_error("Missing option --queue-name (stdin is not a terminal, cannot prompt).")
     while True:
         name = typer.prompt("Queue name")
-        if _NAME_RE.match(name):
+        if is_name(name):
             return name
         print("Error: use 1-100 letters, digits, '_' or '-'.", file=sys.stderr)
 

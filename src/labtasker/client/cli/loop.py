@@ -33,6 +33,7 @@ from pathlib import Path
 
 import typer
 
+from labtasker.client.terminal import stdin_is_tty
 from labtasker.exceptions import (
     CmdSyntaxError,
     LabtaskerError,
@@ -156,7 +157,7 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 raise _fail(f"cannot read --script-path {script_path}: {exc.strerror}") from None
         elif not argv:
-            if sys.stdin is not None and not sys.stdin.isatty():
+            if sys.stdin is not None and not stdin_is_tty():
                 shell_text = sys.stdin.read()
             else:
                 raise _fail("Command cannot be empty. Use `labtasker loop -- CMD...` or -c.")

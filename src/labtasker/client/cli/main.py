@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         print("Aborted.", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:
-        from labtasker.client.cli.common import _silence_stdout
+        from labtasker.client.cli.errors import silence_stdout
 
-        _silence_stdout()
+        silence_stdout()
         sys.exit(0)
     sys.exit(rv if isinstance(rv, int) else 0)
 

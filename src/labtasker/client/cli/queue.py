@@ -6,18 +6,17 @@ import sys
 
 import typer
 
-from labtasker.client.cli.common import (
-    OutputFormat,
-    confirm,
-    dict_option,
+from labtasker.client.cli.errors import handle_errors
+from labtasker.client.cli.options import OutputFormat, dict_option
+from labtasker.client.cli.output import (
+    choose_format,
     fmt_time,
-    handle_errors,
     make_console,
     model_to_dict,
-    stdout_is_tty,
     write_jsonl_item,
     write_yaml_item,
 )
+from labtasker.client.cli.prompts import confirm
 
 app = typer.Typer(
     help="Manage the queue (the tenant that owns tasks and workers).",
@@ -40,7 +39,7 @@ def _unauthenticated_client():
 def _print_queue(queue, fmt: OutputFormat | None) -> None:
     item = model_to_dict(queue)
     item.pop("notification", None)
-    chosen = fmt.value if fmt else ("table" if stdout_is_tty() else "yaml")
+    chosen = choose_format(fmt)
     if chosen == "jsonl":
         write_jsonl_item(item)
     elif chosen == "yaml":
@@ -88,7 +87,7 @@ def create(
 
 
 def _create(api, name, password, meta, client):
-    from labtasker.client.cli.common import CliError
+    from labtasker.client.cli.errors import CliError
     from labtasker.exceptions import LabtaskerHTTPStatusError
 
     try:

@@ -6,33 +6,31 @@ import sys
 
 import typer
 
-from labtasker.client.cli.common import (
-    CliError,
+from labtasker.client.cli.errors import CliError, handle_errors, usage_error
+from labtasker.client.cli.options import (
     OutputFormat,
     TaskStatusChoice,
     ansi_option,
-    choose_format,
-    delete_by_ids,
     dict_option,
-    emit_records,
     filter_option,
     fmt_option,
-    for_each_id,
-    handle_errors,
     ids_argument,
     ids_filter,
-    ids_to_act_on,
     page_size_option,
     pager_option,
     parse_sort,
-    print_filter,
-    read_ids_from_stdin,
-    stdin_is_tty,
-    stdout_is_tty,
-    tasks_table,
-    usage_error,
     yes_option,
 )
+from labtasker.client.cli.output import choose_format, emit_records, print_filter, tasks_table
+from labtasker.client.cli.prompts import (
+    delete_by_ids,
+    for_each_id,
+    ids_to_act_on,
+    read_ids_from_stdin,
+)
+from labtasker.client.terminal import stderr_is_tty, stdin_is_tty, stdout_is_tty
+from labtasker.fields import READ_ONLY_TASK_FIELDS, UPDATABLE_TASK_FIELDS
+from labtasker.fsm import TERMINAL_TASK_STATES
 
 app = typer.Typer(
     help="Submit, list, update, cancel and delete tasks.",
@@ -47,15 +45,12 @@ def _duration(text: str | None, option: str) -> float | None:
     """Seconds from ``90``, ``1.5``, ``1h30m``...; bad text -> usage error naming ``option``."""
     if text is None:
         return None
-    from labtasker.timeutil import parse_duration
+    from labtasker.timeutil import parse_positive_duration
 
     try:
-        value = parse_duration(text)
+        return parse_positive_duration(text)
     except ValueError as exc:
         raise usage_error(f"Invalid value for {option}: {exc}") from None
-    if value <= 0:
-        raise usage_error(f"Invalid value for {option}: must be > 0 seconds")
-    return value
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": False})
@@ -151,108 +146,34 @@ def submit(
     print(resp.task_id if quiet else f"Task submitted with ID: {resp.task_id}")
 
 
-_TASK_KEYS = (
-    "task_name",
-    "args",
-    "metadata",
-    "cmd",
-    "heartbeat_timeout",
-    "task_timeout",
-    "max_retries",
-    "priority",
-)
 PROGRESS_MIN_TASKS = 5000  # show a progress bar from this many tasks on (stderr a terminal)
 
 
 def _read_records(file: str) -> list[tuple[str, object]]:
     """``[(location, record), ...]`` from a JSON-lines or YAML file (``-``: stdin)."""
-    import json
+    from labtasker.client.taskfile import parse_task_records
 
     if file == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        try:
-            with open(file, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise usage_error(f"Invalid value for --file: {exc.strerror}: {file}") from None
-        name = file
-    lower = name.lower()
-    if lower.endswith((".yaml", ".yml")):
-        kind = "yaml"
-    elif lower.endswith((".jsonl", ".ndjson", ".json")):
-        kind = "json"
-    else:  # stdin or unknown extension: JSON if it looks like JSON
-        kind = "json" if text.lstrip()[:1] in ("{", "[", "") else "yaml"
-    if kind == "json":
-        stripped = text.lstrip()
-        if stripped.startswith("["):  # one JSON array
-            try:
-                items = json.loads(text)
-            except ValueError as exc:
-                raise usage_error(f"{name}: invalid JSON: {exc}") from None
-            return [(f"{name}[{i}]", item) for i, item in enumerate(items)]
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                records.append((f"{name}:{lineno}", json.loads(line)))
-            except ValueError as exc:
-                raise usage_error(f"{name}:{lineno}: invalid JSON: {exc}") from None
-        return records
-    import yaml
-
+        return parse_task_records(sys.stdin.read(), "<stdin>")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise usage_error(f"{name}: invalid YAML: {' '.join(str(exc).split())}") from None
-    if len(docs) == 1 and isinstance(docs[0], list):
-        return [(f"{name}[{i}]", item) for i, item in enumerate(docs[0])]
-    return [(f"{name} (document {i + 1})", item) for i, item in enumerate(docs)]
-
-
-def _task_requests(records: list[tuple[str, object]], defaults: dict) -> list:
-    """Validate records into ``TaskSubmitRequest`` objects; errors name the file location."""
-    from pydantic import ValidationError
-
-    from labtasker.wire import TaskSubmitRequest
-
-    out = []
-    for where, record in records:
-        if not isinstance(record, dict):
-            raise usage_error(f"{where}: a task must be a mapping, got {type(record).__name__}")
-        if "args" in record or "cmd" in record:
-            unknown = sorted(set(record) - set(_TASK_KEYS))
-            if unknown:
-                raise usage_error(f"{where}: unknown task field(s) {unknown}")
-            fields = {**defaults, **record}
-        else:
-            fields = {**defaults, "args": record}
-        if fields.get("args") is not None and not isinstance(fields["args"], dict):
-            raise usage_error(f"{where}: args must be a mapping")
-        try:
-            out.append(TaskSubmitRequest.model_validate(fields))
-        except ValidationError as exc:
-            msgs = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'task'}: {e.get('msg')}"
-                for e in exc.errors()
-            )
-            raise usage_error(f"{where}: invalid task: {' '.join(msgs.split())}") from None
-    return out
+        with open(file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise usage_error(f"Invalid value for --file: {exc.strerror}: {file}") from None
+    return parse_task_records(text, file)
 
 
 def _submit_file(file: str, defaults: dict, quiet: bool) -> None:
     from labtasker.client import api
+    from labtasker.client.taskfile import task_requests
 
-    requests = _task_requests(_read_records(file), defaults)
+    requests = task_requests(_read_records(file), defaults)
     if not requests:
         print("No tasks in the input; nothing submitted.", file=sys.stderr)
         return
     progress = None
     bar = None
-    if len(requests) >= PROGRESS_MIN_TASKS and _stderr_is_tty():
+    if len(requests) >= PROGRESS_MIN_TASKS and stderr_is_tty():
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -285,13 +206,6 @@ def _submit_file(file: str, defaults: dict, quiet: bool) -> None:
         sys.stdout.write("".join(f"{tid}\n" for tid in ids))
     else:
         print(f"{len(ids)} task(s) submitted.")
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _stream_with_progress(pages, enabled: bool):
@@ -394,7 +308,7 @@ def ls(
     pages = api.iter_task_pages(**sel, page_size=limit, offset=offset, sort=order)
     # Progress only where it cannot mix with the listing: stderr is a terminal and the output
     # is either collected for a table or goes to a pipe/file.
-    show = _stderr_is_tty() and ((out_fmt == "table" and not quiet) or not stdout_is_tty())
+    show = stderr_is_tty() and ((out_fmt == "table" and not quiet) or not stdout_is_tty())
     emit_records(
         _stream_with_progress(pages, show),
         out_fmt,
@@ -486,16 +400,6 @@ def update(
         print(f"Total {len(result.content)} tasks updated.")
 
 
-_READ_ONLY = (
-    "task_id",
-    "queue_id",
-    "created_at",
-    "start_time",
-    "last_heartbeat",
-    "last_modified",
-    "worker_id",
-    "run_id",
-)
 
 
 def _edit_tasks(tasks, editor: str | None):
@@ -509,7 +413,7 @@ def _edit_tasks(tasks, editor: str | None):
     original = [t.model_dump(mode="json") for t in tasks]
     header = (
         "# Edit the tasks below and save. Read-only fields "
-        f"({', '.join(_READ_ONLY)}) are ignored.\n"
+        f"({', '.join(READ_ONLY_TASK_FIELDS)}) are ignored.\n"
         "# Do not add, remove or reorder tasks.\n"
     )
     text = header + yaml.safe_dump(original, sort_keys=False, allow_unicode=True)
@@ -524,8 +428,7 @@ def _edit_tasks(tasks, editor: str | None):
 def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
     import yaml
 
-    from labtasker.client.cli.common import run_editor
-    from labtasker.client.cmdline import UPDATABLE_TASK_FIELDS
+    from labtasker.client.cli.prompts import run_editor
     from labtasker.wire import TaskUpdateRequest
 
     while True:
@@ -547,7 +450,7 @@ def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
                 changed = [
                     k for k in UPDATABLE_TASK_FIELDS if k in cur and cur.get(k) != old.get(k)
                 ]
-                ignored = [k for k in _READ_ONLY if cur.get(k) != old.get(k)]
+                ignored = [k for k in READ_ONLY_TASK_FIELDS if cur.get(k) != old.get(k)]
                 if ignored:
                     print(
                         f"Warning: ignoring changes to read-only fields {ignored} "
@@ -599,7 +502,7 @@ def cancel(
         before = api.cancel_task(task_id)
         if before == "cancelled":
             return f"Task {task_id} was already cancelled."
-        if before in api.ENDED_TASK_STATUSES:
+        if before in TERMINAL_TASK_STATES:
             raise CliError(f"Task {task_id} already ended ({before}); not cancelled.")
         return f"Task {task_id} cancelled (was {before})."
 

@@ -2,54 +2,43 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import typer
 
-from labtasker.client.cli.common import (
+from labtasker.client.cli.errors import handle_errors, usage_error
+from labtasker.client.cli.options import (
     OutputFormat,
+    WorkerReportChoice,
     WorkerStatusChoice,
     ansi_option,
-    choose_format,
-    delete_by_ids,
     dict_option,
-    emit_records,
     filter_option,
     fmt_option,
-    handle_errors,
     ids_argument,
     page_size_option,
     pager_option,
     parse_sort,
-    print_filter,
-    usage_error,
     yes_option,
 )
-
-
-class ReportStatus(str, Enum):
-    """Statuses a worker can be given by hand (``crashed`` is set by failures only)."""
-
-    active = "active"
-    suspended = "suspended"
+from labtasker.client.cli.output import choose_format, emit_records, print_filter
+from labtasker.client.cli.prompts import delete_by_ids
 
 
 def workers_table(items: list[dict]):
     """Rich table of workers: id, name, status, failures/max, running task(s), metadata,
     created (UTC). "Running" is derived by the server from the tasks, not stored."""
-    from labtasker.client.cli.common import _table, compact_json, fmt_time, status_text
+    from labtasker.client.cli.output import compact_json, fmt_time, status_text, table
 
-    table = _table(f"{len(items)} worker(s)")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Name", overflow="fold", min_width=4)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Fails", justify="right", no_wrap=True)
-    table.add_column("Running task", no_wrap=True)
-    table.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
-    table.add_column("Created (UTC)", no_wrap=True, min_width=19)
+    rows = table(f"{len(items)} worker(s)")
+    rows.add_column("ID", no_wrap=True)
+    rows.add_column("Name", overflow="fold", min_width=4)
+    rows.add_column("Status", no_wrap=True)
+    rows.add_column("Fails", justify="right", no_wrap=True)
+    rows.add_column("Running task", no_wrap=True)
+    rows.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
+    rows.add_column("Created (UTC)", no_wrap=True, min_width=19)
     for w in items:
         running = w.get("running_task_ids") or []
-        table.add_row(
+        rows.add_row(
             w["worker_id"],
             w.get("worker_name") or "-",
             status_text(w["status"]),
@@ -58,7 +47,7 @@ def workers_table(items: list[dict]):
             compact_json(w.get("metadata")),
             fmt_time(w.get("created_at")),
         )
-    return table
+    return rows
 
 
 app = typer.Typer(
@@ -138,7 +127,7 @@ def ls(
 @handle_errors
 def report(
     worker_id: str = typer.Argument(..., help="Worker id."),
-    status: ReportStatus = typer.Argument(
+    status: WorkerReportChoice = typer.Argument(
         ...,
         help="active: re-activate (from crashed this also resets its failure count); "
         "suspended: stop it from fetching new tasks (its running task is not stopped).",

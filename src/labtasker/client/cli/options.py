@@ -1,0 +1,96 @@
+"""Option factories and choices shared by the CLI commands, and parsing of their values.
+
+Factories return a fresh typer ``OptionInfo`` per command for options several commands
+declare alike. Status choices are the ``labtasker.fsm`` enums.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+from labtasker.client.cli.errors import usage_error
+from labtasker.fsm import TaskState, WorkerReportState, WorkerState
+
+# Choices of ``--status`` / ``worker report STATUS`` (typer shows and parses the values).
+TaskStatusChoice = TaskState
+WorkerStatusChoice = WorkerState
+WorkerReportChoice = WorkerReportState
+
+
+class OutputFormat(str, Enum):
+    yaml = "yaml"
+    jsonl = "jsonl"
+    table = "table"
+
+
+def fmt_option():
+    """``--fmt yaml|jsonl|table`` (``None``: see :func:`choose_format`)."""
+    return typer.Option(
+        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
+    )
+
+
+def page_size_option():
+    """``--limit`` of the listing commands: the page size, every page is listed."""
+    return typer.Option(100, "--limit", min=1, max=1000, help="Page size (all pages are listed).")
+
+
+def pager_option():
+    """``--pager/--no-pager``: accepted like labtasker 1.0.1, never pages."""
+    return typer.Option(
+        False, "--pager/--no-pager", help="Accepted for compatibility; output is never paged."
+    )
+
+
+def ansi_option():
+    """``--ansi/--no-ansi``: colours of the table output."""
+    return typer.Option(True, "--ansi/--no-ansi", help="Colours in the table output.")
+
+
+def ids_argument(kind: str, verb: str):
+    """``[KIND_IDS]...`` of ``<kind> <verb>``, optional because they may come from stdin
+    (see :func:`ids_to_act_on`)."""
+    return typer.Argument(
+        None, help=f"Ids of the {kind}s to {verb} (read from stdin when piped).", show_default=False
+    )
+
+
+def yes_option():
+    """``-y/--yes``: skip the confirmation prompt."""
+    return typer.Option(False, "-y", "--yes", help="Do not ask for confirmation.")
+
+
+# ----------------------------------------------------------------------------- input helpers
+
+
+def dict_option(text: str | None, option: str) -> dict | None:
+    """Parse a dict-valued option (JSON or Python literal); bad text -> usage error (exit 2)."""
+    from labtasker.client.cmdline import parse_dict_option
+
+    return parse_dict_option(text, option)
+
+
+def filter_option(text: str | None) -> dict | None:
+    """Parse ``-f/--extra-filter`` (dict literal or Python expression); ``None`` if not given."""
+    if text is None:
+        return None
+    from labtasker.client.filtering import parse_filter
+
+    return parse_filter(text)
+
+
+def parse_sort(values: list[str] | None) -> list[tuple[str, int]] | None:
+    """``-S field:asc -S other:desc`` -> ``[("field", 1), ("other", -1)]``; bad entry -> exit 2."""
+    from labtasker.client.sorting import parse_sort_spec
+
+    try:
+        return parse_sort_spec(values)
+    except ValueError as exc:
+        raise usage_error(f"Invalid value for '-S' / '--sort': {exc}") from None
+
+
+def ids_filter(ids: list[str]) -> dict:
+    """Filter selecting the given task/worker ids (``_id`` is the id on the server)."""
+    return {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}}
