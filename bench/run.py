@@ -187,13 +187,17 @@ class Impl:
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS:") -> float:
+        """Memory of the server processes in MB: the sum of ``VmRSS`` (pages shared by the
+        forked ``--workers`` processes counted once per process) or, with ``field="Pss:"``,
+        of the proportional set size (shared pages split between the processes)."""
         total = 0.0
         for pid in self.server_pids():
+            path = f"/proc/{pid}/status" if field == "VmRSS:" else f"/proc/{pid}/smaps_rollup"
             try:
-                with open(f"/proc/{pid}/status") as fh:
+                with open(path) as fh:
                     for line in fh:
-                        if line.startswith("VmRSS:"):
+                        if line.startswith(field):
                             total += int(line.split()[1]) / 1024.0
             except OSError:
                 continue
@@ -518,7 +522,9 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
         impl, queue, REQUIRED["other"], sizes.fetch_samples, Budget(impl.budget), add_one
     )
     out["fetch_other"] = Result(median(walls), _lat_text(walls, servers, sizes.fetch_samples))
-    out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB")
+    pss = impl.rss_mb("Pss:")
+    out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB" + (
+        f" (PSS {pss:.0f} MB)" if pss == pss else ""))
 
 
 def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:

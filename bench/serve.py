@@ -62,14 +62,6 @@ def ref101_app(args):
     return app
 
 
-def bench_factory():
-    """App factory for each process of ``--workers N`` (current only; configured through the
-    environment by ``main``)."""
-    args = argparse.Namespace(db_url=os.environ["_BENCH_DB_URL"],
-                              sweep_interval=float(os.environ["_BENCH_SWEEP"]))
-    return with_process_time(current_app(args))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("impl", choices=["current", "ref101"])
@@ -83,18 +75,16 @@ def main() -> None:
 
     if args.workers > 1:  # several server processes (labtasker-server serve --workers N)
         from labtasker.server.db import Database
+        from labtasker.server.supervisor import serve_processes
 
         db = Database(args.db_url)
         db.migrate()
         db.dispose()
-        os.environ["_BENCH_DB_URL"] = args.db_url
-        os.environ["_BENCH_SWEEP"] = str(args.sweep_interval)
         print(f"bench server {args.impl} on {args.port}, {args.workers} processes",
               file=sys.stderr, flush=True)
-        uvicorn.run("serve:bench_factory", factory=True, workers=args.workers,
-                    app_dir=os.path.dirname(os.path.abspath(__file__)), host="127.0.0.1",
-                    port=args.port, log_level="warning", access_log=False)
-        return
+        sys.exit(serve_processes(lambda: with_process_time(current_app(args)),
+                                 workers=args.workers, host="127.0.0.1", port=args.port,
+                                 log_level="warning", access_log=False))
     app = current_app(args) if args.impl == "current" else ref101_app(args)
 
     print(f"bench server {args.impl} on {args.port}", file=sys.stderr, flush=True)

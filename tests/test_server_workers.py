@@ -108,3 +108,39 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path):
         assert proc.returncode == code, (url, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_kill_9_of_the_supervisor_leaves_nothing_serving(tmp_path, scratch_dbs):
+    """``kill -9`` of the ``serve --workers 2`` supervisor: its server processes stop too
+    (PR_SET_PDEATHSIG and the supervisor pipe), the port refuses connections."""
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
+                        extra_env={"LABTASKER_SERVER_WORKERS": "2"}).start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"Started server process \[\d+\]", srv.log_text())) < 2:
+            assert time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.1)
+        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]",
+                                              srv.log_text())}
+        assert len(workers) == 2 and workers <= _children(srv.proc.pid)
+        assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+        srv.kill(signal.SIGKILL)
+
+        def alive(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.1)
+        try:
+            httpx.get(srv.url + "/health", timeout=5)
+            raise AssertionError("still serving after the supervisor was killed")
+        except httpx.ConnectError:
+            pass
+        assert "the supervisor process is gone" in srv.log_text()
+    finally:
+        srv.kill(signal.SIGKILL)

@@ -19,7 +19,7 @@ CACHE_SECONDS = 60.0
 CACHE_MAX = 10_000
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("labtasker-dummy-password")
+_dummy_hash: str | None = None  # made on first use, not at import (it costs one Argon2 hash)
 _cache: dict[tuple[str, str, bytes], float] = {}
 _lock = threading.Lock()
 
@@ -45,6 +45,13 @@ def verified_recently(queue_id: str | None, stored_hash: str | None, password: s
     return expiry is not None and expiry > time.monotonic()
 
 
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("labtasker-dummy-password")
+    return _dummy_hash
+
+
 def verify_password(queue_id: str | None, stored_hash: str | None, password: str) -> bool:
     """True when ``password`` matches ``stored_hash`` (constant time, via argon2); CPU-heavy
     (tens of ms) unless ``verified_recently`` already holds, so run it off the event loop.
@@ -56,7 +63,7 @@ def verify_password(queue_id: str | None, stored_hash: str | None, password: str
     if verified_recently(queue_id, stored_hash, password):
         return True
     try:
-        ok = _hasher.verify(stored_hash or _DUMMY_HASH, password)
+        ok = _hasher.verify(stored_hash or _dummy(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     ok = ok and stored_hash is not None and queue_id is not None
