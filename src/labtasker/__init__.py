@@ -23,21 +23,21 @@ from labtasker.__version__ import __version__
 
 __application__ = "labtasker"
 
-_RUNNER = "labtasker.client.runner"
+_CONTEXT = "labtasker.client.loop.context"
 _API = "labtasker.client.api"
 _EXC = "labtasker.exceptions"
 
 _LAZY: dict[str, str] = {
     # loop runner and context helpers
-    "loop": _RUNNER,
-    "finish": _RUNNER,
-    "set_loop_internal_error_handler": _RUNNER,
-    "set_prompt_on_task_failure": _RUNNER,
-    "task_info": _RUNNER,
-    "current_task_id": _RUNNER,
-    "current_worker_id": _RUNNER,
-    "is_enabled": _RUNNER,
-    "get_labtasker_log_dir": _RUNNER,
+    "loop": "labtasker.client.loop.decorator",
+    "finish": _CONTEXT,
+    "set_loop_internal_error_handler": "labtasker.client.loop.runner",
+    "set_prompt_on_task_failure": "labtasker.client.loop.prompt",
+    "task_info": _CONTEXT,
+    "current_task_id": _CONTEXT,
+    "current_worker_id": _CONTEXT,
+    "is_enabled": _CONTEXT,
+    "get_labtasker_log_dir": _CONTEXT,
     "Required": "labtasker.client.required",
     "run_with_pty": "labtasker.client.job",
     "run_with_subprocess": "labtasker.client.job",

@@ -99,6 +99,8 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\
 
 DEFAULT_GRACE_SECONDS = 10.0  # SIGTERM -> SIGKILL delay of a job when none is given
 _default_grace = DEFAULT_GRACE_SECONDS  # changed by default_grace_period()
+# what is left of a job's group once its main process exited gets at most this long
+LEFTOVER_GRACE_SECONDS = 2.0
 
 
 def _check_grace(value: object) -> float:
@@ -392,6 +394,8 @@ class JobProcess:
         self.tail_bytes = tail_bytes
         self.grace_period = grace_period
         self._watched = False
+        self._kill_at: float | None = None  # SIGKILL due (monotonic) once a stop started
+        self._killed = False
         self.proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._tail = bytearray()
@@ -444,36 +448,67 @@ class JobProcess:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to ``timeout`` seconds (``None``: forever) for the job; exit code or
-        ``None`` if still running."""
+        ``None`` if still running. While the job is being stopped (:meth:`terminate`), sends
+        SIGKILL when its grace period is over."""
         assert self.proc is not None, "job not started"
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._finish(code)
-        return self.returncode
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self._kill_at is not None and now >= self._kill_at:
+                self.kill()
+            slice_end = end
+            if self._kill_at is not None and not self._killed:
+                slice_end = self._kill_at if end is None else min(end, self._kill_at)
+            try:
+                code = self.proc.wait(
+                    timeout=None if slice_end is None else max(0.0, slice_end - now)
+                )
+            except subprocess.TimeoutExpired:
+                if end is not None and time.monotonic() >= end:
+                    return None
+                continue
+            self._finish(code)
+            return self.returncode
+
+    def terminate(self, sig: int = signal.SIGTERM, grace_seconds: float | None = None) -> bool:
+        """Start stopping the job: send ``sig`` (default SIGTERM; a loop forwards the SIGINT
+        it got) to its whole process group; :meth:`wait` sends SIGKILL once ``grace_seconds``
+        (default: the job's ``grace_period``) have passed. This is the one escalation
+        policy of a job (the loop, :meth:`stop` and :func:`run_with_subprocess` all use it;
+        the watchdog applies the same grace period when the loop dies). Returns True when
+        this call started the stop, False when it was already stopping or has exited."""
+        assert self.proc is not None, "job not started"
+        if self._kill_at is not None or self.proc.poll() is not None:
+            return False
+        grace = self.grace_period if grace_seconds is None else grace_seconds
+        self._kill_at = time.monotonic() + max(0.0, grace)
+        self._signal_group(sig)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the job's whole process group now (e.g. on a second Ctrl+C)."""
+        assert self.proc is not None, "job not started"
+        self._kill_at = time.monotonic()
+        if not self._killed and self.proc.poll() is None:
+            self._killed = True
+            self._signal_group(signal.SIGKILL)
 
     def stop(self, grace_seconds: float | None = None) -> int:
-        """Stop the job: SIGTERM to its whole process group, SIGKILL after ``grace_seconds``
-        (default: the job's ``grace_period``), reap it. An exception while waiting
+        """Stop the job: :meth:`terminate` (SIGTERM, SIGKILL after ``grace_seconds``, default
+        the job's ``grace_period``) and reap it. An exception while waiting
         (KeyboardInterrupt) sends SIGKILL at once and propagates. Returns the exit code
         (negative = killed by that signal). Idempotent."""
         assert self.proc is not None, "job not started"
-        grace = self.grace_period if grace_seconds is None else grace_seconds
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=max(0.0, grace))
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait()
-            except BaseException:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait()  # SIGKILL: returns at once
-                self._finish(self.proc.returncode)
-                raise
-        self._finish(self.proc.returncode)
-        return self.returncode  # type: ignore[return-value]
+        self.terminate(grace_seconds=grace_seconds)
+        try:
+            code = self.wait()
+        except BaseException:
+            self.kill()
+            self.proc.wait()  # SIGKILL: returns at once
+            self._finish(self.proc.returncode)
+            raise
+        assert code is not None
+        return code
 
     def send_signal(self, sig: int) -> bool:
         """Send ``sig`` to the job's whole process group; False if it is already gone."""
@@ -536,9 +571,9 @@ class JobProcess:
         if self.returncode is not None:
             return
         self.returncode = code
-        if self._group_alive():
+        if self._group_alive():  # leftovers: the same SIGTERM -> SIGKILL, with a short grace
             self._signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
             while self._group_alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
             if self._group_alive():

@@ -10,7 +10,7 @@ Examples::
 In argv mode each element is one argument of the program, whatever the substituted values
 contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields become the
 loop's required fields ("no more, no less": only tasks whose args have exactly these fields
-are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.runner`.
+are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.loop`.
 
 A command without any ``%(...)`` takes pending tasks of any argument shape (as 1.0.1); the
 loop warns about it.
@@ -133,7 +133,8 @@ def register(app: typer.Typer) -> None:
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
-        from labtasker.client.runner import LoopOptions, LoopRunner, ensure_logging
+        from labtasker.client.loop.options import LoopOptions
+        from labtasker.client.loop.runner import LoopRunner, ensure_logging
         from labtasker.client.template import CommandTemplate
 
         argv = list(cmd or []) + list(ctx.args)

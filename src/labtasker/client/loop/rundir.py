@@ -1,0 +1,192 @@
+"""The run directory of one task run and its first-finish-wins files.
+
+Layout (times in UTC)::
+
+    <root>/logs/run/run_t<YYYY-MM-DD-HH-MM-SS>_n<task_name>_id<task_id>_rd<8 hex>/
+        task_info.json   the fetched Task (JSON, indent 4; includes run_id)
+        run.log          runner log lines + the job's stdout/stderr (ANSI stripped)
+        heartbeat.lock   exists while the heartbeat runs
+        summary.json     the summary reported to the server (after the report)
+        status.json      {"status": "success" | "failed"} (after the report)
+
+A job may also leave a JSON object in ``summary.json`` before it exits (any language): the
+runner merges it into the summary it reports (:func:`read_job_summary`).
+
+Cheap to import (no httpx): a job's child process uses it through
+:mod:`labtasker.client.loop.context`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labtasker.keys import validate_keys
+from labtasker.wire import Task
+
+if TYPE_CHECKING:
+    from labtasker.client.heartbeat import Heartbeat
+
+logger = logging.getLogger("labtasker.loop")
+
+TASK_INFO = "task_info.json"
+SUMMARY = "summary.json"
+STATUS = "status.json"
+RUN_LOG = "run.log"
+HEARTBEAT_LOCK = "heartbeat.lock"
+FINISH_CLAIM = ".finish.claim"
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character outside ``[a-zA-Z0-9_-]`` replaced by ``-``."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "-", text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (temporary file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=4, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_run_dir(root: Path, task: Task) -> Path:
+    """Create ``<root>/logs/run/run_t<UTC time>_n<name>_id<id>_rd<8 hex>`` and return it
+    (absolute). Raises ``OSError`` if it cannot be created."""
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+    name = f"run_t{stamp}_n{task.task_name}_id{task.task_id}_rd{secrets.token_hex(4)}"
+    path = root / "logs" / "run" / name
+    path.mkdir(parents=True, exist_ok=False)
+    return path.absolute()
+
+
+def finish_in_dir(
+    run_dir: Path,
+    task_id: str,
+    worker_id: str | None,
+    run_id: str | None,
+    status: str,
+    summary: Mapping[str, Any] | None,
+) -> bool:
+    """First-finish-wins report of one task; returns False if already finished.
+
+    Protocol (safe across the runner and its child processes): exclusively create
+    ``.finish.claim``; report to the server; only then write ``summary.json`` and
+    ``status.json``. If the report raises, the claim is removed (a later ``finish`` may retry)
+    and the exception propagates (``TaskNotOwned``, ``LabtaskerHTTPStatusError``...).
+    """
+    claim = run_dir / FINISH_CLAIM
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    from labtasker.client.api import report_task_status  # httpx only when reporting
+
+    summary = dict(summary or {})
+    try:
+        report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            claim.unlink()
+        raise
+    write_json(run_dir / SUMMARY, summary)
+    write_json(run_dir / STATUS, {"status": status})
+    return True
+
+
+def read_job_summary(run_dir: Path) -> dict[str, Any]:
+    """The JSON object a job left in ``summary.json`` (empty if none).
+
+    Keys must be valid labtasker keys (``[a-zA-Z0-9_-]``); an unreadable or invalid file gives
+    ``{"labtasker_warning": "<why>"}`` instead.
+    """
+    path = run_dir / SUMMARY
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        validate_keys(data, "summary.json")
+    except (OSError, ValueError) as exc:
+        logger.warning("Ignoring %s written by the job: %s", path, exc)
+        return {"labtasker_warning": f"summary.json written by the job was ignored: {exc}"}
+    return data
+
+
+def exception_summary(exc: BaseException, message: str | None = None) -> dict[str, Any]:
+    """``{"labtasker_exception": {"type", "message", "traceback"}}`` for ``exc``."""
+    return {
+        "labtasker_exception": {
+            "type": type(exc).__name__,
+            "message": message if message is not None else str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        }
+    }
+
+
+@dataclass
+class TaskRun:
+    """One claimed task inside the runner: the task as fetched, its run directory, its
+    heartbeat, and whether the server took the task away (``lost``)."""
+
+    task: Task
+    worker_id: str | None
+    run_dir: Path
+    heartbeat: Heartbeat | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+    lost_reason: Exception | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str | None:
+        """The claim's fencing token (sent with heartbeats and reports)."""
+        return self.task.run_id
+
+    def finished(self) -> bool:
+        """Whether a finish already went through (here or in a child process)."""
+        return (self.run_dir / STATUS).exists()
+
+    def final_status(self) -> str | None:
+        """The status recorded in ``status.json`` (``success``/``failed``), or None."""
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.run_dir / STATUS).read_text()).get("status")
+        return None
+
+    def finish(self, status: str, summary: Mapping[str, Any] | None) -> bool:
+        """Report once (see :func:`finish_in_dir`); stops the heartbeat after the report."""
+        done = finish_in_dir(
+            self.run_dir, self.task.task_id, self.worker_id, self.run_id, status, summary
+        )
+        if done and self.heartbeat is not None:
+            self.heartbeat.stop()
+        return done
+
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment of the job: ``base`` (default ``os.environ``) plus ``extra_env`` (a
+        slot's devices) and the ``LABTASKER_*`` variables."""
+        from labtasker.client.config import get_labtasker_root
+
+        env = dict(os.environ if base is None else base)
+        env.update(self.extra_env)
+        env.update(
+            LABTASKER_TASK_ID=self.task.task_id,
+            LABTASKER_WORKER_ID=self.worker_id or "",
+            LABTASKER_LOG_DIR=str(self.run_dir),
+            LABTASKER_ROOT=str(get_labtasker_root()),
+        )
+        if not self.worker_id:
+            env.pop("LABTASKER_WORKER_ID")
+        return env
