@@ -2,7 +2,7 @@
 
 ``compile_filter(filt, fields, dialect)`` returns a SQLAlchemy boolean expression; the database
 does all the filtering (no per-row Python; on SQLite a registered ``labtasker_regexp`` function
-evaluates ``$regex`` inside the database). Every path segment and every value the user sends is
+evaluates ``$regex`` with RE2 inside the database). Every path segment and every value the user sends is
 a bound parameter, never SQL text. Operators are allow-listed; anything else is refused with
 ``FilterError`` (HTTP 400 naming the operator).
 
@@ -47,10 +47,12 @@ Known differences from MongoDB
     * PostgreSQL: jsonb forgets key order, so ``{"a": {"x": 1, "y": 2}}`` also matches
       ``{"y": 2, "x": 1}``; ``2.0`` equals ``2`` inside arrays/objects (on SQLite containers
       compare as normalised JSON text, so it does not); ``$type: "double"`` is judged from the
-      number's text (``1e20`` counts as an integer). Regexes run on PostgreSQL's ARE engine:
-      the options are mapped (i, x; m/s to newline modes), ``\\b`` becomes ``\\y``, constructs
-      it lacks (named groups, atomic groups, scoped flags) are refused with 400; without ``s``,
-      ``[^x]`` does not match a newline there.
+      number's text (``1e20`` counts as an integer). ``$regex`` is RE2's
+      language (linear time) on both backends, see ``regex.py``: back-references,
+      look-around, atomic groups, possessive quantifiers and scoped flags are refused with
+      400 naming the construct; ``\\d \\w \\s`` and POSIX classes are ASCII; MongoDB
+      (PCRE) has them all. Word boundaries ``\\b`` use PostgreSQL's word characters
+      there (letters such as ``é`` count), ASCII ones on SQLite.
     * Datetimes (``{"_dt": ...}``) compared with JSON values compare as ISO text.
 
 Cost: column conditions are plain comparisons (indexes apply). A JSON path becomes one

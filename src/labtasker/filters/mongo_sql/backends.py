@@ -41,7 +41,7 @@ from labtasker.filters.mongo_sql.common import (
     dumps,
     json_path,
 )
-from labtasker.filters.mongo_sql.regex import postgres_pattern
+from labtasker.filters.mongo_sql.regex import Regex
 
 
 class JsonValue:
@@ -161,8 +161,8 @@ class JsonBackend(Protocol):
         """FROM item over the elements of ``value`` (no rows when it is not an array)."""
         ...
 
-    def regex(self, text: SqlExpr, pattern: str, flags: str) -> SqlExpr:
-        """Whether ``text`` matches a validated ``$regex`` pattern with option letters."""
+    def regex(self, text: SqlExpr, regex: Regex) -> SqlExpr:
+        """Whether ``text`` contains a match of a checked ``$regex``."""
         ...
 
     def collate(self, expression: SqlExpr) -> SqlExpr:
@@ -307,9 +307,8 @@ class SqliteJson(_TypeTests):
             case((self.type_of(value) == "array", as_json(value)), else_=literal("[]", Text))
         )
 
-    def regex(self, text: SqlExpr, pattern: str, flags: str) -> SqlExpr:
-        full = f"(?{flags}){pattern}" if flags else pattern
-        return func.labtasker_regexp(literal(full, Text), text) == 1
+    def regex(self, text: SqlExpr, regex: Regex) -> SqlExpr:
+        return func.labtasker_regexp(literal(regex.pattern, Text), text) == 1
 
     def collate(self, expression: SqlExpr) -> SqlExpr:
         return expression
@@ -454,8 +453,8 @@ class PostgresJson(_TypeTests):
             case((self.type_of(value) == "array", as_json(value)), else_=self._jsonb("[]"))
         )
 
-    def regex(self, text: SqlExpr, pattern: str, flags: str) -> SqlExpr:
-        return text.op("~")(literal(postgres_pattern(pattern, flags), Text))
+    def regex(self, text: SqlExpr, regex: Regex) -> SqlExpr:
+        return text.op("~")(literal(regex.postgres, Text))
 
     def collate(self, expression: SqlExpr) -> SqlExpr:
         return expression.collate("C")

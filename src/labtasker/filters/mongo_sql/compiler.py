@@ -37,7 +37,7 @@ from labtasker.filters.mongo_sql.common import (
     value_kind,
 )
 from labtasker.filters.mongo_sql.expr import ExprCompiler
-from labtasker.filters.mongo_sql.regex import regex_flags
+from labtasker.filters.mongo_sql.regex import parse_regex
 
 Predicate = Callable[[Json], SqlExpr]
 """A condition on one candidate value."""
@@ -233,17 +233,17 @@ class Compiler:
             )
         if op == "$regex":
             pattern, options = value if isinstance(value, tuple) else (value, "")
-            flags = regex_flags(pattern, options, backend.dialect)
+            regex = parse_regex(pattern, options)
             if column is not None:
                 if self.fields.column_kind(column.name, column.root) != "string":
                     return lambda _: false()
                 return lambda text: and_(
-                    as_json(text).is_not(None), backend.regex(as_json(text), pattern, flags)
+                    as_json(text).is_not(None), backend.regex(as_json(text), regex)
                 )
             return self._expanding(
                 lambda candidate: and_(
                     backend.is_kind(candidate, "string"),
-                    backend.regex(backend.text(candidate), pattern, flags),
+                    backend.regex(backend.text(candidate), regex),
                 ),
                 expand,
                 False,
