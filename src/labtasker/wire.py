@@ -321,14 +321,14 @@ class TaskProgressRequest(_Request):
 
     @field_validator("step", "total")
     @classmethod
-    def _finite(cls, v):
+    def _finite(cls, v: Any) -> Any:
         if v is not None and isinstance(v, float) and not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
 
     @field_validator("metrics")
     @classmethod
-    def _metrics(cls, v):
+    def _metrics(cls, v: dict[str, Any]) -> dict[str, Any]:
         if len(v) > MAX_PROGRESS_METRICS:
             raise ValueError(f"at most {MAX_PROGRESS_METRICS} metrics, got {len(v)}")
         validate_keys(v, "metrics")

@@ -63,14 +63,13 @@ def verify_password(queue_id: str | None, stored_hash: str | None, password: str
     if verified_recently(queue_id, stored_hash, password):
         return True
     try:
-        ok = _hasher.verify(stored_hash or _dummy(), password)
+        ok: bool = _hasher.verify(stored_hash or _dummy(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
-    ok = ok and stored_hash is not None and queue_id is not None
-    if ok:
-        with _lock:
-            if len(_cache) >= CACHE_MAX:
-                _cache.clear()
-            _cache[_cache_key(queue_id, stored_hash, password)] = (time.monotonic()
-                                                                   + CACHE_SECONDS)
-    return ok
+    if not ok or stored_hash is None or queue_id is None:
+        return False
+    with _lock:
+        if len(_cache) >= CACHE_MAX:
+            _cache.clear()
+        _cache[_cache_key(queue_id, stored_hash, password)] = time.monotonic() + CACHE_SECONDS
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,11 +26,11 @@ _DATETIMES = {"last_modified", "created_at"}
 DEFAULT_SORT: list[tuple[str, int]] = [("last_modified", 1)]
 
 
-def keyset_sort(sort: list[tuple[str, int]] | None) -> list[tuple[str, int]] | None:
+def keyset_sort(sort: Sequence[Sequence[Any]] | None) -> list[tuple[str, int]] | None:
     """The sort as (column, ±1) pairs if it supports cursors, else ``None``."""
-    sort = [tuple(s) for s in sort] if sort else DEFAULT_SORT
-    if all(field in KEYSET_COLUMNS for field, _ in sort):
-        return sort
+    pairs = [(field, order) for field, order in sort] if sort else DEFAULT_SORT
+    if all(field in KEYSET_COLUMNS for field, _ in pairs):
+        return pairs
     return None
 
 

@@ -9,6 +9,7 @@ errors of ``labtasker.server.errors``; they know nothing of HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ class Storage(Protocol):
     def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]: ...
     def search_tasks(self, queue_id: str, *, extra_filter: dict | None, task_id: str | None,
                      task_name: str | None, status: str | None,
-                     sort: list[tuple[str, int]] | None, offset: int, limit: int,
+                     sort: Sequence[tuple[str, int]] | None, offset: int, limit: int,
                      cursor: str | None = None) -> list[dict[str, Any]]: ...
     def fetch_task(self, queue_id: str, *, worker_id: str | None, task_timeout: float | None,
                    heartbeat_timeout: float | None, start_heartbeat: bool,
@@ -58,7 +59,7 @@ class Storage(Protocol):
                       max_retries: int) -> str: ...
     def search_workers(self, queue_id: str, *, extra_filter: dict | None,
                        worker_id: str | None, worker_name: str | None, status: str | None,
-                       sort: list[tuple[str, int]] | None, offset: int, limit: int,
+                       sort: Sequence[tuple[str, int]] | None, offset: int, limit: int,
                        gone: bool | None = None) -> list[dict[str, Any]]: ...
     def get_worker(self, queue_id: str, worker_id: str) -> dict[str, Any]: ...
     def report_worker(self, queue_id: str, worker_id: str, status: str) -> None: ...

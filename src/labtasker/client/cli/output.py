@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from labtasker.client.cli.options import OutputFormat
 from labtasker.client.terminal import stdout_is_tty
@@ -82,7 +82,7 @@ def make_console(ansi: bool = True):
 
     # On a terminal use its width; when redirected, do not squeeze the table into 80 columns.
     width = None if stdout_is_tty() else 200
-    color_system = "auto" if ansi else None
+    color_system: Literal["auto"] | None = "auto" if ansi else None
     return Console(color_system=color_system, highlight=False, soft_wrap=False, width=width)
 
 

@@ -122,7 +122,7 @@ def submit(
     if args_pos:
         dropped: list[str] = []
         try:
-            parsed_args = parse_extra_opt(args_pos, dropped)
+            parsed_args: dict | None = parse_extra_opt(args_pos, dropped)
         except ValueError as exc:
             raise usage_error(f"Invalid value for [ARGS]: {exc}") from None
         if dropped:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Type-check the package with mypy (configuration: [tool.mypy] in pyproject.toml: a baseline
+# the whole package passes, strict on the vocabulary and wire modules). Extra arguments are
+# passed to mypy. Uses <repo>/.venv (see scripts/test.sh).
+set -euo pipefail
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_DIR"
+echo "==> mypy (pyproject.toml [tool.mypy])"
+exec "$REPO_DIR/.venv/bin/python" -m mypy "$@"
