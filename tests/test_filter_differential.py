@@ -63,6 +63,7 @@ from sqlalchemy import delete, insert, select
 from labtasker.filters.mongo_sql import (
     MAX_DEPTH,
     MAX_NODES,
+    MAX_PATH_STEPS,
     FilterError,
     compile_filter,
 )
@@ -891,6 +892,30 @@ def test_pyquery_transpiled_filters(store):
     assert run("args.lr / args.n >= 0.25") == {0}
 
 
+@pytest.mark.parametrize(
+    "filt, limit",
+    [
+        # 660 conditions on 16-segment paths ran for minutes; 999 $or answered 500
+        ({"$and": [{"args." + ".".join(["x"] * 15): {"$ne": i}} for i in range(660)]}, "steps"),
+        ({"$or": [{"args.a.b": i} for i in range(999)]}, "steps"),
+        ({"args.a": {"$elemMatch": {"$elemMatch": {"b.c.d.e.f.g": {"$in": [1]}}}}}, None),
+        ({"$expr": {"$add": ["$args.a"] * 200}}, "steps"),
+    ],
+)
+def test_cost_budget(store, filt, limit):
+    """Large but allowed filters are refused before any SQL runs, with a 400 naming the
+    limit; filters within the budget run."""
+    store.load([{"a": 1}])
+    if limit is None:
+        assert store.matches(filt) == set()
+        return
+    with pytest.raises(Invalid) as raised:
+        store.matches(filt)
+    message = str(raised.value)
+    assert message.startswith("filter too expensive")
+    assert f"(limit {MAX_PATH_STEPS}" in message
+
+
 def test_regex_features(store):
     store.load([{"s": "x ab"}, {"s": "xab"}, {"s": "AB\nb"}, {"s": ["q", "ab"]}, {"s": 5}])
     assert store.matches({"args.s": {"$regex": "\\bab"}}) == {0, 3}
@@ -1193,7 +1218,7 @@ def test_limits(store):
         compile_filter(too_deep, TASK_FIELDS, store.db.dialect)
     big_in = {"args.a": {"$in": list(range(2, MAX_NODES - 10))}}
     assert store.matches(big_in) == {0}
-    many = {"$or": [{"args.a": i} for i in range(2, MAX_NODES // 3)]}
+    many = {"$or": [{"args.a": i} for i in range(2, MAX_PATH_STEPS)]}
     assert store.matches(many) == {0}
     with pytest.raises(FilterError, match="too large"):
         compile_filter(
@@ -1201,7 +1226,7 @@ def test_limits(store):
         )
     with pytest.raises(FilterError, match="too large"):
         compile_filter(
-            {"$or": [{"args.a": i} for i in range(MAX_NODES)]}, TASK_FIELDS, store.db.dialect
+            {"$or": [{"priority": i} for i in range(MAX_NODES)]}, TASK_FIELDS, store.db.dialect
         )
     long_path = "args." + ".".join(["a"] * 15)
     assert store.matches({long_path: None}) == {0}

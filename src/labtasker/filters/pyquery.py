@@ -122,8 +122,7 @@ __all__ = [
 
 # The names a filter may start with: 1.0.1's task fields (``run_id`` is ours and not
 # filterable by name here), plus ``worker_name`` as 1.0.1 allowed it.
-ALLOWED_FIELDS: tuple[str, ...] = (
-    *(f.name for f in TASK_FIELD_REGISTRY if f.v1), "worker_name")
+ALLOWED_FIELDS: tuple[str, ...] = (*(f.name for f in TASK_FIELD_REGISTRY if f.v1), "worker_name")
 
 SUPPORTED_FUNCTIONS: dict[str, str] = {
     "regex": "regex(field, pattern)",

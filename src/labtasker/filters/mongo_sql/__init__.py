@@ -59,14 +59,18 @@ Cost: column conditions are plain comparisons (indexes apply). A JSON path becom
 ``EXISTS`` over a chain of ``json_each``/``jsonb_array_elements`` (one per path segment), so the
 SQL grows linearly with the filter; ``$expr`` values are materialised as one-row FROM items
 for the same reason. Limits: ``MAX_DEPTH``, ``MAX_NODES``, ``MAX_PATH_SEGMENTS``,
-``MAX_PATTERN``.
+``MAX_PATTERN``, and a cost budget counted while the filter is built, before any SQL runs:
+``MAX_PATH_STEPS`` (FROM items over JSON arrays) and ``MAX_PARAMETERS`` (bound values);
+past it, ``filter too expensive: ... (limit N)``.
 """
 
 from labtasker.filters.mongo_sql.backends import JsonBackend, PostgresJson, SqliteJson, backend_for
 from labtasker.filters.mongo_sql.common import (
     MAX_DEPTH,
     MAX_NODES,
+    MAX_PARAMETERS,
     MAX_PATH_SEGMENTS,
+    MAX_PATH_STEPS,
     MAX_PATTERN,
     FieldMap,
     FilterError,
@@ -83,7 +87,9 @@ from labtasker.filters.mongo_sql.regex import register_sqlite_functions
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_PARAMETERS",
     "MAX_PATH_SEGMENTS",
+    "MAX_PATH_STEPS",
     "MAX_PATTERN",
     "Compiler",
     "FieldMap",

@@ -19,6 +19,11 @@ MAX_DEPTH = 32  # nesting of objects/lists in a filter
 MAX_NODES = 2000  # operators, conditions and list members in one filter
 MAX_PATH_SEGMENTS = 16  # dots in one field path
 MAX_PATTERN = 1000  # characters in one $regex
+# The cost budget of one filter, checked while it is built (before any SQL is compiled or
+# run): the work a database does per task row grows with the JSON path steps (each one a
+# json_each/jsonb_array_elements FROM item) and the SQL text with the bound values.
+MAX_PATH_STEPS = 128  # FROM items over JSON arrays in the whole filter
+MAX_PARAMETERS = 5000  # bound values (path keys, compared values, $in members)
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")  # canonical array index
 
@@ -156,9 +161,12 @@ class FieldMap:
 
 @dataclass
 class Budget:
-    """The size limits of one filter, shared by every compiler working on it."""
+    """The size and cost limits of one filter, shared by every compiler working on it;
+    counted as the filter is built, so a refusal costs at most the budget."""
 
     nodes: int = 0
+    path_steps: int = 0
+    parameters: int = 0
 
     def tick(self, depth: int, count: int = 1) -> None:
         """Count ``count`` more nodes at nesting ``depth``; ``FilterError`` past the limits."""
@@ -167,6 +175,25 @@ class Budget:
             raise FilterError(f"Filter too large (more than {MAX_NODES} conditions)")
         if depth > MAX_DEPTH:
             raise FilterError(f"Filter nested too deeply (more than {MAX_DEPTH} levels)")
+
+    def step(self, count: int = 1) -> None:
+        """Count JSON path steps (FROM items over arrays)."""
+        self.path_steps += count
+        if self.path_steps > MAX_PATH_STEPS:
+            raise FilterError(
+                f"filter too expensive: more than {MAX_PATH_STEPS} JSON path steps "
+                f"(limit {MAX_PATH_STEPS}; each path segment below args/metadata/summary and "
+                "each array test is one; use fewer or shorter paths, or $in)"
+            )
+
+    def bind(self, count: int = 1) -> None:
+        """Count bound values."""
+        self.parameters += count
+        if self.parameters > MAX_PARAMETERS:
+            raise FilterError(
+                f"filter too expensive: more than {MAX_PARAMETERS} bound values "
+                f"(limit {MAX_PARAMETERS})"
+            )
 
 
 @dataclass

@@ -10,7 +10,13 @@ from typing import Any
 
 from sqlalchemy import Integer, Text, and_, case, false, literal, not_, null, or_, select, true
 
-from labtasker.filters.mongo_sql.backends import Json, JsonBackend, as_json, backend_for
+from labtasker.filters.mongo_sql.backends import (
+    ArrayElements,
+    Json,
+    JsonBackend,
+    as_json,
+    backend_for,
+)
 from labtasker.filters.mongo_sql.common import (
     FIELD_OPS,
     INDEX,
@@ -71,6 +77,14 @@ class Compiler:
         self.budget = budget or Budget()
         self.element = element
 
+    def _each(self, array: SqlExpr) -> ArrayElements:
+        self.budget.step()
+        return self.backend.each(array)
+
+    def _elements(self, value: Json) -> ArrayElements:
+        self.budget.step()
+        return self.backend.elements(value)
+
     # ------------------------------------------------------------------ structure
     def document(self, filt: Any, depth: int = 0) -> SqlExpr:
         """A filter document: all its keys must hold."""
@@ -109,6 +123,7 @@ class Compiler:
     def target(self, path: str) -> Target:
         """What ``path`` names: a JSON path, a plain column, or (unknown) missing."""
         segments = split_path(path)
+        self.budget.bind(len(segments))
         if self.element is not None:
             return Target("json", self.element, segments, path, root_is_object=True)
         head = segments[0]
@@ -205,6 +220,7 @@ class Compiler:
         no expansion). ``column``: the candidate is a plain column."""
         backend = self.backend
         if op in ("$eq", "$gt", "$gte", "$lt", "$lte"):
+            self.budget.bind(2 if expand else 1)
             value = decode_datetimes(value)
             kind = value_kind(value)
             if op != "$eq" and kind in ("array", "object"):
@@ -220,6 +236,7 @@ class Compiler:
             if not isinstance(value, list):
                 raise FilterError("$in and $nin need a list")
             self.budget.tick(depth, len(value))
+            self.budget.bind(len(value) * (2 if expand else 1))
             values = [decode_datetimes(v) for v in value]
             for member in values:
                 if isinstance(member, Mapping) and any(str(k).startswith("$") for k in member):
@@ -285,7 +302,7 @@ class Compiler:
         backend = self.backend
 
         def leaf(candidate: Json) -> SqlExpr:
-            elements = backend.elements(candidate)
+            elements = self._elements(candidate)
             in_array = and_(
                 backend.is_kind(candidate, "array"),
                 select(literal(1))
@@ -344,7 +361,7 @@ class Compiler:
         """``$elemMatch``: some element of ``array`` satisfies ``query`` — operators on the
         element itself, or a query document on an element that is an object."""
         backend = self.backend
-        elements = backend.elements(array)
+        elements = self._elements(array)
         keys = list(query)
         value_form = all(isinstance(k, str) and k.startswith("$") for k in keys) and not (
             set(keys) & LOGICAL_OPS
@@ -382,7 +399,7 @@ class Compiler:
         if segments and target.root_is_object:
             value = backend.key(value, segments.pop(0))
         for segment in segments:
-            elements = backend.each(backend.as_array(value))
+            elements = self._each(backend.as_array(value))
             froms.append((elements.table, False))
             field_of_element = case(
                 (elements.type_of == "object", backend.key(elements.element, segment)),
@@ -398,7 +415,7 @@ class Compiler:
                 )
                 # Materialise the value as a column (a one-row LEFT JOIN; no row = missing)
                 # so that the next level refers to it instead of repeating this expression.
-                one = backend.each(case((value.is_(None), null()), else_=backend.singleton(value)))
+                one = self._each(case((value.is_(None), null()), else_=backend.singleton(value)))
                 froms.append((one.table, True))
                 value = as_json(one.value)
             else:
@@ -597,8 +614,10 @@ def value_expression(field: Any, fields: FieldMap, dialect: str) -> tuple[Any, b
         raise FilterError(f"Invalid field {field!r}")
     segments = field.split(".")
     if len(segments) > MAX_PATH_SEGMENTS or not all(SEGMENT.match(s) for s in segments):
-        raise FilterError(f"Invalid field {field!r}: use letters, digits, '_' or '-', "
-                          "dot-separated (like 'args.lr')")
+        raise FilterError(
+            f"Invalid field {field!r}: use letters, digits, '_' or '-', "
+            "dot-separated (like 'args.lr')"
+        )
     head = segments[0]
     if head in fields.columns and len(segments) == 1:
         return fields.columns[head], False
@@ -606,6 +625,8 @@ def value_expression(field: Any, fields: FieldMap, dialect: str) -> tuple[Any, b
         backend = backend_for(dialect)
         root = backend.root(fields.json_columns[head])
         return (backend.path(root, segments[1:]) if len(segments) > 1 else root), True
-    known = ", ".join(sorted(set(fields.columns) - {"_id"})
-                      + [f"{name}.*" for name in sorted(fields.json_columns)])
+    known = ", ".join(
+        sorted(set(fields.columns) - {"_id"})
+        + [f"{name}.*" for name in sorted(fields.json_columns)]
+    )
     raise FilterError(f"Unknown field {field!r}; use one of {known}")

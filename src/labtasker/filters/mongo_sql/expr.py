@@ -73,6 +73,7 @@ class ExprCompiler:
         return statement.where(truth).exists()
 
     def _materialise(self, value: ExprValue) -> ExprValue:
+        self.budget.step()
         elements = self.backend.each(self.backend.pack(value))
         self.froms.append(elements.table)
         return self.backend.unpack(elements.element)
@@ -129,6 +130,7 @@ class ExprCompiler:
 
     def literal(self, constant: Any) -> ExprValue:
         """A constant as a typed value."""
+        self.budget.bind()
         kind = value_kind(constant)
         code = literal(BSON_ORDER[kind], Integer)
         if kind == "number":
@@ -149,6 +151,7 @@ class ExprCompiler:
     def field(self, path: str) -> ExprValue:
         """A field reference: objects are walked key by key (no array traversal)."""
         segments = split_path(path)
+        self.budget.bind(len(segments))
         head = segments[0]
         backend = self.backend
         if head in self.fields.columns and len(segments) == 1:
