@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from labtasker.__version__ import __version__
 from labtasker.fsm import InvalidTransition
+from labtasker.server.dashboard import install as install_dashboard
+from labtasker.server.dashboard import start as dashboard_start
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
 from labtasker.server.notifier import Notifier
@@ -58,11 +60,12 @@ def _close_streams_on_exit_signals(notifier: Notifier):
 
 
 def create_app(db_url: str, sweep_interval: float | None = None,
-               settings: ServerSettings | None = None) -> FastAPI:
+               settings: ServerSettings | None = None, dashboard: bool = True) -> FastAPI:
     """Build the app on ``db_url`` (migrated at start-up). ``settings``: the tunables
     (default: read from the environment, ``ServerSettings.from_env``; ``ValueError`` names a
     bad variable). ``sweep_interval``: seconds between timeout sweeps, overriding
-    ``settings.sweep_interval``."""
+    ``settings.sweep_interval``. ``dashboard``: also serve the dashboard at ``/ui``
+    (``labtasker.server.dashboard``)."""
     if settings is None:
         settings = ServerSettings.from_env()
     if sweep_interval:
@@ -76,6 +79,7 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         notifier.start()
+        dashboard_start(app)
         sweeper.start()
         restore = _close_streams_on_exit_signals(notifier)
         try:
@@ -94,6 +98,8 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     app.state.notifier = notifier
     app.include_router(router)
     app.include_router(events_router)
+    if dashboard:
+        install_dashboard(app)
 
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError):

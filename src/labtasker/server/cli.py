@@ -40,8 +40,14 @@ def serve(
              "machine has a free core beside the workers, the database and the jobs - on "
              "SQLite writes are serialised across processes, so expect about 1.3x with 2. "
              "Each extra process adds about 20 MB (shared pages counted once).")] = 1,
+    ui: Annotated[bool, typer.Option(
+        "--ui/--no-ui", envvar="LABTASKER_UI",
+        help="Serve the dashboard at /ui (log in with a queue name and password; / "
+             "redirects browsers there). Sessions are signed with LABTASKER_UI_SECRET, or a "
+             "key generated once and kept in the database.")] = True,
 ) -> None:
-    """Serve the REST API. The database is created and migrated at start-up."""
+    """Serve the REST API and the dashboard (http://HOST:PORT/ui). The database is created
+    and migrated at start-up."""
     import uvicorn
 
     from labtasker.server.app import create_app
@@ -64,11 +70,18 @@ def serve(
 
         typer.echo(f"labtasker-server: database {normalize_url(url).split('@')[-1]}, "
                    f"{workers} processes", err=True)
-        status = serve_processes(lambda: create_app(url, interval, settings), workers=workers,
-                                 host=host, port=port, log_level=log_level.lower())
+        if ui:
+            typer.echo(f"labtasker-server: dashboard at http://{_url_host(host)}:{port}/ui",
+                       err=True)
+        status = serve_processes(lambda: create_app(url, interval, settings, dashboard=ui),
+                                 workers=workers, host=host, port=port,
+                                 log_level=log_level.lower())
         raise typer.Exit(status)
-    application = create_app(url, interval, settings)
+    application = create_app(url, interval, settings, dashboard=ui)
     typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
+    if ui:
+        typer.echo(f"labtasker-server: dashboard at http://{_url_host(host)}:{port}/ui",
+                   err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                 timeout_graceful_shutdown=5)
 
@@ -106,6 +119,11 @@ def _check_database(url: str) -> None:
                    f"{first[0] if first else type(exc).__name__}", 1) from None
     finally:
         db.dispose()
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes into a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 @app.command("copy-db")

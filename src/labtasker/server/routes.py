@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from labtasker import wire
 from labtasker.keys import parse_required_fields
@@ -45,7 +45,12 @@ _NEW_WORKER_FIELDS = {"running_task_ids", "gone_at"}
 
 # ------------------------------------------------------------------ service
 @router.get("/")
-def welcome() -> dict[str, Any]:
+def welcome(request: Request):
+    """The 1.0.1 welcome message; a browser (``Accept: text/html``) is sent to the dashboard
+    at ``/ui`` when the server has one."""
+    if (getattr(request.app.state, "dashboard", False)
+            and "text/html" in request.headers.get("accept", "")):
+        return RedirectResponse("/ui/", status_code=303)
     return {"message": "Welcome to Labtasker!", "versions": ["v1"], "docs": "/docs"}
 
 

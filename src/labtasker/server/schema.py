@@ -147,7 +147,8 @@ workers = Table(
     Index("ix_workers_queue_modified", "queue_id", "last_modified"),
 )
 
-# Transition log for live events (``eventlog.py``); migrations 0003, 0004 (ids never reused).
+# Transition log for live events (``eventlog.py``); migrations 0003, 0004 (ids never reused),
+# 0005 (index per entity).
 events = Table(
     "events",
     metadata,
@@ -160,5 +161,17 @@ events = Table(
     Column("new_state", String(16), nullable=False),
     Column("entity_data", JsonDoc, nullable=False),
     Index("ix_events_queue_event", "queue_id", "event_id"),
+    # One entity's history (the dashboard's task page); migration 0005.
+    Index("ix_events_entity", "queue_id", "entity_id", "event_id"),
     sqlite_autoincrement=True,
+)
+
+# Server-wide settings shared by every server process on the database, e.g. the key that
+# signs dashboard session cookies (generated once, ``SqlStorage.server_secret``). Migration
+# 0005.
+server_settings = Table(
+    "server_settings",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
 )

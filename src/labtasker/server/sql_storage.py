@@ -9,6 +9,7 @@ in ``claim.py``.
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
 from labtasker.server import auth, claim, counting, eventlog, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
-from labtasker.server.schema import arg_shapes, queues, tasks, workers
+from labtasker.server.schema import arg_shapes, queues, server_settings, tasks, workers
 from labtasker.server.schema import events as events_table
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
 from labtasker.timeutil import utc_now
@@ -252,6 +253,46 @@ class SqlStorage:
             if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
                 raise NotFound("Queue not found")
 
+    def server_secret(self, name: str) -> str:
+        """The server-wide secret ``name`` (64 hex characters), generated on first use and
+        stored in the database, so that every server process on it uses the same one."""
+        read = select(server_settings.c.value).where(server_settings.c.name == name)
+        with self.db.read() as conn:
+            found = conn.execute(read).scalar()
+        if found is not None:
+            return found
+        dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
+        with self.db.write() as conn:  # two processes at once: the first insert wins
+            conn.execute(dialect_insert(server_settings)
+                         .values(name=name, value=secrets.token_hex(32))
+                         .on_conflict_do_nothing())
+            return conn.execute(read).scalar_one()
+
+    def arg_keys(self, queue_id: str) -> list[str]:
+        """Every dotted ``args`` key path (leaves only) found in the queue's tasks, sorted.
+        Read from the queue's distinct argument structures, not from its tasks: the cost
+        does not grow with the number of tasks."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(arg_shapes.c.shape_key).where(
+                arg_shapes.c.queue_id == queue_id)).scalars().all()
+        keys: set[str] = set()
+        for text in rows:
+            keys.update(_leaf_paths(json.loads(text)))
+        return sorted(keys)
+
+    def summary_keys(self, queue_id: str, sample: int = 1000) -> list[str]:
+        """Dotted ``summary`` key paths (leaves only) of the ``sample`` most recently
+        modified tasks that have a summary, sorted. Bounded cost: one indexed read of at
+        most ``sample`` summaries."""
+        stmt = (select(tasks.c.summary).where(tasks.c.queue_id == queue_id)
+                .order_by(tasks.c.last_modified.desc()).limit(sample))
+        keys: set[str] = set()
+        with self.db.read() as conn:
+            for summary in conn.execute(stmt).scalars():
+                if isinstance(summary, dict):
+                    keys.update(_leaf_paths(summary))
+        return sorted(keys)
+
     # ------------------------------------------------------------------ tasks
     def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
         key = shape_key(shape_of(args))
@@ -367,6 +408,24 @@ class SqlStorage:
                 .order_by(*order, tasks.c.task_id).offset(offset).limit(limit))
         with self.db.read() as conn:
             return [task_row(r) for r in conn.execute(stmt)]
+
+    def task_events(self, queue_id: str, task_id: str, limit: int = 200
+                    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` logged transitions of one task, oldest first: dicts with
+        ``event_id``, ``created_at`` (UTC), ``old_state``, ``new_state`` and
+        ``entity_data`` (the task after the change: worker, run, summary...). The log keeps
+        only the newest events of the server (``event_log_size``), so an old task may
+        have none left."""
+        stmt = (select(events_table.c.event_id, events_table.c.created_at,
+                       events_table.c.old_state, events_table.c.new_state,
+                       events_table.c.entity_data)
+                .where(events_table.c.queue_id == queue_id,
+                       events_table.c.entity_type == "task",
+                       events_table.c.entity_id == task_id)
+                .order_by(events_table.c.event_id.desc()).limit(limit))
+        with self.db.read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+        return rows[::-1]
 
     def fetch_task(self, queue_id, *, worker_id, task_timeout, heartbeat_timeout,
                    start_heartbeat, required_fields, extra_filter, cmd):
@@ -853,3 +912,15 @@ def _expired(task: dict, now: datetime) -> tuple[str, str] | None:
         if age > limit:
             return "task", TASK_TIMEOUT_MESSAGE.format(age=age, limit=limit)
     return None
+
+
+def _leaf_paths(doc: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the non-dict leaves of ``doc`` (an empty dict counts as a leaf)."""
+    out: list[str] = []
+    for key, value in doc.items():
+        path = prefix + str(key)
+        if isinstance(value, dict) and value:
+            out.extend(_leaf_paths(value, path + "."))
+        else:
+            out.append(path)
+    return out
