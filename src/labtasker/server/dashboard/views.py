@@ -23,11 +23,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from labtasker.client.filtering import parse_filter
 from labtasker.exceptions import QueryTranspilerError
+from labtasker.filters.pyquery import parse_filter_text
 from labtasker.server import paging
-from labtasker.server.deps import authenticate
 from labtasker.server.dashboard.session import COOKIE, COOKIE_PATH, Session, Sessions, fingerprint
+from labtasker.server.deps import authenticate
 from labtasker.server.errors import Conflict, Invalid, NotFound
 from labtasker.server.storage import Storage
 from labtasker.timeutil import utc_now
@@ -252,8 +252,10 @@ def _runs_from_events(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _filter_of(text: str) -> dict[str, Any] | None:
     """The filter box's text (Python syntax or a Mongo-style dict) as a query dict; 400
     with the parser's message (and its caret line) when it is neither."""
+    if not text.strip():
+        return None
     try:
-        query = parse_filter(text)
+        query = parse_filter_text(text)
     except QueryTranspilerError as exc:
         raise HTTPException(400, {"field": "filter", "message": str(exc)}) from exc
     return query or None
