@@ -11,7 +11,8 @@
 #   3. runs `labtasker init` non-interactively into a temporary LABTASKER_ROOT;
 #   4. submits a 12-task grid: half with `labtasker task submit` (submit_grid.sh), half with
 #      `labtasker.submit_task` (submit_grid.py);
-#   5. runs two `labtasker loop` workers in parallel until the queue is drained;
+#   5. runs two `labtasker loop` workers in parallel until the queue is drained, printing the
+#      dashboard's URL (log in with the queue name and password shown) to watch them live;
 #   6. prints the results table and stops the server.
 # Exit status 0 only if every task ended `success`.
 #
@@ -20,6 +21,10 @@
 #   LABTASKER_DEMO_VENV=DIR    venv location (default: <repo>/.venv-demo)
 #   LABTASKER_DEMO_TIMEOUT=S   give up on the workers after S seconds (default 600)
 #   LABTASKER_DEMO_KEEP=1      keep the temporary directory (database, logs) for inspection
+#   LABTASKER_DEMO_HOLD=S      keep the server up S seconds after the grid, to look at the dashboard
+#   LABTASKER_DEMO_SCREENSHOTS=DIR  save dashboard screenshots (overview, plot) into DIR after
+#                              the grid (scripts/dashboard_screenshots.py; needs the dev extra's
+#                              Playwright and /usr/bin/chromium)
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -211,6 +216,7 @@ python submit_grid.py
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 LOOP_CMD=(python job.py --model '%(model)' --C '%(C)' --scaler '%(scaler)')
 step "Running two workers in parallel: labtasker loop -- ${LOOP_CMD[*]}"
+info "watch them live in the dashboard: $API_URL/ui  (queue $QUEUE_NAME, password $PASSWORD)"
 for n in 1 2; do
     labtasker loop -- "${LOOP_CMD[@]}" \
         > >(sed -u "s/^/[worker-$n] /") 2> >(sed -u "s/^/[worker-$n] /" >&2) &
@@ -244,6 +250,18 @@ sleep 0.2 # let the prefixing sed processes flush
 step "Results (examples/digits/report.py)"
 report_status=0
 python report.py --require-success || report_status=$?
+
+if [[ -n "${LABTASKER_DEMO_SCREENSHOTS:-}" ]]; then
+    step "Dashboard screenshots into $LABTASKER_DEMO_SCREENSHOTS"
+    SHOT_PY=${LABTASKER_SCREENSHOT_PYTHON:-$REPO_DIR/.venv/bin/python}
+    "$SHOT_PY" "$REPO_DIR/scripts/dashboard_screenshots.py" "$API_URL" "$QUEUE_NAME" "$PASSWORD" \
+        "$LABTASKER_DEMO_SCREENSHOTS" --metric accuracy --x C --color model ||
+        info "screenshots failed (see above); the demo goes on"
+fi
+if [[ -n "${LABTASKER_DEMO_HOLD:-}" ]]; then
+    step "Holding the server for ${LABTASKER_DEMO_HOLD} s: $API_URL/ui (queue $QUEUE_NAME, password $PASSWORD)"
+    sleep "$LABTASKER_DEMO_HOLD"
+fi
 
 step "Stopping the server"
 stop_server

@@ -102,6 +102,16 @@ def pytest_configure(config):
         "markers", "backend: runs on every storage backend although it uses no backend fixture")
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (``item.rep_setup``/``rep_call``), so that a
+    fixture's teardown can tell whether its test failed (the dashboard tests then save a
+    screenshot)."""
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
+
+
 def pytest_collection_modifyitems(config, items):
     """On a non-default backend run only the tests that touch storage (those using a backend
     fixture, or marked ``backend``): the others (parsers, templates, the embedded demo...)

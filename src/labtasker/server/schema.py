@@ -148,7 +148,7 @@ workers = Table(
 )
 
 # Transition log for live events (``eventlog.py``); migrations 0003, 0004 (ids never reused),
-# 0005 (index per entity).
+# 0006 (index per entity).
 events = Table(
     "events",
     metadata,
@@ -161,14 +161,14 @@ events = Table(
     Column("new_state", String(16), nullable=False),
     Column("entity_data", JsonDoc, nullable=False),
     Index("ix_events_queue_event", "queue_id", "event_id"),
-    # One entity's history (the dashboard's task page); migration 0005.
+    # One entity's history (the dashboard's task page); migration 0006.
     Index("ix_events_entity", "queue_id", "entity_id", "event_id"),
     sqlite_autoincrement=True,
 )
 
 # Server-wide settings shared by every server process on the database, e.g. the key that
 # signs dashboard session cookies (generated once, ``SqlStorage.server_secret``). Migration
-# 0005.
+# 0006.
 server_settings = Table(
     "server_settings",
     metadata,

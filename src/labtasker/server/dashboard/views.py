@@ -231,7 +231,9 @@ def _pretty(value: Any) -> str:
 
 def _runs_from_events(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The task's runs as the events log saw them: each ``pending -> running`` starts one,
-    the next transition out of ``running`` ends it (outcome, summary at that time)."""
+    the next transition out of ``running`` ends it (outcome, summary at that time). A run
+    that failed and was retried ends in ``pending`` with one more retry counted: its outcome
+    is ``failed, retried``."""
     runs: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     for event in history:
@@ -239,10 +241,16 @@ def _runs_from_events(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if event["new_state"] == "running":
             current = {"run_id": data.get("run_id"), "worker_id": data.get("worker_id"),
                        "start": event["created_at"], "end": None, "outcome": "running",
-                       "summary": None}
+                       "status": "running", "summary": None,
+                       "retries": data.get("retries", 0)}
             runs.append(current)
         elif current is not None and event["old_state"] == "running":
-            current.update(end=event["created_at"], outcome=event["new_state"],
+            outcome = status = event["new_state"]
+            if status == "pending" and (data.get("retries") or 0) > current["retries"]:
+                outcome, status = "failed, retried", "failed"
+            elif status == "pending":
+                outcome = "requeued"
+            current.update(end=event["created_at"], outcome=outcome, status=status,
                            summary=data.get("summary"))
             current = None
     return runs
@@ -368,12 +376,14 @@ async def overview(request: Request, session: ApiSession):
                                        worker_name=None, status=None,
                                        sort=[("last_modified", -1)], offset=0, limit=200)
         running = _search(store, qid, None, [("start_time", 1)], limit=200, status="running")
+        progress = {r["task_id"]: r.get("progress") for r in data["running"]}
         by_worker: dict[str | None, list[dict[str, Any]]] = {}
         for task in running:
             by_worker.setdefault(task["worker_id"], []).append({
                 "task_id": task["task_id"], "task_name": task["task_name"],
                 "args": _flat(task["args"], "", {}), "start_time": _iso(task["start_time"]),
-                "device": _device(task["metadata"]) or None})
+                "device": _device(task["metadata"]) or None,
+                "progress": progress.get(task["task_id"])})
         out_workers = []
         for w in workers:
             out_workers.append({
@@ -588,10 +598,12 @@ async def act(request: Request, body: ActionRequest, session: ActionSession):
 def _apply(store: Storage, qid: str, body: ActionRequest, ids: list[str]) -> int:
     """Apply the action to ``ids``; returns how many tasks it changed."""
     changed = 0
-    if body.action == "requeue":
+    if body.action == "requeue":  # ended tasks, and running ones (their jobs are stopped)
         for start in range(0, len(ids), FETCH_BATCH):
             batch = ids[start:start + FETCH_BATCH]
-            changed += store.requeue_tasks(qid, task_ids=batch, limit=len(batch))["requeued"]
+            for status in (None, "running"):
+                changed += store.requeue_tasks(qid, task_ids=batch, status=status,
+                                               limit=len(batch))["requeued"]
         return changed
     for task_id in ids:
         try:

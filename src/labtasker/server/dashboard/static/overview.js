@@ -58,7 +58,10 @@ function renderWorkers(data) {
                   el("td", {rowspan: span, class: w.failures ? "bad num" : "num"}, `${w.failures} / ${w.max_failures}`));
       }
       if (t) {
-        tr.append(el("td", {}, el("a", {href: "/ui/tasks/" + encodeURIComponent(t.task_id)}, plain(t.task_name || t.task_id.slice(0, 8)))),
+        const link = el("a", {href: "/ui/tasks/" + encodeURIComponent(t.task_id)}, plain(t.task_name || t.task_id.slice(0, 8)));
+        const pr = t.progress;
+        const step = pr && pr.total ? el("span", {class: "step"}, ` step ${pr.step} / ${pr.total}`) : (pr && pr.step !== undefined ? el("span", {class: "step"}, ` step ${pr.step}`) : null);
+        tr.append(el("td", {}, link, step),
                   el("td", {class: "args"}, Object.entries(t.args).map(([k, v]) => `${k}=${plain(v)}`).join("  ")),
                   el("td", {}, plain(t.device || w.device || "–")),
                   el("td", {class: "num ticking", "data-start": t.start_time, "data-skew": skew}, duration((Date.now() - skew - Date.parse(t.start_time)) / 1000)));

@@ -37,12 +37,19 @@ function fillSelect(select, options, keep, blank) {
   if ([...select.options].some(o => o.value === current)) select.value = current;
 }
 
+let scaleChosen = false;
 function refreshControls() {
   const metrics = keys("summary").filter(k => !k.startsWith("labtasker_"));
   const args = keys("args");
   fillSelect($("metric"), metrics, params.get("metric") || guessMetric(metrics));
   fillSelect($("xarg"), args, params.get("x") || guessArg(args));
   fillSelect($("carg"), args, params.get("color") || "", true);
+  if (!scaleChosen && $("xarg").value) {
+    // a grid over decades (1e-3 ... 1e2) reads best on a log axis
+    const xs = [...state.points.values()].map(p => p.args[$("xarg").value]);
+    if (xs.length && xs.every(v => isNum(v) && v > 0) && Math.max(...xs) / Math.min(...xs) >= 100) $("xscale").value = "log";
+    scaleChosen = true;
+  }
 }
 
 const guessMetric = ms => ms.find(m => /acc|score|auc|f1/i.test(m)) || ms.find(m => /loss|err/i.test(m)) || ms[0];
@@ -63,12 +70,13 @@ function niceTicks(lo, hi, n = 6) {
   const mag = Math.pow(10, Math.floor(Math.log10(step0)));
   const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => s >= step0) || 10 * mag;
   const ticks = [];
-  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(Number(t.toPrecision(12)));
+  const first = Math.ceil(lo / step);
+  for (let i = 0; i <= 4 * n && (first + i) * step <= hi + step * 1e-9; i++) ticks.push(Number(((first + i) * step).toPrecision(12)));
   return ticks;
 }
 function logTicks(lo, hi) {
   const ticks = [];
-  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) ticks.push(Math.pow(10, e));
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)) && ticks.length < 40; e++) ticks.push(Math.pow(10, e));
   return ticks.filter(t => t >= lo / 1.0001 && t <= hi * 1.0001);
 }
 const fmt = v => typeof v !== "number" ? String(v) : (Math.abs(v) >= 1e4 || (v && Math.abs(v) < 1e-3)) ? v.toExponential(1) : String(Number(v.toPrecision(4)));
@@ -85,12 +93,15 @@ function scale(values, kind, from, to) {
   let lo = Math.min(...usable), hi = Math.max(...usable);
   if (log) {
     if (!usable.length) { lo = 1; hi = 10; }
-    if (lo === hi) { lo /= 10; hi *= 10; }
+    if (hi / lo < 1 + 1e-9) { lo /= 10; hi *= 10; }
     const a = Math.log10(lo), b = Math.log10(hi), pad = (b - a) * 0.05;
     const map = v => v > 0 ? from + (to - from) * (Math.log10(v) - (a - pad)) / ((b + pad) - (a - pad)) : NaN;
     return {map, ticks: logTicks(Math.pow(10, a - pad), Math.pow(10, b + pad)).map(t => [t, fmt(t)]), log: true};
   }
-  if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
+  if (hi - lo <= 1e-9 * Math.max(Math.abs(lo), Math.abs(hi), 1e-300)) {  // one value (or rounding noise)
+    const mid = (lo + hi) / 2;
+    lo = mid - (Math.abs(mid) * 0.1 || 1); hi = mid + (Math.abs(mid) * 0.1 || 1);
+  }
   const pad = (hi - lo) * 0.05;
   lo -= pad; hi += pad;
   const map = v => from + (to - from) * (v - lo) / (hi - lo);
@@ -251,5 +262,6 @@ $("plot-form").addEventListener("submit", (e) => {
   if (f !== state.filter) { state.filter = f; load(); } else draw();
 });
 for (const id of ["metric", "xarg", "carg", "mode", "xscale", "yscale"]) $(id).addEventListener("change", draw);
+$("xscale").addEventListener("change", () => { scaleChosen = true; });
 window.addEventListener("resize", throttle(draw, 200));
 load();

@@ -2,15 +2,15 @@
 every server process on the database; and an index on the events of one entity (the
 dashboard's task page lists a task's transitions).
 
-Revision ID: 0005_server_settings
-Revises: 0004_event_ids_never_reused
+Revision ID: 0006_server_settings
+Revises: 0005_progress_gone
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_server_settings"
-down_revision = "0004_event_ids_never_reused"
+revision = "0006_server_settings"
+down_revision = "0005_progress_gone"
 branch_labels = None
 depends_on = None
 
