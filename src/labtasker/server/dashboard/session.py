@@ -28,7 +28,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 COOKIE = "labtasker_session"
 COOKIE_PATH = "/ui"
 SECRET_NAME = "dashboard_session_key"
-LOGIN_TOKEN_SECONDS = 3600.0
+LOGIN_TOKEN_SECONDS = 3600
 
 
 def session_seconds_from_env() -> float:
@@ -75,7 +75,7 @@ class Sessions:
         if not cookie:
             return None
         try:
-            queue_id, fp, nonce = self._cookies.loads(cookie, max_age=self.max_age)
+            queue_id, fp, nonce = self._cookies.loads(cookie, max_age=int(self.max_age))
         except (BadSignature, SignatureExpired, ValueError, TypeError):
             return None
         if not all(isinstance(v, str) for v in (queue_id, fp, nonce)):
@@ -87,7 +87,7 @@ class Sessions:
                         hashlib.sha256).hexdigest()
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf_token(session), token)
+        return token is not None and hmac.compare_digest(self.csrf_token(session), token)
 
     def login_token(self) -> str:
         """A token for the log-in form (there is no session yet)."""
