@@ -41,7 +41,9 @@ def test_queue_lifecycle(server, queue_env):
         assert httpx.get(server.url + API, auth=(queue_env.queue_id, queue_env.password)
                          ).status_code == 200
         bad = httpx.get(server.url + API, auth=(queue_env.queue_name, "nope"))
-        assert bad.status_code == 401 and bad.json() == {"detail": "Invalid credentials"}
+        # the 1.0.1 detail, plus the machine-readable code beside it
+        assert bad.status_code == 401 and bad.json() == {"detail": "Invalid credentials",
+                                                         "code": "invalid_credentials"}
         assert httpx.get(server.url + API).status_code == 401
         # duplicate create -> 409
         dup = httpx.post(server.url + "/api/v1/queues",

@@ -83,13 +83,15 @@ class TaskNotOwned(LabtaskerRuntimeError):
     Raised for HTTP 409 (the run was fenced off: the task was re-dispatched or reset, so this
     ``run_id``/``worker_id`` no longer owns it), HTTP 404 (task deleted or no longer running)
     and, for heartbeats, HTTP 403 (task assigned to another worker). The job that was working on
-    the task should stop. ``status_code`` and ``detail`` carry the server's answer.
+    the task should stop. ``status_code``, ``detail`` and ``code`` carry the server's answer.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None):
+    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None,
+                 code: str | None = None):
         super().__init__(message)
         self.status_code = status_code
         self.detail = detail
+        self.code = code
 
 
 if TYPE_CHECKING:  # static view of the lazily created classes below
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # static view of the lazily created classes below
     class LabtaskerHTTPStatusError(LabtaskerNetworkError, httpx.HTTPStatusError):
         status_code: int
         detail: Any
+        code: str | None
 
         def __init__(
             self,
@@ -106,6 +109,7 @@ if TYPE_CHECKING:  # static view of the lazily created classes below
             request: httpx.Request,
             response: httpx.Response,
             detail: Any = None,
+            code: str | None = None,
         ) -> None: ...
 
     class LabtaskerConnectError(LabtaskerNetworkError, httpx.ConnectError): ...
@@ -125,7 +129,9 @@ def _make_httpx_based_classes() -> dict[str, type]:
         """The server answered with a 4xx/5xx status.
 
         Attributes: ``status_code`` (int), ``detail`` (the server's ``detail`` field: a string,
-        a list of validation errors, or the raw body text), plus httpx's ``request``/``response``.
+        a list of validation errors, or the raw body text), ``code`` (the server's
+        machine-readable error code, ``None`` when the answer has none), plus httpx's
+        ``request``/``response``.
         """
 
         def __init__(
@@ -135,10 +141,12 @@ def _make_httpx_based_classes() -> dict[str, type]:
             request: httpx.Request,
             response: httpx.Response,
             detail: Any = None,
+            code: str | None = None,
         ):
             super().__init__(message, request=request, response=response)
             self.status_code = response.status_code
             self.detail = detail
+            self.code = code
 
     class LabtaskerConnectError(LabtaskerNetworkError, httpx.ConnectError):
         """The server could not be reached (connection refused, DNS failure, ...)."""

@@ -1,14 +1,16 @@
-"""HTTP wrappers of the labtasker REST API (the 1.0.1 Python API, same signatures).
+"""The labtasker REST API as functions (the 1.0.1 Python API, plus our additions).
 
-Every function takes an optional ``client: httpx.Client``. Without one, a process-global client
-is used, created lazily from ``client.toml`` (base URL ``[endpoint] api_base_url``, HTTP Basic
-auth with ``[queue] queue_name``/``password``, 30 s timeout). It is rebuilt automatically when
-the configuration file (or ``$LABTASKER_ROOT``) changes.
+Every function takes an optional ``client``: a
+:class:`~labtasker.client.transport.LabtaskerClient`, or a bare ``httpx.Client`` (base URL and
+auth set; it is used with the process's retry policy and notification printer). Without one,
+the default client is used: built lazily from ``client.toml`` (base URL ``[endpoint]
+api_base_url``, HTTP Basic auth with ``[queue] queue_name``/``password``, 30 s timeout) and
+rebuilt automatically when the configuration file (or ``$LABTASKER_ROOT``) changes.
 
-Errors: ``httpx`` exceptions are converted to labtasker ones:
+Transport, retries and error conversion are the client's (see ``labtasker.client.transport``):
 
-* 4xx/5xx answer -> :class:`LabtaskerHTTPStatusError` (``status_code``, ``detail``; the message
-  contains the server's ``detail``);
+* 4xx/5xx answer -> :class:`LabtaskerHTTPStatusError` (``status_code``, ``detail``, ``code``;
+  the message contains the server's ``detail``);
 * connection refused / DNS -> :class:`LabtaskerConnectError`; connect timeout ->
   :class:`LabtaskerConnectTimeout`; other transport errors -> :class:`LabtaskerNetworkError`;
 * ``fetch_task`` 403 -> :class:`WorkerSuspended`; heartbeat/report refused because the run no
@@ -16,33 +18,38 @@ Errors: ``httpx`` exceptions are converted to labtasker ones:
 
 Retries: failures to *connect* are retried for every call (nothing was sent). Calls that are
 safe to repeat (heartbeat, status reports, get/search) are also retried on read/write errors and
-on HTTP 502/503/504, with exponential back-off (see :func:`set_retry_policy`).
+on HTTP 502/503/504, with exponential back-off (see :func:`set_retry_policy`); every call is
+retried on the server's ``503 storage_unavailable`` (nothing was written).
 
 All timestamps in responses are timezone-aware UTC datetimes.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import random
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from labtasker import error_codes as codes
 from labtasker.__version__ import __version__
 from labtasker.client.config import (
     get_labtasker_client_config_path,
     load_client_config,
 )
 from labtasker.client.filtering import coerce_filter
+from labtasker.client.transport import (  # noqa: F401 - DEFAULT_TIMEOUT, format_detail re-exported
+    DEFAULT_TIMEOUT,
+    LabtaskerClient,
+    RetryPolicy,
+    detail_of,
+    error_code,
+    format_detail,
+    notification_printer,
+    status_error,
+)
 from labtasker.exceptions import (
-    LabtaskerConnectError,
-    LabtaskerConnectTimeout,
     LabtaskerHTTPStatusError,
     LabtaskerNetworkError,
     LabtaskerRuntimeError,
@@ -76,11 +83,10 @@ from labtasker.wire import (
     WorkerStatusUpdateRequest,
 )
 
-_log = logging.getLogger("labtasker.client")
-
 __all__ = [
     "get_httpx_client",
     "close_httpx_client",
+    "default_client",
     "set_retry_policy",
     "health_check",
     "create_queue",
@@ -107,78 +113,85 @@ __all__ = [
     "delete_worker",
 ]
 
-DEFAULT_TIMEOUT = 30.0  # seconds, per request
 _QUEUE_ME = "/api/v1/queues/me"
 
-# ----------------------------------------------------------------------------- global client
+ClientLike = LabtaskerClient | httpx.Client
 
-_lock = threading.Lock()
-_client: httpx.Client | None = None
-_client_key: tuple | None = None
-_notification_level = "medium"
+# ----------------------------------------------------------------------------- default client
+
+
+class _DefaultClient:
+    """The process's default :class:`LabtaskerClient`, built from ``client.toml`` and rebuilt
+    when the file (path or modification time) changes; plus the retry policy and notification
+    printer that bare ``httpx.Client`` arguments are used with."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: LabtaskerClient | None = None
+        self._key: tuple | None = None
+        self.retry_policy = RetryPolicy()
+        self.on_notification = notification_printer("medium")
+
+    def get(self) -> LabtaskerClient:
+        path = get_labtasker_client_config_path()
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        key = (str(path), stamp)
+        with self._lock:
+            if self._client is not None and self._key == key:
+                return self._client
+            cfg = load_client_config(path)
+            self.on_notification = notification_printer(cfg.display_server_notifications_level)
+            # An older client may still be used by another thread; it is left to the GC.
+            self._client = LabtaskerClient.connect(
+                cfg.endpoint.api_base_url, cfg.queue.queue_name, cfg.queue.password,
+                timeout=DEFAULT_TIMEOUT, retry_policy=self.retry_policy,
+                on_notification=self.on_notification)
+            self._key = key
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client, self._key = None, None
+
+    def set_retry_policy(self, policy: RetryPolicy) -> None:
+        with self._lock:
+            self.retry_policy = policy
+            if self._client is not None:
+                self._client.retry_policy = policy
+
+    def resolve(self, client: ClientLike | None) -> LabtaskerClient:
+        """The ``LabtaskerClient`` for a function's ``client`` argument."""
+        if client is None:
+            return self.get()
+        if isinstance(client, LabtaskerClient):
+            return client
+        return LabtaskerClient(client, retry_policy=self.retry_policy,
+                               on_notification=self.on_notification)
+
+
+_default = _DefaultClient()
+
+
+def default_client() -> LabtaskerClient:
+    """The default :class:`LabtaskerClient` built from ``client.toml`` (see the module
+    docstring). Raises :class:`~labtasker.exceptions.ConfigNotFoundError` /
+    :class:`~labtasker.exceptions.ConfigError` when the configuration is missing or invalid."""
+    return _default.get()
 
 
 def get_httpx_client() -> httpx.Client:
-    """Return the process-global ``httpx.Client`` built from ``client.toml``.
-
-    Re-created when the config file path or its modification time changed since the last call.
-    Raises :class:`~labtasker.exceptions.ConfigNotFoundError` /
-    :class:`~labtasker.exceptions.ConfigError` when the configuration is missing or invalid.
-    """
-    global _client, _client_key, _notification_level
-    path = get_labtasker_client_config_path()
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
-    key = (str(path), stamp)
-    with _lock:
-        if _client is not None and _client_key == key:
-            return _client
-        cfg = load_client_config(path)
-        _client = httpx.Client(
-            base_url=cfg.endpoint.api_base_url,
-            auth=httpx.BasicAuth(cfg.queue.queue_name, cfg.queue.password),
-            timeout=DEFAULT_TIMEOUT,
-            headers={"User-Agent": f"labtasker/{__version__}"},
-        )
-        # An older client may still be used by another thread; it is left to the GC.
-        _client_key = key
-        _notification_level = cfg.display_server_notifications_level
-        return _client
+    """The ``httpx.Client`` of :func:`default_client` (1.0.1 API)."""
+    return _default.get().http
 
 
 def close_httpx_client() -> None:
-    """Close the process-global client (a new one is created on the next call)."""
-    global _client, _client_key
-    with _lock:
-        if _client is not None:
-            _client.close()
-        _client, _client_key = None, None
-
-
-# ----------------------------------------------------------------------------- retries
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential back-off: wait ``initial * 2**n`` (capped at ``max_wait``) plus up to
-    ``jitter`` seconds between attempts; give up after ``attempts`` tries or once ``budget``
-    seconds have passed since the first try."""
-
-    attempts: int = 10
-    initial: float = 0.5
-    max_wait: float = 16.0
-    jitter: float = 1.0
-    budget: float = 100.0
-
-    def wait(self, attempt: int) -> float:
-        return min(self.initial * (2 ** (attempt - 1)), self.max_wait) + random.uniform(
-            0, self.jitter
-        )
-
-
-_retry_policy = RetryPolicy()
+    """Close the default client (a new one is created on the next call)."""
+    _default.close()
 
 
 def set_retry_policy(
@@ -188,184 +201,41 @@ def set_retry_policy(
     jitter: float = 1.0,
     budget: float = 100.0,
 ) -> None:
-    """Change the transport retry policy of this process (times in seconds).
+    """Change the retry policy of the default client (times in seconds).
 
     ``attempts=1`` disables retries. The CLI uses a short policy so that an unreachable server
     is reported quickly; the loop runner keeps the default (about 100 s of retrying).
     """
-    global _retry_policy
-    if attempts < 1:
-        raise LabtaskerValueError("attempts must be >= 1")
-    _retry_policy = RetryPolicy(attempts, initial, max_wait, jitter, budget)
-
-
-_ALWAYS_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_SAFE_RETRY = (
-    httpx.ReadError,
-    httpx.ReadTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.RemoteProtocolError,
-)
-_RETRY_STATUS = {502, 503, 504}
-
-
-def _exc_request(exc: httpx.HTTPError) -> httpx.Request | None:
-    try:
-        return exc.request
-    except RuntimeError:
-        return None
-
-
-def _convert_transport_error(exc: httpx.HTTPError, client: httpx.Client) -> LabtaskerNetworkError:
-    where = str(client.base_url)
-    request = _exc_request(exc)
-    if isinstance(exc, httpx.ConnectTimeout):
-        return LabtaskerConnectTimeout(
-            f"Timed out connecting to the Labtasker server at {where}: {exc}", request=request
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return LabtaskerConnectError(
-            f"Cannot connect to the Labtasker server at {where}: {exc}", request=request
-        )
-    text = str(exc) or type(exc).__name__
-    return LabtaskerNetworkError(f"Network error talking to {where}: {text}")
-
-
-def _detail_of(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text
-    if isinstance(body, dict) and "detail" in body:
-        return body["detail"]
-    return body
-
-
-def format_detail(detail: Any) -> str:
-    """Render a server ``detail`` (string, or FastAPI's list of validation errors) as one line."""
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict) and "msg" in item:
-                loc = [str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path")]
-                parts.append(f"{'.'.join(loc)}: {item['msg']}" if loc else str(item["msg"]))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    return json.dumps(detail, default=str)
-
-
-def _status_error(response: httpx.Response) -> LabtaskerHTTPStatusError:
-    detail = _detail_of(response)
-    request = response.request
-    message = (
-        f"{response.status_code} {response.reason_phrase} for {request.method} {request.url}. "
-        f"Response details: {format_detail(detail)}"
-    )
-    return LabtaskerHTTPStatusError(message, request=request, response=response, detail=detail)
+    _default.set_retry_policy(RetryPolicy(attempts, initial, max_wait, jitter, budget))
 
 
 def _send(
     method: str,
     path: str,
     *,
-    client: httpx.Client | None,
+    client: ClientLike | None,
     json_body: Any = None,
     params: dict[str, Any] | None = None,
     safe: bool = False,
 ) -> tuple[httpx.Response, int]:
-    """Send one request with retries; return ``(response, attempts_used)``.
-
-    Raises the converted network errors; does not check the status code except for retrying
-    502/503/504 on ``safe`` calls.
-    """
-    client = client or get_httpx_client()
-    policy = _retry_policy
-    start = time.monotonic()
-    if params:
-        params = {k: v for k, v in params.items() if v is not None}
-    kwargs: dict[str, Any] = {"params": params or None}
-    if json_body is not None:
-        kwargs["json"] = json_body
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            response = client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            retryable = isinstance(exc, _ALWAYS_RETRY) or (safe and isinstance(exc, _SAFE_RETRY))
-            delay = _next_delay(policy, attempt, start) if retryable else None
-            if delay is None:
-                raise _convert_transport_error(exc, client) from exc
-            problem = f"{type(exc).__name__}: {exc}"
-        else:
-            if not (safe and response.status_code in _RETRY_STATUS):
-                return response, attempt
-            delay = _next_delay(policy, attempt, start)
-            if delay is None:
-                return response, attempt
-            problem = f"HTTP {response.status_code}"
-        # say so (INFO: shown by the loop's log, not by one-shot commands, which end with a
-        # one-line error): a loop waiting for a server that is down must not look hung
-        _log.info("%s %s: %s; retrying in %.1fs (attempt %d)", method, path, problem,
-                     delay, attempt + 1)
-        time.sleep(delay)
-
-
-def _next_delay(policy: RetryPolicy, attempt: int, start: float) -> float | None:
-    """Seconds to wait before the next attempt, or ``None`` when the policy is exhausted."""
-    if attempt >= policy.attempts:
-        return None
-    delay = policy.wait(attempt)
-    if time.monotonic() - start + delay > policy.budget:
-        return None
-    return delay
-
-
-_LEVELS = {"low": 0, "medium": 1, "high": 2}
-
-
-def _show_notifications(body: Any) -> None:
-    """Print server notifications whose level is >= ``display_server_notifications_level``."""
-    import sys
-
-    if not isinstance(body, dict) or not body.get("notification"):
-        return
-    threshold = _LEVELS.get(_notification_level)
-    if threshold is None:  # "none"
-        return
-    for note in body["notification"]:
-        if not isinstance(note, dict) or _LEVELS.get(note.get("level", "medium"), 1) < threshold:
-            continue
-        kind = str(note.get("type", "info"))
-        details = note.get("details")
-        text = details if isinstance(details, str) else json.dumps(details, default=str)
-        stream = sys.stdout if kind == "info" else sys.stderr
-        print(f"{kind.upper()}(notification): {text}", file=stream)
+    """``LabtaskerClient.send`` on the client for ``client``: ``(response, attempts_used)``."""
+    return _default.resolve(client).send(method, path, json_body=json_body, params=params,
+                                         safe=safe)
 
 
 def _call(
     method: str,
     path: str,
     *,
-    client: httpx.Client | None,
+    client: ClientLike | None,
     json_body: Any = None,
     params: dict[str, Any] | None = None,
     safe: bool = False,
 ) -> Any:
-    """Send a request, raise :class:`LabtaskerHTTPStatusError` on 4xx/5xx, return the JSON body
-    (``None`` for an empty body)."""
-    response, _ = _send(method, path, client=client, json_body=json_body, params=params, safe=safe)
-    if response.is_error:
-        raise _status_error(response)
-    if not response.content:
-        return None
-    body = response.json()
-    _show_notifications(body)
-    return body
+    """``LabtaskerClient.call`` on the client for ``client``: the JSON body of a successful
+    answer; raises :class:`LabtaskerHTTPStatusError` on 4xx/5xx."""
+    return _default.resolve(client).call(method, path, json_body=json_body, params=params,
+                                         safe=safe)
 
 
 def _body(model) -> dict[str, Any]:
@@ -402,7 +272,7 @@ def _normalize_sort(sort: Any) -> list[list[Any]] | None:
 # ----------------------------------------------------------------------------- health / queues
 
 
-def health_check(client: httpx.Client | None = None) -> HealthCheckResponse:
+def health_check(client: ClientLike | None = None) -> HealthCheckResponse:
     """``GET /health/full``: ``HealthCheckResponse(status="healthy"|..., database=...)``.
 
     Raises :class:`LabtaskerConnectError` etc. when the server cannot be reached.
@@ -411,10 +281,10 @@ def health_check(client: httpx.Client | None = None) -> HealthCheckResponse:
     if response.status_code == 404:  # server without the full check
         response, _ = _send("GET", "/health", client=client, safe=True)
         if response.is_error:
-            raise _status_error(response)
+            raise status_error(response)
         return HealthCheckResponse(status="healthy", database="unknown")
     if response.is_error:
-        raise _status_error(response)
+        raise status_error(response)
     return HealthCheckResponse.model_validate(response.json())
 
 
@@ -422,7 +292,7 @@ def create_queue(
     queue_name: str,
     password: str,
     metadata: dict[str, Any] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> QueueCreateResponse:
     """Create a queue (no authentication needed). Returns ``QueueCreateResponse(queue_id)``.
 
@@ -434,7 +304,7 @@ def create_queue(
     return QueueCreateResponse.model_validate(body)
 
 
-def get_queue(client: httpx.Client | None = None) -> QueueGetResponse:
+def get_queue(client: ClientLike | None = None) -> QueueGetResponse:
     """Return the authenticated queue (``queue_id, queue_name, created_at, last_modified,
     metadata``). HTTP 401 (bad credentials / no such queue) raises
     :class:`LabtaskerHTTPStatusError`."""
@@ -445,7 +315,7 @@ def update_queue(
     new_queue_name: str | None = None,
     new_password: str | None = None,
     metadata_update: dict[str, Any] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> QueueGetResponse:
     """Rename the queue, change its password and/or patch its metadata (``{}`` clears it;
     top-level keys are merged). Returns the updated queue. The local ``client.toml`` is not
@@ -457,7 +327,7 @@ def update_queue(
     return QueueGetResponse.model_validate(body)
 
 
-def delete_queue(cascade_delete: bool = True, client: httpx.Client | None = None) -> None:
+def delete_queue(cascade_delete: bool = True, client: ClientLike | None = None) -> None:
     """Delete the queue; with ``cascade_delete`` (default True, as in 1.0.1's Python API) also
     its tasks and workers."""
     _call(
@@ -480,7 +350,7 @@ def submit_task(
     task_timeout: int | float | None = None,
     max_retries: int = 3,
     priority: int = Priority.MEDIUM,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> TaskSubmitResponse:
     """Submit a task; returns ``TaskSubmitResponse(task_id)``.
 
@@ -534,7 +404,7 @@ def submit_tasks(
     tasks: Sequence[dict[str, Any] | TaskSubmitRequest],
     chunk_size: int = MAX_BATCH,
     progress: Any = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> list[str]:
     """Submit many tasks; return their ids in the order given.
 
@@ -554,6 +424,7 @@ def submit_tasks(
     if not 1 <= chunk_size <= MAX_BATCH:
         raise LabtaskerValueError(f"chunk_size must be in 1..{MAX_BATCH}, got {chunk_size}")
     bodies = [_submit_body(i, t) for i, t in enumerate(tasks)]
+    lc = _default.resolve(client)
     total = len(bodies)
     ids: list[str] = []
     batch_path = f"{_QUEUE_ME}/tasks/batch"
@@ -563,14 +434,14 @@ def submit_tasks(
         if batch:
             chunk = bodies[start : start + chunk_size]
             payload = {"tasks": chunk, "client_version": __version__}
-            response, _ = _send("POST", batch_path, client=client, json_body=payload)
-            if response.status_code in (404, 405) and not _is_labtasker_404(response):
+            response, _ = lc.send("POST", batch_path, json_body=payload)
+            if _is_missing_route(response):
                 batch = False  # no batch route: fall back to one request per task
                 continue
             if response.is_error:
                 raise _bulk_error(response, ids, start)
             body = response.json()
-            _show_notifications(body)
+            lc.notify(body)
             got = list(body.get("task_ids") or ())
             if len(got) != len(chunk):
                 raise LabtaskerRuntimeError(
@@ -579,7 +450,7 @@ def submit_tasks(
             ids.extend(got)
         else:
             payload = {**bodies[start], "client_version": __version__}
-            response, _ = _send("POST", f"{_QUEUE_ME}/tasks", client=client, json_body=payload)
+            response, _ = lc.send("POST", f"{_QUEUE_ME}/tasks", json_body=payload)
             if response.is_error:
                 raise _bulk_error(response, ids, start)
             ids.append(TaskSubmitResponse.model_validate(response.json()).task_id)
@@ -588,18 +459,23 @@ def submit_tasks(
     return ids
 
 
-def _is_labtasker_404(response: httpx.Response) -> bool:
-    """A 404 produced by a handler (e.g. "Queue not found") rather than a missing route."""
-    if response.status_code != 404:
+def _is_missing_route(response: httpx.Response) -> bool:
+    """HTTP 404/405 because the server has no such route (1.0.1 has no batch route), not a
+    labtasker answer such as "Queue not found". Decided by the answer's ``code``; a server
+    without codes (1.0.1) is judged by FastAPI's own wording for a missing route."""
+    if response.status_code not in (404, 405):
         return False
-    detail = _detail_of(response)
-    return isinstance(detail, str) and detail != "Not Found"
+    code = error_code(response)
+    if code is not None:
+        return code == codes.ROUTE_NOT_FOUND
+    detail = detail_of(response)
+    return response.status_code == 405 or not isinstance(detail, str) or detail == "Not Found"
 
 
 def _bulk_error(
     response: httpx.Response, submitted: list[str], first_index: int
 ) -> LabtaskerHTTPStatusError:
-    exc = _status_error(response)
+    exc = status_error(response)
     if first_index:
         exc.args = (
             f"{exc.args[0] if exc.args else exc} ({first_index} task(s) before this request "
@@ -619,7 +495,7 @@ def fetch_task(
     required_fields: list[str] | None = None,
     extra_filter: str | dict[str, Any] | None = None,
     cmd: str | list[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
     heartbeat_interval: float | None = None,
 ) -> TaskFetchResponse:
     """Claim the next pending task matching the criteria; returns ``TaskFetchResponse(found,
@@ -667,7 +543,25 @@ def _not_owned(exc: LabtaskerHTTPStatusError, what: str, task_id: str) -> TaskNo
         f"{what} for task {task_id} refused (HTTP {exc.status_code}): {format_detail(exc.detail)}",
         status_code=exc.status_code,
         detail=exc.detail,
+        code=exc.code,
     )
+
+
+def _run_gone(exc: LabtaskerHTTPStatusError, statuses: tuple[int, ...]) -> bool:
+    """Whether a refused heartbeat/report means the run is over for good (task deleted, not
+    running, re-dispatched, reassigned): a labtasker answer whose ``code`` says so. A server
+    without codes (1.0.1) counts when it answers one of ``statuses`` with its own JSON
+    ``detail``; anything else (a proxy's HTML 404, FastAPI's bare "Not Found") is not."""
+    if exc.code is not None:
+        return exc.code in codes.RUN_GONE
+    if exc.status_code not in statuses:
+        return False
+    try:
+        body = exc.response.json()
+    except ValueError:
+        return False
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return isinstance(detail, str) and detail != "Not Found"
 
 
 def report_task_status(
@@ -676,7 +570,7 @@ def report_task_status(
     summary: dict[str, Any] | None = None,
     worker_id: str | None = None,
     run_id: str | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> None:
     """Report the outcome of a task: ``status`` is ``"success"``, ``"failed"`` or
     ``"cancelled"``; ``summary`` keys are merged into the task's summary.
@@ -699,14 +593,14 @@ def report_task_status(
     )
     if not response.is_error:
         return
-    exc = _status_error(response)
+    exc = status_error(response)
     if attempts > 1 and status in ("success", "cancelled") and response.status_code in (400, 409):
         try:
             if get_task(task_id, client=client).status == status:
                 return  # an earlier attempt went through; only its answer was lost
         except LabtaskerNetworkError:
             pass
-    if response.status_code in (404, 409):
+    if _run_gone(exc, (404, 409)):
         raise _not_owned(exc, "Status report", task_id) from exc
     raise exc
 
@@ -715,7 +609,7 @@ def refresh_task_heartbeat(
     task_id: str,
     worker_id: str | None = None,
     run_id: str | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> None:
     """Tell the server the task is still alive (sets ``last_heartbeat`` to the server's now).
 
@@ -732,7 +626,7 @@ def refresh_task_heartbeat(
             safe=True,
         )
     except LabtaskerHTTPStatusError as exc:
-        if exc.status_code in (403, 404, 409):
+        if _run_gone(exc, (403, 404, 409)):
             raise _not_owned(exc, "Heartbeat", task_id) from exc
         raise
 
@@ -766,7 +660,7 @@ def _search_body(
     return _body(req)
 
 
-def _search_page(path: str, body: dict[str, Any], client: httpx.Client | None) -> dict[str, Any]:
+def _search_page(path: str, body: dict[str, Any], client: ClientLike | None) -> dict[str, Any]:
     """One ``POST .../search`` request (retried like every read); the answer's JSON object."""
     return _call("POST", path, client=client, json_body=body, safe=True) or {}
 
@@ -775,7 +669,7 @@ def _iter_pages(
     path: str,
     body: dict[str, Any],
     item_model: type[Task] | type[Worker],
-    client: httpx.Client | None,
+    client: ClientLike | None,
 ) -> Iterator[list[Any]]:
     """Yield the non-empty pages (lists of ``item_model``) of a search, starting at ``body``.
 
@@ -810,7 +704,7 @@ def ls_tasks(
     limit: int = 100,
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> TaskLsResponse:
     """Search tasks, one page: ``TaskLsResponse(found, content=[Task, ...])``.
 
@@ -833,7 +727,7 @@ def iter_task_pages(
     page_size: int = 100,
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> Iterator[list[Task]]:
     """Yield every matching task page by page (lists of at most ``page_size`` tasks).
 
@@ -856,7 +750,7 @@ def iter_tasks(
     page_size: int = 100,
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> Iterator[Task]:
     """Yield every matching task, fetching pages of ``page_size`` starting at ``offset``
     (keyset cursors when the server offers them; see :func:`iter_task_pages`)."""
@@ -866,7 +760,7 @@ def iter_tasks(
         yield from page
 
 
-def get_task(task_id: str, client: httpx.Client | None = None) -> Task:
+def get_task(task_id: str, client: ClientLike | None = None) -> Task:
     """Return one task; HTTP 404 raises :class:`LabtaskerHTTPStatusError`."""
     return Task.model_validate(
         _call("GET", f"{_QUEUE_ME}/tasks/{task_id}", client=client, safe=True)
@@ -876,7 +770,7 @@ def get_task(task_id: str, client: httpx.Client | None = None) -> Task:
 def update_tasks(
     task_updates: Sequence[TaskUpdateRequest | dict[str, Any]],
     reset_pending: bool = False,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> TaskLsResponse:
     """Apply updates (``PUT /tasks``); returns the updated tasks in request order.
 
@@ -908,7 +802,7 @@ ENDED_TASK_STATUSES = ("success", "failed", "cancelled")
 _CANCEL_ATTEMPTS = 5
 
 
-def cancel_task(task_id: str, client: httpx.Client | None = None) -> str:
+def cancel_task(task_id: str, client: ClientLike | None = None) -> str:
     """Cancel a task that has not ended yet; return the status it had before.
 
     * ``"pending"``: it is now ``cancelled`` and will not be fetched.
@@ -949,7 +843,7 @@ def cancel_task(task_id: str, client: httpx.Client | None = None) -> str:
     )
 
 
-def delete_task(task_id: str, client: httpx.Client | None = None) -> None:
+def delete_task(task_id: str, client: ClientLike | None = None) -> None:
     """Delete a task; HTTP 404 (``Task not found``) raises :class:`LabtaskerHTTPStatusError`."""
     _call("DELETE", f"{_QUEUE_ME}/tasks/{task_id}", client=client)
 
@@ -961,7 +855,7 @@ def create_worker(
     worker_name: str | None = None,
     metadata: dict[str, Any] | None = None,
     max_retries: int = 3,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> str:
     """Register a worker and return its id (str). ``max_retries`` failures crash it."""
     req = WorkerCreateRequest(worker_name=worker_name, metadata=metadata, max_retries=max_retries)
@@ -977,7 +871,7 @@ def ls_workers(
     limit: int = 100,
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> WorkerLsResponse:
     """Search workers, one page: ``WorkerLsResponse(found, content=[Worker, ...])``.
 
@@ -996,7 +890,7 @@ def iter_workers(
     page_size: int = 100,
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
-    client: httpx.Client | None = None,
+    client: ClientLike | None = None,
 ) -> Iterator[Worker]:
     """Yield every matching worker, fetching pages of ``page_size`` starting at ``offset``.
     Arguments and errors as in :func:`ls_workers` (raised when iteration starts)."""
@@ -1006,7 +900,7 @@ def iter_workers(
         yield from page
 
 
-def get_worker(worker_id: str, client: httpx.Client | None = None) -> Worker:
+def get_worker(worker_id: str, client: ClientLike | None = None) -> Worker:
     """Return one worker; HTTP 404 raises :class:`LabtaskerHTTPStatusError`."""
     data = _call("GET", f"{_QUEUE_ME}/workers/{worker_id}", client=client, safe=True)
     if isinstance(data, dict) and "worker_id" not in data and "_id" in data:
@@ -1014,7 +908,7 @@ def get_worker(worker_id: str, client: httpx.Client | None = None) -> Worker:
     return Worker.model_validate(data)
 
 
-def report_worker_status(worker_id: str, status: str, client: httpx.Client | None = None) -> None:
+def report_worker_status(worker_id: str, status: str, client: ClientLike | None = None) -> None:
     """Set a worker's status: ``"active"`` (re-activate) or ``"suspended"``.
 
     Raises :class:`LabtaskerValueError` for other values, :class:`LabtaskerRuntimeError`
@@ -1034,14 +928,22 @@ def report_worker_status(worker_id: str, status: str, client: httpx.Client | Non
             safe=True,
         )
     except LabtaskerHTTPStatusError as exc:
-        text = format_detail(exc.detail)
-        if exc.status_code in (400, 409) and "transition" in text.lower():
-            raise LabtaskerRuntimeError(f"FSM invalid transition: {text}") from exc
+        if _is_invalid_transition(exc):
+            raise LabtaskerRuntimeError(
+                f"FSM invalid transition: {format_detail(exc.detail)}") from exc
         raise
 
 
+def _is_invalid_transition(exc: LabtaskerHTTPStatusError) -> bool:
+    """The server refused a status change that its state machine forbids: ``code``
+    ``invalid_transition``; a server without codes (1.0.1) says ``InvalidStateTransition``."""
+    if exc.code is not None:
+        return exc.code == codes.INVALID_TRANSITION
+    return exc.status_code in (400, 409) and "transition" in format_detail(exc.detail).lower()
+
+
 def delete_worker(
-    worker_id: str, cascade_update: bool = True, client: httpx.Client | None = None
+    worker_id: str, cascade_update: bool = True, client: ClientLike | None = None
 ) -> None:
     """Delete a worker; with ``cascade_update`` (default) its tasks' ``worker_id`` is cleared."""
     _call(

@@ -72,9 +72,9 @@ class EventListener:
                 ) as resp:
                     if resp.status_code != 200:
                         resp.read()
-                        from labtasker.client.api import _status_error
+                        from labtasker.client.transport import status_error
 
-                        raise _status_error(resp)
+                        raise status_error(resp)
                     for msg in EventSource(resp).iter_sse():
                         if self._stop.is_set():
                             return

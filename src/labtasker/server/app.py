@@ -6,19 +6,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from labtasker import error_codes as codes
 from labtasker.__version__ import __version__
 from labtasker.fsm import InvalidTransition
 from labtasker.server.dashboard import install as install_dashboard
 from labtasker.server.dashboard import start as dashboard_start
 from labtasker.server.db import Database
-from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, StorageError
+from labtasker.server.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StorageError,
+    Unavailable,
+)
 from labtasker.server.notifier import Notifier
 from labtasker.server.routes import router
 from labtasker.server.settings import ServerSettings
@@ -28,7 +40,10 @@ from labtasker.server.sweeper import Sweeper
 
 log = logging.getLogger("labtasker.server")
 
-_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 400}
+_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 400, Unavailable: 503}
+# ``code`` of the errors FastAPI/Starlette raise themselves (and of our 401)
+_HTTP_CODES = {401: codes.INVALID_CREDENTIALS, 404: codes.ROUTE_NOT_FOUND,
+               405: codes.ROUTE_NOT_FOUND}
 
 
 def _close_streams_on_exit_signals(notifier: Notifier):
@@ -101,19 +116,37 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     if dashboard:
         install_dashboard(app)
 
+    # Every error answer is {"detail": <message>, "code": <labtasker.error_codes name>}: 1.0.1
+    # clients read "detail" only; ours decide by "code".
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError):
-        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+        headers = None
+        if isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=_status_of(exc),
+                            headers=headers)
 
     @app.exception_handler(InvalidTransition)
     async def _fsm_error(_request: Request, exc: InvalidTransition):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": str(exc), "code": codes.INVALID_TRANSITION},
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, codes.INVALID_REQUEST)
+        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": jsonable_encoder(exc.errors()),
+                             "code": codes.INVALID_REQUEST}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unexpected error")
-        return JSONResponse({"detail": f"Internal server error: {type(exc).__name__}"},
-                            status_code=500)
+        return JSONResponse({"detail": f"Internal server error: {type(exc).__name__}",
+                             "code": codes.INTERNAL_ERROR}, status_code=500)
 
     return app
 

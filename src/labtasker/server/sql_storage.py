@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from labtasker import error_codes as codes
 from labtasker import fields as field_registry
 from labtasker import fsm
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
@@ -176,13 +177,13 @@ class SqlStorage:
             with self.db.write() as conn:
                 if conn.execute(select(queues.c.queue_id).where(queues.c.queue_name == name)
                                 ).first():
-                    raise Conflict(f"Queue '{name}' already exists")
+                    raise Conflict(f"Queue '{name}' already exists", code=codes.NAME_TAKEN)
                 conn.execute(insert(queues).values(
                     queue_id=queue_id, queue_name=name, password_hash=auth.hash_password(password),
                     created_at=now, last_modified=now,
                     metadata=_unflatten(metadata, "metadata")))
         except IntegrityError as exc:
-            raise Conflict(f"Queue '{name}' already exists") from exc
+            raise Conflict(f"Queue '{name}' already exists", code=codes.NAME_TAKEN) from exc
         return queue_id
 
     def queue_credentials(self, username: str) -> tuple[str, str] | None:
@@ -209,7 +210,7 @@ class SqlStorage:
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
         if row is None:
-            raise NotFound("Queue not found")
+            raise NotFound("Queue not found", code=codes.QUEUE_NOT_FOUND)
         return dict(row._mapping)
 
     def update_queue(self, queue_id, new_name, new_password, metadata_update):
@@ -221,7 +222,8 @@ class SqlStorage:
             if new_name is not None and new_name != current["queue_name"]:
                 if conn.execute(select(queues.c.queue_id)
                                 .where(queues.c.queue_name == new_name)).first():
-                    raise Conflict(f"Queue name '{new_name}' already exists")
+                    raise Conflict(f"Queue name '{new_name}' already exists",
+                                   code=codes.NAME_TAKEN)
                 values["queue_name"] = new_name
             if new_password is not None:
                 values["password_hash"] = auth.hash_password(new_password)
@@ -245,13 +247,13 @@ class SqlStorage:
                     raise Conflict(
                         f"Queue still has {n_tasks} task(s) and {n_workers} worker(s); delete "
                         "them with it using cascade_delete=true (labtasker queue delete "
-                        "--cascade)")
+                        "--cascade)", code=codes.QUEUE_NOT_EMPTY)
             conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
             conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))
             conn.execute(delete(events_table).where(events_table.c.queue_id == queue_id))
             if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
-                raise NotFound("Queue not found")
+                raise NotFound("Queue not found", code=codes.QUEUE_NOT_FOUND)
 
     def server_secret(self, name: str) -> str:
         """The server-wide secret ``name`` (64 hex characters), generated on first use and
@@ -374,7 +376,7 @@ class SqlStorage:
         row = conn.execute(_TASK_LOCKED if lock else _TASK,
                            {"task_id": task_id, "queue_id": queue_id}).first()
         if row is None:
-            raise NotFound(f"Task {task_id} not found")
+            raise NotFound(f"Task {task_id} not found", code=codes.TASK_NOT_FOUND)
         return task_row(row)
 
     def _filter(self, fields: FieldMap, extra_filter: dict | None):
@@ -436,10 +438,12 @@ class SqlStorage:
                 worker = conn.execute(_WORKER_STATUS, {"worker_id": worker_id,
                                                        "queue_id": queue_id}).first()
                 if worker is None:
-                    raise NotFound(f"Worker '{worker_id}' not found in queue '{queue_id}'")
+                    raise NotFound(f"Worker '{worker_id}' not found in queue '{queue_id}'",
+                                   code=codes.WORKER_NOT_FOUND)
                 if worker.status != "active":
                     raise Forbidden(
-                        f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'")
+                        f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'",
+                        code=codes.WORKER_NOT_ACTIVE)
                 if worker.gone_at is not None:  # its id is in use again: live once more
                     conn.execute(update(workers).where(workers.c.worker_id == worker_id)
                                  .values(gone_at=None))
@@ -487,20 +491,24 @@ class SqlStorage:
         with self.db.write() as conn:
             task = self._task(conn, queue_id, task_id, lock=True)
             if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
-                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}")
+                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}",
+                               code=codes.RUN_NOT_OWNER)
             if worker_id is not None and task["worker_id"] != worker_id:
-                raise Conflict(f"Task {task_id} is assigned to worker {task['worker_id']}")
+                raise Conflict(f"Task {task_id} is assigned to worker {task['worker_id']}",
+                               code=codes.WORKER_NOT_OWNER)
             values: dict[str, Any] = {"last_modified": now}
             if status == "success":
                 if task["status"] != "running":
-                    raise Invalid(f"Cannot transition task from {task['status']} to success.")
+                    raise Invalid(f"Cannot transition task from {task['status']} to success.",
+                                  code=codes.INVALID_TRANSITION)
                 values.update(status="success")
             elif status == "failed":
                 try:
                     new_status, retries = fsm.task_after_failure(
                         task["status"], task["retries"], task["max_retries"])
                 except fsm.InvalidTransition as exc:
-                    raise Invalid(f"Cannot fail task in {task['status']} state") from exc
+                    raise Invalid(f"Cannot fail task in {task['status']} state",
+                                  code=codes.INVALID_TRANSITION) from exc
                 values.update(status=new_status, retries=retries)
                 if task["status"] == "running":
                     self._charge_worker(conn, queue_id, task["worker_id"], now)
@@ -548,10 +556,12 @@ class SqlStorage:
             tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)).first()
         if row is None or row.status != "running":
             return NotFound(f"Task '{task_id}' not found in queue '{queue_id}' "
-                            f"or not in 'running' state")
+                            f"or not in 'running' state", code=codes.TASK_NOT_RUNNING)
         if run_id is not None and row.run_id != run_id:
-            return Conflict(f"Task {task_id} is no longer owned by run {run_id}")
-        return Forbidden(f"Task {task_id} is assigned to a different worker")
+            return Conflict(f"Task {task_id} is no longer owned by run {run_id}",
+                            code=codes.RUN_NOT_OWNER)
+        return Forbidden(f"Task {task_id} is assigned to a different worker",
+                         code=codes.WORKER_NOT_OWNER)
 
     def report_progress(self, queue_id, task_id, *, progress: dict[str, Any],
                         worker_id: str | None, run_id: str | None) -> dict[str, Any]:
@@ -596,7 +606,8 @@ class SqlStorage:
                 # raising rolls the whole transaction back: nothing of the batch is written
                 raise (Conflict if conflict else Invalid)(
                     f"Failed to update {len(errors)}/{len(updates)} tasks; nothing was "
-                    f"changed. Detail: {errors}")
+                    f"changed. Detail: {errors}",
+                    code=codes.RUN_NOT_OWNER if conflict else codes.INVALID_REQUEST)
             return [self._task(conn, queue_id, t) for t in results]
 
     def _update_one(self, conn, queue_id, item, reset_pending, now) -> None:
@@ -604,7 +615,8 @@ class SqlStorage:
         fence = item.get("run_id")
         if fence is not None and (task["run_id"] != fence or task["status"] != "running"):
             # the run that sent this update (e.g. the loop's "Ignore") no longer owns the task
-            raise Conflict(f"Task {item['task_id']} is no longer owned by run {fence}")
+            raise Conflict(f"Task {item['task_id']} is no longer owned by run {fence}",
+                           code=codes.RUN_NOT_OWNER)
         replace = set(item.get("replace_fields") or [])
         unknown = replace - set(UPDATABLE_TASK_FIELDS)
         if unknown:
@@ -720,7 +732,7 @@ class SqlStorage:
         with self.db.write() as conn:
             if conn.execute(delete(tasks).where(tasks.c.task_id == task_id,
                                                 tasks.c.queue_id == queue_id)).rowcount == 0:
-                raise NotFound("Task not found")
+                raise NotFound("Task not found", code=codes.TASK_NOT_FOUND)
 
     # ------------------------------------------------------------------ workers
     def create_worker(self, queue_id, name, metadata, max_retries) -> str:
@@ -788,7 +800,7 @@ class SqlStorage:
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
         if row is None:
-            raise NotFound("Worker not found")
+            raise NotFound("Worker not found", code=codes.WORKER_NOT_FOUND)
         return worker_row(row)
 
     def report_worker(self, queue_id: str, worker_id: str, status: str) -> None:
@@ -847,7 +859,7 @@ class SqlStorage:
             deleted = conn.execute(delete(workers).where(
                 workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).rowcount
             if deleted == 0:
-                raise NotFound("Worker not found")
+                raise NotFound("Worker not found", code=codes.WORKER_NOT_FOUND)
             if cascade_update:
                 conn.execute(update(tasks).where(
                     tasks.c.queue_id == queue_id, tasks.c.worker_id == worker_id,

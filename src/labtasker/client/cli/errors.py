@@ -71,11 +71,11 @@ def _filter_error_message(exc: Exception) -> str:
 
 
 def _http_error_message(exc) -> tuple[str, int]:
-    from labtasker.client.api import format_detail
     from labtasker.client.config import (
         get_labtasker_client_config_path,
         invalid_credentials_advice,
     )
+    from labtasker.client.transport import format_detail
 
     code = exc.status_code
     detail = one_line(format_detail(exc.detail))

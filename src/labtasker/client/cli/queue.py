@@ -26,14 +26,13 @@ app = typer.Typer(
 
 
 def _unauthenticated_client():
-    """An httpx client for the configured server without queue credentials."""
-    import httpx
-
-    from labtasker.client.api import DEFAULT_TIMEOUT
+    """An httpx client for the configured server without queue credentials (used with the
+    process's retry policy, like the default client)."""
     from labtasker.client.config import get_client_config
+    from labtasker.client.transport import LabtaskerClient
 
     cfg = get_client_config()
-    return httpx.Client(base_url=cfg.endpoint.api_base_url, timeout=DEFAULT_TIMEOUT)
+    return LabtaskerClient.connect(cfg.endpoint.api_base_url).http
 
 
 def _print_queue(queue, fmt: OutputFormat | None) -> None:
