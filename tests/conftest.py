@@ -1,97 +1,25 @@
-"""Shared fixtures: a real ``labtasker-server`` process on 127.0.0.1 with a real SQLite file,
-and per-test queues with a client root (``.labtasker/client.toml``) pointing at it."""
+"""Shared fixtures: a real ``labtasker-server`` process on 127.0.0.1 on a scratch database of
+the backend under test, per-test queues with a client root (``.labtasker/client.toml``)
+pointing at it, and the app in-process (``asgi_app``). The machinery behind them is the
+``support`` package; import it from there (``from support.server import ServerProcess``).
+"""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    """A ``labtasker-server serve`` child process; ``url`` ends without a slash."""
-
-    db_url: str
-    workdir: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        self.port = self.port or free_port()
-        env = {**os.environ, **self.extra_env}
-        log = open(self.workdir / f"server-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "labtasker.server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--db-url",
-                self.db_url,
-            ],
-            cwd=self.workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become healthy: " + self.log_text())
-
-    def log_text(self) -> str:
-        path = self.workdir / f"server-{self.port}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-
-    def restart(self) -> ServerProcess:
-        self.kill(signal.SIGKILL)
-        return self.start()
-
-
-# The storage backend under test: LABTASKER_TEST_BACKEND=sqlite (default) or postgresql.
-# PostgreSQL scratch databases are created on LABTASKER_TEST_PG_URL and dropped afterwards.
-BACKEND = os.environ.get("LABTASKER_TEST_BACKEND", "sqlite")
-PG_ADMIN_URL = os.environ.get(
-    "LABTASKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from support.server import (  # noqa: F401  (PG_ADMIN_URL, free_port: names tests used from here)
+    BACKEND,
+    PG_ADMIN_URL,
+    QueueEnv,
+    ScratchDatabases,
+    ServerProcess,
+    free_port,
+    write_client_toml,
 )
-
 
 # Fixtures through which a test reaches the storage backend under test.
 BACKEND_FIXTURES = frozenset({"server", "queue_env", "scratch_dbs"})
@@ -127,34 +55,6 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-class ScratchDatabases:
-    """Creates one empty database per call (a file for SQLite, a database for PostgreSQL)."""
-
-    def __init__(self, tmp_path_factory):
-        self.tmp = tmp_path_factory
-        self.created: list[str] = []
-
-    def new_url(self) -> str:
-        if BACKEND == "sqlite":
-            return f"sqlite:///{self.tmp.mktemp('db') / 'labtasker.db'}"
-        import psycopg
-
-        name = "lt_test_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-    def drop_all(self) -> None:
-        if not self.created:
-            return
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            for name in self.created:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def scratch_dbs(tmp_path_factory):
     dbs = ScratchDatabases(tmp_path_factory)
@@ -175,40 +75,6 @@ def server(tmp_path_factory, scratch_dbs) -> ServerProcess:
     srv.kill(signal.SIGTERM)
 
 
-@dataclass
-class QueueEnv:
-    """A fresh queue on ``server`` plus a client root whose ``client.toml`` points at it."""
-
-    url: str
-    queue_name: str
-    password: str
-    queue_id: str
-    root: Path
-    workdir: Path
-
-    def http(self) -> httpx.Client:
-        """An httpx client authenticated as this queue (HTTP Basic)."""
-        return httpx.Client(base_url=self.url, auth=(self.queue_name, self.password), timeout=30)
-
-    def env(self) -> dict[str, str]:
-        """Environment for child processes (CLI, loops) that use this queue."""
-        env = {**os.environ, "LABTASKER_ROOT": str(self.root)}
-        for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR"):
-            env.pop(var, None)
-        return env
-
-
-def write_client_toml(
-    root: Path, url: str, queue_name: str, password: str, heartbeat_interval: float = 1.0
-) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "client.toml").write_text(
-        f'[endpoint]\napi_base_url = "{url}/"\n\n'
-        f'[queue]\nqueue_name = "{queue_name}"\npassword = "{password}"\n\n'
-        f"[task]\nheartbeat_interval = {heartbeat_interval}\n"
-    )
-
-
 @pytest.fixture
 def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
     """A new queue and a client root in ``tmp_path/.labtasker``; cwd and LABTASKER_ROOT set."""
@@ -225,3 +91,28 @@ def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
     for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR"):
         monkeypatch.delenv(var, raising=False)
     return QueueEnv(server.url, name, password, resp.json()["queue_id"], root, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend():
+    """Async tests (``@pytest.mark.anyio``) run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def asgi_app(scratch_dbs):
+    """The app in-process on a scratch database of the backend under test, lifespan running,
+    behind an httpx ``ASGITransport`` (``support.app.InProcessApp``: ``.client``,
+    ``await .queue()`` for a fresh queue per test). One app per test module. For
+    ``@pytest.mark.anyio`` tests of routes."""
+    from support.app import running_app
+
+    async with running_app(scratch_dbs.new_url()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def asgi_queue(asgi_app):
+    """``(queue_id, client authenticated as it)``: one queue on ``asgi_app`` shared by the
+    tests of a module (a queue costs two Argon2 computations); tests keep to their own tasks."""
+    return await asgi_app.queue()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BACKEND, ServerProcess
+from support.server import BACKEND, ServerProcess
 
 from labtasker.server.db import Database
 from labtasker.server.sql_storage import SqlStorage

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QueueEnv, ServerProcess, write_client_toml
-from helpers import alive, descendants, get_task, gone, submit, wait_for
+from support.http import get_task, submit
+from support.server import QueueEnv, ServerProcess, write_client_toml
+from support.wait import alive, descendants, gone, wait_for
 
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 API = "/api/v1/queues/me"

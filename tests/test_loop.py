@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from support.http import get_task, submit
+from support.wait import wait_for
 
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 
@@ -61,19 +63,6 @@ RECORDER = textwrap.dedent(
 
 
 # ------------------------------------------------------------------------------ helpers
-def submit(http, args=None, **fields) -> str:
-    body = {"args": args, **fields}
-    resp = http.post("/api/v1/queues/me/tasks", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()["task_id"]
-
-
-def get_task(http, task_id: str) -> dict:
-    resp = http.get(f"/api/v1/queues/me/tasks/{task_id}")
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
 def run_loop(
     queue_env, *loop_args, timeout=120, extra_env=None, **kw
 ) -> subprocess.CompletedProcess:
@@ -492,16 +481,6 @@ def test_two_concurrent_loops_never_run_the_same_task(queue_env):
 
 
 # ------------------------------------------------------------------------------ stopping
-def _wait_for(predicate, timeout=30.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
 def test_cancelled_task_stops_job_and_loop_continues(queue_env):
     http = queue_env.http()
     victim = submit(http, {"s": 600}, priority=20)
@@ -520,7 +499,7 @@ def test_cancelled_task_stops_job_and_loop_continues(queue_env):
     )
     try:
         pid_file = pids / victim
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
         job_pid = int(pid_file.read_text())
         resp = http.post(f"/api/v1/queues/me/tasks/{victim}/status", json={"status": "cancelled"})
         assert resp.status_code == 200, resp.text
@@ -552,7 +531,7 @@ def test_sigint_forwarded_to_job_and_task_reported(queue_env):
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: get_task(http, tid)["status"] == "running")
+        wait_for(lambda: get_task(http, tid)["status"] == "running")
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
@@ -779,7 +758,7 @@ def test_decorated_job_interrupted_when_task_taken_away(queue_env):
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: (out / f"{victim}.started").exists())
+        wait_for(lambda: (out / f"{victim}.started").exists())
         resp = http.post(f"/api/v1/queues/me/tasks/{victim}/status", json={"status": "cancelled"})
         assert resp.status_code == 200, resp.text
         _, err = p.communicate(timeout=60)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BACKEND, PG_ADMIN_URL, ServerProcess, write_client_toml
-from test_events import (
+from support.events import (
     LATENCY_BOUND,
     MAX_LATENCY,
     SLOW_POLL_ENV,
@@ -29,6 +28,7 @@ from test_events import (
     event_latencies,
     new_queue,
 )
+from support.server import BACKEND, PG_ADMIN_URL, ServerProcess, write_client_toml
 
 from labtasker.client.events import EventListener
 

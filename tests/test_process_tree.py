@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import descendants, get_task, gone, proc_stat, submit, wait_for
+from support.http import get_task, submit
+from support.wait import descendants, gone, proc_stat, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the job watchdog is Linux only"

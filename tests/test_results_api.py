@@ -4,7 +4,7 @@ overview, requeue, progress snapshots, gone workers and prune."""
 from __future__ import annotations
 
 import pytest
-from helpers import API, get_task, submit
+from support.http import API, get_task, submit
 
 
 def _batch(http, tasks: list[dict]) -> list[str]:

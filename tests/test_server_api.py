@@ -7,20 +7,7 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-
-API = "/api/v1/queues/me"
-
-
-def submit(http: httpx.Client, **body) -> str:
-    resp = http.post(f"{API}/tasks", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()["task_id"]
-
-
-def fetch(http: httpx.Client, **body) -> dict | None:
-    resp = http.post(f"{API}/tasks/next", json=body)
-    assert resp.status_code == 200, resp.text
-    return resp.json()["task"]
+from support.http import API, fetch, submit
 
 
 def test_health_and_welcome(server):

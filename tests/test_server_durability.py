@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 
 import httpx
-from conftest import ServerProcess
+from support.server import ServerProcess
 
 API = "/api/v1/queues/me"
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import ServerProcess
+from support.server import ServerProcess
 
 API = "/api/v1/queues/me"
 N_TASKS = 300

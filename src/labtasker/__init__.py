@@ -68,6 +68,8 @@ _LAZY: dict[str, str] = {
     # configuration
     "get_client_config": "labtasker.client.config",
     "get_labtasker_client_config_path": "labtasker.client.config",
+    # task files (JSON lines / YAML) as submit requests
+    "read_task_file": "labtasker.client.taskfile",
     # exceptions
     "LabtaskerError": _EXC,
     "LabtaskerRuntimeError": _EXC,
@@ -78,6 +80,7 @@ _LAZY: dict[str, str] = {
     "LabtaskerConnectError": _EXC,
     "LabtaskerConnectTimeout": _EXC,
     "WorkerSuspended": _EXC,
+    "LoopStopped": _EXC,
     "TaskNotOwned": _EXC,
     "CmdParserError": _EXC,
     "CmdSyntaxError": _EXC,

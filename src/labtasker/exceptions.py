@@ -5,6 +5,7 @@ Hierarchy (all derive from :class:`LabtaskerError`)::
     LabtaskerError
     ├── LabtaskerRuntimeError (RuntimeError)
     │   ├── WorkerSuspended          fetch_task answered 403 (worker suspended/crashed)
+    │   ├── LoopStopped              the loop ended: going on cannot help (exit 1)
     │   ├── TaskNotOwned             heartbeat/report refused: stale run, task gone or reassigned
     │   └── ConfigError              client.toml invalid
     │       └── ConfigNotFoundError  client.toml missing (also a FileNotFoundError)
@@ -34,6 +35,7 @@ __all__ = [
     "LabtaskerConnectError",
     "LabtaskerConnectTimeout",
     "WorkerSuspended",
+    "LoopStopped",
     "TaskNotOwned",
     "ConfigError",
     "ConfigNotFoundError",

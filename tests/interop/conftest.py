@@ -8,14 +8,11 @@ running pytest, i.e. ``.venv``) on a temporary SQLite file and a free port.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,15 +20,9 @@ from interop_support import Client, interop_venv, our_bindir
 
 
 def _server_process_class():
-    # tests/conftest.py is shadowed as module "conftest" by this file: load it by path.
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_labtasker_tests_conftest", path)
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while executing
-        spec.loader.exec_module(module)
-    return module.ServerProcess
+    from support.server import ServerProcess  # tests/ is on sys.path (pyproject pythonpath)
+
+    return ServerProcess
 
 
 def _reference_server_class():

@@ -1,0 +1,200 @@
+"""The storage contract: what ``SqlStorage`` promises the HTTP layer (``server.storage.Storage``),
+checked on the storage object itself, without HTTP, on the backend under test (SQLite, and
+PostgreSQL in the PostgreSQL half of the suite). Every test works in its own queue.
+
+Promises checked: queues are scoped (no operation reaches another queue's data) and names
+unique; tasks start ``pending`` with their submitted fields; a claim takes the highest
+priority, then least recently modified, task whose args have exactly the required fields,
+and fences the run with a ``run_id``; reports apply the retry rule and refuse a stale run;
+``update_tasks`` is all or nothing; heartbeats and the timeout sweep follow the server
+clock; worker states gate claims; every transition is logged once, in commit order."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from labtasker.server import eventlog
+from labtasker.server.db import Database
+from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
+from labtasker.server.sql_storage import SqlStorage
+from labtasker.timeutil import utc_now
+
+NO_FILTER = dict(extra_filter=None, task_id=None, task_name=None, status=None, sort=None,
+                 offset=0, limit=100)
+
+
+@pytest.fixture(scope="module")
+def store(scratch_dbs):
+    db = Database(scratch_dbs.new_url())
+    db.migrate()
+    yield SqlStorage(db)
+    db.dispose()
+
+
+@pytest.fixture
+def qid(store):
+    return store.create_queue("q-" + uuid.uuid4().hex[:12], "pw", {"team": "a"})
+
+
+def claim(store, qid, **kw):
+    args = dict(worker_id=None, task_timeout=None, heartbeat_timeout=None,
+                start_heartbeat=True, required_fields=None, extra_filter=None, cmd=None)
+    return store.fetch_task(qid, **{**args, **kw})
+
+
+def test_queue_names_are_unique_and_queues_scoped(store, qid):
+    queue = store.get_queue(qid)
+    assert queue["metadata"] == {"team": "a"}
+    with pytest.raises(Conflict):
+        store.create_queue(queue["queue_name"], "other", None)
+    found_id, stored_hash = store.queue_credentials(queue["queue_name"])
+    assert found_id == qid and stored_hash != "pw"  # a KDF hash, never the password
+    assert store.queue_credentials(qid)[0] == qid  # the id works as username too
+    other = store.create_queue("q-" + uuid.uuid4().hex[:12], "pw", None)
+    tid = store.submit_task(qid, {"args": {"a": 1}})
+    with pytest.raises(NotFound):
+        store.get_task(other, tid)
+    assert store.search_tasks(other, **NO_FILTER) == []
+    assert claim(store, other) is None
+
+
+def test_queue_update_and_delete(store, qid):
+    store.update_queue(qid, None, None, {"k": 1})
+    assert store.get_queue(qid)["metadata"] == {"team": "a", "k": 1}
+    store.update_queue(qid, None, None, {})
+    assert store.get_queue(qid)["metadata"] == {}
+    store.submit_task(qid, {"args": {"a": 1}})
+    with pytest.raises(Conflict):
+        store.delete_queue(qid, cascade=False)  # still has a task
+    store.delete_queue(qid, cascade=True)
+    with pytest.raises(NotFound):
+        store.get_queue(qid)
+
+
+def test_submitted_tasks_are_pending_with_their_fields(store, qid):
+    ids = store.submit_tasks(qid, [{"args": {"i": i}, "priority": i, "task_name": f"t{i}",
+                                    "max_retries": 2} for i in range(3)])
+    assert len(set(ids)) == 3
+    tasks = [store.get_task(qid, t) for t in ids]
+    assert [t["args"] for t in tasks] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert {(t["status"], t["retries"], t["max_retries"], t["run_id"]) for t in tasks} == {
+        ("pending", 0, 2, None)}
+    assert tasks[0]["created_at"].tzinfo is not None  # timestamps are tz-aware UTC
+    with pytest.raises(Invalid):
+        store.submit_tasks(qid, [{"args": {"ok": 1}}, {"args": {"a": 1, "a.b": 2}}])
+    assert len(store.search_tasks(qid, **NO_FILTER)) == 3  # the refused batch left nothing
+
+
+def test_claim_order_and_no_more_no_less(store, qid):
+    low = store.submit_task(qid, {"args": {"x": 1}, "priority": 0})
+    high = store.submit_task(qid, {"args": {"x": 2}, "priority": 20})
+    wide = store.submit_task(qid, {"args": {"x": 3, "y": 1}, "priority": 30})
+    assert claim(store, qid, required_fields=["x"])["task_id"] == high  # wide has more
+    assert claim(store, qid, required_fields=["x", "y"])["task_id"] == wide
+    assert claim(store, qid, required_fields=["x"],
+                 extra_filter={"args.x": {"$gt": 5}}) is None
+    assert claim(store, qid, required_fields=["x"])["task_id"] == low
+    assert claim(store, qid) is None
+
+
+def test_claim_fences_the_run_and_reports_end_it(store, qid):
+    tid = store.submit_task(qid, {"args": {"a": 1}})
+    task = claim(store, qid)
+    assert task["status"] == "running" and task["run_id"] and task["start_time"]
+    with pytest.raises(Conflict):
+        store.report_task(qid, tid, status="success", worker_id=None, run_id="stale",
+                          summary=None)
+    assert store.get_task(qid, tid)["status"] == "running"  # the refusal changed nothing
+    store.report_task(qid, tid, status="success", worker_id=None, run_id=task["run_id"],
+                      summary={"acc": 0.9})
+    done = store.get_task(qid, tid)
+    assert (done["status"], done["run_id"], done["summary"]) == ("success", None, {"acc": 0.9})
+    with pytest.raises(Invalid):
+        store.report_task(qid, tid, status="success", worker_id=None, run_id=None, summary=None)
+
+
+def test_failures_retry_until_max_retries(store, qid):
+    tid = store.submit_task(qid, {"args": {"a": 1}, "max_retries": 2})
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=None)
+    assert (store.get_task(qid, tid)["status"], store.get_task(qid, tid)["retries"]) == (
+        "pending", 1)
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=None)
+    assert (store.get_task(qid, tid)["status"], store.get_task(qid, tid)["retries"]) == (
+        "failed", 2)
+
+
+def test_update_tasks_is_all_or_nothing(store, qid):
+    a = store.submit_task(qid, {"args": {"a": 1}, "priority": 1})
+    b = store.submit_task(qid, {"args": {"b": 1}, "priority": 1})
+    with pytest.raises(Invalid, match="nothing was changed"):
+        store.update_tasks(qid, [{"task_id": a, "replace_fields": [], "priority": 5},
+                                 {"task_id": b, "replace_fields": [], "status": "bogus"}],
+                           reset_pending=False)
+    assert store.get_task(qid, a)["priority"] == 1
+    [updated] = store.update_tasks(qid, [{"task_id": a, "replace_fields": [],
+                                          "args": {"c": 2}}], reset_pending=False)
+    assert updated["args"] == {"a": 1, "c": 2}  # dict fields merge key by key
+
+
+def test_heartbeat_and_timeout_sweep_use_the_server_clock(store, qid):
+    tid = store.submit_task(qid, {"args": {"a": 1}, "heartbeat_timeout": 60})
+    with pytest.raises(NotFound):
+        store.heartbeat(qid, tid, worker_id=None, run_id=None)  # not running
+    task = claim(store, qid)
+    store.heartbeat(qid, tid, worker_id=None, run_id=task["run_id"])
+    assert store.sweep_timeouts(utc_now() + timedelta(seconds=30)) == 0
+    assert store.sweep_timeouts(utc_now() + timedelta(seconds=120)) >= 1
+    swept = store.get_task(qid, tid)
+    assert swept["status"] == "pending" and swept["retries"] == 1 and swept["run_id"] is None
+    assert swept["summary"]["labtasker_timeout"] == "heartbeat"
+
+
+def test_worker_states_gate_claims(store, qid):
+    wid = store.create_worker(qid, "w1", None, 1)
+    assert store.get_worker(qid, wid)["status"] == "active"
+    with pytest.raises(NotFound):
+        claim(store, qid, worker_id="no-such-worker")
+    tid = store.submit_task(qid, {"args": {"a": 1}, "max_retries": 3})
+    run = claim(store, qid, worker_id=wid)["run_id"]
+    store.report_task(qid, tid, status="failed", worker_id=wid, run_id=run, summary=None)
+    assert store.get_worker(qid, wid)["status"] == "crashed"  # max_retries 1 failure
+    with pytest.raises(Forbidden):
+        claim(store, qid, worker_id=wid)
+    with pytest.raises(Invalid):
+        store.report_worker(qid, wid, "crashed")  # set by failures only
+    store.report_worker(qid, wid, "active")
+    assert store.get_worker(qid, wid)["retries"] == 0
+    store.report_worker(qid, wid, "suspended")
+    with pytest.raises(Forbidden):
+        claim(store, qid, worker_id=wid)
+
+
+def test_every_transition_is_logged_once_in_commit_order(store, qid):
+    after = eventlog.latest_id(store.db)
+    tid = store.submit_task(qid, {"args": {"a": 1}})
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid, status="success", worker_id=None, run_id=run, summary=None)
+    rows = eventlog.read_after(store.db, qid, after)
+    assert [(r.entity_id, r.old_state, r.new_state) for r in rows] == [
+        (tid, "created", "pending"), (tid, "pending", "running"), (tid, "running", "success")]
+    assert [r.event_id for r in rows] == sorted(r.event_id for r in rows)
+    assert eventlog.payload(rows[-1])["event"]["entity_data"]["status"] == "success"
+
+
+def test_search_filters_sorts_and_pages(store, qid):
+    ids = store.submit_tasks(qid, [{"args": {"n": n}, "priority": n % 3} for n in range(7)])
+    page = store.search_tasks(qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)],
+                                      "limit": 3})
+    assert [t["args"]["n"] for t in page] == [2, 5, 1]
+    rest = store.search_tasks(qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)],
+                                      "offset": 3})
+    assert len(page) + len(rest) == len(ids)
+    found = store.search_tasks(qid, **{**NO_FILTER, "extra_filter": {"args.n": {"$gte": 5}}})
+    assert sorted(t["args"]["n"] for t in found) == [5, 6]
+    with pytest.raises(Invalid):
+        store.search_tasks(qid, **{**NO_FILTER, "extra_filter": {"$where": "1"}})
