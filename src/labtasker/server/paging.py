@@ -41,8 +41,17 @@ def encode_cursor(sort: list[tuple[str, int]], last: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def tie_direction(sort: list[tuple[str, int]] | None) -> int:
+    """Direction of the ``task_id`` tie-breaker: that of the last sort key, so that a
+    descending listing walks its index backwards instead of sorting each group of equal
+    keys (a batch of 5,000 tasks shares one ``last_modified``)."""
+    sort = sort or DEFAULT_SORT
+    return -1 if sort[-1][1] == -1 else 1
+
+
 def after_condition(sort: list[tuple[str, int]], cursor: str):
-    """SQL condition "strictly after the cursor" in (sort keys..., task_id asc) order.
+    """SQL condition "strictly after the cursor" in (sort keys..., task_id) order, the
+    tie-breaker running in ``tie_direction(sort)``.
 
     Raises ``Invalid`` (naming ``cursor``) for a cursor that does not decode or does not fit
     the sort.
@@ -57,7 +66,7 @@ def after_condition(sort: list[tuple[str, int]], cursor: str):
     except (ValueError, TypeError) as exc:
         raise Invalid(f"cursor: not a cursor of this listing ({exc})") from exc
     keys = [(tasks.c[f], d, v) for (f, d), v in zip(sort, values, strict=True)]
-    keys.append((tasks.c.task_id, 1, last_id))
+    keys.append((tasks.c.task_id, tie_direction(sort), last_id))
     clauses = []
     for i, (col, direction, value) in enumerate(keys):
         equal_before = [c == v for c, _, v in keys[:i]]

@@ -388,7 +388,8 @@ class SqlStorage:
     def search_tasks(self, queue_id, *, extra_filter, task_id, task_name, status, sort,
                      offset, limit, cursor: str | None = None):
         """One page of the queue's tasks matching all given conditions.
-        Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker."""
+        Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker (in
+        the direction of the last sort key: ``paging.tie_direction``)."""
         cond = [tasks.c.queue_id == queue_id, self._filter(TASK_FIELDS, extra_filter)]
         if task_id is not None:
             cond.append(tasks.c.task_id == task_id)
@@ -406,8 +407,9 @@ class SqlStorage:
                 raise Invalid("cursor: paging by cursor needs a sort on task columns")
             cond.append(paging.after_condition(keys, cursor))
             offset = 0
+        tie = tasks.c.task_id.desc() if paging.tie_direction(sort) == -1 else tasks.c.task_id
         stmt = (select(*_TASK_COLUMNS).where(and_(*cond))
-                .order_by(*order, tasks.c.task_id).offset(offset).limit(limit))
+                .order_by(*order, tie).offset(offset).limit(limit))
         with self.db.read() as conn:
             return [task_row(r) for r in conn.execute(stmt)]
 

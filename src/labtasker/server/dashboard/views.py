@@ -38,7 +38,7 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 PAGE_SIZES = (25, 50, 100, 200)
 FETCH_BATCH = 1000  # tasks read per storage call when a request walks many of them
 CSV_MAX_ROWS = 100_000  # rows of one CSV export
-PLOT_MAX_POINTS = 20_000  # finished tasks of one plot
+PLOT_MAX_POINTS = 10_000  # finished tasks of one plot
 ACTION_MAX_TASKS = 10_000  # tasks one "all matching the filter" action may change
 ENDED = ("success", "failed", "cancelled")
 # Table columns that are task fields (sortable on the server as they are).
@@ -424,12 +424,14 @@ async def task_page_rows(request: Request, session: ApiSession,
                          sort: Annotated[str, Query(max_length=1000)] = "",
                          cursor: Annotated[str | None, Query(max_length=2000)] = None,
                          offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-                         limit: Annotated[int, Query(ge=1, le=max(PAGE_SIZES))] = 50):
+                         limit: Annotated[int, Query(ge=1, le=max(PAGE_SIZES))] = 50,
+                         count: bool = True):
     """One page of the tasks table. Returns ``{"rows": [...], "next_cursor": str|null,
-    "next_offset": int|null, "total": int, "arg_keys": [...], "summary_keys": [...]}``;
-    ``total`` counts every task matching the filter. Pages by the storage's keyset cursor
-    when the sort is on task columns, else by offset. 400 ``{"detail": {"field",
-    "message"}}`` for a bad filter or sort."""
+    "next_offset": int|null, "total": int|null, "arg_keys": [...], "summary_keys":
+    [...]}``; ``total`` counts every task matching the filter (``null`` without ``count``:
+    the page asks for it when the filter changes, not for every page). Pages by the
+    storage's keyset cursor when the sort is on task columns, else by offset. 400
+    ``{"detail": {"field", "message"}}`` for a bad filter or sort."""
     store = _store(request)
     qid = session.queue_id
     query = _filter_of(filter)
@@ -444,7 +446,7 @@ async def task_page_rows(request: Request, session: ApiSession,
             "rows": [table_row(t, now) for t in page],
             "next_cursor": paging.encode_cursor(keys, page[-1]) if full and keys else None,
             "next_offset": offset + len(page) if full and not keys else None,
-            "total": _count(store, qid, query),
+            "total": _count(store, qid, query) if count else None,
             "arg_keys": store.arg_keys(qid),
             "summary_keys": store.summary_keys(qid),
             "sort": [list(s) for s in order],

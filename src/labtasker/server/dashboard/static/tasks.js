@@ -29,7 +29,11 @@ const state = {
   selected: new Set(),
   rows: [],
   total: 0,
+  counted: "",     // the filter the total was counted for
+  countedAt: 0,
 };
+const RECOUNT_MS = 3000;  // live updates recount the matches at most this often
+let recountTimer = null;
 
 function parseSort(text) {
   const out = [];
@@ -95,6 +99,15 @@ function showError(message) {
 async function load() {
   const where = state.pages[state.page];
   const extra = {limit: state.limit};
+  const needCount = state.counted !== state.filter || Date.now() - state.countedAt >= RECOUNT_MS;
+  if (!needCount) {
+    extra.count = "false";
+    // count again once the interval has passed, so the total catches up with the rows
+    if (!recountTimer) {
+      recountTimer = setTimeout(() => { recountTimer = null; load(); },
+                                RECOUNT_MS - (Date.now() - state.countedAt));
+    }
+  }
   if (where.cursor) extra.cursor = where.cursor;
   if (where.offset) extra.offset = where.offset;
   let data;
@@ -113,7 +126,11 @@ async function load() {
   state.argKeys = data.arg_keys;
   state.summaryKeys = data.summary_keys;
   state.rows = data.rows;
-  state.total = data.total;
+  if (data.total !== null) {
+    state.total = data.total;
+    state.counted = state.filter;
+    state.countedAt = Date.now();
+  }
   const next = data.next_cursor || data.next_offset ? {cursor: data.next_cursor, offset: data.next_offset || 0} : null;
   state.pages.length = state.page + 1;
   if (next) state.pages.push(next);
@@ -121,7 +138,7 @@ async function load() {
   renderHead();
   renderRows(data.rows);
   const first = state.page * state.limit;
-  document.getElementById("match-count").textContent = `${data.total.toLocaleString()} task${data.total === 1 ? "" : "s"} match` +
+  document.getElementById("match-count").textContent = `${state.total.toLocaleString()} task${state.total === 1 ? "" : "s"} match` +
     (data.rows.length ? ` · showing ${first + 1}–${first + data.rows.length}` : "");
   document.getElementById("page-no").textContent = `page ${state.page + 1}`;
   document.getElementById("prev-page").disabled = state.page === 0;
