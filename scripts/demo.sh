@@ -22,8 +22,9 @@
 #   LABTASKER_DEMO_TIMEOUT=S   give up on the workers after S seconds (default 600)
 #   LABTASKER_DEMO_KEEP=1      keep the temporary directory (database, logs) for inspection
 #   LABTASKER_DEMO_HOLD=S      keep the server up S seconds after the grid, to look at the dashboard
-#   LABTASKER_DEMO_SCREENSHOTS=DIR  save dashboard screenshots (overview, plot) into DIR after
-#                              the grid (scripts/dashboard_screenshots.py; needs the dev extra's
+#   LABTASKER_DEMO_SCREENSHOTS=DIR  save dashboard screenshots into DIR: the overview 20 s into
+#                              the grid (LABTASKER_DEMO_SCREENSHOT_DELAY), the plot after it
+#                              (scripts/dashboard_screenshots.py; needs the dev extra's
 #                              Playwright and /usr/bin/chromium)
 set -euo pipefail
 
@@ -224,6 +225,14 @@ for n in 1 2; do
     info "worker-$n started (pid $!)"
 done
 
+SHOT_PY=${LABTASKER_SCREENSHOT_PYTHON:-$REPO_DIR/.venv/bin/python}
+if [[ -n "${LABTASKER_DEMO_SCREENSHOTS:-}" ]]; then
+    # the overview while the grid runs: after the first results are in
+    (sleep "${LABTASKER_DEMO_SCREENSHOT_DELAY:-20}" &&
+        "$SHOT_PY" "$REPO_DIR/scripts/dashboard_screenshots.py" "$API_URL" "$QUEUE_NAME" \
+            "$PASSWORD" "$LABTASKER_DEMO_SCREENSHOTS" --only overview) &
+fi
+
 deadline=$((SECONDS + WORKER_TIMEOUT))
 while :; do
     any_alive "${WORKER_PIDS[@]}" || break
@@ -252,10 +261,9 @@ report_status=0
 python report.py --require-success || report_status=$?
 
 if [[ -n "${LABTASKER_DEMO_SCREENSHOTS:-}" ]]; then
-    step "Dashboard screenshots into $LABTASKER_DEMO_SCREENSHOTS"
-    SHOT_PY=${LABTASKER_SCREENSHOT_PYTHON:-$REPO_DIR/.venv/bin/python}
+    step "Dashboard screenshot of the results plot into $LABTASKER_DEMO_SCREENSHOTS"
     "$SHOT_PY" "$REPO_DIR/scripts/dashboard_screenshots.py" "$API_URL" "$QUEUE_NAME" "$PASSWORD" \
-        "$LABTASKER_DEMO_SCREENSHOTS" --metric accuracy --x C --color model ||
+        "$LABTASKER_DEMO_SCREENSHOTS" --only plot --metric accuracy --x C --color model ||
         info "screenshots failed (see above); the demo goes on"
 fi
 if [[ -n "${LABTASKER_DEMO_HOLD:-}" ]]; then

@@ -427,3 +427,44 @@ def test_task_detail_shows_args_summary_runs_and_events(page, queue_env):
     first = page.locator("#events time").first
     assert first.get_attribute("title").endswith(" UTC")
     assert first.inner_text() != first.get_attribute("title")
+
+
+# ------------------------------------------------------------------ serve options
+def _log_in_http(url: str, queue: str, password: str) -> httpx.Client:
+    c = httpx.Client(base_url=url, timeout=30)
+    token = re.search(r'name="login_token" value="([^"]+)"', c.get("/ui/login").text).group(1)
+    resp = c.post("/ui/login", data={"queue": queue, "password": password,
+                                     "login_token": token})
+    assert resp.status_code == 303, resp.text
+    return c
+
+
+def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_off(
+        server, queue_env, tmp_path):
+    """The signing key is kept in the database: a second server on it accepts a session of
+    the first. ``--no-ui`` (env ``LABTASKER_UI=0``): no dashboard, ``/`` is the 1.0.1
+    welcome even for a browser."""
+    from conftest import ServerProcess
+
+    first = _log_in_http(server.url, queue_env.queue_name, queue_env.password)
+    assert first.get("/ui/api/overview").status_code == 200
+    cookie = first.cookies["labtasker_session"]
+    first.close()
+    second = ServerProcess(db_url=server.db_url, workdir=tmp_path).start(timeout=120)
+    try:
+        with httpx.Client(base_url=second.url, timeout=30,
+                          cookies={"labtasker_session": cookie}) as c:
+            assert c.get("/ui/api/overview").status_code == 200
+        with httpx.Client(base_url=second.url, timeout=30,
+                          cookies={"labtasker_session": "x" + cookie}) as c:
+            assert c.get("/ui/api/overview").status_code == 401
+    finally:
+        second.kill(signal.SIGTERM)
+    off = ServerProcess(db_url=server.db_url, workdir=tmp_path,
+                        extra_env={"LABTASKER_UI": "0"}).start(timeout=120)
+    try:
+        assert httpx.get(off.url + "/ui/login").status_code == 404
+        resp = httpx.get(off.url + "/", headers={"Accept": "text/html"})
+        assert resp.status_code == 200 and resp.json()["message"] == "Welcome to Labtasker!"
+    finally:
+        off.kill(signal.SIGTERM)
