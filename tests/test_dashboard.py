@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import API, get_task, wait_for
+from support.http import API, get_task
+from support.wait import wait_for
 
 CHROMIUM = os.environ.get("LABTASKER_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("LABTASKER_TEST_ARTIFACTS", "/tmp/labtasker-test-artifacts"))
@@ -444,7 +445,7 @@ def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_
     """The signing key is kept in the database: a second server on it accepts a session of
     the first. ``--no-ui`` (env ``LABTASKER_UI=0``): no dashboard, ``/`` is the 1.0.1
     welcome even for a browser."""
-    from conftest import ServerProcess
+    from support.server import ServerProcess
 
     first = _log_in_http(server.url, queue_env.queue_name, queue_env.password)
     assert first.get("/ui/api/overview").status_code == 200

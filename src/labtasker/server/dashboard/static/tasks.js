@@ -123,8 +123,8 @@ async function load() {
     throw err;
   }
   showError("");
-  state.argKeys = data.arg_keys;
-  state.summaryKeys = data.summary_keys;
+  if (data.arg_keys) state.argKeys = data.arg_keys;
+  if (data.summary_keys) state.summaryKeys = data.summary_keys;
   state.rows = data.rows;
   if (data.total !== null) {
     state.total = data.total;
