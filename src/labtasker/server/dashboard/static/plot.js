@@ -216,14 +216,18 @@ function tip(text, e) {
   box.style.top = (e.clientY + 12) + "px";
 }
 
+let loadSeq = 0;  // only the newest request's answer is drawn
 async function load() {
+  const mine = ++loadSeq;
   const box = $("filter-error");
   try {
     const data = await api("/ui/api/plot?" + new URLSearchParams({filter: state.filter}));
+    if (mine !== loadSeq) return;
     box.hidden = true;
     state.points = new Map(data.points.map(p => [p.task_id, p]));
     state.truncated = data.truncated;
   } catch (err) {
+    if (mine !== loadSeq) return;
     if (err.status !== 400) throw err;
     box.textContent = err.message;
     box.hidden = false;

@@ -96,7 +96,10 @@ function showError(message) {
   }
 }
 
+let loadSeq = 0;  // answers of superseded requests are dropped (a slow page load must not
+                  // overwrite the rows of the filter applied after it)
 async function load() {
+  const mine = ++loadSeq;
   const where = state.pages[state.page];
   const extra = {limit: state.limit};
   const needCount = state.counted !== state.filter || Date.now() - state.countedAt >= RECOUNT_MS;
@@ -114,6 +117,7 @@ async function load() {
   try {
     data = await api("/ui/api/tasks?" + query(extra));
   } catch (err) {
+    if (mine !== loadSeq) return;
     if (err.status === 400) {
       showError(err.message);
       document.getElementById("match-count").textContent = "";
@@ -122,6 +126,7 @@ async function load() {
     }
     throw err;
   }
+  if (mine !== loadSeq) return;
   showError("");
   if (data.arg_keys) state.argKeys = data.arg_keys;
   if (data.summary_keys) state.summaryKeys = data.summary_keys;
