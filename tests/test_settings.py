@@ -12,13 +12,16 @@ def test_defaults_without_variables():
     s = ServerSettings.from_env({})
     assert (s.sweep_interval, s.event_poll_interval, s.sse_ping_interval, s.event_log_size) == (
         30.0, 2.0, 15.0, 100_000)
+    assert (s.ui_secret, s.ui_session_seconds) == (None, 12 * 3600)
 
 
 def test_every_variable_is_read():
     s = ServerSettings.from_env({"PERIODIC_TASK_INTERVAL": "0.5", "EVENT_POLL_INTERVAL": "7",
-                                 "SSE_PING_INTERVAL": "3.5", "EVENT_LOG_SIZE": "12"})
+                                 "SSE_PING_INTERVAL": "3.5", "EVENT_LOG_SIZE": "12",
+                                 "LABTASKER_UI_SECRET": "k", "LABTASKER_UI_SESSION_SECONDS": "60"})
     assert s == ServerSettings(sweep_interval=0.5, event_poll_interval=7.0,
-                               sse_ping_interval=3.5, event_log_size=12)
+                               sse_ping_interval=3.5, event_log_size=12, ui_secret="k",
+                               ui_session_seconds=60.0)
 
 
 @pytest.mark.parametrize("name, raw, message", [
@@ -28,6 +31,7 @@ def test_every_variable_is_read():
     ("SSE_PING_INTERVAL", "nan", "SSE_PING_INTERVAL must be positive"),
     ("EVENT_LOG_SIZE", "1e3", "EVENT_LOG_SIZE must be a whole number"),
     ("EVENT_LOG_SIZE", "-5", "EVENT_LOG_SIZE must be 0 or more"),
+    ("LABTASKER_UI_SESSION_SECONDS", "0", "LABTASKER_UI_SESSION_SECONDS must be positive"),
 ])
 def test_bad_values_name_the_variable(name, raw, message):
     with pytest.raises(ValueError, match=message):
@@ -42,12 +46,14 @@ def test_sweep_interval_alone():
 def test_create_app_holds_the_settings(tmp_path):
     from labtasker.server.app import create_app
 
-    settings = ServerSettings(event_poll_interval=9.0, event_log_size=3)
+    settings = ServerSettings(event_poll_interval=9.0, event_log_size=3, ui_secret="s3",
+                              ui_session_seconds=99.0)
     app = create_app(f"sqlite:///{tmp_path / 'lt.db'}", 5.0, settings)
     try:
         assert app.state.settings.event_poll_interval == 9.0
         assert app.state.settings.sweep_interval == 5.0  # the argument overrides
         assert app.state.sweeper.interval == 5.0
         assert app.state.storage.event_log_size == 3
+        assert (app.state.dashboard_secret, app.state.dashboard_max_age) == ("s3", 99.0)
     finally:
         app.state.db.dispose()

@@ -114,7 +114,7 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     app.include_router(router)
     app.include_router(events_router)
     if dashboard:
-        install_dashboard(app)
+        install_dashboard(app, settings.ui_secret, settings.ui_session_seconds)
 
     # Every error answer is {"detail": <message>, "code": <labtasker.error_codes name>}: 1.0.1
     # clients read "detail" only; ours decide by "code".

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from labtasker.server.db import DEFAULT_DB_FILE
+from labtasker.server.db import DEFAULT_DB_FILE, default_url
 
 app = typer.Typer(help="Labtasker server.", no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,7 +52,7 @@ def serve(
     from labtasker.server.app import create_app
     from labtasker.server.settings import ServerSettings
 
-    url = db_url or f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
+    url = db_url or default_url()
     try:
         settings = ServerSettings.from_env()
     except ValueError as exc:

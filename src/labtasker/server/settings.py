@@ -9,6 +9,9 @@ variable                   default    meaning
 ``SSE_PING_INTERVAL``       15         seconds between ``ping`` messages of an event stream
 ``EVENT_LOG_SIZE``          100000     newest events kept in the log (older ones are pruned by
                                        the timeout sweep)
+``LABTASKER_UI_SECRET``     (none)     key signing the dashboard's session cookies (default:
+                                       one generated once and kept in the database)
+``LABTASKER_UI_SESSION_SECONDS`` 43200 seconds a dashboard log-in lasts (12 h)
 =========================  =========  ========================================================
 
 :meth:`ServerSettings.from_env` raises ``ValueError`` naming the variable and the limit for a
@@ -25,6 +28,7 @@ DEFAULT_SWEEP_INTERVAL = 30.0
 DEFAULT_EVENT_POLL_INTERVAL = 2.0
 DEFAULT_SSE_PING_INTERVAL = 15.0
 DEFAULT_EVENT_LOG_SIZE = 100_000
+DEFAULT_UI_SESSION_SECONDS = 12 * 3600.0
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -61,12 +65,15 @@ def sweep_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The tunables of one server process (seconds, except ``event_log_size``: events)."""
+    """The tunables of one server process (seconds, except ``event_log_size``: events, and
+    ``ui_secret``)."""
 
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
     event_poll_interval: float = DEFAULT_EVENT_POLL_INTERVAL
     sse_ping_interval: float = DEFAULT_SSE_PING_INTERVAL
     event_log_size: int = DEFAULT_EVENT_LOG_SIZE
+    ui_secret: str | None = None
+    ui_session_seconds: float = DEFAULT_UI_SESSION_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -78,4 +85,7 @@ class ServerSettings:
                                          DEFAULT_EVENT_POLL_INTERVAL),
             sse_ping_interval=_seconds(env, "SSE_PING_INTERVAL", DEFAULT_SSE_PING_INTERVAL),
             event_log_size=_count(env, "EVENT_LOG_SIZE", DEFAULT_EVENT_LOG_SIZE),
+            ui_secret=env.get("LABTASKER_UI_SECRET") or None,
+            ui_session_seconds=_seconds(env, "LABTASKER_UI_SESSION_SECONDS",
+                                        DEFAULT_UI_SESSION_SECONDS),
         )

@@ -165,8 +165,11 @@ def tasks_table(items: list[dict]):
 
 
 def print_filter(query: Any) -> None:
-    """``-v``: show the parsed filter as JSON on stderr (datetimes as ISO strings)."""
-    print(f"Parsed filter: {json.dumps(query, indent=4, default=json_default)}", file=sys.stderr)
+    """``-v``: show the parsed filter as JSON on stderr (``filters.pyquery.format_filter``:
+    indent 4, datetimes as ISO ``...Z``)."""
+    from labtasker.filters.pyquery import format_filter
+
+    print(f"Parsed filter: {format_filter(query)}", file=sys.stderr)
 
 
 def json_default(value: Any) -> Any:

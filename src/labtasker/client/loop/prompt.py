@@ -15,6 +15,7 @@ import time
 from typing import Protocol
 
 from labtasker.client.loop.interrupts import Interrupts
+from labtasker.client.terminal import is_tty
 
 PROMPT_SECONDS = 10.0
 
@@ -74,7 +75,7 @@ class TerminalCountdown:
             return default
         try:
             stdin = sys.stdin
-            if stdin is None or not stdin.isatty():
+            if not is_tty(stdin):
                 return default
             fd = stdin.fileno()
             import termios

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labtasker.keys import validate_keys
+from labtasker.keys import sanitize_name, validate_keys
 from labtasker.wire import Task
 
 if TYPE_CHECKING:
@@ -49,8 +48,9 @@ FINISH_CLAIM = ".finish.claim"
 
 
 def safe_name(text: str) -> str:
-    """``text`` with every character outside ``[a-zA-Z0-9_-]`` replaced by ``-``."""
-    return re.sub(r"[^a-zA-Z0-9_-]", "-", text)
+    """``text`` with every character outside the name rule (``[a-zA-Z0-9_-]``) replaced by
+    ``-`` (``keys.sanitize_name``)."""
+    return sanitize_name(text)
 
 
 def write_json(path: Path, data: Any) -> None:

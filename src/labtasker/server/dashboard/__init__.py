@@ -4,24 +4,23 @@ package data in ``templates/`` and ``static/``). Nothing is loaded from another 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from labtasker.server.dashboard.session import SECRET_NAME, Sessions, session_seconds_from_env
+from labtasker.server.dashboard.session import DEFAULT_SESSION_SECONDS, SECRET_NAME, Sessions
 from labtasker.server.dashboard.views import _LoginRequired, login_redirect, router
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def install(app: FastAPI, secret: str | None = None) -> None:
-    """Serve the dashboard from ``app``. ``secret`` signs the session cookies: by default
-    ``LABTASKER_UI_SECRET``, else a key generated once and kept in the database (so every
-    server process on it accepts the same cookies). It is read at start-up."""
-    secret = secret or os.environ.get("LABTASKER_UI_SECRET") or None
-    max_age = session_seconds_from_env()
+def install(app: FastAPI, secret: str | None = None,
+            max_age: float = DEFAULT_SESSION_SECONDS) -> None:
+    """Serve the dashboard from ``app``. ``secret`` signs the session cookies (the app passes
+    ``ServerSettings.ui_secret``, i.e. ``LABTASKER_UI_SECRET``); without one, a key generated
+    once and kept in the database (so every server process on it accepts the same cookies),
+    fetched at start-up. ``max_age``: seconds a log-in lasts."""
     app.state.dashboard = True
     app.state.dashboard_secret = secret
     app.state.dashboard_max_age = max_age

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from labtasker.server.settings import DEFAULT_UI_SESSION_SECONDS
 
 COOKIE = "labtasker_session"
 COOKIE_PATH = "/ui"
@@ -31,17 +32,8 @@ SECRET_NAME = "dashboard_session_key"
 LOGIN_TOKEN_SECONDS = 3600
 
 
-def session_seconds_from_env() -> float:
-    """``LABTASKER_UI_SESSION_SECONDS``: how long a log-in lasts (default 12 h)."""
-    raw = os.environ.get("LABTASKER_UI_SESSION_SECONDS", str(12 * 3600))
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"LABTASKER_UI_SESSION_SECONDS must be a number of seconds, got "
-                         f"{raw!r}") from exc
-    if value <= 0:
-        raise ValueError("LABTASKER_UI_SESSION_SECONDS must be positive")
-    return value
+# how long a log-in lasts unless ``LABTASKER_UI_SESSION_SECONDS`` says otherwise (settings)
+DEFAULT_SESSION_SECONDS = DEFAULT_UI_SESSION_SECONDS
 
 
 def fingerprint(password_hash: str) -> str:
