@@ -138,3 +138,25 @@ def test_task_file_from_python(tmp_path):
     bad.write_text('{"args": {"a": 1}, "status": "running"}\n')
     with pytest.raises(LabtaskerValueError, match=r"bad.jsonl:1: unknown task field\(s\)"):
         read_task_file(bad)
+
+
+def test_edited_task_updates():
+    import yaml
+
+    from labtasker.client.taskfile import edited_task_updates
+    from labtasker.exceptions import LabtaskerValueError
+
+    original = [{"task_id": "a", "priority": 1, "args": {"x": 1}, "worker_id": None},
+                {"task_id": "b", "priority": 1, "args": {"x": 2}, "worker_id": None}]
+    edited = [dict(original[0], priority=5, worker_id="w"), dict(original[1])]
+    requests, ignored = edited_task_updates(original, yaml.safe_dump(edited))
+    assert [(r.task_id, r.priority, r.replace_fields) for r in requests] == [
+        ("a", 5, ["priority"])]
+    assert ignored == {"a": ["worker_id"]}
+    assert edited_task_updates(original, yaml.safe_dump(original)) == ([], {})
+    for bad in ("- [unclosed", yaml.safe_dump(original[::-1]), "- 1\n- 2\n"):
+        with pytest.raises(LabtaskerValueError):
+            edited_task_updates(original, bad)
+    with pytest.raises(ValueError):  # pydantic: a priority must be an int
+        edited_task_updates(original, yaml.safe_dump([dict(original[0], priority="hi"),
+                                                      original[1]]))

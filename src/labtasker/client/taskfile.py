@@ -101,3 +101,42 @@ def read_task_file(path: str | Path, defaults: dict[str, Any] | None = None) -> 
     :class:`~labtasker.exceptions.LabtaskerValueError` for invalid content."""
     text = Path(path).read_text(encoding="utf-8")
     return task_requests(parse_task_records(text, str(path)), defaults)
+
+
+def edited_task_updates(original: list[dict[str, Any]], edited_yaml: str
+                        ) -> tuple[list[Any], dict[str, list[str]]]:
+    """Compare tasks (``wire.Task`` JSON dicts, as shown to a user) with the YAML list the
+    user edited them into; return ``(update requests, ignored)``.
+
+    Each request is a ``wire.TaskUpdateRequest`` holding the changed updatable fields of one
+    task (listed in ``replace_fields``, so dict fields are replaced, not merged); tasks
+    without changes get none. ``ignored``: per task id, the read-only fields whose value was
+    changed (they cannot be updated). Raises ``ValueError`` (a ``LabtaskerValueError``, or
+    pydantic's ``ValidationError`` for a value the field does not accept) when the YAML does
+    not parse, is not a list of mappings, or does not hold the same task ids in the same
+    order."""
+    import yaml
+
+    from labtasker.fields import READ_ONLY_TASK_FIELDS, UPDATABLE_TASK_FIELDS
+    from labtasker.wire import TaskUpdateRequest
+
+    try:
+        new = yaml.safe_load(edited_yaml)
+    except yaml.YAMLError as exc:
+        raise LabtaskerValueError(" ".join(str(exc).split())) from None
+    if not isinstance(new, list) or not all(isinstance(d, dict) for d in new) or [
+        d.get("task_id") for d in new
+    ] != [d["task_id"] for d in original]:
+        raise LabtaskerValueError("the list of task_ids (count and order) must not change")
+    requests: list[Any] = []
+    ignored: dict[str, list[str]] = {}
+    for old, cur in zip(original, new, strict=True):
+        changed = [k for k in UPDATABLE_TASK_FIELDS if k in cur and cur.get(k) != old.get(k)]
+        untouchable = [k for k in READ_ONLY_TASK_FIELDS if cur.get(k) != old.get(k)]
+        if untouchable:
+            ignored[old["task_id"]] = untouchable
+        if changed:
+            body = {k: cur[k] for k in changed}
+            body.update(task_id=old["task_id"], replace_fields=changed)
+            requests.append(TaskUpdateRequest.model_validate(body))
+    return requests, ignored

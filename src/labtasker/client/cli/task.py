@@ -29,7 +29,7 @@ from labtasker.client.cli.prompts import (
     read_ids_from_stdin,
 )
 from labtasker.client.terminal import stderr_is_tty, stdin_is_tty, stdout_is_tty
-from labtasker.fields import READ_ONLY_TASK_FIELDS, UPDATABLE_TASK_FIELDS
+from labtasker.fields import READ_ONLY_TASK_FIELDS
 from labtasker.fsm import TERMINAL_TASK_STATES
 
 app = typer.Typer(
@@ -426,10 +426,8 @@ def _edit_tasks(tasks, editor: str | None):
 
 
 def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
-    import yaml
-
     from labtasker.client.cli.prompts import run_editor
-    from labtasker.wire import TaskUpdateRequest
+    from labtasker.client.taskfile import edited_task_updates
 
     while True:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -440,33 +438,17 @@ def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
         if edited == text:
             return None
         try:
-            new = yaml.safe_load(edited)
-            if not isinstance(new, list) or [d.get("task_id") for d in new] != [
-                d["task_id"] for d in original
-            ]:
-                raise ValueError("the list of task_ids (count and order) must not change")
-            requests = []
-            for old, cur in zip(original, new, strict=True):
-                changed = [
-                    k for k in UPDATABLE_TASK_FIELDS if k in cur and cur.get(k) != old.get(k)
-                ]
-                ignored = [k for k in READ_ONLY_TASK_FIELDS if cur.get(k) != old.get(k)]
-                if ignored:
-                    print(
-                        f"Warning: ignoring changes to read-only fields {ignored} "
-                        f"of task {old['task_id']}",
-                        file=sys.stderr,
-                    )
-                if changed:
-                    body = {k: cur[k] for k in changed}
-                    body.update(task_id=old["task_id"], replace_fields=changed)
-                    requests.append(TaskUpdateRequest.model_validate(body))
-            return requests or None
-        except (yaml.YAMLError, ValueError, AttributeError) as exc:
+            requests, ignored = edited_task_updates(original, edited)
+        except ValueError as exc:
             print(f"Error: invalid edit: {' '.join(str(exc).split())}", file=sys.stderr)
             if not typer.confirm("Continue to edit?", default=True):
                 raise typer.Exit(1) from None
             text = edited
+            continue
+        for task_id, fields in ignored.items():
+            print(f"Warning: ignoring changes to read-only fields {fields} of task {task_id}",
+                  file=sys.stderr)
+        return requests or None
 
 
 @app.command()
