@@ -287,10 +287,10 @@ def test_cli_submit_file_errors_name_the_line_and_submit_nothing(queue_env):
 def test_cli_ls_streams_all_pages(queue_env):
     with client_for(queue_env) as c:
         ids = api.submit_tasks([{"args": {"i": i}} for i in range(230)], client=c)
-    proc = run_cli(queue_env, "task", "ls", "--fmt", "jsonl", "--limit", "50")
+    proc = run_cli(queue_env, "task", "ls", "--fmt", "jsonl", "--page-size", "50")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sorted(json.loads(line)["task_id"] for line in lines) == sorted(ids)
-    proc = run_cli(queue_env, "task", "ls", "-q", "--limit", "100", "-f", "args.i < 120")
+    proc = run_cli(queue_env, "task", "ls", "-q", "--page-size", "100", "-f", "args.i < 120")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 120

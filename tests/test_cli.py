@@ -431,9 +431,10 @@ def test_task_ls_formats_filters_and_paging(cli, queue_env):
     table = ok(cli("task", "ls", "--fmt", "table"))
     assert all(i in table for i in ids) and "pending" in table
 
-    # paging: --limit is a page size, not a cap
-    assert sorted(ls_ids(cli, "--limit", "3")) == sorted(ids)
-    assert len(ls_ids(cli, "--limit", "2", "--offset", "2")) == 5
+    # paging: --page-size is the page size (every page is listed), --limit a cap
+    assert sorted(ls_ids(cli, "--page-size", "3")) == sorted(ids)
+    assert len(ls_ids(cli, "--page-size", "2", "--offset", "2")) == 5
+    assert len(ls_ids(cli, "--limit", "2", "--page-size", "1")) == 2
 
     # selection
     assert ls_ids(cli, "--task-id", ids[3]) == [ids[3]]
@@ -508,7 +509,7 @@ def test_task_update_fields(cli, queue_env):
     b = submit(cli, "--name", "b", "--args", "{'lr': 0.2}", "--metadata", "{'keep': 1}")
 
     # -u by id: patch one sub-field, replace a scalar
-    assert "Total 1 tasks updated." in ok(
+    assert "1 task updated." in ok(
         cli("task", "update", "--id", a, "-u", "args.model.depth=5", "-u", "priority=20")
     )
     task = get_task(queue_env, a)
@@ -530,13 +531,15 @@ def test_task_update_fields(cli, queue_env):
 
     # ids from stdin (no selection options, stdin piped)
     out = ok(cli("task", "update", "-u", "priority=1", input=f"{a}\n{b}\n"))
-    assert "Total 2 tasks updated." in out
+    assert "2 tasks updated." in out
     assert get_task(queue_env, a)["priority"] == 1 and get_task(queue_env, b)["priority"] == 1
-    # empty stdin updates nothing (never "everything")
+    # empty stdin and no selection: every task only with -y (never silently "everything")
     proc = cli("task", "update", "-u", "priority=2", input="")
-    ok(proc)
-    assert "nothing to update" in proc.stderr
+    assert proc.returncode == 2 and "update all 2 task(s)" in proc.stderr, proc.stderr
+    assert "pass -y" in proc.stderr
     assert get_task(queue_env, a)["priority"] == 1
+    assert "2 tasks updated." in ok(cli("task", "update", "-u", "priority=2", "-y"))
+    assert get_task(queue_env, a)["priority"] == 2
 
     # nothing matched
     proc = cli("task", "update", "--name", "nope", "-u", "priority=3")
@@ -573,7 +576,7 @@ def test_task_update_editor_mode(cli, queue_env, tmp_path):
         """,
     )
     out = ok(cli("task", "update", "--id", tid, "--editor", editor))
-    assert "Total 1 tasks updated." in out
+    assert "1 task updated." in out
     task = get_task(queue_env, tid)
     assert task["args"] == {"lr": 0.5} and task["priority"] == 15
 
@@ -770,7 +773,8 @@ def test_worker_commands(cli, queue_env):
     assert w2_doc["max_retries"] == 5
     assert ok(cli("worker", "ls", "-q", "--name", "gpu-0")).split() == [w2]
     assert ok(cli("worker", "ls", "-q", "--id", w1)).split() == [w1]
-    assert len(ok(cli("worker", "ls", "--fmt", "jsonl", "--limit", "1")).splitlines()) == 2
+    assert len(ok(cli("worker", "ls", "--fmt", "jsonl", "--page-size", "1")).splitlines()) == 2
+    assert len(ok(cli("worker", "ls", "--fmt", "jsonl", "--limit", "1")).splitlines()) == 1
     assert w1 in ok(cli("worker", "ls", "--fmt", "table", "--pager"))
     assert ok(cli("worker", "ls", "-q", "-f", "{'metadata.gpu': 0}")).split() == [w2]
 

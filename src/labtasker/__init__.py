@@ -62,6 +62,13 @@ _LAZY: dict[str, str] = {
     "ls_workers": _API,
     "report_worker_status": _API,
     "delete_worker": _API,
+    "count_tasks": _API,
+    "requeue_tasks": _API,
+    "queue_overview": _API,
+    "prune_workers": _API,
+    # results
+    "tasks_dataframe": "labtasker.client.tabular",
+    "report_progress": "labtasker.client.progress",
     # events (optional module)
     "connect_events": "labtasker.client.events",
     "EventListener": "labtasker.client.events",

@@ -273,7 +273,8 @@ class TaskCountRequest(_Request):
 
     status: TaskStatus | None = None
     extra_filter: dict[str, Any] | None = None
-    by: str | None = Field(None, max_length=200)  # status (default), a column, or args.x...
+    # status (default), a column, a dotted args./metadata./summary. path, or "arg_fields"
+    by: str | None = Field(None, max_length=200)
 
 
 class CountGroup(BaseModel):
@@ -286,6 +287,18 @@ class TaskCountResponse(_Response):
     by: str
     groups: list[CountGroup] = Field(default_factory=list)
     truncated: bool = False  # more distinct values than listed (the largest groups kept)
+
+    def counts(self) -> dict[Any, int]:
+        """``{value: count}``; unhashable values (lists, objects) keyed by their JSON text."""
+        import json
+
+        out: dict[Any, int] = {}
+        for group in self.groups:
+            value = group.value
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value, sort_keys=True)
+            out[value] = group.count
+        return out
 
 
 class TaskRequeueRequest(_Request):

@@ -65,12 +65,17 @@ from labtasker.wire import (
     QueueCreateRequest,
     QueueCreateResponse,
     QueueGetResponse,
+    QueueOverviewResponse,
     QueueUpdateRequest,
     Task,
+    TaskCountRequest,
+    TaskCountResponse,
     TaskFetchRequest,
     TaskFetchResponse,
     TaskLsRequest,
     TaskLsResponse,
+    TaskProgressRequest,
+    TaskRequeueRequest,
     TaskStatusUpdateRequest,
     TaskSubmitRequest,
     TaskSubmitResponse,
@@ -80,6 +85,7 @@ from labtasker.wire import (
     WorkerCreateResponse,
     WorkerLsRequest,
     WorkerLsResponse,
+    WorkerPruneRequest,
     WorkerStatusUpdateRequest,
 )
 
@@ -111,6 +117,12 @@ __all__ = [
     "cancel_task",
     "delete_task",
     "delete_worker",
+    "count_tasks",
+    "requeue_tasks",
+    "queue_overview",
+    "report_task_progress",
+    "mark_worker_gone",
+    "prune_workers",
 ]
 
 _QUEUE_ME = "/api/v1/queues/me"
@@ -684,14 +696,14 @@ def _iter_pages(
         content = [item_model.model_validate(item) for item in data.get("content") or ()]
         if content:
             yield content
-        if "next_cursor" in data:  # keyset paging
-            cursor = data["next_cursor"]
-            if not cursor or not content:
-                return
+        cursor = data.get("next_cursor")
+        if cursor and content:  # keyset paging
             body = {**body, "cursor": cursor}
             body.pop("offset", None)
-        else:  # offset paging
-            if len(content) < page_size:
+        else:
+            # offset paging: servers without cursors (1.0.1), and our server for sorts on
+            # JSON paths (no cursor then, though more pages may follow)
+            if len(content) < page_size or "cursor" in body:
                 return
             body = {**body, "offset": body.get("offset", 0) + len(content)}
 
@@ -872,12 +884,16 @@ def ls_workers(
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
     client: ClientLike | None = None,
+    gone: bool | None = None,
 ) -> WorkerLsResponse:
     """Search workers, one page: ``WorkerLsResponse(found, content=[Worker, ...])``.
 
     Arguments and errors as in :func:`ls_tasks` (``status``: active|suspended|crashed).
+    ``gone``: True only workers whose loop ended, False only live ones (ours; a 1.0.1
+    server ignores it).
     """
-    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status}
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
+                 "gone": gone}
     body = _search_body(WorkerLsRequest, selection, extra_filter, limit, offset, sort)
     return WorkerLsResponse.model_validate(_search_page(_WORKER_SEARCH, body, client))
 
@@ -891,10 +907,12 @@ def iter_workers(
     offset: int = 0,
     sort: Sequence[tuple[str, int]] | Sequence[str] | None = None,
     client: ClientLike | None = None,
+    gone: bool | None = None,
 ) -> Iterator[Worker]:
     """Yield every matching worker, fetching pages of ``page_size`` starting at ``offset``.
     Arguments and errors as in :func:`ls_workers` (raised when iteration starts)."""
-    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status}
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
+                 "gone": gone}
     body = _search_body(WorkerLsRequest, selection, extra_filter, page_size, offset, sort)
     for page in _iter_pages(_WORKER_SEARCH, body, Worker, client):
         yield from page
@@ -952,3 +970,107 @@ def delete_worker(
         client=client,
         params={"cascade_update": str(bool(cascade_update)).lower()},
     )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def count_tasks(
+    extra_filter: str | dict[str, Any] | None = None,
+    status: str | None = None,
+    by: str | None = None,
+    client: ClientLike | None = None,
+) -> TaskCountResponse:
+    """Count matching tasks on the server in one query, grouped by ``by``.
+
+    ``by``: ``"status"`` (default), a task column (``task_name``, ``priority``, ...), a
+    dotted ``args.*``/``metadata.*``/``summary.*`` path, or ``"arg_fields"`` (the set of
+    argument fields). Returns ``TaskCountResponse(total, by, groups=[CountGroup(value,
+    count)], truncated)``, whose groups always add up to ``total``; ``.counts()`` gives a
+    ``{value: count}`` dict. Raises :class:`LabtaskerHTTPStatusError` (400) for an unknown
+    field or a bad filter.
+    """
+    req = TaskCountRequest(extra_filter=coerce_filter(extra_filter), status=status, by=by)
+    body = _call("POST", f"{_QUEUE_ME}/tasks/count", client=client, json_body=_body(req),
+                 safe=True)
+    return TaskCountResponse.model_validate(body)
+
+
+def requeue_tasks(
+    task_ids: Sequence[str] | None = None,
+    status: str | None = None,
+    extra_filter: str | dict[str, Any] | None = None,
+    client: ClientLike | None = None,
+) -> list[str]:
+    """Put tasks back to ``pending`` with ``retries`` 0; return the ids requeued.
+
+    Selection (all given conditions apply): ``task_ids``, ``status`` (``failed``,
+    ``cancelled``, ``success`` or ``running``; default: every ended task, i.e. success,
+    failed and cancelled), ``extra_filter``. A requeued running task's run is stopped by its
+    loop at the next heartbeat. Sent 1,000 at a time until nothing more matches.
+    """
+    ids = list(task_ids) if task_ids is not None else None
+    chunks = [ids[i:i + 1000] for i in range(0, len(ids), 1000)] if ids is not None else [None]
+    done: list[str] = []
+    for chunk in chunks or [[]]:
+        while True:
+            req = TaskRequeueRequest(task_ids=chunk, status=status,
+                                     extra_filter=coerce_filter(extra_filter))
+            body = _call("POST", f"{_QUEUE_ME}/tasks/requeue", client=client,
+                         json_body=_body(req))
+            done.extend(body.get("task_ids") or [])
+            if not body.get("more"):
+                break
+    return done
+
+
+def queue_overview(window_seconds: float = 600.0,
+                   client: ClientLike | None = None) -> QueueOverviewResponse:
+    """The queue at a glance (``GET /overview``): counts per status, runs finished in the
+    last ``window_seconds``, throughput and ETA, workers, running tasks with progress."""
+    body = _call("GET", f"{_QUEUE_ME}/overview", client=client,
+                 params={"window_seconds": window_seconds}, safe=True)
+    return QueueOverviewResponse.model_validate(body)
+
+
+def report_task_progress(
+    task_id: str,
+    step: float,
+    total: float | None = None,
+    metrics: dict[str, Any] | None = None,
+    worker_id: str | None = None,
+    run_id: str | None = None,
+    client: ClientLike | None = None,
+) -> dict[str, Any]:
+    """Store the latest progress snapshot of a running task (also a heartbeat); returns it
+    as stored (``{"step", "total", "metrics", "updated_at"}``). Raises
+    :class:`TaskNotOwned` when the run no longer owns the task, ``pydantic.ValidationError``
+    for bad values. Prefer :func:`labtasker.report_progress` inside a job (rate-limited)."""
+    req = TaskProgressRequest(step=step, total=total, metrics=metrics or {},
+                              worker_id=worker_id, run_id=run_id)
+    try:
+        body = _call("POST", f"{_QUEUE_ME}/tasks/{task_id}/progress", client=client,
+                     json_body=_body(req), safe=True)
+    except LabtaskerHTTPStatusError as exc:
+        if exc.status_code in (403, 404, 409):
+            raise _not_owned(exc, "Progress report", task_id) from exc
+        raise
+    return body["progress"]
+
+
+def mark_worker_gone(worker_id: str, client: ClientLike | None = None) -> Worker:
+    """Mark a worker as gone (its loop ended); returns the worker with ``gone_at`` set."""
+    data = _call("POST", f"{_QUEUE_ME}/workers/{worker_id}/gone", client=client, safe=True)
+    return Worker.model_validate(data)
+
+
+def prune_workers(gone_for: float = 0.0, client: ClientLike | None = None) -> list[str]:
+    """Delete the workers that have gone (for at least ``gone_for`` seconds) and run no
+    task; returns their ids."""
+    deleted: list[str] = []
+    while True:
+        body = _call("POST", f"{_QUEUE_ME}/workers/prune", client=client,
+                     json_body=_body(WorkerPruneRequest(gone_for=gone_for)))
+        deleted.extend(body.get("worker_ids") or [])
+        if not body.get("more"):
+            return deleted

@@ -13,6 +13,7 @@ naming the offending token or option.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from typing import Any
 
@@ -32,6 +33,30 @@ def cast_literal(value: str) -> Any:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return value
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a float JSON cannot carry (``1e400`` is inf; NaN)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple, set)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
+def check_json_number(value: Any, where: str, raw: str, sep: str = " ") -> Any:
+    """Refuse a value JSON cannot store (it would silently become ``null``): a number
+    beyond the float range (``1e400``), infinity or NaN. Raises
+    :class:`LabtaskerValueError` naming ``where`` (``--x``, ``args.x``) and saying how to
+    keep the text."""
+    if _non_finite(value):
+        raise LabtaskerValueError(
+            f"{where}{sep}{raw}: not a number JSON can store (beyond the float range, "
+            f"infinite or NaN; it would be stored as null); to keep it as text, quote it: "
+            f"{where}{sep}\"'{raw}'\"")
+    return value
 
 
 def _is_value(token: str) -> bool:
@@ -56,7 +81,10 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...],
     Rules (those of labtasker 1.0.1):
 
     * ``--key value`` and ``--key=value``: long-option values are cast with
-      :func:`cast_literal` (``0.1`` -> float, ``[1,2]`` -> list, other text stays a string);
+      :func:`cast_literal` (``0.1`` -> float, ``[1,2]`` -> list, ``30,60`` -> the list
+      ``[30, 60]``, ``True`` -> bool, other text stays a string); a Python string literal
+      keeps the text: ``--key "'30,60'"`` -> ``"30,60"``. A number JSON cannot store
+      (``1e400``) is refused;
     * dots nest: ``--a.b 1`` -> ``{"a": {"b": 1}}``; dashes in names become ``_``
       (``--learning-rate`` -> ``learning_rate``);
     * ``-k value`` (one letter) keeps the value as a string;
@@ -81,10 +109,10 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...],
             body = tok[2:]
             if "=" in body:
                 name, _, raw = body.partition("=")
-                flat[_norm_key(name, tok)] = cast_literal(raw)
+                flat[_norm_key(name, tok)] = check_json_number(cast_literal(raw), "--" + name, raw, "=")
                 i += 1
             elif nxt is not None and _is_value(nxt):
-                flat[_norm_key(body, tok)] = cast_literal(nxt)
+                flat[_norm_key(body, tok)] = check_json_number(cast_literal(nxt), tok, nxt)
                 i += 2
             else:
                 _norm_key(body, tok)  # still reject malformed flag names
@@ -133,6 +161,10 @@ def parse_dict_option(text: str | None, option_name: str) -> dict[str, Any] | No
         raise LabtaskerValueError(
             f"Invalid value for {option_name}: expected a dict, got {type(value).__name__} {text!r}"
         )
+    if _non_finite(value):
+        raise LabtaskerValueError(
+            f"Invalid value for {option_name}: a number JSON cannot store (beyond the float "
+            f"range like 1e400, infinite or NaN; it would be stored as null): {text!r}")
     return value
 
 
@@ -182,7 +214,7 @@ def parse_updates(
                 f"Invalid update {expr!r}: unknown field {top!r} "
                 f"(updatable: {', '.join(UPDATABLE_TASK_FIELDS)})"
             )
-        value = cast_literal(raw) if to_primitive else raw
+        value = check_json_number(cast_literal(raw), key, raw, "=") if to_primitive else raw
         if top in ("status", "task_name") and not isinstance(value, str):
             value = raw  # names and statuses are text even when they look like numbers
         if rest:

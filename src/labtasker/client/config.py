@@ -111,8 +111,15 @@ def invalid_credentials_advice(config_path: str | Path | None = None) -> str:
     the CLI and the loop runner. ``config_path``: the ``client.toml`` to point at (default:
     :func:`get_labtasker_client_config_path`)."""
     path = config_path if config_path is not None else get_labtasker_client_config_path()
-    return ("Either invalid credentials or queue not created. Check [queue] in "
-            f"{path} or run `labtasker queue create-from-config`.")
+    try:
+        name = load_client_config(path).queue.queue_name
+    except Exception:  # the advice must not fail on a broken file
+        name = None
+    queue = f"queue '{name}'" if name else "the configured queue"
+    return (f"Invalid credentials: the server has no {queue} with this password. If the queue "
+            f"was renamed or its password changed, update [queue] in {path} (`labtasker "
+            "config`); if it does not exist yet, `labtasker queue create-from-config` creates "
+            "it (a new, empty queue).")
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -219,3 +226,4 @@ def init_root(
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE_TEXT, encoding="utf-8")
     return save_client_config(cfg, root)
+

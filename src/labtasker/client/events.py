@@ -28,10 +28,13 @@ class EventListener:
 
     ``client``: an ``httpx.Client`` with base URL and auth (default: the one built from
     ``client.toml``). Use ``start()`` (or ``connect_events()``), then ``iter_events()`` /
-    ``get_event(timeout)``; ``stop()`` when done.
+    ``get_event(timeout)``; ``stop()`` when done. ``on_status``, if given, is called (from
+    the listener thread) with a one-line message when the connection drops and when it is
+    back, so that a reconnect is never silent.
     """
 
-    def __init__(self, client: httpx.Client | None = None, reconnect_delay: float = 1.0):
+    def __init__(self, client: httpx.Client | None = None, reconnect_delay: float = 1.0,
+                 on_status=None):
         if client is None:
             from labtasker.client.api import get_httpx_client
 
@@ -45,10 +48,13 @@ class EventListener:
         self._last_id: str | None = None
         self._error: BaseException | None = None
         self._reconnect_delay = reconnect_delay
+        self._on_status = on_status
+        self._dropped = False  # the connection was lost after it had been up
 
     def start(self, timeout: float = 10) -> EventListener:
         """Connect in a daemon thread; wait up to ``timeout`` s for the ``connection``
-        message. Raises ``LabtaskerRuntimeError`` on timeout, or the HTTP error (e.g. 401)."""
+        message. Raises ``LabtaskerConnectError`` at once when the server cannot be reached,
+        ``LabtaskerRuntimeError`` on timeout, or the HTTP error (e.g. 401)."""
         self._thread = threading.Thread(target=self._run, name="labtasker-events", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -81,17 +87,36 @@ class EventListener:
                         if msg.event == "connection":
                             self._client_id = json.loads(msg.data).get("client_id")
                             self._connected.set()
+                            if self._dropped:
+                                self._dropped = False
+                                self._status("Reconnected; resuming after the last event "
+                                             "seen.")
                         if msg.id:
                             self._last_id = msg.id
                         self._queue.put(msg)
-            except httpx.TransportError:
-                pass  # dropped: reconnect below, resuming after the last id
+            except httpx.TransportError as exc:
+                if not self._connected.is_set() and not self._dropped:
+                    # never connected: fail at once, as every other command does
+                    from labtasker.client.transport import _convert_transport_error
+
+                    self._error = _convert_transport_error(exc, str(self._client.base_url))
+                    return
+                if not self._dropped:
+                    self._dropped = True
+                    self._status(f"Connection lost ({type(exc).__name__}); reconnecting...")
             except BaseException as exc:  # HTTP errors: report to start() and stop
                 if not self._connected.is_set():
                     self._error = exc
                     return
             self._connected.clear()
             self._stop.wait(self._reconnect_delay)
+
+    def _status(self, message: str) -> None:
+        if self._on_status is not None:
+            try:
+                self._on_status(message)
+            except Exception:  # a broken callback must not end the listener
+                pass
 
     def get_client_id(self) -> str | None:
         return self._client_id

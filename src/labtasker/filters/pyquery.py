@@ -973,7 +973,14 @@ class _Transpiler:
             hint = f" {name} is a function: {SUPPORTED_FUNCTIONS[name]}."
         else:
             close = difflib.get_close_matches(name, self.allowed, n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            nested = [f"{root}.{name}" for root in ("args", "metadata", "summary")
+                      if root in self.allowed]
+            if close:
+                hint = f" Did you mean '{close[0]}'?"
+            elif nested:  # a task's own fields live under args (metadata, summary)
+                hint = f" Did you mean '{nested[0]}'? Task arguments are under args."
+            else:
+                hint = ""
         raise self._error(
             f"Field '{name}' is unknown or not allowed.{hint} Allowed fields: {allowed}.", node
         )

@@ -10,7 +10,10 @@ import typer
 
 from labtasker.server.db import DEFAULT_DB_FILE, default_url
 
-app = typer.Typer(help="Labtasker server.", no_args_is_help=True,
+# Plain click help (rich_markup_mode=None): it wraps at word boundaries at any width, where
+# Rich's option panels cut words and URLs at 80 columns.
+app = typer.Typer(help="Labtasker server.", no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 

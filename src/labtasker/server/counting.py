@@ -21,11 +21,12 @@ from sqlalchemy.engine import Connection
 from labtasker.filters.mongo_sql import FieldMap, FilterError, value_expression
 from labtasker.fsm import TASK_STATES, WORKER_STATES
 from labtasker.server.errors import Invalid
-from labtasker.server.schema import queues, tasks, workers
+from labtasker.server.schema import arg_shapes, queues, tasks, workers
 
 MAX_GROUPS = 1000  # groups returned by one count; the largest ones when there are more
 RUNNING_LIMIT = 200  # running tasks listed by the overview (oldest first)
 ENDED = ("success", "failed", "cancelled")
+ARG_FIELDS = "arg_fields"  # ``by`` value: group by the set of argument fields
 # ``by`` fields that make no sense to group on (unique per task or per queue).
 _NOT_GROUPABLE = {"_id", "task_id", "queue_id", "run_id"}
 
@@ -37,7 +38,9 @@ def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: st
 
     ``by``: ``"status"`` (the default for ``None``), another task column (``task_name``,
     ``priority``, ``retries``, ``worker_id`` ...) or a dotted JSON path (``args.lr``,
-    ``metadata.tag``, ``summary.best``). Returns::
+    ``metadata.tag``, ``summary.best``) or ``"arg_fields"``: the sorted list of dotted leaf
+    fields of the task's args (``["lr", "model.depth"]``; what "no more, no less" compares).
+    Returns::
 
         {"total": int,            # matching tasks; always the sum of every group
          "by": "status",
@@ -51,6 +54,8 @@ def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: st
     the same group (``value`` None). Raises ``Invalid`` naming ``by`` for an unknown field.
     """
     by = by or "status"
+    if by == ARG_FIELDS:
+        return _count_arg_fields(conn, queue_id, where)
     if by in _NOT_GROUPABLE:
         raise Invalid(f"by: cannot group by {by!r} (unique per task)")
     try:
@@ -82,6 +87,32 @@ def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: st
     else:
         groups.sort(key=lambda g: _value_order(g["value"]))
     return {"total": total, "by": by, "groups": groups, "truncated": truncated}
+
+
+def _leaves(shape: dict, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, sub in shape.items():
+        path = prefix + key
+        if isinstance(sub, dict) and sub:
+            out.extend(_leaves(sub, path + "."))
+        else:
+            out.append(path)
+    return out
+
+
+def _count_arg_fields(conn: Connection, queue_id: str, where) -> dict[str, Any]:
+    """``count_tasks`` by the argument shape: one GROUP BY on ``tasks.shape_id``."""
+    n = func.count().label("n")
+    stmt = (select(arg_shapes.c.shape_key, n)
+            .select_from(tasks.join(arg_shapes, arg_shapes.c.shape_id == tasks.c.shape_id))
+            .where(tasks.c.queue_id == queue_id, where)
+            .group_by(arg_shapes.c.shape_key).order_by(n.desc()))
+    rows = conn.execute(stmt).fetchall()
+    groups = [{"value": sorted(_leaves(json.loads(r.shape_key))), "count": int(r.n)}
+              for r in rows]
+    truncated = len(groups) > MAX_GROUPS
+    return {"total": sum(g["count"] for g in groups), "by": ARG_FIELDS,
+            "groups": groups[:MAX_GROUPS], "truncated": truncated}
 
 
 def _value_order(value: Any) -> tuple:

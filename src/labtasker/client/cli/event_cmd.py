@@ -44,7 +44,9 @@ def listen(
 
     console = Console(highlight=False)
     print("Attempting to connect to server...", flush=True)
-    listener = EventListener().start(timeout=timeout)
+    listener = EventListener(
+        on_status=lambda message: print(message, file=sys.stderr, flush=True)
+    ).start(timeout=timeout)
     print(f"Connected. Client listener ID: {listener.get_client_id()}", flush=True)
     try:
         for msg in listener.iter_raw_sse():

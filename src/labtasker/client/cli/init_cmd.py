@@ -80,7 +80,10 @@ def _ask_password(interactive: bool, given: str | None) -> str:
         print("Error: the password must be 1-100 characters.", file=sys.stderr)
 
 
-def _ensure_queue(url: str, name: str, password: str, create: bool | None, interactive: bool):
+def _ensure_queue(url: str, name: str, password: str, create: bool | None,
+                  interactive: bool) -> bool:
+    """Check (or create) the queue. ``False`` when the queue exists with another password
+    and the user may try again (interactive); raises ``CliError`` otherwise."""
     import httpx
 
     from labtasker.client import api
@@ -94,7 +97,7 @@ def _ensure_queue(url: str, name: str, password: str, create: bool | None, inter
                 raise
         else:
             print(f"Using existing queue '{queue.queue_name}' (ID: {queue.queue_id}).")
-            return
+            return True
         if create is None:
             create = (
                 typer.confirm(
@@ -111,16 +114,21 @@ def _ensure_queue(url: str, name: str, password: str, create: bool | None, inter
                 "later with `labtasker queue create-from-config`.",
                 file=sys.stderr,
             )
-            return
+            return True
         try:
             resp = api.create_queue(name, password, client=client)
         except LabtaskerHTTPStatusError as exc:
             if exc.status_code == 409:
+                if interactive:
+                    print(f"Error: queue '{name}' already exists and the password is wrong; "
+                          "try again.", file=sys.stderr)
+                    return False
                 raise CliError(
                     f"Queue '{name}' already exists but the password is wrong."
                 ) from None
             raise
         print(f"Queue created with ID: {resp.queue_id}")
+        return True
 
 
 @handle_errors
@@ -150,20 +158,27 @@ def init(
             "delete that directory (this also deletes its logs) and run init again."
         )
     interactive = stdin_is_tty()
-    url = _ask_url(interactive, api_base_url)
-    reachable = _server_ok(url)
-    if not reachable:
+    while True:  # a mistake on a terminal asks again instead of aborting
+        url = _ask_url(interactive, api_base_url)
+        reachable = _server_ok(url)
+        if reachable:
+            break
         if interactive and not typer.confirm(
             f"Cannot reach a Labtasker server at {url}. Continue anyway?", default=False
         ):
-            raise typer.Exit(1)
+            print("Enter the server URL again.", file=sys.stderr)
+            api_base_url = None
+            continue
         print(
             f"Warning: cannot reach a Labtasker server at {url}; the queue was not checked.",
             file=sys.stderr,
         )
-    name = _ask_name(interactive, queue_name)
-    pw = _ask_password(interactive, password)
-    if reachable:
-        _ensure_queue(url, name, pw, create_queue, interactive)
+        break
+    while True:
+        name = _ask_name(interactive, queue_name)
+        pw = _ask_password(interactive, password)
+        if not reachable or _ensure_queue(url, name, pw, create_queue, interactive):
+            break
+        queue_name = password = None
     path = init_root(url, name, pw, heartbeat_interval=heartbeat_interval, root=root)
     print(f"Configuration initialized successfully at {path}.")

@@ -157,9 +157,18 @@ def register(app: typer.Typer) -> None:
                 shell_text = script_path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise _fail(f"cannot read --script-path {script_path}: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise _fail(f"--script-path {script_path} is not valid UTF-8 (byte "
+                            f"0x{exc.object[exc.start]:02x} at position {exc.start})") from None
         elif not argv:
             if sys.stdin is not None and not stdin_is_tty():
-                shell_text = sys.stdin.read()
+                try:
+                    raw = getattr(sys.stdin, "buffer", None)
+                    shell_text = raw.read().decode("utf-8") if raw else sys.stdin.read()
+                except UnicodeDecodeError as exc:
+                    raise _fail(f"the command read from stdin is not valid UTF-8 (byte "
+                                f"0x{exc.object[exc.start]:02x} at position {exc.start})"
+                                ) from None
             else:
                 raise _fail("Command cannot be empty. Use `labtasker loop -- CMD...` or -c.")
         if shell_text is not None and not shell_text.strip():
@@ -207,7 +216,12 @@ def register(app: typer.Typer) -> None:
         except LabtaskerNetworkError as exc:
             raise _fail(f"cannot reach the server: {exc}", 1) from None
         except LabtaskerError as exc:
-            raise _fail(str(exc).splitlines()[0]) from None
+            # the exit status and wording of every other command (credentials, config: 1;
+            # bad values: 2)
+            from labtasker.client.cli.errors import convert_exception
+
+            message, code = convert_exception(exc) or (str(exc).splitlines()[0], 1)
+            raise _fail(message, code) from None
         try:
             signum = runner.run(runner.command_executor(template, executable))
         except LoopStopped as exc:

@@ -13,7 +13,16 @@ import sys
 import typer
 
 from labtasker.__version__ import __version__
-from labtasker.client.cli import config_cmd, event_cmd, init_cmd, loop, queue, task, worker
+from labtasker.client.cli import (
+    config_cmd,
+    event_cmd,
+    init_cmd,
+    loop,
+    queue,
+    status_cmd,
+    task,
+    worker,
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -63,6 +72,7 @@ app.add_typer(event_cmd.app, name="event")
 init_cmd.register(app)
 config_cmd.register(app)
 loop.register(app)
+status_cmd.register(app)
 
 
 def _plugin_entry_points_present() -> bool:
@@ -138,8 +148,50 @@ def _load_plugins() -> None:
             print(f"Warning: failed to load CLI plugin {ep.name!r}: {exc}", file=sys.stderr)
 
 
+# Sub-commands that people type at the top level: ``labtasker submit`` -> ``task submit``.
+_GROUP_COMMANDS = {
+    "task": ("submit", "ls", "update", "cancel", "delete", "count", "requeue"),
+    "worker": ("create", "report", "prune"),
+    "queue": ("create", "create-from-config", "get"),
+    "event": ("listen",),
+}
+
+
+def _did_you_mean(message: str, args: list[str]) -> str:
+    """Add "Did you mean `labtasker task submit`?" to a "No such command" message."""
+    if not message.startswith("No such command") or not args:
+        return message
+    word = next((a for a in args if not a.startswith("-")), "")
+    groups = [g for g, cmds in _GROUP_COMMANDS.items() if word in cmds]
+    if groups:
+        rest = " ".join(args[args.index(word) + 1:])
+        hint = f"labtasker {groups[0]} {word}{' ' + rest if rest else ''}"
+        return f"{message} Did you mean `{hint}`?"
+    return message
+
+
+def _non_utf8_argument(args: list[str]) -> str | None:
+    """A one-line error for the first argument that is not valid UTF-8 (Python keeps such
+    bytes as lone surrogates), naming it; ``None`` if all are fine."""
+    for index, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = arg.encode("utf-8", "surrogateescape")
+            shown = raw.decode("ascii", "backslashreplace")
+            return (f"Invalid value for argument {index} ('{shown}'): not valid UTF-8 "
+                    f"(byte 0x{raw[exc.start]:02x} at position {exc.start}); labtasker "
+                    "stores text as UTF-8.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and exit with its status code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    bad = _non_utf8_argument(args)
+    if bad is not None:
+        print(f"Error: {bad}", file=sys.stderr)
+        sys.exit(2)
     _load_plugins()
     try:
         rv = app(args=argv, prog_name="labtasker", standalone_mode=False)
@@ -148,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             print(exc.format_message())
             sys.exit(2)
         message = " ".join(exc.format_message().split()).replace("Value error, ", "")
+        message = _did_you_mean(message, args)
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:

@@ -22,19 +22,45 @@ WorkerReportChoice = WorkerReportState
 class OutputFormat(str, Enum):
     yaml = "yaml"
     jsonl = "jsonl"
+    json = "json"
+    csv = "csv"
     table = "table"
 
 
 def fmt_option():
-    """``--fmt yaml|jsonl|table`` (``None``: see :func:`choose_format`)."""
+    """``--fmt yaml|jsonl|json|csv|table`` (``None``: see :func:`choose_format`)."""
     return typer.Option(
-        None, "--fmt", help="Output format (default: table on a terminal, yaml when piped)."
+        None,
+        "--fmt",
+        help="Output format: yaml, jsonl (one object per line), json (one array), csv "
+        "(flattened columns), table (default: table on a terminal, yaml when piped).",
     )
 
 
 def page_size_option():
-    """``--limit`` of the listing commands: the page size, every page is listed."""
-    return typer.Option(100, "--limit", min=1, max=1000, help="Page size (all pages are listed).")
+    """``--page-size`` of the listing commands: records fetched per request."""
+    return typer.Option(
+        100, "--page-size", min=1, max=1000, help="Records fetched per request (1..1000)."
+    )
+
+
+def limit_option(kind: str):
+    """``--limit N``: print at most N records (``None``: all of them)."""
+    return typer.Option(
+        None, "--limit", min=1, help=f"Print at most this many {kind}s (default: all)."
+    )
+
+
+def columns_option():
+    """``-c/--columns``: the fields to print (repeatable or comma-separated)."""
+    return typer.Option(
+        None,
+        "-c",
+        "--columns",
+        help="Fields to print, repeatable or comma-separated: task fields, dotted paths "
+        "(args.lr, summary.accuracy; `args` = every args.* field), patterns (summary.*) and "
+        "`duration` (seconds of the latest run). Nested values become dotted columns.",
+    )
 
 
 def pager_option():

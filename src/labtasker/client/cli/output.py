@@ -46,35 +46,112 @@ def emit_records(
     quiet_key: str | None = None,
     quiet: bool = False,
     ansi: bool = True,
+    columns: list[str] | None = None,
+    row_builder: Callable[[Any], dict] | None = None,
 ) -> int:
-    """Print records (pydantic models or dicts) as yaml / jsonl / a Rich table.
+    """Print records (pydantic models or dicts) as yaml / jsonl / json / csv / a Rich table.
 
-    ``quiet`` prints only ``record[quiet_key]`` per line. Records are streamed for yaml/jsonl
-    and collected for the table. Returns the number of records printed.
+    ``quiet`` prints only ``record[quiet_key]`` per line. ``columns`` (see
+    :mod:`labtasker.client.tabular`) turns every format into flat rows of those columns,
+    built by ``row_builder`` (default: the record flattened); csv is always flat. Records are
+    streamed for yaml/jsonl/json (json as one array) and collected for csv and the table.
+    Returns the number of records printed.
     """
+    from labtasker.client import tabular
+
+    def flat(record: Any) -> dict:
+        if row_builder is not None:
+            return row_builder(record)
+        return tabular.flat_row(model_to_dict(record))
+
+    def item_of(record: Any) -> dict:
+        if columns:
+            row = flat(record)
+            return tabular.project(row, tabular.resolve_columns(columns, row))
+        return model_to_dict(record)
+
     count = 0
     collected: list[dict] = []
+    if fmt == "json" and not quiet:
+        sys.stdout.write("[")
     for record in records:
-        item = model_to_dict(record)
         count += 1
         if quiet:
-            sys.stdout.write(f"{item[quiet_key]}\n")
+            sys.stdout.write(f"{model_to_dict(record)[quiet_key]}\n")
+        elif fmt in ("csv", "table") and (columns or fmt == "csv"):
+            collected.append(flat(record))
         elif fmt == "jsonl":
-            write_jsonl_item(item)
+            write_jsonl_item(item_of(record))
+        elif fmt == "json":
+            text = json.dumps(item_of(record), default=json_default, ensure_ascii=False)
+            sys.stdout.write(("\n" if count == 1 else ",\n") + text)
         elif fmt == "yaml":
-            write_yaml_item(item)
+            write_yaml_item(item_of(record))
         else:
-            collected.append(item)
+            collected.append(model_to_dict(record))
         if count % 100 == 0:
             sys.stdout.flush()
-    if fmt == "table" and not quiet and table_builder is not None:
+    if quiet:
+        pass
+    elif fmt == "json":
+        sys.stdout.write("\n]\n" if count else "]\n")
+    elif fmt == "csv":
+        write_csv(collected, tabular.resolve_columns(columns, (k for r in collected for k in r)))
+    elif fmt == "table":
         console = make_console(ansi)
-        if collected:
-            console.print(table_builder(collected))
-        else:
+        if not collected:
             console.print("No results.", style="dim")
+        elif columns:
+            keys = tabular.resolve_columns(columns, (k for r in collected for k in r))
+            console.print(columns_table(collected, keys))
+        elif table_builder is not None:
+            console.print(table_builder(collected))
     sys.stdout.flush()
     return count
+
+
+def write_csv(rows: list[dict], columns: list[str]) -> None:
+    """``rows`` as CSV with a header line of ``columns`` (cells: ``tabular.csv_cell``)."""
+    import csv
+
+    from labtasker.client.tabular import csv_cell
+
+    if not columns:  # nothing listed and no column asked for: no output at all
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_cell(row.get(c)) for c in columns])
+
+
+def plain_text(value: Any):
+    """A table cell showing ``value`` literally: no Rich markup, control characters escaped."""
+    from rich.text import Text
+
+    if value is None:
+        return Text("-")
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, default=json_default, ensure_ascii=False)
+    text = str(value)
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text):
+        text = "".join(ch if (32 <= ord(ch) < 127 or ord(ch) >= 160) else
+                       ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return Text(text)
+
+
+def columns_table(rows: list[dict], columns: list[str]):
+    """Rich table of flat rows with the given columns (``status`` coloured)."""
+    out = table(f"{len(rows)} row(s)")
+    for column in columns:
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            cells.append(status_text(value) if column == "status" and value else
+                         plain_text(value))
+        out.add_row(*cells)
+    return out
 
 
 def make_console(ansi: bool = True):
@@ -141,8 +218,28 @@ def table(title: str):
     )
 
 
+def progress_text(progress: dict | None) -> str:
+    """``"30/100 (30%) loss=0.52"`` for a progress snapshot; ``"-"`` for none."""
+    if not progress:
+        return "-"
+    step, total = progress.get("step"), progress.get("total")
+
+    def num(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    text = num(step) if total is None else f"{num(step)}/{num(total)}"
+    if total:
+        text += f" ({100 * float(step) / float(total):.0f}%)"
+    metrics = progress.get("metrics") or {}
+    if metrics:
+        text += " " + " ".join(f"{k}={num(v)}" for k, v in metrics.items())
+    return text
+
+
 def tasks_table(items: list[dict]):
-    """Rich table of tasks: id, name, status, priority, retries, args, summary."""
+    """Rich table of tasks: id, name, status, priority, retries, args, summary (and the
+    latest progress when a task has one)."""
+    show_progress = any(t.get("progress") for t in items)
     rows = table(f"{len(items)} task(s)")
     rows.add_column("ID", no_wrap=True)
     rows.add_column("Name", overflow="fold", min_width=4)
@@ -151,8 +248,10 @@ def tasks_table(items: list[dict]):
     rows.add_column("Tries", justify="right", no_wrap=True)
     rows.add_column("Args", overflow="fold", ratio=2, min_width=10)
     rows.add_column("Summary", overflow="fold", ratio=1, min_width=7)
+    if show_progress:
+        rows.add_column("Progress", overflow="fold", min_width=8)
     for t in items:
-        rows.add_row(
+        cells = [
             t["task_id"],
             t.get("task_name") or "-",
             status_text(t["status"]),
@@ -160,7 +259,10 @@ def tasks_table(items: list[dict]):
             f"{t.get('retries', 0)}/{t.get('max_retries', 0)}",
             compact_json(t.get("args"), 200),
             compact_json(t.get("summary"), 120),
-        )
+        ]
+        if show_progress:
+            cells.append(progress_text(t.get("progress")))
+        rows.add_row(*cells)
     return rows
 
 

@@ -52,6 +52,16 @@ def confirm(message: str, yes: bool) -> None:
         raise typer.Exit(EXIT_RUNTIME)
 
 
+def confirm_bulk(message: str, yes: bool) -> None:
+    """Confirmation of a change to many tasks selected by no option: asked on a terminal
+    (``message`` says how many), refused without ``-y`` elsewhere (usage error, exit 2)."""
+    if yes:
+        return
+    if not stdin_is_tty():
+        raise usage_error(f"{message.rstrip('?')}: this needs confirmation; pass -y.")
+    confirm(message, yes)
+
+
 def ids_to_act_on(ids: list[str] | None, kind: str, verb: str, yes: bool = False) -> list[str]:
     """Ids for ``<kind> <verb> [IDS]... [-y]`` (``task delete``, ``task cancel``, ...).
 

@@ -11,11 +11,13 @@ from labtasker.client.cli.options import (
     OutputFormat,
     TaskStatusChoice,
     ansi_option,
+    columns_option,
     dict_option,
     filter_option,
     fmt_option,
     ids_argument,
     ids_filter,
+    limit_option,
     page_size_option,
     pager_option,
     parse_sort,
@@ -23,6 +25,7 @@ from labtasker.client.cli.options import (
 )
 from labtasker.client.cli.output import choose_format, emit_records, print_filter, tasks_table
 from labtasker.client.cli.prompts import (
+    confirm_bulk,
     delete_by_ids,
     for_each_id,
     ids_to_act_on,
@@ -59,7 +62,9 @@ def submit(
     args_pos: list[str] | None = typer.Argument(
         None,
         metavar="[-- ARGS]...",
-        help="Task args as options after `--`: `-- --lr 0.1 --model.depth=3`.",
+        help="Task args as options after `--`: `-- --lr 0.1 --model.depth=3`. Values are cast "
+        "like Python literals (0.1 a float, True a bool, [1,2] and 30,60 lists); quote to keep "
+        "text: --ids \"'30,60'\". Numbers JSON cannot store (1e400) are refused.",
         show_default=False,
     ),
     task_name: str | None = typer.Option(None, "--task-name", "--name", help="Task name."),
@@ -67,7 +72,12 @@ def submit(
         None, "--args", help="Task args as a dict (JSON or Python literal), e.g. '{\"lr\": 0.1}'."
     ),
     metadata: str | None = typer.Option(None, "--metadata", help="Task metadata as a dict."),
-    cmd: str | None = typer.Option(None, "--cmd", help="Command to run for this task."),
+    cmd: str | None = typer.Option(
+        None,
+        "--cmd",
+        help="A command recorded with the task (shown by `task ls`; for your own scripts). "
+        "`labtasker loop` runs its own command, not this one.",
+    ),
     heartbeat_timeout: str | None = typer.Option(
         "60",
         "--heartbeat-timeout",
@@ -271,7 +281,9 @@ def ls(
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only task ids, one per line."),
     fmt: OutputFormat | None = fmt_option(),
-    limit: int = page_size_option(),
+    columns: list[str] | None = columns_option(),
+    limit: int | None = limit_option("task"),
+    page_size: int = page_size_option(),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many tasks first."),
     sort: list[str] | None = typer.Option(
         None,
@@ -285,8 +297,16 @@ def ls(
     piped_in: bool = typer.Option(False, "--piped-in", help="Read task ids from stdin."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
 ) -> None:
-    """List tasks (all pages). Datetimes are UTC."""
-    from labtasker.client import api
+    """List tasks (every match, or the first --limit). Datetimes are UTC.
+
+    \b
+    Results of a sweep as CSV (for pandas or a spreadsheet), best first:
+      labtasker task ls -s success -S summary.accuracy:desc --limit 10 \\
+          -c task_id,args,summary.accuracy,duration --fmt csv > top10.csv
+    """
+    import itertools
+
+    from labtasker.client import api, tabular
 
     if quiet and verbose:
         raise usage_error("-q/--quiet and -v/--verbose cannot be used together.")
@@ -305,17 +325,27 @@ def ls(
     if verbose:
         print_filter(sel["extra_filter"] or {})
     out_fmt = choose_format(fmt)
-    pages = api.iter_task_pages(**sel, page_size=limit, offset=offset, sort=order)
+    cols = tabular.parse_columns(columns)
+    if cols and quiet:
+        raise usage_error("-q/--quiet and -c/--columns cannot be used together.")
+    if limit is not None:
+        page_size = min(page_size, limit)
+    pages = api.iter_task_pages(**sel, page_size=page_size, offset=offset, sort=order)
     # Progress only where it cannot mix with the listing: stderr is a terminal and the output
     # is either collected for a table or goes to a pipe/file.
     show = stderr_is_tty() and ((out_fmt == "table" and not quiet) or not stdout_is_tty())
+    records = _stream_with_progress(pages, show)
+    if limit is not None:
+        records = itertools.islice(records, limit)
     emit_records(
-        _stream_with_progress(pages, show),
+        records,
         out_fmt,
         table_builder=tasks_table,
         quiet_key="task_id",
         quiet=quiet,
         ansi=ansi,
+        columns=cols,
+        row_builder=tabular.task_row,
     )
 
 
@@ -352,10 +382,14 @@ def update(
         None, "--editor", help="Editor for interactive mode (default $VISUAL/$EDITOR)."
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+    yes: bool = yes_option(),
 ) -> None:
     """Update tasks selected by id/name/status/filter (or ids on stdin).
 
-    Without updates, the selected tasks open in an editor as YAML.
+    Without updates, the selected tasks open in an editor as YAML. Without any selection
+    the change applies to every task of the queue: that asks first (saying how many) and
+    needs -y when stdin is not a terminal. To run tasks again, `labtasker task requeue` is
+    the simpler command.
     """
     from labtasker.client import api
     from labtasker.client.cmdline import parse_updates
@@ -373,10 +407,14 @@ def update(
     selected_by_option = any(v is not None for v in (task_id, task_name, status, extra_filter))
     piped_ids = None
     if not selected_by_option and not stdin_is_tty():
-        piped_ids = read_ids_from_stdin()
-        if not piped_ids:
-            print("No task ids read from stdin; nothing to update.", file=sys.stderr)
+        piped_ids = read_ids_from_stdin() or None
+    if not selected_by_option and piped_ids is None and (fields is not None or reset_pending):
+        n = api.count_tasks().total
+        if not n:
+            print("No tasks matched.", file=sys.stderr)
             return
+        confirm_bulk(f"No --id, --name, -s or -f given: update all {n} task(s) of the "
+                     f"queue (at most --limit {limit})?", yes)
     sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
     if verbose:
         print_filter(sel["extra_filter"] or {})
@@ -397,7 +435,8 @@ def update(
         ]
     result = api.update_tasks(requests, reset_pending=reset_pending)
     if not quiet:
-        print(f"Total {len(result.content)} tasks updated.")
+        n = len(result.content)
+        print(f"{n} task{'' if n == 1 else 's'} updated.")
 
 
 
@@ -501,3 +540,149 @@ def delete(
     from labtasker.client import api
 
     delete_by_ids(task_ids, "task", api.delete_task, yes)
+
+
+@app.command()
+@handle_errors
+def count(
+    status: TaskStatusChoice | None = typer.Option(
+        None, "-s", "--status", help="Only this status."
+    ),
+    extra_filter: str | None = typer.Option(
+        None, "-f", "--extra-filter", help="Only tasks matching this filter."
+    ),
+    by: str = typer.Option(
+        "status",
+        "--by",
+        help="Group by: status, a task field (task_name, priority, retries ...), a dotted "
+        "path (args.lr, metadata.tag, summary.best) or arg_fields (the set of args fields).",
+    ),
+    fmt: str = typer.Option("text", "--fmt", help="text, json or csv."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+) -> None:
+    """Count tasks per status (or per --by value), answered by one query on the server: the
+    counts always add up to the total.
+
+    \b
+      labtasker task count                       # per status
+      labtasker task count -s failed --by args.lr
+    """
+    import json
+
+    from labtasker.client import api
+
+    if fmt not in ("text", "json", "csv"):
+        raise usage_error(f"Invalid value for --fmt: {fmt!r} (use text, json or csv)")
+    query = filter_option(extra_filter)
+    if verbose:
+        print_filter(query or {})
+    from labtasker.exceptions import LabtaskerHTTPStatusError
+
+    try:
+        answer = api.count_tasks(extra_filter=query, status=status.value if status else None,
+                                 by=by)
+    except LabtaskerHTTPStatusError as exc:
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail.startswith("by:"):
+            raise usage_error(f"Invalid value for --by: {detail[3:].strip()}") from None
+        raise
+    if fmt == "json":
+        print(json.dumps(answer.model_dump(mode="json", exclude={"notification"})))
+        return
+    rows = [(_count_label(g.value), g.count) for g in answer.groups]
+    if fmt == "csv":
+        from labtasker.client.cli.output import write_csv
+
+        write_csv([{answer.by: label, "count": n} for label, n in rows], [answer.by, "count"])
+        return
+    width = max([len(label) for label, _ in rows] + [len("total"), len(answer.by)])
+    numw = len(str(answer.total))
+    if answer.by != "status":
+        print(f"{answer.by:<{width}}  count")
+    for label, n in rows:
+        print(f"{label:<{width}}  {n:>{numw}}")
+    print(f"{'total':<{width}}  {answer.total:>{numw}}")
+    if answer.truncated:
+        print(f"(only the {len(rows)} largest groups are shown)", file=sys.stderr)
+
+
+def _count_label(value) -> str:
+    """A group value as printed by ``task count``: text as is, JSON otherwise, ``(none)`` for
+    null or missing; control characters escaped."""
+    import json
+
+    if value is None:
+        text = "(none)"
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = "{" + ", ".join(value) + "}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+@app.command()
+@handle_errors
+def requeue(
+    task_ids: list[str] | None = typer.Argument(
+        None, help="Ids of the tasks to requeue (or read from stdin when piped).",
+        show_default=False,
+    ),
+    status: TaskStatusChoice | None = typer.Option(
+        None,
+        "-s",
+        "--status",
+        help="Only tasks in this status: failed, cancelled, success or running (default: "
+        "every ended task -- success, failed and cancelled).",
+    ),
+    extra_filter: str | None = typer.Option(
+        None, "-f", "--extra-filter", help="Only tasks matching this filter."
+    ),
+    yes: bool = yes_option(),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the requeued ids."),
+) -> None:
+    """Put tasks back to pending with their retries reset, to run them again.
+
+    \b
+    Re-run the failed ones:   labtasker task requeue -s failed
+    Some of them:             labtasker task requeue -s failed -f 'args.lr > 0.01'
+    By id:                    labtasker task requeue ID1 ID2
+
+    Their last summary is kept until the next run starts. A requeued running task (-s
+    running) is stopped by its loop at the next heartbeat. Without ids, -s or -f every ended
+    task of the queue is requeued: that asks first (saying how many) and needs -y when
+    stdin is not a terminal.
+    """
+    from labtasker.client import api
+
+    if status is not None and status.value == "pending":
+        raise usage_error("Invalid value for '-s' / '--status': pending tasks are already "
+                          "queued; use failed, cancelled, success or running.")
+    ids = list(task_ids or [])
+    if not ids and status is None and extra_filter is None and not stdin_is_tty():
+        ids = read_ids_from_stdin()
+        if not ids and not yes:
+            raise usage_error("No task ids on stdin and no -s/-f given; pass -y to requeue "
+                              "every ended task of the queue.")
+        if ids and not yes:
+            raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
+    query = filter_option(extra_filter)
+    value = status.value if status else None
+    if not ids and status is None and extra_filter is None and not yes:
+        counts = api.count_tasks().counts()
+        n = sum(counts.get(s, 0) for s in ("success", "failed", "cancelled"))
+        if not n:
+            print("No ended task to requeue.", file=sys.stderr)
+            return
+        confirm_bulk(f"Requeue all {n} ended task(s) of the queue (success, failed and "
+                     "cancelled) to pending?", yes)
+    done = api.requeue_tasks(task_ids=ids or None, status=value, extra_filter=query)
+    if quiet:
+        sys.stdout.write("".join(f"{t}\n" for t in done))
+        return
+    print(f"{len(done)} task(s) requeued." if done else "No matching task to requeue.")
+    if ids and len(done) < len(ids):
+        skipped = [t for t in ids if t not in set(done)]
+        print(f"Not requeued (unknown, pending, or running without -s running): "
+              f"{' '.join(skipped)}", file=sys.stderr)

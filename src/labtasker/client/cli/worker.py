@@ -14,6 +14,7 @@ from labtasker.client.cli.options import (
     filter_option,
     fmt_option,
     ids_argument,
+    limit_option,
     page_size_option,
     pager_option,
     parse_sort,
@@ -23,12 +24,26 @@ from labtasker.client.cli.output import choose_format, emit_records, print_filte
 from labtasker.client.cli.prompts import delete_by_ids
 
 
+def _ago(value) -> str:
+    """``"5m ago"`` for a UTC datetime in the past."""
+    from datetime import datetime, timezone
+
+    from labtasker.client.cli.status_cmd import human_seconds
+
+    seconds = (datetime.now(timezone.utc) - value).total_seconds()
+    return f"{human_seconds(max(seconds, 0))} ago"
+
+
 def workers_table(items: list[dict]):
-    """Rich table of workers: id, name, status, failures/max, running task(s), metadata,
-    created (UTC). "Running" is derived by the server from the tasks, not stored."""
+    """Rich table of workers: id, name, status (``gone`` with when it was last seen for a
+    worker whose loop ended), failures/max, running task(s), metadata, created (UTC).
+    "Running" is derived by the server from the tasks, not stored."""
+    from rich.text import Text
+
     from labtasker.client.cli.output import compact_json, fmt_time, status_text, table
 
-    rows = table(f"{len(items)} worker(s)")
+    live = sum(1 for w in items if not w.get("gone_at"))
+    rows = table(f"{len(items)} worker(s): {live} live, {len(items) - live} gone")
     rows.add_column("ID", no_wrap=True)
     rows.add_column("Name", overflow="fold", min_width=4)
     rows.add_column("Status", no_wrap=True)
@@ -38,10 +53,13 @@ def workers_table(items: list[dict]):
     rows.add_column("Created (UTC)", no_wrap=True, min_width=19)
     for w in items:
         running = w.get("running_task_ids") or []
+        gone_at = w.get("gone_at")
+        status = (Text(f"gone ({w['status']}), seen {_ago(gone_at)}", style="dim")
+                  if gone_at else status_text(w["status"]))
         rows.add_row(
             w["worker_id"],
             w.get("worker_name") or "-",
-            status_text(w["status"]),
+            status,
             f"{w.get('retries', 0)}/{w.get('max_retries', 0)}",
             "\n".join(running) if running else "-",
             compact_json(w.get("metadata")),
@@ -87,7 +105,8 @@ def ls(
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only worker ids."),
     fmt: OutputFormat | None = fmt_option(),
-    limit: int = page_size_option(),
+    limit: int | None = limit_option("worker"),
+    page_size: int = page_size_option(),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many workers first."),
     sort: list[str] | None = typer.Option(
         None, "-S", "--sort", help="Sort key `field:asc|desc`, repeatable."
@@ -95,8 +114,18 @@ def ls(
     pager: bool = pager_option(),
     ansi: bool = ansi_option(),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Show the parsed filter."),
+    live: bool | None = typer.Option(
+        None,
+        "--live/--gone",
+        help="Only live workers, or only the gone ones (their loop ended). Default: both.",
+        show_default=False,
+    ),
 ) -> None:
-    """List workers (all pages) with the task each is running. Datetimes are UTC."""
+    """List workers with the task each is running; workers whose loop ended show as gone,
+    with when they were last seen (remove them with `labtasker worker prune`). Datetimes are
+    UTC."""
+    import itertools
+
     from labtasker.client import api
 
     if quiet and verbose:
@@ -109,10 +138,13 @@ def ls(
         worker_name=worker_name,
         status=status.value if status else None,
         extra_filter=query,
-        page_size=limit,
+        page_size=min(page_size, limit or page_size),
         offset=offset,
         sort=parse_sort(sort) or [("created_at", 1)],
+        gone=None if live is None else not live,
     )
+    if limit is not None:
+        records = itertools.islice(records, limit)
     emit_records(
         records,
         choose_format(fmt),
@@ -136,8 +168,18 @@ def report(
     """Suspend or re-activate a worker. A worker becomes crashed by itself after
     max_retries failed runs; it must then be re-activated by hand."""
     from labtasker.client import api
+    from labtasker.client.cli.errors import CliError
+    from labtasker.exceptions import LabtaskerRuntimeError
 
-    api.report_worker_status(worker_id, status.value)
+    try:
+        api.report_worker_status(worker_id, status.value)
+    except LabtaskerRuntimeError:  # a transition the state machine refuses: say which
+        current = api.get_worker(worker_id).status
+        if current == status.value:
+            print(f"Worker {worker_id} is already {current}.")
+            return
+        raise CliError(f"Worker {worker_id} is {current}; it cannot be set to {status.value} "
+                       f"(only `labtasker worker report {worker_id} active` applies).") from None
     print(f"Worker {worker_id} status updated to {status.value}.")
 
 
@@ -158,3 +200,33 @@ def delete(
     delete_by_ids(
         worker_ids, "worker", lambda wid: api.delete_worker(wid, cascade_update=cascade_update), yes
     )
+
+
+@app.command()
+@handle_errors
+def prune(
+    gone_for: str | None = typer.Option(
+        None,
+        "--gone-for",
+        help="Only workers gone for at least this long (seconds or '1h', '2d').",
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the removed ids."),
+) -> None:
+    """Remove the workers that have gone (their loop ended) and run no task. Live workers
+    are never removed; nor is their history in the tasks."""
+    from labtasker.client import api
+
+    seconds = 0.0
+    if gone_for is not None:
+        from labtasker.timeutil import parse_duration
+
+        try:
+            seconds = parse_duration(gone_for)
+        except ValueError as exc:
+            raise usage_error(f"Invalid value for --gone-for: {exc}") from None
+    removed = api.prune_workers(gone_for=seconds)
+    if quiet:
+        for worker_id in removed:
+            print(worker_id)
+    else:
+        print(f"{len(removed)} gone worker(s) removed.")

@@ -2,7 +2,7 @@
 
 Layout (times in UTC)::
 
-    <root>/logs/run/run_t<YYYY-MM-DD-HH-MM-SS>_n<task_name>_id<task_id>_rd<8 hex>/
+    <root>/logs/run/run_t<YYYY-MM-DD-HH-MM-SS>[_n<task_name>]_id<task_id>_rd<8 hex>/
         task_info.json   the fetched Task (JSON, indent 4; includes run_id)
         run.log          runner log lines + the job's stdout/stderr (ANSI stripped)
         heartbeat.lock   exists while the heartbeat runs
@@ -64,7 +64,8 @@ def make_run_dir(root: Path, task: Task) -> Path:
     """Create ``<root>/logs/run/run_t<UTC time>_n<name>_id<id>_rd<8 hex>`` and return it
     (absolute). Raises ``OSError`` if it cannot be created."""
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
-    name = f"run_t{stamp}_n{task.task_name}_id{task.task_id}_rd{secrets.token_hex(4)}"
+    named = f"_n{task.task_name}" if task.task_name else ""  # unnamed: no "_nNone"
+    name = f"run_t{stamp}{named}_id{task.task_id}_rd{secrets.token_hex(4)}"
     path = root / "logs" / "run" / name
     path.mkdir(parents=True, exist_ok=False)
     return path.absolute()

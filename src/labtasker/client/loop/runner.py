@@ -209,9 +209,9 @@ class LoopRunner:
         """Read the config, check the queue credentials and resolve the worker.
 
         Returns (and keeps as ``self.session``) the settled :class:`LoopSession`. Raises
-        ``LabtaskerRuntimeError`` (bad credentials / unknown worker),
-        ``LabtaskerValueError`` (heartbeat timeout shorter than the interval) or the config
-        errors of ``get_client_config``.
+        ``LabtaskerRuntimeError`` (bad credentials), ``LabtaskerValueError`` (unknown
+        worker; heartbeat timeout shorter than the interval) or the config errors of
+        ``get_client_config``.
         """
         cfg = get_client_config()
         interval = float(cfg.task.heartbeat_interval)
@@ -228,16 +228,16 @@ class LoopRunner:
             api.get_queue()
         except LabtaskerHTTPStatusError as exc:
             if exc.status_code == 401:
-                raise LabtaskerRuntimeError(
-                    "Either invalid credentials or queue not created. "
-                    "Check client.toml or run `labtasker queue create`."
-                ) from None
+                from labtasker.client.config import invalid_credentials_advice
+
+                raise LabtaskerRuntimeError(invalid_credentials_advice()) from None
             raise
         worker_id = self.options.worker_id or os.environ.get("LABTASKER_WORKER_ID") or None
         auto = False
         if worker_id:
             if not api.ls_workers(worker_id=worker_id).found:
-                raise LabtaskerRuntimeError(f"Worker {worker_id!r} not found in this queue.")
+                # a bad --worker-id value: a usage error (exit 2), not a runtime one
+                raise LabtaskerValueError(f"Worker {worker_id!r} not found in this queue.")
         else:
             kwargs = {"worker_name": default_worker_name(), **self.options.create_worker_kwargs}
             worker_id = api.create_worker(**kwargs)
@@ -303,6 +303,8 @@ class LoopRunner:
             with contextlib.suppress(LabtaskerError):
                 api.delete_worker(self.worker_id)
                 logger.info("Deleted auto-created worker %s.", self.worker_id)
+        elif self.auto_worker and self.worker_id:
+            self._mark_worker_gone()
         logger.info(
             "Loop ended: %d task(s) run, %d succeeded, %d failed.",
             self.tasks_run,
@@ -349,10 +351,7 @@ class LoopRunner:
                         intr.event.wait(min(idle_delay, left))
                         idle_delay = min(IDLE_POLL_MAX_SECONDS, idle_delay * 2)
                         continue
-                    logger.info(
-                        "Tasks with required fields %s are all done.",
-                        self.required_fields if self.required_fields else "(any)",
-                    )
+                    self._log_nothing_left()
                     return None
                 idle_since = None
                 if intr.requested:
@@ -372,14 +371,14 @@ class LoopRunner:
                     f"Re-activate it with `labtasker worker report {session.worker_id} "
                     "active`."
                 )
-                logger.error("%s", stopped)
+                logger.debug("%s", stopped)  # raised by run(); the caller prints it once
                 return stopped
             except LabtaskerHTTPStatusError as exc:
                 if intr.requested:
                     return None
                 if exc.status_code in PERMANENT_HTTP_ERRORS:
                     stopped = LoopStopped(f"Loop stopped: {exc}")
-                    logger.error("%s", stopped)
+                    logger.debug("%s", stopped)  # raised by run(); the caller prints it once
                     return stopped
                 failures += 1
                 logger.error("Loop internal error (%d in a row): %s", failures, exc)
@@ -391,6 +390,35 @@ class LoopRunner:
                 logger.error("Loop internal error (%d in a row): %s", failures, exc)
                 _internal_error_handler(exc, failures)
         return None
+
+    def _log_nothing_left(self) -> None:
+        """"All done", or why pending tasks do not match (a typo in a placeholder, a
+        filter that excludes them; ``labtasker.client.mismatch``)."""
+        from labtasker.client.mismatch import explain_no_match
+
+        why = None
+        with contextlib.suppress(LabtaskerError):
+            why = explain_no_match(self.required_fields, self.options.extra_filter)
+        if why is None:
+            logger.info("Tasks with required fields %s are all done.",
+                        self.required_fields if self.required_fields else "(any)")
+        elif self.tasks_run:
+            logger.info("No matching task is left. %s", why)
+        else:
+            logger.warning("%s", why)
+
+    def _mark_worker_gone(self) -> None:
+        """The loop ends: mark its auto-created worker as gone (quick, best effort: a
+        server that is down does not hold the exit up)."""
+        from labtasker.client.transport import LabtaskerClient, RetryPolicy
+
+        try:
+            quick = LabtaskerClient(api.get_httpx_client(), retry_policy=RetryPolicy(
+                attempts=2, initial=0.2, max_wait=0.5, jitter=0.1, budget=2.0))
+            api.mark_worker_gone(self.worker_id, client=quick)
+            logger.info("Worker %s marked as gone.", self.worker_id)
+        except LabtaskerError as exc:
+            logger.info("Could not mark worker %s as gone: %s", self.worker_id, exc)
 
     def _run_task(self, task: Task, execute: Executor, in_process: bool) -> Outcome:
         """Run one claimed task: run directory, heartbeat, executor, report, prompts."""
@@ -426,7 +454,8 @@ class LoopRunner:
             finishing=(run_dir / FINISH_CLAIM).exists,
         )
         run.heartbeat = heartbeat
-        logger.info("Task %s (%s) started; run dir %s", task.task_id, task.task_name, run_dir)
+        logger.info("Task %s%s started; run dir %s", task.task_id,
+                    f" ({task.task_name})" if task.task_name else "", run_dir)
         if in_process:
             context.set_current_run(run)
         try:

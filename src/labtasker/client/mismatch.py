@@ -1,0 +1,79 @@
+"""Why a loop found nothing to run while tasks are pending.
+
+``explain_no_match`` is asked when a fetch comes back empty. It counts the pending tasks by
+their set of argument fields (one ``task count --by arg_fields`` query) and says which field
+sets they have and which field of the command is closest to one of theirs -- a typo in a
+placeholder (``%(sed)`` for ``seed``) then shows at once instead of "all done" -- or that an
+``--extra-filter`` excludes the tasks that do have the command's fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from labtasker.keys import shape_matches, unflatten
+
+MAX_SHAPES_SHOWN = 3
+
+
+def _fields_text(fields: Sequence[str]) -> str:
+    return "{" + ", ".join(fields) + "}"
+
+
+def _shape(fields: Sequence[str]) -> dict[str, Any]:
+    try:
+        return unflatten({f: None for f in fields})
+    except ValueError:
+        return {}
+
+
+def explain_no_match(required_fields: Sequence[str] | None, extra_filter: Any = None,
+                     client: Any = None) -> str | None:
+    """A one-sentence explanation when pending tasks exist that this loop cannot take, else
+    ``None`` (no pending task at all, or some match and were just taken by others).
+
+    ``required_fields``: the loop's fields (``None``/``[]``: any shape); ``extra_filter``:
+    the loop's filter (any form :func:`labtasker.client.api.count_tasks` takes).
+    """
+    from labtasker.client import api
+
+    shapes = api.count_tasks(status="pending", by="arg_fields", client=client)
+    if not shapes.total:
+        return None
+    required = sorted(f for f in (required_fields or []) if f != "*")
+    matching = [g for g in shapes.groups
+                if shape_matches(required_fields, _shape(g.value or []))]
+    n_matching = sum(g.count for g in matching)
+    if n_matching:
+        if extra_filter is None:
+            return None  # they match; another worker took them or they just arrived
+        if api.count_tasks(status="pending", extra_filter=extra_filter,
+                           client=client).total:
+            return None
+        return (f"{n_matching} pending task(s) have the fields {_fields_text(required)} but "
+                "none matches --extra-filter.")
+    shown = sorted(shapes.groups, key=lambda g: -g.count)[:MAX_SHAPES_SHOWN]
+    have = "; ".join(f"{g.count} pending task(s) have {_fields_text(g.value or [])}"
+                     for g in shown)
+    if len(shapes.groups) > MAX_SHAPES_SHOWN:
+        have += f"; {len(shapes.groups) - MAX_SHAPES_SHOWN} other field set(s)"
+    text = (f"No pending task has exactly the fields {_fields_text(required)} of the "
+            f"command (\"no more, no less\"): {have}.")
+    theirs = sorted({f for g in shapes.groups for f in (g.value or [])})
+    hints = []
+    for field in required:
+        if field in theirs:
+            continue
+        close = difflib.get_close_matches(field, theirs, n=1, cutoff=0.5)
+        if close:
+            hints.append(f"%({close[0]}) for %({field})")
+    if hints:
+        text += f" Did you mean {', '.join(hints)}?"
+    else:
+        extra = sorted(set(theirs) - set(required))
+        if extra:
+            text += (f" To run tasks with fields the command does not use, name them in the "
+                     f"command (e.g. as a shell comment: # %({extra[0]})).")
+    return text
