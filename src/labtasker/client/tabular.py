@@ -69,6 +69,7 @@ def duration(task: Mapping[str, Any], now: datetime | None = None) -> float | No
     if start is None:
         return None
     status = task.get("status")
+    end: datetime | None
     if status == "running":
         end = now or datetime.now(timezone.utc)
     elif status in ENDED:
@@ -154,7 +155,7 @@ def tasks_dataframe(
     when it is missing (``pip install 'labtasker[pandas]'``).
     """
     try:
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ImportError(
             "labtasker.tasks_dataframe needs pandas, which is not installed: "

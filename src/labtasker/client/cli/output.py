@@ -228,7 +228,7 @@ def progress_text(progress: dict | None) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     text = num(step) if total is None else f"{num(step)}/{num(total)}"
-    if total:
+    if total and step is not None:
         text += f" ({100 * float(step) / float(total):.0f}%)"
     metrics = progress.get("metrics") or {}
     if metrics:

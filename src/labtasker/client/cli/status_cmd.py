@@ -84,7 +84,7 @@ def status(
 
     if fmt not in ("text", "json"):
         raise usage_error(f"Invalid value for --fmt: {fmt!r} (use text or json)")
-    seconds = _seconds_option(window, "--window")
+    seconds = _seconds_option(window, "--window") or 600.0
     ov = api.queue_overview(window_seconds=seconds)
     if fmt == "json":
         print(json.dumps(ov.model_dump(mode="json"), default=json_default, indent=2))

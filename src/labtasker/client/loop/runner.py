@@ -410,6 +410,8 @@ class LoopRunner:
     def _mark_worker_gone(self) -> None:
         """The loop ends: mark its auto-created worker as gone (quick, best effort: a
         server that is down does not hold the exit up)."""
+        if self.worker_id is None:
+            return
         from labtasker.client.transport import LabtaskerClient, RetryPolicy
 
         try:
