@@ -162,7 +162,8 @@ def test_bad_credentials(queue_env):
     for args in (("task", "ls"), ("queue", "get"), ("task", "submit", "--args", "{'a': 1}")):
         proc = run_cli(*args, env=queue_env.env())
         assert proc.returncode == 1
-        assert "invalid credentials or queue not created" in err_line(proc)
+        line = err_line(proc)
+        assert "Invalid credentials" in line and "renamed" in line, line
 
 
 def test_health(cli):

@@ -294,11 +294,20 @@ def test_wrong_things_against_a_server(cli, queue_env, server, tmp_path):
         assert proc.returncode == 1, (args, proc.stderr)
         assert "renamed" in proc.stderr and "a new, empty queue" in proc.stderr
     # event listen against a server that is down fails at once
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     down = tmp_path / "down"
     down.mkdir()
-    (down / "client.toml").write_text('[endpoint]\napi_base_url = "http://127.0.0.1:9/"\n'
+    (down / "client.toml").write_text(f'[endpoint]\napi_base_url = "http://127.0.0.1:{port}/"\n'
                                       '[queue]\nqueue_name = "q"\npassword = "p"\n')
-    proc = cli("event", "listen", extra_env={"LABTASKER_ROOT": str(down)}, timeout=8)
+    import time
+
+    t0 = time.monotonic()  # the old listener waited out the whole --timeout before failing
+    proc = cli("event", "listen", "--timeout", "120", extra_env={"LABTASKER_ROOT": str(down)})
+    assert time.monotonic() - t0 < 60
     assert proc.returncode == 1 and "Cannot connect" in proc.stderr
 
 
