@@ -522,6 +522,8 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
         impl, queue, REQUIRED["other"], sizes.fetch_samples, Budget(impl.budget), add_one
     )
     out["fetch_other"] = Result(median(walls), _lat_text(walls, servers, sizes.fetch_samples))
+    if not impl.is_ref:
+        out["storage"] = storage_per_task(impl)
     pss = impl.rss_mb("Pss:")
     out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB" + (
         f" (PSS {pss:.0f} MB)" if pss == pss else ""))
@@ -579,6 +581,69 @@ def _run_times(cmd: list[str], runs: int, env: dict) -> list[float]:
     return times
 
 
+def _run_cpu_times(cmd: list[str], runs: int, env: dict) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system of the child) milliseconds of ``runs`` runs of ``cmd``
+    after one warm-up run; each run must succeed."""
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = os.times()
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
+        walls.append((time.perf_counter() - t0) * 1000)
+        after = os.times()
+        cpus.append((after.children_user - before.children_user
+                     + after.children_system - before.children_system) * 1000)
+    return walls, cpus
+
+
+def storage_per_task(impl: Impl) -> Result:
+    """Bytes of the SQLite file per task (all of the run's tasks so far, their events and
+    indexes), split by ``dbstat`` into the tasks table, its indexes and the event log."""
+    import sqlite3
+
+    path = impl.db_url.removeprefix("sqlite:///")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        n_tasks = con.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        sizes = dict(con.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
+        owner = dict(con.execute("SELECT name, tbl_name FROM sqlite_master"))
+    finally:
+        con.close()
+    parts = {"tasks": 0, "task indexes": 0, "events": 0, "other": 0}
+    for name, size in sizes.items():
+        table = owner.get(name, name)
+        if name == "tasks":
+            parts["tasks"] += size
+        elif table == "tasks":
+            parts["task indexes"] += size
+        elif table == "events":
+            parts["events"] += size
+        else:
+            parts["other"] += size
+    total = sum(parts.values()) / max(n_tasks, 1)
+    split = ", ".join(f"{k} {v / max(n_tasks, 1):.0f}" for k, v in parts.items())
+    return Result(total / 1024, f"{total / 1024:.2f} KB per task ({split} B; "
+                  f"{n_tasks:,} tasks, {n_events:,} events)")
+
+
+def rows_cli(impl: Impl, sizes: Sizes, out: dict) -> None:
+    """One CLI process per call against the running server: ``task submit`` of one task,
+    ``task ls`` of a queue of 100 tasks (YAML to a pipe)."""
+    queue = impl.new_queue("cli")
+    root = impl.write_client_root(queue)
+    env = {**os.environ, "LABTASKER_ROOT": str(root)}
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    submit = [impl.cli, "task", "submit", "--args", '{"i": 1, "grp": 2}']
+    walls, cpus = _run_cpu_times(submit, sizes.startup_runs, env)
+    out["cli_submit"] = Result(median(walls), f"{median(walls):.0f} ms (CPU {median(cpus):.0f} ms)")
+    impl.seed(queue, "fetch", 0, 100)
+    walls, cpus = _run_cpu_times([impl.cli, "task", "ls"], sizes.startup_runs, env)
+    out["cli_ls"] = Result(median(walls), f"{median(walls):.0f} ms (CPU {median(cpus):.0f} ms)")
+
+
 def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
     # A configured client (version_check off: 1.0.1 would otherwise query PyPI on import).
     root = impl.workdir / "startup-root"
@@ -608,6 +673,8 @@ TARGETS = {
     "loop": "≤ 20 ms",
     "rss": "≤ 120 MB",
     "help": "≤ 200 ms",
+    "cli_submit": "≤ 120 ms",
+    "storage": "≤ 0.8 KB",
     "import": "≤ 150 ms",
 }
 
@@ -645,7 +712,10 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
     labels += [
         ("loop", f"`loop` overhead per task, job `true`, {sizes.loop_tasks} tasks"),
         ("rss", f"server RSS with {fmt_n(hi)}+ tasks"),
+        ("storage", "database size per task, events included (SQLite, dbstat)"),
         ("help", "`labtasker --help` (wall, median)"),
+        ("cli_submit", "`labtasker task submit --args ...`, one process per call (wall, median)"),
+        ("cli_ls", "`labtasker task ls`, 100+ tasks as YAML, one process (wall, median)"),
         ("import", "`python -c 'import labtasker'` (wall, median)"),
     ]
     return labels
@@ -720,6 +790,7 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
     out: dict[str, Result] = {}
     steps = [
         ("startup", lambda: rows_startup(impl, sizes, out)),
+        ("startup", lambda: rows_cli(impl, sizes, out)),
         ("submit", lambda: row_submit_one(impl, sizes, out)),
         ("submit", lambda: row_submit_bulk(impl, sizes, out)),
         ("claim", lambda: row_http_floor(impl, sizes, out)),

@@ -35,13 +35,15 @@ class Priority:
     HIGH = 20
 
 
+# defer_build everywhere: a model's validator is built on its first use rather than at import,
+# so a CLI call pays only for the few models it uses.
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+    model_config = ConfigDict(extra="ignore", use_enum_values=True, defer_build=True)
     client_version: str | None = None
 
 
 class _Response(BaseModel):
-    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+    model_config = ConfigDict(extra="ignore", use_enum_values=True, defer_build=True)
     notification: list[dict[str, Any]] | None = None
 
 
@@ -91,7 +93,7 @@ class Task(BaseModel):
     """A task as returned by search/get/fetch, keys in 1.0.1's order (that of the task-field
     registry, ``labtasker.fields.TASK_FIELDS``)."""
 
-    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+    model_config = ConfigDict(extra="ignore", use_enum_values=True, defer_build=True)
     task_id: str
     queue_id: str
     status: TaskStatus
@@ -278,6 +280,7 @@ class TaskCountRequest(_Request):
 
 
 class CountGroup(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     value: Any = None  # the field's value (JSON); None for null or missing
     count: int
 
@@ -358,6 +361,7 @@ class TaskProgressResponse(_Response):
 
 
 class RunningTask(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     task_id: str
     task_name: str | None = None
     worker_id: str | None = None
@@ -400,7 +404,7 @@ class WorkerPruneResponse(_Response):
 
 # ---------------------------------------------------------------- workers
 class Worker(BaseModel):
-    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+    model_config = ConfigDict(extra="ignore", use_enum_values=True, defer_build=True)
     worker_id: str
     queue_id: str
     status: WorkerStatus
@@ -453,6 +457,7 @@ class WorkerStatusUpdateRequest(_Request):
 
 # ---------------------------------------------------------------- misc
 class HealthCheckResponse(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     status: str
     database: str
 
@@ -461,7 +466,7 @@ class HealthCheckResponse(BaseModel):
 class StateTransitionEvent(BaseModel):
     """One state transition of a task or worker (1.0.1's payload)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     type: str = "state_transition"
     queue_id: str
     timestamp: datetime
@@ -476,7 +481,7 @@ class StateTransitionEvent(BaseModel):
 class EventResponse(BaseModel):
     """The ``data`` of an SSE ``event`` message; ``sequence`` is the event id."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     sequence: int
     timestamp: datetime
     event: StateTransitionEvent

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import sys
 import threading
 import time
@@ -244,6 +245,16 @@ def notification_printer(level: str = "medium") -> NotificationHook | None:
 # ----------------------------------------------------------------------------- the client
 
 
+def tls_verify(base_url: str) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` for ``base_url``: the CA bundle for an https:// server. An http://
+    server never uses TLS, so loading the bundle (tens of ms, on every CLI call) is skipped:
+    its context verifies (CERT_REQUIRED) against no CA at all, so an https request made
+    through this client anyway fails closed instead of going unverified."""
+    if base_url.lower().startswith("https:"):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class LabtaskerClient:
     """One connection to a labtasker server for one queue.
 
@@ -280,6 +291,7 @@ class LabtaskerClient:
         auth = httpx.BasicAuth(queue_name, password or "") if queue_name is not None else None
         http = httpx.Client(
             base_url=base_url,
+            verify=tls_verify(base_url),
             auth=auth,
             timeout=timeout,
             headers={"User-Agent": f"labtasker/{__version__}"},
