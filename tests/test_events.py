@@ -254,3 +254,39 @@ def test_server_shutdown_ends_open_streams_at_once(tmp_path, scratch_dbs):
         assert "Exception in ASGI application" not in srv.log_text()
     finally:
         srv.kill()
+
+
+def test_event_rows_store_no_copy_of_row_keys_and_replay_full_documents(server, queue_env):
+    """An event row keeps the entity document without the keys the row already holds (task
+    id and queue id at the head, ``_id`` at the end); a replay puts them back where they were,
+    so the stream shows the task document as the API returns it."""
+    from sqlalchemy import select
+
+    from labtasker.server.db import Database
+    from labtasker.server.schema import events
+
+    with queue_env.http() as http:
+        tid = http.post(f"{API}/tasks", json={"args": {"x": 1}}).json()["task_id"]
+        doc = http.get(f"{API}/tasks/{tid}").json()
+        listener = EventListener(client=http)
+        listener.start(timeout=10)
+        try:
+            http.post(f"{API}/tasks/{tid}/status", json={"status": "cancelled"})
+            (event,) = collect(listener, 1)
+        finally:
+            listener.stop()
+    data = event.event.entity_data
+    assert list(data)[:2] == ["task_id", "queue_id"] and list(data)[-1] == "_id"
+    assert data["task_id"] == data["_id"] == tid and data["queue_id"] == queue_env.queue_id
+    assert data["status"] == "cancelled" and data["args"] == doc["args"] == {"x": 1}
+    db = Database(server.db_url)
+    try:
+        with db.read() as conn:
+            stored = [r.entity_data for r in conn.execute(
+                select(events.c.entity_data).where(events.c.entity_id == tid))]
+    finally:
+        db.dispose()
+    assert len(stored) == 2
+    for row in stored:
+        assert not {"task_id", "queue_id", "_id"} & set(row), row
+        assert row["args"] == {"x": 1}

@@ -44,7 +44,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         self.port = self.port or free_port()
         env = {**os.environ, **self.extra_env}
         log = open(self.workdir / f"server-{self.port}.log", "ab")

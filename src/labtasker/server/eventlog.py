@@ -42,6 +42,38 @@ def _jsonable(entity: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in entity.items()}
 
 
+_ID_KEYS = {"task": "task_id", "worker": "worker_id"}
+
+
+def _without_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
+                      queue_id: str) -> dict[str, Any]:
+    """The document as stored: without the keys the event row already holds (the entity id
+    and queue id at the head, ``_id`` at the end; about a third of a task document), where
+    :func:`_with_row_keys` puts them back in the same places. Keys elsewhere or with other
+    values stay."""
+    keys = list(doc)
+    id_key = _ID_KEYS.get(entity_type)
+    out = dict(doc)
+    if (keys[:2] == [id_key, "queue_id"] and doc[id_key] == entity_id
+            and doc["queue_id"] == queue_id):
+        del out[id_key], out["queue_id"]
+    if keys[-1:] == ["_id"] and doc["_id"] == entity_id:
+        del out["_id"]
+    return out
+
+
+def _with_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
+                   queue_id: str) -> dict[str, Any]:
+    """The full document of an event row (the inverse of :func:`_without_row_keys`; rows
+    written before it are already full and come back unchanged)."""
+    id_key = _ID_KEYS.get(entity_type)
+    if id_key is not None and id_key not in doc and "queue_id" not in doc:
+        doc = {id_key: entity_id, "queue_id": queue_id, **doc}
+    if "_id" not in doc:
+        doc = {**doc, "_id": entity_id}
+    return doc
+
+
 def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str, old: str,
            new: str, data: dict[str, Any], now: datetime) -> None:
     """Log one transition as part of the caller's write transaction.
@@ -54,6 +86,7 @@ def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str,
     """
     doc = _jsonable(data)
     doc.setdefault("_id", entity_id)
+    doc = _without_row_keys(doc, entity_type, entity_id, queue_id)
     hooks = conn.info.setdefault(BEFORE_COMMIT, [])
     flusher = next((h for h in hooks if isinstance(h, _Flusher)), None)
     if flusher is None:
@@ -110,7 +143,8 @@ def payload(row: Row[Any]) -> dict[str, Any]:
             "entity_id": row.entity_id,
             "old_state": row.old_state,
             "new_state": row.new_state,
-            "entity_data": row.entity_data,
+            "entity_data": _with_row_keys(row.entity_data, row.entity_type, row.entity_id,
+                                          row.queue_id),
         },
     }
 
