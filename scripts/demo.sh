@@ -11,8 +11,9 @@
 #   3. runs `labtasker init` non-interactively into a temporary LABTASKER_ROOT;
 #   4. submits a 12-task grid: half with `labtasker task submit` (submit_grid.sh), half with
 #      `labtasker.submit_task` (submit_grid.py);
-#   5. runs two `labtasker loop` workers in parallel until the queue is drained, printing the
-#      dashboard's URL (log in with the queue name and password shown) to watch them live;
+#   5. runs one `labtasker loop --parallel 2` (two slots, each a worker) until the queue is
+#      drained, printing the dashboard's URL (log in with the queue name and password
+#      shown) to watch them live;
 #   6. prints the results table and stops the server.
 # Exit status 0 only if every task ended `success`.
 #
@@ -77,8 +78,8 @@ any_alive() {
     return 1
 }
 
-# Interrupted while the workers run: ask them to stop (each `labtasker loop` stops its job and
-# reports the task) while the server is still up, then SIGKILL whatever is left after 30 s.
+# Interrupted while the loop runs: ask it to stop (it stops its jobs and hands their tasks
+# back) while the server is still up, then SIGKILL whatever is left after 30 s.
 stop_workers() {
     local live=() pid
     for pid in "${WORKER_PIDS[@]}"; do
@@ -212,18 +213,15 @@ step "Submitting the LogisticRegression half from Python (examples/digits/submit
 python submit_grid.py
 
 # ---------------------------------------------------------------------------------------
-# Two workers share this machine's cores: keep each job's numpy/BLAS to one thread so they do
+# Two slots share this machine's cores: keep each job's numpy/BLAS to one thread so they do
 # not slow each other down by oversubscribing the CPU.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 LOOP_CMD=(python job.py --model '%(model)' --C '%(C)' --scaler '%(scaler)')
-step "Running two workers in parallel: labtasker loop -- ${LOOP_CMD[*]}"
+step "Running two slots in parallel: labtasker loop --parallel 2 -- ${LOOP_CMD[*]}"
 info "watch them live in the dashboard: $API_URL/ui  (queue $QUEUE_NAME, password $PASSWORD)"
-for n in 1 2; do
-    labtasker loop -- "${LOOP_CMD[@]}" \
-        > >(sed -u "s/^/[worker-$n] /") 2> >(sed -u "s/^/[worker-$n] /" >&2) &
-    WORKER_PIDS+=($!)
-    info "worker-$n started (pid $!)"
-done
+labtasker loop --parallel 2 -- "${LOOP_CMD[@]}" &
+WORKER_PIDS+=($!)
+info "loop started (pid $!): two slots, each a worker of its own; output prefixed [slot0]/[slot1]"
 
 SHOT_PY=${LABTASKER_SCREENSHOT_PYTHON:-$REPO_DIR/.venv/bin/python}
 if [[ -n "${LABTASKER_DEMO_SCREENSHOTS:-}" ]]; then
@@ -237,23 +235,19 @@ deadline=$((SECONDS + WORKER_TIMEOUT))
 while :; do
     any_alive "${WORKER_PIDS[@]}" || break
     if ((SECONDS >= deadline)); then
-        die "workers still running after ${WORKER_TIMEOUT}s (LABTASKER_DEMO_TIMEOUT)"
+        die "loop still running after ${WORKER_TIMEOUT}s (LABTASKER_DEMO_TIMEOUT)"
     fi
     sleep 0.5
 done
 worker_failures=0
-for n in 1 2; do
-    pid=${WORKER_PIDS[$((n - 1))]}
-    if wait "$pid"; then
-        info "worker-$n finished (exit 0)"
-    else
-        rc=$?
-        info "worker-$n exited with status $rc"
-        worker_failures=$((worker_failures + 1))
-    fi
-done
+if wait "${WORKER_PIDS[0]}"; then
+    info "loop finished (exit 0): every slot ran out of tasks"
+else
+    rc=$?
+    info "loop exited with status $rc"
+    worker_failures=1
+fi
 WORKER_PIDS=()
-sleep 0.2 # let the prefixing sed processes flush
 
 # ---------------------------------------------------------------------------------------
 step "Results (examples/digits/report.py)"
@@ -276,7 +270,7 @@ stop_server
 info "stopped"
 
 if ((report_status != 0 || worker_failures != 0)); then
-    printf '\nDEMO FAILED: not every task succeeded (report exit %s, failed workers %s)\n' \
+    printf '\nDEMO FAILED: not every task succeeded (report exit %s, loop failed %s)\n' \
         "$report_status" "$worker_failures" >&2
     exit 1
 fi

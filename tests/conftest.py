@@ -80,8 +80,9 @@ def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
     """A new queue and a client root in ``tmp_path/.labtasker``; cwd and LABTASKER_ROOT set."""
     name = "q-" + uuid.uuid4().hex[:12]
     password = "pw-" + uuid.uuid4().hex[:8]
-    resp = httpx.post(
-        server.url + "/api/v1/queues", json={"queue_name": name, "password": password}
+    resp = httpx.post(  # a generous timeout: the password KDF is slow on a loaded machine
+        server.url + "/api/v1/queues", json={"queue_name": name, "password": password},
+        timeout=60,
     )
     assert resp.status_code == 201, resp.text
     root = tmp_path / ".labtasker"

@@ -1,7 +1,7 @@
 """The digits demo (examples/digits): the job records its accuracy, and the Python submitter,
 one `labtasker loop` run and the report work against a real server.
 
-The full scripts/demo.sh (venv creation, server, two loop workers) is too slow for the suite;
+The full scripts/demo.sh (venv creation, server, one `loop --parallel 2`) is too slow for the suite;
 these cover its pieces: the job run exactly as `labtasker loop` runs it (a plain child process
 with $LABTASKER_LOG_DIR pointing at its run directory), then the example end to end on one
 task of the grid.

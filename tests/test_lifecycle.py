@@ -499,7 +499,7 @@ STUBBORN_JOB = "trap '' TERM; sleep 1000 & sleep 1000 & wait"  # the whole tree 
 def test_no_descendant_survives(queue_env, trigger, job):
     """A job ``bash -c 'sleep 1000 & sleep 1000 & wait'``: cancelling its task from the CLI
     or SIGTERM to the loop leaves no descendant alive after the grace period (SIGKILL when
-    SIGTERM is ignored). On SIGTERM the loop reports the run before exiting."""
+    SIGTERM is ignored). On SIGTERM the loop hands the task back before exiting."""
     grace = 1.5
     interval = 1.0  # heartbeat_interval of the test client.toml
     with queue_env.http() as http:
@@ -537,8 +537,12 @@ def test_no_descendant_survives(queue_env, trigger, job):
             assert t["status"] == "cancelled"
         else:
             assert loop.returncode == 128 + signal.SIGTERM, err
-            assert (t["status"], t["retries"]) == ("pending", 1)  # reported before exiting
-            assert "SIGTERM" in t["summary"]["labtasker_exception"]["message"]
+            # handed back before exiting: retries unchanged, worker not charged
+            assert (t["status"], t["retries"]) == ("pending", 0)
+            assert t["summary"]["labtasker_interrupted"] == "interrupted by SIGTERM"
+            workers = http.post(f"{API}/workers/search", json={}).json()["content"]
+            assert [(w["status"], w["retries"]) for w in workers] == [("active", 0)]
+            assert "interrupted by SIGTERM: back to pending (retries 0)" in err
 
 
 def test_idle_timeout_waits_for_new_tasks(queue_env):

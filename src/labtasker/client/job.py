@@ -608,13 +608,15 @@ def run_with_subprocess(
         import shlex
 
         cmd = shlex.join(cmd)
-    job = JobProcess(cmd, env=dict(os.environ), executable=shell_exec).start()
+    job = JobProcess(cmd, env=dict(os.environ), executable=shell_exec)
     try:
+        job.start()  # inside the try: an interrupt right after the launch still stops it
         code = None
         while code is None:  # short slices: the loop's _thread.interrupt_main() gets through
             code = job.wait(timeout=0.1)
     except BaseException:
-        job.stop()
+        if job.proc is not None:
+            job.stop()
         raise
     return code
 

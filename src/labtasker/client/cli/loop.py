@@ -20,8 +20,9 @@ after a failure; 2 on usage or set-up errors (one-line message); 1 when going on
 (the worker is suspended or crashed; the server refuses the fetch for good: a bad filter, a
 deleted queue, a changed password -- HTTP 400/401/404/422, at once) or after repeated
 internal errors (network, server errors: back-off up to 60 s, 10 in a row); 128 + N when stopped by
-signal N (the running job's process group gets the same signal, then SIGKILL after
-``--grace-period`` seconds; the outcome is reported before the loop exits). If the loop
+signal N (SIGINT, SIGTERM, SIGHUP: the running job's process group gets the same signal,
+then SIGKILL after ``--grace-period`` seconds; its task goes back to pending with its retries
+unchanged and the worker not charged, before the loop exits). If the loop
 itself dies (``kill -9``), its job watchdog stops the running job's process group the same way
 (Linux; see :mod:`labtasker.client.job`).
 """
@@ -48,7 +49,8 @@ HELP = (
     "fields are run (a command without any takes tasks of any shape). Exit status: 0 when no "
     "matching task is left; 1 when going on cannot help (worker suspended or crashed, queue "
     "deleted, invalid filter) or after repeated network/server errors; 2 on usage errors; "
-    "128+N when stopped by signal N (forwarded to the job, SIGKILL after --grace-period)."
+    "128+N when stopped by signal N (forwarded to the job, SIGKILL after --grace-period; the "
+    "interrupted task goes back to pending, its retries unchanged)."
 )
 
 
@@ -131,6 +133,23 @@ def register(app: typer.Typer) -> None:
             help="When no pending task matches, keep polling for up to this many seconds "
             "before exiting (default 0: exit at once).",
         ),
+        gpus: str | None = typer.Option(
+            None,
+            "--gpus",
+            help="Run one slot per listed GPU, e.g. '0,1,2,3', or 'all' (found with NVML or "
+            "`nvidia-smi -L`, within CUDA_VISIBLE_DEVICES if set). Each slot is a worker of "
+            "its own (<host>-gpu<N>) whose jobs get CUDA_VISIBLE_DEVICES=<N>, "
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID, LABTASKER_SLOT and LABTASKER_GPUS.",
+        ),
+        gpus_per_task: int = typer.Option(
+            1, "--gpus-per-task", min=1, help="Devices per slot with --gpus (2: slots 0,1 | 2,3)."
+        ),
+        parallel: int | None = typer.Option(
+            None,
+            "--parallel",
+            min=1,
+            help="Run N slots without GPUs (CPU jobs), each a worker of its own.",
+        ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
         from labtasker.client.loop.options import LoopOptions
@@ -207,9 +226,22 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"invalid --extra-filter: {exc}") from None
         except (LabtaskerError, ValueError) as exc:
             raise _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        from labtasker.client.loop.slots import plan_slots
+
+        try:
+            slots = plan_slots(gpus, gpus_per_task, parallel)
+        except LabtaskerError as exc:
+            raise _fail(str(exc)) from None
+        if slots and worker_id:
+            raise _fail(
+                "--worker-id (or $LABTASKER_WORKER_ID) cannot be used with --gpus/--parallel: "
+                "each slot creates its own worker"
+            )
         import logging
 
         logging.getLogger("labtasker.loop").info("Got command: %s", template)
+        if slots:
+            raise typer.Exit(_run_slots(options, slots, template, executable))
         runner = LoopRunner(options)
         try:
             runner.setup()
@@ -230,3 +262,21 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"loop stopped after repeated internal errors: {exc}", 1) from None
         if signum:
             raise typer.Exit(128 + signum)
+
+
+def _run_slots(options, slots, template, executable) -> int:
+    """``labtasker loop --gpus/--parallel``: one supervised slot per device set."""
+    from labtasker.client.loop.supervisor import Supervisor
+
+    supervisor = Supervisor(
+        options,
+        slots,
+        lambda runner, output: runner.command_executor(template, executable, echo=output),
+    )
+    try:
+        supervisor.setup()
+    except LabtaskerNetworkError as exc:
+        raise _fail(f"cannot reach the server: {exc}", 1) from None
+    except LabtaskerError as exc:
+        raise _fail(str(exc).splitlines()[0]) from None
+    return supervisor.run()

@@ -34,10 +34,29 @@ def _ago(value) -> str:
     return f"{human_seconds(max(seconds, 0))} ago"
 
 
+def worker_device(metadata: object) -> str:
+    """``host gpu 2 (NVIDIA A100)`` / ``host slot 3`` for a slot worker's metadata, else
+    ``-``. Plain text; control characters escaped."""
+    if not isinstance(metadata, dict) or "slot" not in metadata:
+        return "-"
+    host = str(metadata.get("host") or "")
+    gpus = metadata.get("gpus")
+    if isinstance(gpus, list) and gpus:
+        text = "gpu " + ",".join(str(g) for g in gpus)
+        names = metadata.get("gpu_names")
+        if isinstance(names, list) and any(names):
+            text += f" ({', '.join(str(n) for n in dict.fromkeys(names) if n)})"
+    else:
+        text = f"slot {metadata.get('slot')}"
+    text = f"{host} {text}".strip()
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def workers_table(items: list[dict]):
     """Rich table of workers: id, name, status (``gone`` with when it was last seen for a
-    worker whose loop ended), failures/max, running task(s), metadata, created (UTC).
-    "Running" is derived by the server from the tasks, not stored."""
+    worker whose loop ended), failures/max, device, running task(s), metadata, created (UTC).
+    "Running" is derived by the server from the tasks, not stored; "Device" is the slot of a
+    ``labtasker loop --gpus/--parallel`` worker (from its metadata)."""
     from rich.text import Text
 
     from labtasker.client.cli.output import compact_json, fmt_time, status_text, table
@@ -48,6 +67,7 @@ def workers_table(items: list[dict]):
     rows.add_column("Name", overflow="fold", min_width=4)
     rows.add_column("Status", no_wrap=True)
     rows.add_column("Fails", justify="right", no_wrap=True)
+    rows.add_column("Device", overflow="fold", min_width=6)
     rows.add_column("Running task", no_wrap=True)
     rows.add_column("Metadata", overflow="fold", ratio=1, min_width=8)
     rows.add_column("Created (UTC)", no_wrap=True, min_width=19)
@@ -61,6 +81,7 @@ def workers_table(items: list[dict]):
             w.get("worker_name") or "-",
             status,
             f"{w.get('retries', 0)}/{w.get('max_retries', 0)}",
+            worker_device(w.get("metadata")),
             "\n".join(running) if running else "-",
             compact_json(w.get("metadata")),
             fmt_time(w.get("created_at")),

@@ -11,7 +11,9 @@ Modules, one concept each:
 * :mod:`~labtasker.client.loop.executors` -- how a task is run (command, Python function);
 * :mod:`~labtasker.client.loop.interrupts` -- signal handling as a context manager;
 * :mod:`~labtasker.client.loop.prompt` -- the countdown question after a failure;
-* :mod:`~labtasker.client.loop.decorator` -- ``@labtasker.loop``.
+* :mod:`~labtasker.client.loop.decorator` -- ``@labtasker.loop``;
+* :mod:`~labtasker.client.loop.slots` -- slots of ``--gpus``/``--parallel`` (device discovery);
+* :mod:`~labtasker.client.loop.supervisor` -- one supervisor for several slots.
 
 Names are resolved on first access, so ``import labtasker.client.loop`` stays cheap.
 """
@@ -51,6 +53,9 @@ _LAZY: dict[str, str] = {
     "PROMPT_SECONDS": _P + "prompt",
     "TerminalCountdown": _P + "prompt",
     "loop": _P + "decorator",
+    "Slot": _P + "slots",
+    "plan_slots": _P + "slots",
+    "Supervisor": _P + "supervisor",
 }
 
 __all__ = list(_LAZY)

@@ -4,6 +4,8 @@
   runs it as a :class:`~labtasker.client.job.JobProcess` (own process group, output tee,
   watchdog). Stopping it (loop interrupted, task taken away) uses the job's one escalation
   policy: the signal, then SIGKILL after the grace period (at once on a second signal).
+* A job stopped because the loop was interrupted (SIGINT, SIGTERM, SIGHUP) is not a failure
+  of its task: the outcome is ``"interrupted"`` and the runner hands the task back.
 * :class:`PythonExecutor` calls an ``@labtasker.loop`` function in the runner's thread,
   with ``Required`` values bound from the task's args; a signal reaches it as
   ``KeyboardInterrupt``, a lost task as :class:`~labtasker.client.loop.interrupts.TaskLost`.
@@ -38,6 +40,20 @@ from labtasker.client.template import CommandTemplate
 from labtasker.exceptions import LabtaskerError, LabtaskerRuntimeError
 
 logger = logging.getLogger("labtasker.loop")
+
+
+def interrupted_by(signum: int) -> str:
+    """``"interrupted by SIGTERM"`` for ``signum`` (what the summary and the log say)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"interrupted by {name}"
+
+
+def interrupted_summary(signum: int) -> dict[str, str]:
+    """The summary recorded on a task handed back because its loop was interrupted."""
+    return {"labtasker_interrupted": interrupted_by(signum)}
 
 
 class CommandExecutor:
@@ -89,6 +105,9 @@ class CommandExecutor:
             logger.error("%s", exc)
             return Outcome("failed", {**exception_summary(exc), "exit_code": None})
         code = self._supervise(job, run)
+        end_of_job = getattr(self.echo, "end_of_job", None)
+        if end_of_job is not None:
+            end_of_job()
         tail = job.output_tail()
         if run.lost.is_set() and code != 0:
             logger.warning("Job of task %s stopped: task no longer ours.", run.task.task_id)
@@ -98,15 +117,12 @@ class CommandExecutor:
         (run.run_dir / FINISH_CLAIM).unlink(missing_ok=True)  # stale claim of a dead child
         job_summary = read_job_summary(run.run_dir)
         if intr.signum is not None:
-            name = signal.Signals(intr.signum).name
-            exc = KeyboardInterrupt(f"Loop interrupted by {name}; job {describe_exit(code)}")
-            summary = {
-                **job_summary,
-                **exception_summary(exc),
-                "exit_code": code,
-                "output_tail": tail,
-            }
-            return Outcome("failed", summary, exc, stop_loop=True)
+            exc = KeyboardInterrupt(
+                f"{interrupted_by(intr.signum)}; job {describe_exit(code)}"
+            )
+            return Outcome(
+                "interrupted", interrupted_summary(intr.signum), exc, stop_loop=True
+            )
         if code == 0:
             return Outcome("success", job_summary)
         message = f"Job process finished with non-zero exit code: {code}"
@@ -209,7 +225,9 @@ class PythonExecutor:
                 intr.in_python_job = False
                 logger.warning("KeyboardInterrupt detected in task %s.", run.task.task_id)
                 intr.signum = intr.signum or signal.SIGINT
-                return Outcome("failed", exception_summary(exc), exc, stop_loop=True)
+                return Outcome(
+                    "interrupted", interrupted_summary(intr.signum), exc, stop_loop=True
+                )
             except Exception as exc:  # noqa: BLE001 - any job error is a task failure
                 intr.in_python_job = False
                 logger.error("Task %s failed: %s: %s", run.task.task_id, type(exc).__name__, exc)

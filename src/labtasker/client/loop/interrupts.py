@@ -1,6 +1,6 @@
 """Signal handling of a running loop, as a context manager.
 
-``with Interrupts() as intr:`` installs handlers for SIGINT and SIGTERM (main thread only;
+``with Interrupts() as intr:`` installs handlers for SIGINT, SIGTERM and SIGHUP (main thread only;
 elsewhere nothing is installed and a supervisor forwards signals with :meth:`Interrupts.
 trigger`). A signal records ``signum``, counts how many arrived and sets ``event`` (so idle
 waits end at once). Three states change what a signal means:
@@ -20,7 +20,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class TaskLost(BaseException):
@@ -28,7 +28,7 @@ class TaskLost(BaseException):
 
 
 class Interrupts:
-    """SIGINT/SIGTERM bookkeeping of one loop (see the module docstring)."""
+    """SIGINT/SIGTERM/SIGHUP bookkeeping of one loop (see the module docstring)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

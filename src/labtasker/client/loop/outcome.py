@@ -10,8 +10,10 @@ from typing import Any
 class Outcome:
     """What happened to one task run.
 
-    ``status`` is ``"success"``/``"failed"``, or ``None`` when nothing should be reported
-    (task lost, already finished by the job, handed back). ``summary`` is reported with it;
+    ``status`` is ``"success"``/``"failed"``; ``"interrupted"`` when the loop was stopped by a
+    signal (the runner hands the task back: pending, ``retries`` unchanged, worker not
+    charged, ``summary`` recorded); or ``None`` when nothing should be reported (task lost,
+    already finished by the job, handed back). ``summary`` is reported with it;
     ``error`` is the exception behind a failure; ``stop_loop`` ends the loop after this task
     (interrupted, "Exit" chosen). Frozen: derive a changed copy with ``dataclasses.replace``.
     """

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from labtasker.client.loop.rundir import (
     make_run_dir,
     safe_name,
 )
+from labtasker.client.loop.slots import Slot
 from labtasker.client.template import CommandTemplate
 from labtasker.exceptions import (
     LabtaskerError,
@@ -131,12 +133,20 @@ class LoopRunner:
     Construct it from a :class:`LoopOptions` (``LoopRunner(options)``) or from the same
     fields as keyword arguments (``LoopRunner(eta_max="2h", grace_period=5)``), not both.
     ``prompt`` asks the questions after a failure (default: :class:`TerminalCountdown`).
+    ``slot`` makes this loop one slot of several (:mod:`labtasker.client.loop.slots`): its
+    own worker named after the slot with the slot's devices in its metadata, the slot's
+    variables in every job's environment; it may run in any thread.
     Raises what :class:`LoopOptions` raises for invalid options, ``LabtaskerTypeError`` when
     both forms are given.
     """
 
     def __init__(
-        self, options: LoopOptions | None = None, *, prompt: Prompt | None = None, **kwargs: Any
+        self,
+        options: LoopOptions | None = None,
+        *,
+        prompt: Prompt | None = None,
+        slot: Slot | None = None,
+        **kwargs: Any,
     ):
         if options is None:
             options = LoopOptions(**kwargs)
@@ -144,13 +154,20 @@ class LoopRunner:
             raise LabtaskerTypeError("LoopRunner: give LoopOptions or keyword arguments, not both")
         elif not isinstance(options, LoopOptions):
             raise LabtaskerTypeError("LoopRunner: options must be a LoopOptions")
+        if slot is not None and options.worker_id is not None:
+            raise LabtaskerValueError(
+                "worker_id cannot be used with several slots (each slot is a worker of its own)"
+            )
         self.options = options
+        self.slot = slot
         self.prompt: Prompt = prompt if prompt is not None else TerminalCountdown()
+        self.current: tuple[Task, float] | None = None  # running task, since (monotonic)
         self.session: LoopSession | None = None
         self.interrupts = Interrupts()
         self.tasks_run = 0
         self.tasks_succeeded = 0
         self.tasks_failed = 0
+        self.tasks_interrupted = 0  # handed back because the loop was stopped by a signal
         self.ignored: set[str] = set()  # tasks the user chose to Ignore after a failure
         self.exit_requested = False  # "Exit" chosen after a failure
 
@@ -232,7 +249,9 @@ class LoopRunner:
 
                 raise LabtaskerRuntimeError(invalid_credentials_advice()) from None
             raise
-        worker_id = self.options.worker_id or os.environ.get("LABTASKER_WORKER_ID") or None
+        worker_id = self.options.worker_id
+        if self.slot is None:
+            worker_id = worker_id or os.environ.get("LABTASKER_WORKER_ID") or None
         auto = False
         if worker_id:
             if not api.ls_workers(worker_id=worker_id).found:
@@ -240,11 +259,17 @@ class LoopRunner:
                 raise LabtaskerValueError(f"Worker {worker_id!r} not found in this queue.")
         else:
             kwargs = {"worker_name": default_worker_name(), **self.options.create_worker_kwargs}
+            if self.slot is not None:
+                given = self.options.create_worker_kwargs.get("worker_name")
+                label = self.slot.label
+                kwargs["worker_name"] = f"{given}-{label}"[:100] if given else self.slot.worker_name()
+                kwargs["metadata"] = {**self.slot.metadata(), **(kwargs.get("metadata") or {})}
             worker_id = api.create_worker(**kwargs)
             auto = True
             logger.info("Created worker %s (%s).", worker_id, kwargs["worker_name"])
         self.session = LoopSession(worker_id, interval, timeout, auto)
-        context.set_current_worker(worker_id)
+        if self.slot is None:
+            context.set_current_worker(worker_id)
         return self.session
 
     # ------------------------------------------------------------------ executors
@@ -306,10 +331,11 @@ class LoopRunner:
         elif self.auto_worker and self.worker_id:
             self._mark_worker_gone()
         logger.info(
-            "Loop ended: %d task(s) run, %d succeeded, %d failed.",
+            "Loop ended: %d task(s) run, %d succeeded, %d failed%s.",
             self.tasks_run,
             self.tasks_succeeded,
             self.tasks_failed,
+            f", {self.tasks_interrupted} interrupted" if self.tasks_interrupted else "",
         )
         if stopped is not None and not intr.signum:
             raise stopped
@@ -355,10 +381,10 @@ class LoopRunner:
                     return None
                 idle_since = None
                 if intr.requested:
-                    self._ignore(resp.task)  # interrupted while claiming: hand it back
+                    self._hand_back(resp.task)  # interrupted while claiming: hand it back
                     return None
                 if resp.task.task_id in self.ignored:
-                    self._ignore(resp.task)
+                    self._hand_back(resp.task)
                     logger.info("Only tasks ignored in this session are left; stopping.")
                     return None
                 outcome = self._run_task(resp.task, execute, in_process)
@@ -431,6 +457,7 @@ class LoopRunner:
             task=task, worker_id=self.worker_id, run_dir=run_dir, extra_env=self.job_env()
         )
         self.tasks_run += 1
+        self.current = (task, time.monotonic())
         file_handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
         file_handler.addFilter(self._log_filter())
@@ -470,10 +497,16 @@ class LoopRunner:
                     run.lost_reason,
                 )
                 outcome = dataclasses.replace(outcome, status=None)
+            if outcome.status == "interrupted":
+                heartbeat.stop()
+                if not run.finished():
+                    self._hand_back(task, outcome.summary)
+                    self.tasks_interrupted += 1
+                outcome = dataclasses.replace(outcome, status=None)
             failed = outcome.status == "failed" and not run.finished()
             if failed and self._ask_ignore(task):
                 heartbeat.stop()
-                if self._ignore(task):
+                if self._hand_back(task):
                     self.ignored.add(task.task_id)
                     outcome = dataclasses.replace(outcome, status=None)
             if outcome.status is not None:
@@ -501,22 +534,29 @@ class LoopRunner:
             heartbeat.stop()
             if in_process:
                 context.set_current_run(None)
+            self.current = None
             root_logger.removeHandler(file_handler)
             file_handler.close()
 
     def job_env(self) -> dict[str, str]:
-        """Variables added to every job's environment by this loop (none for a plain loop)."""
-        return {}
+        """Variables added to every job's environment by this loop (a slot's devices; none
+        for a plain loop)."""
+        return self.slot.env() if self.slot is not None else {}
 
     def _log_filter(self) -> Callable[[logging.LogRecord], bool]:
-        """Which log records go to a run's ``run.log`` (all of them for a plain loop)."""
-        return lambda record: True
+        """Which log records go to a run's ``run.log``: all of them for a plain loop; for a
+        slot, those of its thread and of its task's heartbeat thread."""
+        if self.slot is None:
+            return lambda record: True
+        mine = threading.current_thread().name
+        task_id = self.current[0].task_id if self.current else "\0"
+        return lambda record: record.threadName == mine or record.threadName.endswith(task_id)
 
     # ------------------------------------------------------------------ failure handling
     def _ask_ignore(self, task: Task) -> bool:
         """Decision 1 after a failure: 10 s countdown, Report (default, Enter, timeout) or
         Ignore (``i`` or Ctrl+C). True = Ignore. Without a terminal: Report at once. Not asked
-        when the loop is being stopped by SIGTERM."""
+        when the loop is being stopped by a signal."""
         if self.interrupts.signum not in (None, signal.SIGINT):
             return False
         choice = self.prompt(
@@ -543,11 +583,15 @@ class LoopRunner:
         )
         return choice == "exit"
 
-    def _ignore(self, task: Task) -> bool:
-        """Hand ``task`` back: pending, ``retries`` as before this run, worker not charged.
-        Fenced by the run id, so it never touches a task that is no longer this run's.
-        Returns whether the server accepted it."""
+    def _hand_back(self, task: Task, summary: dict[str, Any] | None = None) -> bool:
+        """Hand ``task`` back: pending, ``retries`` as before this run, worker not charged,
+        ``summary`` (if any) merged into the task's (the event log records it too). Used for
+        "Ignore" after a failure and for runs stopped by a signal. Fenced by the run id, so it
+        never touches a task that is no longer this run's. Returns whether the server
+        accepted it (or the task was no longer ours)."""
+        why = "ignored" if not summary else summary.get("labtasker_interrupted", "handed back")
         try:
+            extra = {"summary": summary} if summary else {}
             api.update_tasks(
                 [
                     TaskUpdateRequest(
@@ -555,11 +599,12 @@ class LoopRunner:
                         status="pending",
                         retries=task.retries,
                         run_id=task.run_id,
+                        **extra,
                     )
                 ]
             )
             logger.info(
-                "Task %s ignored: back to pending (retries %d).", task.task_id, task.retries
+                "Task %s %s: back to pending (retries %d).", task.task_id, why, task.retries
             )
             return True
         except LabtaskerHTTPStatusError as exc:
