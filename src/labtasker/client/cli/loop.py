@@ -6,6 +6,8 @@ Examples::
     labtasker loop -c 'python train.py --lr %(lr) > out-%(lr).txt'          # shell mode
     labtasker loop --script-path job.sh                                     # shell mode
     echo 'python eval.py %(ckpt)' | labtasker loop                          # shell mode
+    labtasker loop --gpus 0,1,2,3 -- python train.py --lr '%(lr)'           # a slot per GPU
+    labtasker loop --parallel 4 -- python eval.py --ckpt '%(ckpt)'          # 4 CPU slots
 
 In argv mode each element is one argument of the program, whatever the substituted values
 contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields become the
@@ -14,6 +16,11 @@ are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.loop`.
 
 A command without any ``%(...)`` takes pending tasks of any argument shape (as 1.0.1); the
 loop warns about it.
+
+With ``--gpus``/``--parallel`` the loop runs several slots, each a worker of its own, under one
+supervisor (:mod:`labtasker.client.loop.supervisor`, :mod:`labtasker.client.loop.slots`); the
+exit status is then 0 when every slot ran out of matching tasks, 1 if any slot stopped for a
+reason (the others went on), 128 + N on signal N.
 
 Exit status: 0 when no matching task is left (after ``--idle-timeout``) or "Exit" was chosen
 after a failure; 2 on usage or set-up errors (one-line message); 1 when going on cannot help
