@@ -226,7 +226,9 @@ def test_task_not_owned_calls_on_lost_once(tmp_path):
     assert not lock.exists()
 
 
-def test_beats_held_while_finishing():
+def test_beats_go_on_while_finishing():
+    """A finish() report in flight may be retried for long (database away): the lease is kept
+    alive by the beats meanwhile."""
     fake = FakeServer([])
     finishing = threading.Event()
     hb = make(fake, interval=0.1, finishing=finishing.is_set).start()
@@ -234,11 +236,8 @@ def test_beats_held_while_finishing():
     finishing.set()
     n = len(fake.calls)
     time.sleep(0.4)
-    assert len(fake.calls) == n == 1  # held while a finish() report is in flight
-    finishing.clear()  # e.g. that report failed: beats resume
-    time.sleep(0.3)
     hb.stop()
-    assert len(fake.calls) >= 2
+    assert len(fake.calls) >= n + 2
 
 
 def test_not_owned_answer_to_a_finished_task_is_not_a_loss():

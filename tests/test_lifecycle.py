@@ -738,13 +738,19 @@ def _check_stress(http, queue_env, ids, wids, ledger, exact: bool):
     workers = {w["worker_id"]: w for w in
                http.post(f"{API}/workers/search", json={"limit": 100}).json()["content"]}
     total_failures = sum(failed_runs_by_worker.values())
+    # The blame policy: a worker's count is its current streak of charged failures, exactly
+    # the failed runs the run history marks ``charged`` (never more than the runs it failed).
+    charged: dict[str, int] = {}
+    for tid, t in tasks.items():
+        if t["retries"]:
+            for r in http.get(f"{API}/tasks/{tid}/runs", params={"limit": 1000}).json()["content"]:
+                if r["charged"]:
+                    charged[r["worker_id"]] = charged.get(r["worker_id"], 0) + 1
+    for wid in wids:
+        assert workers[wid]["retries"] == charged.get(wid, 0), wid
+        assert workers[wid]["retries"] <= failed_runs_by_worker.get(wid, 0), wid
     if exact:
-        for wid in wids:
-            assert workers[wid]["retries"] == failed_runs_by_worker.get(wid, 0), wid
         assert sum(t["retries"] for t in tasks.values()) == total_failures
-    else:
-        assert sum(w["retries"] for w in workers.values()) == sum(
-            t["retries"] for t in tasks.values())
     return len(runs), total_failures
 
 
@@ -771,8 +777,8 @@ def _stress(queue_env, n_tasks, *, kill_server=None, heartbeat_timeout=30, loop_
 def test_16_loops_random_failures(queue_env):
     """16 concurrent loops x 2,000 tasks, a tiny bash job failing with probability 1/4
     (max_retries 3): every task ends success or failed; per task the runs recorded by the jobs
-    never overlap and their failures equal ``retries``; the workers' failure counts equal the
-    failed runs each ran.
+    never overlap and their failures equal ``retries``; the workers' failure counts equal their
+    charged runs in the run history (the blame policy), at most the failed runs each ran.
 
     Measured on the 2-core machine alone: 2,000 tasks (~2,620 runs) take ~45 s on SQLite and
     ~95 s on PostgreSQL. ``LABTASKER_STRESS_TASKS`` changes the count."""
@@ -795,8 +801,8 @@ def test_server_kill9_during_16_loops(tmp_path, scratch_dbs):
     ``LABTASKER_STRESS_KILL_TASKS`` changes the count), then a restart on the same
     database and port: the loops ride it out (retries, back-off, ``--idle-timeout``); every
     report a loop saw acknowledged is in the database; all tasks end success or failed; runs
-    of a task never overlap; failures are charged once each (a claim whose answer was lost is
-    reclaimed by the heartbeat timeout and charged like a failure)."""
+    of a task never overlap; the workers' counts match the charged runs of the run history (a
+    claim whose answer was lost is reclaimed by the heartbeat timeout, a failure like any)."""
     import httpx
 
     srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,

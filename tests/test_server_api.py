@@ -221,12 +221,13 @@ def test_report_and_fencing(queue_env):
                           json={"status": "success", "run_id": run1})
         assert stale.status_code == 409
         assert http.get(f"{API}/tasks/{tid}").json()["status"] == "running"
-        # second failure exhausts max_retries=2 -> failed; worker charged twice
+        # second failure exhausts max_retries=2 -> failed; the worker is charged once for the
+        # task (the same task failing again on the same worker counts once)
         http.post(f"{API}/tasks/{tid}/status", json={"status": "failed", "run_id": run2})
         t = http.get(f"{API}/tasks/{tid}").json()
         assert (t["status"], t["retries"], t["summary"]) == ("failed", 2, {"err": "boom"})
         w = http.get(f"{API}/workers/{wid}").json()
-        assert w["retries"] == 2 and w["worker_id"] == wid and w["_id"] == wid
+        assert w["retries"] == 1 and w["worker_id"] == wid and w["_id"] == wid
         # heartbeat on a non-running task -> 404; success from failed -> 400
         assert http.post(f"{API}/tasks/{tid}/heartbeat").status_code == 404
         r = http.post(f"{API}/tasks/{tid}/status", json={"status": "success"})

@@ -113,10 +113,11 @@ def test_heartbeat_timeout_problem():
     from labtasker.timeutil import heartbeat_timeout_problem
 
     assert heartbeat_timeout_problem(3, 1) is None
+    assert heartbeat_timeout_problem(2, 1) is None
     assert heartbeat_timeout_problem(None, 1) is None
-    assert heartbeat_timeout_problem(1, 2) == (
-        "heartbeat_timeout (1s) must not be shorter than heartbeat_interval (2s); use at "
-        "least 3 x the interval")
+    assert heartbeat_timeout_problem(3, 2) == (
+        "heartbeat_timeout (3s) must be at least 2 x heartbeat_interval (2s), i.e. >= 4s; the "
+        "default is 3 x the interval")
     assert "(2s, task.heartbeat_interval in client.toml)" in heartbeat_timeout_problem(
         1, 2, interval_name="the heartbeat interval",
         source="task.heartbeat_interval in client.toml")

@@ -1,13 +1,14 @@
 """Time helpers shared by client and server.
 
-Every timestamp in labtasker is a timezone-aware UTC ``datetime``. The server's clock is the
-only one that decides timeouts; clients never send their own "now".
+Every timestamp in labtasker is a timezone-aware UTC ``datetime``. The database's clock is the
+only one that decides timeouts (``Database.now``); clients never send their own "now".
 """
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 _UNIT_SECONDS = {
     "h": 3600.0,
@@ -27,9 +28,44 @@ _UNIT_SECONDS = {
 _PART = re.compile(r"(\d+(?:\.\d+)?)([a-z]+)")
 
 
+def _clock_offset() -> float:
+    raw = os.environ.get("LABTASKER_TEST_CLOCK_OFFSET", "")
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
+# Test-only: seconds added to this process's clock (``LABTASKER_TEST_CLOCK_OFFSET``, read at
+# import), to show that no lease and no filter date depends on a client's or server's host
+# clock being right. Never set it outside tests.
+CLOCK_OFFSET = _clock_offset()
+
+
 def utc_now() -> datetime:
-    """Return the current time as a timezone-aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    """Return the current time as a timezone-aware UTC datetime (this process's clock)."""
+    now = datetime.now(timezone.utc)
+    return now + timedelta(seconds=CLOCK_OFFSET) if CLOCK_OFFSET else now
+
+
+class RelativeTime(datetime):
+    """A moment given relative to "now", as ``date("30 minutes ago")`` in a filter.
+
+    Its value is this process's now + ``offset`` seconds (a UTC datetime like any other);
+    sent to a server, it travels as the offset, and the server resolves it with its own clock
+    (``{"_dt": <iso>, "_rel": <offset>}``), so a client whose clock is wrong still finds the
+    tasks of the last 30 minutes."""
+
+    offset: float
+
+    @classmethod
+    def from_now(cls, offset: float) -> RelativeTime:
+        """The moment ``offset`` seconds from now (negative: in the past)."""
+        at = utc_now() + timedelta(seconds=offset)
+        value = cls(at.year, at.month, at.day, at.hour, at.minute, at.second, at.microsecond,
+                    tzinfo=timezone.utc)
+        value.offset = float(offset)
+        return value
 
 
 def as_utc(value: datetime) -> datetime:
@@ -98,15 +134,21 @@ def parse_positive_duration(text: str | int | float) -> float:
 ETA_MAX_REQUIRED = "Eta max must be specified when start_heartbeat is False"
 
 
+MIN_TIMEOUT_INTERVALS = 2.0  # a heartbeat timeout must span at least this many intervals
+
+
 def heartbeat_timeout_problem(heartbeat_timeout: float | None, interval: float | None, *,
                               interval_name: str = "heartbeat_interval",
                               source: str | None = None) -> str | None:
     """Why ``heartbeat_timeout`` (seconds) cannot work with heartbeats every ``interval``
-    seconds, or ``None`` when it can (or either is unknown). A timeout shorter than the
-    interval fails healthy runs; ``interval_name``/``source`` say where the interval comes
-    from in the message (``source``, e.g. ``"task.heartbeat_interval in client.toml"``)."""
-    if heartbeat_timeout is None or interval is None or heartbeat_timeout >= interval:
+    seconds, or ``None`` when it can (or either is unknown): one line naming both values. A
+    timeout below 2 x the interval fails healthy runs (one late beat under load times the
+    run out as it finishes); ``interval_name``/``source`` say where the interval comes from
+    in the message (``source``, e.g. ``"task.heartbeat_interval in client.toml"``)."""
+    if (heartbeat_timeout is None or interval is None
+            or heartbeat_timeout >= MIN_TIMEOUT_INTERVALS * interval):
         return None
     where = f", {source}" if source else ""
-    return (f"heartbeat_timeout ({heartbeat_timeout:g}s) must not be shorter than "
-            f"{interval_name} ({interval:g}s{where}); use at least 3 x the interval")
+    return (f"heartbeat_timeout ({heartbeat_timeout:g}s) must be at least 2 x "
+            f"{interval_name} ({interval:g}s{where}), i.e. >= "
+            f"{MIN_TIMEOUT_INTERVALS * interval:g}s; the default is 3 x the interval")

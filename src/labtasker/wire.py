@@ -177,6 +177,34 @@ class TaskLsResponse(_Response):
     next_cursor: str | None = None
 
 
+RunStatus = Literal["running", "success", "failed", "timed_out", "cancelled", "requeued"]
+
+
+class TaskRunRecord(BaseModel):
+    """One run (claim) of a task in its history (``GET /tasks/{id}/runs``; ours).
+
+    ``status``: ``running``, or how the run ended -- ``success``/``failed`` (reported),
+    ``timed_out`` (heartbeat or task timeout), ``cancelled``, ``requeued`` (handed back to
+    pending by its loop, or reset by an update). ``charged``: this failure counts in its
+    worker's current streak of failures. ``summary``: ``exit_code``, ``message``, ``timeout``
+    (``"heartbeat"``/``"task"``) when known. Times are UTC."""
+
+    model_config = ConfigDict(extra="ignore")
+    run_id: str
+    task_id: str
+    worker_id: str | None = None
+    started: datetime
+    ended: datetime | None = None
+    status: RunStatus
+    charged: bool = False
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskRunsResponse(_Response):
+    task_id: str
+    content: list[TaskRunRecord] = Field(default_factory=list)
+
+
 MAX_BATCH = 5000
 
 

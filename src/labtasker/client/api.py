@@ -58,7 +58,7 @@ from labtasker.exceptions import (
     TaskNotOwned,
     WorkerSuspended,
 )
-from labtasker.timeutil import parse_duration
+from labtasker.timeutil import heartbeat_timeout_problem, parse_duration
 from labtasker.wire import (
     HealthCheckResponse,
     Priority,
@@ -76,6 +76,7 @@ from labtasker.wire import (
     TaskLsResponse,
     TaskProgressRequest,
     TaskRequeueRequest,
+    TaskRunsResponse,
     TaskStatusUpdateRequest,
     TaskSubmitRequest,
     TaskSubmitResponse,
@@ -123,6 +124,7 @@ __all__ = [
     "report_task_progress",
     "mark_worker_gone",
     "prune_workers",
+    "ls_task_runs",
 ]
 
 _QUEUE_ME = "/api/v1/queues/me"
@@ -374,6 +376,7 @@ def submit_task(
         raise LabtaskerValueError("Either cmd or args must be specified.")
     if args is not None and not isinstance(args, dict):
         raise LabtaskerTypeError(f"args must be a dict, got {type(args).__name__}")
+    _check_heartbeat_timeout(heartbeat_timeout)
     req = TaskSubmitRequest(
         task_name=task_name,
         args=args,
@@ -389,6 +392,28 @@ def submit_task(
 
 
 MAX_BATCH = 5000  # tasks per ``POST /tasks/batch`` request accepted by the server
+
+
+def _configured_heartbeat_interval() -> float | None:
+    """``task.heartbeat_interval`` of ``client.toml`` (seconds), ``None`` without a config."""
+    from labtasker.exceptions import ConfigError
+
+    try:
+        return float(load_client_config(get_labtasker_client_config_path()).task.heartbeat_interval)
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def _check_heartbeat_timeout(timeout: float | None, where: str = "") -> None:
+    """Refuse a task ``heartbeat_timeout`` below 2 x the configured heartbeat interval
+    (:class:`LabtaskerValueError`, one line naming both values)."""
+    if timeout is None:
+        return
+    interval = _configured_heartbeat_interval()
+    problem = heartbeat_timeout_problem(timeout, interval, interval_name="the heartbeat interval",
+                                        source="task.heartbeat_interval in client.toml")
+    if problem:
+        raise LabtaskerValueError(f"{where}{problem}")
 
 
 def _submit_body(index: int, task: Any) -> dict[str, Any]:
@@ -407,6 +432,7 @@ def _submit_body(index: int, task: Any) -> dict[str, Any]:
         except ValueError as exc:  # pydantic.ValidationError is a ValueError
             text = " ".join(str(exc).split())
             raise LabtaskerValueError(f"tasks[{index}] is invalid: {text}") from exc
+    _check_heartbeat_timeout(req.heartbeat_timeout, f"tasks[{index}]: ")
     data = req.model_dump(mode="json", exclude_none=True)
     data.pop("client_version", None)
     return data
@@ -546,8 +572,22 @@ def fetch_task(
     except LabtaskerHTTPStatusError as exc:
         if exc.status_code == 403:
             raise WorkerSuspended(format_detail(exc.detail)) from exc
+        if _credentials_refused(exc):
+            exc.args = (f"{CREDENTIALS_REFUSED} (HTTP 401 for POST {_QUEUE_ME}/tasks/next)",)
         raise
     return TaskFetchResponse.model_validate(data)
+
+
+CREDENTIALS_REFUSED = ("The server refused the queue's credentials: the queue was deleted or "
+                       "its password changed")
+
+
+def _credentials_refused(exc: LabtaskerHTTPStatusError) -> bool:
+    """HTTP 401 from labtasker (``invalid_credentials``; any 401 from a server without
+    codes)."""
+    if exc.status_code != 401:
+        return False
+    return exc.code is None or exc.code == codes.INVALID_CREDENTIALS
 
 
 def _not_owned(exc: LabtaskerHTTPStatusError, what: str, task_id: str) -> TaskNotOwned:
@@ -622,25 +662,48 @@ def refresh_task_heartbeat(
     worker_id: str | None = None,
     run_id: str | None = None,
     client: ClientLike | None = None,
+    *,
+    stop: threading.Event | None = None,
+    retry: bool = True,
 ) -> None:
-    """Tell the server the task is still alive (sets ``last_heartbeat`` to the server's now).
+    """Tell the server the task is still alive (sets ``last_heartbeat`` to the database's
+    now).
 
-    Raises :class:`TaskNotOwned` when the server refuses (409: the run was fenced off; 404: the
-    task is no longer running; 403: it belongs to another worker) -- the job should stop.
-    Retried on transport errors.
+    Raises :class:`TaskNotOwned` when the server says the run is over (409: the run was fenced
+    off; 404: the task is no longer running; 403: it belongs to another worker; 401: the queue
+    was deleted or its password changed) -- the job should stop. Other errors (a proxy's
+    answer, 5xx, network) are retried, then raised as they are. ``stop``: an event that ends
+    the retries at once (``Heartbeat.stop``); ``retry=False``: one attempt only (the
+    heartbeat thread retries on its own schedule).
     """
     try:
-        _call(
+        _default.resolve(client).call(
             "POST",
             f"{_QUEUE_ME}/tasks/{task_id}/heartbeat",
-            client=client,
             params={"worker_id": worker_id, "run_id": run_id},
             safe=True,
+            stop=stop,
+            retry=retry,
         )
     except LabtaskerHTTPStatusError as exc:
         if _run_gone(exc, (403, 404, 409)):
             raise _not_owned(exc, "Heartbeat", task_id) from exc
+        if _credentials_refused(exc) and exc.code is not None:
+            raise TaskNotOwned(
+                f"Heartbeat for task {task_id} refused: {CREDENTIALS_REFUSED}",
+                status_code=401, detail=exc.detail, code=exc.code) from exc
         raise
+
+
+def ls_task_runs(task_id: str, limit: int = 100, client: ClientLike | None = None
+                 ) -> TaskRunsResponse:
+    """The history of a task's runs, newest first: ``TaskRunsResponse(task_id, content=[
+    TaskRunRecord(run_id, worker_id, started, ended, status, charged, summary), ...])``
+    (``limit`` 1..1000). Raises :class:`LabtaskerHTTPStatusError` (404) for an unknown task
+    or a server without run history (1.0.1)."""
+    data = _call("GET", f"{_QUEUE_ME}/tasks/{task_id}/runs", client=client,
+                 params={"limit": limit}, safe=True)
+    return TaskRunsResponse.model_validate(data)
 
 
 _TASK_SEARCH = f"{_QUEUE_ME}/tasks/search"

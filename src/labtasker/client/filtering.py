@@ -16,6 +16,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from labtasker.exceptions import LabtaskerValueError, QueryTranspilerError
+from labtasker.timeutil import RelativeTime
 
 _NAMED_CONSTANTS = {
     "true": True,
@@ -118,7 +119,9 @@ def parse_filter(text: str) -> dict[str, Any]:
     return result
 
 
-def _encode_datetime(value: datetime | date) -> dict[str, str]:
+def _encode_datetime(value: datetime | date) -> dict[str, Any]:
+    if isinstance(value, RelativeTime):  # "30 minutes ago": resolved by the server's clock
+        return {"_dt": value.astimezone(timezone.utc).isoformat(), "_rel": value.offset}
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     # Naive datetimes are taken as the client's local time, like ``datetime.now()``.
@@ -126,7 +129,8 @@ def _encode_datetime(value: datetime | date) -> dict[str, str]:
 
 
 def encode_filter(value: Any) -> Any:
-    """Return a JSON-ready copy of a filter: datetimes/dates become ``{"_dt": iso_utc}``.
+    """Return a JSON-ready copy of a filter: datetimes/dates become ``{"_dt": iso_utc}``;
+    relative ones (``date("1 hour ago")``) also carry ``"_rel": <seconds from now>``.
 
     Naive datetimes are interpreted as local time and converted to UTC; tuples become lists.
     Raises :class:`LabtaskerValueError` for keys that are not strings.

@@ -4,17 +4,21 @@ died on the first error and the job ran on; docs/compatibility.md).
 * The first beat is sent at once, then one every ``interval`` seconds.
 * Errors other than "the task is no longer ours" (network errors, 5xx, timeouts...) are
   logged and retried with exponential back-off (0.5 s doubling, capped at ``interval``); the
-  thread never dies silently.
-* When the server answers that the task is no longer this run's (``TaskNotOwned``: task
-  cancelled, timed out and re-dispatched, reported...), ``on_lost(exc)`` is called once and the
-  thread ends, so the runner can stop the job.
-* :meth:`Heartbeat.stop` returns at once (the thread waits on an ``Event``, never on a bare
-  ``sleep``) and no beat is sent after it.
+  thread never dies silently. Each beat is one request (no transport retries: a beat that
+  waited longer than the interval would be worth less than the next one).
+* When labtasker answers that the task is no longer this run's (``TaskNotOwned``: task
+  cancelled, timed out and re-dispatched, reported, deleted; the queue deleted or its password
+  changed), ``on_lost(exc)`` is called once and the thread ends, so the runner can stop the
+  job. Any other answer (a proxy's 404, a 503 while the database is away) is retried.
+* :meth:`Heartbeat.stop` returns at once: the thread waits on an ``Event``, never on a bare
+  ``sleep``, and the same event ends the transport's retries of a beat. No beat is sent after
+  it.
 * ``lock_file`` (``<run dir>/heartbeat.lock``) exists while the heartbeat runs, as in 1.0.1;
   deleting it stops the heartbeat without calling ``on_lost``.
 * ``finishing()`` (optional predicate) is true while/after a ``finish()`` -- possibly in the
-  job's child process -- reports the task: beats are held, and a "not ours" answer then means
-  "just reported", so ``on_lost`` is not called. If that report fails, beats resume.
+  job's child process -- reports the task: beats go on (a report retried while the database
+  is away must not lose the lease meanwhile), and a "not ours" answer then means "just
+  reported", so ``on_lost`` is not called.
 """
 
 from __future__ import annotations
@@ -32,17 +36,20 @@ logger = logging.getLogger("labtasker.heartbeat")
 RefreshFn = Callable[..., object]
 
 
-def _default_refresh(task_id: str, worker_id: str | None, run_id: str | None) -> object:
+def _default_refresh(task_id: str, worker_id: str | None, run_id: str | None,
+                     stop: threading.Event | None = None, client: object = None) -> object:
     from labtasker.client.api import refresh_task_heartbeat
 
-    return refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id)
+    return refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id, stop=stop,
+                                  retry=False, client=client)
 
 
 class Heartbeat:
     """Periodic ``POST /tasks/{id}/heartbeat`` for one claim (``task_id`` + ``run_id``).
 
     ``interval`` is in seconds. ``refresh(task_id, worker_id, run_id)`` performs one beat and
-    raises ``TaskNotOwned`` when the claim is gone (default: the HTTP API wrapper).
+    raises ``TaskNotOwned`` when the claim is gone (default: the HTTP API wrapper, on
+    ``client`` -- a ``LabtaskerClient`` or ``httpx.Client``; the default client if ``None``).
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class Heartbeat:
         lock_file: Path | None = None,
         refresh: Callable[[str, str | None, str | None], object] | None = None,
         finishing: Callable[[], bool] | None = None,
+        client: object = None,
     ):
         if interval <= 0:
             raise LabtaskerRuntimeError(f"heartbeat interval must be > 0, got {interval}")
@@ -65,9 +73,10 @@ class Heartbeat:
         self.interval = float(interval)
         self.on_lost = on_lost
         self.lock_file = Path(lock_file) if lock_file else None
-        self.refresh = refresh or _default_refresh
         self.finishing = finishing
         self._stop = threading.Event()
+        self.refresh = refresh or (
+            lambda t, w, r: _default_refresh(t, w, r, stop=self._stop, client=client))
         self._thread: threading.Thread | None = None
         self.beats = 0  # successful beats, for tests and logs
         self.lost: Exception | None = None
@@ -85,9 +94,10 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
         """Stop beating now; joins the thread up to ``timeout`` seconds (a beat already in
-        flight may take that long) and removes the lock file. Idempotent."""
+        flight is not waited for longer: its answer no longer matters) and removes the lock
+        file. Idempotent."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -118,9 +128,6 @@ class Heartbeat:
             if self._released():
                 logger.debug("Heartbeat of task %s released (lock file removed).", self.task_id)
                 return
-            if self._is_finishing():
-                delay = min(0.2, self.interval)  # a report is in flight: hold the beat
-                continue
             try:
                 self.refresh(self.task_id, self.worker_id, self.run_id)
             except TaskNotOwned as exc:

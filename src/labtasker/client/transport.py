@@ -17,7 +17,8 @@ Retries (exponential back-off, see :class:`RetryPolicy`):
 * every call is retried on a labtasker ``503`` whose ``code`` is ``storage_unavailable``: the
   server says its database could not complete the request and nothing was written.
 
-A ``Retry-After`` header (seconds) lengthens the wait before the next attempt. A ``stop``
+A ``Retry-After`` header (seconds) sets the wait before the next attempt (the server knows
+when it expects to write again); such retries are limited by the time budget only. A ``stop``
 event passed to :meth:`LabtaskerClient.send` interrupts the back-off at once.
 
 The server puts a machine-readable ``code`` beside ``detail`` in every error answer (our server
@@ -96,13 +97,17 @@ class RetryPolicy:
     def next_delay(self, attempt: int, started: float, retry_after: float | None = None
                    ) -> float | None:
         """Seconds before the next attempt, or ``None`` when the policy is exhausted.
-        ``started`` is the ``time.monotonic()`` of the first attempt; ``retry_after`` the
-        server's ``Retry-After`` (seconds), which lengthens the wait up to ``max_wait``."""
-        if attempt >= self.attempts:
-            return None
-        delay = self.wait(attempt)
+        ``started`` is the ``time.monotonic()`` of the first attempt. ``retry_after``: the
+        server's ``Retry-After`` (seconds); when given, the server sets the pace -- that wait
+        (capped at ``max_wait``, plus up to 10 % jitter) instead of the exponential one, and
+        only the ``budget`` limits the retries, not ``attempts``."""
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_wait))
+            wait = min(retry_after, self.max_wait)
+            delay = wait + random.uniform(0, 0.1 * wait)
+        elif attempt >= self.attempts:
+            return None
+        else:
+            delay = self.wait(attempt)
         if time.monotonic() - started + delay > self.budget:
             return None
         return delay

@@ -99,7 +99,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date as _date
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from labtasker.exceptions import (
@@ -108,6 +108,7 @@ from labtasker.exceptions import (
     QueryTranspilerValueError,
 )
 from labtasker.fields import TASK_FIELDS as TASK_FIELD_REGISTRY
+from labtasker.timeutil import RelativeTime, utc_now
 
 __all__ = [
     "ALLOWED_FIELDS",
@@ -208,6 +209,7 @@ _STATEMENT_NAMES = {
     ast.Try: "a try statement",
 }
 _JSON_NAMES = {"true": True, "false": False, "null": None}
+_SHIFT = timedelta(days=1)  # how far the base is moved to tell relative date() phrases
 _FIELD_NODES = (ast.Name, ast.Attribute, ast.Subscript)
 _NOT_A_NUMBER = object()
 
@@ -871,9 +873,15 @@ class _Transpiler:
         text = argument.value
         # Relative phrases are resolved against this process's naive local "now", so naive
         # results are local time as Python sees it (dateparser caches its own idea of the zone).
-        settings = {"RELATIVE_BASE": datetime.now()}
+        base = datetime.fromtimestamp(utc_now().timestamp())
+        settings = {"RELATIVE_BASE": base}
         try:
             parsed = dateparser.parse(text, settings=settings)
+            # A phrase whose result moves with the base ("30 minutes ago", "yesterday") is
+            # relative: it is kept as an offset from now, which the server resolves with its
+            # own clock (``RelativeTime``).
+            shifted = (dateparser.parse(text, settings={"RELATIVE_BASE": base - _SHIFT})
+                       if parsed is not None and parsed.tzinfo is None else None)
         except Exception as exc:  # dateparser raises assorted errors on odd input
             raise self._error(
                 f"Query parsing failed: cannot parse date {text!r}: {exc}",
@@ -887,6 +895,9 @@ class _Transpiler:
                 argument,
                 cls=QueryTranspilerError,
             )
+        if (shifted is not None and shifted.tzinfo is None
+                and abs((parsed - shifted) - _SHIFT) < timedelta(seconds=1)):
+            return RelativeTime.from_now((parsed - base).total_seconds())
         # A naive result is local time; astimezone() interprets naive datetimes that way.
         return parsed.astimezone(timezone.utc)
 

@@ -3,6 +3,7 @@ event wake-ups (``notifier.Notifier``), configured by one ``ServerSettings``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -36,7 +37,7 @@ from labtasker.server.routes import router
 from labtasker.server.settings import ServerSettings
 from labtasker.server.sql_storage import SqlStorage
 from labtasker.server.sse import router as events_router
-from labtasker.server.sweeper import Sweeper
+from labtasker.server.sweeper import TICK_SECONDS, Sweeper
 
 log = logging.getLogger("labtasker.server")
 
@@ -91,16 +92,23 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     sweeper = Sweeper(storage, settings.sweep_interval)
     notifier = Notifier(db)
 
+    async def tick() -> None:  # tells the sweeper that requests are being answered
+        while True:
+            sweeper.tick()
+            await asyncio.sleep(TICK_SECONDS)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         notifier.start()
         dashboard_start(app)
+        ticker = asyncio.create_task(tick())
         sweeper.start()
         restore = _close_streams_on_exit_signals(notifier)
         try:
             yield
         finally:
             restore()
+            ticker.cancel()
             sweeper.stop()
             notifier.stop()
             db.dispose()

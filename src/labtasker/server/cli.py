@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from labtasker.server.db import DEFAULT_DB_FILE, default_url
+from labtasker.server.errors import Unavailable
 
 # Plain click help (rich_markup_mode=None): it wraps at word boundaries at any width, where
 # Rich's option panels cut words and URLs at 80 columns.
@@ -115,8 +116,9 @@ def _check_database(url: str) -> None:
         raise fail(f"the database driver is not installed: {exc}{hint}", 2) from None
     try:
         db.migrate()
-    except (SQLAlchemyError, OSError) as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    except (SQLAlchemyError, OSError, Unavailable) as exc:
+        cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+        first = str(getattr(cause, "orig", None) or cause).strip().splitlines()
         raise fail(f"cannot open the database {db.url.split('@')[-1]}: "
                    f"{first[0] if first else type(exc).__name__}", 1) from None
     finally:

@@ -10,6 +10,19 @@
 * PostgreSQL (psycopg 3): one pooled engine; row locks inside write transactions.
 
 The schema is created and upgraded by Alembic at start-up (``migrate``).
+
+**Errors that pass.** A database error that a later attempt may not meet (disk full, database
+locked or busy, connection lost, serialization failure or deadlock, PostgreSQL restarting) is
+raised from ``write``/``read`` as ``errors.Unavailable`` naming the cause; the transaction was
+rolled back, nothing was written. The HTTP layer answers it with ``503`` and ``Retry-After``.
+
+**The clock.** ``now(conn)`` is the database's clock (PostgreSQL ``now()``: the transaction's
+start; SQLite: the clock of the host holding the file), so that servers on several hosts
+agree on every lease.
+
+**Test-only hooks** (environment of the server process): ``LABTASKER_TEST_FAULT_FILE=<path>``
+-- while that file exists, every statement fails with the driver's error that the file names
+(``disk_full``, ``locked``, ``connection_lost``), as a disk filling up would.
 """
 
 from __future__ import annotations
@@ -17,14 +30,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from labtasker.filters.mongo_sql import register_sqlite_functions
+from labtasker.server.errors import Unavailable
 
 try:
     import fcntl
@@ -112,6 +130,113 @@ class _WriteLock:
             self._fd = None
 
 
+# PostgreSQL SQLSTATEs (and classes, by their first two characters) of errors that pass.
+_PG_TRANSIENT = {
+    "40001": "serialization failure",
+    "40P01": "deadlock",
+    "55P03": "lock not available",
+    "57014": "statement cancelled",
+    "57P01": "PostgreSQL shutting down",
+    "57P02": "PostgreSQL crashed",
+    "57P03": "PostgreSQL starting up",
+    "53100": "disk full",
+    "53300": "too many connections",
+    "25006": "database is read-only",
+}
+_PG_TRANSIENT_CLASSES = {"08": "connection lost", "53": "insufficient resources",
+                         "58": "database system error"}
+_SQLITE_TRANSIENT = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_BUSY: "database locked",
+    sqlite3.SQLITE_LOCKED: "database locked",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database file",
+    sqlite3.SQLITE_READONLY: "database is read-only",
+}
+_SQLITE_TRANSIENT_TEXT = {
+    "disk is full": "disk full",
+    "database is locked": "database locked",
+    "disk i/o error": "disk I/O error",
+    "unable to open database": "cannot open the database file",
+    "readonly database": "database is read-only",
+}
+
+
+def transient_cause(exc: BaseException) -> str | None:
+    """A few words naming why the database failed, when ``exc`` is an error that may pass
+    (see the module docstring); ``None`` for other errors (bugs, constraint violations)."""
+    orig = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return _PG_TRANSIENT.get(sqlstate) or _PG_TRANSIENT_CLASSES.get(sqlstate[:2])
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None and (code & 0xFF) in _SQLITE_TRANSIENT:
+            return _SQLITE_TRANSIENT[code & 0xFF]
+        text = str(orig).lower()
+        return next((cause for key, cause in _SQLITE_TRANSIENT_TEXT.items() if key in text), None)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "connection lost"
+    module = type(orig).__module__ or ""
+    if module.startswith("psycopg") and type(orig).__name__ == "OperationalError":
+        return "cannot reach PostgreSQL"  # no SQLSTATE: the connection failed or broke
+    return None
+
+
+def unavailable(exc: BaseException, cause: str) -> Unavailable:
+    """The ``Unavailable`` error for a database error that passes."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
+    return Unavailable(f"Database unavailable ({cause}): {first}; nothing was written, try "
+                       f"again", retry_after=1.0)
+
+
+_PG_PROBE = "SELECT txid_current()"  # takes a transaction id: the commit writes WAL
+_SQLITE_PROBE = "PRAGMA user_version = 0"
+
+# ---------------------------------------------------------------- test-only fault injection
+_FAULTS = {
+    "disk_full": lambda: _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL),
+    "locked": lambda: _sqlite_error("database is locked", sqlite3.SQLITE_BUSY),
+}
+
+
+def _sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorcode = code
+    return exc
+
+
+def _pg_fault(kind: str) -> Exception:
+    import psycopg.errors
+
+    if kind == "disk_full":
+        return psycopg.errors.DiskFull("could not extend file: No space left on device")
+    return psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _install_fault_hook(engine: Engine, path: str, dialect: str) -> None:
+    """While ``path`` exists, fail every statement that writes (and the write probe) with
+    the driver's error the file names; reads go on, as on a full disk."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _fault(_conn, _cursor, statement, _params, _context, _many):
+        head = statement.lstrip().upper()
+        if not (head.startswith(_WRITES) or statement in (_PG_PROBE, _SQLITE_PROBE)):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                kind = f.read().strip() or "disk_full"
+        except OSError:
+            return
+        if dialect == "sqlite":
+            raise _FAULTS.get(kind, _FAULTS["disk_full"])()
+        raise _pg_fault(kind)
+
+
 class Database:
     """Engines plus transaction helpers; see the module docstring."""
 
@@ -132,6 +257,10 @@ class Database:
                                               pool_pre_ping=True)
             self.read_engine = self.write_engine
             self._write_lock = None
+        fault_file = os.environ.get("LABTASKER_TEST_FAULT_FILE")
+        if fault_file:
+            for engine in {self.write_engine, self.read_engine}:
+                _install_fault_hook(engine, fault_file, self.dialect)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -141,21 +270,63 @@ class Database:
         commit (the events log uses this to append its rows at the very end).
         """
         lock = self._write_lock or contextlib.nullcontext()
-        with lock, self.write_engine.begin() as conn:
-            try:
-                yield conn
-                for hook in conn.info.get(BEFORE_COMMIT, ()):
-                    hook(conn)
-            finally:
-                conn.info.pop(BEFORE_COMMIT, None)
+        try:
+            with lock, self.write_engine.begin() as conn:
+                try:
+                    yield conn
+                    for hook in conn.info.get(BEFORE_COMMIT, ()):
+                        hook(conn)
+                finally:
+                    conn.info.pop(BEFORE_COMMIT, None)
+        except DBAPIError as exc:
+            cause = transient_cause(exc)
+            if cause is None:
+                raise
+            raise unavailable(exc, cause) from exc
+        except PoolTimeout as exc:
+            raise unavailable(exc, "all database connections busy") from exc
+        except PendingRollbackError as exc:  # the connection broke inside the transaction
+            raise unavailable(exc, "connection lost") from exc
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction with a consistent snapshot; always rolled back."""
-        with self.read_engine.connect() as conn:
-            with conn.begin() as trans:
-                yield conn
-                trans.rollback()
+        try:
+            with self.read_engine.connect() as conn:
+                with conn.begin() as trans:
+                    yield conn
+                    trans.rollback()
+        except DBAPIError as exc:
+            cause = transient_cause(exc)
+            if cause is None:
+                raise
+            raise unavailable(exc, cause) from exc
+        except PoolTimeout as exc:
+            raise unavailable(exc, "all database connections busy") from exc
+        except PendingRollbackError as exc:  # the connection broke inside the transaction
+            raise unavailable(exc, "connection lost") from exc
+
+    def now(self, conn: Connection) -> datetime:
+        """The database's clock as an aware UTC datetime (see the module docstring)."""
+        if self.dialect != "postgresql":
+            # the embedded file lives on this host: its clock is the host's (read directly,
+            # never through the test-only offset of ``timeutil.utc_now``), in microseconds
+            return datetime.now(timezone.utc)
+        value = conn.exec_driver_sql("SELECT now()").scalar_one()
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def probe_write(self) -> None:
+        """Commit a transaction that writes (PostgreSQL: takes a transaction id; SQLite:
+        rewrites the header's ``user_version``). Raises ``Unavailable`` naming the cause when
+        the database cannot write."""
+        with self.write() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(_PG_PROBE)
+            else:
+                # rewrites the header page with the value it has (0: Alembic does not use it)
+                conn.exec_driver_sql(_SQLITE_PROBE)
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest Alembic revision."""

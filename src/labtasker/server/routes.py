@@ -5,12 +5,13 @@ answer; all business rules live in storage/claim. Timestamps are UTC ISO-8601 wi
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from labtasker import wire
+from labtasker import error_codes, wire
 from labtasker.keys import parse_required_fields
 from labtasker.server import paging
 from labtasker.server.deps import QueueId, Store, legacy_client
@@ -61,12 +62,19 @@ def health() -> dict[str, str]:
 
 
 @router.get("/health/full")
-def health_full(store: Store) -> dict[str, str]:
-    """Readiness: pings the database; always 200, ``status`` healthy|unhealthy."""
+def health_full(store: Store):
+    """Readiness: commits a small write to the database. 200 ``{"status": "healthy",
+    "database": "connected"}``; while the database cannot write, 503 with ``Retry-After``
+    and ``{"status": "unhealthy", "database": <the cause>, "detail": <same>, "code":
+    "storage_unavailable"}``."""
     try:
-        store.ping()
+        store.check_writable()
     except Exception as exc:  # report, never raise
-        return {"status": "unhealthy", "database": str(exc)}
+        retry_after = getattr(exc, "retry_after", 5.0)
+        reason = str(exc) or type(exc).__name__
+        return JSONResponse({"status": "unhealthy", "database": reason, "detail": reason,
+                             "code": error_codes.STORAGE_UNAVAILABLE}, status_code=503,
+                            headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
     return {"status": "healthy", "database": "connected"}
 
 
@@ -234,6 +242,14 @@ def overview(qid: QueueId, store: Store, window_seconds: float = 600.0):
 @router.get("/api/v1/queues/me/tasks/{task_id}", response_model=wire.Task)
 def get_task(task_id: str, qid: QueueId, store: Store):
     return store.get_task(qid, task_id)
+
+
+@router.get("/api/v1/queues/me/tasks/{task_id}/runs", response_model=wire.TaskRunsResponse)
+def list_task_runs(task_id: str, qid: QueueId, store: Store,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    """The task's runs, newest first (``limit`` 1..1000): ``{"task_id", "content": [run]}``,
+    each run as ``Storage.list_task_runs`` describes. 404 when the queue has no such task."""
+    return {"task_id": task_id, "content": store.list_task_runs(qid, task_id, limit)}
 
 
 @router.delete("/api/v1/queues/me/tasks/{task_id}", status_code=204)

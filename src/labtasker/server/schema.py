@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -174,4 +175,24 @@ server_settings = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# One row per run (claim) of a task: its outcome and whether its failure was charged to its
+# worker (the blame policy, ``sql_storage``). Migration 0007. Deleted with the task.
+task_runs = Table(
+    "task_runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("task_id", String(36), nullable=False),
+    Column("queue_id", String(36), nullable=False),
+    Column("worker_id", String(36)),
+    Column("started", UTCDateTime, nullable=False),
+    Column("ended", UTCDateTime),
+    # running | success | failed | timed_out | cancelled | requeued
+    Column("status", String(16), nullable=False),
+    # a failure counted in its worker's current streak of failures (``workers.retries``)
+    Column("charged", Boolean, nullable=False),
+    Column("summary", JsonDoc, nullable=False),
+    Index("ix_task_runs_task", "queue_id", "task_id", "started"),
+    Index("ix_task_runs_worker_charged", "worker_id", "charged"),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -34,10 +35,16 @@ from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
 from labtasker.server import auth, claim, counting, eventlog, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
-from labtasker.server.schema import arg_shapes, queues, server_settings, tasks, workers
+from labtasker.server.schema import (
+    arg_shapes,
+    queues,
+    server_settings,
+    task_runs,
+    tasks,
+    workers,
+)
 from labtasker.server.schema import events as events_table
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
-from labtasker.timeutil import utc_now
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
 HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
@@ -155,6 +162,18 @@ _INSERT_TASKS = insert(tasks)
 # Column values come from the execute() parameters (one compiled form per set of keys).
 _UPDATE_TASK = (update(tasks).where(tasks.c.task_id == bindparam("p_task_id"))
                 .returning(*_TASK_COLUMNS))
+_INSERT_RUN = insert(task_runs)
+_RESET_STREAK = (update(workers).where(
+    workers.c.worker_id == bindparam("p_worker_id"), workers.c.queue_id == bindparam("p_queue_id"),
+    workers.c.retries > 0, workers.c.status != "crashed")
+    .values(retries=0, last_modified=bindparam("p_now", type_=workers.c.last_modified.type)))
+_UNCHARGE = update(task_runs).where(task_runs.c.worker_id == bindparam("p_worker_id"),
+                                    task_runs.c.charged.is_(True)).values(charged=False)
+_FAILED_RUNS = ("failed", "timed_out")
+# Outcomes of a run in the history (``task_runs.status``).
+RUN_STATUSES = ("running", "success", "failed", "timed_out", "cancelled", "requeued")
+_RUN_KEYS = ("run_id", "task_id", "worker_id", "started", "ended", "status", "charged",
+             "summary")
 
 
 class SqlStorage:
@@ -171,10 +190,10 @@ class SqlStorage:
     # ------------------------------------------------------------------ queues
     def create_queue(self, name: str, password: str, metadata: dict | None) -> str:
         """Create a queue; raises ``Conflict`` if the name is taken."""
-        now = utc_now()
         queue_id = new_id()
         try:
             with self.db.write() as conn:
+                now = self.db.now(conn)
                 if conn.execute(select(queues.c.queue_id).where(queues.c.queue_name == name)
                                 ).first():
                     raise Conflict(f"Queue '{name}' already exists", code=codes.NAME_TAKEN)
@@ -218,7 +237,7 @@ class SqlStorage:
         name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set."""
         with self.db.write() as conn:
             current = self._queue(conn, queue_id, lock=True)
-            values: dict[str, Any] = {"last_modified": utc_now()}
+            values: dict[str, Any] = {"last_modified": self.db.now(conn)}
             if new_name is not None and new_name != current["queue_name"]:
                 if conn.execute(select(queues.c.queue_id)
                                 .where(queues.c.queue_name == new_name)).first():
@@ -249,6 +268,7 @@ class SqlStorage:
                         "them with it using cascade_delete=true (labtasker queue delete "
                         "--cascade)", code=codes.QUEUE_NOT_EMPTY)
             conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
+            conn.execute(delete(task_runs).where(task_runs.c.queue_id == queue_id))
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
             conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))
             conn.execute(delete(events_table).where(events_table.c.queue_id == queue_id))
@@ -332,15 +352,14 @@ class SqlStorage:
         ``batch``: TaskSubmitRequest values per task. Raises ``Invalid`` naming the index of
         a task whose dotted keys conflict.
         """
-        now = utc_now()
         rows = []
         for index, fields in enumerate(batch):
             where = f"tasks[{index}]." if len(batch) > 1 else ""
             cmd = fields.get("cmd")
             rows.append({
                 "task_id": new_id(), "queue_id": queue_id, "status": "pending",
-                "task_name": fields.get("task_name"), "created_at": now, "start_time": None,
-                "last_heartbeat": None, "last_modified": now,
+                "task_name": fields.get("task_name"), "created_at": None, "start_time": None,
+                "last_heartbeat": None, "last_modified": None,
                 "heartbeat_timeout": fields.get("heartbeat_timeout"),
                 "task_timeout": fields.get("task_timeout"),
                 "max_retries": fields.get("max_retries", 3), "retries": 0,
@@ -351,8 +370,10 @@ class SqlStorage:
                 "run_id": None,
             })
         with self.db.write() as conn:
+            now = self.db.now(conn)
             shapes: dict[str, int] = {}
             for row in rows:
+                row["created_at"] = row["last_modified"] = now
                 key = shape_key(shape_of(row["args"]))
                 if key not in shapes:
                     shapes[key] = self._shape_id(conn, queue_id, row["args"])
@@ -449,7 +470,7 @@ class SqlStorage:
                 if worker.gone_at is not None:  # its id is in use again: live once more
                     conn.execute(update(workers).where(workers.c.worker_id == worker_id)
                                  .values(gone_at=None))
-            now = utc_now()
+            now = self.db.now(conn)
             row = claim.claim_next(
                 conn, queue_id=queue_id, required_fields=required_fields, where=where,
                 worker_id=worker_id, run_id=new_id(), now=now,
@@ -458,41 +479,135 @@ class SqlStorage:
             if row is None:
                 return None
             task = task_row(row)
+            self._start_run(conn, task, now)
             eventlog.record(conn, queue_id=queue_id, entity_type="task",
                             entity_id=task["task_id"], old="pending", new="running", data=task,
                             now=now)
             return task
 
-    def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
-                       now: datetime) -> None:
-        """Count one failed run against ``worker_id`` (whatever its state; none if deleted)."""
+    # ------------------------------------------------------------------ runs and blame
+    @staticmethod
+    def _start_run(conn: Connection, task: dict[str, Any], now: datetime) -> None:
+        """Open the history row of the task's current run (same transaction as the claim)."""
+        conn.execute(_INSERT_RUN, {
+            "run_id": task["run_id"], "task_id": task["task_id"], "queue_id": task["queue_id"],
+            "worker_id": task["worker_id"], "started": now, "ended": None, "status": "running",
+            "charged": False, "summary": {}})
+
+    @staticmethod
+    def _end_run(conn: Connection, task: dict[str, Any], status: str, now: datetime,
+                 summary: dict[str, Any] | None = None, charged: bool = False) -> None:
+        """Close the history row of the task's current run with its outcome. A run without a
+        row (begun before the history existed) gets one now."""
+        if task["run_id"] is None:
+            return
+        values = {"ended": now, "status": status, "charged": charged, "summary": summary or {}}
+        done = conn.execute(update(task_runs).where(task_runs.c.run_id == task["run_id"])
+                            .values(**values)).rowcount
+        if not done:
+            conn.execute(_INSERT_RUN, {
+                "run_id": task["run_id"], "task_id": task["task_id"],
+                "queue_id": task["queue_id"], "worker_id": task["worker_id"],
+                "started": task["start_time"] or now, **values})
+
+    def _blame_failure(self, conn: Connection, queue_id: str, task: dict[str, Any],
+                       now: datetime) -> bool:
+        """Decide whom the failed current run of ``task`` counts against; returns whether its
+        worker was charged.
+
+        * The task already failed on another worker: the task is to blame. This worker is not
+          charged, and the charges that other workers got for this task (while still in their
+          streak) are taken back (``_take_back``).
+        * The task already failed on this worker in its current streak: charged only once.
+        * Otherwise the worker is charged (``_charge_worker``): ``retries`` + 1, crashed at
+          ``max_retries`` consecutive charged failures.
+        """
+        worker_id = task["worker_id"]
+        if worker_id is None:
+            return False
+        earlier = conn.execute(select(task_runs.c.run_id, task_runs.c.worker_id,
+                                      task_runs.c.charged).where(
+            task_runs.c.queue_id == queue_id, task_runs.c.task_id == task["task_id"],
+            task_runs.c.status.in_(_FAILED_RUNS),
+            task_runs.c.run_id != (task["run_id"] or ""))).fetchall()
+        elsewhere = [r for r in earlier if r.worker_id != worker_id]
+        if elsewhere:
+            for r in elsewhere:
+                if r.charged and r.worker_id is not None:
+                    self._take_back(conn, queue_id, r.run_id, r.worker_id, now)
+            return False
+        if any(r.charged for r in earlier):
+            return False
+        return self._charge_worker(conn, queue_id, worker_id, now)
+
+    def _take_back(self, conn: Connection, queue_id: str, run_id: str, worker_id: str,
+                   now: datetime) -> None:
+        """Take back the charge of one failed run: its worker's ``retries`` - 1; a worker
+        crashed by it is ``active`` again once below its ``max_retries``."""
+        conn.execute(update(task_runs).where(task_runs.c.run_id == run_id).values(charged=False))
+        try:
+            row = self._worker(conn, queue_id, worker_id, lock=True)
+        except NotFound:
+            return
+        retries = max(0, row["retries"] - 1)
+        status = row["status"]
+        if status == "crashed" and retries < row["max_retries"]:
+            status = "active"
+        conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
+            status=status, retries=retries, last_modified=now))
+        if status != row["status"]:
+            self._worker_event(conn, queue_id, worker_id, row["status"], now)
+
+    @staticmethod
+    def _reset_streak(conn: Connection, queue_id: str, worker_id: str | None,
+                      now: datetime) -> None:
+        """A success ends the worker's streak of failures: ``retries`` 0 (a crashed worker
+        stays crashed until re-activated by hand)."""
         if worker_id is None:
             return
+        if conn.execute(_RESET_STREAK, {"p_worker_id": worker_id, "p_queue_id": queue_id,
+                                        "p_now": now}).rowcount:
+            conn.execute(_UNCHARGE, {"p_worker_id": worker_id})
+
+    def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
+                       now: datetime) -> bool:
+        """Count one failed run against ``worker_id`` (active or suspended; a crashed or
+        deleted worker is not counted further). Returns whether it was counted."""
+        if worker_id is None:
+            return False
         # Row-locked read-modify-write: two failures charged to one worker at once (a report
         # and a timeout sweep on PostgreSQL) must both count.
         try:
             row = self._worker(conn, queue_id, worker_id, lock=True)
         except NotFound:
-            return
+            return False
         status, retries = fsm.worker_after_failure(row["status"], row["retries"],
                                                    row["max_retries"])
-        if (status, retries) != (row["status"], row["retries"]):
-            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
-                status=status, retries=retries, last_modified=now))
-            if row["status"] == "active":  # active -> active|crashed is published, as 1.0.1 does
-                self._worker_event(conn, queue_id, worker_id, row["status"], now)
+        if (status, retries) == (row["status"], row["retries"]):
+            return False
+        conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
+            status=status, retries=retries, last_modified=now))
+        if row["status"] == "active":  # active -> active|crashed is published, as 1.0.1 does
+            self._worker_event(conn, queue_id, worker_id, row["status"], now)
+        return True
 
     def report_task(self, queue_id, task_id, *, status, worker_id, run_id, summary):
         """Record a run's outcome: ``success`` | ``failed`` | ``cancelled``.
 
         Ownership: a ``run_id`` that is not the task's current run, or a ``worker_id`` that is
-        not the task's worker, raises ``Conflict`` and changes nothing. ``failed`` applies the
-        retry rule and charges the task's worker. ``summary`` keys are merged (``{}`` resets).
+        not the task's worker, raises ``Conflict`` and changes nothing -- except a repeated
+        report of a run that already ended with that same status (a retry whose first answer
+        was lost), which succeeds without changing anything. ``failed`` applies the retry rule
+        and the blame policy (``_blame_failure``); ``success`` ends the worker's streak of
+        failures. The run's outcome is kept in its history row (``list_task_runs``).
+        ``summary`` keys are merged into the task's summary (``{}`` resets).
         """
-        now = utc_now()
         with self.db.write() as conn:
+            now = self.db.now(conn)
             task = self._task(conn, queue_id, task_id, lock=True)
             if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
+                if self._already_reported(conn, queue_id, task_id, run_id, status):
+                    return  # a retry of a report that went through: same answer, no change
                 raise Conflict(f"Task {task_id} is no longer owned by run {run_id}",
                                code=codes.RUN_NOT_OWNER)
             if worker_id is not None and task["worker_id"] != worker_id:
@@ -504,6 +619,8 @@ class SqlStorage:
                     raise Invalid(f"Cannot transition task from {task['status']} to success.",
                                   code=codes.INVALID_TRANSITION)
                 values.update(status="success")
+                self._end_run(conn, task, "success", now, _run_summary(summary))
+                self._reset_streak(conn, queue_id, task["worker_id"], now)
             elif status == "failed":
                 try:
                     new_status, retries = fsm.task_after_failure(
@@ -513,9 +630,12 @@ class SqlStorage:
                                   code=codes.INVALID_TRANSITION) from exc
                 values.update(status=new_status, retries=retries)
                 if task["status"] == "running":
-                    self._charge_worker(conn, queue_id, task["worker_id"], now)
+                    charged = self._blame_failure(conn, queue_id, task, now)
+                    self._end_run(conn, task, "failed", now, _run_summary(summary), charged)
             elif status == "cancelled":
                 values.update(status="cancelled")
+                if task["status"] == "running":
+                    self._end_run(conn, task, "cancelled", now, {"message": "cancelled"})
             else:
                 raise Invalid(f"Invalid report status: {status}")
             if summary is not None:
@@ -527,8 +647,18 @@ class SqlStorage:
                 self._task_event(conn, queue_id, task_id, task["status"], now,
                                  task=task_row(row))
 
+    @staticmethod
+    def _already_reported(conn: Connection, queue_id: str, task_id: str, run_id: str,
+                          status: str) -> bool:
+        """Whether run ``run_id`` of the task already ended with ``status`` by a report."""
+        found = conn.execute(select(task_runs.c.status).where(
+            task_runs.c.run_id == run_id, task_runs.c.task_id == task_id,
+            task_runs.c.queue_id == queue_id)).scalar()
+        return found is not None and found == status and status in (
+            "success", "failed", "cancelled")
+
     def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
-        """Refresh ``last_heartbeat`` of a running task (server clock).
+        """Refresh ``last_heartbeat`` of a running task (database clock).
 
         Raises ``NotFound`` when the task is missing or not running, ``Conflict`` when
         ``run_id`` is not the current run, ``Forbidden`` when ``worker_id`` is not the task's
@@ -536,8 +666,8 @@ class SqlStorage:
         """
         with self.db.write() as conn:
             cond = self._run_condition(queue_id, task_id, worker_id, run_id)
-            if conn.execute(update(tasks).where(*cond).values(last_heartbeat=utc_now())
-                            ).rowcount == 1:
+            if conn.execute(update(tasks).where(*cond).values(
+                    last_heartbeat=self.db.now(conn))).rowcount == 1:
                 return
             raise self._not_owned(conn, queue_id, task_id, run_id)
 
@@ -571,9 +701,9 @@ class SqlStorage:
         the latest snapshot of the running task, stamped ``updated_at`` (server clock, ISO
         UTC), and refresh its heartbeat. Returns the snapshot. Errors as ``heartbeat``.
         ``last_modified`` is left alone (listings keep their order)."""
-        now = utc_now()
-        snapshot = {**progress, "updated_at": now.isoformat()}
         with self.db.write() as conn:
+            now = self.db.now(conn)
+            snapshot = {**progress, "updated_at": now.isoformat()}
             cond = self._run_condition(queue_id, task_id, worker_id, run_id)
             if conn.execute(update(tasks).where(*cond).values(
                     progress=snapshot, last_heartbeat=now)).rowcount == 1:
@@ -589,11 +719,11 @@ class SqlStorage:
         """
         if len(updates) > 1000:
             raise Invalid("Too many tasks to update. Maximum is 1000.")
-        now = utc_now()
         errors: list[tuple[str, str]] = []
         results: list[str] = []
         conflict = False
         with self.db.write() as conn:
+            now = self.db.now(conn)
             for item in updates:
                 task_id = item["task_id"]
                 try:
@@ -640,17 +770,27 @@ class SqlStorage:
         new = values.get("status", old)
         if "status" in values:  # an explicit status (or the reset) is checked even if unchanged
             fsm.check_task_transition(old, new)
+        started = None
         if new == "pending" or (new != "running" and old == "running"):
             values.update(_END_RUN)
+            if old == "running":
+                if new == "pending":
+                    how = "handed back by its run" if fence is not None else "reset by an update"
+                    self._end_run(conn, task, "requeued", now, {"message": how})
+                else:
+                    self._end_run(conn, task, new, now, {"message": f"set {new} by an update"})
         elif new == "running" and old != "running":
             # a manual start: a fresh run (so stale reports are fenced off) on the server
             # clock, so the task's own timeouts apply to it like to any claimed run
             values.update(_END_RUN)
             values.update(run_id=new_id(), start_time=now, last_heartbeat=now)
+            started = {**task, **values}
         if "args" in values:
             values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
         values["last_modified"] = now
         conn.execute(update(tasks).where(tasks.c.task_id == item["task_id"]).values(**values))
+        if started is not None:
+            self._start_run(conn, started, now)
         if reset_pending or new != old:
             self._task_event(conn, queue_id, item["task_id"], old, now)
 
@@ -682,16 +822,21 @@ class SqlStorage:
                 self._filter(TASK_FIELDS, extra_filter)]
         if task_ids is not None:
             cond.append(tasks.c.task_id.in_(task_ids))
-        now = utc_now()
         with self.db.write() as conn:
-            stmt = (select(tasks.c.task_id, tasks.c.status).where(*cond)
+            now = self.db.now(conn)
+            stmt = (select(tasks.c.task_id, tasks.c.status, tasks.c.run_id).where(*cond)
                     .order_by(tasks.c.last_modified, tasks.c.task_id).limit(limit + 1))
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(of=tasks)
             found = conn.execute(stmt).fetchall()
             more = len(found) > limit
             old = {r.task_id: r.status for r in found[:limit]}
+            runs = [r.run_id for r in found[:limit] if r.status == "running" and r.run_id]
             done: list[str] = []
+            if runs:  # their runs end here, in the history too
+                conn.execute(update(task_runs).where(
+                    task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None)).values(
+                    ended=now, status="requeued", summary={"message": "requeued"}))
             if old:
                 rows = conn.execute(
                     update(tasks).where(tasks.c.task_id.in_(list(old)),
@@ -728,19 +873,44 @@ class SqlStorage:
         the running tasks with their progress. Shape: ``counting.queue_overview``."""
         with self.db.read() as conn:
             self._queue(conn, queue_id)
-            return counting.queue_overview(conn, queue_id, utc_now(), window_seconds)
+            return counting.queue_overview(conn, queue_id, self.db.now(conn), window_seconds)
 
     def delete_task(self, queue_id: str, task_id: str) -> None:
         with self.db.write() as conn:
             if conn.execute(delete(tasks).where(tasks.c.task_id == task_id,
                                                 tasks.c.queue_id == queue_id)).rowcount == 0:
                 raise NotFound("Task not found", code=codes.TASK_NOT_FOUND)
+            conn.execute(delete(task_runs).where(task_runs.c.task_id == task_id,
+                                                 task_runs.c.queue_id == queue_id))
+
+    def list_task_runs(self, queue_id: str, task_id: str, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+        """The history of a task's runs, newest first (at most ``limit``, 1..1000).
+
+        Each run is ``{"run_id": str, "task_id": str, "worker_id": str | None,
+        "started": datetime (UTC), "ended": datetime (UTC) | None (still running),
+        "status": "running" | "success" | "failed" | "timed_out" | "cancelled" | "requeued",
+        "charged": bool (this failure counts in its worker's current streak), "summary":
+        dict}``; ``summary`` holds a few words on the end: ``exit_code`` (int) and/or
+        ``message`` (str, at most 300 characters) of a failed run, ``timeout``
+        (``"heartbeat"`` | ``"task"``) and ``message`` of a timed-out one. Raises
+        ``NotFound`` when the queue has no such task, ``Invalid`` for a bad ``limit``.
+        """
+        if not 1 <= limit <= 1000:
+            raise Invalid(f"limit must be in 1..1000, got {limit}")
+        with self.db.read() as conn:
+            self._task(conn, queue_id, task_id)
+            rows = conn.execute(
+                select(*[task_runs.c[k] for k in _RUN_KEYS]).where(
+                    task_runs.c.queue_id == queue_id, task_runs.c.task_id == task_id)
+                .order_by(task_runs.c.started.desc(), task_runs.c.run_id).limit(limit))
+            return [dict(r._mapping) for r in rows]
 
     # ------------------------------------------------------------------ workers
     def create_worker(self, queue_id, name, metadata, max_retries) -> str:
-        now = utc_now()
         worker_id = new_id()
         with self.db.write() as conn:
+            now = self.db.now(conn)
             conn.execute(insert(workers).values(
                 worker_id=worker_id, queue_id=queue_id, status="active", worker_name=name,
                 metadata=_unflatten(metadata, "metadata"), retries=0, max_retries=max_retries,
@@ -813,10 +983,11 @@ class SqlStorage:
         with self.db.write() as conn:
             worker = self._worker(conn, queue_id, worker_id, lock=True)
             fsm.check_worker_transition(worker["status"], status)
-            now = utc_now()
+            now = self.db.now(conn)
             values: dict[str, Any] = {"status": status, "last_modified": now}
             if status == "active" and worker["status"] == "crashed":
                 values["retries"] = 0
+                conn.execute(_UNCHARGE, {"p_worker_id": worker_id})  # a fresh streak
             conn.execute(update(workers).where(workers.c.worker_id == worker_id)
                          .values(**values))
             self._worker_event(conn, queue_id, worker_id, worker["status"], now)
@@ -825,8 +996,8 @@ class SqlStorage:
         """Record that the loop using this worker ended: ``gone_at`` = now (server clock),
         kept if already set. Status and failure count are unchanged. A later fetch with
         this worker id makes it live again. Returns the worker; ``NotFound``."""
-        now = utc_now()
         with self.db.write() as conn:
+            now = self.db.now(conn)
             conn.execute(update(workers).where(
                 workers.c.worker_id == worker_id, workers.c.queue_id == queue_id,
                 workers.c.gone_at.is_(None)).values(gone_at=now))
@@ -856,8 +1027,8 @@ class SqlStorage:
     def delete_worker(self, queue_id: str, worker_id: str, cascade_update: bool) -> None:
         """Delete a worker; with ``cascade_update`` its non-running tasks forget it. Running
         tasks keep their ``worker_id`` so that the run can still report or time out."""
-        now = utc_now()
         with self.db.write() as conn:
+            now = self.db.now(conn)
             deleted = conn.execute(delete(workers).where(
                 workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).rowcount
             if deleted == 0:
@@ -868,15 +1039,25 @@ class SqlStorage:
                     tasks.c.status != "running").values(worker_id=None, last_modified=now))
 
     # ------------------------------------------------------------------ maintenance
-    def sweep_timeouts(self, now: datetime | None = None) -> int:
-        """Fail every running task whose heartbeat or execution time expired (server clock).
+    def sweep_timeouts(self, now: datetime | None = None,
+                       uptime: Callable[[], float] | None = None) -> int:
+        """Fail every running task whose heartbeat or execution time expired (database clock,
+        or ``now`` when given).
+
+        ``uptime()``: seconds for which this server has been running, sweeping and answering
+        without a gap, asked inside the transaction once the database answered (``None``: no
+        grace). A heartbeat expires only once that uptime also exceeds
+        the heartbeat timeout: after a start-up or a stall, every lease gets one full
+        heartbeat timeout of server uptime to beat again, since its heartbeats could not be
+        received meanwhile. The task timeout (wall time since the start) has no such grace.
 
         Cost grows with the number of *running* tasks only (index on ``status``). Idempotent:
         a task already swept is no longer running. Returns the number of tasks failed.
         """
-        now = now or utc_now()
         count = 0
         with self.db.write() as conn:
+            now = now or self.db.now(conn)
+            up = uptime() if uptime is not None else None
             stmt = select(*_TASK_COLUMNS).where(
                 tasks.c.status == "running",
                 tasks.c.heartbeat_timeout.is_not(None) | tasks.c.task_timeout.is_not(None)
@@ -886,7 +1067,7 @@ class SqlStorage:
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in conn.execute(stmt).fetchall():
                 task = task_row(row)
-                reason = _expired(task, now)
+                reason = _expired(task, now, up)
                 if reason is None:
                     continue
                 kind, message = reason
@@ -902,7 +1083,9 @@ class SqlStorage:
                                                      "labtasker_timeout": kind}))
                 ).rowcount
                 if done:
-                    self._charge_worker(conn, task["queue_id"], task["worker_id"], now)
+                    charged = self._blame_failure(conn, task["queue_id"], task, now)
+                    self._end_run(conn, task, "timed_out", now,
+                                  {"timeout": kind, "message": message}, charged)
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     count += 1
             eventlog.prune(conn, self.event_log_size)
@@ -911,12 +1094,35 @@ class SqlStorage:
     def ping(self) -> None:
         self.db.ping()
 
+    def check_writable(self) -> None:
+        """Commit a small write; raises ``Unavailable`` naming the cause when the database
+        cannot write (disk full, read-only, unreachable)."""
+        self.db.probe_write()
 
-def _expired(task: dict, now: datetime) -> tuple[str, str] | None:
+
+def _run_summary(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The few words a run's history keeps of a reported summary: ``exit_code`` and the
+    ``message`` of ``labtasker_exception`` / ``labtasker_error`` (300 characters at most)."""
+    out: dict[str, Any] = {}
+    if not summary:
+        return out
+    code = summary.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        out["exit_code"] = code
+    exc = summary.get("labtasker_exception")
+    message = exc.get("message") if isinstance(exc, dict) else summary.get("labtasker_error")
+    if isinstance(message, str) and message:
+        out["message"] = message[:300]
+    return out
+
+
+def _expired(task: dict, now: datetime, uptime: float | None = None
+             ) -> tuple[str, str] | None:
     """``("heartbeat" | "task", message)`` if the run's time is up (strictly greater than the
-    timeout, server clock), else ``None``. ``task`` holds the timeouts in force."""
+    timeout), else ``None``. ``task`` holds the timeouts in force; a heartbeat expires only
+    when ``uptime`` (seconds, ``None`` = no grace) exceeds its timeout too."""
     hb, hb_timeout = task["last_heartbeat"], task["heartbeat_timeout"]
-    if hb is not None and hb_timeout is not None:
+    if hb is not None and hb_timeout is not None and (uptime is None or uptime > hb_timeout):
         age = (now - hb).total_seconds()
         if age > hb_timeout:
             return "heartbeat", HEARTBEAT_TIMEOUT_MESSAGE.format(age=age, limit=hb_timeout)

@@ -9,7 +9,7 @@ errors of ``labtasker.server.errors``; they know nothing of HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -58,6 +58,8 @@ class Storage(Protocol):
                     status: str | None = None, by: str | None = None) -> dict[str, Any]: ...
     def queue_overview(self, queue_id: str, *, window_seconds: float = 600.0
                        ) -> dict[str, Any]: ...
+    def list_task_runs(self, queue_id: str, task_id: str, limit: int = 100
+                       ) -> list[dict[str, Any]]: ...
 
     # --- workers
     def create_worker(self, queue_id: str, name: str | None, metadata: dict | None,
@@ -74,5 +76,7 @@ class Storage(Protocol):
     def delete_worker(self, queue_id: str, worker_id: str, cascade_update: bool) -> None: ...
 
     # --- maintenance
-    def sweep_timeouts(self, now: datetime | None = None) -> int: ...
+    def sweep_timeouts(self, now: datetime | None = None,
+                       uptime: Callable[[], float] | None = None) -> int: ...
     def ping(self) -> None: ...
+    def check_writable(self) -> None: ...

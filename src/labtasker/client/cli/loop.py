@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--heartbeat-timeout",
             help="Seconds without heartbeat before the server fails the run and puts the task "
-            "back (default 3 x heartbeat_interval of client.toml; must be >= the interval).",
+            "back (default 3 x heartbeat_interval of client.toml; at least 2 x the interval).",
         ),
         grace_period: float = typer.Option(
             10.0,

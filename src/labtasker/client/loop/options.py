@@ -63,8 +63,8 @@ class LoopOptions:
     * ``eta_max``: longest run time of each task run, a duration (``"2h"``, ``"1h30m"``,
       ``90``); stored as a string.
     * ``heartbeat_timeout``: seconds (> 0) without heartbeat before the server fails a run;
-      ``None`` = 3 x ``heartbeat_interval`` of the config (checked against the interval when
-      the loop starts).
+      ``None`` = 3 x ``heartbeat_interval`` of the config; at least 2 x that interval
+      (checked when the loop starts).
     * ``grace_period``: seconds (>= 0, finite) between the SIGTERM/SIGINT sent to a job's
       process group (loop interrupted, task taken away, loop killed) and SIGKILL; default
       10. For ``@labtasker.loop``: the groups of ``labtasker.run_with_subprocess`` calls.

@@ -64,6 +64,7 @@ from labtasker.exceptions import (
     TaskNotOwned,
     WorkerSuspended,
 )
+from labtasker.timeutil import heartbeat_timeout_problem
 from labtasker.wire import Task, TaskUpdateRequest
 
 logger = logging.getLogger("labtasker.loop")
@@ -227,7 +228,7 @@ class LoopRunner:
 
         Returns (and keeps as ``self.session``) the settled :class:`LoopSession`. Raises
         ``LabtaskerRuntimeError`` (bad credentials), ``LabtaskerValueError`` (unknown
-        worker; heartbeat timeout shorter than the interval) or the config errors of
+        worker; heartbeat timeout below 2 x the interval) or the config errors of
         ``get_client_config``.
         """
         cfg = get_client_config()
@@ -235,12 +236,12 @@ class LoopRunner:
         timeout = self.options.heartbeat_timeout
         if timeout is None:
             timeout = 3 * interval
-        elif timeout < interval:
-            raise LabtaskerValueError(
-                f"heartbeat_timeout ({timeout:g}s) must not be shorter than "
-                f"the heartbeat interval ({interval:g}s, task.heartbeat_interval "
-                "in client.toml); use at least 3 x the interval"
-            )
+        else:
+            problem = heartbeat_timeout_problem(
+                timeout, interval, interval_name="the heartbeat interval",
+                source="task.heartbeat_interval in client.toml")
+            if problem:
+                raise LabtaskerValueError(problem)
         try:
             api.get_queue()
         except LabtaskerHTTPStatusError as exc:

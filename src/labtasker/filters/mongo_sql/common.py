@@ -7,10 +7,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Boolean, ColumnElement, and_, false, func, or_, true, type_coerce
+
+from labtasker.timeutil import utc_now
 
 SqlExpr = ColumnElement[Any]
 """A SQL expression (a condition, a JSON value or a scalar)."""
@@ -223,14 +225,28 @@ def split_path(path: Any) -> list[str]:
 
 
 def decode_datetimes(value: Any) -> Any:
-    """Replace every ``{"_dt": "<iso>"}`` object by a ``datetime`` (recursively)."""
+    """Replace every ``{"_dt": "<iso>"}`` object by a ``datetime`` (recursively). One that
+    also holds ``"_rel": <seconds>`` (``date("1 hour ago")``) is resolved with this process's
+    clock instead: now + seconds."""
     if isinstance(value, dict):
-        if len(value) == 1 and "_dt" in value and isinstance(value["_dt"], str):
+        if "_dt" in value and isinstance(value["_dt"], str) and set(value) <= {"_dt", "_rel"}:
+            if "_rel" in value:
+                return _relative(value["_rel"])
             return parse_datetime(value["_dt"])
         return {k: decode_datetimes(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode_datetimes(v) for v in value]
     return value
+
+
+def _relative(seconds: Any) -> datetime:
+    """Now (this process's clock) + ``seconds``; ``FilterError`` for a bad value."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds != seconds:
+        raise FilterError(f"Invalid relative time {seconds!r} in filter")
+    try:
+        return utc_now() + timedelta(seconds=float(seconds))
+    except OverflowError as exc:
+        raise FilterError(f"Invalid relative time {seconds!r} in filter") from exc
 
 
 def parse_datetime(text: str) -> datetime:

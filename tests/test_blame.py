@@ -1,0 +1,165 @@
+"""The blame policy (who a failed run counts against) and the run history, on a real server:
+directly over HTTP, and with real loops on a grid where a few configurations always fail or
+one node is broken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import API, get_task, submit
+
+LABTASKER = str(Path(sys.executable).parent / "labtasker")
+
+
+def _worker(http, **fields) -> str:
+    return http.post(f"{API}/workers", json=fields).json()["worker_id"]
+
+
+def _worker_row(http, wid) -> dict:
+    return http.get(f"{API}/workers/{wid}").json()
+
+
+def _claim(http, tid, wid) -> str:
+    """Claim ``tid`` (the only pending task of its shape) for ``wid``; its run id."""
+    key = list(get_task(http, tid)["args"])
+    task = http.post(f"{API}/tasks/next", json={"worker_id": wid,
+                                                "required_fields": key}).json()["task"]
+    assert task is not None and task["task_id"] == tid, task
+    return task["run_id"]
+
+
+def _report(http, tid, run_id, status, **summary):
+    return http.post(f"{API}/tasks/{tid}/status",
+                     json={"status": status, "run_id": run_id, "summary": summary})
+
+
+def _runs(http, tid) -> list[dict]:
+    resp = http.get(f"{API}/tasks/{tid}/runs")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["content"]
+
+
+def test_blame_policy_and_run_history(queue_env):
+    with queue_env.http() as http:
+        a = _worker(http, worker_name="a", max_retries=2)
+        b = _worker(http, worker_name="b", max_retries=2)
+        x = submit(http, {"x": 1}, max_retries=5)
+        # a fails x: first failure of x, charged to a
+        run1 = _claim(http, x, a)
+        assert _report(http, x, run1, "failed", exit_code=1).status_code == 200
+        assert _worker_row(http, a)["retries"] == 1
+        # the same report again (a retry whose answer was lost): accepted, nothing changes
+        assert _report(http, x, run1, "failed", exit_code=1).status_code == 200
+        assert _worker_row(http, a)["retries"] == 1 and get_task(http, x)["retries"] == 1
+        # a fails x again: charged once per task, not twice
+        run2 = _claim(http, x, a)
+        assert _report(http, x, run2, "failed").status_code == 200
+        assert _worker_row(http, a)["retries"] == 1
+        # a fails y (first failure of y): 2 = max_retries -> a crashed
+        y = submit(http, {"y": 1}, max_retries=5)
+        run_y = _claim(http, y, a)
+        assert _report(http, y, run_y, "failed").status_code == 200
+        assert _worker_row(http, a)["status"] == "crashed"
+        # b fails x too: x is to blame; b is not charged, a's charge for x is taken back and
+        # a, crashed only by charges of now-suspect tasks, is active again
+        run3 = _claim(http, x, b)
+        assert _report(http, x, run3, "failed").status_code == 200
+        assert _worker_row(http, b)["retries"] == 0
+        assert (_worker_row(http, a)["status"], _worker_row(http, a)["retries"]) == ("active", 1)
+        # a success ends a's streak
+        z = submit(http, {"z": 1})
+        assert _report(http, z, _claim(http, z, a), "success").status_code == 200
+        assert _worker_row(http, a)["retries"] == 0
+        # the history keeps every run's outcome, newest first
+        runs = _runs(http, x)
+        assert [r["status"] for r in runs] == ["failed", "failed", "failed"]
+        assert [r["run_id"] for r in runs] == [run3, run2, run1]
+        assert [r["worker_id"] for r in runs] == [b, a, a]
+        assert [r["charged"] for r in runs] == [False, False, False]
+        assert runs[2]["summary"] == {"exit_code": 1} and runs[2]["ended"] >= runs[2]["started"]
+        assert _runs(http, z)[0]["status"] == "success"
+        missing = http.get(f"{API}/tasks/nope/runs")
+        assert missing.status_code == 404 and missing.json()["code"] == "task_not_found"
+        # a running run shows as running; a requeue by an update ends it as "requeued"
+        w = submit(http, {"w": 1})
+        run_w = _claim(http, w, b)
+        assert _runs(http, w)[0]["status"] == "running" and _runs(http, w)[0]["ended"] is None
+        http.put(f"{API}/tasks", json=[{"task_id": w, "status": "pending", "run_id": run_w}],
+                 params={"reset_pending": "false"})
+        assert _runs(http, w)[0]["status"] == "requeued"
+
+
+def _loop(queue_env, cmd, extra_env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [LABTASKER, "loop", "--idle-timeout", "0", "-c", cmd],
+        env={**queue_env.env(), **(extra_env or {})}, cwd=queue_env.workdir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def _grid(http, bad_priority: int | None) -> list[str]:
+    """200 tasks; 5 of them (lr 1000) always fail: priority ``bad_priority``, or spread in
+    FIFO order when ``None``."""
+    tasks = []
+    for i in range(200):
+        bad = i % 40 == 7
+        fields = {"args": {"lr": 1000 if bad else i}, "max_retries": 3}
+        if bad and bad_priority is not None:
+            fields["priority"] = bad_priority
+        tasks.append(fields)
+    resp = http.post(f"{API}/tasks/batch", json={"tasks": tasks})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["task_ids"]
+
+
+def _statuses(http) -> tuple[dict, list[dict]]:
+    tasks = http.post(f"{API}/tasks/search", json={"limit": 1000}).json()["content"]
+    workers = http.post(f"{API}/workers/search", json={}).json()["content"]
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return counts, workers
+
+
+def test_bad_configurations_do_not_take_workers_out_of_service(queue_env):
+    """4 loops, 200 tasks of which 5 always fail, first as the top priority, then in FIFO
+    order: 195 succeed, 5 fail, no worker is crashed."""
+    cmd = "[ %(lr) -lt 1000 ]"  # exit 1 for the bad configurations
+    with queue_env.http() as http:
+        for bad_priority in (20, None):
+            _grid(http, bad_priority)
+            loops = [_loop(queue_env, cmd) for _ in range(4)]
+            for p in loops:
+                p.communicate(timeout=240)
+            counts, workers = _statuses(http)
+            assert counts == {"success": 195, "failed": 5}, counts
+            assert [w["status"] for w in workers if w["status"] != "active"] == [], workers
+            for t in http.post(f"{API}/tasks/search",
+                               json={"status": "failed", "limit": 10}).json()["content"]:
+                assert t["retries"] == 3 and t["args"]["lr"] == 1000
+            for t in http.post(f"{API}/tasks/search", json={"limit": 1000}).json()["content"]:
+                assert http.delete(f"{API}/tasks/{t['task_id']}").status_code == 204
+
+
+def test_broken_node_is_crashed_while_healthy_nodes_finish_the_grid(queue_env):
+    """One loop's every job fails (its node has a "broken driver"): that worker is crashed
+    after its max_retries (3) while 3 healthy loops run the whole grid."""
+    cmd = '[ -z "$BROKEN_DRIVER" ] || exit 1; sleep 0.2'
+    with queue_env.http() as http:
+        ids = [submit(http, {"i": i}) for i in range(60)]
+        healthy = [_loop(queue_env, cmd) for _ in range(3)]
+        broken = _loop(queue_env, cmd, {"BROKEN_DRIVER": "1"})
+        _, err = broken.communicate(timeout=120)
+        assert broken.returncode == 1 and "crashed" in err, err
+        for p in healthy:
+            _, herr = p.communicate(timeout=240)
+            assert p.returncode == 0, herr
+        counts, workers = _statuses(http)
+        assert counts == {"success": 60}, counts
+        by_status = sorted((w["status"], w["retries"]) for w in workers)
+        assert by_status == [("active", 0)] * 3 + [("crashed", 3)], by_status
+        crashed = next(w["worker_id"] for w in workers if w["status"] == "crashed")
+        failed_runs = [r for tid in ids for r in _runs(http, tid) if r["status"] == "failed"]
+        assert len(failed_runs) == 3 and {r["worker_id"] for r in failed_runs} == {crashed}
+        assert all(r["charged"] for r in failed_runs)
