@@ -135,7 +135,7 @@ def _parse_toml(text: str) -> dict[str, Any]:
     """TOML text to plain dicts: the standard library's parser where there is one (Python
     3.11+, a few ms faster to import than tomlkit), else tomlkit (kept for writing files)."""
     try:
-        import tomllib
+        import tomllib  # type: ignore[import-not-found,unused-ignore]  # Python 3.11+
     except ImportError:  # Python 3.10
         import tomlkit
         from tomlkit.exceptions import TOMLKitError

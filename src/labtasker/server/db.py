@@ -145,13 +145,17 @@ _PG_TRANSIENT = {
 }
 _PG_TRANSIENT_CLASSES = {"08": "connection lost", "53": "insufficient resources",
                          "58": "database system error"}
+# SQLite's primary result codes (stable C API values; the ``sqlite3`` module names them only
+# from Python 3.11 on, and this package supports 3.10).
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
+SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 10, 13, 14
 _SQLITE_TRANSIENT = {
-    sqlite3.SQLITE_FULL: "disk full",
-    sqlite3.SQLITE_BUSY: "database locked",
-    sqlite3.SQLITE_LOCKED: "database locked",
-    sqlite3.SQLITE_IOERR: "disk I/O error",
-    sqlite3.SQLITE_CANTOPEN: "cannot open the database file",
-    sqlite3.SQLITE_READONLY: "database is read-only",
+    SQLITE_FULL: "disk full",
+    SQLITE_BUSY: "database locked",
+    SQLITE_LOCKED: "database locked",
+    SQLITE_IOERR: "disk I/O error",
+    SQLITE_CANTOPEN: "cannot open the database file",
+    SQLITE_READONLY: "database is read-only",
 }
 _SQLITE_TRANSIENT_TEXT = {
     "disk is full": "disk full",
@@ -196,14 +200,14 @@ _SQLITE_PROBE = "PRAGMA user_version = 0"
 
 # ---------------------------------------------------------------- test-only fault injection
 _FAULTS = {
-    "disk_full": lambda: _sqlite_error("database or disk is full", sqlite3.SQLITE_FULL),
-    "locked": lambda: _sqlite_error("database is locked", sqlite3.SQLITE_BUSY),
+    "disk_full": lambda: _sqlite_error("database or disk is full", SQLITE_FULL),
+    "locked": lambda: _sqlite_error("database is locked", SQLITE_BUSY),
 }
 
 
 def _sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
     exc = sqlite3.OperationalError(message)
-    exc.sqlite_errorcode = code
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]  # an attribute from 3.11 on
     return exc
 
 

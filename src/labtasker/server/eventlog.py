@@ -54,7 +54,7 @@ def _without_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
     keys = list(doc)
     id_key = _ID_KEYS.get(entity_type)
     out = dict(doc)
-    if (keys[:2] == [id_key, "queue_id"] and doc[id_key] == entity_id
+    if (id_key is not None and keys[:2] == [id_key, "queue_id"] and doc[id_key] == entity_id
             and doc["queue_id"] == queue_id):
         del out[id_key], out["queue_id"]
     if keys[-1:] == ["_id"] and doc["_id"] == entity_id:

@@ -551,7 +551,8 @@ class LoopRunner:
             return lambda record: True
         mine = threading.current_thread().name
         task_id = self.current[0].task_id if self.current else "\0"
-        return lambda record: record.threadName == mine or record.threadName.endswith(task_id)
+        return lambda record: (record.threadName == mine
+                               or (record.threadName or "").endswith(task_id))
 
     # ------------------------------------------------------------------ failure handling
     def _ask_ignore(self, task: Task) -> bool:
