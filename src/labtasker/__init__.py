@@ -51,6 +51,8 @@ _LAZY: dict[str, str] = {
     "delete_queue": _API,
     "submit_task": _API,
     "submit_tasks": _API,
+    "submit_sweep": "labtasker.client.sweep_submit",
+    "SweepResult": "labtasker.client.sweep_submit",
     "fetch_task": _API,
     "report_task_status": _API,
     "refresh_task_heartbeat": _API,

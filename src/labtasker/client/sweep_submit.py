@@ -74,7 +74,7 @@ def submit_sweep(
     grid: Mapping[str, Any] | Iterable[str] | None = None,
     zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002 - the CLI option's name
     fixed: Mapping[str, Any] | None = None,
-    sweep: str | os.PathLike | Mapping[str, Any] | None = None,
+    sweep: str | os.PathLike | Mapping[str, Any] | Sweep | None = None,
     *,
     unique: bool = False,
     dry_run: bool = False,
@@ -96,7 +96,7 @@ def submit_sweep(
     ``grid``/``zip``: ``{key: values}`` (a list, or ``"0.1,0.01"``, ``"range(3)"``,
     ``"linspace(0, 1, 5)"``, ``"logspace(-3, -1, 3)"``, a JSON list) or ``["key=values", ...]``;
     ``fixed``: args of every task; ``sweep``: a W&B-style sweep configuration (dict or YAML
-    path; ``method: grid | random``). ``unique``: skip tasks whose args equal a task already
+    path; ``method: grid | random``) or a ``Sweep`` from ``labtasker.sweep.build``. ``unique``: skip tasks whose args equal a task already
     in the queue (decided by the server). ``dry_run``: expand and validate only. ``name``:
     ``metadata.sweep.name`` (default: the sweep file's ``name``). The other keywords are those
     of ``submit_task`` and apply to every task; ``progress(done, total)`` is called after each
@@ -106,7 +106,13 @@ def submit_sweep(
     sweep before anything is sent; HTTP errors as ``submit_tasks`` does (batches already
     stored stay stored: re-run with ``unique=True`` to complete a sweep).
     """
-    sw = build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed, max_tasks=max_tasks)
+    if isinstance(sweep, Sweep):  # already built (the CLI validates and counts first)
+        if grid or zip or fixed or seed is not None:
+            raise SweepError("give grid/zip/fixed/seed to build() when passing a Sweep")
+        sw = sweep
+    else:
+        sw = build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed,
+                   max_tasks=max_tasks)
     common = _common_fields(task_name, metadata, cmd, heartbeat_timeout, task_timeout,
                             max_retries, priority)
     sweep_id = str(uuid.uuid4())
