@@ -53,6 +53,7 @@ _LAZY: dict[str, str] = {
     "submit_tasks": _API,
     "submit_sweep": "labtasker.client.sweep_submit",
     "SweepResult": "labtasker.client.sweep_submit",
+    "sweep_args": "labtasker.sweep",
     "fetch_task": _API,
     "report_task_status": _API,
     "refresh_task_heartbeat": _API,

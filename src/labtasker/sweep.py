@@ -107,7 +107,7 @@ def _function_values(name: str, inner: str, where: str) -> list:
                              "linspace(a, b, n) for floats")
         if len(nums) == 3 and nums[2] == 0:
             raise SweepError(f"{where}: range() step must not be 0 in 'range({inner})'")
-        r = range(*nums)
+        r = range(*(int(n) for n in nums))
         if len(r) > MAX_TASKS:
             raise SweepError(f"{where}: 'range({inner})' has {len(r):,} values; at most "
                              f"{MAX_TASKS:,}")
@@ -618,3 +618,13 @@ def build(grid: Mapping[str, Any] | Iterable[str] | None = None,
     if max_tasks is not None and total > max_tasks:
         raise SweepError(f"the sweep makes {total:,} tasks, more than the maximum {max_tasks:,}")
     return out
+
+
+def sweep_args(grid: Mapping[str, Any] | Iterable[str] | None = None,
+               zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002
+               fixed: Mapping[str, Any] | None = None,
+               sweep: str | os.PathLike | Mapping[str, Any] | None = None,
+               seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """The args dicts of a sweep, one per task (``labtasker.sweep_args``); arguments as for
+    :func:`build`. Validates everything first: raises :class:`SweepError` before yielding."""
+    return iter(build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed))

@@ -384,7 +384,7 @@ class SqlStorage:
             })
             flags.append(bool(unique or fields.get("unique")))
         fingerprint = (request_hash({"tasks": batch, "unique": unique})
-                       if idempotency_key is not None else None)
+                       if idempotency_key is not None else "")
         with self.db.write() as conn:
             if idempotency_key is not None:
                 stored = self._claim_submit_key(conn, queue_id, idempotency_key, fingerprint,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import Any
 
 import typer
 
@@ -190,7 +191,7 @@ def submit(
     else:
         parsed_args = dict_option(args, "--args")
     meta = dict_option(metadata, "--metadata")
-    options = {
+    options: dict[str, Any] = {
         "task_name": task_name,
         "metadata": meta,
         "cmd": cmd,
@@ -241,8 +242,7 @@ def _submit_sweep(*, grid, zip_, sweep_file, fixed, seed, name, dry_run, unique,
         result = submit_sweep(sweep=sw, unique=unique, name=name, progress=progress,
                               **options)
     if quiet:
-        seen: set[str] = set()
-        out = [t for t in result.task_ids if not (t in seen or seen.add(t))]
+        out = list(dict.fromkeys(result.task_ids))  # in order, each id once
         sys.stdout.write("".join(f"{tid}\n" for tid in out))
         return
     label = f" '{_plain(result.name)}'" if result.name else ""
