@@ -12,8 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import API
+from support.http import API
 
 LABTASKER = [sys.executable, "-m", "labtasker.client.cli.main"]
 
@@ -194,9 +193,10 @@ class AnswerDroppingProxy:
 
 
 def test_lost_answers_are_retried_without_second_tasks(queue_env, server):
+    from support.server import write_client_toml
+
     import labtasker
     from labtasker.client import api
-    from tests.conftest import write_client_toml
 
     proxy = AnswerDroppingProxy(server.port, drops=3)
     try:

@@ -11,8 +11,7 @@ import time
 
 import httpx
 import pytest
-
-from tests.helpers import API, get_task
+from support.http import API, get_task
 
 
 def _count(http) -> int:

@@ -15,7 +15,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -154,7 +155,7 @@ _TASK_LOCKED = _TASK.with_for_update()  # SQLite renders no FOR UPDATE (writers 
 _SHAPE_ID = select(arg_shapes.c.shape_id).where(
     arg_shapes.c.queue_id == bindparam("queue_id"), arg_shapes.c.shape_key == bindparam("shape_key"))
 _INSERT_TASKS = insert(tasks)
-_UNIQUE_LOCK = text("SELECT pg_advisory_xact_lock(:lock)")
+_UNIQUE_LOCK = sql_text("SELECT pg_advisory_xact_lock(:lock)")
 SUBMIT_KEY_SECONDS = 24 * 3600  # how long a submit's idempotency key is remembered
 
 
