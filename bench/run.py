@@ -44,6 +44,7 @@ QUEUE_ME = "/api/v1/queues/me"
 class Sizes:
     submit_one: int = 2000
     submit_bulk: int = 100_000
+    sweep: int = 100_000
     claim_tasks: int = 5000
     claim_workers: tuple[int, ...] = (1, 4, 16)
     fetch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
@@ -58,6 +59,7 @@ class Sizes:
         return cls(
             submit_one=100,
             submit_bulk=2000,
+            sweep=2000,
             claim_tasks=200,
             claim_workers=(1, 4),
             fetch_sizes=(100, 1000),
@@ -391,6 +393,26 @@ def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
     out["submit_bulk"] = Result(rate, f"{rate:,.0f}/s; server CPU {cpu:.3f} ms/task", True)
 
 
+def row_sweep(impl: Impl, sizes: Sizes, out: dict) -> None:
+    """``labtasker task submit --grid i='range(N)' --yes`` end to end (CLI start, expansion,
+    batches of 5,000 over HTTP, server), then the same with ``--unique`` into a fresh queue.
+    Ours only: 1.0.1 has no sweeps."""
+    if impl.is_ref:
+        return
+    for key, extra in (("sweep", []), ("sweep_unique", ["--unique"])):
+        queue = impl.new_queue(key.replace("_", "-"))
+        env = {**os.environ, "LABTASKER_ROOT": str(impl.write_client_root(queue))}
+        cmd = [impl.cli, "task", "submit", "--yes", *extra, "--grid",
+               f"i=range({sizes.sweep})", "--", "--kind", "sweep"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{key}: {proc.stderr.strip()[-300:]}")
+        rate = sizes.sweep / wall
+        out[key] = Result(rate, f"{rate:,.0f}/s ({wall:.1f} s)", True)
+
+
 def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
     queue = impl.new_queue(f"claim{workers}")
     impl.seed(queue, "claim", 0, sizes.claim_tasks)
@@ -667,6 +689,8 @@ def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
 TARGETS = {
     "submit_one": "≥ 1,000/s",
     "submit_bulk": "≥ 20,000/s",
+    "sweep": "≥ 10,000/s",
+    "sweep_unique": "≥ 10,000/s",
     "claim_16": "≥ 800/s, 0 dup",
     "fetch_ratio": "≤ 2x",
     "ls_100000": "≤ 10 ms server",
@@ -683,6 +707,8 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
     labels = [
         ("submit_one", f"submit {sizes.submit_one:,} one by one (tasks/s)"),
         ("submit_bulk", f"submit {sizes.submit_bulk:,} in bulk (tasks/s)"),
+        ("sweep", f"`task submit --grid` sweep of {sizes.sweep:,}, end to end (tasks/s)"),
+        ("sweep_unique", "the same with `--unique` (tasks/s)"),
     ]
     labels.append(("http_floor", "HTTP floor: server CPU per request, sequential client"))
     for w in sizes.claim_workers:
@@ -793,6 +819,7 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
         ("startup", lambda: rows_cli(impl, sizes, out)),
         ("submit", lambda: row_submit_one(impl, sizes, out)),
         ("submit", lambda: row_submit_bulk(impl, sizes, out)),
+        ("submit", lambda: row_sweep(impl, sizes, out)),
         ("claim", lambda: row_http_floor(impl, sizes, out)),
         *[("claim", lambda w=w: row_claim(impl, sizes, w, out)) for w in sizes.claim_workers],
         ("claim", lambda: row_claim_two_processes(impl, sizes, out)),
@@ -831,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="Comma list of groups: startup,submit,claim,loop,fetch.")
     parser.add_argument("--submit-one", type=int)
     parser.add_argument("--submit-bulk", type=int)
+    parser.add_argument("--sweep", type=int, help="Tasks of the sweep rows.")
     parser.add_argument("--claim-tasks", type=int)
     parser.add_argument("--claim-workers", type=_ints, help="e.g. 1,4,16")
     parser.add_argument("--fetch-sizes", type=_ints, help="e.g. 1000,10000,100000")
@@ -845,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (
         "submit_one",
         "submit_bulk",
+        "sweep",
         "claim_tasks",
         "claim_workers",
         "fetch_sizes",

@@ -9,8 +9,8 @@
 #   2. starts `labtasker-server serve` on a free port with a throw-away SQLite database in a
 #      temporary directory;
 #   3. runs `labtasker init` non-interactively into a temporary LABTASKER_ROOT;
-#   4. submits a 12-task grid: half with `labtasker task submit` (submit_grid.sh), half with
-#      `labtasker.submit_task` (submit_grid.py);
+#   4. submits a 12-task grid: half with `labtasker task submit --grid` (submit_grid.sh), half
+#      with `labtasker.submit_sweep` (submit_grid.py);
 #   5. runs one `labtasker loop --parallel 2` (two slots, each a worker) until the queue is
 #      drained, printing the dashboard's URL (log in with the queue name and password
 #      shown) to watch them live;

@@ -133,6 +133,10 @@ class TaskSubmitRequest(_Request):
     task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
     max_retries: int = Field(3, ge=0)
     priority: int = Priority.MEDIUM
+    unique: bool = Field(
+        False, description="Ours: create the task only if no task of the queue (any state) "
+        "has equal args (canonical JSON: key order and 1 vs 1.0 do not matter); otherwise "
+        "the answer holds the existing task's id and created=false.")
 
     @field_validator("args")
     @classmethod
@@ -153,6 +157,9 @@ class TaskSubmitRequest(_Request):
 
 class TaskSubmitResponse(_Response):
     task_id: str
+    # Ours, only in the answer to a ``unique`` submit: false when an equal task existed
+    # (``task_id`` is then that task's id).
+    created: bool | None = None
 
 
 SortSpec = list[tuple[str, Literal[1, -1]]]
@@ -212,10 +219,17 @@ class TaskBatchSubmitRequest(_Request):
     """``POST /tasks/batch``: up to 5,000 tasks, stored all or nothing."""
 
     tasks: list[TaskSubmitRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    unique: bool = Field(False, description="Every task of the batch is unique (see the "
+                         "task's own ``unique``).")
 
 
 class TaskBatchSubmitResponse(_Response):
+    """``task_ids`` in request order: the new task's id, or for a unique task whose args
+    already existed (in the queue or earlier in the batch) that task's id."""
+
     task_ids: list[str]
+    # Only in the answer to a submit with a unique task: per task, whether it was created.
+    created: list[bool] | None = None
 
 
 class TaskFetchRequest(_Request):

@@ -46,6 +46,7 @@ from labtasker.client.transport import (  # noqa: F401 - DEFAULT_TIMEOUT, format
     detail_of,
     error_code,
     format_detail,
+    idempotency_headers,
     notification_printer,
     status_error,
 )
@@ -102,6 +103,8 @@ __all__ = [
     "delete_queue",
     "submit_task",
     "submit_tasks",
+    "submit_bodies",
+    "task_body",
     "fetch_task",
     "report_task_status",
     "refresh_task_heartbeat",
@@ -365,12 +368,16 @@ def submit_task(
     max_retries: int = 3,
     priority: int = Priority.MEDIUM,
     client: ClientLike | None = None,
+    unique: bool = False,
 ) -> TaskSubmitResponse:
     """Submit a task; returns ``TaskSubmitResponse(task_id)``.
 
     ``args``/``metadata`` are dicts (dotted keys like ``"a.b"`` are nested by the server);
-    ``heartbeat_timeout``/``task_timeout`` are seconds. Raises :class:`LabtaskerValueError`
-    if neither ``args`` nor ``cmd`` is given, ``pydantic.ValidationError`` for invalid fields.
+    ``heartbeat_timeout``/``task_timeout`` are seconds. With ``unique`` no task is made when
+    one with equal args exists in the queue: ``created`` is then False and ``task_id`` that
+    task's id. The request carries an idempotency key: a retry after a lost answer makes no
+    second task. Raises :class:`LabtaskerValueError` if neither ``args`` nor ``cmd`` is
+    given, ``pydantic.ValidationError`` for invalid fields.
     """
     if not args and not cmd:
         raise LabtaskerValueError("Either cmd or args must be specified.")
@@ -386,8 +393,13 @@ def submit_task(
         task_timeout=task_timeout,
         max_retries=max_retries,
         priority=priority,
+        unique=unique,
     )
-    body = _call("POST", f"{_QUEUE_ME}/tasks", client=client, json_body=_body(req))
+    data = _body(req)
+    if not unique:
+        data.pop("unique", None)  # the body stays the 1.0.1 one
+    body = _default.resolve(client).call("POST", f"{_QUEUE_ME}/tasks", json_body=data,
+                                         safe=True, headers=idempotency_headers())
     return TaskSubmitResponse.model_validate(body)
 
 
@@ -416,8 +428,9 @@ def _check_heartbeat_timeout(timeout: float | None, where: str = "") -> None:
         raise LabtaskerValueError(f"{where}{problem}")
 
 
-def _submit_body(index: int, task: Any) -> dict[str, Any]:
-    """Validate one element of :func:`submit_tasks` and return its JSON body."""
+def task_body(index: int, task: Any) -> dict[str, Any]:
+    """Validate one element of :func:`submit_tasks` (a dict or ``TaskSubmitRequest``) and
+    return its JSON body; errors name ``tasks[index]``."""
     if isinstance(task, TaskSubmitRequest):
         req = task
     else:
@@ -435,6 +448,8 @@ def _submit_body(index: int, task: Any) -> dict[str, Any]:
     _check_heartbeat_timeout(req.heartbeat_timeout, f"tasks[{index}]: ")
     data = req.model_dump(mode="json", exclude_none=True)
     data.pop("client_version", None)
+    if not data.get("unique"):
+        data.pop("unique", None)
     return data
 
 
@@ -443,6 +458,7 @@ def submit_tasks(
     chunk_size: int = MAX_BATCH,
     progress: Any = None,
     client: ClientLike | None = None,
+    unique: bool = False,
 ) -> list[str]:
     """Submit many tasks; return their ids in the order given.
 
@@ -452,28 +468,56 @@ def submit_tasks(
     (:class:`LabtaskerValueError` / :class:`LabtaskerTypeError` naming ``tasks[i]``).
 
     Tasks are sent ``chunk_size`` (1..5000) at a time to ``POST /tasks/batch``; each request is
-    all-or-nothing. When a request is refused, the :class:`LabtaskerHTTPStatusError` raised
-    carries ``submitted_task_ids`` (ids of the chunks already accepted) and ``first_index``
-    (the position of the refused chunk's first task). A server without the batch route (HTTP
-    404/405, e.g. 1.0.1) gets the tasks one by one instead -- not atomic then.
+    all-or-nothing and carries its own idempotency key, so that it is retried after a lost
+    answer without making its tasks twice. When a request is refused, the
+    :class:`LabtaskerHTTPStatusError` raised carries ``submitted_task_ids`` (ids of the chunks
+    already accepted) and ``first_index`` (the position of the refused chunk's first task). A
+    server without the batch route (HTTP 404/405, e.g. 1.0.1) gets the tasks one by one
+    instead -- not atomic then. With ``unique``, a task whose args equal those of a task
+    already in the queue is not made and its place holds that task's id.
 
     ``progress``, if given, is called as ``progress(done, total)`` after every request.
     """
     if not 1 <= chunk_size <= MAX_BATCH:
         raise LabtaskerValueError(f"chunk_size must be in 1..{MAX_BATCH}, got {chunk_size}")
-    bodies = [_submit_body(i, t) for i, t in enumerate(tasks)]
+    bodies = [task_body(i, t) for i, t in enumerate(tasks)]
+    ids, _ = submit_bodies(bodies, unique=unique, chunk_size=chunk_size, progress=progress,
+                           client=client)
+    return ids
+
+
+def submit_bodies(
+    bodies: list[dict[str, Any]],
+    *,
+    unique: bool = False,
+    chunk_size: int = MAX_BATCH,
+    progress: Any = None,
+    client: ClientLike | None = None,
+) -> tuple[list[str], list[bool]]:
+    """Send validated task bodies (JSON dicts, see :func:`task_body`) in batches; returns
+    ``(task_ids, created)`` in order (``created[i]`` False: a unique task matched the
+    existing task ``task_ids[i]``). Batching, idempotency keys and errors as in
+    :func:`submit_tasks`; ``unique`` needs a server with the batch route."""
     lc = _default.resolve(client)
     total = len(bodies)
     ids: list[str] = []
+    created: list[bool] = []
     batch_path = f"{_QUEUE_ME}/tasks/batch"
     batch = True
     while len(ids) < total:
         start = len(ids)
         if batch:
             chunk = bodies[start : start + chunk_size]
-            payload = {"tasks": chunk, "client_version": __version__}
-            response, _ = lc.send("POST", batch_path, json_body=payload)
+            payload: dict[str, Any] = {"tasks": chunk, "client_version": __version__}
+            if unique:
+                payload["unique"] = True
+            response, _ = lc.send("POST", batch_path, json_body=payload, safe=True,
+                                  headers=idempotency_headers())
             if _is_missing_route(response):
+                if unique:
+                    raise LabtaskerRuntimeError(
+                        "This server has no batch route (labtasker 1.0.x?) and cannot "
+                        "submit unique tasks")
                 batch = False  # no batch route: fall back to one request per task
                 continue
             if response.is_error:
@@ -485,16 +529,21 @@ def submit_tasks(
                 raise LabtaskerRuntimeError(
                     f"Server returned {len(got)} task ids for {len(chunk)} tasks"
                 )
+            flags = body.get("created")
             ids.extend(got)
+            created.extend(flags if isinstance(flags, list) and len(flags) == len(got)
+                           else [True] * len(got))
         else:
             payload = {**bodies[start], "client_version": __version__}
-            response, _ = lc.send("POST", f"{_QUEUE_ME}/tasks", json_body=payload)
+            response, _ = lc.send("POST", f"{_QUEUE_ME}/tasks", json_body=payload, safe=True,
+                                  headers=idempotency_headers())
             if response.is_error:
                 raise _bulk_error(response, ids, start)
             ids.append(TaskSubmitResponse.model_validate(response.json()).task_id)
+            created.append(True)
         if progress is not None:
             progress(len(ids), total)
-    return ids
+    return ids, created
 
 
 def _is_missing_route(response: httpx.Response) -> bool:

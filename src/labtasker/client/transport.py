@@ -15,7 +15,11 @@ Retries (exponential back-off, see :class:`RetryPolicy`):
 * calls that are safe to repeat (``safe=True``: heartbeats, status reports, reads) are also
   retried on read/write errors and on HTTP 502/503/504;
 * every call is retried on a labtasker ``503`` whose ``code`` is ``storage_unavailable``: the
-  server says its database could not complete the request and nothing was written.
+  server says its database could not complete the request and nothing was written;
+* submits are safe too: each submit request carries an ``Idempotency-Key`` header
+  (:func:`idempotency_headers`, a new UUID per request) that every retry of it resends, so a
+  submit whose answer was lost after the server stored it returns the first answer instead
+  of making its tasks again.
 
 A ``Retry-After`` header (seconds) sets the wait before the next attempt (the server knows
 when it expects to write again); such retries are limited by the time budget only. A ``stop``
@@ -35,6 +39,7 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +67,18 @@ __all__ = [
     "format_detail",
     "status_error",
     "STORAGE_UNAVAILABLE",
+    "idempotency_headers",
 ]
 
 DEFAULT_TIMEOUT = 30.0  # seconds, per request
 STORAGE_UNAVAILABLE = "storage_unavailable"  # 503 code: transient database trouble, no write
+
+
+
+def idempotency_headers() -> dict[str, str]:
+    """A fresh ``Idempotency-Key`` header for one submit request (reused by its retries)."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
 
 # A notification hook gets the ``notification`` list of an answer (dicts with ``type``,
 # ``level``, ``details``).
@@ -323,10 +336,12 @@ class LabtaskerClient:
         safe: bool = False,
         stop: threading.Event | None = None,
         retry: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> tuple[httpx.Response, int]:
         """Send one request with retries; return ``(response, attempts_used)``.
 
-        ``params`` with value ``None`` are left out. ``safe``: the call may be repeated (see
+        ``headers`` go with every attempt (an ``Idempotency-Key`` stays the same across the
+        retries). ``params`` with value ``None`` are left out. ``safe``: the call may be repeated (see
         the module docstring). ``stop``: when set, the back-off ends at once and the last
         answer (or error) is returned. ``retry=False``: one attempt only. Raises the
         converted network errors; does not raise for an error status (see :meth:`call`).
@@ -336,6 +351,8 @@ class LabtaskerClient:
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         kwargs: dict[str, Any] = {"params": params or None}
+        if headers:
+            kwargs["headers"] = headers
         if json_body is not None:
             kwargs["json"] = json_body
         attempt = 0
@@ -389,11 +406,12 @@ class LabtaskerClient:
         safe: bool = False,
         stop: threading.Event | None = None,
         retry: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Send a request (as :meth:`send`), raise :class:`LabtaskerHTTPStatusError` on
         4xx/5xx, pass notifications to the hook, return the JSON body (``None`` when empty)."""
         response, _ = self.send(method, path, json_body=json_body, params=params, safe=safe,
-                                stop=stop, retry=retry)
+                                stop=stop, retry=retry, headers=headers)
         if response.is_error:
             raise status_error(response)
         if not response.content:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from sqlalchemy import func, insert, select, text
 
 from labtasker.server.db import Database
-from labtasker.server.schema import arg_shapes, events, queues, tasks, workers
+from labtasker.server.schema import arg_shapes, events, queues, submit_keys, tasks, workers
 
-TABLES = (queues, arg_shapes, workers, tasks, events)  # parents before children
+TABLES = (queues, arg_shapes, workers, tasks, events, submit_keys)  # parents before children
 CHUNK = 2000
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from labtasker import error_codes, wire
@@ -112,19 +112,41 @@ def delete_queue(qid: QueueId, store: Store, cascade_delete: bool = False):
 
 
 # ------------------------------------------------------------------ tasks
-@router.post("/api/v1/queues/me/tasks", status_code=201, response_model=wire.TaskSubmitResponse)
-def submit_task(body: wire.TaskSubmitRequest, qid: QueueId, store: Store):
-    """Submit one task; it starts ``pending``."""
-    return {"task_id": store.submit_task(qid, body.model_dump(exclude={"client_version"}))}
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=100,
+    description="Ours: a client-chosen key (e.g. a UUID) per submit request, reused by its "
+    "retries. A submit whose key was already stored in this queue (last 24 h) makes no "
+    "task and returns the first answer again; the same key with a different body is 409.")]
+
+
+@router.post("/api/v1/queues/me/tasks", status_code=201, response_model=wire.TaskSubmitResponse,
+             response_model_exclude_none=True)
+def submit_task(body: wire.TaskSubmitRequest, qid: QueueId, store: Store,
+                idempotency_key: IdempotencyKey = None):
+    """Submit one task; it starts ``pending``. With ``unique`` the answer also says whether
+    it was ``created`` (false: ``task_id`` is the existing task with equal args)."""
+    answer = store.submit_batch(qid, [body.model_dump(exclude={"client_version"})],
+                                idempotency_key=idempotency_key)
+    out = {"task_id": answer["task_ids"][0]}
+    if body.unique:
+        out["created"] = answer["created"][0]
+    return out
 
 
 @router.post("/api/v1/queues/me/tasks/batch", status_code=201,
-             response_model=wire.TaskBatchSubmitResponse)
-def submit_tasks(body: wire.TaskBatchSubmitRequest, qid: QueueId, store: Store):
+             response_model=wire.TaskBatchSubmitResponse, response_model_exclude_none=True)
+def submit_tasks(body: wire.TaskBatchSubmitRequest, qid: QueueId, store: Store,
+                 idempotency_key: IdempotencyKey = None):
     """Submit up to 5,000 tasks in one request, all or nothing (ours; not in 1.0.1).
-    422 names the index of a bad task (``tasks.<i>.<field>``)."""
+    422 names the index of a bad task (``tasks.<i>.<field>``). With ``unique`` (or a task's
+    own ``unique``) ``created`` says per task whether it was made."""
     batch = [t.model_dump(exclude={"client_version"}) for t in body.tasks]
-    return {"task_ids": store.submit_tasks(qid, batch)}
+    answer = store.submit_batch(qid, batch, unique=body.unique,
+                                idempotency_key=idempotency_key)
+    out = {"task_ids": answer["task_ids"]}
+    if body.unique or any(t.unique for t in body.tasks):
+        out["created"] = answer["created"]
+    return out
 
 
 @router.put("/api/v1/queues/me/tasks", response_model=wire.TaskLsResponse)

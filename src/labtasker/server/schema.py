@@ -119,9 +119,12 @@ tasks = Table(
     # Latest progress snapshot of the current/last run (``report_progress``); a claim clears
     # it. Migration 0005.
     Column("progress", JsonDoc),
+    # Identity of the args (``identity.args_hash``) for ``unique`` submits. Migration 0007.
+    Column("args_hash", String(32)),
     Index("ix_tasks_queue_modified", "queue_id", "last_modified", "task_id"),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_worker", "worker_id"),
+    Index("ix_tasks_args_hash", "args_hash"),
 )
 # Claim order: priority DESC, last_modified ASC, created_at ASC (1.0.1's fetch order), task_id last so
 # that ties (a batch shares one timestamp) are ordered by the index, not sorted per query.
@@ -195,4 +198,18 @@ task_runs = Table(
     Column("summary", JsonDoc, nullable=False),
     Index("ix_task_runs_task", "queue_id", "task_id", "started"),
     Index("ix_task_runs_worker_charged", "worker_id", "charged"),
+)
+
+# Answers of submits sent with an ``Idempotency-Key`` header (``sql_storage.submit_batch``): a
+# retried submit gets the stored answer instead of making its tasks again. Kept for
+# ``SUBMIT_KEY_SECONDS`` (pruned by the sweeper). Migration 0008.
+submit_keys = Table(
+    "submit_keys",
+    metadata,
+    Column("queue_id", String(36), primary_key=True),
+    Column("idempotency_key", String(100), primary_key=True),
+    Column("request_hash", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("answer", JsonDoc),
+    Index("ix_submit_keys_created", "created_at"),
 )

@@ -8,14 +8,16 @@ in ``claim.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -35,10 +37,12 @@ from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
 from labtasker.server import auth, claim, counting, eventlog, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
+from labtasker.server.identity import args_hash, request_hash
 from labtasker.server.schema import (
     arg_shapes,
     queues,
     server_settings,
+    submit_keys,
     task_runs,
     tasks,
     workers,
@@ -159,6 +163,14 @@ _TASK_LOCKED = _TASK.with_for_update()  # SQLite renders no FOR UPDATE (writers 
 _SHAPE_ID = select(arg_shapes.c.shape_id).where(
     arg_shapes.c.queue_id == bindparam("queue_id"), arg_shapes.c.shape_key == bindparam("shape_key"))
 _INSERT_TASKS = insert(tasks)
+_UNIQUE_LOCK = sql_text("SELECT pg_advisory_xact_lock(:lock)")
+SUBMIT_KEY_SECONDS = 24 * 3600  # how long a submit's idempotency key is remembered
+
+
+def _lock_number(queue_id: str) -> int:
+    """A signed 64-bit advisory-lock number for unique submits of ``queue_id``."""
+    digest = hashlib.sha256(b"labtasker-unique:" + queue_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 # Column values come from the execute() parameters (one compiled form per set of keys).
 _UPDATE_TASK = (update(tasks).where(tasks.c.task_id == bindparam("p_task_id"))
                 .returning(*_TASK_COLUMNS))
@@ -272,6 +284,7 @@ class SqlStorage:
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
             conn.execute(delete(arg_shapes).where(arg_shapes.c.queue_id == queue_id))
             conn.execute(delete(events_table).where(events_table.c.queue_id == queue_id))
+            conn.execute(delete(submit_keys).where(submit_keys.c.queue_id == queue_id))
             if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
                 raise NotFound("Queue not found", code=codes.QUEUE_NOT_FOUND)
 
@@ -348,14 +361,36 @@ class SqlStorage:
 
     def submit_tasks(self, queue_id: str, batch: list[dict[str, Any]]) -> list[str]:
         """Insert many pending tasks in one transaction (all or nothing); ids in order.
+        ``submit_batch`` without its options."""
+        return self.submit_batch(queue_id, batch)["task_ids"]
 
-        ``batch``: TaskSubmitRequest values per task. Raises ``Invalid`` naming the index of
-        a task whose dotted keys conflict.
+    def submit_batch(self, queue_id: str, batch: list[dict[str, Any]], *,
+                     unique: bool = False, idempotency_key: str | None = None
+                     ) -> dict[str, Any]:
+        """Insert pending tasks in one transaction (all or nothing).
+
+        ``batch``: TaskSubmitRequest values per task; a task is *unique* when its own
+        ``unique`` field or ``unique`` is true: it is not created when a task of the queue (in
+        any state, or earlier in this batch) has equal args (``identity.args_hash``), and its
+        place in the answer holds that task's id. Decided atomically: unique submits of one
+        queue are serialised (SQLite: every write is; PostgreSQL: a transaction-scoped
+        advisory lock per queue).
+
+        ``idempotency_key`` (at most 100 characters): when a submit with this key was already
+        stored for the queue (within ``SUBMIT_KEY_SECONDS``), nothing is inserted and its
+        answer is returned again; the same key with a different batch raises ``Conflict``.
+        Two requests with one key at the same moment: the second waits for the first.
+
+        Returns ``{"task_ids": [...], "created": [bool, ...]}`` in batch order. Raises
+        ``Invalid`` naming the index of a task whose dotted keys conflict.
         """
         rows = []
+        flags = []
         for index, fields in enumerate(batch):
             where = f"tasks[{index}]." if len(batch) > 1 else ""
             cmd = fields.get("cmd")
+            cmd = "" if cmd is None else cmd
+            args = _unflatten(fields.get("args"), where + "args")
             rows.append({
                 "task_id": new_id(), "queue_id": queue_id, "status": "pending",
                 "task_name": fields.get("task_name"), "created_at": None, "start_time": None,
@@ -365,26 +400,96 @@ class SqlStorage:
                 "max_retries": fields.get("max_retries", 3), "retries": 0,
                 "priority": fields.get("priority", 10),
                 "metadata": _unflatten(fields.get("metadata"), where + "metadata"),
-                "args": _unflatten(fields.get("args"), where + "args"),
-                "cmd": "" if cmd is None else cmd, "summary": {}, "worker_id": None,
-                "run_id": None,
+                "args": args, "cmd": cmd, "summary": {}, "worker_id": None,
+                "run_id": None, "args_hash": args_hash(args, cmd),
             })
+            flags.append(bool(unique or fields.get("unique")))
+        fingerprint = (request_hash({"tasks": batch, "unique": unique})
+                       if idempotency_key is not None else "")
         with self.db.write() as conn:
             now = self.db.now(conn)
-            shapes: dict[str, int] = {}
+            if idempotency_key is not None:
+                stored = self._claim_submit_key(conn, queue_id, idempotency_key, fingerprint,
+                                                now)
+                if stored is not None:
+                    return stored
+            answer_ids = [row["task_id"] for row in rows]
+            created = [True] * len(rows)
+            if any(flags):
+                self._lock_unique(conn, queue_id)
+                found = self._existing_hashes(
+                    conn, queue_id, {r["args_hash"] for r, f in zip(rows, flags, strict=True) if f})
+                new_rows = []
+                for i, (row, flag) in enumerate(zip(rows, flags, strict=True)):
+                    h = row["args_hash"]
+                    if flag and h in found:
+                        answer_ids[i], created[i] = found[h], False
+                        continue
+                    found.setdefault(h, row["task_id"])
+                    new_rows.append(row)
+                rows = new_rows
+            if rows:
+                shapes: dict[str, int] = {}
+                for row in rows:
+                    row["created_at"] = row["last_modified"] = now
+                    key = shape_key(shape_of(row["args"]))
+                    if key not in shapes:
+                        shapes[key] = self._shape_id(conn, queue_id, row["args"])
+                    row["shape_id"] = shapes[key]
+                conn.execute(_INSERT_TASKS, rows)
+                for row in rows:
+                    data = {k: row.get(k) for k in TASK_KEYS}
+                    eventlog.record(conn, queue_id=queue_id, entity_type="task",
+                                    entity_id=row["task_id"], old="created", new="pending",
+                                    data=data, now=now)
+            answer = {"task_ids": answer_ids, "created": created}
+            if idempotency_key is not None:
+                conn.execute(update(submit_keys).where(
+                    submit_keys.c.queue_id == queue_id,
+                    submit_keys.c.idempotency_key == idempotency_key).values(answer=answer))
+        return answer
+
+    @staticmethod
+    def _claim_submit_key(conn: Connection, queue_id: str, key: str, fingerprint: str,
+                          now: datetime) -> dict[str, Any] | None:
+        """Record ``key`` for this submit, or return the answer stored under it. On
+        PostgreSQL the insert waits while another transaction holds the same key."""
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        inserted = conn.execute(dialect_insert(submit_keys).values(
+            queue_id=queue_id, idempotency_key=key, request_hash=fingerprint, created_at=now,
+            answer=None).on_conflict_do_nothing().returning(submit_keys.c.queue_id)).first()
+        if inserted is not None:  # (rowcount is not reliable here on psycopg)
+            return None
+        row = conn.execute(select(submit_keys.c.request_hash, submit_keys.c.answer).where(
+            submit_keys.c.queue_id == queue_id, submit_keys.c.idempotency_key == key)).first()
+        if row is None or row.answer is None:  # pragma: no cover - pruned in between
+            raise Conflict(f"Idempotency-Key {key!r} is in use; retry")
+        if row.request_hash != fingerprint:
+            raise Conflict(f"Idempotency-Key {key!r} was already used for a different submit; "
+                           "use a new key for a new request")
+        return row.answer
+
+    @staticmethod
+    def _lock_unique(conn: Connection, queue_id: str) -> None:
+        """Serialise unique submits of one queue until the transaction ends (PostgreSQL;
+        SQLite write transactions are serialised already)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(_UNIQUE_LOCK, {"lock": _lock_number(queue_id)})
+
+    @staticmethod
+    def _existing_hashes(conn: Connection, queue_id: str, hashes: set[str]) -> dict[str, str]:
+        """``{args_hash: task_id}`` of the queue's tasks whose hash is in ``hashes`` (the
+        oldest task when several match)."""
+        found: dict[str, str] = {}
+        pending = sorted(hashes)
+        for start in range(0, len(pending), 500):
+            chunk = pending[start:start + 500]
+            rows = conn.execute(select(tasks.c.args_hash, tasks.c.task_id).where(
+                tasks.c.queue_id == queue_id, tasks.c.args_hash.in_(chunk)).order_by(
+                tasks.c.created_at.desc(), tasks.c.task_id.desc()))
             for row in rows:
-                row["created_at"] = row["last_modified"] = now
-                key = shape_key(shape_of(row["args"]))
-                if key not in shapes:
-                    shapes[key] = self._shape_id(conn, queue_id, row["args"])
-                row["shape_id"] = shapes[key]
-            conn.execute(_INSERT_TASKS, rows)
-            for row in rows:
-                data = {k: row.get(k) for k in TASK_KEYS}
-                eventlog.record(conn, queue_id=queue_id, entity_type="task",
-                                entity_id=row["task_id"], old="created", new="pending",
-                                data=data, now=now)
-        return [row["task_id"] for row in rows]
+                found[row.args_hash] = row.task_id
+        return found
 
     def get_task(self, queue_id: str, task_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
@@ -787,6 +892,9 @@ class SqlStorage:
             started = {**task, **values}
         if "args" in values:
             values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
+        if "args" in values or "cmd" in values:
+            values["args_hash"] = args_hash(values.get("args", task["args"]),
+                                            values.get("cmd", task["cmd"]))
         values["last_modified"] = now
         conn.execute(update(tasks).where(tasks.c.task_id == item["task_id"]).values(**values))
         if started is not None:
@@ -1089,6 +1197,8 @@ class SqlStorage:
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     count += 1
             eventlog.prune(conn, self.event_log_size)
+            conn.execute(delete(submit_keys).where(
+                submit_keys.c.created_at < now - timedelta(seconds=SUBMIT_KEY_SECONDS)))
         return count
 
     def ping(self) -> None:

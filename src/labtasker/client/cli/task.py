@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Any
 
 import typer
 
@@ -102,10 +104,53 @@ def submit(
         "cmd, heartbeat_timeout, task_timeout, max_retries, priority) or, without `args` and "
         "`cmd` keys, the args themselves. Options given here are defaults for every record.",
     ),
+    grid: list[str] | None = typer.Option(
+        None,
+        "--grid",
+        help="Sweep: KEY=VALUES, repeatable; one task per combination of all --grid keys. "
+        "VALUES: `0.1,0.01` (literals, cast like args after --), `range(3)`, "
+        "`linspace(0,1,5)`, `logspace(-3,-1,3)` or a JSON list `[[64,64],[128]]`. "
+        "Dotted keys nest (`model.depth=2,4`).",
+    ),
+    zip_: list[str] | None = typer.Option(
+        None,
+        "--zip",
+        help="Sweep: KEY=VALUES, repeatable; these keys vary together (equal lengths), "
+        "combined with --grid as a product.",
+    ),
+    sweep_file: str | None = typer.Option(
+        None,
+        "--sweep",
+        help="Sweep file (W&B format, YAML): method grid|random, parameters (value, values, "
+        "distribution, min/max/mu/sigma/q/probabilities, nested parameters), run_cap, seed.",
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of a random sweep (overrides the file's `seed`)."
+    ),
+    sweep_name: str | None = typer.Option(
+        None, "--sweep-name", help="Readable name stored in metadata.sweep.name."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print how many tasks the sweep makes and the first ones; "
+        "submit nothing."
+    ),
+    unique: bool = typer.Option(
+        False,
+        "--unique",
+        help="Skip tasks whose args equal a task already in the queue (any state); decided "
+        "by the server, safe with concurrent submitters.",
+    ),
+    yes: bool = typer.Option(
+        False, "-y", "--yes", help="Submit a sweep of more than 10,000 tasks."
+    ),
 ) -> None:
     """Submit a task. Args come from `--args` or from options after `--`.
 
     Example: `labtasker task submit --name exp1 -- --lr 0.1 --model.depth 3`
+
+    A sweep (one task per combination; args after `--` are shared by all):
+    `labtasker task submit --grid lr=0.1,0.01 --grid seed='range(3)' -- --epochs 10`
+    (`--dry-run` to look first, `--unique` to never submit the same args twice).
 
     Many tasks at once: `labtasker task submit --file tasks.jsonl` (sent in batches of 5,000,
     each all-or-nothing; a progress bar is shown on a terminal).
@@ -113,9 +158,14 @@ def submit(
     from labtasker.client import api
     from labtasker.client.cmdline import parse_extra_opt
 
+    is_sweep = bool(grid or zip_ or sweep_file is not None)
+    if not is_sweep and (dry_run or seed is not None or sweep_name is not None):
+        raise usage_error("--dry-run, --seed and --sweep-name need --grid, --zip or --sweep.")
     if file is not None:
         if args_pos or args is not None:
             raise usage_error("--file cannot be combined with --args or args after `--`.")
+        if is_sweep:
+            raise usage_error("--file cannot be combined with --grid, --zip or --sweep.")
         defaults = {
             "task_name": task_name,
             "metadata": dict_option(metadata, "--metadata"),
@@ -125,7 +175,7 @@ def submit(
             "max_retries": max_retries,
             "priority": priority,
         }
-        _submit_file(file, {k: v for k, v in defaults.items() if v is not None}, quiet)
+        _submit_file(file, {k: v for k, v in defaults.items() if v is not None}, quiet, unique)
         return
     if args_pos and args is not None:
         raise usage_error("Use either --args or positional args after `--`, not both.")
@@ -141,19 +191,104 @@ def submit(
     else:
         parsed_args = dict_option(args, "--args")
     meta = dict_option(metadata, "--metadata")
+    options: dict[str, Any] = {
+        "task_name": task_name,
+        "metadata": meta,
+        "cmd": cmd,
+        "heartbeat_timeout": _duration(heartbeat_timeout, "--heartbeat-timeout"),
+        "task_timeout": _duration(task_timeout, "--task-timeout"),
+        "max_retries": max_retries,
+        "priority": priority,
+    }
+    if is_sweep:
+        _submit_sweep(
+            grid=grid, zip_=zip_, sweep_file=sweep_file, fixed=parsed_args, seed=seed,
+            name=sweep_name, dry_run=dry_run, unique=unique, yes=yes, quiet=quiet,
+            options=options,
+        )
+        return
     if not parsed_args and not cmd:
         raise usage_error("Either --cmd or args (--args or `-- --key value`) must be specified.")
-    resp = api.submit_task(
-        task_name=task_name,
-        args=parsed_args,
-        metadata=meta,
-        cmd=cmd,
-        heartbeat_timeout=_duration(heartbeat_timeout, "--heartbeat-timeout"),
-        task_timeout=_duration(task_timeout, "--task-timeout"),
-        max_retries=max_retries,
-        priority=priority,
-    )
-    print(resp.task_id if quiet else f"Task submitted with ID: {resp.task_id}")
+    resp = api.submit_task(args=parsed_args, unique=unique, **options)
+    if quiet:
+        print(resp.task_id)
+    elif resp.created is False:
+        print(f"Task not submitted: task {resp.task_id} has the same args (--unique).")
+    else:
+        print(f"Task submitted with ID: {resp.task_id}")
+
+
+DRY_RUN_ROWS = 10  # tasks shown by --dry-run
+
+
+def _submit_sweep(*, grid, zip_, sweep_file, fixed, seed, name, dry_run, unique, yes, quiet,
+                  options) -> None:
+    from labtasker import sweep as sweeps
+    from labtasker.client.sweep_submit import submit_sweep
+
+    sw = sweeps.build(grid=grid, zip=zip_, fixed=fixed, sweep=sweep_file, seed=seed)
+    for note in sw.notes:
+        print(f"Note: {note}", file=sys.stderr)
+    total = len(sw)
+    if dry_run:
+        _print_dry_run(sw, name)
+        return
+    if total > sweeps.CONFIRM_TASKS and not yes:
+        raise usage_error(
+            f"The sweep makes {total:,} tasks, more than {sweeps.CONFIRM_TASKS:,}: add --yes "
+            "to submit them (or --dry-run to look first)."
+        )
+    with _progress_bar(total) as progress:
+        result = submit_sweep(sweep=sw, unique=unique, name=name, progress=progress,
+                              **options)
+    if quiet:
+        out = list(dict.fromkeys(result.task_ids))  # in order, each id once
+        sys.stdout.write("".join(f"{tid}\n" for tid in out))
+        return
+    label = f" '{_plain(result.name)}'" if result.name else ""
+    if unique:
+        print(f"Sweep{label} {result.sweep_id}: {total} task(s), {len(result.created_ids)} "
+              f"submitted, {total - len(result.created_ids)} already in the queue (--unique).")
+    else:
+        print(f"Sweep{label} {result.sweep_id}: {total} task(s) submitted.")
+
+
+def _plain(value) -> str:
+    """A value as one line of plain text: strings unquoted, control characters escaped."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text[1:-1] if isinstance(value, str) else text
+
+
+def _print_dry_run(sw, name: str | None) -> None:
+    from rich.text import Text
+
+    from labtasker.client.cli.output import make_console
+    from labtasker.client.cli.output import table as new_table
+
+    total = len(sw)
+    sizes = " x ".join(
+        f"{'+'.join(f.keys)} {len(f.rows)}" for f in sw.factors
+    ) if sw.method == "grid" else f"random, run_cap {sw.run_cap}, seed {sw.seed}"
+    label = f" '{_plain(name or sw.name)}'" if (name or sw.name) else ""
+    print(f"Dry run: the sweep{label} makes {total:,} task(s) ({sizes}); nothing submitted.")
+    if sw.fixed:
+        print(f"Fixed args: {_plain(sw.fixed)}")
+    keys = sw.varied
+    table = new_table(f"first {min(total, DRY_RUN_ROWS)} of {total:,}")
+    table.add_column("#", justify="right", no_wrap=True)
+    for key in keys:
+        table.add_column(Text(key), overflow="fold")
+    for index, args in enumerate(sw.preview(DRY_RUN_ROWS)):
+        cells = []
+        for key in keys:
+            node = args
+            for part in key.split("."):
+                node = node[part]
+            cells.append(Text(_plain(node)))
+        table.add_row(str(index), *cells)
+    make_console().print(table)
 
 
 PROGRESS_MIN_TASKS = 5000  # show a progress bar from this many tasks on (stderr a terminal)
@@ -173,7 +308,7 @@ def _read_records(file: str) -> list[tuple[str, object]]:
     return parse_task_records(text, file)
 
 
-def _submit_file(file: str, defaults: dict, quiet: bool) -> None:
+def _submit_file(file: str, defaults: dict, quiet: bool, unique: bool = False) -> None:
     from labtasker.client import api
     from labtasker.client.taskfile import task_requests
 
@@ -181,41 +316,52 @@ def _submit_file(file: str, defaults: dict, quiet: bool) -> None:
     if not requests:
         print("No tasks in the input; nothing submitted.", file=sys.stderr)
         return
-    progress = None
-    bar = None
-    if len(requests) >= PROGRESS_MIN_TASKS and stderr_is_tty():
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(
-            TextColumn("Submitting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        job = bar.add_task("submit", total=len(requests))
-
-        def progress(done: int, total: int) -> None:
-            bar.update(job, completed=done)
-
-        bar.start()
-    try:
-        ids = api.submit_tasks(requests, progress=progress)
-    finally:
-        if bar is not None:
-            bar.stop()
+    bodies = [api.task_body(i, r) for i, r in enumerate(requests)]
+    with _progress_bar(len(bodies)) as progress:
+        ids, created = api.submit_bodies(bodies, unique=unique, progress=progress)
     if quiet:
         sys.stdout.write("".join(f"{tid}\n" for tid in ids))
+    elif unique:
+        made = sum(created)
+        print(f"{made} task(s) submitted, {len(ids) - made} already in the queue (--unique).")
     else:
         print(f"{len(ids)} task(s) submitted.")
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int):
+    """Yield a ``progress(done, total)`` callback drawing a bar on stderr (a terminal, from
+    ``PROGRESS_MIN_TASKS`` tasks on), else ``None``."""
+    if total < PROGRESS_MIN_TASKS or not stderr_is_tty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("Submitting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    job = bar.add_task("submit", total=total)
+
+    def progress(done: int, _total: int) -> None:
+        bar.update(job, completed=done)
+
+    bar.start()
+    try:
+        yield progress
+    finally:
+        bar.stop()
 
 
 def _stream_with_progress(pages, enabled: bool):
