@@ -20,7 +20,7 @@ async def test_health_and_welcome(asgi_app):
 async def test_bad_credentials_are_401_with_basic_challenge(asgi_app):
     resp = await asgi_app.client.get(f"{API}", auth=("nobody", "x"))
     assert resp.status_code == 401
-    assert resp.json() == {"detail": "Invalid credentials"}
+    assert resp.json() == {"detail": "Invalid credentials", "code": "invalid_credentials"}
     assert resp.headers["www-authenticate"] == "Basic"
 
 
@@ -42,7 +42,7 @@ async def test_submit_claim_report(asgi_queue):
     ({"eta_max": "soon"}, 400, "eta_max: Invalid duration"),
     ({"start_heartbeat": False}, 400, "Eta max must be specified when start_heartbeat is False"),
     ({"heartbeat_timeout": 1, "heartbeat_interval": 2}, 400,
-     "heartbeat_timeout (1s) must not be shorter than heartbeat_interval (2s)"),
+     "heartbeat_timeout (1s) must be at least 2 x heartbeat_interval (2s)"),
     ({"required_fields": ["a..b"]}, 400, "Invalid required fields"),
 ])
 async def test_fetch_refuses_bad_limits_naming_them(asgi_queue, body, status, detail):

@@ -16,7 +16,8 @@ def test_task_model_keys_are_the_registry_in_order():
 
 
 def test_submit_and_update_models_match_the_registry():
-    submit = set(wire.TaskSubmitRequest.model_fields) - {"client_version"}
+    # ``unique`` is an option of the submit request (decided by the server), not a task field
+    submit = set(wire.TaskSubmitRequest.model_fields) - {"client_version", "unique"}
     assert submit == set(fields.SUBMIT_TASK_FIELDS)
     update = set(wire.TaskUpdateRequest.model_fields) - {"client_version", "task_id",
                                                           "replace_fields", "run_id"}
