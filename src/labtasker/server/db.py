@@ -241,6 +241,24 @@ def _install_fault_hook(engine: Engine, path: str, dialect: str) -> None:
         raise _pg_fault(kind)
 
 
+
+@contextlib.contextmanager
+def _transient_errors_unavailable() -> Iterator[None]:
+    """Translate transient database errors raised inside the block (disk full, locked,
+    connection lost, pool exhausted) into ``unavailable`` (503 with the cause); the one
+    place where storage errors are translated."""
+    try:
+        yield
+    except DBAPIError as exc:
+        cause = transient_cause(exc)
+        if cause is None:
+            raise
+        raise unavailable(exc, cause) from exc
+    except PoolTimeout as exc:
+        raise unavailable(exc, "all database connections busy") from exc
+    except PendingRollbackError as exc:  # the connection broke inside the transaction
+        raise unavailable(exc, "connection lost") from exc
+
 class Database:
     """Engines plus transaction helpers; see the module docstring."""
 
@@ -274,41 +292,21 @@ class Database:
         commit (the events log uses this to append its rows at the very end).
         """
         lock = self._write_lock or contextlib.nullcontext()
-        try:
-            with lock, self.write_engine.begin() as conn:
-                try:
-                    yield conn
-                    for hook in conn.info.get(BEFORE_COMMIT, ()):
-                        hook(conn)
-                finally:
-                    conn.info.pop(BEFORE_COMMIT, None)
-        except DBAPIError as exc:
-            cause = transient_cause(exc)
-            if cause is None:
-                raise
-            raise unavailable(exc, cause) from exc
-        except PoolTimeout as exc:
-            raise unavailable(exc, "all database connections busy") from exc
-        except PendingRollbackError as exc:  # the connection broke inside the transaction
-            raise unavailable(exc, "connection lost") from exc
+        with _transient_errors_unavailable(), lock, self.write_engine.begin() as conn:
+            try:
+                yield conn
+                for hook in conn.info.get(BEFORE_COMMIT, ()):
+                    hook(conn)
+            finally:
+                conn.info.pop(BEFORE_COMMIT, None)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction with a consistent snapshot; always rolled back."""
-        try:
-            with self.read_engine.connect() as conn:
-                with conn.begin() as trans:
-                    yield conn
-                    trans.rollback()
-        except DBAPIError as exc:
-            cause = transient_cause(exc)
-            if cause is None:
-                raise
-            raise unavailable(exc, cause) from exc
-        except PoolTimeout as exc:
-            raise unavailable(exc, "all database connections busy") from exc
-        except PendingRollbackError as exc:  # the connection broke inside the transaction
-            raise unavailable(exc, "connection lost") from exc
+        with _transient_errors_unavailable(), self.read_engine.connect() as conn:
+            with conn.begin() as trans:
+                yield conn
+                trans.rollback()
 
     def now(self, conn: Connection) -> datetime:
         """The database's clock as an aware UTC datetime (see the module docstring)."""
