@@ -292,8 +292,12 @@ def test_transient_503_is_retried_for_safe_calls(queue_env):
     api.set_retry_policy(attempts=5, initial=0.01, jitter=0.0)
     assert api.get_queue(client=client).queue_id == queue_env.queue_id
     assert calls["n"] == 3
-    # a non-idempotent call is not retried on 503
+    # a submit carries an idempotency key, so it is retried like a read
+    calls["n"] = 0
+    assert api.submit_task(args={"a": 1}, client=client).task_id
+    assert calls["n"] == 3
+    # a call that is not safe to repeat (creating a worker) is not retried on a plain 503
     calls["n"] = 0
     with pytest.raises(LabtaskerHTTPStatusError) as info:
-        api.submit_task(args={"a": 1}, client=client)
+        api.create_worker(client=client)
     assert info.value.status_code == 503 and calls["n"] == 1

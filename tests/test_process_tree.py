@@ -36,6 +36,13 @@ def is_watchdog(pid: int) -> bool:
         return False
 
 
+def is_sleep(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"sleep")
+    except OSError:
+        return False
+
+
 def read_pids(path: Path) -> list[int]:
     """The pids a :data:`TREE` job wrote to ``path`` (shell, background sleep), or []."""
     try:
@@ -52,8 +59,9 @@ def job_tree(pids_file: Path, timeout: float = 60.0) -> tuple[int, int, int]:
         if len(pids) < 2:
             return None
         shell, background = pids[:2]
-        others = descendants(shell) - {background}
-        return (shell, background, min(others)) if others else None
+        # only the foreground sleep: the ``mv`` that wrote the file may not have exited yet
+        others = {p for p in descendants(shell) - {background} if is_sleep(p)}
+        return (shell, background, min(others)) if len(others) == 1 else None
 
     return wait_for(ready, timeout=timeout, what="job tree started")
 
