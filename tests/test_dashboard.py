@@ -84,6 +84,9 @@ def log_in(page, queue_env, target: str = "/ui/") -> None:
     page.get_by_label("Password").fill(queue_env.password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#queue-name")).to_have_text(queue_env.queue_name)
+    # the page's module script has run (its handlers are attached) once the DOM is loaded;
+    # typing before that races with it on a loaded machine
+    page.wait_for_load_state("domcontentloaded")
 
 
 def submit_batch(http, tasks: list[dict]) -> list[str]:
@@ -134,6 +137,9 @@ def test_log_in_wrong_then_right_password_and_log_out(page, queue_env):
     page.get_by_label("Password").fill(queue_env.password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#queue-name")).to_have_text(queue_env.queue_name)
+    # the page's module script has run (its handlers are attached) once the DOM is loaded;
+    # typing before that races with it on a loaded machine
+    page.wait_for_load_state("domcontentloaded")
     (cookie,) = page.context.cookies()
     assert cookie["name"] == "labtasker_session"
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
