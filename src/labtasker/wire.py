@@ -35,11 +35,33 @@ class Priority:
     HIGH = 20
 
 
+INT32 = (-(2**31), 2**31 - 1)  # whole-number fields are 32-bit columns on PostgreSQL
+MAX_SECONDS = 10 * 365 * 86400  # longest duration field (heartbeat_timeout, task_timeout...)
+_DURATIONS = frozenset({"heartbeat_timeout", "task_timeout", "heartbeat_interval", "gone_for"})
+
+
 # defer_build everywhere: a model's validator is built on its first use rather than at import,
 # so a CLI call pays only for the few models it uses.
 class _Request(BaseModel):
+    """Every request: whole-number fields fit in 32 bits, durations are at most
+    ``MAX_SECONDS`` (422 naming the field and the limit)."""
+
     model_config = ConfigDict(extra="ignore", use_enum_values=True, defer_build=True)
     client_version: str | None = None
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> _Request:
+        for name in type(self).model_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if isinstance(value, int) and not INT32[0] <= value <= INT32[1]:
+                raise ValueError(f"{name}: {value} is outside the range of a 32-bit integer "
+                                 f"({INT32[0]} to {INT32[1]})")
+            if name in _DURATIONS and not value <= MAX_SECONDS:
+                raise ValueError(f"{name}: {value} seconds is more than the limit "
+                                 f"({MAX_SECONDS} seconds)")
+        return self
 
 
 class _Response(BaseModel):

@@ -30,8 +30,10 @@ from labtasker.server.errors import (
     Invalid,
     NotFound,
     StorageError,
+    TooLarge,
     Unavailable,
 )
+from labtasker.server.limits import RequestGuard
 from labtasker.server.notifier import Notifier
 from labtasker.server.routes import router
 from labtasker.server.settings import ServerSettings
@@ -41,7 +43,8 @@ from labtasker.server.sweeper import TICK_SECONDS, Sweeper
 
 log = logging.getLogger("labtasker.server")
 
-_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 400, Unavailable: 503}
+_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, TooLarge: 413, Invalid: 400,
+           Unavailable: 503}
 # ``code`` of the errors FastAPI/Starlette raise themselves (and of our 401)
 _HTTP_CODES = {401: codes.INVALID_CREDENTIALS, 404: codes.ROUTE_NOT_FOUND,
                405: codes.ROUTE_NOT_FOUND}
@@ -88,7 +91,8 @@ def create_app(db_url: str, sweep_interval: float | None = None,
         settings = dataclasses.replace(settings, sweep_interval=sweep_interval)
     db = Database(db_url)
     db.migrate()
-    storage = SqlStorage(db, event_log_size=settings.event_log_size)
+    storage = SqlStorage(db, event_log_size=settings.event_log_size,
+                         max_task_bytes=settings.max_task_bytes)
     sweeper = Sweeper(storage, settings.sweep_interval)
     notifier = Notifier(db)
 
@@ -123,6 +127,7 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     app.include_router(events_router)
     if dashboard:
         install_dashboard(app, settings.ui_secret, settings.ui_session_seconds)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
 
     # Every error answer is {"detail": <message>, "code": <labtasker.error_codes name>}: 1.0.1
     # clients read "detail" only; ours decide by "code".

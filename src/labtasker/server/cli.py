@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Annotated
@@ -48,6 +49,16 @@ def serve(
         help="Serve the dashboard at /ui (log in with a queue name and password; / "
              "redirects browsers there). Sessions are signed with LABTASKER_UI_SECRET, or a "
              "key generated once and kept in the database.")] = True,
+    max_body_bytes: Annotated[int | None, typer.Option(
+        min=1, help="Largest request body in bytes, checked from Content-Length and while "
+                    "reading; larger answers 413 (env MAX_BODY_BYTES, default 64 MiB).")] = None,
+    max_task_bytes: Annotated[int | None, typer.Option(
+        min=1, help="Largest args + metadata + summary of one task as JSON, in bytes; larger "
+                    "answers 413 (env MAX_TASK_BYTES, default 4 MiB).")] = None,
+    max_connections: Annotated[int, typer.Option(
+        min=1, envvar="LABTASKER_MAX_CONNECTIONS",
+        help="Concurrent connections and requests per server process; beyond, new ones are "
+             "answered 503 at once.")] = 1000,
 ) -> None:
     """Serve the REST API and the dashboard (http://HOST:PORT/ui). The database is created
     and migrated at start-up."""
@@ -61,6 +72,10 @@ def serve(
         settings = ServerSettings.from_env()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=str(exc).split()[0]) from exc
+    if max_body_bytes is not None:
+        settings = dataclasses.replace(settings, max_body_bytes=max_body_bytes)
+    if max_task_bytes is not None:
+        settings = dataclasses.replace(settings, max_task_bytes=max_task_bytes)
     interval = periodic_task_interval or settings.sweep_interval
     if interval <= 0:
         raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
@@ -86,7 +101,7 @@ def serve(
         typer.echo(f"labtasker-server: dashboard at http://{_url_host(host)}:{port}/ui",
                    err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=max_connections)
 
 
 def _check_database(url: str) -> None:

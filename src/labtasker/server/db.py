@@ -15,6 +15,8 @@ The schema is created and upgraded by Alembic at start-up (``migrate``).
 locked or busy, connection lost, serialization failure or deadlock, PostgreSQL restarting) is
 raised from ``write``/``read`` as ``errors.Unavailable`` naming the cause; the transaction was
 rolled back, nothing was written. The HTTP layer answers it with ``503`` and ``Retry-After``.
+A value the database cannot hold (an integer beyond its column, a float overflow in a
+filter's arithmetic) is raised as ``errors.Invalid`` (400), rolled back likewise.
 
 **The clock.** ``now(conn)`` is the database's clock (PostgreSQL ``now()``: the transaction's
 start; SQLite: the clock of the host holding the file), so that servers on several hosts
@@ -38,11 +40,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, PendingRollbackError
+from sqlalchemy.exc import DataError, DBAPIError, PendingRollbackError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from labtasker.filters.mongo_sql import register_sqlite_functions
-from labtasker.server.errors import Unavailable
+from labtasker.server.errors import Invalid, Unavailable
 
 try:
     import fcntl
@@ -241,14 +243,18 @@ def _install_fault_hook(engine: Engine, path: str, dialect: str) -> None:
         raise _pg_fault(kind)
 
 
-
 @contextlib.contextmanager
-def _transient_errors_unavailable() -> Iterator[None]:
-    """Translate transient database errors raised inside the block (disk full, locked,
-    connection lost, pool exhausted) into ``unavailable`` (503 with the cause); the one
-    place where storage errors are translated."""
+def _translate_errors() -> Iterator[None]:
+    """Translate storage errors raised inside the block; the one place where they are
+    translated. Transient errors (disk full, locked, connection lost, pool exhausted) become
+    ``unavailable`` (503 with the cause). A value the database cannot hold or compute with
+    (an integer beyond its column, a float overflow in a filter's arithmetic) is the
+    request's fault: ``Invalid`` (400); the transaction is rolled back, so nothing is
+    half-applied."""
     try:
         yield
+    except (DataError, OverflowError) as exc:
+        raise _out_of_range(exc) from exc
     except DBAPIError as exc:
         cause = transient_cause(exc)
         if cause is None:
@@ -258,6 +264,16 @@ def _transient_errors_unavailable() -> Iterator[None]:
         raise unavailable(exc, "all database connections busy") from exc
     except PendingRollbackError as exc:  # the connection broke inside the transaction
         raise unavailable(exc, "connection lost") from exc
+    except StatementError as exc:  # a bound value the driver could not convert
+        if isinstance(exc.orig, OverflowError):
+            raise _out_of_range(exc) from exc
+        raise
+
+
+def _out_of_range(exc: BaseException) -> Invalid:
+    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+    return Invalid(f"a value is out of range for the database: {reason[:200]}")
+
 
 class Database:
     """Engines plus transaction helpers; see the module docstring."""
@@ -292,7 +308,7 @@ class Database:
         commit (the events log uses this to append its rows at the very end).
         """
         lock = self._write_lock or contextlib.nullcontext()
-        with _transient_errors_unavailable(), lock, self.write_engine.begin() as conn:
+        with _translate_errors(), lock, self.write_engine.begin() as conn:
             try:
                 yield conn
                 for hook in conn.info.get(BEFORE_COMMIT, ()):
@@ -303,7 +319,7 @@ class Database:
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction with a consistent snapshot; always rolled back."""
-        with _transient_errors_unavailable(), self.read_engine.connect() as conn:
+        with _translate_errors(), self.read_engine.connect() as conn:
             with conn.begin() as trans:
                 yield conn
                 trans.rollback()

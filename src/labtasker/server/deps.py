@@ -3,6 +3,9 @@ authentication of a queue (``Store`` and ``QueueId`` as ``Annotated`` aliases)."
 
 from __future__ import annotations
 
+import base64
+import math
+import time
 from typing import Annotated
 
 import anyio
@@ -12,7 +15,45 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from labtasker.server import auth
 from labtasker.server.storage import Storage
 
-_basic = HTTPBasic()
+AUTHENTICATED = "labtasker.authenticated"  # scope key: ((user, password), queue id)
+MAX_CREDENTIAL_LENGTH = 1000  # characters in a Basic user name or password
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(user name, password) of an ``Authorization: Basic`` header, decoded as UTF-8 (RFC
+    7617 ``charset="UTF-8"``); ``None`` when it is missing, undecodable, holds NUL or is
+    longer than ``MAX_CREDENTIAL_LENGTH`` characters per part."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    username, sep, password = decoded.partition(":")
+    if (not sep or "\x00" in decoded or len(username) > MAX_CREDENTIAL_LENGTH
+            or len(password) > MAX_CREDENTIAL_LENGTH):
+        return None
+    return username, password
+
+
+class _Utf8Basic(HTTPBasic):
+    """HTTP Basic with UTF-8 credentials (``parse_basic``; FastAPI's own decodes ASCII only,
+    so a non-ASCII password could never log in). Bad credentials answer 401 like wrong ones."""
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        found = parse_basic(request.headers.get("Authorization", ""))
+        if found is None:
+            raise _unauthorized()
+        return HTTPBasicCredentials(username=found[0], password=found[1])
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
+                         headers={"WWW-Authenticate": "Basic"})
+
+
+_basic = _Utf8Basic()
 
 
 async def storage(request: Request) -> Storage:
@@ -20,7 +61,8 @@ async def storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-async def authenticate(store: Storage, username: str, password: str) -> str | None:
+async def authenticate(store: Storage, username: str, password: str,
+                       address: str | None = None) -> str | None:
     """The id of the queue whose name or id is ``username`` when ``password`` is its
     password, else ``None`` (unknown queue or wrong password: the same answer, in the same
     time). Shared by the API (HTTP Basic, ``queue_id``) and the dashboard's log-in.
@@ -30,7 +72,9 @@ async def authenticate(store: Storage, username: str, password: str) -> str | No
     not verified against this hash in the last minute (``auth.CACHE_SECONDS``). On the
     embedded SQLite file the read runs on the event loop (no thread hop: ~0.1 ms, never
     waits for writers); on a database server it runs in a worker thread, so that a slow or
-    unreachable database never stalls the event loop.
+    unreachable database never stalls the event loop. Checks are bounded
+    (``_verify_bounded``: 429 when saturated; ``address``, the client's, is throttled after
+    repeated failures).
     """
     if store.reads_are_local:
         found = store.queue_credentials(username)
@@ -39,8 +83,55 @@ async def authenticate(store: Storage, username: str, password: str) -> str | No
     qid, stored = found if found is not None else (None, None)
     ok = auth.verified_recently(qid, stored, password)
     if not ok:
-        ok = await anyio.to_thread.run_sync(auth.verify_password, qid, stored, password)
+        ok = await _verify_bounded(address, qid, stored, password)
     return qid if ok and qid is not None else None
+
+
+# Password checks (Argon2: ~64 MiB and ~0.1 s each) run in a pool of their own, so that a
+# flood of wrong passwords cannot take the threads and memory that serve requests; passwords
+# verified in the last minute (``auth.verified_recently``) never come here.
+KDF_CONCURRENCY = 2  # Argon2 checks at once
+KDF_QUEUE = 16  # checks waiting for a slot; more answer 429
+FAILURE_LIMIT = 30  # failed checks per client address per FAILURE_WINDOW; more answer 429
+FAILURE_WINDOW = 60.0  # seconds
+_kdf_limiter: anyio.CapacityLimiter | None = None
+_kdf_waiting = 0
+_failures: dict[str, tuple[float, int]] = {}
+
+
+def _too_many(detail: str, retry_after: float) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail,
+                         headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+async def _verify_bounded(address: str | None, qid: str | None, stored: str | None,
+                          password: str) -> bool:
+    """``auth.verify_password`` in the KDF pool. 429 (``Retry-After`` in seconds) when the
+    client ``address`` failed ``FAILURE_LIMIT`` checks in the last ``FAILURE_WINDOW``
+    seconds, or when ``KDF_QUEUE`` checks are already waiting."""
+    global _kdf_limiter, _kdf_waiting
+    now = time.monotonic()
+    started, count = _failures.get(address, (now, 0)) if address else (now, 0)
+    if now - started > FAILURE_WINDOW:
+        started, count = now, 0
+    if count >= FAILURE_LIMIT:
+        raise _too_many("Too many failed password checks from this address",
+                        FAILURE_WINDOW - (now - started))
+    if _kdf_limiter is None:
+        _kdf_limiter = anyio.CapacityLimiter(KDF_CONCURRENCY)
+    if _kdf_waiting >= KDF_QUEUE:
+        raise _too_many("Too many password checks in progress", 1)
+    _kdf_waiting += 1
+    try:
+        ok = await anyio.to_thread.run_sync(auth.verify_password, qid, stored, password,
+                                            limiter=_kdf_limiter)
+    finally:
+        _kdf_waiting -= 1
+    if not ok and address:
+        if len(_failures) > 10_000:
+            _failures.clear()
+        _failures[address] = (started, count + 1)
+    return ok
 
 
 async def queue_id(request: Request,
@@ -48,8 +139,12 @@ async def queue_id(request: Request,
     """Authenticate HTTP Basic credentials (username = queue name or id) -> queue id
     (``authenticate``). 401 ``Invalid credentials`` for an unknown queue or a wrong
     password."""
+    early = request.scope.get(AUTHENTICATED)  # checked before the body was read (limits.py)
+    if early is not None and early[0] == (credentials.username, credentials.password):
+        return early[1]
     qid = await authenticate(request.app.state.storage, credentials.username,
-                             credentials.password)
+                             credentials.password,
+                             address=request.client.host if request.client else None)
     if qid is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
                             headers={"WWW-Authenticate": "Basic"})

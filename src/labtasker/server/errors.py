@@ -1,6 +1,6 @@
 """Errors raised by storage and claim logic. They know nothing of HTTP; ``app.py`` maps each
-class to a status code (NotFound 404, Forbidden 403, Conflict 409, Invalid 400, Unavailable
-503) and puts ``code`` (``labtasker.error_codes``) beside the message in the answer."""
+class to a status code (NotFound 404, Forbidden 403, Conflict 409, TooLarge 413, Invalid 400,
+Unavailable 503) and puts ``code`` (``labtasker.error_codes``) beside the message in the answer."""
 
 from __future__ import annotations
 
@@ -44,3 +44,7 @@ class Unavailable(StorageError):
     def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class TooLarge(Invalid):
+    """A value over a configured size limit (the message names the limit)."""

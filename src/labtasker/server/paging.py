@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, or_
@@ -49,6 +49,32 @@ def tie_direction(sort: list[tuple[str, int]] | None) -> int:
     return -1 if sort[-1][1] == -1 else 1
 
 
+_INTEGERS = {"priority", "retries", "max_retries"}
+
+
+def _plain_text(text: str) -> bool:
+    return len(text) <= 1000 and "\x00" not in text and not any(
+        0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+def _cursor_value(field: str, value: Any) -> Any:
+    """A cursor's key value checked against its column's type (``ValueError`` otherwise)."""
+    if field in _DATETIMES:
+        if not isinstance(value, str):
+            raise ValueError(f"{field} is not a datetime")
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError(f"{field} has no UTC offset")
+        return moment.astimezone(timezone.utc)
+    if field in _INTEGERS:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**31:
+            raise ValueError(f"{field} is not a 32-bit integer")
+        return value
+    if not isinstance(value, str) or not _plain_text(value):
+        raise ValueError(f"{field} is not text")
+    return value
+
+
 def after_condition(sort: list[tuple[str, int]], cursor: str):
     """SQL condition "strictly after the cursor" in (sort keys..., task_id) order, the
     tie-breaker running in ``tie_direction(sort)``.
@@ -61,9 +87,10 @@ def after_condition(sort: list[tuple[str, int]], cursor: str):
         values, last_id = json.loads(raw)
         if not isinstance(values, list) or len(values) != len(sort):
             raise ValueError("wrong number of keys")
-        values = [datetime.fromisoformat(v) if f in _DATETIMES else v
-                  for (f, _), v in zip(sort, values, strict=True)]
-    except (ValueError, TypeError) as exc:
+        values = [_cursor_value(f, v) for (f, _), v in zip(sort, values, strict=True)]
+        if not isinstance(last_id, str) or not _plain_text(last_id):
+            raise ValueError("bad task id")
+    except (ValueError, TypeError, OverflowError) as exc:
         raise Invalid(f"cursor: not a cursor of this listing ({exc})") from exc
     keys = [(tasks.c[f], d, v) for (f, d), v in zip(sort, values, strict=True)]
     keys.append((tasks.c.task_id, tie_direction(sort), last_id))

@@ -188,6 +188,9 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
             task_timeout = parse_duration(body.eta_max)
         except ValueError as exc:
             raise Invalid(f"eta_max: {exc}") from exc
+        if not task_timeout <= wire.MAX_SECONDS:  # also NaN and infinity ("inf")
+            raise Invalid(f"eta_max: {body.eta_max!r} is more than the limit "
+                          f"({wire.MAX_SECONDS} seconds)")
     if not body.start_heartbeat and not task_timeout:
         raise Invalid(ETA_MAX_REQUIRED)
     problem = heartbeat_timeout_problem(body.heartbeat_timeout, body.heartbeat_interval)

@@ -12,6 +12,9 @@ variable                   default    meaning
 ``LABTASKER_UI_SECRET``     (none)     key signing the dashboard's session cookies (default:
                                        one generated once and kept in the database)
 ``LABTASKER_UI_SESSION_SECONDS`` 43200 seconds a dashboard log-in lasts (12 h)
+``MAX_BODY_BYTES``          67108864   bytes in one request body (413 beyond)
+``MAX_TASK_BYTES``          4194304    bytes of one task's args + metadata + summary as JSON
+                                       (422 beyond)
 =========================  =========  ========================================================
 
 :meth:`ServerSettings.from_env` raises ``ValueError`` naming the variable and the limit for a
@@ -29,6 +32,8 @@ DEFAULT_EVENT_POLL_INTERVAL = 2.0
 DEFAULT_SSE_PING_INTERVAL = 15.0
 DEFAULT_EVENT_LOG_SIZE = 100_000
 DEFAULT_UI_SESSION_SECONDS = 12 * 3600.0
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_TASK_BYTES = 4 * 1024 * 1024
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -74,6 +79,8 @@ class ServerSettings:
     event_log_size: int = DEFAULT_EVENT_LOG_SIZE
     ui_secret: str | None = None
     ui_session_seconds: float = DEFAULT_UI_SESSION_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -88,4 +95,6 @@ class ServerSettings:
             ui_secret=env.get("LABTASKER_UI_SECRET") or None,
             ui_session_seconds=_seconds(env, "LABTASKER_UI_SESSION_SECONDS",
                                         DEFAULT_UI_SESSION_SECONDS),
+            max_body_bytes=_count(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            max_task_bytes=_count(env, "MAX_TASK_BYTES", DEFAULT_MAX_TASK_BYTES),
         )

@@ -36,7 +36,7 @@ from labtasker.filters.mongo_sql import (
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
 from labtasker.server import auth, claim, counting, eventlog, paging
 from labtasker.server.db import Database
-from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
+from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from labtasker.server.identity import args_hash, request_hash
 from labtasker.server.schema import (
     arg_shapes,
@@ -48,7 +48,7 @@ from labtasker.server.schema import (
     workers,
 )
 from labtasker.server.schema import events as events_table
-from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
+from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE, DEFAULT_MAX_TASK_BYTES
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
 HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
@@ -188,16 +188,33 @@ _RUN_KEYS = ("run_id", "task_id", "worker_id", "started", "ended", "status", "ch
              "summary")
 
 
+# The key structure of a task's args is indexed (unique per queue); PostgreSQL's btree rows
+# hold at most 2704 bytes, so both backends refuse larger structures alike.
+MAX_SHAPE_KEY_BYTES = 2400
+
+
 class SqlStorage:
     """The ``Storage`` implementation; see the module docstring."""
 
-    def __init__(self, db: Database, *, event_log_size: int = DEFAULT_EVENT_LOG_SIZE):
-        """``event_log_size``: newest events kept by the timeout sweep's pruning."""
+    def __init__(self, db: Database, *, event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
+                 max_task_bytes: int = DEFAULT_MAX_TASK_BYTES):
+        """``event_log_size``: newest events kept by the timeout sweep's pruning;
+        ``max_task_bytes``: the largest args + metadata + summary of one task, as JSON."""
         self.db = db
         self.event_log_size = event_log_size
+        self.max_task_bytes = max_task_bytes
         # Reads of the embedded SQLite file are local and quick (WAL: never blocked by
         # writers); a database server may be slow or gone (``deps.queue_id``).
         self.reads_are_local = db.dialect == "sqlite"
+
+    def _check_task_size(self, where: str, args: Any, metadata: Any, summary: Any) -> None:
+        """Raise ``TooLarge`` when a task's args + metadata + summary exceed
+        ``max_task_bytes`` as compact JSON text."""
+        size = sum(len(json.dumps(v, separators=(",", ":"), default=str).encode())
+                   for v in (args, metadata, summary))
+        if size > self.max_task_bytes:
+            raise TooLarge(f"{where}args + metadata + summary: {size} bytes (limit "
+                           f"{self.max_task_bytes} bytes, --max-task-bytes)")
 
     # ------------------------------------------------------------------ queues
     def create_queue(self, name: str, password: str, metadata: dict | None) -> str:
@@ -331,6 +348,10 @@ class SqlStorage:
     # ------------------------------------------------------------------ tasks
     def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
         key = shape_key(shape_of(args))
+        if len(key.encode()) > MAX_SHAPE_KEY_BYTES:
+            raise Invalid(f"args: the key structure takes {len(key.encode())} bytes (limit "
+                          f"{MAX_SHAPE_KEY_BYTES} bytes: about 150 keys of 8 characters); nest "
+                          "related keys or pass a large mapping as one value")
         params = {"queue_id": queue_id, "shape_key": key}
         found = conn.execute(_SHAPE_ID, params).scalar()
         if found is not None:
@@ -404,6 +425,9 @@ class SqlStorage:
                 "run_id": None, "args_hash": args_hash(args, cmd),
             })
             flags.append(bool(unique or fields.get("unique")))
+        for index, row in enumerate(rows):
+            self._check_task_size(f"tasks[{index}]: " if len(rows) > 1 else "",
+                                  row["args"], row["metadata"], row["summary"])
         fingerprint = (request_hash({"tasks": batch, "unique": unique})
                        if idempotency_key is not None else "")
         with self.db.write() as conn:
@@ -745,6 +769,7 @@ class SqlStorage:
                 raise Invalid(f"Invalid report status: {status}")
             if summary is not None:
                 values["summary"] = _merge(task["summary"], summary) if summary else {}
+                self._check_task_size("", task["args"], task["metadata"], values["summary"])
             values.update(_END_RUN)
             values["p_task_id"] = task_id
             row = conn.execute(_UPDATE_TASK, values).first()
@@ -869,6 +894,9 @@ class SqlStorage:
                 value = (_unflatten(value, field) if field in replace
                          else _merge(task[field], value))
             values[field] = value
+        if any(field in values for field in DICT_TASK_FIELDS):
+            self._check_task_size(f"task {item['task_id']}: ",
+                                  *(values.get(f, task[f]) for f in ("args", "metadata", "summary")))
         old = task["status"]
         if reset_pending:
             values.update(status="pending", retries=0)

@@ -91,13 +91,16 @@ async def listen(
     last_event_id: Annotated[str | None, Header()] = None,
 ):
     """Server-Sent Events of the queue's state transitions (1.0.1's format, plus ``id:`` and
-    ``Last-Event-ID`` resume). 400 when ``Last-Event-ID`` is not an integer."""
+    ``Last-Event-ID`` resume). 400 when ``Last-Event-ID`` is not an integer from 0 to
+    2**63 - 1."""
     after = None
     if last_event_id is not None:
         try:
-            after = int(last_event_id)
+            after = int(last_event_id) if len(last_event_id) <= 20 else -1
         except ValueError as exc:
             raise Invalid("Last-Event-ID must be an integer event id") from exc
+        if not 0 <= after <= 2**63 - 1:
+            raise Invalid("Last-Event-ID must be an event id from 0 to 2**63 - 1")
     return StreamingResponse(
         stream(request, request.app.state.db, qid, after),
         media_type="text/event-stream",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from labtasker.client.cli.options import OutputFormat
-from labtasker.client.terminal import stdout_is_tty
+from labtasker.client.terminal import escape_control, stdout_is_tty
 
 
 def choose_format(fmt: OutputFormat | None) -> str:
@@ -128,18 +128,16 @@ def write_csv(rows: list[dict], columns: list[str]) -> None:
 
 
 def plain_text(value: Any):
-    """A table cell showing ``value`` literally: no Rich markup, control characters escaped."""
+    """A table cell showing ``value`` literally: no Rich markup (``[/oops]`` or ``[link=...]``
+    is shown, not interpreted), control characters escaped (see ``escape_control``);
+    ``None`` is ``-``, dicts and lists are JSON."""
     from rich.text import Text
 
     if value is None:
         return Text("-")
     if isinstance(value, (dict, list)):
         value = json.dumps(value, default=json_default, ensure_ascii=False)
-    text = str(value)
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text):
-        text = "".join(ch if (32 <= ord(ch) < 127 or ord(ch) >= 160) else
-                       ch.encode("unicode_escape").decode("ascii") for ch in text)
-    return Text(text)
+    return Text(escape_control(str(value)))
 
 
 def columns_table(rows: list[dict], columns: list[str]):
@@ -255,16 +253,16 @@ def tasks_table(items: list[dict]):
         rows.add_column("Progress", overflow="fold", min_width=8)
     for t in items:
         cells = [
-            t["task_id"],
-            t.get("task_name") or "-",
+            plain_text(t["task_id"]),
+            plain_text(t.get("task_name") or "-"),
             status_text(t["status"]),
             str(t.get("priority")),
             f"{t.get('retries', 0)}/{t.get('max_retries', 0)}",
-            compact_json(t.get("args"), 200),
-            compact_json(t.get("summary"), 120),
+            plain_text(compact_json(t.get("args"), 200)),
+            plain_text(compact_json(t.get("summary"), 120)),
         ]
         if show_progress:
-            cells.append(progress_text(t.get("progress")))
+            cells.append(plain_text(progress_text(t.get("progress"))))
         rows.add_row(*cells)
     return rows
 

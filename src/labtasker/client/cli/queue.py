@@ -13,6 +13,7 @@ from labtasker.client.cli.output import (
     fmt_time,
     make_console,
     model_to_dict,
+    plain_text,
     write_jsonl_item,
     write_yaml_item,
 )
@@ -52,7 +53,7 @@ def _print_queue(queue, fmt: OutputFormat | None) -> None:
         for key, value in item.items():
             if key in ("created_at", "last_modified"):
                 value = fmt_time(value) + " UTC"
-            table.add_row(key, str(value))
+            table.add_row(plain_text(key), plain_text(value))
         make_console().print(table)
 
 

@@ -59,7 +59,7 @@ def workers_table(items: list[dict]):
     ``labtasker loop --gpus/--parallel`` worker (from its metadata)."""
     from rich.text import Text
 
-    from labtasker.client.cli.output import compact_json, fmt_time, status_text, table
+    from labtasker.client.cli.output import compact_json, fmt_time, plain_text, status_text, table
 
     live = sum(1 for w in items if not w.get("gone_at"))
     rows = table(f"{len(items)} worker(s): {live} live, {len(items) - live} gone")
@@ -77,13 +77,13 @@ def workers_table(items: list[dict]):
         status = (Text(f"gone ({w['status']}), seen {_ago(gone_at)}", style="dim")
                   if gone_at else status_text(w["status"]))
         rows.add_row(
-            w["worker_id"],
-            w.get("worker_name") or "-",
+            plain_text(w["worker_id"]),
+            plain_text(w.get("worker_name") or "-"),
             status,
             f"{w.get('retries', 0)}/{w.get('max_retries', 0)}",
-            worker_device(w.get("metadata")),
-            "\n".join(running) if running else "-",
-            compact_json(w.get("metadata")),
+            plain_text(worker_device(w.get("metadata"))),
+            plain_text("\n".join(running) if running else "-"),
+            plain_text(compact_json(w.get("metadata"))),
             fmt_time(w.get("created_at")),
         )
     return rows

@@ -37,6 +37,7 @@ from labtasker.client.loop.rundir import (
     read_job_summary,
 )
 from labtasker.client.template import CommandTemplate
+from labtasker.client.terminal import escape_control
 from labtasker.exceptions import LabtaskerError, LabtaskerRuntimeError
 
 logger = logging.getLogger("labtasker.loop")
@@ -90,7 +91,7 @@ class CommandExecutor:
             logger.error("Cannot build the command for task %s: %s", run.task.task_id, exc)
             return Outcome("failed", exception_summary(exc))
         shown = command if isinstance(command, str) else " ".join(map(repr, command))
-        logger.info("Prepared to run interpolated command: %s", shown)
+        logger.info("Prepared to run interpolated command: %s", escape_control(shown))
         job = JobProcess(
             command,
             env=run.child_env(),

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -64,11 +65,24 @@ def make_run_dir(root: Path, task: Task) -> Path:
     """Create ``<root>/logs/run/run_t<UTC time>_n<name>_id<id>_rd<8 hex>`` and return it
     (absolute). Raises ``OSError`` if it cannot be created."""
     stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
-    named = f"_n{task.task_name}" if task.task_name else ""  # unnamed: no "_nNone"
-    name = f"run_t{stamp}{named}_id{task.task_id}_rd{secrets.token_hex(4)}"
-    path = root / "logs" / "run" / name
+    named = f"_n{_safe_part(task.task_name)}" if task.task_name else ""  # unnamed: no "_nNone"
+    name = f"run_t{stamp}{named}_id{_safe_part(task.task_id)}_rd{secrets.token_hex(4)}"
+    base = (root / "logs" / "run").absolute()
+    path = base / name
+    if path.resolve().parent != base.resolve():  # never outside the log root
+        raise OSError(f"run directory {name!r} would leave {base}")
     path.mkdir(parents=True, exist_ok=False)
     return path.absolute()
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _safe_part(value: object, limit: int = 64) -> str:
+    """A piece of a directory name from server data: characters outside ``[A-Za-z0-9_.-]``
+    (slashes, ``..`` runs, control characters) become ``_``, at most ``limit`` characters."""
+    text = _UNSAFE_NAME.sub("_", str(value))[:limit]
+    return text.replace("..", "__")
 
 
 def finish_in_dir(

@@ -43,6 +43,8 @@ from labtasker.filters.mongo_sql.common import (
 )
 from labtasker.filters.mongo_sql.regex import Regex
 
+MAX_DOUBLE = 1.7976931348623157e308
+
 
 class JsonValue:
     """A present JSON value with cheaper spellings of its type and scalar value (an array
@@ -330,7 +332,11 @@ class SqliteJson(_TypeTests):
 
     def pack(self, value: ExprValue) -> SqlExpr:
         slots: list[Any] = []
-        for key, slot in (("k", value.kind), ("n", value.num), ("t", value.text), ("d", value.dt)):
+        number = value.num
+        if number is not None:
+            # an overflow to infinity (1e308 * 10) has no JSON spelling: an evaluation error
+            number = case((func.abs(number) > MAX_DOUBLE, null()), else_=number)
+        for key, slot in (("k", value.kind), ("n", number), ("t", value.text), ("d", value.dt)):
             slots += [literal(key, Text), null() if slot is None else slot]
         slots += [literal("j", Text), null() if value.json is None else func.json(value.json)]
         return func.json_array(func.json_object(*slots))

@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Boolean, ColumnElement, and_, false, func, or_, true, type_coerce
@@ -252,9 +252,14 @@ def _relative(seconds: Any) -> datetime:
 def parse_datetime(text: str) -> datetime:
     """An ISO 8601 datetime (``Z`` accepted); ``FilterError`` when it is not one."""
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if value.tzinfo is not None:
+            value.astimezone(timezone.utc)  # the database compares in UTC
     except ValueError as exc:
         raise FilterError(f"Invalid datetime {text!r} in filter") from exc
+    except OverflowError as exc:
+        raise FilterError(f"Datetime {text!r} in filter is out of range in UTC") from exc
+    return value
 
 
 def json_path(segments: list[str]) -> str:
