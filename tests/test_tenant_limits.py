@@ -229,6 +229,7 @@ def test_body_and_task_size_limits_are_413_naming_the_limit(scratch_dbs):
         r = client.post(API + "/tasks", json={"args": {"a": "x" * 200_000}})
         assert r.status_code == 413, r.text
         assert "limit 100000 bytes" in r.text and "--max-body-bytes" in r.text
+        assert r.json()["code"] == "too_large"
 
         def chunks():  # no Content-Length: the limit holds while reading
             for _ in range(30):
@@ -240,6 +241,7 @@ def test_body_and_task_size_limits_are_413_naming_the_limit(scratch_dbs):
         r = client.post(API + "/tasks", json={"args": {"a": "x" * 20_000}})
         assert r.status_code == 413, r.text
         assert "limit 10000 bytes" in r.text and "--max-task-bytes" in r.text
+        assert r.json()["code"] == "too_large"
         r = client.post(API + "/tasks", json={"args": {"a": "x" * 5_000}})
         assert r.status_code == 201, r.text
         task_id = r.json()["task_id"]
@@ -268,6 +270,7 @@ def test_failed_password_checks_are_throttled_and_verified_clients_stay_fast(
     assert codes[3:] == [429, 429]
     r = client.get(API, headers=basic(name, "wrong-again"))
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert r.json()["code"] == "too_many_requests"
     # the verified client is answered without a KDF check, throttled address or not
     assert client.get(API, headers=basic(name, PASSWORD)).status_code == 200
 
@@ -280,5 +283,7 @@ def test_credentials_are_checked_before_the_body_is_read(client, app):
         r = stranger.post(API + "/tasks", content=b'{"args": {"a": NaN}}',
                           headers={"Content-Type": "application/json", **headers})
         assert r.status_code == 401, r.text
+        assert r.json()["code"] == "invalid_credentials"
     r = raw(client, "POST", API + "/tasks", '{"args": {"a": NaN}}')
     assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_request"

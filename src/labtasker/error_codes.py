@@ -26,6 +26,9 @@ FORBIDDEN = "forbidden"
 # 400 / 422
 INVALID_TRANSITION = "invalid_transition"  # the state machine forbids the status change
 INVALID_REQUEST = "invalid_request"
+# 413 / 429
+TOO_LARGE = "too_large"  # a request body or one task's data over its configured limit
+TOO_MANY_REQUESTS = "too_many_requests"  # password checks saturated or throttled (Retry-After)
 # 401
 INVALID_CREDENTIALS = "invalid_credentials"  # unknown queue, wrong password, no credentials
 # 5xx

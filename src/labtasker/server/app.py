@@ -47,7 +47,7 @@ _STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, TooLarge: 413, Invalid:
            Unavailable: 503}
 # ``code`` of the errors FastAPI/Starlette raise themselves (and of our 401)
 _HTTP_CODES = {401: codes.INVALID_CREDENTIALS, 404: codes.ROUTE_NOT_FOUND,
-               405: codes.ROUTE_NOT_FOUND}
+               405: codes.ROUTE_NOT_FOUND, 413: codes.TOO_LARGE, 429: codes.TOO_MANY_REQUESTS}
 
 
 def _close_streams_on_exit_signals(notifier: Notifier):

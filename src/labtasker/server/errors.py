@@ -48,3 +48,5 @@ class Unavailable(StorageError):
 
 class TooLarge(Invalid):
     """A value over a configured size limit (the message names the limit)."""
+
+    default_code = error_codes.TOO_LARGE

@@ -21,6 +21,8 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from labtasker import error_codes
+
 INT64 = (-(2**63), 2**63 - 1)
 QUEUE_PREFIX = "/api/v1/queues/me"  # routes authenticated by the queue's password
 
@@ -100,9 +102,16 @@ def _path_problem(scope: Scope) -> str | None:
     return None
 
 
+_CODES = {400: error_codes.INVALID_REQUEST, 401: error_codes.INVALID_CREDENTIALS,
+          413: error_codes.TOO_LARGE, 422: error_codes.INVALID_REQUEST,
+          429: error_codes.TOO_MANY_REQUESTS}
+
+
 async def _answer(send: Send, status: int, detail: Any, headers: list | None = None) -> None:
-    """Send a JSON ``{"detail": ...}`` response."""
-    body = json.dumps({"detail": detail}).encode()
+    """Send a JSON ``{"detail": ..., "code": ...}`` error answer (the shape of every error
+    answer of the app, ``labtasker.error_codes``)."""
+    body = json.dumps({"detail": detail,
+                       "code": _CODES.get(status, error_codes.INVALID_REQUEST)}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *(headers or [])]})

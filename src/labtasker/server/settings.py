@@ -14,7 +14,7 @@ variable                   default    meaning
 ``LABTASKER_UI_SESSION_SECONDS`` 43200 seconds a dashboard log-in lasts (12 h)
 ``MAX_BODY_BYTES``          67108864   bytes in one request body (413 beyond)
 ``MAX_TASK_BYTES``          4194304    bytes of one task's args + metadata + summary as JSON
-                                       (422 beyond)
+                                       (413 beyond)
 =========================  =========  ========================================================
 
 :meth:`ServerSettings.from_env` raises ``ValueError`` naming the variable and the limit for a
