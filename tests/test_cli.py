@@ -591,6 +591,7 @@ def test_task_update_editor_mode(cli, queue_env, tmp_path):
         (("--name", "sel", "priority=1", "-u", "priority=2"), "not both"),
         (("--name", "sel", "-u", "task_name=bad name"), "--task-name"),
         (("-s", "bogus", "-u", "priority=1"), "--status"),
+        (("--name", "sel", "status=wat"), "Invalid update 'status=wat': status must be one of"),
         (("-f", "args.x ==", "-u", "priority=1"), "--extra-filter"),
         (("--name", "sel", "-q", "-v", "-u", "priority=1"), "-q"),
     ],
@@ -602,6 +603,14 @@ def test_task_update_bad_input(cli, queue_env, args, needle):
     assert proc.returncode == 2, proc.stderr
     assert needle in err_line(proc)
     assert get_task(queue_env, tid) == before
+
+
+def test_task_update_of_an_unknown_id_fails(cli, queue_env):
+    proc = cli("task", "update", "--id", "no-such-task", "priority=5")
+    assert proc.returncode == 1 and "Task no-such-task not found." in err_line(proc)
+    # a selection by name or filter that matches nothing is not an error
+    proc = cli("task", "update", "--name", "no-such-name", "priority=5")
+    assert proc.returncode == 0 and "No tasks matched." in proc.stderr
 
 
 # ---------------------------------------------------------------------- task delete

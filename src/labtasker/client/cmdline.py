@@ -20,7 +20,10 @@ from typing import Any
 from labtasker.client.filtering import parse_literal
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
+from labtasker.fsm import TaskState
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
+
+_TASK_STATUSES = tuple(state.value for state in TaskState)
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -217,6 +220,10 @@ def parse_updates(
         value = check_json_number(cast_literal(raw), key, raw, "=") if to_primitive else raw
         if top in ("status", "task_name") and not isinstance(value, str):
             value = raw  # names and statuses are text even when they look like numbers
+        if top == "status" and value not in _TASK_STATUSES:
+            raise LabtaskerValueError(
+                f"Invalid update {expr!r}: status must be one of {', '.join(_TASK_STATUSES)}"
+            )
         if rest:
             if top not in DICT_TASK_FIELDS:
                 raise LabtaskerValueError(f"Invalid update {expr!r}: {top!r} has no sub-fields")

@@ -566,6 +566,8 @@ def update(
         print_filter(sel["extra_filter"] or {})
     tasks = api.ls_tasks(**sel, limit=limit, offset=offset, sort=[("created_at", 1)]).content
     if not tasks:
+        if task_id is not None:  # one named task that does not exist: an error, as for cancel
+            raise CliError(f"Task {task_id} not found.")
         print("No tasks matched.", file=sys.stderr)
         return
 
