@@ -605,6 +605,19 @@ def test_task_update_bad_input(cli, queue_env, args, needle):
     assert get_task(queue_env, tid) == before
 
 
+def test_editing_without_a_terminal_or_an_editor_is_a_usage_error(cli, queue_env):
+    """No ``--editor`` and no ``$EDITOR``/``$VISUAL``: the default editor (vim...) would wait
+    on a pipe forever, so the command says what to do instead."""
+    tid = submit(cli, "--args", "{'x': 1}")
+    before = get_task(queue_env, tid)
+    no_editor = {"EDITOR": "", "VISUAL": ""}
+    proc = cli("task", "update", "--id", tid, extra_env=no_editor)
+    assert proc.returncode == 2 and "Editing needs a terminal" in err_line(proc)
+    proc = cli("config", extra_env=no_editor)
+    assert proc.returncode == 2 and "Editing needs a terminal" in err_line(proc)
+    assert get_task(queue_env, tid) == before
+
+
 def test_task_update_of_an_unknown_id_fails(cli, queue_env):
     proc = cli("task", "update", "--id", "no-such-task", "priority=5")
     assert proc.returncode == 1 and "Task no-such-task not found." in err_line(proc)

@@ -21,13 +21,18 @@ def read_ids_from_stdin() -> list[str]:
 def run_editor(path: str, editor: str | None = None) -> None:
     """Open ``path`` in ``editor`` (default ``$VISUAL``, ``$EDITOR``, then the first of
     sensible-editor/vim/nano/vi on PATH) and wait for it. The editor string may contain
-    arguments (``"code --wait"``). Raises :class:`CliError` if it cannot be run."""
+    arguments (``"code --wait"``). Raises :class:`CliError` if it cannot be run, and a usage
+    error (exit 2) when no editor was chosen and there is no terminal to run the default one
+    in (it would wait forever on a pipe)."""
     import shlex
     import shutil
     import subprocess
 
     editor = editor or os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
+        if not (stdin_is_tty() and sys.stdout.isatty()):
+            raise usage_error("Editing needs a terminal: give the changes as key=value "
+                              "arguments, or name an editor with --editor or $EDITOR.")
         editor = next(
             (e for e in ("sensible-editor", "vim", "nano", "vi") if shutil.which(e)), "vi"
         )
