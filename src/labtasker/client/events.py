@@ -50,6 +50,9 @@ class EventListener:
         self._reconnect_delay = reconnect_delay
         self._on_status = on_status
         self._dropped = False  # the connection was lost after it had been up
+        # why the server ended the stream for good (``closed``: the queue's password changed
+        # or the queue was deleted); the listener then stops
+        self.closed_reason: str | None = None
 
     def start(self, timeout: float = 10) -> EventListener:
         """Connect in a daemon thread; wait up to ``timeout`` s for the ``connection``
@@ -94,6 +97,9 @@ class EventListener:
                         if msg.id:
                             self._last_id = msg.id
                         self._queue.put(msg)
+                        if msg.event == "closed":  # password changed or queue deleted
+                            self._closed(msg.data)
+                            return
             except httpx.TransportError as exc:
                 if not self._connected.is_set() and not self._dropped:
                     # never connected: fail at once, as every other command does
@@ -110,6 +116,16 @@ class EventListener:
                     return
             self._connected.clear()
             self._stop.wait(self._reconnect_delay)
+
+    def _closed(self, data: str) -> None:
+        """The server ended the stream for good: stop, saying why."""
+        try:
+            detail = json.loads(data).get("detail") or data
+        except (ValueError, AttributeError):
+            detail = data
+        self.closed_reason = str(detail)
+        self._status(f"The server closed the event stream: {detail}")
+        self._stop.set()
 
     def _status(self, message: str) -> None:
         if self._on_status is not None:
@@ -145,8 +161,9 @@ class EventListener:
         return EventResponse.model_validate_json(msg.data)
 
     def iter_raw_sse(self) -> Iterator[ServerSentEvent]:
-        """Every message until ``stop()``."""
-        while not self._stop.is_set():
+        """Every message until ``stop()`` or until the server closes the stream for good
+        (its ``closed`` message is the last one; see ``closed_reason``)."""
+        while not self._stop.is_set() or not self._queue.empty():
             msg = self.get_raw_sse(timeout=0.5)
             if msg is not None:
                 yield msg

@@ -29,6 +29,12 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def password_fingerprint(password_hash: str) -> str:
+    """A short digest of a stored password hash (never the hash itself in a cookie); equal
+    fingerprints: the same password hash, so the same password."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
+
+
 def _cache_key(queue_id: str, stored_hash: str, password: str) -> tuple[str, str, bytes]:
     return queue_id, stored_hash, hashlib.sha256(password.encode()).digest()
 

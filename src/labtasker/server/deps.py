@@ -15,7 +15,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from labtasker.server import auth
 from labtasker.server.storage import Storage
 
-AUTHENTICATED = "labtasker.authenticated"  # scope key: ((user, password), queue id)
+AUTHENTICATED = "labtasker.authenticated"  # scope key: ((user, password), queue id, hash)
 MAX_CREDENTIAL_LENGTH = 1000  # characters in a Basic user name or password
 
 
@@ -65,7 +65,17 @@ async def authenticate(store: Storage, username: str, password: str,
                        address: str | None = None) -> str | None:
     """The id of the queue whose name or id is ``username`` when ``password`` is its
     password, else ``None`` (unknown queue or wrong password: the same answer, in the same
-    time). Shared by the API (HTTP Basic, ``queue_id``) and the dashboard's log-in.
+    time). Shared by the API (HTTP Basic, ``queue_id``) and the dashboard's log-in. See
+    ``authenticate_hash``."""
+    found = await authenticate_hash(store, username, password, address)
+    return found[0] if found is not None else None
+
+
+async def authenticate_hash(store: Storage, username: str, password: str,
+                            address: str | None = None) -> tuple[str, str] | None:
+    """``(queue id, stored password hash)`` when ``password`` is the password of the queue
+    whose name or id is ``username``, else ``None``. The hash is the one the password was
+    checked against (an event stream ends when it changes, ``sse.stream``).
 
     The stored hash is read on every call (a password changed through any server takes
     effect at once); the Argon2 check runs in a worker thread only when this password was
@@ -84,7 +94,7 @@ async def authenticate(store: Storage, username: str, password: str,
     ok = auth.verified_recently(qid, stored, password)
     if not ok:
         ok = await _verify_bounded(address, qid, stored, password)
-    return qid if ok and qid is not None else None
+    return (qid, stored) if ok and qid is not None and stored is not None else None
 
 
 # Password checks (Argon2: ~64 MiB and ~0.1 s each) run in a pool of their own, so that a
@@ -138,17 +148,20 @@ async def queue_id(request: Request,
                    credentials: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
     """Authenticate HTTP Basic credentials (username = queue name or id) -> queue id
     (``authenticate``). 401 ``Invalid credentials`` for an unknown queue or a wrong
-    password."""
+    password. The hash the password was checked against is left in
+    ``request.state.password_hash``."""
     early = request.scope.get(AUTHENTICATED)  # checked before the body was read (limits.py)
     if early is not None and early[0] == (credentials.username, credentials.password):
+        request.state.password_hash = early[2]
         return early[1]
-    qid = await authenticate(request.app.state.storage, credentials.username,
-                             credentials.password,
-                             address=request.client.host if request.client else None)
-    if qid is None:
+    found = await authenticate_hash(request.app.state.storage, credentials.username,
+                                    credentials.password,
+                                    address=request.client.host if request.client else None)
+    if found is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
                             headers={"WWW-Authenticate": "Basic"})
-    return qid
+    request.state.password_hash = found[1]
+    return found[0]
 
 
 def legacy_client(client_version: str | None) -> bool:

@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import Connection, Row
 
 from labtasker.server.db import BEFORE_COMMIT, Database
-from labtasker.server.schema import events
+from labtasker.server.schema import events, queues
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE
 
 CHANNEL = "labtasker_events"  # PostgreSQL NOTIFY channel; payload: the queue id
@@ -87,28 +87,41 @@ def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str,
     doc = _jsonable(data)
     doc.setdefault("_id", entity_id)
     doc = _without_row_keys(doc, entity_type, entity_id, queue_id)
+    _flusher(conn).rows.append({"queue_id": queue_id, "created_at": now,
+                                "entity_type": entity_type, "entity_id": entity_id,
+                                "old_state": old, "new_state": new, "entity_data": doc})
+
+
+def wake(conn: Connection, queue_id: str) -> None:
+    """Wake the listeners of ``queue_id`` when the caller's write transaction commits, without
+    logging an event: a change that concerns the streams themselves (the queue's password
+    changed, the queue deleted), which every stream then notices on its next read
+    (``read_stream``) and ends."""
+    _flusher(conn).wake_ids.add(queue_id)
+
+
+def _flusher(conn: Connection) -> _Flusher:
     hooks = conn.info.setdefault(BEFORE_COMMIT, [])
     flusher = next((h for h in hooks if isinstance(h, _Flusher)), None)
     if flusher is None:
         flusher = _Flusher()
         hooks.append(flusher)
-    flusher.rows.append({"queue_id": queue_id, "created_at": now, "entity_type": entity_type,
-                         "entity_id": entity_id, "old_state": old, "new_state": new,
-                         "entity_data": doc})
+    return flusher
 
 
 class _Flusher:
     """Inserts a transaction's events just before its commit (see ``record``) and arranges
-    the wake-up of the listeners of their queues (see the module docstring); dropped with the
-    transaction's hooks when it rolls back."""
+    the wake-up of the listeners of their queues and of the ``wake`` ones (see the module
+    docstring); dropped with the transaction's hooks when it rolls back."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.wake_ids: set[str] = set()
 
     def __call__(self, conn: Connection) -> None:
-        if not self.rows:
+        if not self.rows and not self.wake_ids:
             return
-        queue_ids = sorted({r["queue_id"] for r in self.rows})
+        queue_ids = sorted({r["queue_id"] for r in self.rows} | self.wake_ids)
         if conn.dialect.name == "postgresql":
             # The lock is held until commit, taken in a fixed order so two transactions never
             # deadlock; the notification is delivered at commit, and only if it commits.
@@ -117,7 +130,8 @@ class _Flusher:
                                   f"pg_notify('{CHANNEL}', :q)"), {"q": qid})
         else:
             conn.info[WAKE_KEY] = queue_ids  # fired after the commit (Notifier, checkin)
-        conn.execute(insert(events), self.rows)
+        if self.rows:
+            conn.execute(insert(events), self.rows)
 
 
 def prune(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> int:
@@ -158,6 +172,23 @@ def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> l
             .order_by(events.c.event_id)
             .limit(limit)
         ).fetchall())
+
+
+def read_stream(db: Database, queue_id: str, after: int, limit: int = BATCH
+                ) -> tuple[list[Row[Any]], str | None]:
+    """``read_after`` and, in the same snapshot, the queue's current password hash (``None``
+    once the queue is deleted), so that a stream can tell that the credentials it was opened
+    with no longer hold (``sse.stream``)."""
+    with db.read() as conn:
+        password_hash = conn.execute(select(queues.c.password_hash).where(
+            queues.c.queue_id == queue_id)).scalar()
+        rows = list(conn.execute(
+            select(events)
+            .where(events.c.queue_id == queue_id, events.c.event_id > after)
+            .order_by(events.c.event_id)
+            .limit(limit)
+        ).fetchall())
+    return rows, password_hash
 
 
 def latest_id(db: Database) -> int:

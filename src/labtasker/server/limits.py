@@ -144,14 +144,14 @@ class RequestGuard:
             return unauthorized
         client = scope.get("client")
         try:
-            qid = await deps.authenticate(storage, found[0], found[1],
+            verified = await deps.authenticate_hash(storage, found[0], found[1],
                                           address=client[0] if client else None)
         except HTTPException as exc:
             extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
             return exc.status_code, exc.detail, extra
-        if qid is None:
+        if verified is None:
             return unauthorized
-        scope[deps.AUTHENTICATED] = (found, qid)
+        scope[deps.AUTHENTICATED] = (found, *verified)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -275,6 +275,7 @@ class SqlStorage:
                 values["queue_name"] = new_name
             if new_password is not None:
                 values["password_hash"] = auth.hash_password(new_password)
+                eventlog.wake(conn, queue_id)  # its open streams end (sse.stream)
             if metadata_update is not None:
                 values["metadata"] = (_merge(current["metadata"], metadata_update)
                                       if metadata_update else {})
@@ -304,6 +305,7 @@ class SqlStorage:
             conn.execute(delete(submit_keys).where(submit_keys.c.queue_id == queue_id))
             if conn.execute(delete(queues).where(queues.c.queue_id == queue_id)).rowcount == 0:
                 raise NotFound("Queue not found", code=codes.QUEUE_NOT_FOUND)
+            eventlog.wake(conn, queue_id)  # its open streams end (sse.stream)
 
     def server_secret(self, name: str) -> str:
         """The server-wide secret ``name`` (64 hex characters), generated on first use and

@@ -21,10 +21,11 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 
+from labtasker.server.auth import password_fingerprint
 from labtasker.server.db import Database
 from labtasker.server.deps import queue_id
 from labtasker.server.errors import Invalid
-from labtasker.server.eventlog import BATCH, latest_id, payload, read_after
+from labtasker.server.eventlog import BATCH, latest_id, payload, read_stream
 from labtasker.server.notifier import Notifier
 from labtasker.server.settings import ServerSettings
 
@@ -44,12 +45,25 @@ def sse_message(event: str, data: str = "", event_id: int | None = None,
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
-async def stream(request: Request, db: Database, queue_id: str,
-                 after: int | None) -> AsyncIterator[str]:
+CLOSED_REASONS = {
+    "password_changed": "The queue's password changed: connect again with the new one",
+    "queue_deleted": "The queue was deleted",
+}
+
+
+async def stream(request: Request, db: Database, queue_id: str, after: int | None,
+                 fingerprint: str | None = None) -> AsyncIterator[str]:
     """The SSE body: ``connection`` first, then every event after ``after`` (or, without
     ``Last-Event-ID``, every event committed after the ``connection`` message was sent),
     ``ping`` every ``SSE_PING_INTERVAL`` s. Re-reads the log when woken by the app's
-    ``Notifier`` and at the latest every ``EVENT_POLL_INTERVAL`` s."""
+    ``Notifier`` and at the latest every ``EVENT_POLL_INTERVAL`` s.
+
+    ``fingerprint``: ``auth.password_fingerprint`` of the password hash the client was
+    authorized under (default: the queue's hash at the first read). Every read also reads
+    the queue's hash; once it differs (the password changed) or the queue is gone, the
+    stream sends a last ``closed`` message, ``{"reason": "password_changed" |
+    "queue_deleted", "detail": <text>}``, and ends. Both changes wake the queue's streams
+    (``eventlog.wake``), so this happens at once, on every server of the database."""
     notifier: Notifier | None = getattr(request.app.state, "notifier", None)
     settings: ServerSettings = getattr(request.app.state, "settings", None) or ServerSettings()
     poll_seconds, ping_seconds = settings.event_poll_interval, settings.sse_ping_interval
@@ -66,10 +80,22 @@ async def stream(request: Request, db: Database, queue_id: str,
         while not (notifier is not None and notifier.closing) \
                 and not await request.is_disconnected():
             woken = notifier.waiter(queue_id) if notifier is not None else asyncio.Event()
-            rows = await anyio.to_thread.run_sync(read_after, db, queue_id, last)
+            rows, password_hash = await anyio.to_thread.run_sync(read_stream, db, queue_id,
+                                                                 last)
             for row in rows:
                 last = row.event_id
                 yield sse_message("event", json.dumps(payload(row)), event_id=row.event_id)
+            reason = None
+            if password_hash is None:
+                reason = "queue_deleted"
+            elif fingerprint is None:
+                fingerprint = password_fingerprint(password_hash)
+            elif password_fingerprint(password_hash) != fingerprint:
+                reason = "password_changed"
+            if reason is not None:
+                yield sse_message("closed", json.dumps({"reason": reason,
+                                                        "detail": CLOSED_REASONS[reason]}))
+                return
             now = loop.time()
             if now >= next_ping:
                 next_ping = now + ping_seconds
@@ -91,8 +117,19 @@ async def listen(
     last_event_id: Annotated[str | None, Header()] = None,
 ):
     """Server-Sent Events of the queue's state transitions (1.0.1's format, plus ``id:`` and
-    ``Last-Event-ID`` resume). 400 when ``Last-Event-ID`` is not an integer from 0 to
-    2**63 - 1."""
+    ``Last-Event-ID`` resume, plus a last ``closed`` message when the queue's password
+    changes or the queue is deleted: ``stream``). 400 when ``Last-Event-ID`` is not an
+    integer from 0 to 2**63 - 1."""
+    password_hash = getattr(request.state, "password_hash", None)
+    return open_stream(request, qid, last_event_id,
+                       password_fingerprint(password_hash) if password_hash else None)
+
+
+def open_stream(request: Request, qid: str, last_event_id: str | None,
+                fingerprint: str | None) -> StreamingResponse:
+    """The event stream response of queue ``qid`` (``listen``; the dashboard's
+    ``/ui/api/events``); ``fingerprint`` as in ``stream``. Raises ``Invalid`` for a bad
+    ``Last-Event-ID``."""
     after = None
     if last_event_id is not None:
         try:
@@ -102,7 +139,7 @@ async def listen(
         if not 0 <= after <= 2**63 - 1:
             raise Invalid("Last-Event-ID must be an event id from 0 to 2**63 - 1")
     return StreamingResponse(
-        stream(request, request.app.state.db, qid, after),
+        stream(request, request.app.state.db, qid, after, fingerprint),
         media_type="text/event-stream",
         headers={
             "Cache-Control": "no-store",

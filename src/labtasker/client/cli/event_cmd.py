@@ -35,7 +35,8 @@ def listen(
     raw: bool = typer.Option(False, "--raw", help="Print every SSE message (including pings)."),
 ) -> None:
     """Print every state transition of tasks and workers until Ctrl+C. Reconnects by itself
-    after a network drop, resuming after the last event seen."""
+    after a network drop, resuming after the last event seen. Exits 1 when the server ends
+    the stream because the queue's password changed or the queue was deleted."""
     from rich.console import Console
     from rich.panel import Panel
 
@@ -73,3 +74,5 @@ def listen(
         print("Stopped listening.", file=sys.stderr)
     finally:
         listener.stop()
+    if listener.closed_reason is not None:  # said on stderr by on_status already
+        raise typer.Exit(1)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from labtasker.server.auth import password_fingerprint as fingerprint
 from labtasker.server.settings import DEFAULT_UI_SESSION_SECONDS
 
 COOKIE = "labtasker_session"
@@ -34,11 +35,6 @@ LOGIN_TOKEN_SECONDS = 3600
 
 # how long a log-in lasts unless ``LABTASKER_UI_SESSION_SECONDS`` says otherwise (settings)
 DEFAULT_SESSION_SECONDS = DEFAULT_UI_SESSION_SECONDS
-
-
-def fingerprint(password_hash: str) -> str:
-    """A short digest of the stored password hash (never the hash itself in a cookie)."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)

@@ -547,10 +547,11 @@ async def plot_data(request: Request, session: ApiSession,
 async def events(request: Request, session: ApiSession,
                  last_event_id: Annotated[str | None, Header()] = None):
     """The queue's event stream (the same as ``/api/v1/queues/me/events``) for the pages'
-    ``EventSource``, authenticated by the session cookie."""
-    from labtasker.server.sse import listen
+    ``EventSource``, authenticated by the session cookie; it ends (``closed``) when the
+    password the session logged in with changes or the queue is deleted."""
+    from labtasker.server.sse import open_stream
 
-    return await listen(request, session.queue_id, last_event_id)
+    return open_stream(request, session.queue_id, last_event_id, session.password_fingerprint)
 
 
 # ------------------------------------------------------------------ JSON: actions

@@ -139,6 +139,8 @@ export function live(onEvent, onReset, pollMs = 5000) {
   source.addEventListener("event", (message) => {
     try { onEvent(JSON.parse(message.data)); } catch (err) { console.error(err); }
   });
+  // the queue's password changed or the queue was deleted: this session is over
+  source.addEventListener("closed", () => { source.close(); window.location.reload(); });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) startPolling();
     else setState("reconnecting…", "off");
