@@ -42,3 +42,9 @@ def percentile(values: list[float], p: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def v2_task_id(kind: str, n: int) -> str:
+    """A labtasker 2.x task id (``t_`` + 12 URL-safe characters) for the ``n``-th task of a
+    kind, unique within a queue."""
+    return f"t_{kind[0]}{n:011d}"

@@ -2,8 +2,9 @@
 
 Starts its own servers on 127.0.0.1 (fresh SQLite file in a temporary directory), drives them
 over HTTP and prints one markdown table. With ``--compare`` the same rows also run against
-labtasker 1.0.1 (installed from PyPI into ``bench/.cache/venv-1.0.1``), each 1.0.1 row capped
-by ``--ref-budget`` seconds, and a ratio column is added. See docs/benchmarks.md.
+labtasker 1.0.1 and labtasker 2.x (each installed from PyPI into its own venv under
+``bench/.cache/``; 1.0.1 rows capped by ``--ref-budget`` seconds), through each peer's own
+REST API and CLI, and a ratio column per peer is added. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +36,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CACHE = BENCH_DIR / ".cache"
 REF_VERSION = "1.0.1"
+V2_VERSION = "2.8.0"  # the newest 2.x on PyPI when this row set was written; pinned
+V2_TOKEN = "bench-token-" + uuid.uuid4().hex[:12]
 QUEUE_ME = "/api/v1/queues/me"
 
 
@@ -94,8 +98,8 @@ def free_port() -> int:
 class Impl:
     """One implementation under test: its interpreter, CLI and server."""
 
-    name: str  # "current" or "1.0.1"
-    kind: str  # "current" or "ref101"
+    name: str  # "current", "1.0.1" or the 2.x version
+    kind: str  # "current", "ref101" or "v2"
     python: str
     cli: str
     workdir: Path
@@ -116,17 +120,24 @@ class Impl:
     def is_ref(self) -> bool:
         return self.kind == "ref101"
 
+    @property
+    def is_v2(self) -> bool:
+        return self.kind == "v2"
+
     def start(self, timeout: float = 600.0) -> None:
         self.port = self.port or free_port()
         cmd = [self.python, str(BENCH_DIR / "serve.py"), self.kind, "--port", str(self.port)]
         if self.kind == "current":
             self.db_url = self.db_url or f"sqlite:///{self.workdir / 'labtasker.db'}"
             cmd += ["--db-url", self.db_url, "--workers", str(self.server_workers)]
+        elif self.is_v2:
+            self.db_path = self.db_path or str(self.workdir / "server.db")
+            cmd += ["--db-path", self.db_path]
         else:
             self.db_path = self.db_path or str(self.workdir / "labtasker_db.json")
             cmd += ["--db-path", self.db_path]
         log = open(self.workdir / "server.log", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LABTASKER_SERVER_TOKEN": V2_TOKEN}
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -207,12 +218,23 @@ class Impl:
 
     # ------------------------------------------------------------------ queues and seeding
     def client(self, queue: str) -> httpx.Client:
+        """A client for one queue: basic auth with the queue's password (API v1), or the
+        bearer token with ``/api/v2/queues/{queue}`` as base (2.x)."""
+        if self.is_v2:
+            return httpx.Client(base_url=f"{self.url}/api/v2/queues/{queue}", timeout=600,
+                                headers={"Authorization": f"Bearer {V2_TOKEN}"})
         _qid, password = self.queues[queue]
         return httpx.Client(base_url=self.url, auth=(queue, password), timeout=600)
 
     def new_queue(self, label: str) -> str:
-        """Create a queue (over HTTP, or offline for 1.0.1 when seeding); returns its name."""
+        """Create a queue over HTTP; returns its name."""
         name = f"{label}-{uuid.uuid4().hex[:8]}"
+        if self.is_v2:
+            resp = httpx.put(f"{self.url}/api/v2/queues/{name}", timeout=600,
+                             headers={"Authorization": f"Bearer {V2_TOKEN}"})
+            resp.raise_for_status()
+            self.queues[name] = (name, V2_TOKEN)
+            return name
         password = "pw-" + uuid.uuid4().hex[:8]
         resp = httpx.post(
             self.url + "/api/v1/queues",
@@ -225,7 +247,7 @@ class Impl:
 
     def probe_batch(self) -> bool:
         if self.has_batch is None:
-            if self.is_ref:
+            if self.is_ref or self.is_v2:
                 self.has_batch = False
             else:
                 name = self.new_queue("probe")
@@ -239,7 +261,16 @@ class Impl:
         if count <= 0:
             return
         qid, password = self.queues[queue]
-        if self.is_ref:
+        if self.is_v2:
+            # 2.x has no batch route and its server owns the file: seed offline.
+            self.stop()
+            subprocess.run(
+                [self.python, str(BENCH_DIR / "seed_v2.py"), self.db_path, queue, kind,
+                 str(start), str(count)],
+                check=True, cwd=self.workdir, stdout=subprocess.DEVNULL,
+            )
+            self.start()
+        elif self.is_ref:
             # 1.0.1 rewrites its whole database file on every write: seed offline.
             self.stop()
             subprocess.run(
@@ -273,6 +304,23 @@ class Impl:
                 ],
                 check=True,
             )
+
+    def cli_env(self, queue: str) -> dict[str, str]:
+        """Environment for this implementation's CLI, configured for ``queue`` (a
+        ``client.toml`` under ``LABTASKER_ROOT`` for API v1; ``LABTASKER_URL``/``_TOKEN``/
+        ``_QUEUE`` and an empty root for 2.x), without the bench's own Python settings."""
+        env = {**os.environ}
+        for var in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "LABTASKER_TASK_ID",
+                    "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR", "LABTASKER_RUN_ID"):
+            env.pop(var, None)
+        if self.is_v2:
+            root = self.workdir / f"root-{queue}"
+            root.mkdir(parents=True, exist_ok=True)
+            env.update(LABTASKER_ROOT=str(root), LABTASKER_URL=self.url,
+                       LABTASKER_TOKEN=V2_TOKEN, LABTASKER_QUEUE=queue)
+        else:
+            env["LABTASKER_ROOT"] = str(self.write_client_root(queue))
+        return env
 
     def write_client_root(self, queue: str) -> Path:
         _qid, password = self.queues[queue]
@@ -309,6 +357,12 @@ class Result:
     text: str  # shown in the table
     higher_better: bool = False
     note: str = ""
+    na: str = ""  # why this implementation cannot run the row (a footnote of the table)
+
+
+def na(reason: str) -> Result:
+    """A row the implementation cannot do: shown as "—" with ``reason`` as a footnote."""
+    return Result(None, "—", na=reason)
 
 
 class Budget:
@@ -326,11 +380,68 @@ def ms(x: float) -> str:
 
 
 def timed_post(c: httpx.Client, path: str, body: Any) -> tuple[httpx.Response, float, float]:
+    return timed(c, "POST", path, json=body)
+
+
+def timed(c: httpx.Client, method: str, path: str, **kwargs: Any
+          ) -> tuple[httpx.Response, float, float]:
+    """One request; returns the response, the client wall time and the server's
+    ``X-Process-Time`` (both in ms; NaN when the header is missing)."""
     t0 = time.perf_counter()
-    r = c.post(path, json=body)
+    r = c.request(method, path, **kwargs)
     wall = (time.perf_counter() - t0) * 1000
     server = r.headers.get("x-process-time")
     return r, wall, float(server) if server else float("nan")
+
+
+# ----------------------------------------------------------------------------- the two APIs
+# API v1 (ours, 1.0.1): one queue per credentials, `POST /queues/me/tasks`, claim by
+# `required_fields`. API v2 (2.x): `PUT /queues/{q}/tasks/{id}` with a client-chosen id,
+# claim by route with a client-chosen `run_id`.
+
+
+def api_submit(impl: Impl, c: httpx.Client, args: dict, route: str = "default") -> None:
+    """Submit one task (``route`` only matters for 2.x)."""
+    if impl.is_v2:
+        r = c.put(f"/tasks/t_{secrets.token_urlsafe(9)}", json={"args": args, "routes": [route]})
+    else:
+        r = c.post(QUEUE_ME + "/tasks", json={"args": args, "heartbeat_timeout": 3600})
+    if r.status_code != 201:
+        raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
+
+
+def api_claim(impl: Impl, c: httpx.Client, kind: str, route: str = "default"
+              ) -> tuple[bool, float, float]:
+    """Claim one task of ``kind`` (API v1: by its required fields; 2.x: by ``route``);
+    returns (found, wall ms, server ms)."""
+    if impl.is_v2:
+        body = {"route": route, "run_id": "r_" + secrets.token_urlsafe(9)}
+        r, wall, server = timed(c, "POST", "/tasks/claim", json=body)
+        if r.status_code not in (200, 204):
+            raise RuntimeError(f"claim failed: {r.status_code} {r.text[:200]}")
+        return r.status_code == 200, wall, server
+    body = {"required_fields": REQUIRED[kind], "heartbeat_timeout": 3600}
+    r, wall, server = timed_post(c, QUEUE_ME + "/tasks/next", body)
+    if r.status_code != 200:
+        raise RuntimeError(f"fetch failed: {r.status_code} {r.text[:200]}")
+    return bool(r.json().get("found")), wall, server
+
+
+def api_list(impl: Impl, c: httpx.Client, arg: str, value: int, limit: int = 100
+             ) -> tuple[int, float, float]:
+    """One listing page (default order) filtered by ``args.<arg> == value``; returns (tasks on
+    the page, wall ms, server ms)."""
+    if impl.is_v2:
+        params = {"filter": f"args.{arg} == {value}", "limit": limit}
+        r, wall, server = timed(c, "GET", "/tasks", params=params)
+        items = r.json().get("items", []) if r.status_code == 200 else []
+    else:
+        body = {"extra_filter": {f"args.{arg}": value}, "limit": limit}
+        r, wall, server = timed_post(c, QUEUE_ME + "/tasks/search", body)
+        items = r.json().get("content", []) if r.status_code == 200 else []
+    if r.status_code != 200:
+        raise RuntimeError(f"ls failed: {r.status_code} {r.text[:200]}")
+    return len(items), wall, server
 
 
 # ----------------------------------------------------------------------------- rows
@@ -346,11 +457,7 @@ def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
         for n in range(sizes.submit_one):
             if not budget.left():
                 break
-            r = c.post(
-                QUEUE_ME + "/tasks", json={"args": make_args("claim", n), "heartbeat_timeout": 3600}
-            )
-            if r.status_code != 201:
-                raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
+            api_submit(impl, c, make_args("claim", n))
             done += 1
         elapsed = time.perf_counter() - t0
         cpu = (impl.cpu_seconds() - cpu0) / max(done, 1) * 1000
@@ -360,14 +467,17 @@ def row_submit_one(impl: Impl, sizes: Sizes, out: dict) -> None:
 
 
 def row_http_floor(impl: Impl, sizes: Sizes, out: dict) -> None:
-    """Server CPU per request of the cheapest routes: ``GET /health`` (no auth, no database)
-    and ``GET /queues/me`` (auth + one read): the HTTP stack's floor under every row."""
+    """Server CPU per request of the cheapest routes: ``GET /health`` (no auth; no database
+    for ours, one read for 2.x) and an authenticated read (``GET /queues/me``; 2.x: ``GET
+    /api/v2/queues``): the HTTP stack's floor under every row. The authenticated read's CPU
+    (ms per request) is the compared value."""
     queue = impl.new_queue("floor")
     n = max(200, sizes.submit_one)
     parts = []
-    for label, path, auth in (("GET /health", "/health", False),
-                              ("GET /queues/me", QUEUE_ME, True)):
-        with (impl.client(queue) if auth else httpx.Client(base_url=impl.url)) as c:
+    authed = ("GET /api/v2/queues", impl.url + "/api/v2/queues") if impl.is_v2 else (
+        "GET /queues/me", impl.url + QUEUE_ME)
+    for label, path, auth in (("GET /health", impl.url + "/health", False), (*authed, True)):
+        with (impl.client(queue) if auth else httpx.Client()) as c:
             c.get(path)
             cpu0 = impl.cpu_seconds()
             t0 = time.perf_counter()
@@ -376,14 +486,16 @@ def row_http_floor(impl: Impl, sizes: Sizes, out: dict) -> None:
             wall = (time.perf_counter() - t0) / n * 1000
             cpu = (impl.cpu_seconds() - cpu0) / n * 1000
         parts.append(f"{label} {cpu:.2f} ms CPU ({wall:.1f} ms wall)")
-        if label == "GET /health":
+        if auth:  # compared: every API call is authenticated (2.x's /health reads the db)
             value = cpu
-    out["http_floor"] = Result(value, "; ".join(parts) + " per request")
+    out["http_floor"] = Result(value, "; ".join(parts) + " per request"
+                               + (" (its /health reads the database)" if impl.is_v2 else ""))
 
 
 def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
-    if impl.is_ref or not impl.probe_batch():
-        out["submit_bulk"] = Result(None, "n/a (no batch route)")
+    if impl.is_ref or impl.is_v2 or not impl.probe_batch():
+        out["submit_bulk"] = na(f"labtasker {impl.name} has no batch route (one request per "
+                                "task: see the one-by-one row)")
         return
     queue = impl.new_queue("bulk")
     cpu0 = impl.cpu_seconds()
@@ -396,8 +508,10 @@ def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
 def row_sweep(impl: Impl, sizes: Sizes, out: dict) -> None:
     """``labtasker task submit --grid i='range(N)' --yes`` end to end (CLI start, expansion,
     batches of 5,000 over HTTP, server), then the same with ``--unique`` into a fresh queue.
-    Ours only: 1.0.1 has no sweeps."""
-    if impl.is_ref:
+    Ours only: the peers' CLIs have no sweep (``--grid``) submit."""
+    if impl.is_ref or impl.is_v2:
+        reason = f"labtasker {impl.name}'s CLI has no sweep submit (one task per call)"
+        out["sweep"] = out["sweep_unique"] = na(reason)
         return
     for key, extra in (("sweep", []), ("sweep_unique", ["--unique"])):
         queue = impl.new_queue(key.replace("_", "-"))
@@ -431,10 +545,11 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
                     impl.url,
                     queue,
                     password,
-                    ",".join(REQUIRED["claim"]),
+                    "default" if impl.is_v2 else ",".join(REQUIRED["claim"]),
                     str(tmp / f"w{w}.json"),
                     repr(start_at),
                     repr(deadline),
+                    "v2" if impl.is_v2 else "v1",
                 ]
             )
         )
@@ -471,29 +586,52 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
 
 
 def _fetch_samples(
-    impl: Impl, queue: str, required: list[str], samples: int, budget: Budget, before=None
+    impl: Impl, queue: str, kind: str, samples: int, budget: Budget, before=None,
+    route: str = "default",
 ) -> tuple[list[float], list[float]]:
     walls, servers = [], []
-    body = {"required_fields": required, "heartbeat_timeout": 3600}
     with impl.client(queue) as c:
         for j in range(samples):
             if walls and not budget.left():
                 break
             if before is not None:
                 before(c, j)
-            r, wall, server = timed_post(c, QUEUE_ME + "/tasks/next", body)
-            if r.status_code != 200 or not r.json().get("found"):
-                raise RuntimeError(f"fetch found nothing: {r.status_code} {r.text[:200]}")
+            found, wall, server = api_claim(impl, c, kind, route)
+            if not found:
+                raise RuntimeError("fetch found nothing")
             walls.append(wall)
             servers.append(server)
     return walls, servers
 
 
 def _lat_text(walls: list[float], servers: list[float], n_wanted: int) -> str:
-    text = f"{ms(median(walls))} ms (server {ms(median(servers))})"
+    if servers and servers[0] == servers[0]:
+        text = f"{ms(median(walls))} ms (server {ms(median(servers))})"
+    else:
+        text = f"{ms(median(walls))} ms"
     if len(walls) < n_wanted:
         text += f"; {len(walls)} samples"
     return text
+
+
+def _ls_samples(impl: Impl, queue: str, arg: str, value: int, want: int, samples: int
+                ) -> Result:
+    """``samples`` listings of one page filtered by ``args.<arg> == value``; each page must
+    hold ``want`` tasks. The compared value is the server's time (the client's wall time when
+    the server gives none)."""
+    budget = Budget(impl.budget)
+    walls, servers = [], []
+    with impl.client(queue) as c:
+        for _ in range(samples):
+            if walls and not budget.left():
+                break
+            n, wall, server = api_list(impl, c, arg, value)
+            if n != want:
+                raise RuntimeError(f"ls {arg}=={value}: {n} tasks on the page, {want} wanted")
+            walls.append(wall)
+            servers.append(server)
+    value_ms = median(servers) if servers and servers[0] == servers[0] else median(walls)
+    return Result(value_ms, _lat_text(walls, servers, samples))
 
 
 def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
@@ -507,23 +645,13 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
         impl.seed(queue, "fetch", seeded, want - pending)
         seeded += max(0, want - pending)
         if size in sizes.ls_sizes:
-            budget = Budget(impl.budget)
-            walls, servers = [], []
-            body = {"extra_filter": {"args.grp": 3}, "limit": 100}
-            with impl.client(queue) as c:
-                for _ in range(sizes.ls_samples):
-                    if walls and not budget.left():
-                        break
-                    r, wall, server = timed_post(c, QUEUE_ME + "/tasks/search", body)
-                    if r.status_code != 200 or len(r.json()["content"]) != 100:
-                        raise RuntimeError(f"ls failed: {r.status_code} {r.text[:200]}")
-                    walls.append(wall)
-                    servers.append(server)
-            value = median(servers) if servers and servers[0] == servers[0] else median(walls)
-            out[f"ls_{size}"] = Result(value, _lat_text(walls, servers, sizes.ls_samples))
+            # 10% of the tasks match args.grp == 3 (a full page); args.i == K matches one.
+            out[f"ls_{size}"] = _ls_samples(impl, queue, "grp", 3, 100, sizes.ls_samples)
+            out[f"lsone_{size}"] = _ls_samples(impl, queue, "i", seeded // 2, 1,
+                                               sizes.ls_samples)
         if size in sizes.fetch_sizes:
             walls, servers = _fetch_samples(
-                impl, queue, REQUIRED["fetch"], sizes.fetch_samples, Budget(impl.budget)
+                impl, queue, "fetch", sizes.fetch_samples, Budget(impl.budget)
             )
             claimed += len(walls)
             out[f"fetch_{size}"] = Result(
@@ -534,17 +662,19 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
         ratio = out[f"fetch_{hi}"].value / out[f"fetch_{lo}"].value
         out["fetch_ratio"] = Result(ratio, f"{ratio:.2f}x")
 
-    # 100k (largest size) pending tasks of other shapes, 1 matching at a time.
+    # 100k (largest size) pending tasks that this worker cannot take, 1 it can at a time:
+    # API v1: of other arg shapes ({x} among {i, grp}); 2.x: on another route.
     def add_one(c: httpx.Client, j: int) -> None:
-        r = c.post(QUEUE_ME + "/tasks", json={"args": make_args("other", j)})
-        if r.status_code != 201:
-            raise RuntimeError(f"submit failed: {r.status_code} {r.text[:200]}")
+        api_submit(impl, c, make_args("other", j), route="other")
 
     walls, servers = _fetch_samples(
-        impl, queue, REQUIRED["other"], sizes.fetch_samples, Budget(impl.budget), add_one
+        impl, queue, "other", sizes.fetch_samples, Budget(impl.budget), add_one, route="other"
     )
     out["fetch_other"] = Result(median(walls), _lat_text(walls, servers, sizes.fetch_samples))
-    if not impl.is_ref:
+    if impl.is_ref:
+        out["storage"] = na("1.0.1's embedded store is one JSON file rewritten on every "
+                            "write; not measured")
+    else:
         out["storage"] = storage_per_task(impl)
     pss = impl.rss_mb("Pss:")
     out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB" + (
@@ -554,19 +684,10 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
 def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
     queue = impl.new_queue("loop")
     impl.seed(queue, "loop", 0, sizes.loop_tasks)
-    root = impl.write_client_root(queue)
-    env = {**os.environ, "LABTASKER_ROOT": str(root)}
-    for var in (
-        "LABTASKER_TASK_ID",
-        "LABTASKER_WORKER_ID",
-        "LABTASKER_LOG_DIR",
-        "PYTHONPATH",
-        "PYTHONDONTWRITEBYTECODE",
-    ):
-        env.pop(var, None)
+    env = impl.cli_env(queue)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [impl.cli, "loop", "--", "true", "%(i)"],
+        loop_cmd(impl, "true", "%{i}" if impl.is_v2 else "%(i)"),
         env=env,
         cwd=impl.workdir,
         stdout=subprocess.DEVNULL,
@@ -578,8 +699,11 @@ def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
         tail = proc.stderr.decode(errors="replace")[-500:]
         raise RuntimeError(f"loop exited {proc.returncode}: {tail}")
     with impl.client(queue) as c:
-        r = c.post(QUEUE_ME + "/tasks/search", json={"status": "success", "limit": 1000})
-        done = len(r.json()["content"])
+        if impl.is_v2:
+            done = c.get("/tasks/count", params={"status": "succeeded"}).json()["count"]
+        else:
+            r = c.post(QUEUE_ME + "/tasks/search", json={"status": "success", "limit": 1000})
+            done = len(r.json()["content"])
     t0 = time.perf_counter()
     for n in range(sizes.loop_tasks):
         subprocess.run(["true", str(n)], check=True)
@@ -591,6 +715,14 @@ def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
         f"{per_task:.1f} ms (loop {t_loop:.2f} s vs spawn {t_spawn:.2f} s)"
         + (f"; {note}" if note else ""),
     )
+
+
+def loop_cmd(impl: Impl, *job: str) -> list[str]:
+    """``labtasker loop`` running ``job`` until the queue is empty (2.x: ``--idle-timeout 0``
+    exits on the first empty claim; ours and 1.0.1 exit on an empty queue by default)."""
+    if impl.is_v2:
+        return [impl.cli, "loop", "--idle-timeout", "0", "--", *job]
+    return [impl.cli, "loop", "--", *job]
 
 
 def _run_times(cmd: list[str], runs: int, env: dict) -> list[float]:
@@ -611,7 +743,10 @@ def _run_cpu_times(cmd: list[str], runs: int, env: dict) -> tuple[list[float], l
     for _ in range(runs):
         before = os.times()
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[1:4]} exited {proc.returncode}: "
+                               f"{proc.stderr.decode(errors='replace')[-300:]}")
         walls.append((time.perf_counter() - t0) * 1000)
         after = os.times()
         cpus.append((after.children_user - before.children_user
@@ -621,49 +756,55 @@ def _run_cpu_times(cmd: list[str], runs: int, env: dict) -> tuple[list[float], l
 
 def storage_per_task(impl: Impl) -> Result:
     """Bytes of the SQLite file per task (all of the run's tasks so far, their events and
-    indexes), split by ``dbstat`` into the tasks table, its indexes and the event log."""
+    indexes), split by ``dbstat`` into the tasks table, its indexes, the event log (ours) or
+    the route table (2.x: ``task_routes`` with its indexes), and the rest."""
     import sqlite3
 
-    path = impl.db_url.removeprefix("sqlite:///")
+    path = impl.db_path if impl.is_v2 else impl.db_url.removeprefix("sqlite:///")
+    side = "task_routes" if impl.is_v2 else "events"
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         n_tasks = con.execute("SELECT count(*) FROM tasks").fetchone()[0]
-        n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        n_side = con.execute(f"SELECT count(*) FROM {side}").fetchone()[0]
         sizes = dict(con.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
         owner = dict(con.execute("SELECT name, tbl_name FROM sqlite_master"))
     finally:
         con.close()
-    parts = {"tasks": 0, "task indexes": 0, "events": 0, "other": 0}
+    parts = {"tasks": 0, "task indexes": 0, side.replace("_", " "): 0, "other": 0}
     for name, size in sizes.items():
         table = owner.get(name, name)
         if name == "tasks":
             parts["tasks"] += size
         elif table == "tasks":
             parts["task indexes"] += size
-        elif table == "events":
-            parts["events"] += size
+        elif table == side:
+            parts[side.replace("_", " ")] += size
         else:
             parts["other"] += size
     total = sum(parts.values()) / max(n_tasks, 1)
     split = ", ".join(f"{k} {v / max(n_tasks, 1):.0f}" for k, v in parts.items())
     return Result(total / 1024, f"{total / 1024:.2f} KB per task ({split} B; "
-                  f"{n_tasks:,} tasks, {n_events:,} events)")
+                  f"{n_tasks:,} tasks, {n_side:,} {side.replace('_', ' ')} rows)")
+
+
+def _cpu_result(walls: list[float], cpus: list[float]) -> Result:
+    return Result(median(walls), f"{median(walls):.0f} ms (CPU {median(cpus):.0f} ms)")
 
 
 def rows_cli(impl: Impl, sizes: Sizes, out: dict) -> None:
     """One CLI process per call against the running server: ``task submit`` of one task,
-    ``task ls`` of a queue of 100 tasks (YAML to a pipe)."""
+    ``task ls`` (2.x: ``task list``) of a queue of 100 tasks, and ``loop`` on an empty queue
+    (start-up, one empty claim, exit); wall and CPU per call."""
     queue = impl.new_queue("cli")
-    root = impl.write_client_root(queue)
-    env = {**os.environ, "LABTASKER_ROOT": str(root)}
-    env.pop("PYTHONPATH", None)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = impl.cli_env(queue)
     submit = [impl.cli, "task", "submit", "--args", '{"i": 1, "grp": 2}']
-    walls, cpus = _run_cpu_times(submit, sizes.startup_runs, env)
-    out["cli_submit"] = Result(median(walls), f"{median(walls):.0f} ms (CPU {median(cpus):.0f} ms)")
+    out["cli_submit"] = _cpu_result(*_run_cpu_times(submit, sizes.startup_runs, env))
+    empty = impl.new_queue("cli-empty")
+    out["cli_loop"] = _cpu_result(*_run_cpu_times(loop_cmd(impl, "true"), sizes.startup_runs,
+                                                  impl.cli_env(empty)))
     impl.seed(queue, "fetch", 0, 100)
-    walls, cpus = _run_cpu_times([impl.cli, "task", "ls"], sizes.startup_runs, env)
-    out["cli_ls"] = Result(median(walls), f"{median(walls):.0f} ms (CPU {median(cpus):.0f} ms)")
+    ls = [impl.cli, "task", "list" if impl.is_v2 else "ls"]
+    out["cli_ls"] = _cpu_result(*_run_cpu_times(ls, sizes.startup_runs, env))
 
 
 def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
@@ -675,12 +816,17 @@ def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
         '[queue]\nqueue_name = "startup"\npassword = "startup"\n'
     )
     env = {**os.environ, "LABTASKER_ROOT": str(root)}
+    if impl.is_v2:  # 2.x refuses a v1 client.toml (legacy_config_found): use its variables
+        (root / "client.toml").unlink()
+        env.update(LABTASKER_URL="http://127.0.0.1:9", LABTASKER_QUEUE="startup",
+                   LABTASKER_TOKEN=V2_TOKEN)
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # users have .pyc caches; the warm-up writes them
     base = median(_run_times([impl.python, "-c", "pass"], sizes.startup_runs, env))
-    t_help = median(_run_times([impl.cli, "--help"], sizes.startup_runs, env))
+    out["help"] = _cpu_result(*_run_cpu_times([impl.cli, "--help"], sizes.startup_runs, env))
+    out["loop_help"] = _cpu_result(
+        *_run_cpu_times([impl.cli, "loop", "--help"], sizes.startup_runs, env))
     t_imp = median(_run_times([impl.python, "-c", "import labtasker"], sizes.startup_runs, env))
-    out["help"] = Result(t_help, f"{t_help:.0f} ms")
     out["import"] = Result(t_imp, f"{t_imp:.0f} ms (bare python {base:.0f})")
 
 
@@ -693,11 +839,12 @@ TARGETS = {
     "sweep_unique": "≥ 10,000/s",
     "claim_16": "≥ 800/s, 0 dup",
     "fetch_ratio": "≤ 2x",
-    "ls_100000": "≤ 10 ms server",
+    "ls_max": "≤ 10 ms server",  # the largest ls size
     "loop": "≤ 20 ms",
     "rss": "≤ 120 MB",
     "help": "≤ 200 ms",
     "cli_submit": "≤ 120 ms",
+    "lsone_max": "≤ 10 ms server",
     "storage": "≤ 0.8 KB",
     "import": "≤ 150 ms",
 }
@@ -710,7 +857,8 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
         ("sweep", f"`task submit --grid` sweep of {sizes.sweep:,}, end to end (tasks/s)"),
         ("sweep_unique", "the same with `--unique` (tasks/s)"),
     ]
-    labels.append(("http_floor", "HTTP floor: server CPU per request, sequential client"))
+    labels.append(("http_floor", "HTTP floor: server CPU per request, sequential client "
+                   "(compared: the authenticated read)"))
     for w in sizes.claim_workers:
         labels.append(
             (
@@ -735,21 +883,28 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
     )
     for n in sizes.ls_sizes:
         labels.append((f"ls_{n}", f"`task ls` page of 100, args filter, {fmt_n(n)} tasks"))
+    for n in sizes.ls_sizes:
+        labels.append((f"lsone_{n}", f"`task ls`, one-hit args filter (`args.i == K`), "
+                       f"{fmt_n(n)} tasks"))
     labels += [
         ("loop", f"`loop` overhead per task, job `true`, {sizes.loop_tasks} tasks"),
         ("rss", f"server RSS with {fmt_n(hi)}+ tasks"),
         ("storage", "database size per task, events included (SQLite, dbstat)"),
         ("help", "`labtasker --help` (wall, median)"),
+        ("loop_help", "`labtasker loop --help` (wall, median)"),
         ("cli_submit", "`labtasker task submit --args ...`, one process per call (wall, median)"),
-        ("cli_ls", "`labtasker task ls`, 100+ tasks as YAML, one process (wall, median)"),
+        ("cli_ls", "`labtasker task ls`, 100+ tasks, one process (wall, median)"),
+        ("cli_loop", "`labtasker loop -- true` on an empty queue, one process (wall, median)"),
         ("import", "`python -c 'import labtasker'` (wall, median)"),
     ]
     return labels
 
 
 def ratio_text(key: str, cur: Result | None, ref: Result | None) -> str:
+    """How ours compares with a peer on one row: "N.Nx better/worse" (by the row's value:
+    higher is better for rates, lower for times and sizes)."""
     if cur is None or ref is None or cur.value is None or ref.value is None:
-        return "-"
+        return "—" if ref is not None and ref.na else "-"
     if key == "fetch_ratio" or not cur.value or not ref.value:
         return "-"
     factor = cur.value / ref.value if cur.higher_better else ref.value / cur.value
@@ -757,54 +912,72 @@ def ratio_text(key: str, cur: Result | None, ref: Result | None) -> str:
 
 
 def render(sizes: Sizes, results: dict[str, dict[str, Result]], notes: list[str]) -> str:
+    """The markdown table: one column per implementation (ours first), one ratio column per
+    peer ("vs 1.0.1" = ours compared with 1.0.1), then the footnotes of the "—" cells."""
     names = list(results)
-    header = ["row", "target"] + names + (["ratio"] if len(names) == 2 else [])
+    peers = names[1:]
+    header = ["row", "target"] + names + [f"vs {peer}" for peer in peers]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    footnotes: dict[str, str] = {}  # reason -> mark
     for key, label in row_labels(sizes):
-        cells = [label, TARGETS.get(key, "")]
+        top_ls = f"_{max(sizes.ls_sizes)}"
+        cells = [label, TARGETS.get(key.replace(top_ls, "_max") if key.endswith(top_ls)
+                                    else key, "")]
         for name in names:
             res = results[name].get(key)
             cell = res.text if res else "-"
-            if res and res.note:
+            if res and res.na:
+                mark = footnotes.setdefault(res.na, chr(ord("a") + len(footnotes)))
+                cell = f"— [{mark}]"
+            elif res and res.note:
                 cell += f" ({res.note})"
             cells.append(cell)
-        if len(names) == 2:
-            cells.append(ratio_text(key, results[names[0]].get(key), results[names[1]].get(key)))
+        for peer in peers:
+            cells.append(ratio_text(key, results[names[0]].get(key), results[peer].get(key)))
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"[{mark}] {reason}." for reason, mark in footnotes.items()]
     return "\n".join(lines + [""] + notes)
 
 
-def ensure_ref_venv() -> Path:
-    venv = CACHE / f"venv-{REF_VERSION}"
+def ensure_venv(package: str, version: str) -> Path:
+    """``bench/.cache/venv-<version>`` with ``<package>==<version>`` from PyPI (made once,
+    reused while it holds that version)."""
+    venv = CACHE / f"venv-{version}"
     python = venv / "bin" / "python"
     if python.exists():
         check = subprocess.run(
-            [str(python), "-c", "import importlib.metadata as m; print(m.version('labtasker'))"],
+            [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
             capture_output=True,
             text=True,
         )
-        if check.stdout.strip() == REF_VERSION:
+        if check.stdout.strip() == version:
             return venv
     CACHE.mkdir(parents=True, exist_ok=True)
-    print(f"[bench] installing labtasker=={REF_VERSION} into {venv} ...", file=sys.stderr)
+    print(f"[bench] installing {package}=={version} into {venv} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"labtasker=={REF_VERSION}"], check=True
+        [str(python), "-m", "pip", "install", "-q", f"{package}=={version}"], check=True
     )
     return venv
 
 
 def row_claim_two_processes(impl: Impl, sizes: Sizes, out: dict) -> None:
     """The busiest claim row again against ``serve --workers 2`` on a fresh database (ours
-    only: 1.0.1 has no such option)."""
+    only: the peers have no multi-process server)."""
+    top = max(sizes.claim_workers)
     if impl.is_ref:
+        out[f"claim_{top}_procs2"] = na("1.0.1's server has no multi-process option")
+        return
+    if impl.is_v2:
+        out[f"claim_{top}_procs2"] = na(f"labtasker {impl.name} allows exactly one server "
+                                        "process per database file")
         return
     workdir = impl.workdir / "procs2"
     workdir.mkdir(exist_ok=True)
     two = Impl(f"{impl.name} x2", impl.kind, impl.python, impl.cli, workdir, server_workers=2)
     two.start()
     try:
-        top = max(sizes.claim_workers)
         two_out: dict[str, Result] = {}
         row_claim(two, sizes, top, two_out)
         out[f"claim_{top}_procs2"] = two_out[f"claim_{top}"]
@@ -848,7 +1021,10 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Small sizes (smoke test).")
-    parser.add_argument("--compare", action="store_true", help=f"Also run labtasker {REF_VERSION}.")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"Also run labtasker {REF_VERSION} and {V2_VERSION}.")
+    parser.add_argument("--peers", default=f"{REF_VERSION},{V2_VERSION}",
+                        help="With --compare: comma list of the peers to run (default: both).")
     parser.add_argument(
         "--ref-budget",
         type=float,
@@ -897,8 +1073,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp / "current",
         )
     ]
-    if args.compare:
-        venv = ensure_ref_venv()
+    peers = set(args.peers.split(",")) if args.compare else set()
+    if REF_VERSION in peers:
+        venv = ensure_venv("labtasker", REF_VERSION)
         impls.append(
             Impl(
                 REF_VERSION,
@@ -909,13 +1086,21 @@ def main(argv: list[str] | None = None) -> int:
                 budget=args.ref_budget,
             )
         )
+    if V2_VERSION in peers:
+        venv = ensure_venv("labtasker", V2_VERSION)
+        impls.append(Impl(V2_VERSION, "v2", str(venv / "bin" / "python"),
+                          str(venv / "bin" / "labtasker"), tmp / "v2"))
     results: dict[str, dict[str, Result]] = {}
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    loads = []
     try:
         for impl in impls:
             impl.workdir.mkdir(parents=True)
+            t0, load0 = time.monotonic(), os.getloadavg()[0]
             results[impl.name] = run_impl(impl, sizes, only)
+            loads.append(f"{impl.name} {time.monotonic() - t0:.0f} s, load {load0:.1f} -> "
+                         f"{os.getloadavg()[0]:.1f}")
     finally:
         for impl in impls:
             impl.stop()
@@ -927,15 +1112,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{sys.version.split()[0]}; total {time.monotonic() - started:.0f} s; load average "
         f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
         "Latencies are client-side wall times over HTTP; 'server' is the bench-side "
-        "X-Process-Time (ASGI entry to response start).",
+        "X-Process-Time (ASGI entry to response start). Per implementation: "
+        + "; ".join(loads) + ".",
         "Bulk route: "
         + ("present" if cur.has_batch else "absent (seeding went straight to the database)")
         + ".",
     ]
-    if args.compare:
+    if REF_VERSION in peers:
         notes.append(
             f"labtasker {REF_VERSION}: embedded (mongomock) server, each row capped at "
             f"{args.ref_budget:.0f} s; its tasks are seeded offline."
+        )
+    if V2_VERSION in peers:
+        notes.append(
+            f"labtasker {V2_VERSION}: `labtasker-server serve --connection http` (SQLite WAL, "
+            "synchronous=FULL, bearer token, access log off as for the others), driven "
+            "through its REST API v2 and its own CLI; its big queues are seeded offline "
+            "through its own TaskService (it has no batch route); `fetch` rows claim by "
+            "route, and the 'other arg shapes' row puts the one claimable task on another "
+            "route than the 100k pending ones."
         )
     errors = [
         f"{name}: {res.text}"

@@ -4,6 +4,12 @@ Run by path with the interpreter of the implementation under test::
 
     python bench/serve.py current --port P --db-url sqlite:///x.db
     python bench/serve.py ref101  --port P --db-path x.json     # labtasker 1.0.1 (embedded)
+    python bench/serve.py v2      --port P --db-path x.db       # labtasker 2.x
+
+labtasker 2.x is started through its own ``labtasker-server serve --connection http`` command
+(settings, filesystem detection, database ownership lock, migrations), with the bearer token
+from ``LABTASKER_SERVER_TOKEN``; only its call of ``uvicorn.run`` is intercepted to wrap the
+application and turn the access log off, as for the others.
 
 The header (milliseconds from the first ASGI event to the response start) is added by a pure
 ASGI wrapper around the unmodified application, so server files stay untouched. Access logs
@@ -62,15 +68,34 @@ def ref101_app(args):
     return app
 
 
+def v2_serve(args) -> None:
+    import uvicorn
+    from labtasker_server import cli
+
+    real_run = uvicorn.run
+
+    def run(app, **kwargs):
+        kwargs["access_log"] = False
+        print(f"bench server v2 on {args.port}", file=sys.stderr, flush=True)
+        real_run(with_process_time(app), **kwargs)
+
+    cli.uvicorn.run = run  # type: ignore[attr-defined]
+    sys.argv = ["labtasker-server", "serve", "--connection", "http", "--database",
+                args.db_path, "--host", "127.0.0.1", "--port", str(args.port)]
+    cli.app()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("impl", choices=["current", "ref101"])
+    parser.add_argument("impl", choices=["current", "ref101", "v2"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db-url")
     parser.add_argument("--db-path")
     parser.add_argument("--sweep-interval", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    if args.impl == "v2":
+        return v2_serve(args)
     import uvicorn
 
     if args.workers > 1:  # several server processes (labtasker-server serve --workers N)

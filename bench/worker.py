@@ -2,12 +2,17 @@
 (or the deadline passes). Writes ``{"ids": [...], "lat": [...]}`` (latency of fetch+report
 in seconds, per task) as JSON to OUT.
 
-    python bench/worker.py URL QUEUE PASSWORD FIELDS OUT START_AT DEADLINE
+    python bench/worker.py URL QUEUE PASSWORD FIELDS OUT START_AT DEADLINE [API]
+
+API is ``v1`` (default: ours and labtasker 1.0.1; PASSWORD is the queue password, FIELDS the
+comma list of required fields) or ``v2`` (labtasker 2.x's REST API v2: PASSWORD is the bearer
+token, FIELDS the route; claim + complete with a fresh ``run_id`` per claim).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 
@@ -17,6 +22,8 @@ import httpx
 def main() -> None:
     url, queue, password, fields, out = sys.argv[1:6]
     start_at, deadline = float(sys.argv[6]), float(sys.argv[7])
+    if len(sys.argv) > 8 and sys.argv[8] == "v2":
+        return main_v2(url, queue, password, fields, out, start_at, deadline)
     required = fields.split(",")
     ids: list[str] = []
     lat: list[float] = []
@@ -49,6 +56,38 @@ def main() -> None:
     end = time.time()
     with open(out, "w") as fh:
         json.dump({"ids": ids, "lat": lat, "errors": errors, "end": end}, fh)
+
+
+def main_v2(
+    url: str, queue: str, token: str, route: str, out: str, start_at: float, deadline: float
+) -> None:
+    ids: list[str] = []
+    lat: list[float] = []
+    errors = 0
+    base = f"{url}/api/v2/queues/{queue}"
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+        client.get(url + "/health")
+        time.sleep(max(0.0, start_at - time.time()))
+        while time.time() < deadline:
+            t0 = time.perf_counter()
+            run_id = "r_" + secrets.token_urlsafe(9)
+            resp = client.post("/tasks/claim", json={"route": route, "run_id": run_id})
+            if resp.status_code == 204:
+                break
+            if resp.status_code != 200:
+                errors += 1
+                if errors > 20:
+                    break
+                continue
+            task_id = resp.json()["task"]["id"]
+            r2 = client.post(f"/tasks/{task_id}/complete", json={"run_id": run_id, "result": {}})
+            if r2.status_code >= 300:
+                errors += 1
+            lat.append(time.perf_counter() - t0)
+            ids.append(task_id)
+    with open(out, "w") as fh:
+        json.dump({"ids": ids, "lat": lat, "errors": errors, "end": time.time()}, fh)
 
 
 if __name__ == "__main__":
