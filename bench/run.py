@@ -1130,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
             "through its REST API v2 and its own CLI; its big queues are seeded offline "
             "through its own TaskService (it has no batch route); `fetch` rows claim by "
             "route, and the 'other arg shapes' row puts the one claimable task on another "
-            "route than the 100k pending ones."
+            "route than the pending ones of the largest size."
         )
     errors = [
         f"{name}: {res.text}"
