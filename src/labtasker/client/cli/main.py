@@ -14,6 +14,7 @@ import typer
 
 from labtasker.__version__ import __version__
 from labtasker.client.cli import (
+    _coerce,
     config_cmd,
     event_cmd,
     init_cmd,
@@ -23,6 +24,8 @@ from labtasker.client.cli import (
     task,
     worker,
 )
+
+_coerce.install()  # before any command runs: plain option values skip pydantic adapters
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
