@@ -26,9 +26,11 @@ All timestamps in responses are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -36,7 +38,7 @@ from labtasker import error_codes as codes
 from labtasker.__version__ import __version__
 from labtasker.client.config import (
     get_labtasker_client_config_path,
-    load_client_config,
+    load_connection,
 )
 from labtasker.client.filtering import coerce_filter
 from labtasker.client.transport import (  # noqa: F401 - DEFAULT_TIMEOUT, format_detail re-exported
@@ -59,37 +61,143 @@ from labtasker.exceptions import (
     TaskNotOwned,
     WorkerSuspended,
 )
+from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
 from labtasker.timeutil import heartbeat_timeout_problem, parse_duration
-from labtasker.wire import (
-    HealthCheckResponse,
-    Priority,
-    QueueCreateRequest,
-    QueueCreateResponse,
-    QueueGetResponse,
-    QueueOverviewResponse,
-    QueueUpdateRequest,
-    Task,
-    TaskCountRequest,
-    TaskCountResponse,
-    TaskFetchRequest,
-    TaskFetchResponse,
-    TaskLsRequest,
-    TaskLsResponse,
-    TaskProgressRequest,
-    TaskRequeueRequest,
-    TaskRunsResponse,
-    TaskStatusUpdateRequest,
-    TaskSubmitRequest,
-    TaskSubmitResponse,
-    TaskUpdateRequest,
-    Worker,
-    WorkerCreateRequest,
-    WorkerCreateResponse,
-    WorkerLsRequest,
-    WorkerLsResponse,
-    WorkerPruneRequest,
-    WorkerStatusUpdateRequest,
-)
+
+if TYPE_CHECKING:
+    import labtasker.wire as _wire
+    from labtasker.wire import (
+        HealthCheckResponse as HealthCheckResponse,
+    )
+    from labtasker.wire import (
+        QueueCreateRequest as QueueCreateRequest,
+    )
+    from labtasker.wire import (
+        QueueCreateResponse as QueueCreateResponse,
+    )
+    from labtasker.wire import (
+        QueueGetResponse as QueueGetResponse,
+    )
+    from labtasker.wire import (
+        QueueOverviewResponse as QueueOverviewResponse,
+    )
+    from labtasker.wire import (
+        QueueUpdateRequest as QueueUpdateRequest,
+    )
+    from labtasker.wire import (
+        Task as Task,
+    )
+    from labtasker.wire import (
+        TaskCountRequest as TaskCountRequest,
+    )
+    from labtasker.wire import (
+        TaskCountResponse as TaskCountResponse,
+    )
+    from labtasker.wire import (
+        TaskFetchRequest as TaskFetchRequest,
+    )
+    from labtasker.wire import (
+        TaskFetchResponse as TaskFetchResponse,
+    )
+    from labtasker.wire import (
+        TaskLsRequest as TaskLsRequest,
+    )
+    from labtasker.wire import (
+        TaskLsResponse as TaskLsResponse,
+    )
+    from labtasker.wire import (
+        TaskProgressRequest as TaskProgressRequest,
+    )
+    from labtasker.wire import (
+        TaskRequeueRequest as TaskRequeueRequest,
+    )
+    from labtasker.wire import (
+        TaskRunsResponse as TaskRunsResponse,
+    )
+    from labtasker.wire import (
+        TaskStatusUpdateRequest as TaskStatusUpdateRequest,
+    )
+    from labtasker.wire import (
+        TaskSubmitRequest as TaskSubmitRequest,
+    )
+    from labtasker.wire import (
+        TaskSubmitResponse as TaskSubmitResponse,
+    )
+    from labtasker.wire import (
+        TaskUpdateRequest as TaskUpdateRequest,
+    )
+    from labtasker.wire import (
+        Worker as Worker,
+    )
+    from labtasker.wire import (
+        WorkerCreateRequest as WorkerCreateRequest,
+    )
+    from labtasker.wire import (
+        WorkerCreateResponse as WorkerCreateResponse,
+    )
+    from labtasker.wire import (
+        WorkerLsRequest as WorkerLsRequest,
+    )
+    from labtasker.wire import (
+        WorkerLsResponse as WorkerLsResponse,
+    )
+    from labtasker.wire import (
+        WorkerPruneRequest as WorkerPruneRequest,
+    )
+    from labtasker.wire import (
+        WorkerStatusUpdateRequest as WorkerStatusUpdateRequest,
+    )
+else:
+
+    class _LazyWire:
+        """``labtasker.wire`` (pydantic and 40 models: about half of a CLI call's start-up),
+        imported on the first attribute read: a call that sends a plain body never pays it."""
+
+        def __getattr__(self, name: str) -> Any:
+            import labtasker.wire
+
+            return getattr(labtasker.wire, name)
+
+    _wire = _LazyWire()
+
+_WIRE_NAMES = frozenset({
+    "HealthCheckResponse",
+    "QueueCreateRequest",
+    "QueueCreateResponse",
+    "QueueGetResponse",
+    "QueueOverviewResponse",
+    "QueueUpdateRequest",
+    "Task",
+    "TaskCountRequest",
+    "TaskCountResponse",
+    "TaskFetchRequest",
+    "TaskFetchResponse",
+    "TaskLsRequest",
+    "TaskLsResponse",
+    "TaskProgressRequest",
+    "TaskRequeueRequest",
+    "TaskRunsResponse",
+    "TaskStatusUpdateRequest",
+    "TaskSubmitRequest",
+    "TaskSubmitResponse",
+    "TaskUpdateRequest",
+    "Worker",
+    "WorkerCreateRequest",
+    "WorkerCreateResponse",
+    "WorkerLsRequest",
+    "WorkerLsResponse",
+    "WorkerPruneRequest",
+    "WorkerStatusUpdateRequest",
+})
+
+
+def __getattr__(name: str) -> Any:
+    """The wire models this module has always exported (``api.Task``...), loaded lazily."""
+    if name in _WIRE_NAMES:
+        import labtasker.wire
+
+        return getattr(labtasker.wire, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "get_httpx_client",
@@ -159,11 +267,11 @@ class _DefaultClient:
         with self._lock:
             if self._client is not None and self._key == key:
                 return self._client
-            cfg = load_client_config(path)
-            self.on_notification = notification_printer(cfg.display_server_notifications_level)
+            cfg = load_connection(path)
+            self.on_notification = notification_printer(cfg.notifications_level)
             # An older client may still be used by another thread; it is left to the GC.
             self._client = LabtaskerClient.connect(
-                cfg.endpoint.api_base_url, cfg.queue.queue_name, cfg.queue.password,
+                cfg.api_base_url, cfg.queue_name, cfg.password,
                 timeout=DEFAULT_TIMEOUT, retry_policy=self.retry_policy,
                 on_notification=self.on_notification)
             self._key = key
@@ -299,10 +407,10 @@ def health_check(client: ClientLike | None = None) -> HealthCheckResponse:
         response, _ = _send("GET", "/health", client=client, safe=True)
         if response.is_error:
             raise status_error(response)
-        return HealthCheckResponse(status="healthy", database="unknown")
+        return _wire.HealthCheckResponse(status="healthy", database="unknown")
     if response.is_error:
         raise status_error(response)
-    return HealthCheckResponse.model_validate(response.json())
+    return _wire.HealthCheckResponse.model_validate(response.json())
 
 
 def create_queue(
@@ -316,16 +424,16 @@ def create_queue(
     Raises ``pydantic.ValidationError`` for an invalid name/password/metadata key and
     :class:`LabtaskerHTTPStatusError` (409) if the name is taken.
     """
-    req = QueueCreateRequest(queue_name=queue_name, password=password, metadata=metadata)
+    req = _wire.QueueCreateRequest(queue_name=queue_name, password=password, metadata=metadata)
     body = _call("POST", "/api/v1/queues", client=client, json_body=_body(req))
-    return QueueCreateResponse.model_validate(body)
+    return _wire.QueueCreateResponse.model_validate(body)
 
 
 def get_queue(client: ClientLike | None = None) -> QueueGetResponse:
     """Return the authenticated queue (``queue_id, queue_name, created_at, last_modified,
     metadata``). HTTP 401 (bad credentials / no such queue) raises
     :class:`LabtaskerHTTPStatusError`."""
-    return QueueGetResponse.model_validate(_call("GET", _QUEUE_ME, client=client, safe=True))
+    return _wire.QueueGetResponse.model_validate(_call("GET", _QUEUE_ME, client=client, safe=True))
 
 
 def update_queue(
@@ -337,11 +445,11 @@ def update_queue(
     """Rename the queue, change its password and/or patch its metadata (``{}`` clears it;
     top-level keys are merged). Returns the updated queue. The local ``client.toml`` is not
     changed."""
-    req = QueueUpdateRequest(
+    req = _wire.QueueUpdateRequest(
         new_queue_name=new_queue_name, new_password=new_password, metadata_update=metadata_update
     )
     body = _call("PUT", _QUEUE_ME, client=client, json_body=_body(req))
-    return QueueGetResponse.model_validate(body)
+    return _wire.QueueGetResponse.model_validate(body)
 
 
 def delete_queue(cascade_delete: bool = True, client: ClientLike | None = None) -> None:
@@ -366,10 +474,10 @@ def submit_task(
     heartbeat_timeout: float | None = None,
     task_timeout: int | float | None = None,
     max_retries: int = 3,
-    priority: int = Priority.MEDIUM,
+    priority: int = 10,  # Priority.MEDIUM
     client: ClientLike | None = None,
     unique: bool = False,
-) -> TaskSubmitResponse:
+) -> _wire.TaskSubmitResponse:
     """Submit a task; returns ``TaskSubmitResponse(task_id)``.
 
     ``args``/``metadata`` are dicts (dotted keys like ``"a.b"`` are nested by the server);
@@ -379,28 +487,87 @@ def submit_task(
     second task. Raises :class:`LabtaskerValueError` if neither ``args`` nor ``cmd`` is
     given, ``pydantic.ValidationError`` for invalid fields.
     """
+    body = _submit_task(task_name, args, metadata, cmd, heartbeat_timeout, task_timeout,
+                        max_retries, priority, client, unique)
+    return _wire.TaskSubmitResponse.model_validate(body)
+
+
+def _submit_task(task_name, args, metadata, cmd, heartbeat_timeout, task_timeout, max_retries,
+                 priority, client, unique) -> Any:
+    """:func:`submit_task` up to the server's answer (its JSON, not validated): the CLI's
+    ``task submit`` uses it to print the id without loading the wire models."""
     if not args and not cmd:
         raise LabtaskerValueError("Either cmd or args must be specified.")
     if args is not None and not isinstance(args, dict):
         raise LabtaskerTypeError(f"args must be a dict, got {type(args).__name__}")
     _check_heartbeat_timeout(heartbeat_timeout)
-    req = TaskSubmitRequest(
-        task_name=task_name,
-        args=args,
-        metadata=metadata,
-        cmd=cmd,
-        heartbeat_timeout=heartbeat_timeout,
-        task_timeout=task_timeout,
-        max_retries=max_retries,
-        priority=priority,
-        unique=unique,
-    )
-    data = _body(req)
+    fields = dict(task_name=task_name, args=args, metadata=metadata, cmd=cmd,
+                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout,
+                  max_retries=max_retries, priority=priority, unique=unique)
+    data = _plain_submit_body(fields)
+    if data is None:
+        data = _body(_wire.TaskSubmitRequest(**fields))
     if not unique:
         data.pop("unique", None)  # the body stays the 1.0.1 one
-    body = _default.resolve(client).call("POST", f"{_QUEUE_ME}/tasks", json_body=data,
+    return _default.resolve(client).call("POST", f"{_QUEUE_ME}/tasks", json_body=data,
                                          safe=True, headers=idempotency_headers())
-    return TaskSubmitResponse.model_validate(body)
+
+
+def _json_native(value: Any, depth: int = 0) -> bool:
+    """True for str keys and JSON values that serialize as they are (finite floats)."""
+    kind = type(value)
+    if kind in (str, int, bool) or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth > 100:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _json_native(v, depth + 1) for k, v in value.items())
+    if kind is list:
+        return all(_json_native(v, depth + 1) for v in value)
+    return False
+
+
+_TASK_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
+    """The body ``_body(TaskSubmitRequest(**f))`` would make, built without pydantic when
+    every field is plainly valid (declared type, within its limits, JSON-native values);
+    ``None`` otherwise, and the model then builds it (or words the error)."""
+    name, cmd, hb, tt = f["task_name"], f["cmd"], f["heartbeat_timeout"], f["task_timeout"]
+    if name is not None and not (type(name) is str and 1 <= len(name) <= MAX_NAME_LENGTH
+                                 and _TASK_NAME_RE.search(name)):
+        return None
+    for key in ("args", "metadata"):
+        value = f[key]
+        if value is None:
+            continue
+        if type(value) is not dict or not _json_native(value):
+            return None
+        try:
+            validate_keys(value, key)
+        except ValueError:
+            return None
+    if not (cmd is None or type(cmd) is str
+            or (type(cmd) is list and all(type(c) is str for c in cmd))):
+        return None
+    if hb is not None and not (type(hb) in (int, float) and math.isfinite(hb) and hb > 0):
+        return None
+    if tt is not None and not (type(tt) is int and tt > 0):
+        return None
+    if type(f["max_retries"]) is not int or f["max_retries"] < 0:
+        return None
+    if type(f["priority"]) is not int or type(f["unique"]) is not bool:
+        return None
+    if not f["args"] and not cmd:
+        return None
+    body = {k: v for k, v in f.items() if v is not None}
+    if hb is not None:
+        body["heartbeat_timeout"] = float(hb)
+    body["client_version"] = __version__
+    return body
 
 
 MAX_BATCH = 5000  # tasks per ``POST /tasks/batch`` request accepted by the server
@@ -411,7 +578,7 @@ def _configured_heartbeat_interval() -> float | None:
     from labtasker.exceptions import ConfigError
 
     try:
-        return float(load_client_config(get_labtasker_client_config_path()).task.heartbeat_interval)
+        return float(load_connection(get_labtasker_client_config_path()).heartbeat_interval)
     except (ConfigError, OSError, ValueError):
         return None
 
@@ -431,7 +598,7 @@ def _check_heartbeat_timeout(timeout: float | None, where: str = "") -> None:
 def task_body(index: int, task: Any) -> dict[str, Any]:
     """Validate one element of :func:`submit_tasks` (a dict or ``TaskSubmitRequest``) and
     return its JSON body; errors name ``tasks[index]``."""
-    if isinstance(task, TaskSubmitRequest):
+    if isinstance(task, _wire.TaskSubmitRequest):
         req = task
     else:
         if not isinstance(task, dict):
@@ -441,7 +608,7 @@ def task_body(index: int, task: Any) -> dict[str, Any]:
                 f"tasks[{index}].args must be a dict, got {type(task['args']).__name__}"
             )
         try:
-            req = TaskSubmitRequest.model_validate(task)
+            req = _wire.TaskSubmitRequest.model_validate(task)
         except ValueError as exc:  # pydantic.ValidationError is a ValueError
             text = " ".join(str(exc).split())
             raise LabtaskerValueError(f"tasks[{index}] is invalid: {text}") from exc
@@ -539,7 +706,7 @@ def submit_bodies(
                                   headers=idempotency_headers())
             if response.is_error:
                 raise _bulk_error(response, ids, start)
-            ids.append(TaskSubmitResponse.model_validate(response.json()).task_id)
+            ids.append(_wire.TaskSubmitResponse.model_validate(response.json()).task_id)
             created.append(True)
         if progress is not None:
             progress(len(ids), total)
@@ -604,7 +771,7 @@ def fetch_task(
         except ValueError as exc:
             raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
         eta_max = str(eta_max)
-    req = TaskFetchRequest(
+    req = _wire.TaskFetchRequest(
         worker_id=worker_id,
         eta_max=eta_max,
         heartbeat_timeout=heartbeat_timeout,
@@ -624,7 +791,7 @@ def fetch_task(
         if _credentials_refused(exc):
             exc.args = (f"{CREDENTIALS_REFUSED} (HTTP 401 for POST {_QUEUE_ME}/tasks/next)",)
         raise
-    return TaskFetchResponse.model_validate(data)
+    return _wire.TaskFetchResponse.model_validate(data)
 
 
 CREDENTIALS_REFUSED = ("The server refused the queue's credentials: the queue was deleted or "
@@ -683,7 +850,7 @@ def report_task_status(
     report counts as done when the task already has the reported ``success``/``cancelled``
     status.
     """
-    req = TaskStatusUpdateRequest(
+    req = _wire.TaskStatusUpdateRequest(
         status=status, summary=summary, worker_id=worker_id, run_id=run_id
     )
     body = _body(req)
@@ -752,7 +919,7 @@ def ls_task_runs(task_id: str, limit: int = 100, client: ClientLike | None = Non
     or a server without run history (1.0.1)."""
     data = _call("GET", f"{_QUEUE_ME}/tasks/{task_id}/runs", client=client,
                  params={"limit": limit}, safe=True)
-    return TaskRunsResponse.model_validate(data)
+    return _wire.TaskRunsResponse.model_validate(data)
 
 
 _TASK_SEARCH = f"{_QUEUE_ME}/tasks/search"
@@ -839,8 +1006,8 @@ def ls_tasks(
     ``sort``, :class:`LabtaskerHTTPStatusError` (400) for a filter the server refuses.
     """
     selection = {"task_id": task_id, "task_name": task_name, "status": status}
-    body = _search_body(TaskLsRequest, selection, extra_filter, limit, offset, sort)
-    return TaskLsResponse.model_validate(_search_page(_TASK_SEARCH, body, client))
+    body = _search_body(_wire.TaskLsRequest, selection, extra_filter, limit, offset, sort)
+    return _wire.TaskLsResponse.model_validate(_search_page(_TASK_SEARCH, body, client))
 
 
 def iter_task_pages(
@@ -862,8 +1029,8 @@ def iter_task_pages(
     Arguments and errors as in :func:`ls_tasks` (raised when iteration starts).
     """
     selection = {"task_id": task_id, "task_name": task_name, "status": status}
-    body = _search_body(TaskLsRequest, selection, extra_filter, page_size, offset, sort)
-    yield from _iter_pages(_TASK_SEARCH, body, Task, client)
+    body = _search_body(_wire.TaskLsRequest, selection, extra_filter, page_size, offset, sort)
+    yield from _iter_pages(_TASK_SEARCH, body, _wire.Task, client)
 
 
 def iter_tasks(
@@ -886,7 +1053,7 @@ def iter_tasks(
 
 def get_task(task_id: str, client: ClientLike | None = None) -> Task:
     """Return one task; HTTP 404 raises :class:`LabtaskerHTTPStatusError`."""
-    return Task.model_validate(
+    return _wire.Task.model_validate(
         _call("GET", f"{_QUEUE_ME}/tasks/{task_id}", client=client, safe=True)
     )
 
@@ -906,8 +1073,8 @@ def update_tasks(
     items = []
     for upd in task_updates:
         if isinstance(upd, dict):
-            upd = TaskUpdateRequest.model_validate(upd)
-        elif not isinstance(upd, TaskUpdateRequest):
+            upd = _wire.TaskUpdateRequest.model_validate(upd)
+        elif not isinstance(upd, _wire.TaskUpdateRequest):
             raise LabtaskerTypeError(
                 f"task_updates items must be TaskUpdateRequest or dict, got {type(upd).__name__}"
             )
@@ -919,7 +1086,7 @@ def update_tasks(
         json_body=items,
         params={"reset_pending": str(bool(reset_pending)).lower()},
     )
-    return TaskLsResponse.model_validate(data)
+    return _wire.TaskLsResponse.model_validate(data)
 
 
 ENDED_TASK_STATUSES = ("success", "failed", "cancelled")
@@ -982,9 +1149,9 @@ def create_worker(
     client: ClientLike | None = None,
 ) -> str:
     """Register a worker and return its id (str). ``max_retries`` failures crash it."""
-    req = WorkerCreateRequest(worker_name=worker_name, metadata=metadata, max_retries=max_retries)
+    req = _wire.WorkerCreateRequest(worker_name=worker_name, metadata=metadata, max_retries=max_retries)
     body = _call("POST", f"{_QUEUE_ME}/workers", client=client, json_body=_body(req))
-    return WorkerCreateResponse.model_validate(body).worker_id
+    return _wire.WorkerCreateResponse.model_validate(body).worker_id
 
 
 def ls_workers(
@@ -1006,8 +1173,8 @@ def ls_workers(
     """
     selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
                  "gone": gone}
-    body = _search_body(WorkerLsRequest, selection, extra_filter, limit, offset, sort)
-    return WorkerLsResponse.model_validate(_search_page(_WORKER_SEARCH, body, client))
+    body = _search_body(_wire.WorkerLsRequest, selection, extra_filter, limit, offset, sort)
+    return _wire.WorkerLsResponse.model_validate(_search_page(_WORKER_SEARCH, body, client))
 
 
 def iter_workers(
@@ -1025,8 +1192,8 @@ def iter_workers(
     Arguments and errors as in :func:`ls_workers` (raised when iteration starts)."""
     selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
                  "gone": gone}
-    body = _search_body(WorkerLsRequest, selection, extra_filter, page_size, offset, sort)
-    for page in _iter_pages(_WORKER_SEARCH, body, Worker, client):
+    body = _search_body(_wire.WorkerLsRequest, selection, extra_filter, page_size, offset, sort)
+    for page in _iter_pages(_WORKER_SEARCH, body, _wire.Worker, client):
         yield from page
 
 
@@ -1035,7 +1202,7 @@ def get_worker(worker_id: str, client: ClientLike | None = None) -> Worker:
     data = _call("GET", f"{_QUEUE_ME}/workers/{worker_id}", client=client, safe=True)
     if isinstance(data, dict) and "worker_id" not in data and "_id" in data:
         data = {**data, "worker_id": data["_id"]}
-    return Worker.model_validate(data)
+    return _wire.Worker.model_validate(data)
 
 
 def report_worker_status(worker_id: str, status: str, client: ClientLike | None = None) -> None:
@@ -1048,7 +1215,7 @@ def report_worker_status(worker_id: str, status: str, client: ClientLike | None 
         raise LabtaskerValueError(
             f"Invalid worker status {status!r}: expected 'active', 'suspended' or 'crashed'"
         )
-    req = WorkerStatusUpdateRequest(status=status)
+    req = _wire.WorkerStatusUpdateRequest(status=status)
     try:
         _call(
             "POST",
@@ -1102,10 +1269,10 @@ def count_tasks(
     ``{value: count}`` dict. Raises :class:`LabtaskerHTTPStatusError` (400) for an unknown
     field or a bad filter.
     """
-    req = TaskCountRequest(extra_filter=coerce_filter(extra_filter), status=status, by=by)
+    req = _wire.TaskCountRequest(extra_filter=coerce_filter(extra_filter), status=status, by=by)
     body = _call("POST", f"{_QUEUE_ME}/tasks/count", client=client, json_body=_body(req),
                  safe=True)
-    return TaskCountResponse.model_validate(body)
+    return _wire.TaskCountResponse.model_validate(body)
 
 
 def requeue_tasks(
@@ -1126,7 +1293,7 @@ def requeue_tasks(
     done: list[str] = []
     for chunk in chunks or [[]]:
         while True:
-            req = TaskRequeueRequest(task_ids=chunk, status=status,
+            req = _wire.TaskRequeueRequest(task_ids=chunk, status=status,
                                      extra_filter=coerce_filter(extra_filter))
             body = _call("POST", f"{_QUEUE_ME}/tasks/requeue", client=client,
                          json_body=_body(req))
@@ -1142,7 +1309,7 @@ def queue_overview(window_seconds: float = 600.0,
     last ``window_seconds``, throughput and ETA, workers, running tasks with progress."""
     body = _call("GET", f"{_QUEUE_ME}/overview", client=client,
                  params={"window_seconds": window_seconds}, safe=True)
-    return QueueOverviewResponse.model_validate(body)
+    return _wire.QueueOverviewResponse.model_validate(body)
 
 
 def report_task_progress(
@@ -1158,7 +1325,7 @@ def report_task_progress(
     as stored (``{"step", "total", "metrics", "updated_at"}``). Raises
     :class:`TaskNotOwned` when the run no longer owns the task, ``pydantic.ValidationError``
     for bad values. Prefer :func:`labtasker.report_progress` inside a job (rate-limited)."""
-    req = TaskProgressRequest(step=step, total=total, metrics=metrics or {},
+    req = _wire.TaskProgressRequest(step=step, total=total, metrics=metrics or {},
                               worker_id=worker_id, run_id=run_id)
     try:
         body = _call("POST", f"{_QUEUE_ME}/tasks/{task_id}/progress", client=client,
@@ -1173,7 +1340,7 @@ def report_task_progress(
 def mark_worker_gone(worker_id: str, client: ClientLike | None = None) -> Worker:
     """Mark a worker as gone (its loop ended); returns the worker with ``gone_at`` set."""
     data = _call("POST", f"{_QUEUE_ME}/workers/{worker_id}/gone", client=client, safe=True)
-    return Worker.model_validate(data)
+    return _wire.Worker.model_validate(data)
 
 
 def prune_workers(gone_for: float = 0.0, client: ClientLike | None = None) -> list[str]:
@@ -1182,7 +1349,7 @@ def prune_workers(gone_for: float = 0.0, client: ClientLike | None = None) -> li
     deleted: list[str] = []
     while True:
         body = _call("POST", f"{_QUEUE_ME}/workers/prune", client=client,
-                     json_body=_body(WorkerPruneRequest(gone_for=gone_for)))
+                     json_body=_body(_wire.WorkerPruneRequest(gone_for=gone_for)))
         deleted.extend(body.get("worker_ids") or [])
         if not body.get("more"):
             return deleted

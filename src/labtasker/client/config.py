@@ -21,69 +21,49 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any
 
 from labtasker.exceptions import ConfigError, ConfigNotFoundError
 from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from labtasker.client.config_models import (
+        ClientConfig as ClientConfig,
+    )
+    from labtasker.client.config_models import (
+        CliPluginsConfig as CliPluginsConfig,
+    )
+    from labtasker.client.config_models import (
+        EndpointConfig as EndpointConfig,
+    )
+    from labtasker.client.config_models import (
+        QueueConfig as QueueConfig,
+    )
+    from labtasker.client.config_models import (
+        TaskConfig as TaskConfig,
+    )
+
+_MODEL_NAMES = frozenset({"CliPluginsConfig", "ClientConfig", "EndpointConfig", "QueueConfig",
+                          "TaskConfig"})
+
+
+def __getattr__(name: str) -> Any:
+    """The pydantic models (``ClientConfig``...), imported on first use."""
+    if name in _MODEL_NAMES:
+        from labtasker.client import config_models
+
+        return getattr(config_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CLIENT_CONFIG_FILENAME = "client.toml"
 DEFAULT_API_BASE_URL = "http://localhost:9321/"
 GITIGNORE_TEXT = "*.toml\nlogs\n"
 
 _URL_RE = re.compile(r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", re.IGNORECASE)
-
-
-class _Section(BaseModel):
-    # defer_build: validators are built on first use, not at import (the CLI's start-up)
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-class EndpointConfig(_Section):
-    """``[endpoint]``: where the server is."""
-
-    api_base_url: str
-
-    @field_validator("api_base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return normalize_url(value)
-
-
-class QueueConfig(_Section):
-    """``[queue]``: the queue this client works on (HTTP Basic credentials)."""
-
-    queue_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    password: str = Field(min_length=1, max_length=100, repr=False)
-
-
-class TaskConfig(_Section):
-    """``[task]``: loop-runner settings."""
-
-    heartbeat_interval: float = Field(30.0, gt=0, description="seconds between heartbeats")
-
-
-class CliPluginsConfig(_Section):
-    """``[cli_plugins]``: which ``labtasker.client.cli`` entry-point plugins to load."""
-
-    default: Literal["all", "selected"] = "all"
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    configs: dict[str, Any] = Field(default_factory=dict)
-
-
-class ClientConfig(_Section):
-    """The whole ``client.toml``. Unknown keys are kept (``extra="allow"``)."""
-
-    display_server_notifications_level: Literal["low", "medium", "high", "none"] = "medium"
-    enable_traceback_filter: bool = True
-    version_check: bool = True
-    endpoint: EndpointConfig
-    queue: QueueConfig
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    cli_plugins: CliPluginsConfig = Field(default_factory=CliPluginsConfig)
 
 
 def normalize_url(value: str) -> str:
@@ -147,13 +127,9 @@ def _parse_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def load_client_config(path: str | Path) -> ClientConfig:
-    """Read and validate the TOML file at ``path``.
-
-    Raises :class:`ConfigNotFoundError` if it does not exist and :class:`ConfigError` (naming
-    the file and the offending fields) if it cannot be parsed or validated.
-    """
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML of the configuration file at ``path`` (errors as in
+    :func:`load_client_config`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -163,15 +139,92 @@ def load_client_config(path: str | Path) -> ClientConfig:
     except OSError as exc:
         raise ConfigError(f"Cannot read configuration file {path}: {exc}") from exc
     try:
-        data = _parse_toml(text)
+        return _parse_toml(text)
     except ValueError as exc:  # tomllib.TOMLDecodeError, tomlkit's errors
         raise ConfigError(f"Invalid configuration file {path}: TOML syntax error: {exc}") from exc
+
+
+def _validate(path: Path, data: dict[str, Any]) -> ClientConfig:
+    from pydantic import ValidationError
+
+    from labtasker.client.config_models import ClientConfig
+
     try:
         return ClientConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             f"Invalid configuration file {path}: {_format_validation_error(exc)}"
         ) from exc
+
+
+def load_client_config(path: str | Path) -> ClientConfig:
+    """Read and validate the TOML file at ``path``.
+
+    Raises :class:`ConfigNotFoundError` if it does not exist and :class:`ConfigError` (naming
+    the file and the offending fields) if it cannot be parsed or validated.
+    """
+    path = Path(path)
+    return _validate(path, _read_toml(path))
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What a client call needs from ``client.toml``: the server's base URL (normalized, with
+    a trailing slash), the queue's credentials, the notification level and the loop's
+    ``heartbeat_interval`` in seconds."""
+
+    api_base_url: str
+    queue_name: str
+    password: str
+    notifications_level: str
+    heartbeat_interval: float
+
+
+_LEVELS = ("low", "medium", "high", "none")
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _plain_connection(data: dict[str, Any]) -> Connection | None:
+    """The :class:`Connection` of a file whose values are all plainly valid (the types the
+    models declare, within their limits), without pydantic; ``None`` for anything else, which
+    then goes through the models (same result for a valid file, same error otherwise)."""
+    endpoint, queue, task = data.get("endpoint"), data.get("queue"), data.get("task", {})
+    level = data.get("display_server_notifications_level", "medium")
+    if not (isinstance(endpoint, dict) and isinstance(queue, dict) and isinstance(task, dict)):
+        return None
+    if level not in _LEVELS or "cli_plugins" in data:
+        return None
+    if any(type(data.get(k, True)) is not bool
+           for k in ("enable_traceback_filter", "version_check")):
+        return None
+    url, name, password = endpoint.get("api_base_url"), queue.get("queue_name"), queue.get(
+        "password")
+    interval = task.get("heartbeat_interval", 30.0)
+    if type(url) is not str or type(name) is not str or type(password) is not str:
+        return None
+    if not (1 <= len(name) <= MAX_NAME_LENGTH and _NAME_RE.search(name)
+            and 1 <= len(password) <= 100):
+        return None
+    if type(interval) not in (int, float) or not interval > 0:
+        return None
+    try:
+        url = normalize_url(url)
+    except ValueError:
+        return None
+    return Connection(url, name, password, level, float(interval))
+
+
+def load_connection(path: str | Path) -> Connection:
+    """The :class:`Connection` of the file at ``path``; errors as :func:`load_client_config`
+    (which it uses for any file that is not plainly valid)."""
+    path = Path(path)
+    data = _read_toml(path)
+    plain = _plain_connection(data)
+    if plain is not None:
+        return plain
+    cfg = _validate(path, data)
+    return Connection(cfg.endpoint.api_base_url, cfg.queue.queue_name, cfg.queue.password,
+                      cfg.display_server_notifications_level, cfg.task.heartbeat_interval)
 
 
 def get_client_config() -> ClientConfig:
@@ -227,6 +280,13 @@ def init_root(
     Raises ``pydantic.ValidationError`` (a ``ValueError``) on invalid values. Returns the
     path of the written ``client.toml``.
     """
+    from labtasker.client.config_models import (
+        ClientConfig,
+        EndpointConfig,
+        QueueConfig,
+        TaskConfig,
+    )
+
     cfg = ClientConfig(
         enable_traceback_filter=enable_traceback_filter,
         endpoint=EndpointConfig(api_base_url=api_base_url),

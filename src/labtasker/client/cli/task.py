@@ -209,13 +209,19 @@ def submit(
         return
     if not parsed_args and not cmd:
         raise usage_error("Either --cmd or args (--args or `-- --key value`) must be specified.")
-    resp = api.submit_task(args=parsed_args, unique=unique, **options)
+    answer = api._submit_task(args=parsed_args, unique=unique, client=None, **options)
+    if (isinstance(answer, dict) and type(answer.get("task_id")) is str
+            and answer.get("created") in (None, True, False)):
+        task_id, created = answer["task_id"], answer.get("created")
+    else:  # not the expected answer: the model words the error
+        resp = api.TaskSubmitResponse.model_validate(answer)
+        task_id, created = resp.task_id, resp.created
     if quiet:
-        print(resp.task_id)
-    elif resp.created is False:
-        print(f"Task not submitted: task {resp.task_id} has the same args (--unique).")
+        print(task_id)
+    elif created is False:
+        print(f"Task not submitted: task {task_id} has the same args (--unique).")
     else:
-        print(f"Task submitted with ID: {resp.task_id}")
+        print(f"Task submitted with ID: {task_id}")
 
 
 DRY_RUN_ROWS = 10  # tasks shown by --dry-run
