@@ -25,6 +25,7 @@ PLAIN = [
     {"args": None, "cmd": "python train.py"},
     {"cmd": ["python", "-c", "1"], "heartbeat_timeout": 60, "task_timeout": 3600},
     {"heartbeat_timeout": 1.5, "max_retries": 0, "priority": -3, "unique": True},
+    {"priority": 2**31 - 1, "heartbeat_timeout": 10 * 365 * 86400, "task_timeout": 86400},
     {"args": {"a": {"b": {"c": "d"}}, "unicode": "é"}},
 ]
 NOT_PLAIN = [  # the model decides: it converts or refuses
@@ -37,6 +38,10 @@ NOT_PLAIN = [  # the model decides: it converts or refuses
     {"heartbeat_timeout": 0},
     {"max_retries": -1},
     {"priority": True},
+    {"priority": 2**31},
+    {"max_retries": 2**31},
+    {"heartbeat_timeout": 10 * 365 * 86400 + 1},
+    {"task_timeout": 10 * 365 * 86400 + 1},
     {"args": {}, "cmd": None},
 ]
 
@@ -47,6 +52,12 @@ def test_plain_submit_body_is_the_models_body(change):
     model = TaskSubmitRequest(**fields).model_dump(mode="json", exclude_none=True)
     model["client_version"] = __version__
     assert api._plain_submit_body(fields) == model
+
+
+def test_plain_limits_are_the_models():
+    from labtasker import wire
+
+    assert (api._INT32, api._MAX_SECONDS) == (wire.INT32, wire.MAX_SECONDS)
 
 
 @pytest.mark.parametrize("change", NOT_PLAIN)

@@ -530,6 +530,10 @@ def _json_native(value: Any, depth: int = 0) -> bool:
 
 
 _TASK_NAME_RE = re.compile(NAME_PATTERN)
+# The request models' range rule (``labtasker.wire.INT32``/``MAX_SECONDS``; a test keeps them
+# equal): whole numbers fit in 32 bits, durations are at most ten years of seconds.
+_INT32 = (-(2**31), 2**31 - 1)
+_MAX_SECONDS = 10 * 365 * 86400
 
 
 def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
@@ -553,13 +557,16 @@ def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
     if not (cmd is None or type(cmd) is str
             or (type(cmd) is list and all(type(c) is str for c in cmd))):
         return None
-    if hb is not None and not (type(hb) in (int, float) and math.isfinite(hb) and hb > 0):
+    if hb is not None and not (type(hb) in (int, float) and math.isfinite(hb)
+                               and 0 < hb <= _MAX_SECONDS
+                               and (type(hb) is float or _INT32[0] <= hb <= _INT32[1])):
         return None
-    if tt is not None and not (type(tt) is int and tt > 0):
+    if tt is not None and not (type(tt) is int and 0 < tt <= _MAX_SECONDS):
         return None
-    if type(f["max_retries"]) is not int or f["max_retries"] < 0:
-        return None
-    if type(f["priority"]) is not int or type(f["unique"]) is not bool:
+    for key, low in (("max_retries", 0), ("priority", _INT32[0])):
+        if type(f[key]) is not int or not low <= f[key] <= _INT32[1]:
+            return None
+    if type(f["unique"]) is not bool:
         return None
     if not f["args"] and not cmd:
         return None
