@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import httpx
@@ -38,8 +39,10 @@ def new_queue(url: str) -> tuple[str, str]:
 class Stream:
     """One open SSE response, read message by message."""
 
-    def __init__(self, client: httpx.Client, path: str):
-        self._cm = client.stream("GET", path, timeout=httpx.Timeout(10, read=READ_TIMEOUT))
+    def __init__(self, client: httpx.Client, path: str, after: int | None = None):
+        headers = {"Last-Event-ID": str(after)} if after is not None else {}
+        self._cm = client.stream("GET", path, headers=headers,
+                                 timeout=httpx.Timeout(10, read=READ_TIMEOUT))
         self.resp = self._cm.__enter__()
         assert self.resp.status_code == 200, self.resp.read()
         self._lines = self.resp.iter_lines()
@@ -154,3 +157,147 @@ def test_client_listener_stops_when_the_server_closes_the_stream(slow_server):
     assert kinds[-1] == "closed"
     assert listener.closed_reason == "The queue was deleted"
     assert any("closed the event stream" in line for line in said)
+
+
+# ------------------------------------------------------------------ retention per queue
+KEEP = 3
+
+
+@pytest.fixture(scope="module")
+def small_log_server(tmp_path_factory, scratch_dbs):
+    """A server keeping the newest ``KEEP`` events of each queue, pruning every 0.5 s."""
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path_factory.mktemp("keep"),
+                        extra_env={"EVENT_LOG_SIZE": str(KEEP),
+                                   "PERIODIC_TASK_INTERVAL": "0.5"}).start()
+    yield srv
+    srv.kill()
+
+
+def event_ids(db_url: str, queue_id: str) -> list[int]:
+    from sqlalchemy import select
+
+    from labtasker.server.db import Database
+    from labtasker.server.schema import events
+
+    db = Database(db_url)
+    try:
+        with db.read() as conn:
+            return list(conn.execute(select(events.c.event_id).where(
+                events.c.queue_id == queue_id).order_by(events.c.event_id)).scalars())
+    finally:
+        db.dispose()
+
+
+def replay(client: httpx.Client, after: int, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` messages after ``connection`` of a stream resumed after ``after``."""
+    s = Stream(client, f"{API}/events", after)
+    try:
+        return [m for m in (s.next_non_ping() for _ in range(n)) if m is not None]
+    finally:
+        s.close()
+
+
+def test_a_busy_queue_keeps_its_own_log_and_a_too_old_last_event_id_is_told_lost(
+        small_log_server):
+    url = small_log_server.url
+    quiet_name, quiet_pw = new_queue(url)
+    busy_name, busy_pw = new_queue(url)
+    with httpx.Client(base_url=url, auth=(quiet_name, quiet_pw), timeout=30) as quiet, \
+            httpx.Client(base_url=url, auth=(busy_name, busy_pw), timeout=30) as busy:
+        quiet_id = quiet.get(API).json()["queue_id"]
+        busy_id = busy.get(API).json()["queue_id"]
+        quiet_task = quiet.post(f"{API}/tasks", json={"args": {"q": 1}}).json()["task_id"]
+        for i in range(10):
+            assert busy.post(f"{API}/tasks", json={"args": {"i": i}}).status_code == 201
+        deadline = time.monotonic() + 60  # the sweep prunes every 0.5 s
+        while len(event_ids(small_log_server.db_url, busy_id)) > KEEP:
+            assert time.monotonic() < deadline, "the busy queue's log was never pruned"
+            time.sleep(0.2)
+        kept = event_ids(small_log_server.db_url, busy_id)
+        assert len(kept) == KEEP
+
+        # the quiet queue's only event outlived the busy queue's ten
+        (quiet_event,) = event_ids(small_log_server.db_url, quiet_id)
+        msgs = replay(quiet, 0, 1)
+        assert [m[0] for m in msgs] == ["event"]
+        assert json.loads(msgs[0][1])["event"]["entity_id"] == quiet_task
+        assert json.loads(msgs[0][1])["sequence"] == quiet_event
+
+        # resuming below what the busy queue kept: told first, then the kept events
+        for after in (0, kept[0] - 2):
+            msgs = replay(busy, after, 1 + KEEP)
+            assert msgs[0][0] == "lost", msgs
+            lost = json.loads(msgs[0][1])
+            assert lost["after"] == after and lost["pruned_through"] == kept[0] - 1
+            assert [json.loads(m[1])["sequence"] for m in msgs[1:]] == kept
+        # resuming right after the newest pruned event: nothing was lost
+        msgs = replay(busy, kept[0] - 1, KEEP)
+        assert [m[0] for m in msgs] == ["event"] * KEEP
+
+
+def test_client_listener_counts_lost_events(small_log_server):
+    from labtasker.client.events import EventListener
+
+    name, pw = new_queue(small_log_server.url)
+    with httpx.Client(base_url=small_log_server.url, auth=(name, pw), timeout=30) as http:
+        qid = http.get(API).json()["queue_id"]
+        for i in range(KEEP + 3):
+            http.post(f"{API}/tasks", json={"args": {"i": i}})
+        deadline = time.monotonic() + 60
+        while len(event_ids(small_log_server.db_url, qid)) > KEEP:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        said: list[str] = []
+        # a listener resuming after a long gap
+        listener = EventListener(client=http, on_status=said.append, last_event_id="0")
+        listener.start(timeout=10)
+        try:
+            kinds = []
+            while kinds.count("event") < KEEP:
+                msg = listener.get_raw_sse(timeout=READ_TIMEOUT)
+                assert msg is not None, kinds
+                kinds.append(msg.event)
+        finally:
+            listener.stop()
+    assert kinds == ["connection", "lost"] + ["event"] * KEEP
+    assert listener.events_lost == 1
+    assert any("Events were lost" in line for line in said)
+
+
+@pytest.mark.backend
+def test_migration_marks_what_the_former_global_pruning_may_have_taken(scratch_dbs):
+    """Before 0009 the newest events of all queues were kept: every id below the oldest one
+    still stored may have been pruned, so existing queues start with that id minus one."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import insert, select
+
+    from labtasker.server import db as dbmod
+    from labtasker.server.db import Database
+    from labtasker.server.schema import events, queues
+    from labtasker.server.sql_storage import SqlStorage
+    from labtasker.timeutil import utc_now
+
+    db = Database(scratch_dbs.new_url())
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(dbmod.__file__).parent / "migrations"))
+        cfg.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))
+        with db.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0008_unique_submit")
+        qid = SqlStorage(db).create_queue("old", "pw", None)
+        with db.write() as conn:
+            conn.execute(insert(events), [
+                {"event_id": i, "queue_id": qid, "created_at": utc_now(), "entity_type": "task",
+                 "entity_id": f"t{i}", "old_state": "created", "new_state": "pending",
+                 "entity_data": {}} for i in (5, 6, 7)])
+        db.migrate()
+        with db.read() as conn:
+            mark = conn.execute(select(queues.c.events_pruned_through)).scalar_one()
+        assert mark == 4
+        assert SqlStorage(db).create_queue("new", "pw", None)
+    finally:
+        db.dispose()

@@ -30,11 +30,14 @@ class EventListener:
     ``client.toml``). Use ``start()`` (or ``connect_events()``), then ``iter_events()`` /
     ``get_event(timeout)``; ``stop()`` when done. ``on_status``, if given, is called (from
     the listener thread) with a one-line message when the connection drops and when it is
-    back, so that a reconnect is never silent.
+    back, so that a reconnect is never silent. ``last_event_id``: resume after this event
+    id (the ``id`` of a message seen earlier); default: from now on. When events the
+    listener has not seen were pruned from the server's log, a ``lost`` message comes
+    before the next events (counted in ``events_lost``): re-read the queue's state.
     """
 
     def __init__(self, client: httpx.Client | None = None, reconnect_delay: float = 1.0,
-                 on_status=None):
+                 on_status=None, last_event_id: str | None = None):
         if client is None:
             from labtasker.client.api import get_httpx_client
 
@@ -45,7 +48,7 @@ class EventListener:
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
         self._client_id: str | None = None
-        self._last_id: str | None = None
+        self._last_id: str | None = last_event_id
         self._error: BaseException | None = None
         self._reconnect_delay = reconnect_delay
         self._on_status = on_status
@@ -53,6 +56,9 @@ class EventListener:
         # why the server ended the stream for good (``closed``: the queue's password changed
         # or the queue was deleted); the listener then stops
         self.closed_reason: str | None = None
+        # ``lost`` messages received: events were pruned from the server's log before this
+        # listener saw them (a reconnect after a long gap); the state must be re-read
+        self.events_lost = 0
 
     def start(self, timeout: float = 10) -> EventListener:
         """Connect in a daemon thread; wait up to ``timeout`` s for the ``connection``
@@ -97,6 +103,10 @@ class EventListener:
                         if msg.id:
                             self._last_id = msg.id
                         self._queue.put(msg)
+                        if msg.event == "lost":
+                            self.events_lost += 1
+                            self._status("Events were lost (pruned from the server's log "
+                                         "before they were seen); re-read the queue's state.")
                         if msg.event == "closed":  # password changed or queue deleted
                             self._closed(msg.data)
                             return

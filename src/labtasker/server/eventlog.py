@@ -5,9 +5,11 @@ Every state transition (task ``created -> pending``, ``pending -> running`` ...;
 the change it describes (:func:`record`), so an event exists exactly when the change
 committed. The table is the only source of truth of the live event streams (``sse.py``): a
 stream sends exactly the rows with ``event_id`` greater than the last one it sent. The
-newest ``EVENT_LOG_SIZE`` events are kept (:func:`prune`, run by the timeout sweep), so a
-client that reconnects with ``Last-Event-ID`` gets what it missed as far back as the log
-reaches. Heartbeats publish nothing.
+newest ``EVENT_LOG_SIZE`` events *of each queue* are kept (:func:`prune`, run by the timeout
+sweep), so a client that reconnects with ``Last-Event-ID`` gets what it missed as far back
+as its queue's log reaches; each queue records the highest id pruned from its log
+(``queues.events_pruned_through``), and a stream that would resume below it is told that
+events were lost. Heartbeats publish nothing.
 
 Besides inserting the rows, the commit hook (``_Flusher``) arranges the wake-up of the
 listeners of the affected queues (``notifier.py``): on PostgreSQL it runs
@@ -24,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Row
 
 from labtasker.server.db import BEFORE_COMMIT, Database
@@ -134,12 +136,37 @@ class _Flusher:
             conn.execute(insert(events), self.rows)
 
 
+def prune_cutoffs(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> dict[str, int]:
+    """``{queue id: highest event id to prune}`` for each queue with more than ``keep``
+    events (one indexed read per queue)."""
+    out = {}
+    for qid in conn.execute(select(queues.c.queue_id)).scalars():
+        cutoff = conn.execute(
+            select(events.c.event_id).where(events.c.queue_id == qid)
+            .order_by(events.c.event_id.desc()).offset(keep).limit(1)).scalar()
+        if cutoff is not None:
+            out[qid] = cutoff
+    return out
+
+
+def prune_through(conn: Connection, cutoffs: dict[str, int]) -> int:
+    """Delete each queue's events up to its cutoff (``prune_cutoffs``) and record it in
+    ``queues.events_pruned_through``; returns how many events were deleted."""
+    deleted = 0
+    for qid, cutoff in sorted(cutoffs.items()):
+        deleted += conn.execute(delete(events).where(
+            events.c.queue_id == qid, events.c.event_id <= cutoff)).rowcount
+        conn.execute(update(queues).where(
+            queues.c.queue_id == qid, queues.c.events_pruned_through < cutoff)
+            .values(events_pruned_through=cutoff))
+    return deleted
+
+
 def prune(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> int:
-    """Delete all but the newest ``keep`` events; returns how many were deleted."""
-    newest = conn.execute(select(func.max(events.c.event_id))).scalar()
-    if newest is None or newest <= keep:
-        return 0
-    return conn.execute(delete(events).where(events.c.event_id <= newest - keep)).rowcount
+    """Keep the newest ``keep`` events of each queue (one busy queue never erases another's
+    history); returns how many were deleted. See ``prune_cutoffs``/``prune_through`` to
+    find the cutoffs outside the write transaction."""
+    return prune_through(conn, prune_cutoffs(conn, keep))
 
 
 def payload(row: Row[Any]) -> dict[str, Any]:
@@ -175,20 +202,24 @@ def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> l
 
 
 def read_stream(db: Database, queue_id: str, after: int, limit: int = BATCH
-                ) -> tuple[list[Row[Any]], str | None]:
-    """``read_after`` and, in the same snapshot, the queue's current password hash (``None``
-    once the queue is deleted), so that a stream can tell that the credentials it was opened
-    with no longer hold (``sse.stream``)."""
+                ) -> tuple[list[Row[Any]], str | None, int]:
+    """``read_after`` and, in the same transaction, the queue's current password hash
+    (``None`` once the queue is deleted) and the highest event id pruned from its log, so
+    that a stream can tell that the credentials it was opened with no longer hold and that
+    events it has not sent were pruned (``sse.stream``). The events are read first: a prune
+    committing in between can only make the pruned id higher, never hide a loss."""
     with db.read() as conn:
-        password_hash = conn.execute(select(queues.c.password_hash).where(
-            queues.c.queue_id == queue_id)).scalar()
         rows = list(conn.execute(
             select(events)
             .where(events.c.queue_id == queue_id, events.c.event_id > after)
             .order_by(events.c.event_id)
             .limit(limit)
         ).fetchall())
-    return rows, password_hash
+        found = conn.execute(select(queues.c.password_hash, queues.c.events_pruned_through)
+                             .where(queues.c.queue_id == queue_id)).first()
+    if found is None:
+        return rows, None, 0
+    return rows, found.password_hash, found.events_pruned_through or 0
 
 
 def latest_id(db: Database) -> int:

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -76,6 +77,8 @@ queues = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_modified", UTCDateTime, nullable=False),
     Column("metadata", JsonDoc, nullable=False),
+    # highest event id pruned from this queue's log (``eventlog.prune``); migration 0009
+    Column("events_pruned_through", BigInteger, nullable=False, server_default="0"),
 )
 
 arg_shapes = Table(

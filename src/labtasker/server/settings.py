@@ -7,8 +7,8 @@ variable                   default    meaning
 ``EVENT_POLL_INTERVAL``     2          seconds: an event stream re-reads the log at least this
                                        often even without a wake-up (the safety net)
 ``SSE_PING_INTERVAL``       15         seconds between ``ping`` messages of an event stream
-``EVENT_LOG_SIZE``          100000     newest events kept in the log (older ones are pruned by
-                                       the timeout sweep)
+``EVENT_LOG_SIZE``          100000     newest events of each queue kept in the log (older
+                                       ones are pruned by the timeout sweep)
 ``LABTASKER_UI_SECRET``     (none)     key signing the dashboard's session cookies (default:
                                        one generated once and kept in the database)
 ``LABTASKER_UI_SESSION_SECONDS`` 43200 seconds a dashboard log-in lasts (12 h)

@@ -198,7 +198,7 @@ class SqlStorage:
 
     def __init__(self, db: Database, *, event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
                  max_task_bytes: int = DEFAULT_MAX_TASK_BYTES):
-        """``event_log_size``: newest events kept by the timeout sweep's pruning;
+        """``event_log_size``: newest events of each queue kept by the timeout sweep's pruning;
         ``max_task_bytes``: the largest args + metadata + summary of one task, as JSON."""
         self.db = db
         self.event_log_size = event_log_size
@@ -570,7 +570,7 @@ class SqlStorage:
         """The newest ``limit`` logged transitions of one task, oldest first: dicts with
         ``event_id``, ``created_at`` (UTC), ``old_state``, ``new_state`` and
         ``entity_data`` (the task after the change: worker, run, summary...). The log keeps
-        only the newest events of the server (``event_log_size``), so an old task may
+        only the newest events of each queue (``event_log_size``), so an old task may
         have none left."""
         stmt = (select(events_table.c.event_id, events_table.c.created_at,
                        events_table.c.old_state, events_table.c.new_state,
@@ -1226,10 +1226,21 @@ class SqlStorage:
                                   {"timeout": kind, "message": message}, charged)
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     count += 1
-            eventlog.prune(conn, self.event_log_size)
             conn.execute(delete(submit_keys).where(
                 submit_keys.c.created_at < now - timedelta(seconds=SUBMIT_KEY_SECONDS)))
+        self.prune_events()
         return count
+
+    def prune_events(self) -> int:
+        """Keep the newest ``event_log_size`` events of each queue (``eventlog.prune``); the
+        cutoffs are found in a read transaction, so writers wait only for the deletes.
+        Returns how many events were deleted."""
+        with self.db.read() as conn:
+            cutoffs = eventlog.prune_cutoffs(conn, self.event_log_size)
+        if not cutoffs:
+            return 0
+        with self.db.write() as conn:
+            return eventlog.prune_through(conn, cutoffs)
 
     def ping(self) -> None:
         self.db.ping()

@@ -45,6 +45,8 @@ def sse_message(event: str, data: str = "", event_id: int | None = None,
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
+LOST_DETAIL = ("Events after the last one this client saw were pruned from the queue's log "
+               "(it keeps the newest EVENT_LOG_SIZE); re-read the queue's state")
 CLOSED_REASONS = {
     "password_changed": "The queue's password changed: connect again with the new one",
     "queue_deleted": "The queue was deleted",
@@ -57,6 +59,12 @@ async def stream(request: Request, db: Database, queue_id: str, after: int | Non
     ``Last-Event-ID``, every event committed after the ``connection`` message was sent),
     ``ping`` every ``SSE_PING_INTERVAL`` s. Re-reads the log when woken by the app's
     ``Notifier`` and at the latest every ``EVENT_POLL_INTERVAL`` s.
+
+    Events lost: when events the stream has not sent were pruned from the queue's log (a
+    ``Last-Event-ID`` older than what is kept, or a reader that fell that far behind), it
+    sends ``lost``, ``{"after": <last id sent or asked for>, "pruned_through": <highest
+    pruned id>, "detail": <text>}``, then goes on with the oldest event kept; the client
+    should re-read the state it shows.
 
     ``fingerprint``: ``auth.password_fingerprint`` of the password hash the client was
     authorized under (default: the queue's hash at the first read). Every read also reads
@@ -80,11 +88,17 @@ async def stream(request: Request, db: Database, queue_id: str, after: int | Non
         while not (notifier is not None and notifier.closing) \
                 and not await request.is_disconnected():
             woken = notifier.waiter(queue_id) if notifier is not None else asyncio.Event()
-            rows, password_hash = await anyio.to_thread.run_sync(read_stream, db, queue_id,
-                                                                 last)
+            rows, password_hash, pruned = await anyio.to_thread.run_sync(
+                read_stream, db, queue_id, last)
+            lost = last < pruned
+            if lost:
+                yield sse_message("lost", json.dumps({
+                    "after": last, "pruned_through": pruned, "detail": LOST_DETAIL}))
             for row in rows:
                 last = row.event_id
                 yield sse_message("event", json.dumps(payload(row)), event_id=row.event_id)
+            if lost:
+                last = max(last, pruned)
             reason = None
             if password_hash is None:
                 reason = "queue_deleted"

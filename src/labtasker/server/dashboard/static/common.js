@@ -139,6 +139,8 @@ export function live(onEvent, onReset, pollMs = 5000) {
   source.addEventListener("event", (message) => {
     try { onEvent(JSON.parse(message.data)); } catch (err) { console.error(err); }
   });
+  // events were pruned before this page saw them: re-read what it shows
+  source.addEventListener("lost", () => onReset());
   // the queue's password changed or the queue was deleted: this session is over
   source.addEventListener("closed", () => { source.close(); window.location.reload(); });
   source.onerror = () => {
