@@ -287,3 +287,22 @@ def test_credentials_are_checked_before_the_body_is_read(client, app):
     r = raw(client, "POST", API + "/tasks", '{"args": {"a": NaN}}')
     assert r.status_code == 422, r.text
     assert r.json()["code"] == "invalid_request"
+
+
+def test_clients_of_one_queue_starting_at_once_share_one_password_check(app, monkeypatch):
+    """Many clients with the same (not yet verified) password at the same moment, e.g. 16
+    loops started together: they wait for one Argon2 check instead of each queueing its own,
+    so none is refused with 429 even when the KDF queue holds a single check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labtasker.server import auth, deps
+
+    monkeypatch.setattr(deps, "KDF_QUEUE", 1)
+    monkeypatch.setattr(auth, "_cache", {})
+    name = "burst-" + uuid.uuid4().hex[:8]
+    app.state.storage.create_queue(name, PASSWORD, None)
+    client = app.state.client
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: client.get(API, headers=basic(name, PASSWORD)).status_code,
+                              range(8)))
+    assert codes == [200] * 8

@@ -87,6 +87,21 @@ def test_storage_unavailable_is_retried_even_for_submit_and_honours_retry_after(
     assert calls["n"] == 2 and api.get_task(tid, client=lc).args == {"a": 2}
 
 
+def test_too_many_password_checks_is_retried_for_every_call(queue_env):
+    """429 ``too_many_requests`` (the server's password checks were saturated): refused
+    before anything ran, so even a report is retried, after ``Retry-After``."""
+    busy = httpx.Response(429, headers={"Retry-After": "0"},
+                          json={"detail": "Too many password checks in progress",
+                                "code": error_codes.TOO_MANY_REQUESTS})
+    lc, calls = _flaky(queue_env, 2, busy)
+    tid = api.submit_task(args={"a": 3}, client=lc).task_id
+    assert calls["n"] == 3 and api.get_task(tid, client=lc).args == {"a": 3}
+    # a 429 without our code (a proxy's rate limit) is not ours to repeat blindly
+    lc, calls = _flaky(queue_env, 1, httpx.Response(429, text="slow down"))
+    with pytest.raises(LabtaskerHTTPStatusError):
+        lc.call("POST", f"{API}/tasks/x/status", json_body={"status": "success"})
+
+
 def test_stop_event_ends_the_back_off(queue_env):
     down = httpx.Response(503, json={"detail": "x", "code": error_codes.STORAGE_UNAVAILABLE})
     lc, calls = _flaky(queue_env, 100, down)

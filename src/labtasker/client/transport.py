@@ -16,6 +16,9 @@ Retries (exponential back-off, see :class:`RetryPolicy`):
   retried on read/write errors and on HTTP 502/503/504;
 * every call is retried on a labtasker ``503`` whose ``code`` is ``storage_unavailable``: the
   server says its database could not complete the request and nothing was written;
+* every call is retried on a labtasker ``429`` whose ``code`` is ``too_many_requests``: the
+  server's password checks were saturated (or this address failed too many) and the request
+  was refused before it ran;
 * submits are safe too: each submit request carries an ``Idempotency-Key`` header
   (:func:`idempotency_headers`, a new UUID per request) that every retry of it resends, so a
   submit whose answer was lost after the server stored it returns the first answer instead
@@ -72,6 +75,7 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 30.0  # seconds, per request
 STORAGE_UNAVAILABLE = "storage_unavailable"  # 503 code: transient database trouble, no write
+TOO_MANY_REQUESTS = "too_many_requests"  # 429 code: password checks saturated, nothing ran
 
 
 
@@ -394,6 +398,8 @@ class LabtaskerClient:
     def _retryable(response: httpx.Response, safe: bool) -> bool:
         if response.status_code == 503 and error_code(response) == STORAGE_UNAVAILABLE:
             return True  # the server wrote nothing: any call may be repeated
+        if response.status_code == 429 and error_code(response) == TOO_MANY_REQUESTS:
+            return True  # refused before anything ran (password checks saturated)
         return safe and response.status_code in _RETRY_STATUS
 
     def call(

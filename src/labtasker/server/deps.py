@@ -3,7 +3,9 @@ authentication of a queue (``Store`` and ``QueueId`` as ``Annotated`` aliases)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import math
 import time
 from typing import Annotated
@@ -107,6 +109,9 @@ FAILURE_WINDOW = 60.0  # seconds
 _kdf_limiter: anyio.CapacityLimiter | None = None
 _kdf_waiting = 0
 _failures: dict[str, tuple[float, int]] = {}
+# checks under way, by (queue id, stored hash, SHA-256 of the password): a request whose check
+# is already running waits for its answer instead of running the KDF again
+_inflight: dict[tuple[str | None, str | None, bytes], asyncio.Future[bool | None]] = {}
 
 
 def _too_many(detail: str, retry_after: float) -> HTTPException:
@@ -118,7 +123,9 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
                           password: str) -> bool:
     """``auth.verify_password`` in the KDF pool. 429 (``Retry-After`` in seconds) when the
     client ``address`` failed ``FAILURE_LIMIT`` checks in the last ``FAILURE_WINDOW``
-    seconds, or when ``KDF_QUEUE`` checks are already waiting."""
+    seconds, or when ``KDF_QUEUE`` checks are already waiting. Concurrent checks of the same
+    password against the same hash share one KDF run (the clients of a queue starting at
+    once cost one check, not one each)."""
     global _kdf_limiter, _kdf_waiting
     now = time.monotonic()
     started, count = _failures.get(address, (now, 0)) if address else (now, 0)
@@ -127,16 +134,27 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
     if count >= FAILURE_LIMIT:
         raise _too_many("Too many failed password checks from this address",
                         FAILURE_WINDOW - (now - started))
+    key = (qid, stored, hashlib.sha256(password.encode()).digest())
+    while (running := _inflight.get(key)) is not None:
+        # the same check is under way (many clients of one queue starting at once)
+        shared = await asyncio.shield(running)
+        if shared is not None:
+            return shared
     if _kdf_limiter is None:
         _kdf_limiter = anyio.CapacityLimiter(KDF_CONCURRENCY)
     if _kdf_waiting >= KDF_QUEUE:
         raise _too_many("Too many password checks in progress", 1)
     _kdf_waiting += 1
+    future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+    _inflight[key] = future
+    ok: bool | None = None  # None: this check did not finish (cancelled); others run their own
     try:
         ok = await anyio.to_thread.run_sync(auth.verify_password, qid, stored, password,
                                             limiter=_kdf_limiter)
     finally:
         _kdf_waiting -= 1
+        del _inflight[key]
+        future.set_result(ok)
     if not ok and address:
         if len(_failures) > 10_000:
             _failures.clear()
