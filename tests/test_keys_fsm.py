@@ -125,13 +125,13 @@ def test_worker_failure_counting():
 
 @pytest.mark.parametrize("text, seconds", [
     ("1", 1.0), ("60.5", 60.5), ("1.5h", 5400.0), ("30 min", 1800.0),
-    ("1 hour, 30 minutes", 5400.0), ("1h30m", 5400.0), ("2S", 2.0), (45, 45.0),
+    ("1 hour, 30 minutes", 5400.0), ("1h30m", 5400.0), ("2S", 2.0), (45, 45.0), ("1d", 86400.0), ("2 days, 1h", 176400.0),
 ])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["1d", "abc", "", "1h30", "h1", "-5", None])
+@pytest.mark.parametrize("bad", ["1w", "abc", "", "1h30", "h1", "-5", None])
 def test_parse_duration_rejects(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)

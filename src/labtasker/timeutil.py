@@ -11,6 +11,9 @@ import re
 from datetime import datetime, timedelta, timezone
 
 _UNIT_SECONDS = {
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
     "h": 3600.0,
     "hour": 3600.0,
     "hours": 3600.0,
@@ -79,9 +82,9 @@ def parse_duration(text: str | int | float) -> float:
     """Parse a duration into float seconds.
 
     Accepts a plain number (seconds: ``"90"``, ``60.5``) or a concatenation of
-    ``<number><unit>`` parts with units h/hour(s), m/min(s)/minute(s), s/sec(s)/second(s),
-    case-insensitive, spaces/commas/colons ignored: ``"1h30m"``, ``"1 hour, 30 minutes"``,
-    ``"1.5h"``. Behaviour from labtasker 1.0.1. Days are not supported.
+    ``<number><unit>`` parts with units d/day(s), h/hour(s), m/min(s)/minute(s),
+    s/sec(s)/second(s), case-insensitive, spaces/commas/colons ignored: ``"1h30m"``,
+    ``"1 hour, 30 minutes"``, ``"1.5h"``, ``"2d"``. As in labtasker 1.0.1, plus days.
 
     Raises ``ValueError`` with a message naming the problem on any other input, and on
     negative values.
