@@ -165,6 +165,27 @@ def test_leases_survive_a_server_restart_and_a_frozen_server(tmp_path, scratch_d
         frozen.close()
 
 
+def test_a_result_finished_during_a_long_outage_is_delivered_when_the_server_is_back(
+        tmp_path, scratch_dbs):
+    """The job ends while the server is down for longer than the client's retry budget
+    (shortened to 1 s here): the loop keeps the result, says so naming the task, and
+    delivers it once the server is back; the job ran once and the task succeeded."""
+    site = Site(tmp_path, scratch_dbs.new_url())
+    try:
+        ids = site.submit(1, s=1)
+        loop = site.loop("sleep %(s)", LABTASKER_TEST_RETRY_BUDGET="1")
+        site.wait_running(1)
+        site.server.kill(signal.SIGKILL)
+        time.sleep(OUTAGE)  # the job ended meanwhile: several tries of its report failed
+        site.server.start()
+        _, err = loop.communicate(timeout=120)
+        assert loop.returncode == 0, err
+        assert f"Task {ids[0]}: its success report cannot be delivered yet" in err, err
+        assert_each_ran_once_and_succeeded(site, ids)
+    finally:
+        site.close()
+
+
 def test_one_clock_for_two_servers_on_one_database(tmp_path, scratch_dbs):
     """Two servers on one database, the clock of one of them 1 h ahead (test-only offset):
     a loop on the other runs its jobs while the ahead one sweeps; no run times out."""

@@ -26,7 +26,9 @@ All timestamps in responses are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -255,6 +257,9 @@ class _DefaultClient:
         self._client: LabtaskerClient | None = None
         self._key: tuple | None = None
         self.retry_policy = RetryPolicy()
+        budget = os.environ.get("LABTASKER_TEST_RETRY_BUDGET")  # tests only: seconds
+        if budget:
+            self.retry_policy = dataclasses.replace(self.retry_policy, budget=float(budget))
         self.on_notification = notification_printer("medium")
 
     def get(self) -> LabtaskerClient:

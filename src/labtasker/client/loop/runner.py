@@ -57,6 +57,7 @@ from labtasker.client.template import CommandTemplate
 from labtasker.exceptions import (
     LabtaskerError,
     LabtaskerHTTPStatusError,
+    LabtaskerNetworkError,
     LabtaskerRuntimeError,
     LabtaskerTypeError,
     LabtaskerValueError,
@@ -71,6 +72,7 @@ logger = logging.getLogger("labtasker.loop")
 
 Executor = Callable[[TaskRun], Outcome]
 
+_SERVER_UNAVAILABLE = frozenset({502, 503, 504})  # a report is sent again after these
 IDLE_POLL_MAX_SECONDS = 5.0  # --idle-timeout: longest pause between two fetches
 LOG_FORMAT = "[%(asctime)s.%(msecs)03d][%(levelname)-7s][%(name)s] - %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -512,7 +514,7 @@ class LoopRunner:
                     outcome = dataclasses.replace(outcome, status=None)
             if outcome.status is not None:
                 try:
-                    if run.finish(outcome.status, outcome.summary):
+                    if self._deliver_report(run, task, outcome.status, outcome.summary):
                         logger.info("Task %s reported %s.", task.task_id, outcome.status)
                     else:
                         logger.info("Task %s was already finished by the job.", task.task_id)
@@ -553,6 +555,37 @@ class LoopRunner:
         task_id = self.current[0].task_id if self.current else "\0"
         return lambda record: (record.threadName == mine
                                or (record.threadName or "").endswith(task_id))
+
+    def _deliver_report(self, run: TaskRun, task: Task, status: str,
+                        summary: dict[str, Any] | None) -> bool:
+        """``run.finish(status, summary)``, repeated while the server cannot be reached or
+        answers 502/503/504 once the transport's own retries are spent: a finished result
+        is kept until the server is back (a restart, a long outage), however long that takes,
+        unless a signal stops the loop. Waits 5 s, doubling up to 60 s, between tries, with
+        a warning naming the task each time. Returns what ``run.finish`` returns; raises
+        what it raises for any other error (``TaskNotOwned``, a 4xx)."""
+        delay = 5.0
+        started = time.monotonic()
+        while True:
+            try:
+                return run.finish(status, summary)
+            except LabtaskerNetworkError as exc:
+                if (isinstance(exc, LabtaskerHTTPStatusError)
+                        and exc.status_code not in _SERVER_UNAVAILABLE):
+                    raise
+                if self.interrupts.requested:
+                    logger.error("Task %s: its %s report was not delivered (%s) and the loop "
+                                 "is stopping; the job's output stays in %s.",
+                                 task.task_id, status, exc, run.run_dir)
+                    raise
+                logger.warning("Task %s: its %s report cannot be delivered yet (%s); the "
+                               "result is kept and sent again in %.0f s (waiting %.0f s so "
+                               "far).", task.task_id, status, exc, delay,
+                               time.monotonic() - started)
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not self.interrupts.requested:
+                    time.sleep(0.2)
+                delay = min(2 * delay, 60.0)
 
     # ------------------------------------------------------------------ failure handling
     def _ask_ignore(self, task: Task) -> bool:
