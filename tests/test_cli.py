@@ -399,12 +399,22 @@ def test_task_submit_variants(cli, queue_env):
         (("--", "--a", "1", "stray"), "Unexpected token: stray"),
         (("--cmd", "x", "--task-timeout", "soon"), "--task-timeout"),
         (("--cmd", "x", "--priority", "high"), "--priority"),
+        # a mistyped option before `--` would silently become a task arg
+        (("--grd", "lr=0.1"), "No such option: --grd (did you mean --grid?)"),
+        (("--grid", "lr=0.1,0.2", "--max-retires", "1"), "(did you mean --max-retries?)"),
+        (("--args", "{'a': 1}", "--uniqe"), "(did you mean --unique?)"),
     ],
 )
 def test_task_submit_bad_input(cli, args, needle):
     proc = cli("task", "submit", *args)
     assert proc.returncode == 2, proc.stderr
     assert needle in err_line(proc)
+
+
+def test_task_submit_near_miss_names_after_the_separator_are_args(cli, queue_env):
+    """After `--` every token is a task arg, even one that looks like a mistyped option."""
+    tid = submit(cli, "--", "--max-retires", "1", "--gird", "2")
+    assert get_task(queue_env, tid)["args"] == {"max_retires": 1, "gird": 2}
 
 
 # ---------------------------------------------------------------------- task ls

@@ -592,6 +592,10 @@ def test_heartbeat_keeps_long_task_alive(queue_env):
         (["--worker-id", "no-such-worker", "-c", "echo"], "not found"),
         (["--grace-period", "inf", "-c", "echo"], "grace_period must be a finite number"),
         (["--heartbeat-timeout", "nan", "-c", "echo"], "heartbeat_timeout must be"),
+        # a mistyped option would otherwise be run as the command, for every task
+        (["--paralel", "2", "--", "echo", "%(a)"],
+         "No such option: --paralel (did you mean --parallel?)"),
+        (["--idle-timout", "60", "--", "echo", "%(a)"], "(did you mean --idle-timeout?)"),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(queue_env, args, message):

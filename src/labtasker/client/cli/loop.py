@@ -164,6 +164,11 @@ def register(app: typer.Typer) -> None:
         from labtasker.client.template import CommandTemplate
 
         argv = list(cmd or []) + list(ctx.args)
+        from labtasker.client.cli.options import option_as_command_problem
+
+        problem = option_as_command_problem(ctx, argv)
+        if problem:
+            raise _fail(problem)
         sources = [
             name
             for name, given in (

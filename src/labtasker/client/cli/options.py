@@ -6,6 +6,7 @@ declare alike. Status choices are the ``labtasker.fsm`` enums.
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 
 import typer
@@ -120,3 +121,50 @@ def parse_sort(values: list[str] | None) -> list[tuple[str, int]] | None:
 def ids_filter(ids: list[str]) -> dict:
     """Filter selecting the given task/worker ids (``_id`` is the id on the server)."""
     return {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}}
+
+
+def _option_names(ctx: typer.Context) -> list[str]:
+    """The long option names of the command being run (``--grid``, ``--max-retries``...)."""
+    return [name for param in ctx.command.params
+            for name in (*param.opts, *getattr(param, "secondary_opts", ()))
+            if name.startswith("--")]
+
+
+def _near_miss(token: str, names: list[str]) -> str | None:
+    import difflib
+
+    name = token.split("=", 1)[0]
+    if name in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def refuse_mistyped_options(ctx: typer.Context, tokens: list[str]) -> None:
+    """Usage error (exit 2) for a token of ``tokens`` -- what a command that passes unknown
+    options through (``task submit`` args) received besides its own options -- that was typed
+    before ``--`` and is a near miss of one of the command's own long options (``--grd`` for
+    ``--grid``, ``--max-retires`` for ``--max-retries``): it would otherwise silently become a
+    task arg. Tokens after ``--`` are never refused."""
+    argv = sys.argv[1:]
+    before = set(argv[: argv.index("--")] if "--" in argv else argv)
+    names = _option_names(ctx)
+    for token in tokens:
+        if token.startswith("--") and token in before:
+            guess = _near_miss(token, names)
+            if guess is not None:
+                raise usage_error(f"No such option: {token.split('=', 1)[0]} (did you mean "
+                                  f"{guess}?). Task args go after `--`.")
+
+
+def option_as_command_problem(ctx: typer.Context, argv: list[str]) -> str | None:
+    """The one-line usage error when the command to run starts with an option (``labtasker
+    loop --paralel 2 -- python x.py``): no program name starts with ``-``, so it is a
+    mistyped option of the loop, named with the closest real one. ``None`` when ``argv`` is
+    fine."""
+    if not argv or not argv[0].startswith("-"):
+        return None
+    guess = _near_miss(argv[0], _option_names(ctx)) if argv[0].startswith("--") else None
+    hint = f" (did you mean {guess}?)" if guess else ""
+    return (f"No such option: {argv[0].split('=', 1)[0]}{hint}. The command to run goes "
+            "after `--`.")

@@ -23,6 +23,7 @@ from labtasker.client.cli.options import (
     page_size_option,
     pager_option,
     parse_sort,
+    refuse_mistyped_options,
     yes_option,
 )
 from labtasker.client.cli.output import choose_format, emit_records, print_filter, tasks_table
@@ -61,6 +62,7 @@ def _duration(text: str | None, option: str) -> float | None:
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": False})
 @handle_errors
 def submit(
+    ctx: typer.Context,
     args_pos: list[str] | None = typer.Argument(
         None,
         metavar="[-- ARGS]...",
@@ -158,6 +160,7 @@ def submit(
     from labtasker.client import api
     from labtasker.client.cmdline import parse_extra_opt
 
+    refuse_mistyped_options(ctx, args_pos or [])
     is_sweep = bool(grid or zip_ or sweep_file is not None)
     if not is_sweep and (dry_run or seed is not None or sweep_name is not None):
         raise usage_error("--dry-run, --seed and --sweep-name need --grid, --zip or --sweep.")
