@@ -93,6 +93,22 @@ SMI_LISTING = (
 )
 
 
+def test_listed_gpus_must_be_among_cuda_visible_devices(monkeypatch):
+    """A shell given GPUs 2,3 (CUDA_VISIBLE_DEVICES=2,3) that asks for --gpus 0,1 would put
+    jobs on someone else's GPUs: refused, naming the devices; devices of the set are fine."""
+    fake_nvml(monkeypatch, [(f"GPU-{c * 4}", f"Fake GPU {c}") for c in "abcd"])
+    with pytest.raises(LabtaskerValueError,
+                       match=r"device 0, 1 not among CUDA_VISIBLE_DEVICES='2,3'"):
+        plan_slots("0,1", environ={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert [s.gpus for s in plan_slots("3,2", environ={"CUDA_VISIBLE_DEVICES": "2,3"})] == [
+        "3", "2"]
+    # UUID entries are resolved through the machine's devices
+    assert [s.gpus for s in plan_slots("1", environ={"CUDA_VISIBLE_DEVICES": "GPU-bb"})] == ["1"]
+    with pytest.raises(LabtaskerValueError, match="device 2 not among"):
+        plan_slots("2", environ={"CUDA_VISIBLE_DEVICES": "GPU-bb"})
+    assert [s.gpus for s in plan_slots("0,1", environ={})] == ["0", "1"]
+
+
 def test_gpus_all_from_nvml_honours_cuda_visible_devices(monkeypatch):
     fake_nvml(monkeypatch, [(f"GPU-{c * 4}", f"Fake GPU {c}") for c in "abcd"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -277,10 +293,12 @@ def test_an_all_failing_slot_is_crashed_alone(queue_env):
 
 
 def test_cli_slot_usage_errors(queue_env):
-    env = {**queue_env.env(), "CUDA_VISIBLE_DEVICES": ""}
-    for args, message in [
-        (["--gpus", "all"], "no GPU found"),
-        (["--gpus", "0", "--worker-id", "w1"], "each slot creates its own worker"),
+    no_gpus = {**queue_env.env(), "CUDA_VISIBLE_DEVICES": ""}
+    plain = {k: v for k, v in queue_env.env().items() if k != "CUDA_VISIBLE_DEVICES"}
+    for args, env, message in [
+        (["--gpus", "all"], no_gpus, "no GPU found"),
+        (["--gpus", "0"], no_gpus, "device 0 not among CUDA_VISIBLE_DEVICES=''"),
+        (["--gpus", "0", "--worker-id", "w1"], plain, "each slot creates its own worker"),
     ]:  # the other bad requests: test_bad_slot_requests_are_one_line_errors
         proc = subprocess.run([LABTASKER, "loop", *args, "-c", "echo %(x)"], env=env,
                               capture_output=True, text=True, timeout=60)

@@ -11,7 +11,8 @@ one slot per device; ``--gpus-per-task K`` makes slots of K devices (``0,1 | 2,3
 
 ``--gpus all`` finds the machine's GPUs with NVML (``nvidia-ml-py``), falling back to
 ``nvidia-smi -L``; an already-set ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-<uuid>``) is the
-allowed set.
+allowed set, for ``all`` and for a listed ``--gpus 0,1`` alike (a listed device outside it is
+refused).
 """
 
 from __future__ import annotations
@@ -224,7 +225,30 @@ def plan_slots(
     else:
         known = {d.index: d for d in machine_gpus()} if wanted else {}
         devices = [known.get(i, Device(i)) for i in wanted]
+        _check_visible(devices, env.get("CUDA_VISIBLE_DEVICES"), list(known.values()))
     return _split(devices, gpus_per_task)
+
+
+def _check_visible(devices: list[Device], visible: str | None, machine: list[Device]) -> None:
+    """Refuse listed devices outside an already-set ``CUDA_VISIBLE_DEVICES`` (the slots' own
+    ``CUDA_VISIBLE_DEVICES`` would replace it, putting jobs on GPUs this shell was not given).
+    Entries given as UUIDs are checked only when the machine's devices (``machine``) are
+    known."""
+    if visible is None:
+        return
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if all(e.isdigit() for e in entries):
+        allowed = {int(e) for e in entries}
+    elif machine:
+        allowed = {d.index for d in allowed_gpus(machine, visible)}
+    else:
+        return  # UUID entries and no device list to resolve them: nothing to check against
+    outside = [str(d.index) for d in devices if d.index not in allowed]
+    if outside:
+        raise LabtaskerValueError(
+            f"--gpus: device {', '.join(outside)} not among CUDA_VISIBLE_DEVICES={visible!r} "
+            "(list devices of that set by their nvidia-smi index, or use --gpus all)"
+        )
 
 
 def check_slot_request(
