@@ -31,5 +31,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("queues") as batch:
-        batch.drop_column("events_pruned_through")
+    # Not a batch operation: on SQLite that copies and drops the queues table, and dropping it
+    # cascades to every task and worker of every queue. SQLite (3.35+) drops the column in
+    # place.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE queues DROP COLUMN events_pruned_through")
+    else:
+        op.drop_column("queues", "events_pruned_through")
