@@ -91,6 +91,27 @@ def test_overview(sweep):
     assert http.get(f"{API}/overview", params={"window_seconds": 0}).status_code == 400
 
 
+def test_overview_counts_runs_not_tasks(queue_env):
+    """A task that failed twice and then succeeded ended three runs in the window (two of
+    them failures); requeueing a failed task does not take its failed run out of the window."""
+    http = queue_env.http()
+    flaky, bad = _batch(http, [{"args": {"x": 1}, "max_retries": 3},
+                               {"args": {"x": 2}, "max_retries": 1}])
+    for status in ("failed", "failed", "success"):
+        _report(http, _claim(http, extra_filter={"args.x": 1}), status)
+    _report(http, _claim(http, extra_filter={"args.x": 2}), "failed")
+
+    def recent():
+        ov = http.get(f"{API}/overview", params={"window_seconds": 600}).json()
+        return ov["finished_recently"], ov["succeeded_recently"], ov["failed_recently"]
+
+    assert recent() == (4, 1, 3)
+    assert get_task(http, flaky)["status"] == "success"
+    resp = http.post(f"{API}/tasks/requeue", json={"status": "failed"})
+    assert resp.json()["task_ids"] == [bad]
+    assert recent() == (4, 1, 3)  # the requeue itself is not a finished run
+
+
 def test_requeue(sweep):
     http, ids, done = sweep
     pending = next(t for t in ids if t not in {d["task_id"] for d in done})

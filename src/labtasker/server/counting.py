@@ -21,11 +21,12 @@ from sqlalchemy.engine import Connection
 from labtasker.filters.mongo_sql import FieldMap, FilterError, value_expression
 from labtasker.fsm import TASK_STATES, WORKER_STATES
 from labtasker.server.errors import Invalid
-from labtasker.server.schema import arg_shapes, queues, tasks, workers
+from labtasker.server.schema import arg_shapes, queues, task_runs, tasks, workers
 
 MAX_GROUPS = 1000  # groups returned by one count; the largest ones when there are more
 RUNNING_LIMIT = 200  # running tasks listed by the overview (oldest first)
-ENDED = ("success", "failed", "cancelled")
+FAILED_RUNS = ("failed", "timed_out")  # task_runs statuses of a failed run
+FINISHED_RUNS = ("success", "cancelled", *FAILED_RUNS)  # ended by its job, the server or a cancel
 ARG_FIELDS = "arg_fields"  # ``by`` value: group by the set of argument fields
 # ``by`` fields that make no sense to group on (unique per task or per queue).
 _NOT_GROUPABLE = {"_id", "task_id", "queue_id", "run_id"}
@@ -146,9 +147,10 @@ def queue_overview(conn: Connection, queue_id: str, now: datetime, window_second
          "counts": {"pending": int, "running": int, "success": int, "failed": int,
                     "cancelled": int},          # sums to total (one GROUP BY)
          "window_seconds": float,
-         "finished_recently": int,   # runs that ended (success/failed/cancelled after a
-                                     # start) with their last change inside the window
-         "succeeded_recently": int, "failed_recently": int,
+         "finished_recently": int,   # runs that ended inside the window: success, failed,
+                                     # timed_out or cancelled (not requeued by hand)
+         "succeeded_recently": int,
+         "failed_recently": int,     # of those, failed or timed_out
          "mean_run_seconds": float | None,   # mean duration of those runs
          "throughput_per_minute": float | None,
          "eta_seconds": float | None,  # (pending + running) / throughput; None without runs
@@ -169,15 +171,17 @@ def queue_overview(conn: Connection, queue_id: str, now: datetime, window_second
             tasks.c.queue_id == queue_id).group_by(tasks.c.status)):
         counts[row[0]] = int(row[1])
     since = now - timedelta(seconds=window_seconds)
-    recent = and_(tasks.c.queue_id == queue_id, tasks.c.last_modified >= since,
-                  tasks.c.status.in_(ENDED), tasks.c.start_time.is_not(None))
-    duration = _seconds_between(dialect, tasks.c.start_time, tasks.c.last_modified)
+    # runs, not tasks: a task that failed twice and then succeeded ended three runs, and a
+    # requeue of failed tasks does not erase their failures from the window
+    recent = and_(task_runs.c.queue_id == queue_id, task_runs.c.ended >= since,
+                  task_runs.c.status.in_(FINISHED_RUNS))
+    duration = _seconds_between(dialect, task_runs.c.started, task_runs.c.ended)
     agg = conn.execute(select(
         func.count(),
-        func.count().filter(tasks.c.status == "success"),
-        func.count().filter(tasks.c.status == "failed"),
+        func.count().filter(task_runs.c.status == "success"),
+        func.count().filter(task_runs.c.status.in_(FAILED_RUNS)),
         func.avg(duration),
-        func.min(tasks.c.start_time),
+        func.min(task_runs.c.started),
     ).where(recent)).first()
     finished = int(agg[0] or 0)
     mean = float(agg[3]) if agg[3] is not None else None

@@ -201,6 +201,7 @@ task_runs = Table(
     Column("summary", JsonDoc, nullable=False),
     Index("ix_task_runs_task", "queue_id", "task_id", "started"),
     Index("ix_task_runs_worker_charged", "worker_id", "charged"),
+    Index("ix_task_runs_ended", "queue_id", "ended"),  # recent runs of a queue (migration 0010)
 )
 
 # Answers of submits sent with an ``Idempotency-Key`` header (``sql_storage.submit_batch``): a
