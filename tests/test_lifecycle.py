@@ -661,6 +661,25 @@ def test_failure_prompt_on_tty(queue_env, answer):
             assert get_worker(http, wid)["retries"] == 0
 
 
+def test_no_prompt_on_tty_reports_at_once(queue_env):
+    """``--no-prompt``: on a terminal a failed run is reported at once (no countdown), and
+    the loop goes on to the end of the queue."""
+    with queue_env.http() as http:
+        tid = submit(http, {"x": 1}, max_retries=1)
+        loop = PtyLoop(queue_env, "--no-prompt", "-c", "exit 3 # %(x)")
+        try:
+            output = loop.expect("Loop ended", timeout=60)
+            assert "[I]gnore" not in output and "[E]xit" not in output, output
+            code = loop.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(loop.pid, signal.SIGKILL)
+                os.waitpid(loop.pid, 0)
+            os.close(loop.fd)
+        assert code == 0
+        assert get_task(http, tid)["status"] == "failed"
+
+
 # ------------------------------------------------------------------------------ stress
 # Each run appends "S <task> <worker> <run dir> <t>" and "E <task> <worker> <run dir> <t> <rc>"
 # (bash $EPOCHREALTIME; lines < PIPE_BUF, O_APPEND) and fails with probability 1/4.

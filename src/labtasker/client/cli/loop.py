@@ -140,6 +140,12 @@ def register(app: typer.Typer) -> None:
             help="When no pending task matches, keep polling for up to this many seconds "
             "before exiting (default 0: exit at once).",
         ),
+        no_prompt: bool = typer.Option(
+            False,
+            "--no-prompt",
+            help="On a terminal, report a failed run at once instead of asking Report/Ignore "
+            "and Continue/Exit (10 s each); without a terminal it is never asked.",
+        ),
         gpus: str | None = typer.Option(
             None,
             "--gpus",
@@ -224,6 +230,10 @@ def register(app: typer.Typer) -> None:
         if executable and not template.shell:
             typer.echo("Warning: --executable only applies to shell commands; ignored.", err=True)
         try:
+            if no_prompt:
+                from labtasker.client.loop.prompt import set_prompt_on_task_failure
+
+                set_prompt_on_task_failure(False)
             options = LoopOptions(
                 required_fields=template.required_fields(),
                 extra_filter=extra_filter,
