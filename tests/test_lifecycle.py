@@ -621,6 +621,13 @@ class PtyLoop:
         os.kill(self.pid, signal.SIGKILL)
         raise AssertionError("pty loop did not exit")
 
+    def close(self) -> None:
+        """Kill the loop if it still runs, reap it and close the terminal."""
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
 
 @pytest.mark.parametrize("answer", ["i", "ctrl-c", "enter"])
 def test_failure_prompt_on_tty(queue_env, answer):
@@ -645,10 +652,7 @@ def test_failure_prompt_on_tty(queue_env, answer):
             loop.expect("-> exit")
             code = loop.wait()
         finally:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(loop.pid, signal.SIGKILL)
-                os.waitpid(loop.pid, 0)
-            os.close(loop.fd)
+            loop.close()
         assert code == 0
         t = get_task(http, tid)
         if answer == "enter":
@@ -672,10 +676,7 @@ def test_no_prompt_on_tty_reports_at_once(queue_env):
             assert "[I]gnore" not in output and "[E]xit" not in output, output
             code = loop.wait()
         finally:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(loop.pid, signal.SIGKILL)
-                os.waitpid(loop.pid, 0)
-            os.close(loop.fd)
+            loop.close()
         assert code == 0
         assert get_task(http, tid)["status"] == "failed"
 
