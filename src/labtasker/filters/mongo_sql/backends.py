@@ -94,7 +94,7 @@ class JsonBackend(Protocol):
 
     dialect: str
 
-    def root(self, column: Any) -> SqlExpr:
+    def root(self, column: SqlExpr) -> SqlExpr:
         """The JSON value held by a JSON column."""
         ...
 
@@ -171,7 +171,7 @@ class JsonBackend(Protocol):
         """Text compared by code point."""
         ...
 
-    def expr_number(self, expression: Any) -> SqlExpr:
+    def expr_number(self, expression: SqlExpr) -> SqlExpr:
         """A number as the ``$expr`` number type."""
         ...
 
@@ -196,10 +196,18 @@ class JsonBackend(Protocol):
         ...
 
 
+class _KindsAndNumbers(Protocol):
+    """What ``_TypeTests`` needs of the backend it is mixed into."""
+
+    def is_kind(self, value: Json, kind: str) -> SqlExpr: ...
+
+    def number(self, value: Json) -> SqlExpr: ...
+
+
 class _TypeTests:
     """``$type`` on a JSON value, shared by both backends (needs ``number`` and ``is_kind``)."""
 
-    def type_test(self: Any, value: Json, name: str) -> SqlExpr:
+    def type_test(self: _KindsAndNumbers, value: Json, name: str) -> SqlExpr:
         if name == "date":
             return false()
         if name in ("int", "long"):
@@ -228,7 +236,7 @@ class SqliteJson(_TypeTests):
         "real": ("real",),
     }
 
-    def root(self, column: Any) -> SqlExpr:
+    def root(self, column: SqlExpr) -> SqlExpr:
         return type_coerce(column, Text)
 
     def missing(self) -> SqlExpr:
@@ -315,7 +323,7 @@ class SqliteJson(_TypeTests):
     def collate(self, expression: SqlExpr) -> SqlExpr:
         return expression
 
-    def expr_number(self, expression: Any) -> SqlExpr:
+    def expr_number(self, expression: SqlExpr) -> SqlExpr:
         return expression
 
     def expr_divide(self, dividend: SqlExpr, divisor: SqlExpr) -> SqlExpr:
@@ -383,7 +391,7 @@ class PostgresJson(_TypeTests):
         "object": "object",
     }
 
-    def root(self, column: Any) -> SqlExpr:
+    def root(self, column: SqlExpr) -> SqlExpr:
         return column
 
     def missing(self) -> SqlExpr:
@@ -465,7 +473,7 @@ class PostgresJson(_TypeTests):
     def collate(self, expression: SqlExpr) -> SqlExpr:
         return expression.collate("C")
 
-    def expr_number(self, expression: Any) -> SqlExpr:
+    def expr_number(self, expression: SqlExpr) -> SqlExpr:
         return cast(expression, Float)
 
     def expr_divide(self, dividend: SqlExpr, divisor: SqlExpr) -> SqlExpr:

@@ -134,8 +134,8 @@ class FieldMap:
     an object (``cmd`` is a string or a list).
     """
 
-    columns: Mapping[str, Any]
-    json_columns: Mapping[str, Any]
+    columns: Mapping[str, SqlExpr]
+    json_columns: Mapping[str, SqlExpr]
     datetime_columns: frozenset[str] = frozenset()
     non_object_json: frozenset[str] = field(default_factory=lambda: frozenset({"cmd"}))
 
@@ -321,7 +321,7 @@ def two_valued(condition: Any) -> SqlExpr:
     return func.coalesce(type_coerce(condition, Boolean), false())
 
 
-def any_of(parts: list[Any]) -> SqlExpr:
+def any_of(parts: list[SqlExpr]) -> SqlExpr:
     """OR of many parts as a balanced tree (SQLite limits expression depth to 1000)."""
     if not parts:
         return false()
@@ -333,7 +333,7 @@ def any_of(parts: list[Any]) -> SqlExpr:
     return parts[0]
 
 
-def all_of(parts: list[Any]) -> SqlExpr:
+def all_of(parts: list[SqlExpr]) -> SqlExpr:
     """AND of many parts as a balanced tree."""
     if not parts:
         return true()

@@ -55,7 +55,7 @@ class Target:
     plain column (``segments`` empty)."""
 
     kind: str  # "json" | "column"
-    root: Any
+    root: SqlExpr
     segments: list[str]
     name: str = ""
     root_is_object: bool = False
@@ -482,7 +482,7 @@ class Compiler:
     def _column_kind(self, target: Target) -> str:
         return self.fields.column_kind(target.name, target.root)
 
-    def _present(self, target: Target, condition: Any) -> SqlExpr:
+    def _present(self, target: Target, condition: SqlExpr) -> SqlExpr:
         if getattr(target.root, "nullable", True):
             return and_(target.root.is_not(None), condition)
         return condition
@@ -523,7 +523,8 @@ class Compiler:
 
     def column_type(self, target: Target, names: list[str]) -> SqlExpr:
         """``$type`` on a plain column."""
-        column, column_kind, parts = target.root, self._column_kind(target), []
+        column, column_kind = target.root, self._column_kind(target)
+        parts: list[SqlExpr] = []
         nullable = getattr(column, "nullable", True)
         python_type = getattr(column.type, "python_type", None) if column_kind == "number" else None
         for name in names:

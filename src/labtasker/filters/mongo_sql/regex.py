@@ -102,7 +102,7 @@ def _strip_extended(pattern: str) -> str:
             position += 2
             continue
         if in_class:
-            in_class = char != "]" or (out and out[-1] == "[")
+            in_class = char != "]" or (bool(out) and out[-1] == "[")
             out.append(char)
         elif char == "[":
             in_class = True
