@@ -8,12 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from labtasker.client.cmdline import (
-    cast_literal,
     parse_dict_option,
     parse_extra_opt,
     parse_updates,
 )
-from labtasker.client.filtering import encode_filter, parse_filter, parse_literal
+from labtasker.client.filtering import encode_filter, parse_filter
 from labtasker.exceptions import LabtaskerValueError, QueryTranspilerError
 
 
@@ -59,13 +58,6 @@ def test_parse_extra_opt_bad_name_and_conflict():
         parse_extra_opt(["--a$b", "1"])
     with pytest.raises(LabtaskerValueError, match="Conflict"):
         parse_extra_opt(["--a", "1", "--a.b", "2"])
-
-
-def test_cast_literal():
-    assert cast_literal("0.1") == 0.1
-    assert cast_literal("{'a': 1}") == {"a": 1}
-    assert cast_literal("resnet") == "resnet"
-    assert cast_literal("") == ""
 
 
 # ------------------------------------------------------------------ parse_dict_option
@@ -137,16 +129,7 @@ def test_parse_updates_errors(expr, msg):
         parse_updates([expr])
 
 
-# ------------------------------------------------------------------ literals and filters
-def test_parse_literal_json_and_python():
-    assert parse_literal("[true, false, null, True, None]") == [True, False, None, True, None]
-    assert parse_literal("'x'") == "x"
-    with pytest.raises(ValueError):
-        parse_literal("a + 1")
-    with pytest.raises(ValueError):
-        parse_literal("open('x')")
-
-
+# ------------------------------------------------------------------ filters
 def test_parse_filter_dict_literals():
     assert parse_filter('{"status": "failed", "args.x": {"$gt": 1}}') == {
         "status": "failed",

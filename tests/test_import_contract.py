@@ -5,7 +5,8 @@ load the layers it may not depend on.
 * the filters know neither the server nor the client;
 * the client library (transport, API, loop, jobs) knows nothing of the CLI, nor the server;
 * the job-side context is cheap to import (no httpx);
-* the vocabulary modules import no framework at all; ``import labtasker`` imports nothing.
+* the vocabulary modules import no framework at all; ``import labtasker`` imports nothing;
+* the shared readers of literal text and sweeps import neither the client nor the server.
 
 A rule names modules or whole packages (``pkg.*``: the package and every module below it);
 modules that do not exist in this tree are left out, so a rule may name a package that is
@@ -42,6 +43,11 @@ RULES = {
     "the vocabulary imports no framework": (
         ["labtasker.fsm", "labtasker.fields", "labtasker.keys", "labtasker.wire"],
         ("labtasker.server", "labtasker.client", "httpx", "sqlalchemy", *WEB)),
+    # the shared readers of text (literals, sweeps) serve the client and the filters alike
+    "the shared literal and sweep readers know neither client nor server": (
+        ["labtasker.literals", "labtasker.sweep"],
+        ("labtasker.server", "labtasker.client", "labtasker.filters", "httpx", "pydantic",
+         "sqlalchemy", *WEB)),
     # CLI start-up: the entry point loads typer and the command modules, nothing heavy (the
     # commands import what they use); httpx's own command-line tool stays out of the client
     "the CLI entry point is light": (

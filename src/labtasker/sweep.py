@@ -27,7 +27,6 @@ quotes the offending option or key; nothing is yielded from an invalid sweep.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import itertools
 import json
@@ -39,9 +38,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labtasker.client.cmdline import cast_literal
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
+from labtasker.literals import python_literal, python_literal_or_text
 
 MAX_TASKS = 1_000_000  # a sweep larger than this is refused (bounded cost)
 CONFIRM_TASKS = 10_000  # the CLI asks for --yes beyond this many tasks
@@ -87,8 +86,8 @@ def _number_args(name: str, inner: str, where: str) -> list[float | int]:
             raise SweepError(f"{where}: {name}(): argument {i + 1} is empty in "
                              f"'{name}({inner})'")
         try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = python_literal(raw)
+        except ValueError:
             value = None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SweepError(f"{where}: {name}(): {raw!r} is not a number")
@@ -178,8 +177,8 @@ def parse_values(text: str, where: str = "value") -> list:
                 values = json.loads(stripped)
             except ValueError:
                 try:
-                    values = ast.literal_eval(stripped)
-                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                    values = python_literal(stripped)
+                except ValueError:
                     raise SweepError(f"{where}: {stripped!r} is not a JSON list") from None
             if not isinstance(values, list):
                 raise SweepError(f"{where}: {stripped!r} is not a JSON list")
@@ -197,7 +196,7 @@ def _literal_list(parts: list[str], text: str, where: str) -> list:
     for i, part in enumerate(parts):
         if not part.strip():
             raise SweepError(f"{where}: value {i + 1} of {text!r} is empty")
-        out.append(cast_literal(part.strip()))
+        out.append(python_literal_or_text(part.strip()))
     return out
 
 

@@ -12,30 +12,20 @@ naming the offending token or option.
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from typing import Any
 
-from labtasker.client.filtering import parse_literal
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 from labtasker.fsm import TaskState
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
+from labtasker.literals import parse_literal, python_literal_or_text
 
 _TASK_STATUSES = tuple(state.value for state in TaskState)
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
-
-
-def cast_literal(value: str) -> Any:
-    """``ast.literal_eval(value)`` if that works (``"0.1"`` -> 0.1, ``"[1,2]"`` -> list,
-    ``"'x'"`` -> ``"x"``), else the string unchanged (``"resnet"`` -> ``"resnet"``)."""
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return value
 
 
 def _non_finite(value: Any) -> bool:
@@ -84,10 +74,10 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...],
     Rules (those of labtasker 1.0.1):
 
     * ``--key value`` and ``--key=value``: long-option values are cast with
-      :func:`cast_literal` (``0.1`` -> float, ``[1,2]`` -> list, ``30,60`` -> the list
-      ``[30, 60]``, ``True`` -> bool, other text stays a string); a Python string literal
-      keeps the text: ``--key "'30,60'"`` -> ``"30,60"``. A number JSON cannot store
-      (``1e400``) is refused;
+      :func:`~labtasker.literals.python_literal_or_text` (``0.1`` -> float, ``[1,2]`` ->
+      list, ``30,60`` -> the list ``[30, 60]``, ``True`` -> bool, other text stays a
+      string); a Python string literal keeps the text: ``--key "'30,60'"`` -> ``"30,60"``.
+      A number JSON cannot store (``1e400``) is refused;
     * dots nest: ``--a.b 1`` -> ``{"a": {"b": 1}}``; dashes in names become ``_``
       (``--learning-rate`` -> ``learning_rate``);
     * ``-k value`` (one letter) keeps the value as a string;
@@ -112,10 +102,12 @@ def parse_extra_opt(tokens: list[str] | tuple[str, ...],
             body = tok[2:]
             if "=" in body:
                 name, _, raw = body.partition("=")
-                flat[_norm_key(name, tok)] = check_json_number(cast_literal(raw), "--" + name, raw, "=")
+                value = python_literal_or_text(raw)
+                flat[_norm_key(name, tok)] = check_json_number(value, "--" + name, raw, "=")
                 i += 1
             elif nxt is not None and _is_value(nxt):
-                flat[_norm_key(body, tok)] = check_json_number(cast_literal(nxt), tok, nxt)
+                value = python_literal_or_text(nxt)
+                flat[_norm_key(body, tok)] = check_json_number(value, tok, nxt)
                 i += 2
             else:
                 _norm_key(body, tok)  # still reject malformed flag names
@@ -190,7 +182,8 @@ def parse_updates(
       the field and is listed in ``replace_fields``;
     * a dotted path (``args.lr=0.2``, ``metadata.tags.0=a``) patches one sub-field of a dict
       field (``args``, ``metadata``, ``summary``) and leaves its siblings alone;
-    * values are cast with :func:`cast_literal` when ``to_primitive`` (default), else strings;
+    * values are cast with :func:`~labtasker.literals.python_literal_or_text` when
+      ``to_primitive`` (default), else strings;
     * dashes in keys become ``_``.
 
     Returns e.g. ``{"status": "pending", "args": {"lr": 0.2}, "replace_fields": ["status"]}``.
@@ -217,7 +210,8 @@ def parse_updates(
                 f"Invalid update {expr!r}: unknown field {top!r} "
                 f"(updatable: {', '.join(UPDATABLE_TASK_FIELDS)})"
             )
-        value = check_json_number(cast_literal(raw), key, raw, "=") if to_primitive else raw
+        value = (check_json_number(python_literal_or_text(raw), key, raw, "=") if to_primitive
+                 else raw)
         if top in ("status", "task_name") and not isinstance(value, str):
             value = raw  # names and statuses are text even when they look like numbers
         if top == "status" and value not in _TASK_STATUSES:

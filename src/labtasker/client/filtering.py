@@ -1,9 +1,8 @@
 """Turning user text into query filters, shared by the CLI (``-f``) and the Python API.
 
-* :func:`parse_literal` evaluates a JSON *or* Python literal (``true``/``True``,
-  ``null``/``None`` ...) without executing code.
-* :func:`parse_filter` turns a filter string into a Mongo-style dict: a dict literal is used
-  as-is, anything else is a Python-syntax expression handed to the transpiler
+* :func:`parse_filter` turns a filter string into a Mongo-style dict: a dict literal (JSON or
+  Python spelling, read by :mod:`labtasker.literals`) is used as-is, anything else is a
+  Python-syntax expression handed to the transpiler
   (``labtasker.filters.pyquery.transpile``), e.g. ``args.lr < 0.1 and status == "failed"``.
 * :func:`encode_filter` prepares a filter dict for JSON transport: datetimes become
   ``{"_dt": "<ISO 8601 UTC>"}`` (the encoding 1.0.1 uses).
@@ -11,73 +10,12 @@
 
 from __future__ import annotations
 
-import ast
 from datetime import date, datetime, timezone
 from typing import Any
 
 from labtasker.exceptions import LabtaskerValueError, QueryTranspilerError
+from labtasker.literals import dict_literal
 from labtasker.timeutil import RelativeTime
-
-_NAMED_CONSTANTS = {
-    "true": True,
-    "false": False,
-    "null": None,
-    "True": True,
-    "False": False,
-    "None": None,
-}
-
-
-class _NotLiteral(ValueError):
-    pass
-
-
-def _eval_node(node: ast.AST) -> Any:
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, (str, int, float, bool, type(None))):
-            return node.value
-        raise _NotLiteral(f"unsupported constant {node.value!r}")
-    if isinstance(node, ast.Name):
-        if node.id in _NAMED_CONSTANTS:
-            return _NAMED_CONSTANTS[node.id]
-        raise _NotLiteral(f"name {node.id!r} is not a literal")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _eval_node(node.operand)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _NotLiteral("sign applied to a non-number")
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_eval_node(elt) for elt in node.elts]
-    if isinstance(node, ast.Dict):
-        out: dict[str, Any] = {}
-        for key_node, value_node in zip(node.keys, node.values, strict=True):
-            if key_node is None:
-                raise _NotLiteral("'**' unpacking is not a literal")
-            key = _eval_node(key_node)
-            if isinstance(key, (dict, list)):
-                raise _NotLiteral("dict keys must be strings or numbers")
-            out[key if isinstance(key, str) else str(key)] = _eval_node(value_node)
-        return out
-    raise _NotLiteral(f"{type(node).__name__} is not a literal")
-
-
-def parse_literal(text: str) -> Any:
-    """Evaluate ``text`` as a JSON or Python literal and return the value.
-
-    Accepts strings, numbers, ``true/false/null`` and ``True/False/None``, lists, tuples
-    (returned as lists) and dicts (non-string keys become strings, as after JSON transport).
-    Raises ``ValueError`` if ``text`` is anything else (names, calls, operators, syntax errors).
-    """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"not a literal: {exc.msg}") from None
-    try:
-        return _eval_node(tree.body)
-    except _NotLiteral as exc:
-        raise ValueError(f"not a literal: {exc}") from None
-    except RecursionError:
-        raise ValueError("not a literal: nested too deeply") from None
 
 
 def parse_filter(text: str) -> dict[str, Any]:
@@ -95,13 +33,9 @@ def parse_filter(text: str) -> dict[str, Any]:
     if text is None or not str(text).strip():
         return {}
     text = str(text)
-    try:
-        value = parse_literal(text)
-    except ValueError:
-        value = None
-    else:
-        if isinstance(value, dict):
-            return value
+    value = dict_literal(text)
+    if value is not None:
+        return value
     try:
         from labtasker.filters.pyquery import transpile
     except ImportError as exc:  # pragma: no cover - only while the transpiler is missing

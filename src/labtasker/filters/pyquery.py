@@ -108,6 +108,7 @@ from labtasker.exceptions import (
     QueryTranspilerValueError,
 )
 from labtasker.fields import TASK_FIELDS as TASK_FIELD_REGISTRY
+from labtasker.literals import NotALiteral, literal_value
 from labtasker.timeutil import RelativeTime, utc_now
 
 __all__ = [
@@ -903,36 +904,18 @@ class _Transpiler:
 
     def _plain_dict(self, node: ast.Dict) -> dict[str, Any]:
         """A whole-filter dict literal (Python or JSON spelling), returned verbatim."""
-
-        def value_of(item: ast.expr) -> Any:
-            if isinstance(item, ast.Constant) and (
-                item.value is None or isinstance(item.value, (bool, int, float, str))
-            ):
-                return item.value
-            if isinstance(item, ast.Name) and item.id in _JSON_NAMES:
-                return _JSON_NAMES[item.id]
-            folded = _fold_number(item)
-            if folded is not _NOT_A_NUMBER:
-                return folded
-            if isinstance(item, (ast.List, ast.Tuple)):
-                return [value_of(element) for element in item.elts]
-            if isinstance(item, ast.Dict):
-                result = {}
-                for key, value in zip(item.keys, item.values, strict=True):
-                    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-                        raise self._error(
-                            "Keys of a dict filter must be strings.", key if key else value
-                        )
-                    result[key.value] = value_of(value)
-                return result
+        try:
+            value: dict[str, Any] = literal_value(node, string_keys=True)
+        except NotALiteral as exc:
+            if exc.key:
+                raise self._error("Keys of a dict filter must be strings.", exc.node) from None
             raise self._error(
                 "A dict filter may contain only literal values (JSON or Python literal "
-                f"syntax), got {_describe(item)}. Use the Python expression syntax for "
+                f"syntax), got {_describe(exc.node)}. Use the Python expression syntax for "
                 "date() and the other functions.",
-                item,
-            )
-
-        return value_of(node)
+                exc.node,
+            ) from None
+        return value
 
     # ---------------------------------------------------------------- fields
 

@@ -221,15 +221,15 @@ def progress(
     loss=0.42`. Stored as the task's latest snapshot (shown by `task ls`, `status`); also a
     heartbeat. At most one report per 2 s is sent (others are skipped, except the final
     step). Outside a labtasker job it does nothing (says so on stderr)."""
-    from labtasker.client.cmdline import cast_literal
     from labtasker.client.progress import send
+    from labtasker.literals import python_literal_or_text
 
     values = {}
     for item in metrics or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise usage_error(f"Invalid metric {item!r}: use key=value (like loss=0.42)")
-        values[key] = cast_literal(raw)
+        values[key] = python_literal_or_text(raw)
     step_value = int(step) if float(step).is_integer() else step
     total_value = int(total) if total is not None and float(total).is_integer() else total
     sent = send(step_value, total_value, values, force=force)
