@@ -396,6 +396,7 @@ def test_task_submit_variants(cli, queue_env):
         (("--metadata", "nope", "--args", "{'a': 1}"), "--metadata"),
         (("--name", "bad name", "--args", "{'a': 1}"), "--task-name"),
         (("--args", "{'bad key': 1}"), "--args"),
+        (("--args", "-" * 3000 + "1"), "--args"),  # deeper than Python's parser goes
         (("--", "--a", "1", "stray"), "Unexpected token: stray"),
         (("--cmd", "x", "--task-timeout", "soon"), "--task-timeout"),
         (("--cmd", "x", "--priority", "high"), "--priority"),
@@ -487,6 +488,7 @@ def test_task_ls_formats_filters_and_paging(cli, queue_env):
         (("-S", ":asc"), "--sort"),
         (("-f", "args.x =="), "--extra-filter"),
         (("-f", "nosuchfield == 1"), "--extra-filter"),
+        (("-f", "-" * 3000 + "1"), "--extra-filter"),
         (("-q", "-v"), "-q"),
         (("--fmt", "xml"), "--fmt"),
         (("--limit", "0"), "--limit"),

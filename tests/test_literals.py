@@ -10,7 +10,7 @@ import pytest
 
 from labtasker.client.cmdline import parse_dict_option
 from labtasker.client.filtering import parse_filter
-from labtasker.exceptions import QueryTranspilerValueError
+from labtasker.exceptions import LabtaskerValueError, QueryTranspilerValueError
 from labtasker.filters.pyquery import transpile
 from labtasker.literals import (
     NotALiteral,
@@ -53,7 +53,8 @@ def test_parse_literal_reads_json_and_python_spellings(text, expected):
         ("{**x}", "'**' unpacking is not a literal"),
         ("{[1]: 2}", "dict keys must be strings or numbers"),
         ("{'a':", "not a literal: "),
-        ("-" * 1500 + "1", "nested too deeply"),
+        ("-" * 1500 + "1", "nested too deeply"),  # deeper than the reader goes
+        ("-" * 3000 + "1", "nested too deeply"),  # deeper than Python's parser goes
     ],
 )
 def test_parse_literal_refuses_everything_else_in_words(text, reason):
@@ -85,6 +86,15 @@ def test_string_keys_refuses_keys_that_are_not_strings():
     assert literal_value(ast.parse("{'a': {'b': 1}}", mode="eval").body, string_keys=True) == {
         "a": {"b": 1}
     }
+
+
+def test_text_nested_deeper_than_the_parser_goes_is_refused_in_words():
+    deep = "-" * 3000 + "1"
+    assert dict_literal(deep) is None
+    with pytest.raises(QueryTranspilerValueError, match="nested too deeply"):
+        parse_filter(deep)
+    with pytest.raises(LabtaskerValueError, match="--args"):
+        parse_dict_option(deep, "--args")
 
 
 def test_dict_literal_is_the_dict_or_none():

@@ -114,6 +114,8 @@ def parse_literal(text: str) -> Any:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"not a literal: {exc.msg}") from None
+    except (RecursionError, MemoryError):  # deeper than Python's parser goes
+        raise ValueError("not a literal: nested too deeply") from None
     try:
         return literal_value(tree.body)
     except NotALiteral as exc:
