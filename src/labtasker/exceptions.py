@@ -205,7 +205,16 @@ class CmdTypeError(CmdParserError, TypeError):
 
 
 class QueryTranspilerError(LabtaskerError):
-    """A Python-syntax filter could not be turned into a query."""
+    """A Python-syntax filter could not be turned into a query. Raised by the transpiler
+    with ``reason`` (the message without the pointer), ``expression`` (the filter text),
+    ``line`` and ``column`` of the offending token (``None`` without a position) and
+    ``pointer`` (the marker lines), set on the instance."""
+
+    reason: str
+    expression: str
+    line: int | None
+    column: int | None
+    pointer: str
 
 
 class QueryTranspilerSyntaxError(QueryTranspilerError, SyntaxError):

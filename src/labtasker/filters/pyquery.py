@@ -100,7 +100,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date as _date
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from labtasker.exceptions import (
     QueryTranspilerError,
@@ -265,6 +265,15 @@ def format_filter(query: Mapping[str, Any]) -> str:
 # helpers
 
 
+class _Located(Protocol):
+    """An AST node with a place in the source: an expression, a statement, a keyword."""
+
+    lineno: int
+    col_offset: int
+    end_lineno: int | None
+    end_col_offset: int | None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
@@ -353,7 +362,7 @@ class _Transpiler:
         line = self._lines[lineno - 1]
         return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
 
-    def _node_span(self, node: ast.AST) -> tuple[int, int, int]:
+    def _node_span(self, node: _Located) -> tuple[int, int, int]:
         lineno = node.lineno
         col = self._char_col(lineno, node.col_offset)
         if getattr(node, "end_lineno", None) == lineno and node.end_col_offset is not None:
@@ -366,11 +375,12 @@ class _Transpiler:
         lines = self._lines
         return sum(len(line) + 1 for line in lines[: lineno - 1]) + col
 
-    def _operator_span(self, left: ast.AST, right: ast.AST) -> tuple[int, int, int]:
+    def _operator_span(self, left: _Located, right: _Located) -> tuple[int, int, int]:
         """Position of the operator token written between ``left`` and ``right``."""
-        start = self._absolute(
-            left.end_lineno, self._char_col(left.end_lineno, left.end_col_offset)
-        )
+        # a parsed node always has its end; one made by hand ends where it starts
+        end_line = left.lineno if left.end_lineno is None else left.end_lineno
+        end_col = left.col_offset if left.end_col_offset is None else left.end_col_offset
+        start = self._absolute(end_line, self._char_col(end_line, end_col))
         end = self._absolute(right.lineno, self._char_col(right.lineno, right.col_offset))
         source = self.source
         i = start
@@ -399,11 +409,11 @@ class _Transpiler:
     def _error(
         self,
         reason: str,
-        node: ast.AST | None = None,
+        node: _Located | None = None,
         *,
         span: tuple[int, int, int] | None = None,
-        cls: type[Exception] = QueryTranspilerValueError,
-    ) -> Exception:
+        cls: type[QueryTranspilerError] = QueryTranspilerValueError,
+    ) -> QueryTranspilerError:
         if span is None and node is not None and hasattr(node, "lineno"):
             span = self._node_span(node)
         line_number = col = None
@@ -447,9 +457,10 @@ class _Transpiler:
         try:
             module = ast.parse(self.text, mode="exec")
         except SyntaxError as exc:
-            module = self._parse_wrapped()
-            if module is None:
+            wrapped = self._parse_wrapped()
+            if wrapped is None:
                 raise self._syntax_error(exc) from None
+            module = wrapped
         except ValueError as exc:  # e.g. NUL bytes in the text
             raise self._error(
                 f"Query syntax error: {exc}", cls=QueryTranspilerSyntaxError
@@ -488,18 +499,20 @@ class _Transpiler:
         if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
             return None
         value = module.body[0].value
-        if value.lineno < 2 or value.end_lineno > last_line - 1:
+        end_line = value.lineno if value.end_lineno is None else value.end_lineno
+        if value.lineno < 2 or end_line > last_line - 1:
             return None  # the added parentheses were absorbed by something else
         self.source = wrapped
         self.line_shift = 1
         return module
 
-    def _syntax_error(self, exc: SyntaxError) -> Exception:
+    def _syntax_error(self, exc: SyntaxError) -> QueryTranspilerError:
         span = None
         if exc.lineno is not None and 1 <= exc.lineno <= len(self._lines):
             col = (exc.offset or 1) - 1
             length = 1
-            if exc.end_lineno == exc.lineno and exc.end_offset and exc.end_offset > exc.offset:
+            if (exc.offset is not None and exc.end_lineno == exc.lineno and exc.end_offset
+                    and exc.end_offset > exc.offset):
                 length = exc.end_offset - exc.offset
             span = (exc.lineno, max(0, col), length)
         message = exc.msg
@@ -507,7 +520,7 @@ class _Transpiler:
             f"Query syntax error: {message}", span=span, cls=QueryTranspilerSyntaxError
         )
 
-    def _assignment_error(self, node: ast.AST) -> Exception:
+    def _assignment_error(self, node: ast.stmt | ast.expr) -> QueryTranspilerError:
         if isinstance(node, ast.Assign):
             span = self._operator_span(node.targets[-1], node.value)
         elif isinstance(node, ast.NamedExpr):
@@ -639,12 +652,14 @@ class _Transpiler:
         return {"$and": [*guards, {"$expr": {_COMPARE[type(op)]: [lhs, rhs]}}]}
 
     @staticmethod
-    def _simple(path: str, op: type, value: Any) -> dict[str, Any]:
+    def _simple(path: str, op: type[ast.cmpop], value: Any) -> dict[str, Any]:
         if op is ast.Eq:
             return {path: value}
         return {path: {_COMPARE[op]: value}}
 
-    def _membership(self, left: ast.expr, right: ast.expr, span: tuple) -> dict[str, Any]:
+    def _membership(
+        self, left: ast.expr, right: ast.expr, span: tuple[int, int, int]
+    ) -> dict[str, Any]:
         if isinstance(right, (ast.List, ast.Tuple)):
             path = self._field_argument(
                 left,
@@ -825,9 +840,9 @@ class _Transpiler:
             return [self._literal(element) for element in node.elts]
         if isinstance(node, ast.Dict):
             result: dict[str, Any] = {}
-            for key, value in zip(node.keys, node.values, strict=True):
+            for key, item in zip(node.keys, node.values, strict=True):
                 if key is None:
-                    raise self._error("'**' unpacking is not supported in dict literals.", value)
+                    raise self._error("'**' unpacking is not supported in dict literals.", item)
                 if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
                     raise self._error("Dict literal keys must be strings.", key)
                 if key.value.startswith("$"):
@@ -836,7 +851,7 @@ class _Transpiler:
                         "pass the whole filter as a MongoDB dict instead.",
                         key,
                     )
-                result[key.value] = self._literal(value)
+                result[key.value] = self._literal(item)
             return result
         if isinstance(node, ast.Call):
             name = _call_name(node)
@@ -876,8 +891,9 @@ class _Transpiler:
         # results are local time as Python sees it (dateparser caches its own idea of the zone).
         base = datetime.fromtimestamp(utc_now().timestamp())
         settings = {"RELATIVE_BASE": base}
+        shifted: datetime | None
         try:
-            parsed = dateparser.parse(text, settings=settings)
+            parsed: datetime | None = dateparser.parse(text, settings=settings)
             # A phrase whose result moves with the base ("30 minutes ago", "yesterday") is
             # relative: it is kept as an offset from now, which the server resolves with its
             # own clock (``RelativeTime``).
@@ -929,7 +945,7 @@ class _Transpiler:
         return self._field_path(node)
 
     def _field_path(self, node: ast.expr) -> str:
-        chain: list[ast.expr] = []
+        chain: list[ast.Attribute | ast.Subscript] = []
         current = node
         while isinstance(current, (ast.Attribute, ast.Subscript)):
             chain.append(current)
@@ -1040,7 +1056,7 @@ class _Transpiler:
             span=span,
         )
 
-    def _not_error(self, node: ast.UnaryOp) -> Exception:
+    def _not_error(self, node: ast.UnaryOp) -> QueryTranspilerError:
         lineno, col, _ = self._node_span(node)
         return self._error(
             "Operator 'not' is not supported: when a field is missing from a task, the "
@@ -1051,7 +1067,7 @@ class _Transpiler:
             span=(lineno, col, 3),
         )
 
-    def _unknown_function(self, node: ast.Call) -> Exception:
+    def _unknown_function(self, node: ast.Call) -> QueryTranspilerError:
         name = _call_name(node)
         supported = ", ".join(SUPPORTED_FUNCTIONS.values())
         hint = ""
@@ -1069,5 +1085,7 @@ class _Transpiler:
             node.func,
         )
 
-    def _unsupported(self, node: ast.AST, context: str = "Unsupported syntax") -> Exception:
+    def _unsupported(
+        self, node: ast.expr, context: str = "Unsupported syntax"
+    ) -> QueryTranspilerError:
         return self._error(f"{context}: {_describe(node)} is not supported in a filter.", node)
