@@ -47,14 +47,14 @@ class NotALiteral(ValueError):
     outermost node that is not a literal (a signed operand counts as one node);
     ``key``: whether the node stands where a dict key is read."""
 
-    def __init__(self, reason: str, node: ast.AST, *, key: bool = False) -> None:
+    def __init__(self, reason: str, node: ast.expr, *, key: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.node = node
         self.key = key
 
 
-def literal_value(node: ast.AST, *, string_keys: bool = False) -> Any:
+def literal_value(node: ast.expr, *, string_keys: bool = False) -> Any:
     """The JSON or Python literal written as ``node`` (see the module docstring): tuples
     become lists; dict keys that are numbers or booleans become their ``str()`` (as after
     JSON transport), or, with ``string_keys``, are refused like any key that is not a string.
