@@ -29,11 +29,15 @@ INVALID_REQUEST = "invalid_request"
 # 413 / 429
 TOO_LARGE = "too_large"  # a request body or one task's data over its configured limit
 TOO_MANY_REQUESTS = "too_many_requests"  # password checks saturated or throttled (Retry-After)
+# 408: the client did not send its request head or body in time (--header-timeout,
+# --body-timeout); the connection is closed
+REQUEST_TIMEOUT = "request_timeout"
 # 401
 INVALID_CREDENTIALS = "invalid_credentials"  # unknown queue, wrong password, no credentials
 # 5xx
 STORAGE_UNAVAILABLE = "storage_unavailable"  # 503: transient database trouble, nothing written
 INTERNAL_ERROR = "internal_error"
+SERVER_BUSY = "server_busy"  # 503: every connection of the process has a request in progress
 
 # A heartbeat or report refused with one of these: the run is over for good (task deleted,
 # re-dispatched, reported, cancelled or reassigned); the job should stop.

@@ -127,7 +127,8 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     app.include_router(events_router)
     if dashboard:
         install_dashboard(app, settings.ui_secret, settings.ui_session_seconds)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.body_timeout)
 
     # Every error answer is {"detail": <message>, "code": <labtasker.error_codes name>}: 1.0.1
     # clients read "detail" only; ours decide by "code".

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -57,8 +58,21 @@ def serve(
                     "answers 413 (env MAX_TASK_BYTES, default 4 MiB).")] = None,
     max_connections: Annotated[int, typer.Option(
         min=1, envvar="LABTASKER_MAX_CONNECTIONS",
-        help="Concurrent connections and requests per server process; beyond, new ones are "
-             "answered 503 at once.")] = 1000,
+        help="Open connections per server process. A new connection beyond it makes room "
+             "by closing the one that has waited longest for its client (an unfinished "
+             "request head or body, or an idle keep-alive connection); only when every "
+             "connection has a request in progress is the new one answered 503 "
+             "server_busy.")] = 1000,
+    header_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a connection has to send a complete request head, from its opening "
+             "and again after each answer; bytes trickling in do not extend it. Beyond, "
+             "408 (when part of a head arrived) and the connection is closed (env "
+             "HEADER_TIMEOUT, default 10).")] = None,
+    body_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a request has to send its whole body once the server starts reading "
+             "it; beyond, 408 and the connection is closed. Event streams and other "
+             "requests without a body are not affected (env BODY_TIMEOUT, default 30).")
+    ] = None,
 ) -> None:
     """Serve the REST API and the dashboard (http://HOST:PORT/ui). The database is created
     and migrated at start-up."""
@@ -76,6 +90,19 @@ def serve(
         settings = dataclasses.replace(settings, max_body_bytes=max_body_bytes)
     if max_task_bytes is not None:
         settings = dataclasses.replace(settings, max_task_bytes=max_task_bytes)
+    if header_timeout is not None:
+        settings = dataclasses.replace(settings, header_timeout=header_timeout)
+    if body_timeout is not None:
+        settings = dataclasses.replace(settings, body_timeout=body_timeout)
+    for chosen, hint in ((settings.header_timeout, "--header-timeout / HEADER_TIMEOUT"),
+                         (settings.body_timeout, "--body-timeout / BODY_TIMEOUT")):
+        if not (chosen > 0 and math.isfinite(chosen)):
+            raise typer.BadParameter(f"must be a positive number of seconds, got {chosen:g}",
+                                     param_hint=hint)
+    from labtasker.server.connections import protocol_class
+
+    uvicorn_options: dict[str, Any] = {"http": protocol_class(settings.header_timeout, max_connections),
+                       "timeout_graceful_shutdown": 5}
     interval = periodic_task_interval or settings.sweep_interval
     if interval <= 0:
         raise typer.BadParameter("must be positive", param_hint="--periodic-task-interval")
@@ -93,7 +120,7 @@ def serve(
                        err=True)
         status = serve_processes(lambda: create_app(url, interval, settings, dashboard=ui),
                                  workers=workers, host=host, port=port,
-                                 log_level=log_level.lower())
+                                 log_level=log_level.lower(), options=uvicorn_options)
         raise typer.Exit(status)
     application = create_app(url, interval, settings, dashboard=ui)
     typer.echo(f"labtasker-server: database {application.state.db.url.split('@')[-1]}", err=True)
@@ -101,7 +128,7 @@ def serve(
         typer.echo(f"labtasker-server: dashboard at http://{_url_host(host)}:{port}/ui",
                    err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5, limit_concurrency=max_connections)
+                **uvicorn_options)
 
 
 def _check_database(url: str) -> None:

@@ -1,7 +1,10 @@
 """Request limits applied before a route runs (an ASGI middleware, ``RequestGuard``).
 
 * The request body: at most ``max_body_bytes`` (from ``Content-Length`` and while reading);
-  413 naming the limit otherwise.
+  413 naming the limit otherwise. It must arrive within ``body_timeout`` seconds of the
+  moment the server starts reading it (after the credentials are checked); a client that
+  sends it slower is answered 408 naming the limit and the connection is closed. Requests
+  without a body (event streams among them) never wait here.
 * JSON bodies are checked strictly before FastAPI parses them: ``NaN``/``Infinity`` (and
   numbers such as ``1e400`` that overflow to infinity), integers outside 64 bits, lone
   surrogates and NUL characters (in strings and keys) are refused with 422 naming the JSON
@@ -16,6 +19,7 @@ The limits are what one tenant can make the server hold or parse; see docs/deplo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -103,7 +107,8 @@ def _path_problem(scope: Scope) -> str | None:
 
 
 _CODES = {400: error_codes.INVALID_REQUEST, 401: error_codes.INVALID_CREDENTIALS,
-          413: error_codes.TOO_LARGE, 422: error_codes.INVALID_REQUEST,
+          408: error_codes.REQUEST_TIMEOUT, 413: error_codes.TOO_LARGE,
+          422: error_codes.INVALID_REQUEST,
           429: error_codes.TOO_MANY_REQUESTS}
 
 
@@ -118,12 +123,18 @@ async def _answer(send: Send, status: int, detail: Any, headers: list | None = N
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestGuard:
-    """ASGI middleware enforcing the body limit and the strict JSON checks (module doc)."""
+DEFAULT_BODY_TIMEOUT = 30.0
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int) -> None:
+
+class RequestGuard:
+    """ASGI middleware enforcing the body limit and deadline and the strict JSON checks
+    (module doc). ``max_body_bytes``: bytes; ``body_timeout``: seconds."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]
                             ) -> tuple[int, Any, list] | None:
@@ -184,8 +195,18 @@ class RequestGuard:
                 await _answer(send, *refusal)
                 return
         chunks, size = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                timeout = f"{self.body_timeout:g}"
+                await _answer(send, 408, f"request body not received within {timeout} s "
+                                         f"({size} bytes arrived; limit {timeout} s, "
+                                         "--body-timeout)",
+                              [(b"connection", b"close")])
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

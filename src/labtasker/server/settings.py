@@ -15,6 +15,11 @@ variable                   default    meaning
 ``MAX_BODY_BYTES``          67108864   bytes in one request body (413 beyond)
 ``MAX_TASK_BYTES``          4194304    bytes of one task's args + metadata + summary as JSON
                                        (413 beyond)
+``HEADER_TIMEOUT``          10         seconds a connection has to deliver a complete request
+                                       head, from its opening and after each answer (408 and
+                                       closed beyond; ``connections``)
+``BODY_TIMEOUT``            30         seconds a request has to deliver its body once the
+                                       server reads it (408 and closed beyond)
 =========================  =========  ========================================================
 
 :meth:`ServerSettings.from_env` raises ``ValueError`` naming the variable and the limit for a
@@ -34,6 +39,8 @@ DEFAULT_EVENT_LOG_SIZE = 100_000
 DEFAULT_UI_SESSION_SECONDS = 12 * 3600.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_TASK_BYTES = 4 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0  # = connections.DEFAULT_HEADER_TIMEOUT
+DEFAULT_BODY_TIMEOUT = 30.0  # = limits.DEFAULT_BODY_TIMEOUT
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -81,6 +88,8 @@ class ServerSettings:
     ui_session_seconds: float = DEFAULT_UI_SESSION_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -97,4 +106,6 @@ class ServerSettings:
                                         DEFAULT_UI_SESSION_SECONDS),
             max_body_bytes=_count(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             max_task_bytes=_count(env, "MAX_TASK_BYTES", DEFAULT_MAX_TASK_BYTES),
+            header_timeout=_seconds(env, "HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            body_timeout=_seconds(env, "BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
         )

@@ -31,7 +31,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("labtasker.server")
 
@@ -42,10 +43,16 @@ _PR_SET_PDEATHSIG = 1
 
 def serve_processes(build_app: Callable[[], object], *, workers: int, host: str, port: int,
                     log_level: str, access_log: bool = True,
-                    graceful_seconds: float = 5.0) -> int:
+                    graceful_seconds: float = 5.0,
+                    options: Mapping[str, Any] | None = None) -> int:
     """Bind ``host:port``, fork ``workers`` server processes that each serve
-    ``build_app()`` on it, and supervise them until SIGTERM/SIGINT. Returns the exit status
-    (0 after a signal, 1 when a server process failed right after its start)."""
+    ``build_app()`` on it, and supervise them until SIGTERM/SIGINT. ``options``: further
+    ``uvicorn.Config`` arguments of every server process (``http=`` the protocol class with
+    the connection limits; a ``timeout_graceful_shutdown`` there replaces
+    ``graceful_seconds``). Returns the exit status (0 after a signal, 1 when a server
+    process failed right after its start)."""
+    options = dict(options or {})
+    graceful_seconds = options.pop("timeout_graceful_shutdown", graceful_seconds)
     import uvicorn
 
     sock = uvicorn.Config(app=None, host=host, port=port).bind_socket()
@@ -65,7 +72,7 @@ def serve_processes(build_app: Callable[[], object], *, workers: int, host: str,
                 os.close(death_w)
                 _die_with(supervisor, death_r, graceful_seconds)
                 config = uvicorn.Config(build_app(), log_level=log_level, access_log=access_log,
-                                        timeout_graceful_shutdown=graceful_seconds)
+                                        timeout_graceful_shutdown=graceful_seconds, **options)
                 uvicorn.Server(config).run(sockets=[sock])
                 code = 0
             except BaseException:  # noqa: BLE001 - report, never fall back into the parent's code
