@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Type-check the package with mypy (configuration: [tool.mypy] in pyproject.toml: a baseline
-# the whole package passes, strict on the vocabulary and wire modules). Extra arguments are
+# Type-check the package with mypy (configuration: [tool.mypy] in pyproject.toml: every module
+# checked, strict on the vocabulary, wire, filter and literal modules). Extra arguments are
 # passed to mypy. Uses <repo>/.venv (see scripts/test.sh).
 set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -103,6 +103,9 @@ if TYPE_CHECKING:  # static view of the lazily created classes below
         status_code: int
         detail: Any
         code: str | None
+        # set on the error of a refused request of ``submit_tasks`` (a batch)
+        submitted_task_ids: list[str]
+        first_index: int
 
         def __init__(
             self,

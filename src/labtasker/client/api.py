@@ -1129,14 +1129,15 @@ def cancel_task(task_id: str, client: ClientLike | None = None) -> str:
         task = get_task(task_id, client=client)
         if task.status in ENDED_TASK_STATUSES:
             return task.status
-        fence: dict[str, str] = {}
+        run_id = worker_id = None  # the fence: the run that was read
         if task.status == "running":
             if task.run_id:
-                fence["run_id"] = task.run_id
+                run_id = task.run_id
             elif task.worker_id:
-                fence["worker_id"] = task.worker_id
+                worker_id = task.worker_id
         try:
-            report_task_status(task_id, "cancelled", client=client, **fence)
+            report_task_status(task_id, "cancelled", worker_id=worker_id, run_id=run_id,
+                               client=client)
         except TaskNotOwned:
             continue  # the run ended or changed (or the task vanished) meanwhile: look again
         return task.status

@@ -28,20 +28,23 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labtasker.exceptions import LabtaskerRuntimeError, TaskNotOwned
 
-logger = logging.getLogger("labtasker.heartbeat")
+if TYPE_CHECKING:  # the API (and httpx) load on the first beat
+    from labtasker.client.api import ClientLike
 
-RefreshFn = Callable[..., object]
+logger = logging.getLogger("labtasker.heartbeat")
 
 
 def _default_refresh(task_id: str, worker_id: str | None, run_id: str | None,
-                     stop: threading.Event | None = None, client: object = None) -> object:
+                     stop: threading.Event | None = None,
+                     client: ClientLike | None = None) -> None:
     from labtasker.client.api import refresh_task_heartbeat
 
-    return refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id, stop=stop,
-                                  retry=False, client=client)
+    refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id, stop=stop,
+                           retry=False, client=client)
 
 
 class Heartbeat:
@@ -63,7 +66,7 @@ class Heartbeat:
         lock_file: Path | None = None,
         refresh: Callable[[str, str | None, str | None], object] | None = None,
         finishing: Callable[[], bool] | None = None,
-        client: object = None,
+        client: ClientLike | None = None,
     ):
         if interval <= 0:
             raise LabtaskerRuntimeError(f"heartbeat interval must be > 0, got {interval}")

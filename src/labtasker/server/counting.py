@@ -15,7 +15,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, func, select
+from sqlalchemy import ColumnElement, Text, and_, cast, func, select
 from sqlalchemy.engine import Connection
 
 from labtasker.filters.mongo_sql import FieldMap, FilterError, value_expression
@@ -65,7 +65,7 @@ def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: st
         raise Invalid(f"by: {exc}") from exc
     sub = select(expr.label("v")).where(tasks.c.queue_id == queue_id, where).subquery()
     n = func.count().label("n")
-    shown = sub.c.v
+    shown: ColumnElement[Any] = sub.c.v
     if is_json and conn.dialect.name == "postgresql":
         shown = cast(sub.c.v, Text)  # jsonb groups, shown as JSON text
     stmt = (select(shown.label("v"), n, func.sum(func.count()).over().label("total"),
@@ -182,7 +182,7 @@ def queue_overview(conn: Connection, queue_id: str, now: datetime, window_second
         func.count().filter(task_runs.c.status.in_(FAILED_RUNS)),
         func.avg(duration),
         func.min(task_runs.c.started),
-    ).where(recent)).first()
+    ).where(recent)).one()  # an aggregate without GROUP BY: always one row
     finished = int(agg[0] or 0)
     mean = float(agg[3]) if agg[3] is not None else None
     throughput = eta = None

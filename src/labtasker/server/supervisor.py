@@ -41,21 +41,23 @@ HARD_EXIT_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
-def serve_processes(build_app: Callable[[], object], *, workers: int, host: str, port: int,
-                    log_level: str, access_log: bool = True,
-                    graceful_seconds: float = 5.0,
+def serve_processes(build_app: Callable[[], Callable[..., Any]], *, workers: int, host: str,
+                    port: int, log_level: str, access_log: bool = True,
+                    graceful_seconds: int = 5,
                     options: Mapping[str, Any] | None = None) -> int:
-    """Bind ``host:port``, fork ``workers`` server processes that each serve
-    ``build_app()`` on it, and supervise them until SIGTERM/SIGINT. ``options``: further
-    ``uvicorn.Config`` arguments of every server process (``http=`` the protocol class with
-    the connection limits; a ``timeout_graceful_shutdown`` there replaces
+    """Bind ``host:port``, fork ``workers`` server processes that each serve the ASGI app
+    ``build_app()`` on it, and supervise them until SIGTERM/SIGINT. ``graceful_seconds``: how
+    long open requests may take to finish on shutdown (whole seconds, as uvicorn takes it).
+    ``options``: further ``uvicorn.Config`` arguments of every server process (``http=`` the
+    protocol class with the connection limits; a ``timeout_graceful_shutdown`` there replaces
     ``graceful_seconds``). Returns the exit status (0 after a signal, 1 when a server
     process failed right after its start)."""
     options = dict(options or {})
     graceful_seconds = options.pop("timeout_graceful_shutdown", graceful_seconds)
     import uvicorn
 
-    sock = uvicorn.Config(app=None, host=host, port=port).bind_socket()
+    # a Config only to bind the socket: its app is never loaded
+    sock = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # type: ignore[arg-type]
     death_r, death_w = os.pipe()  # the children read EOF here once the supervisor is gone
     supervisor = os.getpid()
     children: dict[int, float] = {}  # pid -> monotonic start time

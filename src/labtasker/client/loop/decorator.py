@@ -89,7 +89,9 @@ def loop(
             fields = list(
                 dict.fromkeys([*(options.required_fields or ()), *required_fields_of(params)])
             )
-        func_options = dataclasses.replace(options, required_fields=fields)
+        func_options = dataclasses.replace(
+            options, required_fields=None if fields is None else tuple(fields)
+        )
 
         def run_one_slot(slot: Slot | None, args: tuple, kwargs: dict) -> tuple[int, int]:
             from labtasker.client.loop.prompt import no_prompt

@@ -118,11 +118,11 @@ class CommandExecutor:
         (run.run_dir / FINISH_CLAIM).unlink(missing_ok=True)  # stale claim of a dead child
         job_summary = read_job_summary(run.run_dir)
         if intr.signum is not None:
-            exc = KeyboardInterrupt(
+            interrupt = KeyboardInterrupt(
                 f"{interrupted_by(intr.signum)}; job {describe_exit(code)}"
             )
             return Outcome(
-                "interrupted", interrupted_summary(intr.signum), exc, stop_loop=True
+                "interrupted", interrupted_summary(intr.signum), interrupt, stop_loop=True
             )
         if code == 0:
             return Outcome("success", job_summary)

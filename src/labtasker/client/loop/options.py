@@ -9,9 +9,9 @@ the default heartbeat timeout) are resolved when the loop starts, into
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labtasker.exceptions import LabtaskerTypeError, LabtaskerValueError
 from labtasker.timeutil import parse_duration
@@ -87,6 +87,21 @@ class LoopOptions:
     idle_timeout: float = 0.0
 
     _WORKER_KWARGS = frozenset({"worker_name", "metadata", "max_retries"})
+
+    if TYPE_CHECKING:  # what the constructor accepts; the fields above hold it normalised
+
+        def __init__(
+            self,
+            required_fields: Sequence[str] | None = None,
+            extra_filter: str | Mapping[str, Any] | None = None,
+            cmd: str | Sequence[str] | None = None,
+            worker_id: str | None = None,
+            create_worker_kwargs: Mapping[str, Any] | None = None,
+            eta_max: str | float | None = None,
+            heartbeat_timeout: float | None = None,
+            grace_period: float = STOP_GRACE_SECONDS,
+            idle_timeout: float = 0.0,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from labtasker.client.loop.interrupts import HANDLED_SIGNALS
 from labtasker.client.loop.options import LoopOptions
@@ -39,6 +39,9 @@ from labtasker.client.loop.prompt import no_prompt
 from labtasker.client.loop.runner import LOG_DATEFMT, LOG_FORMAT, LoopRunner
 from labtasker.client.loop.slots import Slot
 from labtasker.exceptions import LabtaskerError, LoopStopped
+
+if TYPE_CHECKING:
+    from multiprocessing.context import SpawnProcess
 
 logger = logging.getLogger("labtasker.loop")
 
@@ -144,7 +147,7 @@ class _SlotLogHandler(logging.Handler):
             text = self.format(record)
         except Exception:  # noqa: BLE001 - logging must never break the loop
             return
-        self.console.line(self.labels(record.threadName), text, stream=self.console.err)
+        self.console.line(self.labels(record.threadName or ""), text, stream=self.console.err)
 
 
 @dataclass
@@ -236,7 +239,7 @@ class Supervisor:
         for h in console_handlers:
             root.removeHandler(h)
         root.addHandler(handler)
-        old_handlers: dict[int, Any] = {}
+        old_handlers: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in HANDLED_SIGNALS:
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -391,7 +394,17 @@ def _die_with_parent(parent_pid: int) -> None:
         threading.Thread(target=watch, name="labtasker-parent-watch", daemon=True).start()
 
 
-def _slot_process(target: Callable[..., Any], slot: Slot, parent_pid: int, results: Any,
+class _LoopWrapper(Protocol):
+    """An ``@labtasker.loop`` wrapper, with the entry point of one slot's loop that the
+    decorator attaches: ``(slot, args, kwargs) -> (tasks run, signal that stopped it)``."""
+
+    _labtasker_run_slot: Callable[[Slot, tuple[Any, ...], dict[str, Any]],
+                                  tuple[int, int | None]]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def _slot_process(target: _LoopWrapper, slot: Slot, parent_pid: int, results: Any,
                   args: tuple, kwargs: dict) -> None:  # pragma: no cover - child process
     """Entry point of one slot process (``multiprocessing`` spawn): its own process group (a
     Ctrl+C reaches the supervisor, which forwards it once), prefixed output, then the loop
@@ -431,7 +444,7 @@ def run_slot_processes(target: Callable[..., Any], slots: list[Slot], args: tupl
 
     ctx = multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
-    procs = []
+    procs: list[SpawnProcess] = []
     state: dict[str, int | None] = {"signum": None}
 
     def forward(signum: int, frame: object) -> None:
@@ -441,7 +454,7 @@ def run_slot_processes(target: Callable[..., Any], slots: list[Slot], args: tupl
                 with contextlib.suppress(OSError):
                     os.kill(proc.pid, signum)
 
-    old_handlers: dict[int, Any] = {}
+    old_handlers: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in HANDLED_SIGNALS:
             old_handlers[sig] = signal.signal(sig, forward)
