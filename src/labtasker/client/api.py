@@ -67,7 +67,10 @@ from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
 from labtasker.timeutil import heartbeat_timeout_problem, parse_duration
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     import labtasker.wire as _wire
+    from labtasker.client.transport import RequestOptions
     from labtasker.wire import (
         HealthCheckResponse as HealthCheckResponse,
     )
@@ -340,32 +343,18 @@ def set_retry_policy(
 
 
 def _send(
-    method: str,
-    path: str,
-    *,
-    client: ClientLike | None,
-    json_body: Any = None,
-    params: dict[str, Any] | None = None,
-    safe: bool = False,
+    method: str, path: str, *, client: ClientLike | None, **options: Unpack[RequestOptions]
 ) -> tuple[httpx.Response, int]:
     """``LabtaskerClient.send`` on the client for ``client``: ``(response, attempts_used)``."""
-    return _default.resolve(client).send(method, path, json_body=json_body, params=params,
-                                         safe=safe)
+    return _default.resolve(client).send(method, path, **options)
 
 
 def _call(
-    method: str,
-    path: str,
-    *,
-    client: ClientLike | None,
-    json_body: Any = None,
-    params: dict[str, Any] | None = None,
-    safe: bool = False,
+    method: str, path: str, *, client: ClientLike | None, **options: Unpack[RequestOptions]
 ) -> Any:
     """``LabtaskerClient.call`` on the client for ``client``: the JSON body of a successful
     answer; raises :class:`LabtaskerHTTPStatusError` on 4xx/5xx."""
-    return _default.resolve(client).call(method, path, json_body=json_body, params=params,
-                                         safe=safe)
+    return _default.resolve(client).call(method, path, **options)
 
 
 def _body(model) -> dict[str, Any]:

@@ -43,9 +43,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 
@@ -58,12 +58,16 @@ from labtasker.exceptions import (
     LabtaskerValueError,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
 _log = logging.getLogger("labtasker.client")
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "RetryPolicy",
     "LabtaskerClient",
+    "RequestOptions",
     "NotificationHook",
     "notification_printer",
     "error_code",
@@ -277,6 +281,25 @@ def tls_verify(base_url: str) -> bool | ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+class RequestOptions(TypedDict, total=False):
+    """How one request is sent: the keywords of :meth:`LabtaskerClient.send` and
+    :meth:`LabtaskerClient.call` (and of the API's wrappers around them), all optional.
+
+    ``json_body``: the JSON body (``None``: no body). ``params``: query parameters (values
+    ``None`` are left out). ``headers``: sent with every attempt (an ``Idempotency-Key``
+    stays the same across the retries). ``safe``: the call may be repeated (see the module
+    docstring; default ``False``). ``stop``: when set, the back-off ends at once and the last
+    answer (or error) is returned. ``retry``: ``False`` for one attempt only (default
+    ``True``)."""
+
+    json_body: Any
+    params: Mapping[str, Any] | None
+    headers: Mapping[str, str] | None
+    safe: bool
+    stop: threading.Event | None
+    retry: bool
+
+
 class LabtaskerClient:
     """One connection to a labtasker server for one queue.
 
@@ -331,34 +354,25 @@ class LabtaskerClient:
         self.close()
 
     def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: dict[str, Any] | None = None,
-        safe: bool = False,
-        stop: threading.Event | None = None,
-        retry: bool = True,
-        headers: dict[str, str] | None = None,
+        self, method: str, path: str, **options: Unpack[RequestOptions]
     ) -> tuple[httpx.Response, int]:
-        """Send one request with retries; return ``(response, attempts_used)``.
-
-        ``headers`` go with every attempt (an ``Idempotency-Key`` stays the same across the
-        retries). ``params`` with value ``None`` are left out. ``safe``: the call may be repeated (see
-        the module docstring). ``stop``: when set, the back-off ends at once and the last
-        answer (or error) is returned. ``retry=False``: one attempt only. Raises the
-        converted network errors; does not raise for an error status (see :meth:`call`).
+        """Send one request with retries (``options``: see :class:`RequestOptions`); return
+        ``(response, attempts_used)``. Raises the converted network errors; does not raise
+        for an error status (see :meth:`call`).
         """
         policy = self.retry_policy
         started = time.monotonic()
+        safe = options.get("safe", False)
+        stop = options.get("stop")
+        retry = options.get("retry", True)
+        params = options.get("params")
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         kwargs: dict[str, Any] = {"params": params or None}
-        if headers:
-            kwargs["headers"] = headers
-        if json_body is not None:
-            kwargs["json"] = json_body
+        if options.get("headers"):
+            kwargs["headers"] = options["headers"]
+        if options.get("json_body") is not None:
+            kwargs["json"] = options["json_body"]
         attempt = 0
         while True:
             attempt += 1
@@ -402,22 +416,10 @@ class LabtaskerClient:
             return True  # refused before anything ran (password checks saturated)
         return safe and response.status_code in _RETRY_STATUS
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: dict[str, Any] | None = None,
-        safe: bool = False,
-        stop: threading.Event | None = None,
-        retry: bool = True,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
+    def call(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
         """Send a request (as :meth:`send`), raise :class:`LabtaskerHTTPStatusError` on
         4xx/5xx, pass notifications to the hook, return the JSON body (``None`` when empty)."""
-        response, _ = self.send(method, path, json_body=json_body, params=params, safe=safe,
-                                stop=stop, retry=retry, headers=headers)
+        response, _ = self.send(method, path, **options)
         if response.is_error:
             raise status_error(response)
         if not response.content:
