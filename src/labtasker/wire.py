@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS  # noqa: F401 (re-exported)
 from labtasker.fsm import RunOutcome, TaskState, WorkerState
@@ -69,22 +77,23 @@ class _Response(BaseModel):
     notification: list[dict[str, Any]] | None = None
 
 
-def _check_dict_keys(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+def _check_dict_keys(value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
     if value is not None:
-        validate_keys(value, what)
+        validate_keys(value, info.field_name or "")
     return value
+
+
+KeyedDict = Annotated[dict[str, Any] | None, AfterValidator(_check_dict_keys)]
+"""A dict field whose keys follow the key rule at every depth (``labtasker.keys``; the error
+names the field)."""
 
 
 # ---------------------------------------------------------------- queues
 class QueueCreateRequest(_Request):
     queue_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     password: str = Field(min_length=1, max_length=100)
-    metadata: dict[str, Any] | None = None
+    metadata: KeyedDict = None
 
-    @field_validator("metadata")
-    @classmethod
-    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "metadata")
 
 
 class QueueCreateResponse(_Response):
@@ -102,12 +111,8 @@ class QueueGetResponse(_Response):
 class QueueUpdateRequest(_Request):
     new_queue_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     new_password: str | None = Field(None, min_length=1, max_length=100)
-    metadata_update: dict[str, Any] | None = None
+    metadata_update: KeyedDict = None
 
-    @field_validator("metadata_update")
-    @classmethod
-    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "metadata_update")
 
 
 # ---------------------------------------------------------------- tasks
@@ -148,8 +153,8 @@ class Task(BaseModel):
 
 class TaskSubmitRequest(_Request):
     task_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    args: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    args: KeyedDict = None
+    metadata: KeyedDict = None
     cmd: Cmd = None
     heartbeat_timeout: float | None = Field(None, gt=0)
     task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
@@ -160,15 +165,7 @@ class TaskSubmitRequest(_Request):
         "has equal args (canonical JSON: key order and 1 vs 1.0 do not matter); otherwise "
         "the answer holds the existing task's id and created=false.")
 
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "args")
 
-    @field_validator("metadata")
-    @classmethod
-    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "metadata")
 
     @model_validator(mode="after")
     def _args_or_cmd(self) -> TaskSubmitRequest:
@@ -277,13 +274,9 @@ class TaskFetchResponse(_Response):
 class TaskStatusUpdateRequest(_Request):
     status: ReportStatus
     worker_id: str | None = None
-    summary: dict[str, Any] | None = None
+    summary: KeyedDict = None
     run_id: str | None = None
 
-    @field_validator("summary")
-    @classmethod
-    def _summary(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "summary")
 
 
 # ``UPDATABLE_TASK_FIELDS``/``DICT_TASK_FIELDS`` (imported above from the task-field
@@ -302,10 +295,10 @@ class TaskUpdateRequest(_Request):
     max_retries: int | None = Field(None, ge=0)
     retries: int | None = Field(None, ge=0)
     priority: int | None = None
-    metadata: dict[str, Any] | None = None
-    args: dict[str, Any] | None = None
+    metadata: KeyedDict = None
+    args: KeyedDict = None
     cmd: Cmd = None
-    summary: dict[str, Any] | None = None
+    summary: KeyedDict = None
     # Fence (not stored): only apply if this is still the task's current run, else 409.
     run_id: str | None = None
 
@@ -317,20 +310,8 @@ class TaskUpdateRequest(_Request):
             data["task_id"] = data.pop("_id")
         return data
 
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "args")
 
-    @field_validator("metadata")
-    @classmethod
-    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "metadata")
 
-    @field_validator("summary")
-    @classmethod
-    def _summary(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "summary")
 
 
 # ---------------------------------------------------------------- results (ours)
@@ -486,13 +467,9 @@ class Worker(BaseModel):
 
 class WorkerCreateRequest(_Request):
     worker_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    metadata: dict[str, Any] | None = None
+    metadata: KeyedDict = None
     max_retries: int = Field(3, ge=1)
 
-    @field_validator("metadata")
-    @classmethod
-    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_dict_keys(v, "metadata")
 
 
 class WorkerCreateResponse(_Response):
