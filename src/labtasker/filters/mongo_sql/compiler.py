@@ -3,7 +3,7 @@ their operators) as one two-valued SQL condition. ``$expr`` is delegated to ``ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -159,14 +159,7 @@ class Compiler:
         """Several operators on one field: independent conditions, all required."""
         self.budget.tick(depth)
         parts = []
-        for op, value in condition.items():
-            _check_field_operator(op, target.name)
-            if op == "$options":
-                if "$regex" not in condition:
-                    raise FilterError("$options needs $regex")
-                continue
-            if op == "$regex":
-                value = (value, condition.get("$options", ""))
+        for op, value in _field_operators(condition, target.name):
             parts.append(self.operator(target, op, value, depth + 1))
         return all_of(parts)
 
@@ -345,14 +338,7 @@ class Compiler:
         """Operators applied together to one array element (``$elemMatch`` value form)."""
         self.budget.tick(depth)
         predicates = []
-        for op, value in condition.items():
-            _check_field_operator(op, "$elemMatch")
-            if op == "$options":
-                if "$regex" not in condition:
-                    raise FilterError("$options needs $regex")
-                continue
-            if op == "$regex":
-                value = (value, condition.get("$options", ""))
+        for op, value in _field_operators(condition, "$elemMatch"):
             self.budget.tick(depth + 1)
             predicates.append(self.predicate(op, value, depth + 1, expand=False))
         return lambda element: all_of([p(element) for p in predicates])
@@ -546,6 +532,19 @@ def _check_field_operator(op: Any, where: str) -> None:
         raise FilterError(f"Operator {op} is not allowed")
     if op not in FIELD_OPS:
         raise FilterError(f"Unknown or unsupported operator {op} (on {where!r})")
+
+
+def _field_operators(condition: Mapping[str, Any], where: str) -> Iterator[tuple[str, Any]]:
+    """The ``(operator, value)`` pairs of an operator document on ``where`` (a field or
+    ``$elemMatch``), each checked as it comes; ``$options`` is folded into its ``$regex``
+    (``value`` then ``(pattern, options)``) and raises ``FilterError`` without one."""
+    for op, value in condition.items():
+        _check_field_operator(op, where)
+        if op == "$options":
+            if "$regex" not in condition:
+                raise FilterError("$options needs $regex")
+            continue
+        yield op, ((value, condition.get("$options", "")) if op == "$regex" else value)
 
 
 def _type_names(value: Any) -> list[str]:
