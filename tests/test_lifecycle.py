@@ -450,7 +450,12 @@ def test_kill9_loop_and_job_task_pending_again(queue_env):
         assert took < 3 + 0.5 + 2.0, took  # timeout + sweep period + slack
         assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == ("pending", 1, None, None)
         assert t["summary"]["labtasker_timeout"] == "heartbeat"
-        assert get_worker(http, wid)["retries"] == 1
+        worker = get_worker(http, wid)
+        assert worker["retries"] == 1
+        # its loop is dead: the worker no longer shows as live (gone since the timeout)
+        assert worker["gone_at"] is not None, worker
+        overview = http.get(f"{API}/overview").json()
+        assert overview["workers"]["gone"] == 1, overview
 
 
 def test_sigstopped_loop_is_fenced_off(queue_env):
@@ -470,6 +475,7 @@ def test_sigstopped_loop_is_fenced_off(queue_env):
                            "sleep 12 # %(s)")
             t = wait_for(lambda: (t := get_task(http, tid))["worker_id"] == wb and t, timeout=30)
             run_b = t["run_id"]
+            assert get_worker(http, wa)["gone_at"] is not None  # looks dead while stopped
             time.sleep(3.5)  # a's job (sleep 3) has ended meanwhile, a is still stopped
             os.kill(a.pid, signal.SIGCONT)
             err_a = finish_proc(a, timeout=30)
@@ -488,6 +494,7 @@ def test_sigstopped_loop_is_fenced_off(queue_env):
         t = get_task(http, tid)
         assert (t["status"], t["retries"]) == ("success", 1)
         assert get_worker(http, wa)["retries"] == 1 and get_worker(http, wb)["retries"] == 0
+        assert get_worker(http, wa)["gone_at"] is None  # its fetch after SIGCONT: live again
 
 
 TREE_JOB = "sleep 1000 & sleep 1000 & wait"

@@ -154,6 +154,37 @@ def test_heartbeat_and_timeout_sweep_use_the_server_clock(store, qid):
     assert swept["summary"]["labtasker_timeout"] == "heartbeat"
 
 
+
+def test_the_summary_shows_the_latest_runs_outcome(store, qid):
+    """A run's end removes the outcome keys of earlier runs (a timeout, a failed job's
+    exception and exit code) before merging its report; the job's own keys stay, and the
+    run history keeps every run's outcome."""
+    tid = store.submit_task(qid, {"args": {"a": 1}, "heartbeat_timeout": 60,
+                                  "max_retries": 5})
+    claim(store, qid)
+    assert store.sweep_timeouts(utc_now() + timedelta(seconds=120)) >= 1
+    assert store.get_task(qid, tid)["summary"]["labtasker_timeout"] == "heartbeat"
+    run = claim(store, qid)["run_id"]
+    failure = {"labtasker_exception": {"type": "LabtaskerJobFailed", "message": "exit 1",
+                                       "traceback": ""}, "exit_code": 1, "output_tail": "x",
+               "epoch": 3}
+    store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=failure)
+    assert store.get_task(qid, tid)["summary"] == failure  # the timeout's keys are gone
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid, status="success", worker_id=None, run_id=run,
+                      summary={"accuracy": 0.9})
+    assert store.get_task(qid, tid)["summary"] == {"epoch": 3, "accuracy": 0.9}
+    # a success reported without a summary (1.0.1's finish()) drops the stale outcome too
+    tid2 = store.submit_task(qid, {"args": {"b": 1}, "max_retries": 5})
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid2, status="failed", worker_id=None, run_id=run,
+                      summary={"exit_code": 2, "note": "kept"})
+    run = claim(store, qid)["run_id"]
+    store.report_task(qid, tid2, status="success", worker_id=None, run_id=run, summary=None)
+    assert store.get_task(qid, tid2)["summary"] == {"note": "kept"}
+    assert [r["status"] for r in store.list_task_runs(qid, tid)[:3]] == [
+        "success", "failed", "timed_out"]
+
 def test_worker_states_gate_claims(store, qid):
     wid = store.create_worker(qid, "w1", None, 1)
     assert store.get_worker(qid, wid)["status"] == "active"

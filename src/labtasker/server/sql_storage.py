@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from labtasker import error_codes as codes
 from labtasker import fields as field_registry
 from labtasker import fsm
-from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
+from labtasker.fields import DICT_TASK_FIELDS, RUN_OUTCOME_KEYS, UPDATABLE_TASK_FIELDS
 from labtasker.filters.mongo_sql import (
     FieldMap,
     FilterError,
@@ -138,6 +138,12 @@ def _merge(base: dict, patch: dict) -> dict:
             node = child
         node[parts[-1]] = unflatten(value) if isinstance(value, dict) else value
     return out
+
+
+def _without_outcome(summary: dict) -> dict:
+    """``summary`` without the keys that describe how an earlier run ended
+    (``fields.RUN_OUTCOME_KEYS``): the base a new run's outcome is merged onto."""
+    return {k: v for k, v in summary.items() if k not in RUN_OUTCOME_KEYS}
 
 
 def _order(sort, fields: FieldMap, dialect: str, default):
@@ -769,8 +775,15 @@ class SqlStorage:
                     self._end_run(conn, task, "cancelled", now, {"message": "cancelled"})
             else:
                 raise Invalid(f"Invalid report status: {status}")
+            # A run ends here: the outcome keys of earlier runs go (each run keeps its own in
+            # the history); the report's summary is merged onto the rest ({} resets, as 1.0.1).
+            base = task["summary"]
+            if task["status"] == "running":
+                base = _without_outcome(base)
+                if base != task["summary"]:
+                    values["summary"] = base
             if summary is not None:
-                values["summary"] = _merge(task["summary"], summary) if summary else {}
+                values["summary"] = _merge(base, summary) if summary else {}
                 self._check_task_size("", task["args"], task["metadata"], values["summary"])
             values.update(_END_RUN)
             values["p_task_id"] = task_id
@@ -1217,19 +1230,36 @@ class SqlStorage:
                     tasks.c.task_id == task["task_id"], tasks.c.status == "running",
                     tasks.c.run_id == task["run_id"]).values(
                     status=status, retries=retries, last_modified=now, **_END_RUN,
-                    summary=_merge(task["summary"], {"labtasker_error": message,
-                                                     "labtasker_timeout": kind}))
+                    summary=_merge(_without_outcome(task["summary"]),
+                                   {"labtasker_error": message, "labtasker_timeout": kind}))
                 ).rowcount
                 if done:
                     charged = self._blame_failure(conn, task["queue_id"], task, now)
                     self._end_run(conn, task, "timed_out", now,
                                   {"timeout": kind, "message": message}, charged)
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
+                    if kind == "heartbeat":
+                        self._gone_if_idle(conn, task["worker_id"], now)
                     count += 1
             conn.execute(delete(submit_keys).where(
                 submit_keys.c.created_at < now - timedelta(seconds=SUBMIT_KEY_SECONDS)))
         self.prune_events()
         return count
+
+    @staticmethod
+    def _gone_if_idle(conn: Connection, worker_id: str | None, now: datetime) -> None:
+        """A run timed out on heartbeats: its loop has died (``kill -9``, a lost node) or lost
+        the server. Its worker, if it holds no other running task, is marked gone
+        (``gone_at`` = now) so that it no longer shows as live; a later fetch by a loop that
+        was only cut off makes it live again."""
+        if worker_id is None:
+            return
+        busy = conn.execute(select(tasks.c.task_id).where(
+            tasks.c.worker_id == worker_id, tasks.c.status == "running").limit(1)).first()
+        if busy is None:
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id,
+                                               workers.c.gone_at.is_(None))
+                         .values(gone_at=now))
 
     def prune_events(self) -> int:
         """Keep the newest ``event_log_size`` events of each queue (``eventlog.prune``); the
