@@ -45,6 +45,11 @@ def test_blame_policy_and_run_history(queue_env):
     with queue_env.http() as http:
         a = _worker(http, worker_name="a", max_retries=2)
         b = _worker(http, worker_name="b", max_retries=2)
+        # c succeeds: the queue's tasks can run, so a's streak below is confirmed (crashed at
+        # max_retries; test_a_lone_* below show the unconfirmed case)
+        c = _worker(http, worker_name="c")
+        ok = submit(http, {"ok": 1})
+        assert _report(http, ok, _claim(http, ok, c), "success").status_code == 200
         x = submit(http, {"x": 1}, max_retries=5)
         # a fails x: first failure of x, charged to a
         run1 = _claim(http, x, a)
@@ -163,3 +168,43 @@ def test_broken_node_is_crashed_while_healthy_nodes_finish_the_grid(queue_env):
         failed_runs = [r for tid in ids for r in _runs(http, tid) if r["status"] == "failed"]
         assert len(failed_runs) == 3 and {r["worker_id"] for r in failed_runs} == {crashed}
         assert all(r["charged"] for r in failed_runs)
+
+
+def _lone_loop_grid(http, n: int, bad: int) -> list[str]:
+    """``n`` tasks of which the first ``bad`` (a cluster, fetched first: priority 10) always
+    fail."""
+    tasks = [{"args": {"lr": 1000 if i < bad else i}, "max_retries": 3,
+              "priority": 10 if i < bad else 0} for i in range(n)]
+    resp = http.post(f"{API}/tasks/batch", json={"tasks": tasks})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["task_ids"]
+
+
+def test_a_lone_loop_is_not_crashed_by_a_cluster_of_bad_configurations(queue_env):
+    """One loop (worker max_retries 3) meets 3 bad configurations first: with no other
+    worker to confirm that the machine is at fault it goes on; the 6 good tasks succeed and
+    the 3 bad ones fail with their own retries spent."""
+    with queue_env.http() as http:
+        _lone_loop_grid(http, 9, 3)
+        loop = _loop(queue_env, "[ %(lr) -lt 1000 ]")
+        _, err = loop.communicate(timeout=240)
+        assert loop.returncode == 0, err
+        counts, workers = _statuses(http)
+        assert counts == {"success": 6, "failed": 3}, counts
+        assert [w["status"] for w in workers] == ["active"], workers
+
+
+def test_a_lone_broken_loop_stops_after_twice_its_max_retries(queue_env):
+    """One loop whose every job fails (a broken node, nobody else to compare with): its worker
+    (max_retries 3) is crashed after 6 tasks failed in a row; those 6 have spent one retry
+    each, the other 14 were not touched, none is failed."""
+    with queue_env.http() as http:
+        _lone_loop_grid(http, 20, 0)
+        loop = _loop(queue_env, "exit 1 # %(lr)")
+        _, err = loop.communicate(timeout=240)
+        assert loop.returncode == 1 and "crashed" in err, err
+        counts, workers = _statuses(http)
+        assert counts == {"pending": 20}, counts
+        assert [(w["status"], w["retries"]) for w in workers] == [("crashed", 6)], workers
+        tasks = http.post(f"{API}/tasks/search", json={"limit": 100}).json()["content"]
+        assert sorted(t["retries"] for t in tasks) == [0] * 14 + [1] * 6

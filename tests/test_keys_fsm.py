@@ -121,6 +121,10 @@ def test_worker_failure_counting():
     assert fsm.worker_after_failure("active", 1, 2) == ("crashed", 2)
     assert fsm.worker_after_failure("crashed", 2, 2) == ("crashed", 2)
     assert fsm.worker_after_failure("suspended", 0, 1) == ("suspended", 1)
+    # no success elsewhere confirms the streak: twice max_retries
+    assert fsm.worker_after_failure("active", 1, 2, confirmed=False) == ("active", 2)
+    assert fsm.worker_after_failure("active", 3, 2, confirmed=False) == ("crashed", 4)
+    assert not fsm.worker_crashes(3, 2, confirmed=False) and fsm.worker_crashes(2, 2)
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -37,6 +37,16 @@ def report(http, task_id: str, status: str, **body):
     return http.post(f"{API}/tasks/{task_id}/status", json={"status": status, **body})
 
 
+def succeed_elsewhere(http) -> None:
+    """A task that succeeds on a new worker of its own: for the blame policy, evidence that
+    the queue's tasks can run, so a failing worker's streak is confirmed (crashed at its
+    max_retries rather than twice that)."""
+    tid = submit(http, {"confirming": 1})
+    wid = new_worker(http, worker_name="elsewhere")
+    run = fetch(http, tid, worker_id=wid)["run_id"]
+    assert report(http, tid, "success", run_id=run).status_code == 200
+
+
 def new_worker(http, **body) -> str:
     resp = http.post(f"{API}/workers", json=body)
     assert resp.status_code == 201, resp.text
@@ -202,7 +212,9 @@ def test_worker_fsm(queue_env):
         assert http.post(f"{API}/tasks/next", json={"worker_id": wid}).status_code == 403
         assert set_status(wid, "active").status_code == 200
         assert (get_worker(http, wid)["status"], get_worker(http, wid)["retries"]) == ("active", 1)
-        # second failure -> crashed; crashed refuses fetch and suspension
+        # a success elsewhere confirms that the machine is to blame; the second failure
+        # -> crashed; crashed refuses fetch and suspension
+        succeed_elsewhere(http)
         fail_one(wid)
         w = get_worker(http, wid)
         assert (w["status"], w["retries"]) == ("crashed", 2)
@@ -252,6 +264,7 @@ def test_failure_and_timeout_whatever_the_worker_state(queue_env):
                     assert http.post(f"{API}/workers/{wid}/status",
                                      json={"status": "suspended"}).status_code == 200
                 elif how == "crashed":  # another task's failure crashes the worker
+                    succeed_elsewhere(http)  # (confirmed: tasks succeed on another worker)
                     other = submit(http, max_retries=3)
                     orun = fetch(http, other, worker_id=wid)["run_id"]
                     assert report(http, other, "failed", run_id=orun).status_code == 200

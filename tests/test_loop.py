@@ -721,10 +721,11 @@ def test_loop_stops_at_once_when_going_on_cannot_help(queue_env):
     assert time.monotonic() - t0 < 30
     assert "Loop stopped" in proc.stderr and "$where" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # a worker that crashes (max_retries 1) after its first failed run
+    # a worker that crashes (max_retries 1; alone, so after twice that: two tasks failed)
     wid = http.post("/api/v1/queues/me/workers",
                     json={"worker_name": "fragile", "max_retries": 1}).json()["worker_id"]
     submit(http, {"x": 2})
+    submit(http, {"x": 3})
     proc = run_loop(queue_env, "--worker-id", wid, "-c", "exit 3 # %(x)")
     assert proc.returncode == 1, proc.stderr
     assert f"labtasker worker report {wid} active" in proc.stderr

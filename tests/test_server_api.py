@@ -253,13 +253,16 @@ def test_wrong_worker_report_is_409(queue_env):
 def test_worker_crashes_after_max_retries_and_reactivation(queue_env):
     with queue_env.http() as http:
         wid = http.post(f"{API}/workers", json={"max_retries": 2}).json()["worker_id"]
-        for i in range(2):
+        # a lone worker (no success elsewhere): crashed at twice its max_retries
+        for i in range(4):
             submit(http, args={"i": i}, max_retries=1)
             t = fetch(http, worker_id=wid)
             http.post(f"{API}/tasks/{t['task_id']}/status",
                       json={"status": "failed", "run_id": t["run_id"]})
+            w = http.get(f"{API}/workers/{wid}").json()
+            assert w["status"] == ("crashed" if i == 3 else "active"), (i, w)
         w = http.post(f"{API}/workers/search", json={"worker_id": wid}).json()["content"][0]
-        assert (w["status"], w["retries"]) == ("crashed", 2)
+        assert (w["status"], w["retries"]) == ("crashed", 4)
         submit(http, args={"i": 9})
         assert http.post(f"{API}/tasks/next", json={"worker_id": wid}).status_code == 403
         r = http.post(f"{API}/workers/{wid}/status", json={"status": "crashed"})

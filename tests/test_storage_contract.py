@@ -190,10 +190,12 @@ def test_worker_states_gate_claims(store, qid):
     assert store.get_worker(qid, wid)["status"] == "active"
     with pytest.raises(NotFound):
         claim(store, qid, worker_id="no-such-worker")
-    tid = store.submit_task(qid, {"args": {"a": 1}, "max_retries": 3})
-    run = claim(store, qid, worker_id=wid)["run_id"]
-    store.report_task(qid, tid, status="failed", worker_id=wid, run_id=run, summary=None)
-    assert store.get_worker(qid, wid)["status"] == "crashed"  # max_retries 1 failure
+    for i in range(2):
+        tid = store.submit_task(qid, {"args": {"a": i}, "max_retries": 3})
+        run = claim(store, qid, worker_id=wid, extra_filter={"args.a": i})["run_id"]
+        store.report_task(qid, tid, status="failed", worker_id=wid, run_id=run, summary=None)
+        # alone, nothing confirms that the machine is to blame: twice max_retries (1)
+        assert store.get_worker(qid, wid)["status"] == ("active", "crashed")[i]
     with pytest.raises(Forbidden):
         claim(store, qid, worker_id=wid)
     with pytest.raises(Invalid):
@@ -203,6 +205,31 @@ def test_worker_states_gate_claims(store, qid):
     store.report_worker(qid, wid, "suspended")
     with pytest.raises(Forbidden):
         claim(store, qid, worker_id=wid)
+
+
+def test_a_streak_confirmed_by_a_success_elsewhere_crashes_at_max_retries(store, qid):
+    """A worker whose tasks fail while another worker's succeed is crashed at its
+    max_retries; one whose streak began after the other's success is not yet."""
+    def run(worker, status, args):
+        tid = store.submit_task(qid, {"args": args, "max_retries": 3})
+        task = claim(store, qid, worker_id=worker, extra_filter={"task_id": tid})
+        store.report_task(qid, tid, status=status, worker_id=worker, run_id=task["run_id"],
+                          summary=None)
+
+    def state(worker):
+        w = store.get_worker(qid, worker)
+        return w["status"], w["retries"]
+
+    late = store.create_worker(qid, "late", None, 1)
+    good = store.create_worker(qid, "good", None, 3)
+    run(good, "success", {"ok": 1})
+    bad = store.create_worker(qid, "bad", None, 1)  # created after that success
+    run(bad, "failed", {"a": 1})
+    assert state(bad) == ("active", 1)  # no success elsewhere since its streak began
+    run(good, "success", {"ok": 2})
+    run(late, "failed", {"b": 1})
+    assert state(late) == ("crashed", 1)  # good succeeded during its streak: confirmed
+    assert state(bad) == ("active", 1)  # charged before that success; checked at its next
 
 
 def test_every_transition_is_logged_once_in_commit_order(store, qid):

@@ -118,16 +118,42 @@ def task_after_failure(status: str, retries: int, max_retries: int) -> tuple[str
     return ("pending" if retries < max_retries else "failed"), retries
 
 
-def worker_after_failure(status: str, retries: int, max_retries: int) -> tuple[str, int]:
+# A worker's streak with no success elsewhere to show that the tasks can run is allowed this
+# many times its ``max_retries`` before the worker is crashed (see ``worker_crashes``).
+UNCONFIRMED_STREAK_FACTOR = 2
+
+
+def worker_crashes(retries: int, max_retries: int, *, confirmed: bool = True) -> bool:
+    """Whether an active worker with a streak of ``retries`` charged failures is taken out of
+    service.
+
+    ``confirmed``: another worker of the queue has reported a success since this worker's
+    streak began (so the sweep's tasks can run and this machine is the odd one out): crashed
+    at ``max_retries``. Unconfirmed (a lone loop, or every worker failing): nothing shows yet
+    whether the machine or the configurations are bad, so the streak may reach
+    ``UNCONFIRMED_STREAK_FACTOR * max_retries``; a lone loop that meets a few bad
+    configurations in a row goes on, a lone broken machine still stops after a bounded
+    number of tasks.
+    """
+    limit = max_retries if confirmed else UNCONFIRMED_STREAK_FACTOR * max_retries
+    return retries >= limit
+
+
+def worker_after_failure(status: str, retries: int, max_retries: int, *,
+                         confirmed: bool = True) -> tuple[str, int]:
     """Status and failure count of a worker charged with one failed run.
 
-    ``active``: retries + 1, ``crashed`` once ``retries >= max_retries``. A suspended worker
-    is charged too (its count rises, it stays suspended) so that a task's failure can always
-    be recorded whatever its worker's state (1.0.1 refused it and the task stayed
-    ``running``; docs/compatibility.md, B7). ``crashed`` is unchanged.
+    ``active``: retries + 1, ``crashed`` once ``worker_crashes`` says so (``confirmed`` as
+    there). A suspended worker is charged too (its count rises, it stays suspended) so that a
+    task's failure can always be recorded whatever its worker's state (1.0.1 refused it and
+    the task stayed ``running``; docs/compatibility.md, B7). ``crashed`` is unchanged.
     """
     if status == "crashed":
         return status, retries
+    retries += 1
+    if status == "active" and worker_crashes(retries, max_retries, confirmed=confirmed):
+        return "crashed", retries
+    return status, retries
     retries += 1
     if status == "active" and retries >= max_retries:
         return "crashed", retries

@@ -688,12 +688,29 @@ class SqlStorage:
             return
         retries = max(0, row["retries"] - 1)
         status = row["status"]
-        if status == "crashed" and retries < row["max_retries"]:
+        if status == "crashed" and not fsm.worker_crashes(
+                retries, row["max_retries"],
+                confirmed=self._streak_confirmed(conn, queue_id, row)):
             status = "active"
         conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
             status=status, retries=retries, last_modified=now))
         if status != row["status"]:
             self._worker_event(conn, queue_id, worker_id, row["status"], now)
+
+    @staticmethod
+    def _streak_confirmed(conn: Connection, queue_id: str, worker: dict[str, Any]) -> bool:
+        """Whether another worker of the queue has reported a success since ``worker``'s
+        streak of failures began (its last success, or its creation if it has none): the
+        sweep's tasks run elsewhere, so a failing streak points at this machine."""
+        wid = worker["worker_id"]
+        since = conn.execute(select(func.max(task_runs.c.ended)).where(
+            task_runs.c.worker_id == wid, task_runs.c.status == "success")).scalar()
+        if since is None:
+            since = worker["created_at"]
+        found = conn.execute(select(task_runs.c.run_id).where(
+            task_runs.c.queue_id == queue_id, task_runs.c.ended > since,
+            task_runs.c.status == "success", task_runs.c.worker_id != wid).limit(1)).first()
+        return found is not None
 
     @staticmethod
     def _reset_streak(conn: Connection, queue_id: str, worker_id: str | None,
@@ -718,8 +735,11 @@ class SqlStorage:
             row = self._worker(conn, queue_id, worker_id, lock=True)
         except NotFound:
             return False
+        confirmed = True
+        if row["status"] == "active" and row["retries"] + 1 >= row["max_retries"]:
+            confirmed = self._streak_confirmed(conn, queue_id, row)
         status, retries = fsm.worker_after_failure(row["status"], row["retries"],
-                                                   row["max_retries"])
+                                                   row["max_retries"], confirmed=confirmed)
         if (status, retries) == (row["status"], row["retries"]):
             return False
         conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
