@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from helpers import API, get_task, submit
+from helpers import API, get_task, submit, wait_for
 
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 
@@ -208,3 +209,39 @@ def test_a_lone_broken_loop_stops_after_twice_its_max_retries(queue_env):
         assert [(w["status"], w["retries"]) for w in workers] == [("crashed", 6)], workers
         tasks = http.post(f"{API}/tasks/search", json={"limit": 100}).json()["content"]
         assert sorted(t["retries"] for t in tasks) == [0] * 14 + [1] * 6
+
+
+def test_a_crashed_loop_comes_back_when_the_blame_moves_to_its_tasks(queue_env):
+    """A loop's worker is crashed by two bad configurations while another worker succeeds;
+    the loop waits instead of exiting, and when one of those tasks fails on the other worker
+    too (the task is to blame, the charge is taken back) the loop goes on and runs the rest."""
+    with queue_env.http() as http:
+        wid = _worker(http, worker_name="a", max_retries=2)
+        other = _worker(http, worker_name="elsewhere")
+        ok = submit(http, {"ok": 1})
+        assert _report(http, ok, _claim(http, ok, other), "success").status_code == 200
+        bad = [submit(http, {"v": 1000 + i}, priority=10, max_retries=3) for i in range(2)]
+        good = [submit(http, {"v": i}) for i in range(4)]
+        loop = subprocess.Popen(
+            [LABTASKER, "loop", "--idle-timeout", "0", "--worker-id", wid, "-c",
+             "[ %(v) -lt 1000 ]"], env=queue_env.env(), cwd=queue_env.workdir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: _worker_row(http, wid)["status"] == "crashed", timeout=60)
+            time.sleep(3)  # the loop has seen the refusal and waits
+            assert loop.poll() is None, loop.communicate()[1]
+            # the other worker fails one of the bad tasks: the blame moves to it
+            task = http.post(f"{API}/tasks/next", json={
+                "worker_id": other, "extra_filter": {"task_id": bad[0]}}).json()["task"]
+            assert _report(http, bad[0], task["run_id"], "failed").status_code == 200
+            assert _worker_row(http, wid)["status"] == "active"
+            _, err = loop.communicate(timeout=120)
+        finally:
+            if loop.poll() is None:
+                loop.kill()
+        assert loop.returncode == 0, err
+        assert "Waiting: if" in err and "active again" in err, err
+        assert {get_task(http, t)["status"] for t in good} == {"success"}
+        assert {_runs(http, t)[0]["worker_id"] for t in good} == {wid}
+        assert {get_task(http, t)["status"] for t in bad} == {"failed"}

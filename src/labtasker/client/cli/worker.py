@@ -102,7 +102,10 @@ def create(
     worker_name: str | None = typer.Option(None, "--worker-name", "--name", help="Worker name."),
     metadata: str | None = typer.Option(None, "--metadata", help="Worker metadata as a dict."),
     max_retries: int = typer.Option(
-        3, "--max-retries", min=1, help="Failures after which the worker is marked crashed."
+        3, "--max-retries", min=1, help=(
+            "Failures in a row after which the worker is crashed while other workers "
+            "succeed (twice as many when none has succeeded meanwhile)."
+        ),
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the worker id."),
 ) -> None:

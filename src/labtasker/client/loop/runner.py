@@ -73,6 +73,7 @@ logger = logging.getLogger("labtasker.loop")
 Executor = Callable[[TaskRun], Outcome]
 
 _SERVER_UNAVAILABLE = frozenset({502, 503, 504})  # a report is sent again after these
+STREAK_TASKS_KEPT = 20  # newest failed tasks watched while a crashed worker waits
 IDLE_POLL_MAX_SECONDS = 5.0  # --idle-timeout: longest pause between two fetches
 LOG_FORMAT = "[%(asctime)s.%(msecs)03d][%(levelname)-7s][%(name)s] - %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -173,6 +174,10 @@ class LoopRunner:
         self.tasks_interrupted = 0  # handed back because the loop was stopped by a signal
         self.ignored: set[str] = set()  # tasks the user chose to Ignore after a failure
         self.exit_requested = False  # "Exit" chosen after a failure
+        # Tasks that failed here since this loop's last success (its worker's streak, as far
+        # as this loop saw it): while one of them may still fail elsewhere, a crash of the
+        # worker may be taken back (``_wait_for_blame``).
+        self.streak_tasks: list[str] = []
 
     # ------------------------------------------------------------------ options, read
     @property
@@ -308,6 +313,47 @@ class LoopRunner:
             grace_period=self.options.grace_period,
         )
 
+    # ------------------------------------------------------------------ crashed worker
+    def _wait_for_blame(self, worker_id: str) -> bool:
+        """The server refused a fetch because this loop's worker is crashed or suspended.
+        If it is crashed and the crash may still be taken back -- a task that failed here is
+        pending or running again and another live worker of the queue may fail it too, which
+        moves the blame to the task -- wait for that (polling every 2 s, doubling to 30 s).
+        Returns True once the worker is active again (the loop goes on), False when it cannot
+        come back (or on an interrupt or a server error): the loop stops as before."""
+        intr = self.interrupts
+        delay = 2.0
+        announced = False
+        while not intr.requested and self.streak_tasks:
+            try:
+                status = api.get_worker(worker_id).status
+                if status == "active":
+                    logger.info("Worker %s is active again: the blame for its failures moved "
+                                "to the tasks. Going on.", worker_id)
+                    return True
+                if status != "crashed":
+                    return False
+                suspects = [t for t in self.streak_tasks
+                            if api.get_task(t).status in ("pending", "running")]
+                others = [w for w in api.ls_workers(status="active", gone=False, limit=2).content
+                          if w.worker_id != worker_id]
+            except (LabtaskerError, OSError) as exc:
+                logger.debug("Could not check worker %s: %s", worker_id, exc)
+                return False
+            if not suspects or not others:
+                return False
+            if not announced:
+                logger.warning(
+                    "Worker %s is crashed (%d task(s) in a row failed on it). Waiting: if "
+                    "%s also fail%s on another worker, the task is to blame and this worker "
+                    "is active again. Ctrl+C stops the loop.", worker_id,
+                    len(self.streak_tasks), ", ".join(suspects),
+                    "s" if len(suspects) == 1 else "")
+                announced = True
+            intr.event.wait(delay)
+            delay = min(30.0, delay * 2)
+        return False
+
     # ------------------------------------------------------------------ main loop
     def run(self, execute: Executor, *, python_job: bool | None = None) -> int:
         """Run tasks until none match, the worker is suspended or the user interrupts.
@@ -395,6 +441,8 @@ class LoopRunner:
                 if outcome.stop_loop:
                     return None
             except WorkerSuspended as exc:
+                if self._wait_for_blame(session.worker_id):
+                    continue
                 stopped = LoopStopped(
                     f"The server refused to give worker {session.worker_id} work: {exc}. "
                     f"Re-activate it with `labtasker worker report {session.worker_id} "
@@ -529,8 +577,11 @@ class LoopRunner:
             final = run.final_status()
             if final == "success":
                 self.tasks_succeeded += 1
+                self.streak_tasks.clear()
             elif final == "failed":
                 self.tasks_failed += 1
+                if task.task_id not in self.streak_tasks:
+                    self.streak_tasks = [*self.streak_tasks, task.task_id][-STREAK_TASKS_KEPT:]
             logger.info("Task %s ended.", task.task_id)
             return outcome
         finally:
