@@ -68,6 +68,7 @@ __all__ = [
     "RetryPolicy",
     "LabtaskerClient",
     "RequestOptions",
+    "http_client",
     "NotificationHook",
     "notification_printer",
     "error_code",
@@ -281,6 +282,26 @@ def tls_verify(base_url: str) -> bool | ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+def http_client(
+    base_url: str,
+    queue_name: str | None = None,
+    password: str | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> httpx.Client:
+    """A new ``httpx.Client`` as labtasker talks to its server: ``base_url``, HTTP Basic auth
+    of the queue when ``queue_name`` is given, TLS verification (:func:`tls_verify`), the
+    ``labtasker/<version>`` User-Agent and ``timeout`` seconds per request."""
+    auth = httpx.BasicAuth(queue_name, password or "") if queue_name is not None else None
+    return httpx.Client(
+        base_url=base_url,
+        verify=tls_verify(base_url),
+        auth=auth,
+        timeout=timeout,
+        headers={"User-Agent": f"labtasker/{__version__}"},
+    )
+
+
 class RequestOptions(TypedDict, total=False):
     """How one request is sent: the keywords of :meth:`LabtaskerClient.send` and
     :meth:`LabtaskerClient.call` (and of the API's wrappers around them), all optional.
@@ -331,16 +352,8 @@ class LabtaskerClient:
         retry_policy: RetryPolicy | None = None,
         on_notification: NotificationHook | None = None,
     ) -> LabtaskerClient:
-        """A client on a new ``httpx.Client`` for ``base_url`` (HTTP Basic auth when
-        ``queue_name`` is given; ``timeout`` seconds per request)."""
-        auth = httpx.BasicAuth(queue_name, password or "") if queue_name is not None else None
-        http = httpx.Client(
-            base_url=base_url,
-            verify=tls_verify(base_url),
-            auth=auth,
-            timeout=timeout,
-            headers={"User-Agent": f"labtasker/{__version__}"},
-        )
+        """A client on a new ``httpx.Client`` for ``base_url`` (:func:`http_client`)."""
+        http = http_client(base_url, queue_name, password, timeout=timeout)
         return cls(http, retry_policy=retry_policy, on_notification=on_notification)
 
     def close(self) -> None:

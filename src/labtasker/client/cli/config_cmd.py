@@ -8,6 +8,7 @@ import typer
 
 from labtasker.client.cli.errors import CliError, handle_errors
 from labtasker.client.cli.prompts import run_editor
+from labtasker.client.terminal import stdin_is_tty
 
 
 def register(app: typer.Typer) -> None:
@@ -63,7 +64,7 @@ def config(
             except ConfigError as exc:
                 msg = " ".join(str(exc).replace(str(tmp), "client.toml").split())
                 print(f"Error: Invalid configuration file. {msg}", file=sys.stderr)
-                if sys.stdin.isatty() and typer.confirm("Continue editing?", default=True):
+                if stdin_is_tty() and typer.confirm("Continue editing?", default=True):
                     continue
                 raise CliError("Configuration not changed.") from None
             break

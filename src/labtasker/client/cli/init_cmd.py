@@ -84,12 +84,11 @@ def _ensure_queue(url: str, name: str, password: str, create: bool | None,
                   interactive: bool) -> bool:
     """Check (or create) the queue. ``False`` when the queue exists with another password
     and the user may try again (interactive); raises ``CliError`` otherwise."""
-    import httpx
-
     from labtasker.client import api
+    from labtasker.client.transport import http_client
     from labtasker.exceptions import LabtaskerHTTPStatusError
 
-    with httpx.Client(base_url=url, auth=(name, password), timeout=10) as client:
+    with http_client(url, name, password, timeout=10) as client:
         try:
             queue = api.get_queue(client=client)
         except LabtaskerHTTPStatusError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 
 from labtasker.client.cli.errors import EXIT_RUNTIME, CliError, usage_error
-from labtasker.client.terminal import stdin_is_tty
+from labtasker.client.terminal import stdin_is_tty, stdout_is_tty
 
 
 def read_ids_from_stdin() -> list[str]:
@@ -30,7 +30,7 @@ def run_editor(path: str, editor: str | None = None) -> None:
 
     editor = editor or os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
-        if not (stdin_is_tty() and sys.stdout.isatty()):
+        if not (stdin_is_tty() and stdout_is_tty()):
             raise usage_error("Editing needs a terminal: give the changes as key=value "
                               "arguments, or name an editor with --editor or $EDITOR.")
         editor = next(

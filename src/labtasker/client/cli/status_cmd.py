@@ -16,7 +16,7 @@ import time
 import typer
 
 from labtasker.client.cli.errors import handle_errors, usage_error
-from labtasker.client.terminal import stdout_is_tty
+from labtasker.client.terminal import stderr_is_tty, stdout_is_tty
 from labtasker.fsm import TASK_STATES
 
 EXIT_TIMEOUT = 124
@@ -165,7 +165,7 @@ def wait(
     deadline = None if limit is None else time.monotonic() + limit
     api.set_retry_policy()  # a wait may outlive a server restart: retry as the loop does
     progress = None
-    if not quiet and sys.stderr.isatty():
+    if not quiet and stderr_is_tty():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -38,6 +38,7 @@ from labtasker.client.loop.options import LoopOptions
 from labtasker.client.loop.prompt import no_prompt
 from labtasker.client.loop.runner import LOG_DATEFMT, LOG_FORMAT, LoopRunner
 from labtasker.client.loop.slots import Slot
+from labtasker.client.terminal import is_tty
 from labtasker.exceptions import LabtaskerError, LoopStopped
 
 if TYPE_CHECKING:
@@ -307,10 +308,8 @@ class Supervisor:
 
 
 def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty() and os.environ.get("TERM", "") != "dumb"
-    except (AttributeError, ValueError):
-        return False
+    """A terminal that can redraw a status line (not ``TERM=dumb``)."""
+    return is_tty(stream) and os.environ.get("TERM", "") != "dumb"
 
 
 # ------------------------------------------------------------------ one process per slot
