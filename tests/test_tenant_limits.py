@@ -306,3 +306,48 @@ def test_clients_of_one_queue_starting_at_once_share_one_password_check(app, mon
         codes = list(pool.map(lambda _: client.get(API, headers=basic(name, PASSWORD)).status_code,
                               range(8)))
     assert codes == [200] * 8
+
+
+
+def test_a_wrong_password_flood_from_one_address_does_not_lock_others_out(
+        tmp_path, scratch_dbs):
+    """24 connections from 127.0.0.2 send wrong passwords without pause to a real server;
+    meanwhile a client on 127.0.0.1 logs in for the first time (nothing cached) and is
+    answered 200: one address holds at most KDF_PER_ADDRESS password checks, so it cannot
+    fill the KDF queue (16) that everybody's first log-in waits in."""
+    import threading
+    import time
+
+    import httpx
+    from support.server import ServerProcess
+
+    server = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path).start()
+    try:
+        name = "flooded-" + uuid.uuid4().hex[:8]
+        r = httpx.post(server.url + "/api/v1/queues",
+                       json={"queue_name": name, "password": PASSWORD}, timeout=60)
+        assert r.status_code == 201, r.text
+        stop = threading.Event()
+        attacker_codes: list[int] = []
+
+        def flood(i: int) -> None:
+            transport = httpx.HTTPTransport(local_address="127.0.0.2")
+            with httpx.Client(transport=transport, base_url=server.url, timeout=60) as c:
+                while not stop.is_set():
+                    attacker_codes.append(
+                        c.get(API, headers=basic(name, f"guess-{i}")).status_code)
+
+        threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(24)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)  # the flood is under way (under the per-address failure limit)
+            r = httpx.get(server.url + API, headers=basic(name, PASSWORD), timeout=60)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert r.status_code == 200, r.text
+        assert 429 in attacker_codes and 401 in attacker_codes
+    finally:
+        server.kill()

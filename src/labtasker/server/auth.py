@@ -1,7 +1,8 @@
 """Queue passwords: Argon2id hashing (argon2-cffi) with a short-lived cache of verifications.
 
-A password is verified with the KDF at most once per ``CACHE_SECONDS`` for each
-(queue, stored hash, supplied password) triple. The cache key includes the stored hash, so a
+A password is verified with the KDF once for each (queue, stored hash, supplied password)
+triple; the verification is kept while that triple is used at least every ``CACHE_SECONDS``
+(a working client never pays the KDF again, even during a flood of wrong passwords). The cache key includes the stored hash, so a
 password change — made by this server or by another one on the same database — invalidates
 every cached verification at once. Supplied passwords are kept only as SHA-256 digests.
 """
@@ -15,10 +16,13 @@ import time
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-CACHE_SECONDS = 60.0
+CACHE_SECONDS = 600.0  # a verification is kept while it is used at least this often
 CACHE_MAX = 10_000
 
-_hasher = PasswordHasher()
+# One lane (``parallelism=1``): a check runs on one thread, so the KDF pool
+# (``deps.KDF_CONCURRENCY``) bounds the cores that password checks can take. Hashes made
+# before (argon2-cffi's default, 4 lanes) still verify: the parameters are in the hash.
+_hasher = PasswordHasher(parallelism=1)
 _dummy_hash: str | None = None  # made on first use, not at import (it costs one Argon2 hash)
 _cache: dict[tuple[str, str, bytes], float] = {}
 _lock = threading.Lock()
@@ -40,15 +44,20 @@ def _cache_key(queue_id: str, stored_hash: str, password: str) -> tuple[str, str
 
 
 def verified_recently(queue_id: str | None, stored_hash: str | None, password: str) -> bool:
-    """True when this (queue, stored hash, password) was verified by the KDF less than
-    ``CACHE_SECONDS`` ago. Cheap (one SHA-256): safe to call on the event loop; ``False``
-    means "run ``verify_password``", not "wrong password"."""
+    """True when this (queue, stored hash, password) was verified by the KDF and used in the
+    last ``CACHE_SECONDS``; a hit keeps it for another ``CACHE_SECONDS``. Cheap (one
+    SHA-256): safe to call on the event loop; ``False`` means "run ``verify_password``", not
+    "wrong password"."""
     if queue_id is None or stored_hash is None:
         return False
     key = _cache_key(queue_id, stored_hash, password)
+    now = time.monotonic()
     with _lock:
         expiry = _cache.get(key)
-    return expiry is not None and expiry > time.monotonic()
+        if expiry is None or expiry <= now:
+            return False
+        _cache[key] = now + CACHE_SECONDS
+    return True
 
 
 def _dummy() -> str:

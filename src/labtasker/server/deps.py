@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import math
+import os
 import time
 from typing import Annotated
 
@@ -81,7 +82,7 @@ async def authenticate_hash(store: Storage, username: str, password: str,
 
     The stored hash is read on every call (a password changed through any server takes
     effect at once); the Argon2 check runs in a worker thread only when this password was
-    not verified against this hash in the last minute (``auth.CACHE_SECONDS``). On the
+    not verified against this hash (and used since) in the last ``auth.CACHE_SECONDS``. On the
     embedded SQLite file the read runs on the event loop (no thread hop: ~0.1 ms, never
     waits for writers); on a database server it runs in a worker thread, so that a slow or
     unreachable database never stalls the event loop. Checks are bounded
@@ -101,14 +102,20 @@ async def authenticate_hash(store: Storage, username: str, password: str,
 
 # Password checks (Argon2: ~64 MiB and ~0.1 s each) run in a pool of their own, so that a
 # flood of wrong passwords cannot take the threads and memory that serve requests; passwords
-# verified in the last minute (``auth.verified_recently``) never come here.
-KDF_CONCURRENCY = 2  # Argon2 checks at once
+# verified and in use (``auth.verified_recently``) never come here.
+# Argon2 checks at once: half the cores (one check is one thread), so that a flood of wrong
+# passwords leaves the other half to the requests of every other client.
+KDF_CONCURRENCY = max(1, (os.cpu_count() or 2) // 2)
 KDF_QUEUE = 16  # checks waiting for a slot; more answer 429
+# checks of one client address waiting or running at once; more answer 429 (a flood from one
+# address cannot fill the queue and lock out the first log-in of everybody else)
+KDF_PER_ADDRESS = 2
 FAILURE_LIMIT = 30  # failed checks per client address per FAILURE_WINDOW; more answer 429
 FAILURE_WINDOW = 60.0  # seconds
 _kdf_limiter: anyio.CapacityLimiter | None = None
 _kdf_waiting = 0
 _failures: dict[str, tuple[float, int]] = {}
+_checking: dict[str, int] = {}  # checks waiting or running, by client address
 # checks under way, by (queue id, stored hash, SHA-256 of the password): a request whose check
 # is already running waits for its answer instead of running the KDF again
 _inflight: dict[tuple[str | None, str | None, bytes], asyncio.Future[bool | None]] = {}
@@ -123,7 +130,8 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
                           password: str) -> bool:
     """``auth.verify_password`` in the KDF pool. 429 (``Retry-After`` in seconds) when the
     client ``address`` failed ``FAILURE_LIMIT`` checks in the last ``FAILURE_WINDOW``
-    seconds, or when ``KDF_QUEUE`` checks are already waiting. Concurrent checks of the same
+    seconds or has ``KDF_PER_ADDRESS`` checks waiting or running, or when ``KDF_QUEUE``
+    checks are already waiting. Concurrent checks of the same
     password against the same hash share one KDF run (the clients of a queue starting at
     once cost one check, not one each)."""
     global _kdf_limiter, _kdf_waiting
@@ -144,7 +152,11 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
         _kdf_limiter = anyio.CapacityLimiter(KDF_CONCURRENCY)
     if _kdf_waiting >= KDF_QUEUE:
         raise _too_many("Too many password checks in progress", 1)
+    if address and _checking.get(address, 0) >= KDF_PER_ADDRESS:
+        raise _too_many("Too many password checks from this address in progress", 1)
     _kdf_waiting += 1
+    if address:
+        _checking[address] = _checking.get(address, 0) + 1
     future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
     _inflight[key] = future
     ok: bool | None = None  # None: this check did not finish (cancelled); others run their own
@@ -153,6 +165,11 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
                                             limiter=_kdf_limiter)
     finally:
         _kdf_waiting -= 1
+        if address:
+            if _checking[address] <= 1:
+                del _checking[address]
+            else:
+                _checking[address] -= 1
         del _inflight[key]
         future.set_result(ok)
     if not ok and address:
