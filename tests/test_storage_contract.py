@@ -209,7 +209,8 @@ def test_worker_states_gate_claims(store, qid):
 
 def test_a_streak_confirmed_by_a_success_elsewhere_crashes_at_max_retries(store, qid):
     """A worker whose tasks fail while another worker's succeed is crashed at its
-    max_retries; one whose streak began after the other's success is not yet."""
+    max_retries; one whose streak began after the other's success is not yet, until the next
+    success elsewhere."""
     def run(worker, status, args):
         tid = store.submit_task(qid, {"args": args, "max_retries": 3})
         task = claim(store, qid, worker_id=worker, extra_filter={"task_id": tid})
@@ -227,9 +228,17 @@ def test_a_streak_confirmed_by_a_success_elsewhere_crashes_at_max_retries(store,
     run(bad, "failed", {"a": 1})
     assert state(bad) == ("active", 1)  # no success elsewhere since its streak began
     run(good, "success", {"ok": 2})
+    # that success confirms bad's streak, kept active at max_retries: crashed now
+    assert state(bad) == ("crashed", 1)
     run(late, "failed", {"b": 1})
     assert state(late) == ("crashed", 1)  # good succeeded during its streak: confirmed
-    assert state(bad) == ("active", 1)  # charged before that success; checked at its next
+    # a lone streak at max_retries (unconfirmed: kept active) is crashed by the next success
+    # elsewhere
+    lone = store.create_worker(qid, "lone", None, 1)
+    run(lone, "failed", {"c": 1})
+    assert state(lone) == ("active", 1)
+    run(good, "success", {"ok": 3})
+    assert state(lone) == ("crashed", 1)
 
 
 def test_every_transition_is_logged_once_in_commit_order(store, qid):

@@ -655,7 +655,11 @@ class SqlStorage:
         * The task already failed on another worker: the task is to blame. This worker is not
           charged, and the charges that other workers got for this task (while still in their
           streak) are taken back (``_take_back``).
-        * The task already failed on this worker in its current streak: charged only once.
+        * The task already failed on this worker: charged at most once. In the current streak
+          that charge stands; after a success of this worker since (the streak was reset),
+          the machine has run other tasks since, so the task is to blame again and nothing is
+          charged (a lone loop whose bad configurations are the last tasks left is not
+          crashed by running them to ``failed``).
         * Otherwise the worker is charged (``_charge_worker``): ``retries`` + 1, crashed at
           ``max_retries`` consecutive charged failures.
         """
@@ -673,7 +677,7 @@ class SqlStorage:
                 if r.charged and r.worker_id is not None:
                     self._take_back(conn, queue_id, r.run_id, r.worker_id, now)
             return False
-        if any(r.charged for r in earlier):
+        if earlier:  # failed here before: charged once already, or since run other tasks
             return False
         return self._charge_worker(conn, queue_id, worker_id, now)
 
@@ -711,6 +715,23 @@ class SqlStorage:
             task_runs.c.queue_id == queue_id, task_runs.c.ended > since,
             task_runs.c.status == "success", task_runs.c.worker_id != wid).limit(1)).first()
         return found is not None
+
+    def _crash_confirmed_streaks(self, conn: Connection, queue_id: str,
+                                 worker_id: str | None, now: datetime) -> None:
+        """A success of ``worker_id`` confirms the streak of every other active worker of the
+        queue that already has ``max_retries`` charged failures (kept active only because
+        nothing had succeeded elsewhere): those are crashed now, as if this success had come
+        before their last failure."""
+        rows = conn.execute(select(workers.c.worker_id).where(
+            workers.c.queue_id == queue_id, workers.c.status == "active",
+            workers.c.retries >= workers.c.max_retries,
+            workers.c.worker_id != (worker_id or ""))).fetchall()
+        for row in rows:
+            done = conn.execute(update(workers).where(
+                workers.c.worker_id == row.worker_id, workers.c.status == "active")
+                .values(status="crashed", last_modified=now)).rowcount
+            if done:
+                self._worker_event(conn, queue_id, row.worker_id, "active", now)
 
     @staticmethod
     def _reset_streak(conn: Connection, queue_id: str, worker_id: str | None,
@@ -778,6 +799,7 @@ class SqlStorage:
                 values.update(status="success")
                 self._end_run(conn, task, "success", now, _run_summary(summary))
                 self._reset_streak(conn, queue_id, task["worker_id"], now)
+                self._crash_confirmed_streaks(conn, queue_id, task["worker_id"], now)
             elif status == "failed":
                 try:
                     new_status, retries = fsm.task_after_failure(

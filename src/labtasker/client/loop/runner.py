@@ -443,10 +443,17 @@ class LoopRunner:
             except WorkerSuspended as exc:
                 if self._wait_for_blame(session.worker_id):
                     continue
+                again = (
+                    "A new `labtasker loop` starts with a new worker; to go on with this one, "
+                    f"`labtasker worker report {session.worker_id} active` and run the loop "
+                    f"with `--worker-id {session.worker_id}`."
+                    if self.auto_worker
+                    else f"Re-activate it with `labtasker worker report {session.worker_id} "
+                    "active`."
+                )
                 stopped = LoopStopped(
                     f"The server refused to give worker {session.worker_id} work: {exc}. "
-                    f"Re-activate it with `labtasker worker report {session.worker_id} "
-                    "active`."
+                    + again
                 )
                 logger.debug("%s", stopped)  # raised by run(); the caller prints it once
                 return stopped
