@@ -34,24 +34,35 @@ TARGET_MS = 200.0
 def seed(impl: Impl, queue: str, count: int) -> None:
     with impl.client(queue) as c:
         for start in range(0, count, 5000):
-            body = [{"task_name": f"t{n}",
-                     "args": {"i": n, "lr": [0.001, 0.01, 0.1][n % 3], "seed": n % 5,
-                              "model": ["mlp", "cnn"][n % 2]}}
-                    for n in range(start, min(count, start + 5000))]
+            body = [
+                {
+                    "task_name": f"t{n}",
+                    "args": {
+                        "i": n,
+                        "lr": [0.001, 0.01, 0.1][n % 3],
+                        "seed": n % 5,
+                        "model": ["mlp", "cnn"][n % 2],
+                    },
+                }
+                for n in range(start, min(count, start + 5000))
+            ]
             r = c.post(QUEUE_ME + "/tasks/batch", json={"tasks": body})
             r.raise_for_status()
     db = sqlite3.connect(impl.db_url.removeprefix("sqlite:///"), timeout=60)
     with db:
         # finished over the last day, one every 2 s (so ~300 in the last 10 minutes)
-        ended = ("strftime('%Y-%m-%d %H:%M:%S', created_at, '-' || "
-                 "(json_extract(args, '$.i') % 86400) || ' seconds') || '.000000'")
+        ended = (
+            "strftime('%Y-%m-%d %H:%M:%S', created_at, '-' || "
+            "(json_extract(args, '$.i') % 86400) || ' seconds') || '.000000'"
+        )
         db.execute(
             f"UPDATE tasks SET status = 'success', last_modified = {ended}, "
             f"start_time = strftime('%Y-%m-%d %H:%M:%S', {ended}, '-30 seconds') || '.000000', "
             "summary = json_object('accuracy', (abs(random()) % 10000) / 10000.0, "
             "'loss', (abs(random()) % 10000) / 1000.0) "
             "WHERE queue_id = ? AND json_extract(args, '$.i') % 2 = 0",
-            (impl.queues[queue][0],))
+            (impl.queues[queue][0],),
+        )
     db.close()
 
 
@@ -59,8 +70,9 @@ def log_in(impl: Impl, queue: str) -> httpx.Client:
     c = httpx.Client(base_url=impl.url, timeout=600)
     page = c.get("/ui/login")
     token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
-    r = c.post("/ui/login", data={"queue": queue, "password": impl.queues[queue][1],
-                                  "login_token": token})
+    r = c.post(
+        "/ui/login", data={"queue": queue, "password": impl.queues[queue][1], "login_token": token}
+    )
     assert r.status_code == 303, r.text
     return c
 
@@ -79,8 +91,9 @@ def timed(c: httpx.Client, path: str, samples: int, params=None) -> tuple[list[f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.dashboard",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dashboard", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args(argv)
@@ -92,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             queue = impl.new_queue("ui")
             t0 = time.perf_counter()
             seed(impl, queue, n)
-            print(f"[bench] seeded {n:,} tasks in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)
+            print(
+                f"[bench] seeded {n:,} tasks in {time.perf_counter() - t0:.1f} s", file=sys.stderr
+            )
             c = log_in(impl, queue)
             rows: list[tuple[str, list[float]]] = []
 
@@ -102,33 +116,55 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, walls))
                 return data
 
-            first = row("tasks table, first page of 50 (newest first) + match count",
-                        "/ui/api/tasks", {"limit": 50})
+            first = row(
+                "tasks table, first page of 50 (newest first) + match count",
+                "/ui/api/tasks",
+                {"limit": 50},
+            )
             cursor, pages = first["next_cursor"], 1
             while pages < min(200, n // 50 - 1):
-                cursor = c.get("/ui/api/tasks", params={"limit": 50, "cursor": cursor,
-                                                        "count": "false"}).json()["next_cursor"]
+                cursor = c.get(
+                    "/ui/api/tasks", params={"limit": 50, "cursor": cursor, "count": "false"}
+                ).json()["next_cursor"]
                 pages += 1
-            row(f"tasks table, page {pages + 1} by keyset cursor (a page turn: no recount)",
-                "/ui/api/tasks", {"limit": 50, "cursor": cursor, "count": "false"})
-            row("tasks table, sorted by summary.accuracy (descending), first page",
-                "/ui/api/tasks", {"limit": 50, "sort": "summary.accuracy:-1"})
-            row("tasks table, sorted by args.lr, page at offset 10,000", "/ui/api/tasks",
-                {"limit": 50, "sort": "args.lr:1", "offset": 10_000})
-            row("tasks table, filter `args.lr == 0.01 and status == \"success\"`",
-                "/ui/api/tasks", {"limit": 50, "filter": 'args.lr == 0.01 and status == "success"'})
+            row(
+                f"tasks table, page {pages + 1} by keyset cursor (a page turn: no recount)",
+                "/ui/api/tasks",
+                {"limit": 50, "cursor": cursor, "count": "false"},
+            )
+            row(
+                "tasks table, sorted by summary.accuracy (descending), first page",
+                "/ui/api/tasks",
+                {"limit": 50, "sort": "summary.accuracy:-1"},
+            )
+            row(
+                "tasks table, sorted by args.lr, page at offset 10,000",
+                "/ui/api/tasks",
+                {"limit": 50, "sort": "args.lr:1", "offset": 10_000},
+            )
+            row(
+                'tasks table, filter `args.lr == 0.01 and status == "success"`',
+                "/ui/api/tasks",
+                {"limit": 50, "filter": 'args.lr == 0.01 and status == "success"'},
+            )
             row("overview numbers", "/ui/api/overview")
             task_id = first["rows"][0]["task_id"]
             row("task detail page (HTML)", f"/ui/tasks/{task_id}")
             row("tasks page (HTML shell)", "/ui/tasks")
-            plot = row("results plot data (finished tasks, capped at 10,000)", "/ui/api/plot",
-                       k=max(3, samples // 4))
-            rows.append(("CSV export of every task (one request)",
-                         timed(c, "/ui/api/tasks.csv", 1)[0]))
+            plot = row(
+                "results plot data (finished tasks, capped at 10,000)",
+                "/ui/api/plot",
+                k=max(3, samples // 4),
+            )
+            rows.append(
+                ("CSV export of every task (one request)", timed(c, "/ui/api/tasks.csv", 1)[0])
+            )
         finally:
             impl.stop()
-    print(f"\nDashboard at {n:,} tasks ({n // 2:,} finished), SQLite, {samples} samples "
-          f"per row (plot: {max(3, samples // 4)}; CSV: 1); wall ms per request\n")
+    print(
+        f"\nDashboard at {n:,} tasks ({n // 2:,} finished), SQLite, {samples} samples "
+        f"per row (plot: {max(3, samples // 4)}; CSV: 1); wall ms per request\n"
+    )
     print("| request | p50 ms | p95 ms | target |")
     print("|---|---|---|---|")
     for label, walls in rows:

@@ -92,11 +92,27 @@ class Server:
     def start(self) -> None:
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labtasker.server.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--db-url", self.db_url, "--workers", str(self.workers),
-             "--log-level", "warning"],
-            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "labtasker.server.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--db-url",
+                self.db_url,
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -162,8 +178,9 @@ class RssSampler(threading.Thread):
 
 
 def new_queue(url: str, name: str, password: str) -> None:
-    r = httpx.post(url + "/api/v1/queues", json={"queue_name": name, "password": password},
-                   timeout=120)
+    r = httpx.post(
+        url + "/api/v1/queues", json={"queue_name": name, "password": password}, timeout=120
+    )
     if r.status_code != 201:
         raise RuntimeError(f"cannot create queue {name}: {r.status_code} {r.text[:200]}")
 
@@ -176,8 +193,9 @@ def tenant(url: str, auth: tuple[str, str], seconds: float) -> dict:
     fresh: list[float] = []
     errors: Counter[str] = Counter()
 
-    def timed(client: httpx.Client, method: str, path: str, body: dict, want: int,
-              into: list[float]) -> httpx.Response | None:
+    def timed(
+        client: httpx.Client, method: str, path: str, body: dict, want: int, into: list[float]
+    ) -> httpx.Response | None:
         start = time.perf_counter()
         try:
             r = client.request(method, path, json=body)
@@ -197,12 +215,19 @@ def tenant(url: str, auth: tuple[str, str], seconds: float) -> dict:
         while time.monotonic() < end:
             i += 1
             timed(c, "POST", API + "/tasks", {"args": {"round": i}}, 201, latencies)
-            r = timed(c, "POST", API + "/tasks/next", {"required_fields": ["round"]}, 200,
-                      latencies)
+            r = timed(
+                c, "POST", API + "/tasks/next", {"required_fields": ["round"]}, 200, latencies
+            )
             task = r.json().get("task") if r is not None else None
             if task:
-                timed(c, "POST", f"{API}/tasks/{task['task_id']}/status",
-                      {"status": "success", "run_id": task["run_id"]}, 200, latencies)
+                timed(
+                    c,
+                    "POST",
+                    f"{API}/tasks/{task['task_id']}/status",
+                    {"status": "success", "run_id": task["run_id"]},
+                    200,
+                    latencies,
+                )
             with httpx.Client(base_url=url, auth=auth, timeout=60, verify=False) as once:
                 timed(once, "POST", API + "/tasks/search", {"limit": 10}, 200, fresh)
             time.sleep(0.02)
@@ -210,8 +235,14 @@ def tenant(url: str, auth: tuple[str, str], seconds: float) -> dict:
 
 
 # --------------------------------------------------------------------------- the floods
-def _flood_main(kind: str, url: str, auth: tuple[str, str], seconds: float,
-                results: multiprocessing.Queue, started: Any) -> None:
+def _flood_main(
+    kind: str,
+    url: str,
+    auth: tuple[str, str],
+    seconds: float,
+    results: multiprocessing.Queue,
+    started: Any,
+) -> None:
     """Entry point of a flood's child process: sets ``started`` (an Event) once the flood
     begins, and puts its summary dict on ``results`` at the end."""
     try:
@@ -224,14 +255,12 @@ def _flood_main(kind: str, url: str, auth: tuple[str, str], seconds: float,
     results.put(out)
 
 
-def slowloris(url: str, seconds: float, started: Any, n: int = 1000,
-              interval: float = 2.0) -> dict:
+def slowloris(url: str, seconds: float, started: Any, n: int = 1000, interval: float = 2.0) -> dict:
     """``n`` connections trickling a request head, one byte every ``interval`` s each; a
     connection the server closes is replaced at once. Reports how many of the first ``n``
     the server still held at the end, and how many connections were opened in all."""
     port = int(url.rsplit(":", 1)[1])
-    head = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: "
-            + b"s" * 4000 + b"\r\n\r\n")
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: " + b"s" * 4000 + b"\r\n\r\n"
     sel = selectors.DefaultSelector()
     conns: dict[socket.socket, list] = {}  # sock -> [bytes sent, next send, first batch]
     opened = refused = 0
@@ -266,7 +295,7 @@ def slowloris(url: str, seconds: float, started: Any, n: int = 1000,
         for sock, state in list(conns.items()):
             if state[1] <= now:
                 try:
-                    sock.send(head[state[0] % len(head):state[0] % len(head) + 1])
+                    sock.send(head[state[0] % len(head) : state[0] % len(head) + 1])
                     state[0] += 1
                 except BlockingIOError:
                     pass
@@ -290,8 +319,12 @@ def slowloris(url: str, seconds: float, started: Any, n: int = 1000,
     held = len(conns)
     for sock in list(conns):
         drop(sock)
-    return {"opened": opened, "refused": refused, "open_at_end": held,
-            f"first_{n}_still_open_after_{seconds:g}s": survivors}
+    return {
+        "opened": opened,
+        "refused": refused,
+        "open_at_end": held,
+        f"first_{n}_still_open_after_{seconds:g}s": survivors,
+    }
 
 
 def _random_filter(rng: random.Random, depth: int = 0) -> dict:
@@ -311,8 +344,9 @@ def _random_filter(rng: random.Random, depth: int = 0) -> dict:
     return {path: {kind: rng.randint(0, 100)}}
 
 
-async def request_flood(kind: str, url: str, auth: tuple[str, str], seconds: float,
-                        started: Any = None) -> dict:
+async def request_flood(
+    kind: str, url: str, auth: tuple[str, str], seconds: float, started: Any = None
+) -> dict:
     """A flood of requests of ``kind`` (module doc) from ``FLOOD_ADDRESS``; counts answers by
     status (and transport errors by name)."""
     statuses: Counter[str] = Counter()
@@ -326,24 +360,34 @@ async def request_flood(kind: str, url: str, auth: tuple[str, str], seconds: flo
     concurrency = {"wrong_password": 40, "big_body": 6, "regex": 8, "filters": 8}[kind]
     # one client for all workers (a client per worker spent seconds building TLS contexts
     # on a loaded machine before its first request)
-    transport = httpx.AsyncHTTPTransport(local_address=FLOOD_ADDRESS, verify=False,
-                                         limits=httpx.Limits(max_connections=concurrency))
+    transport = httpx.AsyncHTTPTransport(
+        local_address=FLOOD_ADDRESS, verify=False, limits=httpx.Limits(max_connections=concurrency)
+    )
     c = httpx.AsyncClient(base_url=url, auth=auth, timeout=60, transport=transport)
     wrong = (auth[0], "wrong")
 
     big_or = {"$or": [{"args.i": k} for k in range(1000)]}
     too_costly = {"$and": [{f"args.{'.'.join(['d'] * 16)}{k}": k} for k in range(600)]}
-    regex_filters = [{"args.s": {"$regex": "^(a+)+$"}}, big_or, too_costly,
-                     {"args.s": {"$regex": "(a{255}){255}"}}]
+    regex_filters = [
+        {"args.s": {"$regex": "^(a+)+$"}},
+        big_or,
+        too_costly,
+        {"args.s": {"$regex": "(a{255}){255}"}},
+    ]
 
     async def declared_too_large() -> str:
         """A head declaring 100 MiB (httpx will not send a body shorter than declared)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port,
-                                                      local_addr=(FLOOD_ADDRESS, 0))
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0)
+        )
         try:
-            writer.write((f"POST {API}/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          f"Authorization: {basic}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {100 << 20}\r\n\r\n{{").encode())
+            writer.write(
+                (
+                    f"POST {API}/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: {basic}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {100 << 20}\r\n\r\n{{"
+                ).encode()
+            )
             await writer.drain()
             status = await reader.readline()
             return status.split()[1].decode() if len(status.split()) > 1 else "closed"
@@ -356,26 +400,40 @@ async def request_flood(kind: str, url: str, auth: tuple[str, str], seconds: flo
             n += 1
             try:
                 if kind == "wrong_password":
-                    r = await c.post(API + "/tasks/search", json={"limit": 1},
-                                     auth=(auth[0], uuid.uuid4().hex))
+                    r = await c.post(
+                        API + "/tasks/search", json={"limit": 1}, auth=(auth[0], uuid.uuid4().hex)
+                    )
                 elif kind == "big_body":
                     form = (w + n) % 3
                     if form == 0:  # declared too large: refused before reading
                         statuses[await declared_too_large()] += 1
                         continue
                     if form == 1:  # streamed: refused once 64 MiB were read
-                        r = await c.post(API + "/tasks", content=body_chunks(100),
-                                         headers={"Content-Type": "application/json"})
+                        r = await c.post(
+                            API + "/tasks",
+                            content=body_chunks(100),
+                            headers={"Content-Type": "application/json"},
+                        )
                     else:  # wrong credentials: refused before reading
-                        r = await c.post(API + "/tasks", content=body_chunks(100), auth=wrong,
-                                         headers={"Content-Type": "application/json"})
+                        r = await c.post(
+                            API + "/tasks",
+                            content=body_chunks(100),
+                            auth=wrong,
+                            headers={"Content-Type": "application/json"},
+                        )
                 elif kind == "regex":
-                    r = await c.post(API + "/tasks/search", json={
-                        "extra_filter": regex_filters[(w + n) % len(regex_filters)],
-                        "limit": 100})
+                    r = await c.post(
+                        API + "/tasks/search",
+                        json={
+                            "extra_filter": regex_filters[(w + n) % len(regex_filters)],
+                            "limit": 100,
+                        },
+                    )
                 else:  # filters
-                    r = await c.post(API + "/tasks/search", json={
-                        "extra_filter": _random_filter(rng), "limit": 10})
+                    r = await c.post(
+                        API + "/tasks/search",
+                        json={"extra_filter": _random_filter(rng), "limit": 10},
+                    )
                 statuses[str(r.status_code)] += 1
             except (httpx.HTTPError, OSError) as exc:
                 statuses[type(exc).__name__] += 1
@@ -407,16 +465,22 @@ def seed_flooder(url: str, auth: tuple[str, str], n: int = 2000) -> None:
 
 
 # --------------------------------------------------------------------------- driver
-def run_flood(kind: str, server: Server, tenant_auth: tuple[str, str],
-              flood_auth: tuple[str, str], seconds: float) -> dict:
+def run_flood(
+    kind: str,
+    server: Server,
+    tenant_auth: tuple[str, str],
+    flood_auth: tuple[str, str],
+    seconds: float,
+) -> dict:
     """One flood with the tenant working beside it; returns the row's figures."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     started = ctx.Event()
     child = None
     if kind != "none":
-        child = ctx.Process(target=_flood_main, args=(kind, server.url, flood_auth, seconds,
-                                                      results, started))
+        child = ctx.Process(
+            target=_flood_main, args=(kind, server.url, flood_auth, seconds, results, started)
+        )
         child.start()
         if not started.wait(timeout=120):
             raise RuntimeError(f"flood {kind} did not start")
@@ -431,38 +495,57 @@ def run_flood(kind: str, server: Server, tenant_auth: tuple[str, str],
         child.join(timeout=60)
     sampler.join()
     lat = work["latencies"] + work["fresh"]
-    row = {"flood": kind, "rss_before_mb": round(before, 1), "rss_peak_mb": round(sampler.peak, 1),
-           "requests": len(lat), "p50_ms": round(percentile(lat, 50), 1),
-           "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(max(lat, default=0), 1),
-           "fresh_p99_ms": round(percentile(work["fresh"], 99), 1),
-           "errors": work["errors"], "flood_result": flood}
+    row = {
+        "flood": kind,
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(sampler.peak, 1),
+        "requests": len(lat),
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "max_ms": round(max(lat, default=0), 1),
+        "fresh_p99_ms": round(percentile(work["fresh"], 99), 1),
+        "errors": work["errors"],
+        "flood_result": flood,
+    }
     time.sleep(2.0)  # let the server settle before the next flood
     return row
 
 
 def render(rows: list[dict]) -> str:
-    out = ["| flood | server RSS before → peak | tenant requests | p50 | p99 | max | "
-           "p99, new connection | tenant errors | the flood got |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| flood | server RSS before → peak | tenant requests | p50 | p99 | max | "
+        "p99, new connection | tenant errors | the flood got |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         flood = r["flood_result"]
         got = "; ".join(f"{k} {v}" for k, v in flood.items()) if flood else "—"
-        out.append(f"| {r['flood']} | {r['rss_before_mb']:.0f} → {r['rss_peak_mb']:.0f} MB | "
-                   f"{r['requests']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
-                   f"{r['max_ms']:.0f} ms | {r['fresh_p99_ms']:.1f} ms | {errors} | {got} |")
+        out.append(
+            f"| {r['flood']} | {r['rss_before_mb']:.0f} → {r['rss_peak_mb']:.0f} MB | "
+            f"{r['requests']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
+            f"{r['max_ms']:.0f} ms | {r['fresh_p99_ms']:.1f} ms | {errors} | {got} |"
+        )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flood",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help="Length of each flood (default 20).")
-    parser.add_argument("--only", default=",".join(FLOODS),
-                        help=f"Comma-separated floods to run, in order ({', '.join(FLOODS)}).")
-    parser.add_argument("--db-url", default=None,
-                        help="An empty database for the server (default: a fresh SQLite file).")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flood", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="Length of each flood (default 20)."
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(FLOODS),
+        help=f"Comma-separated floods to run, in order ({', '.join(FLOODS)}).",
+    )
+    parser.add_argument(
+        "--db-url",
+        default=None,
+        help="An empty database for the server (default: a fresh SQLite file).",
+    )
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
     args = parser.parse_args(argv)
@@ -489,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     load = os.getloadavg()
     print(render(rows))
-    print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-          f"(1 / 5 / 15 min) at the end; {args.seconds:g} s per flood; server "
-          f"--workers {args.workers} on {args.db_url or 'a fresh SQLite file'}.")
+    print(
+        f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"(1 / 5 / 15 min) at the end; {args.seconds:g} s per flood; server "
+        f"--workers {args.workers} on {args.db_url or 'a fresh SQLite file'}."
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

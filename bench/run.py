@@ -221,8 +221,11 @@ class Impl:
         """A client for one queue: basic auth with the queue's password (API v1), or the
         bearer token with ``/api/v2/queues/{queue}`` as base (2.x)."""
         if self.is_v2:
-            return httpx.Client(base_url=f"{self.url}/api/v2/queues/{queue}", timeout=600,
-                                headers={"Authorization": f"Bearer {V2_TOKEN}"})
+            return httpx.Client(
+                base_url=f"{self.url}/api/v2/queues/{queue}",
+                timeout=600,
+                headers={"Authorization": f"Bearer {V2_TOKEN}"},
+            )
         _qid, password = self.queues[queue]
         return httpx.Client(base_url=self.url, auth=(queue, password), timeout=600)
 
@@ -230,8 +233,11 @@ class Impl:
         """Create a queue over HTTP; returns its name."""
         name = f"{label}-{uuid.uuid4().hex[:8]}"
         if self.is_v2:
-            resp = httpx.put(f"{self.url}/api/v2/queues/{name}", timeout=600,
-                             headers={"Authorization": f"Bearer {V2_TOKEN}"})
+            resp = httpx.put(
+                f"{self.url}/api/v2/queues/{name}",
+                timeout=600,
+                headers={"Authorization": f"Bearer {V2_TOKEN}"},
+            )
             resp.raise_for_status()
             self.queues[name] = (name, V2_TOKEN)
             return name
@@ -265,9 +271,18 @@ class Impl:
             # 2.x has no batch route and its server owns the file: seed offline.
             self.stop()
             subprocess.run(
-                [self.python, str(BENCH_DIR / "seed_v2.py"), self.db_path, queue, kind,
-                 str(start), str(count)],
-                check=True, cwd=self.workdir, stdout=subprocess.DEVNULL,
+                [
+                    self.python,
+                    str(BENCH_DIR / "seed_v2.py"),
+                    self.db_path,
+                    queue,
+                    kind,
+                    str(start),
+                    str(count),
+                ],
+                check=True,
+                cwd=self.workdir,
+                stdout=subprocess.DEVNULL,
             )
             self.start()
         elif self.is_ref:
@@ -310,14 +325,24 @@ class Impl:
         ``client.toml`` under ``LABTASKER_ROOT`` for API v1; ``LABTASKER_URL``/``_TOKEN``/
         ``_QUEUE`` and an empty root for 2.x), without the bench's own Python settings."""
         env = {**os.environ}
-        for var in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "LABTASKER_TASK_ID",
-                    "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR", "LABTASKER_RUN_ID"):
+        for var in (
+            "PYTHONPATH",
+            "PYTHONDONTWRITEBYTECODE",
+            "LABTASKER_TASK_ID",
+            "LABTASKER_WORKER_ID",
+            "LABTASKER_LOG_DIR",
+            "LABTASKER_RUN_ID",
+        ):
             env.pop(var, None)
         if self.is_v2:
             root = self.workdir / f"root-{queue}"
             root.mkdir(parents=True, exist_ok=True)
-            env.update(LABTASKER_ROOT=str(root), LABTASKER_URL=self.url,
-                       LABTASKER_TOKEN=V2_TOKEN, LABTASKER_QUEUE=queue)
+            env.update(
+                LABTASKER_ROOT=str(root),
+                LABTASKER_URL=self.url,
+                LABTASKER_TOKEN=V2_TOKEN,
+                LABTASKER_QUEUE=queue,
+            )
         else:
             env["LABTASKER_ROOT"] = str(self.write_client_root(queue))
         return env
@@ -383,8 +408,9 @@ def timed_post(c: httpx.Client, path: str, body: Any) -> tuple[httpx.Response, f
     return timed(c, "POST", path, json=body)
 
 
-def timed(c: httpx.Client, method: str, path: str, **kwargs: Any
-          ) -> tuple[httpx.Response, float, float]:
+def timed(
+    c: httpx.Client, method: str, path: str, **kwargs: Any
+) -> tuple[httpx.Response, float, float]:
     """One request; returns the response, the client wall time and the server's
     ``X-Process-Time`` (both in ms; NaN when the header is missing)."""
     t0 = time.perf_counter()
@@ -410,8 +436,9 @@ def api_submit(impl: Impl, c: httpx.Client, args: dict, route: str = "default") 
         raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
 
 
-def api_claim(impl: Impl, c: httpx.Client, kind: str, route: str = "default"
-              ) -> tuple[bool, float, float]:
+def api_claim(
+    impl: Impl, c: httpx.Client, kind: str, route: str = "default"
+) -> tuple[bool, float, float]:
     """Claim one task of ``kind`` (API v1: by its required fields; 2.x: by ``route``);
     returns (found, wall ms, server ms)."""
     if impl.is_v2:
@@ -427,8 +454,9 @@ def api_claim(impl: Impl, c: httpx.Client, kind: str, route: str = "default"
     return bool(r.json().get("found")), wall, server
 
 
-def api_list(impl: Impl, c: httpx.Client, arg: str, value: int, limit: int = 100
-             ) -> tuple[int, float, float]:
+def api_list(
+    impl: Impl, c: httpx.Client, arg: str, value: int, limit: int = 100
+) -> tuple[int, float, float]:
     """One listing page (default order) filtered by ``args.<arg> == value``; returns (tasks on
     the page, wall ms, server ms)."""
     if impl.is_v2:
@@ -474,10 +502,13 @@ def row_http_floor(impl: Impl, sizes: Sizes, out: dict) -> None:
     queue = impl.new_queue("floor")
     n = max(200, sizes.submit_one)
     parts = []
-    authed = ("GET /api/v2/queues", impl.url + "/api/v2/queues") if impl.is_v2 else (
-        "GET /queues/me", impl.url + QUEUE_ME)
+    authed = (
+        ("GET /api/v2/queues", impl.url + "/api/v2/queues")
+        if impl.is_v2
+        else ("GET /queues/me", impl.url + QUEUE_ME)
+    )
     for label, path, auth in (("GET /health", impl.url + "/health", False), (*authed, True)):
-        with (impl.client(queue) if auth else httpx.Client()) as c:
+        with impl.client(queue) if auth else httpx.Client() as c:
             c.get(path)
             cpu0 = impl.cpu_seconds()
             t0 = time.perf_counter()
@@ -488,14 +519,20 @@ def row_http_floor(impl: Impl, sizes: Sizes, out: dict) -> None:
         parts.append(f"{label} {cpu:.2f} ms CPU ({wall:.1f} ms wall)")
         if auth:  # compared: every API call is authenticated (2.x's /health reads the db)
             value = cpu
-    out["http_floor"] = Result(value, "; ".join(parts) + " per request"
-                               + (" (its /health reads the database)" if impl.is_v2 else ""))
+    out["http_floor"] = Result(
+        value,
+        "; ".join(parts)
+        + " per request"
+        + (" (its /health reads the database)" if impl.is_v2 else ""),
+    )
 
 
 def row_submit_bulk(impl: Impl, sizes: Sizes, out: dict) -> None:
     if impl.is_ref or impl.is_v2 or not impl.probe_batch():
-        out["submit_bulk"] = na(f"labtasker {impl.name} has no batch route (one request per "
-                                "task: see the one-by-one row)")
+        out["submit_bulk"] = na(
+            f"labtasker {impl.name} has no batch route (one request per "
+            "task: see the one-by-one row)"
+        )
         return
     queue = impl.new_queue("bulk")
     cpu0 = impl.cpu_seconds()
@@ -516,8 +553,18 @@ def row_sweep(impl: Impl, sizes: Sizes, out: dict) -> None:
     for key, extra in (("sweep", []), ("sweep_unique", ["--unique"])):
         queue = impl.new_queue(key.replace("_", "-"))
         env = {**os.environ, "LABTASKER_ROOT": str(impl.write_client_root(queue))}
-        cmd = [impl.cli, "task", "submit", "--yes", *extra, "--grid",
-               f"i=range({sizes.sweep})", "--", "--kind", "sweep"]
+        cmd = [
+            impl.cli,
+            "task",
+            "submit",
+            "--yes",
+            *extra,
+            "--grid",
+            f"i=range({sizes.sweep})",
+            "--",
+            "--kind",
+            "sweep",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t0
@@ -586,7 +633,12 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
 
 
 def _fetch_samples(
-    impl: Impl, queue: str, kind: str, samples: int, budget: Budget, before=None,
+    impl: Impl,
+    queue: str,
+    kind: str,
+    samples: int,
+    budget: Budget,
+    before=None,
     route: str = "default",
 ) -> tuple[list[float], list[float]]:
     walls, servers = [], []
@@ -614,8 +666,7 @@ def _lat_text(walls: list[float], servers: list[float], n_wanted: int) -> str:
     return text
 
 
-def _ls_samples(impl: Impl, queue: str, arg: str, value: int, want: int, samples: int
-                ) -> Result:
+def _ls_samples(impl: Impl, queue: str, arg: str, value: int, want: int, samples: int) -> Result:
     """``samples`` listings of one page filtered by ``args.<arg> == value``; each page must
     hold ``want`` tasks. The compared value is the server's time (the client's wall time when
     the server gives none)."""
@@ -647,8 +698,7 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
         if size in sizes.ls_sizes:
             # 10% of the tasks match args.grp == 3 (a full page); args.i == K matches one.
             out[f"ls_{size}"] = _ls_samples(impl, queue, "grp", 3, 100, sizes.ls_samples)
-            out[f"lsone_{size}"] = _ls_samples(impl, queue, "i", seeded // 2, 1,
-                                               sizes.ls_samples)
+            out[f"lsone_{size}"] = _ls_samples(impl, queue, "i", seeded // 2, 1, sizes.ls_samples)
         if size in sizes.fetch_sizes:
             walls, servers = _fetch_samples(
                 impl, queue, "fetch", sizes.fetch_samples, Budget(impl.budget)
@@ -672,13 +722,15 @@ def rows_fetch_ls(impl: Impl, sizes: Sizes, out: dict) -> None:
     )
     out["fetch_other"] = Result(median(walls), _lat_text(walls, servers, sizes.fetch_samples))
     if impl.is_ref:
-        out["storage"] = na("1.0.1's embedded store is one JSON file rewritten on every "
-                            "write; not measured")
+        out["storage"] = na(
+            "1.0.1's embedded store is one JSON file rewritten on every write; not measured"
+        )
     else:
         out["storage"] = storage_per_task(impl)
     pss = impl.rss_mb("Pss:")
-    out["rss"] = Result(impl.rss_mb(), f"{impl.rss_mb():.0f} MB" + (
-        f" (PSS {pss:.0f} MB)" if pss == pss else ""))
+    out["rss"] = Result(
+        impl.rss_mb(), f"{impl.rss_mb():.0f} MB" + (f" (PSS {pss:.0f} MB)" if pss == pss else "")
+    )
 
 
 def row_loop(impl: Impl, sizes: Sizes, out: dict) -> None:
@@ -745,12 +797,21 @@ def _run_cpu_times(cmd: list[str], runs: int, env: dict) -> tuple[list[float], l
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cmd[1:4]} exited {proc.returncode}: "
-                               f"{proc.stderr.decode(errors='replace')[-300:]}")
+            raise RuntimeError(
+                f"{cmd[1:4]} exited {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace')[-300:]}"
+            )
         walls.append((time.perf_counter() - t0) * 1000)
         after = os.times()
-        cpus.append((after.children_user - before.children_user
-                     + after.children_system - before.children_system) * 1000)
+        cpus.append(
+            (
+                after.children_user
+                - before.children_user
+                + after.children_system
+                - before.children_system
+            )
+            * 1000
+        )
     return walls, cpus
 
 
@@ -783,8 +844,11 @@ def storage_per_task(impl: Impl) -> Result:
             parts["other"] += size
     total = sum(parts.values()) / max(n_tasks, 1)
     split = ", ".join(f"{k} {v / max(n_tasks, 1):.0f}" for k, v in parts.items())
-    return Result(total / 1024, f"{total / 1024:.2f} KB per task ({split} B; "
-                  f"{n_tasks:,} tasks, {n_side:,} {side.replace('_', ' ')} rows)")
+    return Result(
+        total / 1024,
+        f"{total / 1024:.2f} KB per task ({split} B; "
+        f"{n_tasks:,} tasks, {n_side:,} {side.replace('_', ' ')} rows)",
+    )
 
 
 def _cpu_result(walls: list[float], cpus: list[float]) -> Result:
@@ -800,8 +864,9 @@ def rows_cli(impl: Impl, sizes: Sizes, out: dict) -> None:
     submit = [impl.cli, "task", "submit", "--args", '{"i": 1, "grp": 2}']
     out["cli_submit"] = _cpu_result(*_run_cpu_times(submit, sizes.startup_runs, env))
     empty = impl.new_queue("cli-empty")
-    out["cli_loop"] = _cpu_result(*_run_cpu_times(loop_cmd(impl, "true"), sizes.startup_runs,
-                                                  impl.cli_env(empty)))
+    out["cli_loop"] = _cpu_result(
+        *_run_cpu_times(loop_cmd(impl, "true"), sizes.startup_runs, impl.cli_env(empty))
+    )
     impl.seed(queue, "fetch", 0, 100)
     ls = [impl.cli, "task", "list" if impl.is_v2 else "ls"]
     out["cli_ls"] = _cpu_result(*_run_cpu_times(ls, sizes.startup_runs, env))
@@ -818,14 +883,16 @@ def rows_startup(impl: Impl, sizes: Sizes, out: dict) -> None:
     env = {**os.environ, "LABTASKER_ROOT": str(root)}
     if impl.is_v2:  # 2.x refuses a v1 client.toml (legacy_config_found): use its variables
         (root / "client.toml").unlink()
-        env.update(LABTASKER_URL="http://127.0.0.1:9", LABTASKER_QUEUE="startup",
-                   LABTASKER_TOKEN=V2_TOKEN)
+        env.update(
+            LABTASKER_URL="http://127.0.0.1:9", LABTASKER_QUEUE="startup", LABTASKER_TOKEN=V2_TOKEN
+        )
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # users have .pyc caches; the warm-up writes them
     base = median(_run_times([impl.python, "-c", "pass"], sizes.startup_runs, env))
     out["help"] = _cpu_result(*_run_cpu_times([impl.cli, "--help"], sizes.startup_runs, env))
     out["loop_help"] = _cpu_result(
-        *_run_cpu_times([impl.cli, "loop", "--help"], sizes.startup_runs, env))
+        *_run_cpu_times([impl.cli, "loop", "--help"], sizes.startup_runs, env)
+    )
     t_imp = median(_run_times([impl.python, "-c", "import labtasker"], sizes.startup_runs, env))
     out["import"] = Result(t_imp, f"{t_imp:.0f} ms (bare python {base:.0f})")
 
@@ -857,8 +924,13 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
         ("sweep", f"`task submit --grid` sweep of {sizes.sweep:,}, end to end (tasks/s)"),
         ("sweep_unique", "the same with `--unique` (tasks/s)"),
     ]
-    labels.append(("http_floor", "HTTP floor: server CPU per request, sequential client "
-                   "(compared: the authenticated read)"))
+    labels.append(
+        (
+            "http_floor",
+            "HTTP floor: server CPU per request, sequential client "
+            "(compared: the authenticated read)",
+        )
+    )
     for w in sizes.claim_workers:
         labels.append(
             (
@@ -884,8 +956,9 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
     for n in sizes.ls_sizes:
         labels.append((f"ls_{n}", f"`task ls` page of 100, args filter, {fmt_n(n)} tasks"))
     for n in sizes.ls_sizes:
-        labels.append((f"lsone_{n}", f"`task ls`, one-hit args filter (`args.i == K`), "
-                       f"{fmt_n(n)} tasks"))
+        labels.append(
+            (f"lsone_{n}", f"`task ls`, one-hit args filter (`args.i == K`), {fmt_n(n)} tasks")
+        )
     labels += [
         ("loop", f"`loop` overhead per task, job `true`, {sizes.loop_tasks} tasks"),
         ("rss", f"server RSS with {fmt_n(hi)}+ tasks"),
@@ -921,8 +994,10 @@ def render(sizes: Sizes, results: dict[str, dict[str, Result]], notes: list[str]
     footnotes: dict[str, str] = {}  # reason -> mark
     for key, label in row_labels(sizes):
         top_ls = f"_{max(sizes.ls_sizes)}"
-        cells = [label, TARGETS.get(key.replace(top_ls, "_max") if key.endswith(top_ls)
-                                    else key, "")]
+        cells = [
+            label,
+            TARGETS.get(key.replace(top_ls, "_max") if key.endswith(top_ls) else key, ""),
+        ]
         for name in names:
             res = results[name].get(key)
             cell = res.text if res else "-"
@@ -956,9 +1031,7 @@ def ensure_venv(package: str, version: str) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     print(f"[bench] installing {package}=={version} into {venv} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{package}=={version}"], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"{package}=={version}"], check=True)
     return venv
 
 
@@ -970,8 +1043,9 @@ def row_claim_two_processes(impl: Impl, sizes: Sizes, out: dict) -> None:
         out[f"claim_{top}_procs2"] = na("1.0.1's server has no multi-process option")
         return
     if impl.is_v2:
-        out[f"claim_{top}_procs2"] = na(f"labtasker {impl.name} allows exactly one server "
-                                        "process per database file")
+        out[f"claim_{top}_procs2"] = na(
+            f"labtasker {impl.name} allows exactly one server process per database file"
+        )
         return
     workdir = impl.workdir / "procs2"
     workdir.mkdir(exist_ok=True)
@@ -1021,10 +1095,14 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Small sizes (smoke test).")
-    parser.add_argument("--compare", action="store_true",
-                        help=f"Also run labtasker {REF_VERSION} and {V2_VERSION}.")
-    parser.add_argument("--peers", default=f"{REF_VERSION},{V2_VERSION}",
-                        help="With --compare: comma list of the peers to run (default: both).")
+    parser.add_argument(
+        "--compare", action="store_true", help=f"Also run labtasker {REF_VERSION} and {V2_VERSION}."
+    )
+    parser.add_argument(
+        "--peers",
+        default=f"{REF_VERSION},{V2_VERSION}",
+        help="With --compare: comma list of the peers to run (default: both).",
+    )
     parser.add_argument(
         "--ref-budget",
         type=float,
@@ -1088,8 +1166,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if V2_VERSION in peers:
         venv = ensure_venv("labtasker", V2_VERSION)
-        impls.append(Impl(V2_VERSION, "v2", str(venv / "bin" / "python"),
-                          str(venv / "bin" / "labtasker"), tmp / "v2"))
+        impls.append(
+            Impl(
+                V2_VERSION,
+                "v2",
+                str(venv / "bin" / "python"),
+                str(venv / "bin" / "labtasker"),
+                tmp / "v2",
+            )
+        )
     results: dict[str, dict[str, Result]] = {}
     started = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -1099,8 +1184,10 @@ def main(argv: list[str] | None = None) -> int:
             impl.workdir.mkdir(parents=True)
             t0, load0 = time.monotonic(), os.getloadavg()[0]
             results[impl.name] = run_impl(impl, sizes, only)
-            loads.append(f"{impl.name} {time.monotonic() - t0:.0f} s, load {load0:.1f} -> "
-                         f"{os.getloadavg()[0]:.1f}")
+            loads.append(
+                f"{impl.name} {time.monotonic() - t0:.0f} s, load {load0:.1f} -> "
+                f"{os.getloadavg()[0]:.1f}"
+            )
     finally:
         for impl in impls:
             impl.stop()
@@ -1113,7 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
         "Latencies are client-side wall times over HTTP; 'server' is the bench-side "
         "X-Process-Time (ASGI entry to response start). Per implementation: "
-        + "; ".join(loads) + ".",
+        + "; ".join(loads)
+        + ".",
         "Bulk route: "
         + ("present" if cur.has_batch else "absent (seeding went straight to the database)")
         + ".",

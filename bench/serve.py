@@ -80,8 +80,18 @@ def v2_serve(args) -> None:
         real_run(with_process_time(app), **kwargs)
 
     cli.uvicorn.run = run  # type: ignore[attr-defined]
-    sys.argv = ["labtasker-server", "serve", "--connection", "http", "--database",
-                args.db_path, "--host", "127.0.0.1", "--port", str(args.port)]
+    sys.argv = [
+        "labtasker-server",
+        "serve",
+        "--connection",
+        "http",
+        "--database",
+        args.db_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     cli.app()
 
 
@@ -105,11 +115,21 @@ def main() -> None:
         db = Database(args.db_url)
         db.migrate()
         db.dispose()
-        print(f"bench server {args.impl} on {args.port}, {args.workers} processes",
-              file=sys.stderr, flush=True)
-        sys.exit(serve_processes(lambda: with_process_time(current_app(args)),
-                                 workers=args.workers, host="127.0.0.1", port=args.port,
-                                 log_level="warning", access_log=False))
+        print(
+            f"bench server {args.impl} on {args.port}, {args.workers} processes",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(
+            serve_processes(
+                lambda: with_process_time(current_app(args)),
+                workers=args.workers,
+                host="127.0.0.1",
+                port=args.port,
+                log_level="warning",
+                access_log=False,
+            )
+        )
     app = current_app(args) if args.impl == "current" else ref101_app(args)
 
     print(f"bench server {args.impl} on {args.port}", file=sys.stderr, flush=True)

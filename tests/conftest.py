@@ -27,7 +27,8 @@ BACKEND_FIXTURES = frozenset({"server", "queue_env", "scratch_dbs"})
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "backend: runs on every storage backend although it uses no backend fixture")
+        "markers", "backend: runs on every storage backend although it uses no backend fixture"
+    )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -81,7 +82,8 @@ def queue_env(server, tmp_path, monkeypatch) -> QueueEnv:
     name = "q-" + uuid.uuid4().hex[:12]
     password = "pw-" + uuid.uuid4().hex[:8]
     resp = httpx.post(  # a generous timeout: the password KDF is slow on a loaded machine
-        server.url + "/api/v1/queues", json={"queue_name": name, "password": password},
+        server.url + "/api/v1/queues",
+        json={"queue_name": name, "password": password},
         timeout=60,
     )
     assert resp.status_code == 201, resp.text

@@ -17,9 +17,23 @@ def test_bench_flood_runs(tmp_path):
     out = tmp_path / "flood.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.flood", "--seconds", "3", "--only",
-         "none,slowloris,filters", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "bench.flood",
+            "--seconds",
+            "3",
+            "--only",
+            "none,slowloris,filters",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.startswith("| flood | server RSS before → peak |"), proc.stdout
     rows = {row["flood"]: row for row in json.loads(out.read_text())}
@@ -32,6 +46,12 @@ def test_bench_flood_runs(tmp_path):
 
 def test_bench_flood_refuses_an_unknown_flood():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "bench.flood", "--only", "slowlorris"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.flood", "--only", "slowlorris"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown flood 'slowlorris'" in proc.stderr, proc.stderr

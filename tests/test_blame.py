@@ -25,15 +25,17 @@ def _worker_row(http, wid) -> dict:
 def _claim(http, tid, wid) -> str:
     """Claim ``tid`` (the only pending task of its shape) for ``wid``; its run id."""
     key = list(get_task(http, tid)["args"])
-    task = http.post(f"{API}/tasks/next", json={"worker_id": wid,
-                                                "required_fields": key}).json()["task"]
+    task = http.post(f"{API}/tasks/next", json={"worker_id": wid, "required_fields": key}).json()[
+        "task"
+    ]
     assert task is not None and task["task_id"] == tid, task
     return task["run_id"]
 
 
 def _report(http, tid, run_id, status, **summary):
-    return http.post(f"{API}/tasks/{tid}/status",
-                     json={"status": status, "run_id": run_id, "summary": summary})
+    return http.post(
+        f"{API}/tasks/{tid}/status", json={"status": status, "run_id": run_id, "summary": summary}
+    )
 
 
 def _runs(http, tid) -> list[dict]:
@@ -92,16 +94,24 @@ def test_blame_policy_and_run_history(queue_env):
         w = submit(http, {"w": 1})
         run_w = _claim(http, w, b)
         assert _runs(http, w)[0]["status"] == "running" and _runs(http, w)[0]["ended"] is None
-        http.put(f"{API}/tasks", json=[{"task_id": w, "status": "pending", "run_id": run_w}],
-                 params={"reset_pending": "false"})
+        http.put(
+            f"{API}/tasks",
+            json=[{"task_id": w, "status": "pending", "run_id": run_w}],
+            params={"reset_pending": "false"},
+        )
         assert _runs(http, w)[0]["status"] == "requeued"
 
 
 def _loop(queue_env, cmd, extra_env=None) -> subprocess.Popen:
     return subprocess.Popen(
         [LABTASKER, "loop", "--idle-timeout", "0", "-c", cmd],
-        env={**queue_env.env(), **(extra_env or {})}, cwd=queue_env.workdir,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        env={**queue_env.env(), **(extra_env or {})},
+        cwd=queue_env.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _grid(http, bad_priority: int | None) -> list[str]:
@@ -141,8 +151,9 @@ def test_bad_configurations_do_not_take_workers_out_of_service(queue_env):
             counts, workers = _statuses(http)
             assert counts == {"success": 195, "failed": 5}, counts
             assert [w["status"] for w in workers if w["status"] != "active"] == [], workers
-            for t in http.post(f"{API}/tasks/search",
-                               json={"status": "failed", "limit": 10}).json()["content"]:
+            for t in http.post(
+                f"{API}/tasks/search", json={"status": "failed", "limit": 10}
+            ).json()["content"]:
                 assert t["retries"] == 3 and t["args"]["lr"] == 1000
             for t in http.post(f"{API}/tasks/search", json={"limit": 1000}).json()["content"]:
                 assert http.delete(f"{API}/tasks/{t['task_id']}").status_code == 204
@@ -179,8 +190,10 @@ def test_broken_node_is_crashed_while_healthy_nodes_finish_the_grid(queue_env):
 def _lone_loop_grid(http, n: int, bad: int) -> list[str]:
     """``n`` tasks of which the first ``bad`` (a cluster, fetched first: priority 10) always
     fail."""
-    tasks = [{"args": {"lr": 1000 if i < bad else i}, "max_retries": 3,
-              "priority": 10 if i < bad else 0} for i in range(n)]
+    tasks = [
+        {"args": {"lr": 1000 if i < bad else i}, "max_retries": 3, "priority": 10 if i < bad else 0}
+        for i in range(n)
+    ]
     resp = http.post(f"{API}/tasks/batch", json={"tasks": tasks})
     assert resp.status_code == 201, resp.text
     return resp.json()["task_ids"]
@@ -243,17 +256,31 @@ def test_a_crashed_loop_comes_back_when_the_blame_moves_to_its_tasks(queue_env):
         bad = [submit(http, {"v": 1000 + i}, priority=10, max_retries=3) for i in range(2)]
         good = [submit(http, {"v": i}) for i in range(4)]
         loop = subprocess.Popen(
-            [LABTASKER, "loop", "--idle-timeout", "0", "--worker-id", wid, "-c",
-             "[ %(v) -lt 1000 ]"], env=queue_env.env(), cwd=queue_env.workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL)
+            [
+                LABTASKER,
+                "loop",
+                "--idle-timeout",
+                "0",
+                "--worker-id",
+                wid,
+                "-c",
+                "[ %(v) -lt 1000 ]",
+            ],
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             wait_for(lambda: _worker_row(http, wid)["status"] == "crashed", timeout=60)
             time.sleep(3)  # the loop has seen the refusal and waits
             assert loop.poll() is None, loop.communicate()[1]
             # the other worker fails one of the bad tasks: the blame moves to it
-            task = http.post(f"{API}/tasks/next", json={
-                "worker_id": other, "extra_filter": {"task_id": bad[0]}}).json()["task"]
+            task = http.post(
+                f"{API}/tasks/next", json={"worker_id": other, "extra_filter": {"task_id": bad[0]}}
+            ).json()["task"]
             assert _report(http, bad[0], task["run_id"], "failed").status_code == 200
             assert _worker_row(http, wid)["status"] == "active"
             _, err = loop.communicate(timeout=120)

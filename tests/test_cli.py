@@ -767,8 +767,10 @@ def test_task_cancel_stops_the_running_job_of_a_loop(cli, queue_env):
         if loop.poll() is None:
             loop.kill()
             loop.wait()
-    print(f"job gone {gone_after:.2f} s after `task cancel` returned "
-          f"({t0 - started:.2f} s for the command itself)")
+    print(
+        f"job gone {gone_after:.2f} s after `task cancel` returned "
+        f"({t0 - started:.2f} s for the command itself)"
+    )
     assert not _alive(job_pid)
     assert gone_after < 3 * interval + 1, gone_after
     assert loop.returncode == 0, err
@@ -818,7 +820,9 @@ def test_worker_commands(cli, queue_env):
     assert out.strip() == f"Worker {w1} status updated to suspended."
     assert ok(cli("worker", "ls", "-q", "-s", "suspended")).split() == [w1]
     # suspending a suspended worker is a no-op that says so
-    assert ok(cli("worker", "report", w1, "suspended")).strip() == f"Worker {w1} is already suspended."
+    assert (
+        ok(cli("worker", "report", w1, "suspended")).strip() == f"Worker {w1} is already suspended."
+    )
     ok(cli("worker", "report", w1, "active"))
     proc = cli("worker", "report", w1, "sleeping")
     assert proc.returncode == 2 and "STATUS" in err_line(proc).upper()

@@ -15,25 +15,39 @@ HOSTILE = "[/oops] [link=http://evil.example]click[/link] \x1b[2J \u009b \u202eg
 
 
 def render(renderable) -> str:
-    console = Console(file=io.StringIO(), width=400, color_system="truecolor",
-                      force_terminal=True)
+    console = Console(file=io.StringIO(), width=400, color_system="truecolor", force_terminal=True)
     console.print(renderable)
     return console.file.getvalue()
 
 
 def test_escape_control():
     assert escape_control("a\x1bb\u009bc\u202ed\u2066e\x00f\tg\nh") == (
-        "a\\x1bb\\x9bc\\u202ed\\u2066e\\x00f\tg\nh")
+        "a\\x1bb\\x9bc\\u202ed\\u2066e\\x00f\tg\nh"
+    )
     assert escape_control("naïve 密码 ✓") == "naïve 密码 ✓"
 
 
 def test_tables_show_markup_and_escape_control_characters():
-    task = {"task_id": "t-1", "task_name": "[bold]name[/bold]\x1b]8;;x\x07", "status": "pending",
-            "priority": 1, "retries": 0, "max_retries": 3, "args": {"s": HOSTILE},
-            "summary": {"m": "[/oops]"}}
-    worker = {"worker_id": "w-1", "worker_name": "[red]w[/red]", "status": "active",
-              "retries": 0, "max_retries": 3, "running_task_ids": [], "created_at": None,
-              "metadata": {"note": HOSTILE}}
+    task = {
+        "task_id": "t-1",
+        "task_name": "[bold]name[/bold]\x1b]8;;x\x07",
+        "status": "pending",
+        "priority": 1,
+        "retries": 0,
+        "max_retries": 3,
+        "args": {"s": HOSTILE},
+        "summary": {"m": "[/oops]"},
+    }
+    worker = {
+        "worker_id": "w-1",
+        "worker_name": "[red]w[/red]",
+        "status": "active",
+        "retries": 0,
+        "max_retries": 3,
+        "running_task_ids": [],
+        "created_at": None,
+        "metadata": {"note": HOSTILE},
+    }
     for table in (tasks_table([task]), workers_table([worker])):
         out = render(table)  # "[/oops]" used to raise MarkupError (exit 1 for everyone)
         assert "[/oops]" in out

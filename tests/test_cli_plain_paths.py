@@ -16,8 +16,17 @@ from labtasker.client import api
 from labtasker.client.config import ConfigError, load_client_config, load_connection
 from labtasker.wire import TaskSubmitRequest
 
-BASE = dict(task_name=None, args={"i": 1}, metadata=None, cmd=None, heartbeat_timeout=None,
-            task_timeout=None, max_retries=3, priority=10, unique=False)
+BASE = dict(
+    task_name=None,
+    args={"i": 1},
+    metadata=None,
+    cmd=None,
+    heartbeat_timeout=None,
+    task_timeout=None,
+    max_retries=3,
+    priority=10,
+    unique=False,
+)
 
 PLAIN = [
     {},
@@ -80,7 +89,7 @@ INVALID = [
     '[endpoint]\napi_base_url = "http://h"\n[queue]\nqueue_name = "a b"\npassword = "p"\n',
     '[endpoint]\napi_base_url = "http://h"\n[queue]\nqueue_name = "q"\npassword = ""\n',
     '[endpoint]\napi_base_url = "http://h"\n[queue]\nqueue_name = "q"\npassword = "p"\n'
-    '[task]\nheartbeat_interval = 0\n',
+    "[task]\nheartbeat_interval = 0\n",
     '[endpoint]\napi_base_url = "http://h"\n',
     'display_server_notifications_level = "loud"\n[endpoint]\napi_base_url = "http://h"\n'
     '[queue]\nqueue_name = "q"\npassword = "p"\n',
@@ -93,10 +102,19 @@ def test_connection_settings_are_the_models(tmp_path, text):
     path.write_text(text)
     cfg = load_client_config(path)
     conn = load_connection(path)
-    assert (conn.api_base_url, conn.queue_name, conn.password, conn.notifications_level,
-            conn.heartbeat_interval) == (
-        cfg.endpoint.api_base_url, cfg.queue.queue_name, cfg.queue.password,
-        cfg.display_server_notifications_level, cfg.task.heartbeat_interval)
+    assert (
+        conn.api_base_url,
+        conn.queue_name,
+        conn.password,
+        conn.notifications_level,
+        conn.heartbeat_interval,
+    ) == (
+        cfg.endpoint.api_base_url,
+        cfg.queue.queue_name,
+        cfg.queue.password,
+        cfg.display_server_notifications_level,
+        cfg.task.heartbeat_interval,
+    )
 
 
 @pytest.mark.parametrize("text", INVALID)
@@ -112,8 +130,13 @@ def test_invalid_connection_settings_fail_as_the_models(tmp_path, text):
 
 def _cli(root, *args):
     env = {**os.environ, "LABTASKER_ROOT": str(root)}
-    return subprocess.run([sys.executable, "-m", "labtasker.client.cli.main", *args],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "labtasker.client.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_submit_loads_no_pydantic_and_stores_the_same_task(queue_env):
@@ -128,9 +151,15 @@ def test_submit_loads_no_pydantic_and_stores_the_same_task(queue_env):
         "try:\n    runpy.run_module('labtasker.client.cli.main', run_name='__main__')\n"
         "except SystemExit as exc:\n    code = exc.code\n"
         "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))\n"
-        "sys.exit(code)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "LABTASKER_ROOT": str(root)})
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LABTASKER_ROOT": str(root)},
+    )
     assert done.returncode == 0, done.stderr
     task_id, loaded = done.stdout.splitlines()
     assert loaded == "LOADED []"
@@ -139,6 +168,10 @@ def test_submit_loads_no_pydantic_and_stores_the_same_task(queue_env):
     assert resp.status_code == 200, resp.text
     task = resp.json()
     assert (task["args"], task["priority"], task["max_retries"], task["task_name"]) == (
-        {"i": 7, "x": [1.5]}, 20, 1, "plain")
+        {"i": 7, "x": [1.5]},
+        20,
+        1,
+        "plain",
+    )
     bad = _cli(root, "task", "submit", "--priority", "high", "--args", '{"i": 1}')
     assert bad.returncode == 2 and "--priority" in bad.stderr, bad.stderr

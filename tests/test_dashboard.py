@@ -37,8 +37,11 @@ try:
 except ImportError:  # pragma: no cover - dev extra missing
     sync_playwright = None
 
-_missing = (None if sync_playwright is not None and shutil.which(CHROMIUM)
-            else f"needs Playwright and {CHROMIUM}")
+_missing = (
+    None
+    if sync_playwright is not None and shutil.which(CHROMIUM)
+    else f"needs Playwright and {CHROMIUM}"
+)
 if _missing and os.environ.get("LABTASKER_REQUIRE_BROWSER") == "1":
     raise RuntimeError(f"dashboard tests {_missing} (LABTASKER_REQUIRE_BROWSER=1)")
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
@@ -47,8 +50,9 @@ pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-dev-shm-usage"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield b
         b.close()
 
@@ -56,15 +60,18 @@ def browser():
 @pytest.fixture
 def page(browser, request):
     """A fresh browser context (no cookies) and page; screenshot on failure."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                  timezone_id="Europe/Berlin")
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 900}, timezone_id="Europe/Berlin"
+    )
     context.set_default_timeout(10_000)
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     yield pg
-    failed = any(getattr(getattr(request.node, "rep_" + phase, None), "failed", False)
-                 for phase in ("setup", "call"))
+    failed = any(
+        getattr(getattr(request.node, "rep_" + phase, None), "failed", False)
+        for phase in ("setup", "call")
+    )
     if failed:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.nodeid.split("::")[-1])
@@ -96,8 +103,9 @@ def submit_batch(http, tasks: list[dict]) -> list[str]:
 
 
 def worker(http) -> str:
-    resp = http.post(f"{API}/workers", json={"worker_name": "w-" + uuid.uuid4().hex[:6],
-                                            "max_retries": 1000})
+    resp = http.post(
+        f"{API}/workers", json={"worker_name": "w-" + uuid.uuid4().hex[:6], "max_retries": 1000}
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["worker_id"]
 
@@ -107,16 +115,23 @@ def run_one(http, worker_id: str, status: str = "success", summary: dict | None 
     resp = http.post(f"{API}/tasks/next", json={"worker_id": worker_id, "eta_max": "1h"})
     task = resp.json()["task"]
     assert task is not None, resp.text
-    resp = http.post(f"{API}/tasks/{task['task_id']}/status", json={
-        "status": status, "worker_id": worker_id, "run_id": task["run_id"],
-        "summary": summary or {}})
+    resp = http.post(
+        f"{API}/tasks/{task['task_id']}/status",
+        json={
+            "status": status,
+            "worker_id": worker_id,
+            "run_id": task["run_id"],
+            "summary": summary or {},
+        },
+    )
     assert resp.status_code == 200, resp.text
     return task
 
 
 def table_ids(page) -> list[str]:
     return page.locator("#tasks tbody tr[data-task-id]").evaluate_all(
-        "rows => rows.map(r => r.dataset.taskId)")
+        "rows => rows.map(r => r.dataset.taskId)"
+    )
 
 
 def wait_table(page, count: int) -> None:
@@ -157,10 +172,20 @@ def test_session_cookie_is_checked_and_actions_need_the_csrf_token(queue_env):
     with httpx.Client(base_url=queue_env.url, timeout=30) as c:
         login = c.get("/ui/login")
         token = re.search(r'name="login_token" value="([^"]+)"', login.text).group(1)
-        assert c.post("/ui/login", data={"queue": queue_env.queue_name, "password":
-                                         queue_env.password}).status_code == 403  # no token
-        resp = c.post("/ui/login", data={"queue": queue_env.queue_name,
-                                         "password": queue_env.password, "login_token": token})
+        assert (
+            c.post(
+                "/ui/login", data={"queue": queue_env.queue_name, "password": queue_env.password}
+            ).status_code
+            == 403
+        )  # no token
+        resp = c.post(
+            "/ui/login",
+            data={
+                "queue": queue_env.queue_name,
+                "password": queue_env.password,
+                "login_token": token,
+            },
+        )
         assert resp.status_code == 303 and "labtasker_session" in c.cookies
         page = c.get("/ui/tasks")
         csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
@@ -168,18 +193,29 @@ def test_session_cookie_is_checked_and_actions_need_the_csrf_token(queue_env):
         with queue_env.http() as api:
             task_id = submit_batch(api, [{"args": {"x": 1}}])[0]
         assert c.post("/ui/api/actions", json=body).status_code == 403
-        assert c.post("/ui/api/actions", json=body,
-                      headers={"X-CSRF-Token": "0" * 64}).status_code == 403
-        assert c.post("/ui/api/actions", json=body, headers={
-            "X-CSRF-Token": csrf, "Origin": "http://evil.example"}).status_code == 403
+        assert (
+            c.post("/ui/api/actions", json=body, headers={"X-CSRF-Token": "0" * 64}).status_code
+            == 403
+        )
+        assert (
+            c.post(
+                "/ui/api/actions",
+                json=body,
+                headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"},
+            ).status_code
+            == 403
+        )
         with queue_env.http() as api:
             assert api.get(f"{API}/tasks/{task_id}").status_code == 200  # nothing deleted
-        ok = c.post("/ui/api/actions", json={**body, "dry_run": True},
-                    headers={"X-CSRF-Token": csrf})
+        ok = c.post(
+            "/ui/api/actions", json={**body, "dry_run": True}, headers={"X-CSRF-Token": csrf}
+        )
         assert ok.status_code == 200 and ok.json()["matched"] == 1
-        forged = httpx.Client(base_url=queue_env.url, timeout=30,
-                              cookies={"labtasker_session": c.cookies["labtasker_session"][:-2]
-                                       + "xx"})
+        forged = httpx.Client(
+            base_url=queue_env.url,
+            timeout=30,
+            cookies={"labtasker_session": c.cookies["labtasker_session"][:-2] + "xx"},
+        )
         assert forged.get("/ui/api/overview").status_code == 401
         with queue_env.http() as api:
             assert api.put(f"{API}", json={"new_password": "changed-pw"}).status_code == 200
@@ -194,8 +230,12 @@ def test_overview_counts_match_the_api(page, queue_env):
         for status in ("success", "success", "success", "failed"):
             run_one(http, w, status, {"score": 1.0})
         http.post(f"{API}/tasks/next", json={"worker_id": w, "eta_max": "1h"})  # running
-        ids = [t["task_id"] for t in http.post(f"{API}/tasks/search", json={
-            "status": "pending", "limit": 1}).json()["content"]]
+        ids = [
+            t["task_id"]
+            for t in http.post(
+                f"{API}/tasks/search", json={"status": "pending", "limit": 1}
+            ).json()["content"]
+        ]
         http.post(f"{API}/tasks/{ids[0]}/status", json={"status": "cancelled"})
         counts = http.post(f"{API}/tasks/count", json={}).json()
     expected = {g["value"]: g["count"] for g in counts["groups"]}
@@ -213,8 +253,9 @@ def test_overview_counts_match_the_api(page, queue_env):
 # ------------------------------------------------------------------ tasks table
 def test_filter_narrows_rows_and_a_bad_filter_shows_the_error(page, queue_env):
     with queue_env.http() as http:
-        submit_batch(http, [{"args": {"x": i, "tag": "even" if i % 2 == 0 else "odd"}}
-                            for i in range(10)])
+        submit_batch(
+            http, [{"args": {"x": i, "tag": "even" if i % 2 == 0 else "odd"}} for i in range(10)]
+        )
     log_in(page, queue_env, "/ui/tasks")
     wait_table(page, 10)
     page.get_by_label("Filter").fill("args.x < 3")
@@ -257,15 +298,21 @@ def test_sorting_by_a_summary_column_orders_the_rows(page, queue_env):
     wait_table(page, 5)
     header = page.get_by_role("button", name="summary.score")
     header.click()
-    expect(page.locator('th[data-key="summary.score"]')).to_have_attribute("aria-sort",
-                                                                           "ascending")
-    wait_for(lambda: [by_id[t] for t in table_ids(page)] == sorted(scores), timeout=10,
-             what="ascending order")
+    expect(page.locator('th[data-key="summary.score"]')).to_have_attribute("aria-sort", "ascending")
+    wait_for(
+        lambda: [by_id[t] for t in table_ids(page)] == sorted(scores),
+        timeout=10,
+        what="ascending order",
+    )
     page.get_by_role("button", name="summary.score").click()
-    expect(page.locator('th[data-key="summary.score"]')).to_have_attribute("aria-sort",
-                                                                           "descending")
-    wait_for(lambda: [by_id[t] for t in table_ids(page)] == sorted(scores, reverse=True),
-             timeout=10, what="descending order")
+    expect(page.locator('th[data-key="summary.score"]')).to_have_attribute(
+        "aria-sort", "descending"
+    )
+    wait_for(
+        lambda: [by_id[t] for t in table_ids(page)] == sorted(scores, reverse=True),
+        timeout=10,
+        what="descending order",
+    )
 
 
 def test_a_task_submitted_through_the_api_appears_within_two_seconds(page, queue_env):
@@ -285,17 +332,23 @@ def test_a_task_submitted_through_the_api_appears_within_two_seconds(page, queue
 
 def test_cancelling_a_running_task_stops_its_job(page, queue_env, tmp_path):
     pid_file = tmp_path / "job.pid"
-    job = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
-           "time.sleep(120)")
+    job = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     with queue_env.http() as http:
         task_id = submit_batch(http, [{"task_name": "long", "args": {"n": 1}}])[0]
-        loop = subprocess.Popen([LABTASKER, "loop", "--", sys.executable, "-c", job],
-                                env=queue_env.env(), cwd=queue_env.workdir,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        loop = subprocess.Popen(
+            [LABTASKER, "loop", "--", sys.executable, "-c", job],
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=30,
-                     what="the job started")
+            wait_for(
+                lambda: pid_file.exists() and pid_file.read_text(),
+                timeout=30,
+                what="the job started",
+            )
             job_pid = int(pid_file.read_text())
             log_in(page, queue_env, "/ui/tasks")
             row = page.locator(f'#tasks tr[data-task-id="{task_id}"]')
@@ -309,9 +362,14 @@ def test_cancelling_a_running_task_stops_its_job(page, queue_env, tmp_path):
             expect(page.locator("#action-result")).to_have_text("1 task cancelled.")
             expect(row).to_have_attribute("data-status", "cancelled")
             assert get_task(http, task_id)["status"] == "cancelled"
-            wait_for(lambda: not Path(f"/proc/{job_pid}").exists()
-                     or Path(f"/proc/{job_pid}/stat").read_text().split()[2] == "Z",
-                     timeout=20, what="the job stopped")
+            wait_for(
+                lambda: (
+                    not Path(f"/proc/{job_pid}").exists()
+                    or Path(f"/proc/{job_pid}/stat").read_text().split()[2] == "Z"
+                ),
+                timeout=20,
+                what="the job stopped",
+            )
         finally:
             os.killpg(loop.pid, signal.SIGTERM)
             loop.wait(timeout=30)
@@ -339,10 +397,11 @@ def test_actions_on_every_task_matching_the_filter_say_how_many(page, queue_env)
         expect(page.locator("#action-result")).to_have_text("4 tasks requeued.")
         tasks = {i: get_task(http, i) for i in ids}
         changed = {i for i, t in tasks.items() if t["args"]["x"] >= 2}
-        assert all(tasks[i]["priority"] == 42 and tasks[i]["status"] == "pending"
-                   for i in changed)
-        assert all(tasks[i]["priority"] == 10 and tasks[i]["status"] == "failed"
-                   for i in set(ids) - changed)
+        assert all(tasks[i]["priority"] == 42 and tasks[i]["status"] == "pending" for i in changed)
+        assert all(
+            tasks[i]["priority"] == 10 and tasks[i]["status"] == "failed"
+            for i in set(ids) - changed
+        )
         page.locator('#actions button[data-action="delete"][data-scope="filter"]').click()
         page.locator("#confirm").get_by_role("button", name="Delete 4").click()
         expect(page.locator("#action-result")).to_have_text("4 tasks deleted.")
@@ -369,8 +428,12 @@ def test_the_plot_draws_one_mark_per_finished_task(page, queue_env):
         expect(page.locator("#tooltip")).to_contain_text("summary.accuracy = 0.8")
         expect(page.locator("#tooltip")).to_contain_text("seed = ")
         page.locator("#mode").select_option("mean")
-        means = {(t["args"]["C"]) for t in http.post(f"{API}/tasks/search", json={
-            "status": "success", "limit": 100}).json()["content"]}
+        means = {
+            (t["args"]["C"])
+            for t in http.post(
+                f"{API}/tasks/search", json={"status": "success", "limit": 100}
+            ).json()["content"]
+        }
         expect(marks).to_have_count(len(means))
         page.locator("#mode").select_option("points")
         run_one(http, w, "success", {"accuracy": 0.9, "loss": 0.1})  # live: one more mark
@@ -380,8 +443,12 @@ def test_the_plot_draws_one_mark_per_finished_task(page, queue_env):
 # ------------------------------------------------------------------ isolation
 def test_another_queues_tasks_never_appear(page, queue_env, server):
     other_name = "other-" + uuid.uuid4().hex[:8]
-    assert httpx.post(server.url + "/api/v1/queues", json={
-        "queue_name": other_name, "password": "other-pw"}).status_code == 201
+    assert (
+        httpx.post(
+            server.url + "/api/v1/queues", json={"queue_name": other_name, "password": "other-pw"}
+        ).status_code
+        == 201
+    )
     with httpx.Client(base_url=server.url, auth=(other_name, "other-pw"), timeout=30) as other:
         foreign = submit_batch(other, [{"task_name": "foreign", "args": {"secret": 1}}])[0]
         w = worker(other)
@@ -404,9 +471,11 @@ def test_another_queues_tasks_never_appear(page, queue_env, server):
         assert overview["total"] == 1 and overview["workers"] == []
         page.goto(queue_env.url + "/ui/tasks")
         csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
-        resp = api.post(queue_env.url + "/ui/api/actions",
-                        data={"action": "delete", "task_ids": [foreign]},
-                        headers={"X-CSRF-Token": csrf, "Origin": queue_env.url})
+        resp = api.post(
+            queue_env.url + "/ui/api/actions",
+            data={"action": "delete", "task_ids": [foreign]},
+            headers={"X-CSRF-Token": csrf, "Origin": queue_env.url},
+        )
         assert resp.status == 200 and resp.json()["changed"] == 0
         assert other.get(f"{API}/tasks/{foreign}").status_code == 200
 
@@ -414,8 +483,17 @@ def test_another_queues_tasks_never_appear(page, queue_env, server):
 # ------------------------------------------------------------------ detail
 def test_task_detail_shows_args_summary_runs_and_events(page, queue_env):
     with queue_env.http() as http:
-        task_id = submit_batch(http, [{"task_name": "detail", "args": {"lr": 0.1},
-                                       "metadata": {"tag": "t1"}, "max_retries": 3}])[0]
+        task_id = submit_batch(
+            http,
+            [
+                {
+                    "task_name": "detail",
+                    "args": {"lr": 0.1},
+                    "metadata": {"tag": "t1"},
+                    "max_retries": 3,
+                }
+            ],
+        )[0]
         w = worker(http)
         run_one(http, w, "failed", {"exit_code": 3, "output_tail": "Traceback: boom"})
         run_one(http, w, "success", {"accuracy": 0.93})
@@ -440,14 +518,14 @@ def test_task_detail_shows_args_summary_runs_and_events(page, queue_env):
 def _log_in_http(url: str, queue: str, password: str) -> httpx.Client:
     c = httpx.Client(base_url=url, timeout=30)
     token = re.search(r'name="login_token" value="([^"]+)"', c.get("/ui/login").text).group(1)
-    resp = c.post("/ui/login", data={"queue": queue, "password": password,
-                                     "login_token": token})
+    resp = c.post("/ui/login", data={"queue": queue, "password": password, "login_token": token})
     assert resp.status_code == 303, resp.text
     return c
 
 
 def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_off(
-        server, queue_env, tmp_path):
+    server, queue_env, tmp_path
+):
     """The signing key is kept in the database: a second server on it accepts a session of
     the first. ``--no-ui`` (env ``LABTASKER_UI=0``): no dashboard, ``/`` is the 1.0.1
     welcome even for a browser."""
@@ -459,16 +537,19 @@ def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_
     first.close()
     second = ServerProcess(db_url=server.db_url, workdir=tmp_path).start(timeout=120)
     try:
-        with httpx.Client(base_url=second.url, timeout=30,
-                          cookies={"labtasker_session": cookie}) as c:
+        with httpx.Client(
+            base_url=second.url, timeout=30, cookies={"labtasker_session": cookie}
+        ) as c:
             assert c.get("/ui/api/overview").status_code == 200
-        with httpx.Client(base_url=second.url, timeout=30,
-                          cookies={"labtasker_session": "x" + cookie}) as c:
+        with httpx.Client(
+            base_url=second.url, timeout=30, cookies={"labtasker_session": "x" + cookie}
+        ) as c:
             assert c.get("/ui/api/overview").status_code == 401
     finally:
         second.kill(signal.SIGTERM)
-    off = ServerProcess(db_url=server.db_url, workdir=tmp_path,
-                        extra_env={"LABTASKER_UI": "0"}).start(timeout=120)
+    off = ServerProcess(
+        db_url=server.db_url, workdir=tmp_path, extra_env={"LABTASKER_UI": "0"}
+    ).start(timeout=120)
     try:
         assert httpx.get(off.url + "/ui/login").status_code == 404
         resp = httpx.get(off.url + "/", headers={"Accept": "text/html"})

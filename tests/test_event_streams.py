@@ -23,8 +23,11 @@ READ_TIMEOUT = SLOW_POLL / 2  # s: a stream that is not woken times out the test
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory, scratch_dbs):
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path_factory.mktemp("streams"),
-                        extra_env=SLOW_POLL_ENV).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=tmp_path_factory.mktemp("streams"),
+        extra_env=SLOW_POLL_ENV,
+    ).start()
     yield srv
     srv.kill()
 
@@ -41,8 +44,9 @@ class Stream:
 
     def __init__(self, client: httpx.Client, path: str, after: int | None = None):
         headers = {"Last-Event-ID": str(after)} if after is not None else {}
-        self._cm = client.stream("GET", path, headers=headers,
-                                 timeout=httpx.Timeout(10, read=READ_TIMEOUT))
+        self._cm = client.stream(
+            "GET", path, headers=headers, timeout=httpx.Timeout(10, read=READ_TIMEOUT)
+        )
         self.resp = self._cm.__enter__()
         assert self.resp.status_code == 200, self.resp.read()
         self._lines = self.resp.iter_lines()
@@ -84,8 +88,10 @@ def test_password_change_and_queue_delete_end_the_queues_streams_only(slow_serve
     url = slow_server.url
     a_name, a_pw = new_queue(url)
     b_name, b_pw = new_queue(url)
-    with httpx.Client(base_url=url, auth=(a_name, a_pw), timeout=30) as a, \
-            httpx.Client(base_url=url, auth=(b_name, b_pw), timeout=30) as b:
+    with (
+        httpx.Client(base_url=url, auth=(a_name, a_pw), timeout=30) as a,
+        httpx.Client(base_url=url, auth=(b_name, b_pw), timeout=30) as b,
+    ):
         a_streams = [Stream(a, f"{API}/events") for _ in range(2)]
         b_stream = Stream(b, f"{API}/events")
         try:
@@ -110,18 +116,20 @@ def test_password_change_and_queue_delete_end_the_queues_streams_only(slow_serve
                 s.close()
 
 
-def test_metadata_change_keeps_the_stream_and_dashboard_stream_ends_on_password_change(
-        slow_server):
+def test_metadata_change_keeps_the_stream_and_dashboard_stream_ends_on_password_change(slow_server):
     """Only the password matters: a rename or a metadata change keeps the stream. The
     dashboard's stream (session cookie) ends too when the password changes."""
     url = slow_server.url
     name, pw = new_queue(url)
-    with httpx.Client(base_url=url, auth=(name, pw), timeout=30) as api, \
-            httpx.Client(base_url=url, timeout=30) as ui:
+    with (
+        httpx.Client(base_url=url, auth=(name, pw), timeout=30) as api,
+        httpx.Client(base_url=url, timeout=30) as ui,
+    ):
         token = re.search(r'name="login_token" value="([^"]+)"', ui.get("/ui/login").text)
         assert token is not None
-        r = ui.post("/ui/login", data={"queue": name, "password": pw,
-                                       "login_token": token.group(1)})
+        r = ui.post(
+            "/ui/login", data={"queue": name, "password": pw, "login_token": token.group(1)}
+        )
         assert r.status_code == 303, r.text
         api_stream = Stream(api, f"{API}/events")
         ui_stream = Stream(ui, "/ui/api/events")
@@ -166,9 +174,11 @@ KEEP = 3
 @pytest.fixture(scope="module")
 def small_log_server(tmp_path_factory, scratch_dbs):
     """A server keeping the newest ``KEEP`` events of each queue, pruning every 0.5 s."""
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path_factory.mktemp("keep"),
-                        extra_env={"EVENT_LOG_SIZE": str(KEEP),
-                                   "PERIODIC_TASK_INTERVAL": "0.5"}).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=tmp_path_factory.mktemp("keep"),
+        extra_env={"EVENT_LOG_SIZE": str(KEEP), "PERIODIC_TASK_INTERVAL": "0.5"},
+    ).start()
     yield srv
     srv.kill()
 
@@ -182,8 +192,13 @@ def event_ids(db_url: str, queue_id: str) -> list[int]:
     db = Database(db_url)
     try:
         with db.read() as conn:
-            return list(conn.execute(select(events.c.event_id).where(
-                events.c.queue_id == queue_id).order_by(events.c.event_id)).scalars())
+            return list(
+                conn.execute(
+                    select(events.c.event_id)
+                    .where(events.c.queue_id == queue_id)
+                    .order_by(events.c.event_id)
+                ).scalars()
+            )
     finally:
         db.dispose()
 
@@ -197,13 +212,14 @@ def replay(client: httpx.Client, after: int, n: int) -> list[tuple[str, str]]:
         s.close()
 
 
-def test_a_busy_queue_keeps_its_own_log_and_a_too_old_last_event_id_is_told_lost(
-        small_log_server):
+def test_a_busy_queue_keeps_its_own_log_and_a_too_old_last_event_id_is_told_lost(small_log_server):
     url = small_log_server.url
     quiet_name, quiet_pw = new_queue(url)
     busy_name, busy_pw = new_queue(url)
-    with httpx.Client(base_url=url, auth=(quiet_name, quiet_pw), timeout=30) as quiet, \
-            httpx.Client(base_url=url, auth=(busy_name, busy_pw), timeout=30) as busy:
+    with (
+        httpx.Client(base_url=url, auth=(quiet_name, quiet_pw), timeout=30) as quiet,
+        httpx.Client(base_url=url, auth=(busy_name, busy_pw), timeout=30) as busy,
+    ):
         quiet_id = quiet.get(API).json()["queue_id"]
         busy_id = busy.get(API).json()["queue_id"]
         quiet_task = quiet.post(f"{API}/tasks", json={"args": {"q": 1}}).json()["task_id"]
@@ -290,10 +306,22 @@ def test_migration_marks_what_the_former_global_pruning_may_have_taken(scratch_d
             command.upgrade(cfg, "0008_unique_submit")
         qid = SqlStorage(db).create_queue("old", "pw", None)
         with db.write() as conn:
-            conn.execute(insert(events), [
-                {"event_id": i, "queue_id": qid, "created_at": utc_now(), "entity_type": "task",
-                 "entity_id": f"t{i}", "old_state": "created", "new_state": "pending",
-                 "entity_data": {}} for i in (5, 6, 7)])
+            conn.execute(
+                insert(events),
+                [
+                    {
+                        "event_id": i,
+                        "queue_id": qid,
+                        "created_at": utc_now(),
+                        "entity_type": "task",
+                        "entity_id": f"t{i}",
+                        "old_state": "created",
+                        "new_state": "pending",
+                        "entity_data": {},
+                    }
+                    for i in (5, 6, 7)
+                ],
+            )
         db.migrate()
         with db.read() as conn:
             mark = conn.execute(select(queues.c.events_pruned_through)).scalar_one()

@@ -56,12 +56,14 @@ def test_transitions_of_a_task_life_in_order(queue_env):
         listener = EventListener(client=http).start(timeout=10)
         try:
             wid = http.post(f"{API}/workers", json={}).json()["worker_id"]
-            tid = http.post(f"{API}/tasks", json={"args": {"x": 1}, "max_retries": 1}
-                            ).json()["task_id"]
+            tid = http.post(f"{API}/tasks", json={"args": {"x": 1}, "max_retries": 1}).json()[
+                "task_id"
+            ]
             task = http.post(f"{API}/tasks/next", json={"worker_id": wid}).json()["task"]
             http.post(f"{API}/tasks/{tid}/heartbeat", params={"run_id": task["run_id"]})
-            http.post(f"{API}/tasks/{tid}/status", json={"status": "failed",
-                                                          "run_id": task["run_id"]})
+            http.post(
+                f"{API}/tasks/{tid}/status", json={"status": "failed", "run_id": task["run_id"]}
+            )
             http.put(f"{API}/tasks", json=[{"task_id": tid}])  # reset to pending
             http.post(f"{API}/tasks/{tid}/status", json={"status": "cancelled"})
             events = collect(listener, 7)
@@ -89,12 +91,14 @@ def test_reconnect_with_last_event_id_gets_missed_events(queue_env):
         first = collect(listener, 1)
         listener.stop()
         last = first[0].sequence
-        missed = [http.post(f"{API}/tasks", json={"args": {"i": i}}).json()["task_id"]
-                  for i in range(1, 4)]
+        missed = [
+            http.post(f"{API}/tasks", json={"args": {"i": i}}).json()["task_id"]
+            for i in range(1, 4)
+        ]
         with http.stream("GET", f"{API}/events", headers={"Last-Event-ID": str(last)}) as resp:
             ids = []
             for line in resp.iter_lines():
-                if line.startswith("data: {\"sequence\""):
+                if line.startswith('data: {"sequence"'):
                     ids.append(line)
                 if len(ids) == 3:
                     break
@@ -153,8 +157,12 @@ def test_event_ids_are_never_reused_after_a_queue_is_deleted(server, queue_env):
 def test_cli_event_listen_compact(queue_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "labtasker.client.cli.main", "event", "listen", "--compact"],
-        env=queue_env.env(), cwd=queue_env.workdir, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "Attempting to connect" in proc.stdout.readline()
         assert "Connected. Client listener ID:" in proc.stdout.readline()
@@ -173,8 +181,11 @@ def test_cli_event_listen_compact(queue_env):
 @pytest.fixture(scope="module")
 def slow_poll_server(tmp_path_factory, scratch_dbs):
     """A server whose streams re-read the log on their own only every ``SLOW_POLL`` s."""
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path_factory.mktemp("slow"),
-                        extra_env=SLOW_POLL_ENV).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=tmp_path_factory.mktemp("slow"),
+        extra_env=SLOW_POLL_ENV,
+    ).start()
     yield srv
     srv.kill()
 
@@ -197,8 +208,9 @@ def test_poll_delivers_events_committed_outside_the_server(tmp_path, scratch_dbs
     from labtasker.server.sql_storage import SqlStorage
 
     poll = 1.0
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
-                        extra_env={"EVENT_POLL_INTERVAL": str(poll)}).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(), workdir=tmp_path, extra_env={"EVENT_POLL_INTERVAL": str(poll)}
+    ).start()
     db = Database(srv.db_url)
     try:
         with new_queue(srv.url) as http:
@@ -235,8 +247,10 @@ def test_server_shutdown_ends_open_streams_at_once(tmp_path, scratch_dbs):
         ended = threading.Event()
 
         def listen():
-            with httpx.Client(base_url=srv.url, auth=("sd", "pw"), timeout=30) as c, \
-                    c.stream("GET", f"{API}/events") as resp:
+            with (
+                httpx.Client(base_url=srv.url, auth=("sd", "pw"), timeout=30) as c,
+                c.stream("GET", f"{API}/events") as resp,
+            ):
                 for _ in resp.iter_lines():
                     pass
             ended.set()
@@ -282,8 +296,10 @@ def test_event_rows_store_no_copy_of_row_keys_and_replay_full_documents(server, 
     db = Database(server.db_url)
     try:
         with db.read() as conn:
-            stored = [r.entity_data for r in conn.execute(
-                select(events.c.entity_data).where(events.c.entity_id == tid))]
+            stored = [
+                r.entity_data
+                for r in conn.execute(select(events.c.entity_data).where(events.c.entity_id == tid))
+            ]
     finally:
         db.dispose()
     assert len(stored) == 2

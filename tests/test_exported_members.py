@@ -14,8 +14,7 @@ from labtasker import exceptions
 
 
 def test_all_is_exactly_the_lazy_names_and_the_version():
-    assert sorted(labtasker.__all__) == sorted(
-        {"__version__", "__application__", *labtasker._LAZY})
+    assert sorted(labtasker.__all__) == sorted({"__version__", "__application__", *labtasker._LAZY})
     assert len(labtasker.__all__) == len(set(labtasker.__all__))
 
 
@@ -29,8 +28,9 @@ def test_every_public_name_resolves_from_its_module(name):
 
 def test_no_undeclared_public_names():
     # submodules become attributes once imported; lazy names are cached after first use
-    public = {n for n, v in vars(labtasker).items()
-              if not n.startswith("_") and not inspect.ismodule(v)}
+    public = {
+        n for n, v in vars(labtasker).items() if not n.startswith("_") and not inspect.ismodule(v)
+    }
     assert public - set(labtasker.__all__) <= {"annotations", "Any"}
 
 
@@ -43,9 +43,13 @@ def test_exceptions_all_lists_every_exception_class():
     # the httpx-based classes are made on first access (``exceptions.__getattr__``)
     for name in exceptions._LAZY:
         getattr(exceptions, name)
-    defined = {n for n, v in vars(exceptions).items()
-               if inspect.isclass(v) and issubclass(v, BaseException)
-               and v.__module__ == exceptions.__name__}
+    defined = {
+        n
+        for n, v in vars(exceptions).items()
+        if inspect.isclass(v)
+        and issubclass(v, BaseException)
+        and v.__module__ == exceptions.__name__
+    }
     assert defined == set(exceptions.__all__)
     facade = {n for n in labtasker._LAZY if labtasker._LAZY[n] == "labtasker.exceptions"}
     # ConfigError/ConfigNotFoundError are reached as labtasker.exceptions.* only

@@ -26,42 +26,73 @@ import pytest
 WEB = ("fastapi", "starlette", "uvicorn")
 RULES = {
     "storage knows no HTTP": (
-        ["labtasker.server.sql_storage", "labtasker.server.eventlog", "labtasker.server.notifier",
-         "labtasker.server.claim", "labtasker.server.copydb", "labtasker.server.sweeper",
-         "labtasker.server.settings"],
-        (*WEB, "labtasker.client")),
+        [
+            "labtasker.server.sql_storage",
+            "labtasker.server.eventlog",
+            "labtasker.server.notifier",
+            "labtasker.server.claim",
+            "labtasker.server.copydb",
+            "labtasker.server.sweeper",
+            "labtasker.server.settings",
+        ],
+        (*WEB, "labtasker.client"),
+    ),
     "filters know neither server nor client": (
-        ["labtasker.filters.*"], ("labtasker.server", "labtasker.client", *WEB)),
+        ["labtasker.filters.*"],
+        ("labtasker.server", "labtasker.client", *WEB),
+    ),
     "the client library knows no CLI": (
-        ["labtasker.client.transport", "labtasker.client.api", "labtasker.client.events",
-         "labtasker.client.heartbeat", "labtasker.client.job", "labtasker.client.taskfile",
-         "labtasker.client.loop.*"],
-        ("labtasker.client.cli", "labtasker.server", "typer", *WEB)),
+        [
+            "labtasker.client.transport",
+            "labtasker.client.api",
+            "labtasker.client.events",
+            "labtasker.client.heartbeat",
+            "labtasker.client.job",
+            "labtasker.client.taskfile",
+            "labtasker.client.loop.*",
+        ],
+        ("labtasker.client.cli", "labtasker.server", "typer", *WEB),
+    ),
     "the job-side context imports no httpx": (
         ["labtasker.client.loop.context"],
-        ("httpx", "labtasker.client.cli", "labtasker.server")),
+        ("httpx", "labtasker.client.cli", "labtasker.server"),
+    ),
     "the vocabulary imports no framework": (
         ["labtasker.fsm", "labtasker.fields", "labtasker.keys", "labtasker.wire"],
-        ("labtasker.server", "labtasker.client", "httpx", "sqlalchemy", *WEB)),
+        ("labtasker.server", "labtasker.client", "httpx", "sqlalchemy", *WEB),
+    ),
     # the shared readers of text (literals, sweeps) serve the client and the filters alike
     "the shared literal and sweep readers know neither client nor server": (
         ["labtasker.literals", "labtasker.sweep"],
-        ("labtasker.server", "labtasker.client", "labtasker.filters", "httpx", "pydantic",
-         "sqlalchemy", *WEB)),
+        (
+            "labtasker.server",
+            "labtasker.client",
+            "labtasker.filters",
+            "httpx",
+            "pydantic",
+            "sqlalchemy",
+            *WEB,
+        ),
+    ),
     # CLI start-up: the entry point loads typer and the command modules, nothing heavy (the
     # commands import what they use); httpx's own command-line tool stays out of the client
     "the CLI entry point is light": (
         ["labtasker.client.cli.main"],
-        ("pydantic", "httpx", "rich", "yaml", "sqlalchemy", "pandas", "labtasker.server",
-         *WEB)),
+        ("pydantic", "httpx", "rich", "yaml", "sqlalchemy", "pandas", "labtasker.server", *WEB),
+    ),
     # a `task submit` sends a plain body: the wire models (and pydantic) load on first use
     "the client API and its configuration load no pydantic": (
-        ["labtasker.client.api", "labtasker.client.config"], ("pydantic", "labtasker.wire")),
+        ["labtasker.client.api", "labtasker.client.config"],
+        ("pydantic", "labtasker.wire"),
+    ),
     "the client API loads no CLI toolkits": (
-        ["labtasker.client.api"], ("click", "pygments", "rich", "sqlalchemy", "pandas", *WEB)),
+        ["labtasker.client.api"],
+        ("click", "pygments", "rich", "sqlalchemy", "pandas", *WEB),
+    ),
     "import labtasker is cheap": (
-        ["labtasker"], ("httpx", "sqlalchemy", "pydantic", "labtasker.client",
-                        "labtasker.server", *WEB)),
+        ["labtasker"],
+        ("httpx", "sqlalchemy", "pydantic", "labtasker.client", "labtasker.server", *WEB),
+    ),
 }
 
 
@@ -90,10 +121,11 @@ def _expand(names: list[str]) -> list[str]:
 
 def _loaded_by(module: str) -> list[str]:
     # a None entry in sys.modules blocks an import (see labtasker.client); it loads nothing
-    code = (f"import sys, json, {module}\n"
-            "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        f"import sys, json, {module}\n"
+        "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"import {module} failed: {done.stderr[-2000:]}"
     return json.loads(done.stdout)
 

@@ -55,8 +55,7 @@ def test_invalid_required_fields_are_rejected(bad):
 
 def test_topmost_tree_subsumes_longer_paths():
     assert topmost_tree([["a"], ["a", "x"]]) == {"a": None}
-    assert topmost_tree([["a", "x"], ["a", "y"], ["b"]]) == {"a": {"x": None, "y": None},
-                                                              "b": None}
+    assert topmost_tree([["a", "x"], ["a", "y"], ["b"]]) == {"a": {"x": None, "y": None}, "b": None}
 
 
 def test_unflatten_nests_and_detects_conflicts():
@@ -68,12 +67,20 @@ def test_unflatten_nests_and_detects_conflicts():
 
 TASK_EDGES = {
     ("created", "pending"),
-    ("pending", "running"), ("pending", "pending"), ("pending", "cancelled"),
-    ("running", "success"), ("running", "failed"), ("running", "pending"),
+    ("pending", "running"),
+    ("pending", "pending"),
+    ("pending", "cancelled"),
+    ("running", "success"),
+    ("running", "failed"),
+    ("running", "pending"),
     ("running", "cancelled"),
-    ("success", "pending"), ("success", "cancelled"),
-    ("failed", "pending"), ("failed", "cancelled"), ("failed", "failed"),
-    ("cancelled", "pending"), ("cancelled", "cancelled"),
+    ("success", "pending"),
+    ("success", "cancelled"),
+    ("failed", "pending"),
+    ("failed", "cancelled"),
+    ("failed", "failed"),
+    ("cancelled", "pending"),
+    ("cancelled", "cancelled"),
 }
 
 
@@ -87,9 +94,15 @@ def test_task_transition_table(old, new):
             fsm.check_task_transition(old, new)
 
 
-WORKER_EDGES = {("created", "active"), ("active", "active"), ("active", "suspended"),
-                ("active", "crashed"), ("suspended", "active"), ("crashed", "active"),
-                ("crashed", "crashed")}
+WORKER_EDGES = {
+    ("created", "active"),
+    ("active", "active"),
+    ("active", "suspended"),
+    ("active", "crashed"),
+    ("suspended", "active"),
+    ("crashed", "active"),
+    ("crashed", "crashed"),
+}
 
 
 @pytest.mark.parametrize("old", ["created", *fsm.WORKER_STATES])
@@ -127,10 +140,21 @@ def test_worker_failure_counting():
     assert not fsm.worker_crashes(3, 2, confirmed=False) and fsm.worker_crashes(2, 2)
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("1", 1.0), ("60.5", 60.5), ("1.5h", 5400.0), ("30 min", 1800.0),
-    ("1 hour, 30 minutes", 5400.0), ("1h30m", 5400.0), ("2S", 2.0), (45, 45.0), ("1d", 86400.0), ("2 days, 1h", 176400.0),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("1", 1.0),
+        ("60.5", 60.5),
+        ("1.5h", 5400.0),
+        ("30 min", 1800.0),
+        ("1 hour, 30 minutes", 5400.0),
+        ("1h30m", 5400.0),
+        ("2S", 2.0),
+        (45, 45.0),
+        ("1d", 86400.0),
+        ("2 days, 1h", 176400.0),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 

@@ -23,9 +23,15 @@ LABTASKER = str(Path(sys.executable).parent / "labtasker")
 
 
 def _cli(queue_env, *args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([LABTASKER, *args], env=queue_env.env(), cwd=queue_env.workdir,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [LABTASKER, *args],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_heartbeat_timeout_below_twice_the_interval_is_refused_everywhere(queue_env):
@@ -34,7 +40,8 @@ def test_heartbeat_timeout_below_twice_the_interval_is_refused_everywhere(queue_
     loop = _cli(queue_env, "loop", "--heartbeat-timeout", "1.5", "-c", "echo %(x)")
     assert loop.returncode == 2 and "1.5s" in loop.stderr and "(1s," in loop.stderr
     assert [line for line in loop.stderr.splitlines() if "heartbeat_timeout" in line] == [
-        loop.stderr.splitlines()[-1]], loop.stderr  # one line
+        loop.stderr.splitlines()[-1]
+    ], loop.stderr  # one line
     submit = _cli(queue_env, "task", "submit", "--heartbeat-timeout", "1.5", "--", "--x", "1")
     assert submit.returncode == 2 and "at least 2 x the heartbeat interval (1s" in submit.stderr
     assert len(submit.stderr.strip().splitlines()) == 1, submit.stderr
@@ -43,12 +50,12 @@ def test_heartbeat_timeout_below_twice_the_interval_is_refused_everywhere(queue_
     with pytest.raises(LabtaskerValueError, match=r"tasks\[1\]"):
         api.submit_tasks([{"args": {"x": 1}}, {"args": {"x": 2}, "heartbeat_timeout": 1}])
     with queue_env.http() as http:
-        refused = http.post(f"{API}/tasks/next", json={"heartbeat_timeout": 5,
-                                                       "heartbeat_interval": 3})
+        refused = http.post(
+            f"{API}/tasks/next", json={"heartbeat_timeout": 5, "heartbeat_interval": 3}
+        )
         assert refused.status_code == 400 and "5s" in refused.json()["detail"]
         assert "(3s" in refused.json()["detail"]
-        ok = http.post(f"{API}/tasks/next", json={"heartbeat_timeout": 6,
-                                                  "heartbeat_interval": 3})
+        ok = http.post(f"{API}/tasks/next", json={"heartbeat_timeout": 6, "heartbeat_interval": 3})
         assert ok.status_code == 200
     assert api.submit_task(args={"x": 1}, heartbeat_timeout=2).task_id  # exactly 2 x: fine
 
@@ -60,11 +67,19 @@ def test_job_stops_within_a_heartbeat_when_the_queue_goes(queue_env, change):
         marker = queue_env.workdir / "job.pid"
         loop = subprocess.Popen(
             [LABTASKER, "loop", "-c", f"echo $$ > {marker}; exec sleep %(s)"],
-            env=queue_env.env(), cwd=queue_env.workdir, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         try:
-            wait_for(lambda: marker.exists() and marker.read_text().strip(), timeout=60,
-                     what="job started")
+            wait_for(
+                lambda: marker.exists() and marker.read_text().strip(),
+                timeout=60,
+                what="job started",
+            )
             if change == "delete queue":
                 assert http.delete(API, params={"cascade_delete": "true"}).status_code == 204
             else:
@@ -87,13 +102,19 @@ def test_stop_ends_the_back_off_at_once(queue_env):
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(time.monotonic())
-        return httpx.Response(503, headers={"Retry-After": "1"},
-                              json={"detail": "Database unavailable (disk full)",
-                                    "code": error_codes.STORAGE_UNAVAILABLE})
+        return httpx.Response(
+            503,
+            headers={"Retry-After": "1"},
+            json={
+                "detail": "Database unavailable (disk full)",
+                "code": error_codes.STORAGE_UNAVAILABLE,
+            },
+        )
 
-    client = LabtaskerClient(httpx.Client(base_url=queue_env.url,
-                                          transport=httpx.MockTransport(handler)),
-                             retry_policy=RetryPolicy(attempts=10, budget=60))
+    client = LabtaskerClient(
+        httpx.Client(base_url=queue_env.url, transport=httpx.MockTransport(handler)),
+        retry_policy=RetryPolicy(attempts=10, budget=60),
+    )
     beat = Heartbeat("t1", worker_id=None, run_id="r1", interval=30, client=client).start()
     wait_for(lambda: len(calls) >= 3, timeout=20, what="three failed beats")  # 0.5, 1 s waits
     time.sleep(0.5)  # asleep in the 2 s back-off now

@@ -166,7 +166,12 @@ def test_task_fsm_reports_and_reset(queue_env, old):
         r = put(http, [{"task_id": tid}], reset_pending=True)
         assert r.status_code == 200
         t = get_task(http, tid)
-        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == ("pending", 0, None, None)
+        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == (
+            "pending",
+            0,
+            None,
+            None,
+        )
 
 
 def test_retry_arithmetic(queue_env):
@@ -261,8 +266,12 @@ def test_failure_and_timeout_whatever_the_worker_state(queue_env):
                 tid = submit(http, max_retries=3)
                 run = fetch(http, tid, worker_id=wid, heartbeat_timeout=0.5)["run_id"]
                 if how == "suspended":
-                    assert http.post(f"{API}/workers/{wid}/status",
-                                     json={"status": "suspended"}).status_code == 200
+                    assert (
+                        http.post(
+                            f"{API}/workers/{wid}/status", json={"status": "suspended"}
+                        ).status_code
+                        == 200
+                    )
                 elif how == "crashed":  # another task's failure crashes the worker
                     succeed_elsewhere(http)  # (confirmed: tasks succeed on another worker)
                     other = submit(http, max_retries=3)
@@ -275,16 +284,24 @@ def test_failure_and_timeout_whatever_the_worker_state(queue_env):
                     assert report(http, tid, "failed", run_id=run).status_code == 200
                 cases[(how, via)] = tid
         for (how, via), tid in cases.items():
-            t = wait_for(lambda tid=tid: (t := get_task(http, tid))["status"] != "running" and t,
-                         timeout=15, what=f"{how}/{via} task leaves running")
+            t = wait_for(
+                lambda tid=tid: (t := get_task(http, tid))["status"] != "running" and t,
+                timeout=15,
+                what=f"{how}/{via} task leaves running",
+            )
             assert (t["status"], t["retries"], t["worker_id"]) == ("pending", 1, None), (how, via)
 
 
 def test_batch_update_all_or_nothing_with_fsm_error(queue_env):
     with queue_env.http() as http:
         a, b = submit(http), submit(http)
-        r = put(http, [{"task_id": a, "priority": 1, "status": "cancelled"},
-                       {"task_id": b, "status": "success"}])  # pending -> success refused
+        r = put(
+            http,
+            [
+                {"task_id": a, "priority": 1, "status": "cancelled"},
+                {"task_id": b, "status": "success"},
+            ],
+        )  # pending -> success refused
         assert r.status_code == 400
         assert get_task(http, a)["status"] == "pending" and get_task(http, a)["priority"] == 10
 
@@ -326,10 +343,13 @@ def test_timeouts_say_which_and_overrides_last_one_run(queue_env, server):
         tt = submit(http, task_timeout=3600.0, max_retries=3)
         t = fetch(http, tt, eta_max="1", start_heartbeat=False)
         assert t["task_timeout"] == 1.0 and t["last_heartbeat"] is None
-        for tid, kind, own in ((hb, "heartbeat", ("heartbeat_timeout", 120.0)),
-                               (tt, "task", ("task_timeout", 3600.0))):
-            t = wait_for(lambda tid=tid: (t := get_task(http, tid))["status"] == "pending" and t,
-                         timeout=10)
+        for tid, kind, own in (
+            (hb, "heartbeat", ("heartbeat_timeout", 120.0)),
+            (tt, "task", ("task_timeout", 3600.0)),
+        ):
+            t = wait_for(
+                lambda tid=tid: (t := get_task(http, tid))["status"] == "pending" and t, timeout=10
+            )
             assert t["retries"] == 1 and t["summary"]["labtasker_timeout"] == kind
             assert t["summary"]["labtasker_error"].lower().startswith(kind)
             assert "timed out" in t["summary"]["labtasker_error"]
@@ -346,8 +366,7 @@ def test_timeouts_say_which_and_overrides_last_one_run(queue_env, server):
 def test_heartbeat_timeout_shorter_than_interval_is_400(queue_env):
     with queue_env.http() as http:
         submit(http)
-        r = http.post(f"{API}/tasks/next",
-                      json={"heartbeat_timeout": 5, "heartbeat_interval": 10})
+        r = http.post(f"{API}/tasks/next", json={"heartbeat_timeout": 5, "heartbeat_interval": 10})
         assert r.status_code == 400 and "heartbeat_timeout" in r.json()["detail"]
         assert fetch(http, heartbeat_timeout=30, heartbeat_interval=10) is not None
 
@@ -373,9 +392,16 @@ def test_sweep_is_idempotent_and_indexed(scratch_dbs):
             store.submit_task(qid, {"args": {"i": i}})
         wid = store.create_worker(qid, "w", None, 10)
         for _ in range(3):
-            store.fetch_task(qid, worker_id=wid, task_timeout=None, heartbeat_timeout=1.0,
-                             start_heartbeat=True, required_fields=None, extra_filter=None,
-                             cmd=None)
+            store.fetch_task(
+                qid,
+                worker_id=wid,
+                task_timeout=None,
+                heartbeat_timeout=1.0,
+                start_heartbeat=True,
+                required_fields=None,
+                extra_filter=None,
+                cmd=None,
+            )
         later = utc_now() + timedelta(seconds=5)
         assert store.sweep_timeouts(later) == 3
         assert store.sweep_timeouts(later) == 0
@@ -409,8 +435,9 @@ def test_migrations_match_schema(scratch_dbs):
     try:
         with db.write() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
-        columns = [d for d in diff if d[0] in ("add_column", "remove_column", "add_table",
-                                               "remove_table")]
+        columns = [
+            d for d in diff if d[0] in ("add_column", "remove_column", "add_table", "remove_table")
+        ]
         assert columns == [], columns
     finally:
         db.dispose()
@@ -423,12 +450,18 @@ def test_worker_list_shows_running_task(queue_env):
         w1, w2 = new_worker(http, worker_name="w1"), new_worker(http, worker_name="w2")
         tid = submit(http)
         run = fetch(http, tid, worker_id=w1)["run_id"]
-        ws = {w["worker_id"]: w for w in
-              http.post(f"{API}/workers/search", json={}).json()["content"]}
+        ws = {
+            w["worker_id"]: w for w in http.post(f"{API}/workers/search", json={}).json()["content"]
+        }
         assert ws[w1]["running_task_ids"] == [tid] and ws[w2]["running_task_ids"] == []
         assert get_worker(http, w1)["running_task_ids"] == [tid]
-        proc = subprocess.run([LABTASKER, "worker", "ls", "--fmt", "jsonl"], env=queue_env.env(),
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [LABTASKER, "worker", "ls", "--fmt", "jsonl"],
+            env=queue_env.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         assert tid in proc.stdout
         assert report(http, tid, "success", run_id=run).status_code == 200
@@ -442,8 +475,9 @@ def test_kill9_loop_and_job_task_pending_again(queue_env):
     with queue_env.http() as http:
         tid = submit(http, {"s": 600}, max_retries=3)
         pid_file = queue_env.workdir / "job.pid"
-        loop = start_loop(queue_env, "--heartbeat-timeout", "3", "-c",
-                          f"echo $$ > {pid_file}; exec sleep %(s)")
+        loop = start_loop(
+            queue_env, "--heartbeat-timeout", "3", "-c", f"echo $$ > {pid_file}; exec sleep %(s)"
+        )
         try:
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
             task = get_task(http, tid)
@@ -454,14 +488,20 @@ def test_kill9_loop_and_job_task_pending_again(queue_env):
             killed = time.monotonic()
             loop.wait(timeout=10)
             wait_for(lambda: gone(job_pid), timeout=5, what="the job dying with its loop")
-            t = wait_for(lambda: (t := get_task(http, tid))["status"] != "running" and t,
-                         timeout=20)
+            t = wait_for(
+                lambda: (t := get_task(http, tid))["status"] != "running" and t, timeout=20
+            )
             took = time.monotonic() - killed
         finally:
             if loop.poll() is None:
                 loop.kill()
         assert took < 3 + 0.5 + 2.0, took  # timeout + sweep period + slack
-        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == ("pending", 1, None, None)
+        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == (
+            "pending",
+            1,
+            None,
+            None,
+        )
         assert t["summary"]["labtasker_timeout"] == "heartbeat"
         worker = get_worker(http, wid)
         assert worker["retries"] == 1
@@ -477,15 +517,15 @@ def test_sigstopped_loop_is_fenced_off(queue_env):
     with queue_env.http() as http:
         wa, wb = new_worker(http, worker_name="a"), new_worker(http, worker_name="b")
         tid = submit(http, {"s": 3}, max_retries=3)
-        a = start_loop(queue_env, "--worker-id", wa, "--heartbeat-timeout", "2", "-c",
-                       "sleep %(s)")
+        a = start_loop(queue_env, "--worker-id", wa, "--heartbeat-timeout", "2", "-c", "sleep %(s)")
         b = None
         try:
             wait_for(lambda: get_task(http, tid)["worker_id"] == wa, timeout=60)
             os.kill(a.pid, signal.SIGSTOP)
             # b waits for work; it gets the task once the sweeper has taken it from a
-            b = start_loop(queue_env, "--worker-id", wb, "--idle-timeout", "30", "-c",
-                           "sleep 12 # %(s)")
+            b = start_loop(
+                queue_env, "--worker-id", wb, "--idle-timeout", "30", "-c", "sleep 12 # %(s)"
+            )
             t = wait_for(lambda: (t := get_task(http, tid))["worker_id"] == wb and t, timeout=30)
             run_b = t["run_id"]
             assert get_worker(http, wa)["gone_at"] is not None  # looks dead while stopped
@@ -524,26 +564,43 @@ def test_no_descendant_survives(queue_env, trigger, job):
     interval = 1.0  # heartbeat_interval of the test client.toml
     with queue_env.http() as http:
         tid = submit(http, {"x": 1}, max_retries=3)
-        loop = start_loop(queue_env, "--grace-period", str(grace), "--executable", "/bin/bash",
-                          "-c", f"{job} # %(x)")
+        loop = start_loop(
+            queue_env,
+            "--grace-period",
+            str(grace),
+            "--executable",
+            "/bin/bash",
+            "-c",
+            f"{job} # %(x)",
+        )
         try:
-            procs = wait_for(lambda: len(d := descendants(loop.pid)) >= 3 and d, timeout=60,
-                             what="job tree started")
+            procs = wait_for(
+                lambda: len(d := descendants(loop.pid)) >= 3 and d,
+                timeout=60,
+                what="job tree started",
+            )
             time.sleep(0.3)
             procs = descendants(loop.pid)
             t0 = time.monotonic()
             if trigger == "cancel":
                 proc = subprocess.run(
                     [LABTASKER, "task", "update", "--id", tid, "-q", "status=cancelled"],
-                    env=queue_env.env(), capture_output=True, text=True, timeout=60)
+                    env=queue_env.env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 assert proc.returncode == 0, proc.stderr
                 t0 = time.monotonic()
                 limit = interval + grace + 5.0  # slack: two test halves on a loaded 2-core machine
             else:
                 loop.send_signal(signal.SIGTERM)
                 limit = grace + 5.0
-            wait_for(lambda: not any(alive(p) for p in procs), timeout=limit + 5,
-                     what="all descendants gone")
+            wait_for(
+                lambda: not any(alive(p) for p in procs),
+                timeout=limit + 5,
+                what="all descendants gone",
+            )
             gone_after = time.monotonic() - t0
             err = finish_proc(loop, timeout=30)
         finally:
@@ -581,9 +638,14 @@ def test_idle_timeout_waits_for_new_tasks(queue_env):
 
 
 def test_heartbeat_timeout_below_interval_is_usage_error(queue_env):
-    proc = subprocess.run([LABTASKER, "loop", "--heartbeat-timeout", "0.5", "-c", "true"],
-                          env=queue_env.env(), capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [LABTASKER, "loop", "--heartbeat-timeout", "0.5", "-c", "true"],
+        env=queue_env.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2 and "heartbeat_timeout" in proc.stderr, proc.stderr
 
 
@@ -609,7 +671,9 @@ class PtyLoop:
         while needle.encode() not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{needle!r} not seen; output:\n{self.buf.decode(errors='replace')}")
+                raise AssertionError(
+                    f"{needle!r} not seen; output:\n{self.buf.decode(errors='replace')}"
+                )
             ready, _, _ = select.select([self.fd], [], [], left)
             if ready:
                 try:
@@ -617,7 +681,9 @@ class PtyLoop:
                 except OSError:
                     chunk = b""
                 if not chunk:
-                    raise AssertionError(f"EOF before {needle!r}:\n{self.buf.decode(errors='replace')}")
+                    raise AssertionError(
+                        f"EOF before {needle!r}:\n{self.buf.decode(errors='replace')}"
+                    )
                 self.buf += chunk
         head, _, rest = self.buf.partition(needle.encode())
         self.buf = rest
@@ -777,8 +843,10 @@ def _check_stress(http, queue_env, ids, wids, ledger, exact: bool):
             acked_failures[r["task"]] = acked_failures.get(r["task"], 0) + 1
     for tid, n in acked_failures.items():
         assert tasks[tid]["retries"] >= n, (tid, n, tasks[tid]["retries"])
-    workers = {w["worker_id"]: w for w in
-               http.post(f"{API}/workers/search", json={"limit": 100}).json()["content"]}
+    workers = {
+        w["worker_id"]: w
+        for w in http.post(f"{API}/workers/search", json={"limit": 100}).json()["content"]
+    }
     total_failures = sum(failed_runs_by_worker.values())
     # The blame policy: a worker's count is its current streak of charged failures, exactly
     # the failed runs the run history marks ``charged`` (never more than the runs it failed).
@@ -798,8 +866,10 @@ def _check_stress(http, queue_env, ids, wids, ledger, exact: bool):
 
 def _stress(queue_env, n_tasks, *, kill_server=None, heartbeat_timeout=30, loop_extra=()):
     http = queue_env.http()
-    resp = http.post(f"{API}/tasks/batch", json=[
-        {"args": {"i": i}, "max_retries": MAX_RETRIES} for i in range(n_tasks)])
+    resp = http.post(
+        f"{API}/tasks/batch",
+        json=[{"args": {"i": i}, "max_retries": MAX_RETRIES} for i in range(n_tasks)],
+    )
     if resp.status_code == 201:
         ids = resp.json()["task_ids"]
     else:  # no batch route: one by one
@@ -808,10 +878,22 @@ def _stress(queue_env, n_tasks, *, kill_server=None, heartbeat_timeout=30, loop_
     ledger = queue_env.workdir / "ledger.txt"
     ledger.touch()
     cmd = STRESS_JOB.format(ledger=ledger)
-    loops = [start_loop(queue_env, "--worker-id", wid, "--executable", "/bin/bash",
-                        "--heartbeat-timeout", str(heartbeat_timeout), *loop_extra, "-c", cmd,
-                        stderr=subprocess.DEVNULL)
-             for wid in wids]
+    loops = [
+        start_loop(
+            queue_env,
+            "--worker-id",
+            wid,
+            "--executable",
+            "/bin/bash",
+            "--heartbeat-timeout",
+            str(heartbeat_timeout),
+            *loop_extra,
+            "-c",
+            cmd,
+            stderr=subprocess.DEVNULL,
+        )
+        for wid in wids
+    ]
     return http, ids, wids, ledger, loops
 
 
@@ -830,8 +912,10 @@ def test_16_loops_random_failures(queue_env):
         p.wait(timeout=900)
         assert p.returncode == 0
     runs, failures = _check_stress(http, queue_env, ids, wids, ledger, exact=True)
-    print(f"\n16 loops: {len(ids)} tasks, {runs} runs, {failures} failures "
-          f"in {time.monotonic() - t0:.1f}s")
+    print(
+        f"\n16 loops: {len(ids)} tasks, {runs} runs, {failures} failures "
+        f"in {time.monotonic() - t0:.1f}s"
+    )
 
 
 KILL_TASKS = int(os.environ.get("LABTASKER_STRESS_KILL_TASKS", "2000"))
@@ -847,8 +931,9 @@ def test_server_kill9_during_16_loops(tmp_path, scratch_dbs):
     claim whose answer was lost is reclaimed by the heartbeat timeout, a failure like any)."""
     import httpx
 
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
-                        extra_env={"PERIODIC_TASK_INTERVAL": "0.5"}).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(), workdir=tmp_path, extra_env={"PERIODIC_TASK_INTERVAL": "0.5"}
+    ).start()
     loops: list[subprocess.Popen] = []
     try:
         resp = httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "kill", "password": "pw"})
@@ -858,17 +943,28 @@ def test_server_kill9_during_16_loops(tmp_path, scratch_dbs):
         qenv = QueueEnv(srv.url, "kill", "pw", resp.json()["queue_id"], root, tmp_path)
         t0 = time.monotonic()
         http, ids, wids, ledger, loops = _stress(
-            qenv, KILL_TASKS, heartbeat_timeout=10, loop_extra=("--idle-timeout", "600"))
-        wait_for(lambda: ledger.read_text().count("\nE ") >= KILL_TASKS * 0.4, timeout=300,
-                 interval=0.2, what="40% of the work done")
+            qenv, KILL_TASKS, heartbeat_timeout=10, loop_extra=("--idle-timeout", "600")
+        )
+        wait_for(
+            lambda: ledger.read_text().count("\nE ") >= KILL_TASKS * 0.4,
+            timeout=300,
+            interval=0.2,
+            what="40% of the work done",
+        )
         srv.kill(signal.SIGKILL)
         killed_at = ledger.read_text().count("\nE ")
         srv.start()  # same port, same database
 
         def all_terminal():
             with contextlib.suppress(httpx.HTTPError):
-                counts = [len(http.post(f"{API}/tasks/search", json={
-                    "status": st, "limit": 1}).json()["content"]) for st in ("pending", "running")]
+                counts = [
+                    len(
+                        http.post(f"{API}/tasks/search", json={"status": st, "limit": 1}).json()[
+                            "content"
+                        ]
+                    )
+                    for st in ("pending", "running")
+                ]
                 return counts == [0, 0]
             return False
 
@@ -879,8 +975,10 @@ def test_server_kill9_during_16_loops(tmp_path, scratch_dbs):
             p.wait(timeout=60)
             assert p.returncode == 128 + signal.SIGTERM  # idle loops stopped by us
         runs, failures = _check_stress(http, qenv, ids, wids, ledger, exact=False)
-        print(f"\nserver kill: {len(ids)} tasks, {runs} runs ({killed_at} before the kill), "
-              f"{failures} failures in {time.monotonic() - t0:.1f}s")
+        print(
+            f"\nserver kill: {len(ids)} tasks, {runs} runs ({killed_at} before the kill), "
+            f"{failures} failures in {time.monotonic() - t0:.1f}s"
+        )
     finally:
         for p in loops:
             if p.poll() is None:

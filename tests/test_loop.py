@@ -342,8 +342,9 @@ def test_finish_from_python_child_first_finish_wins(queue_env):
     )
     # a worker that survives the three failed runs (the default max_retries would crash it
     # on the third, which ends the loop with exit 1)
-    wid = http.post("/api/v1/queues/me/workers",
-                    json={"worker_name": "finisher", "max_retries": 10}).json()["worker_id"]
+    wid = http.post(
+        "/api/v1/queues/me/workers", json={"worker_name": "finisher", "max_retries": 10}
+    ).json()["worker_id"]
     proc = run_loop(queue_env, "--worker-id", wid, "--", sys.executable, str(job), "%(mode)")
     assert proc.returncode == 0, proc.stderr
     ok = get_task(http, t_ok)
@@ -466,8 +467,7 @@ def test_job_side_api_and_old_import_paths_stay_cheap():
         "import labtasker.client.runner as r; "
         "print(r.LoopRunner.__module__, r.finish is labtasker.finish, r.TASK_INFO)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["labtasker.client.loop.runner", "True", "task_info.json"]
 
@@ -593,8 +593,10 @@ def test_heartbeat_keeps_long_task_alive(queue_env):
         (["--grace-period", "inf", "-c", "echo"], "grace_period must be a finite number"),
         (["--heartbeat-timeout", "nan", "-c", "echo"], "heartbeat_timeout must be"),
         # a mistyped option would otherwise be run as the command, for every task
-        (["--paralel", "2", "--", "echo", "%(a)"],
-         "No such option: --paralel (did you mean --parallel?)"),
+        (
+            ["--paralel", "2", "--", "echo", "%(a)"],
+            "No such option: --paralel (did you mean --parallel?)",
+        ),
         (["--idle-timout", "60", "--", "echo", "%(a)"], "(did you mean --idle-timeout?)"),
     ],
 )
@@ -722,8 +724,9 @@ def test_loop_stops_at_once_when_going_on_cannot_help(queue_env):
     assert "Loop stopped" in proc.stderr and "$where" in proc.stderr
     assert "Traceback" not in proc.stderr
     # a worker that crashes (max_retries 1; alone, so after twice that: two tasks failed)
-    wid = http.post("/api/v1/queues/me/workers",
-                    json={"worker_name": "fragile", "max_retries": 1}).json()["worker_id"]
+    wid = http.post(
+        "/api/v1/queues/me/workers", json={"worker_name": "fragile", "max_retries": 1}
+    ).json()["worker_id"]
     submit(http, {"x": 2})
     submit(http, {"x": 3})
     proc = run_loop(queue_env, "--worker-id", wid, "-c", "exit 3 # %(x)")

@@ -32,8 +32,9 @@ from support.server import BACKEND, PG_ADMIN_URL, ServerProcess, write_client_to
 
 from labtasker.client.events import EventListener
 
-postgresql_only = pytest.mark.skipif(BACKEND != "postgresql",
-                                     reason="multi-server needs the PostgreSQL backend")
+postgresql_only = pytest.mark.skipif(
+    BACKEND != "postgresql", reason="multi-server needs the PostgreSQL backend"
+)
 API = "/api/v1/queues/me"
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 N_TASKS = 200
@@ -42,17 +43,24 @@ N_TASKS = 200
 @postgresql_only
 def test_two_servers_four_workers_one_database(tmp_path, scratch_dbs):
     url = scratch_dbs.new_url()
-    servers = [ServerProcess(db_url=url, workdir=tmp_path,
-                             extra_env={"PERIODIC_TASK_INTERVAL": "0.5"}).start()
-               for _ in range(2)]
+    servers = [
+        ServerProcess(
+            db_url=url, workdir=tmp_path, extra_env={"PERIODIC_TASK_INTERVAL": "0.5"}
+        ).start()
+        for _ in range(2)
+    ]
     try:
-        assert httpx.post(servers[0].url + "/api/v1/queues",
-                          json={"queue_name": "shared", "password": "pw"}).status_code == 201
-        clients = [httpx.Client(base_url=s.url, auth=("shared", "pw"), timeout=30)
-                   for s in servers]
+        assert (
+            httpx.post(
+                servers[0].url + "/api/v1/queues", json={"queue_name": "shared", "password": "pw"}
+            ).status_code
+            == 201
+        )
+        clients = [httpx.Client(base_url=s.url, auth=("shared", "pw"), timeout=30) for s in servers]
         listeners = [EventListener(client=c).start(timeout=10) for c in clients]
-        resp = clients[1].post(f"{API}/tasks/batch",
-                               json={"tasks": [{"args": {"i": i}} for i in range(N_TASKS)]})
+        resp = clients[1].post(
+            f"{API}/tasks/batch", json={"tasks": [{"args": {"i": i}} for i in range(N_TASKS)]}
+        )
         assert resp.status_code == 201
         runs = tmp_path / "runs.txt"
         loops = []
@@ -62,10 +70,16 @@ def test_two_servers_four_workers_one_database(tmp_path, scratch_dbs):
             env = {**os.environ, "LABTASKER_ROOT": str(root)}
             for var in ("LABTASKER_TASK_ID", "LABTASKER_WORKER_ID", "LABTASKER_LOG_DIR"):
                 env.pop(var, None)
-            loops.append(subprocess.Popen(
-                [LABTASKER, "loop", "-c", f"echo %(i) $LABTASKER_WORKER_ID >> {runs}"],
-                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                text=True))
+            loops.append(
+                subprocess.Popen(
+                    [LABTASKER, "loop", "-c", f"echo %(i) $LABTASKER_WORKER_ID >> {runs}"],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for p in loops:
             _, err = p.communicate(timeout=600)
             assert p.returncode == 0, err[-2000:]
@@ -73,8 +87,11 @@ def test_two_servers_four_workers_one_database(tmp_path, scratch_dbs):
         counts = Counter(line.split()[0] for line in lines)
         assert len(counts) == N_TASKS and max(counts.values()) == 1, "a task ran twice"
         assert len({line.split()[1] for line in lines}) >= 2  # work was shared
-        done = clients[0].post(f"{API}/tasks/search",
-                               json={"status": "success", "limit": 1000}).json()["content"]
+        done = (
+            clients[0]
+            .post(f"{API}/tasks/search", json={"status": "success", "limit": 1000})
+            .json()["content"]
+        )
         assert len(done) == N_TASKS
 
         # Both listeners saw every transition, in the same order, with no gap.
@@ -97,8 +114,9 @@ def test_two_servers_four_workers_one_database(tmp_path, scratch_dbs):
 
         # A listener that was away resumes from its last event id without a gap.
         last = seen[0][N_TASKS][0]
-        with clients[1].stream("GET", f"{API}/events",
-                               headers={"Last-Event-ID": str(last)}) as stream:
+        with clients[1].stream(
+            "GET", f"{API}/events", headers={"Last-Event-ID": str(last)}
+        ) as stream:
             resumed = []
             for line in stream.iter_lines():
                 if line.startswith("id: "):
@@ -116,8 +134,10 @@ def two_slow_poll_servers(tmp_path, scratch_dbs):
     """Two servers on one new database whose streams re-read the log on their own only every
     ``SLOW_POLL`` s; yields ``(database url, servers)``."""
     url = scratch_dbs.new_url()
-    servers = [ServerProcess(db_url=url, workdir=tmp_path, extra_env=SLOW_POLL_ENV).start()
-               for _ in range(2)]
+    servers = [
+        ServerProcess(db_url=url, workdir=tmp_path, extra_env=SLOW_POLL_ENV).start()
+        for _ in range(2)
+    ]
     try:
         yield url, servers
     finally:
@@ -130,13 +150,16 @@ def listen_pids(url: str) -> set[int]:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        return {pid for (pid,) in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND query LIKE 'LISTEN%'")}
+        return {
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN%'"
+            )
+        }
 
 
-def test_event_through_one_server_reaches_a_listener_on_the_other_promptly(
-        two_slow_poll_servers):
+def test_event_through_one_server_reaches_a_listener_on_the_other_promptly(two_slow_poll_servers):
     _, (a, b) = two_slow_poll_servers
     with new_queue(a.url) as via_a:
         with httpx.Client(base_url=b.url, auth=via_a.auth, timeout=30) as via_b:
@@ -159,8 +182,7 @@ def wait_for_listen_pids(url: str, n: int = 2, timeout: float = 10) -> set[int]:
 
 
 @postgresql_only
-def test_killed_listen_connections_are_replaced_and_events_keep_arriving(
-        two_slow_poll_servers):
+def test_killed_listen_connections_are_replaced_and_events_keep_arriving(two_slow_poll_servers):
     """While the LISTEN connections are down (killed, and kept from reconnecting for a second),
     notifications are lost; the servers reconnect by themselves and then wake their streams,
     which deliver what was committed meanwhile, long before the fallback poll would."""
@@ -169,24 +191,33 @@ def test_killed_listen_connections_are_replaced_and_events_keep_arriving(
     url, (a, b) = two_slow_poll_servers
     dbname = url.rsplit("/", 1)[1]
     before = wait_for_listen_pids(url)
-    with new_queue(a.url) as via_a, \
-            httpx.Client(base_url=b.url, auth=via_a.auth, timeout=30) as via_b, \
-            psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+    with (
+        new_queue(a.url) as via_a,
+        httpx.Client(base_url=b.url, auth=via_a.auth, timeout=30) as via_b,
+        psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin,
+    ):
         listener = EventListener(client=via_b).start(timeout=10)
         try:
             event_latencies(via_a, listener, n=3)  # warm up auth caches and pools
-            names = admin.execute("SELECT application_name FROM pg_stat_activity "
-                                  "WHERE datname = %s AND query LIKE 'LISTEN%%'", (dbname,))
+            names = admin.execute(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE datname = %s AND query LIKE 'LISTEN%%'",
+                (dbname,),
+            )
             assert [n for (n,) in names] == ["labtasker-events"] * 2  # as docs/deployment.md
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
             try:
                 killed = admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND query LIKE 'LISTEN%%'", (dbname,)).fetchall()
+                    "WHERE datname = %s AND query LIKE 'LISTEN%%'",
+                    (dbname,),
+                ).fetchall()
                 assert len(killed) == 2 and all(ok for (ok,) in killed)
                 # Through server A's already open pool connections; nobody is listening.
-                tids = [via_a.post(f"{API}/tasks", json={"args": {"k": k}}).json()["task_id"]
-                        for k in range(3)]
+                tids = [
+                    via_a.post(f"{API}/tasks", json={"args": {"k": k}}).json()["task_id"]
+                    for k in range(3)
+                ]
                 assert listener.get_event(timeout=1.0) is None, "the outage was no outage"
             finally:
                 admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
@@ -203,6 +234,9 @@ def test_killed_listen_connections_are_replaced_and_events_keep_arriving(
             latencies = event_latencies(via_a, listener)
         finally:
             listener.stop()
-    print(f"events committed during a 1 s outage: delivered {1000 * recovery:.0f} ms after "
-          "connections were allowed again; then A -> B event latency:", describe(latencies))
+    print(
+        f"events committed during a 1 s outage: delivered {1000 * recovery:.0f} ms after "
+        "connections were allowed again; then A -> B event latency:",
+        describe(latencies),
+    )
     assert statistics.median(latencies) < LATENCY_BOUND, describe(latencies)

@@ -35,44 +35,55 @@ class Site:
     def __init__(self, tmp: Path, db_url: str, **env: str):
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
-        self.server = ServerProcess(db_url=db_url, workdir=tmp,
-                                    extra_env={"PERIODIC_TASK_INTERVAL": "0.5", **env}).start()
+        self.server = ServerProcess(
+            db_url=db_url, workdir=tmp, extra_env={"PERIODIC_TASK_INTERVAL": "0.5", **env}
+        ).start()
         self.name, self.password = "q-" + uuid.uuid4().hex[:8], "pw"
-        resp = httpx.post(self.server.url + "/api/v1/queues",
-                          json={"queue_name": self.name, "password": self.password})
+        resp = httpx.post(
+            self.server.url + "/api/v1/queues",
+            json={"queue_name": self.name, "password": self.password},
+        )
         assert resp.status_code in (201, 409), resp.text
         self.root = tmp / ".labtasker"
-        write_client_toml(self.root, self.server.url, self.name, self.password,
-                          heartbeat_interval=INTERVAL)
+        write_client_toml(
+            self.root, self.server.url, self.name, self.password, heartbeat_interval=INTERVAL
+        )
         self.ledger = tmp / "ledger.txt"
         self.loops: list[subprocess.Popen] = []
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server.url, auth=(self.name, self.password),
-                            timeout=30)
+        return httpx.Client(base_url=self.server.url, auth=(self.name, self.password), timeout=30)
 
     def submit(self, n: int, **args) -> list[str]:
         with self.http() as http:
-            return [http.post(f"{API}/tasks", json={"args": args}).json()["task_id"]
-                    for _ in range(n)]
+            return [
+                http.post(f"{API}/tasks", json={"args": args}).json()["task_id"] for _ in range(n)
+            ]
 
     def loop(self, cmd: str, **env: str) -> subprocess.Popen:
         """``labtasker loop -c 'echo $LABTASKER_TASK_ID >> ledger; <cmd>'``."""
         full = f'echo "$LABTASKER_TASK_ID" >> {self.ledger}; {cmd}'
         proc = subprocess.Popen(
             [LABTASKER, "loop", "-c", full],
-            env={**os.environ, "LABTASKER_ROOT": str(self.root), **env}, cwd=self.tmp,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            env={**os.environ, "LABTASKER_ROOT": str(self.root), **env},
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.loops.append(proc)
         return proc
 
     def wait_running(self, n: int, timeout: float = 60) -> None:
         def running():
             with self.http() as http:
-                found = http.post(f"{API}/tasks/search",
-                                  json={"status": "running", "limit": 100}).json()["content"]
+                found = http.post(
+                    f"{API}/tasks/search", json={"status": "running", "limit": 100}
+                ).json()["content"]
             return len(found) >= n
+
         wait_for(running, timeout=timeout, interval=0.2, what=f"{n} running tasks")
 
     def finish(self, procs=None, timeout: float = 120) -> None:
@@ -82,8 +93,10 @@ class Site:
 
     def tasks(self) -> dict[str, dict]:
         with self.http() as http:
-            return {t["task_id"]: t for t in http.post(
-                f"{API}/tasks/search", json={"limit": 1000}).json()["content"]}
+            return {
+                t["task_id"]: t
+                for t in http.post(f"{API}/tasks/search", json={"limit": 1000}).json()["content"]
+            }
 
     def workers(self) -> list[dict]:
         with self.http() as http:
@@ -149,6 +162,7 @@ def test_leases_survive_a_server_restart_and_a_frozen_server(tmp_path, scratch_d
         # the dead loop's lease expires, but only after one timeout of uptime
         def dead_run_ended():
             return next((r for r in restart.runs(dead_id) if r["ended"]), None)
+
         run = wait_for(dead_run_ended, timeout=30, interval=0.3, what="dead loop timed out")
         assert run["status"] == "timed_out" and run["summary"]["timeout"] == "heartbeat"
         ended = datetime.fromisoformat(run["ended"]).timestamp()
@@ -166,7 +180,8 @@ def test_leases_survive_a_server_restart_and_a_frozen_server(tmp_path, scratch_d
 
 
 def test_a_result_finished_during_a_long_outage_is_delivered_when_the_server_is_back(
-        tmp_path, scratch_dbs):
+    tmp_path, scratch_dbs
+):
     """The job ends while the server is down for longer than the client's retry budget
     (shortened to 1 s here): the loop keeps the result, says so naming the task, and
     delivers it once the server is back; the job ran once and the task succeeded."""
@@ -191,8 +206,11 @@ def test_one_clock_for_two_servers_on_one_database(tmp_path, scratch_dbs):
     a loop on the other runs its jobs while the ahead one sweeps; no run times out."""
     url = scratch_dbs.new_url()
     site = Site(tmp_path / "a", url)
-    ahead = ServerProcess(db_url=url, workdir=tmp_path, extra_env={
-        "PERIODIC_TASK_INTERVAL": "0.5", "LABTASKER_TEST_CLOCK_OFFSET": "3600"}).start()
+    ahead = ServerProcess(
+        db_url=url,
+        workdir=tmp_path,
+        extra_env={"PERIODIC_TASK_INTERVAL": "0.5", "LABTASKER_TEST_CLOCK_OFFSET": "3600"},
+    ).start()
     try:
         ids = site.submit(2, s=5)
         site.loop("sleep %(s)")
@@ -245,8 +263,9 @@ def test_relative_dates_in_filters_use_the_server_clock(queue_env, monkeypatch):
     from labtasker.client import api
 
     with queue_env.http() as http:
-        ids = {http.post(f"{API}/tasks", json={"args": {"i": i}}).json()["task_id"]
-               for i in range(5)}
+        ids = {
+            http.post(f"{API}/tasks", json={"args": {"i": i}}).json()["task_id"] for i in range(5)
+        }
     monkeypatch.setattr(timeutil, "CLOCK_OFFSET", 3600.0)
     try:
         found = api.ls_tasks(extra_filter='created_at > date("30 minutes ago")')
@@ -275,7 +294,9 @@ def test_postgresql_connections_terminated_under_four_loops(tmp_path, scratch_db
             while not stop.wait(0.7):
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchall()
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (dbname,),
+                ).fetchall()
                 kills["rounds"] += 1
                 kills["connections"] += len(rows)
 

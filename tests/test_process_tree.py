@@ -133,8 +133,11 @@ def test_kill9_of_the_loop_leaves_no_job_process(queue_env, job, how):
                 os.killpg(loop.pid, signal.SIGKILL)
             killed = time.monotonic()
             loop.wait(timeout=10)
-            wait_for(lambda: gone(shell), timeout=SLACK + (GRACE if job is STUBBORN else 0),
-                     what="the job's shell gone")
+            wait_for(
+                lambda: gone(shell),
+                timeout=SLACK + (GRACE if job is STUBBORN else 0),
+                what="the job's shell gone",
+            )
             wait_for(
                 lambda: gone(background) and gone(foreground),
                 timeout=GRACE + SLACK,

@@ -21,8 +21,10 @@ def _claim(http, worker_id=None, **fields) -> dict:
 
 
 def _report(http, task, status, summary=None):
-    resp = http.post(f"{API}/tasks/{task['task_id']}/status",
-                     json={"status": status, "run_id": task["run_id"], "summary": summary})
+    resp = http.post(
+        f"{API}/tasks/{task['task_id']}/status",
+        json={"status": status, "run_id": task["run_id"], "summary": summary},
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -37,8 +39,11 @@ def sweep(queue_env):
     """12 tasks over lr x seed (one without seed); 3 claimed: 1 success, 1 failed (no retries
     left), 1 running."""
     http = queue_env.http()
-    tasks = [{"args": {"lr": lr, "seed": seed}, "max_retries": 1}
-             for lr in (0.1, 0.01, 0.001) for seed in range(4)]
+    tasks = [
+        {"args": {"lr": lr, "seed": seed}, "max_retries": 1}
+        for lr in (0.1, 0.01, 0.001)
+        for seed in range(4)
+    ]
     tasks[-1] = {"args": {"lr": "auto"}, "max_retries": 1}
     ids = _batch(http, tasks)
     done = [_claim(http) for _ in range(3)]
@@ -52,26 +57,44 @@ def test_count_by_status_adds_up(sweep):
     answer = _count(http)
     assert answer["by"] == "status" and answer["total"] == 12 and not answer["truncated"]
     assert [(g["value"], g["count"]) for g in answer["groups"]] == [
-        ("pending", 9), ("running", 1), ("success", 1), ("failed", 1), ("cancelled", 0)]
+        ("pending", 9),
+        ("running", 1),
+        ("success", 1),
+        ("failed", 1),
+        ("cancelled", 0),
+    ]
     # with a filter, and grouped by a JSON path: groups ordered by value, missing first
     answer = _count(http, by="args.seed", extra_filter={"args.lr": {"$in": [0.1, "auto"]}})
     assert answer["total"] == 5
     assert [(g["value"], g["count"]) for g in answer["groups"]] == [
-        (None, 1), (0, 1), (1, 1), (2, 1), (3, 1)]
+        (None, 1),
+        (0, 1),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
     answer = _count(http, by="args.lr")
     assert [(g["value"], g["count"]) for g in answer["groups"]] == [
-        (0.001, 3), (0.01, 4), (0.1, 4), ("auto", 1)]
+        (0.001, 3),
+        (0.01, 4),
+        (0.1, 4),
+        ("auto", 1),
+    ]
     assert sum(g["count"] for g in answer["groups"]) == answer["total"] == 12
-    assert _count(http, by="priority", status="pending")["groups"] == [
-        {"value": 10, "count": 9}]
+    assert _count(http, by="priority", status="pending")["groups"] == [{"value": 10, "count": 9}]
     assert _count(http, by="summary.accuracy")["groups"] == [
-        {"value": None, "count": 11}, {"value": 0.9, "count": 1}]
+        {"value": None, "count": 11},
+        {"value": 0.9, "count": 1},
+    ]
 
 
 def test_count_refuses_bad_fields(queue_env):
     http = queue_env.http()
-    for by, word in (("nosuch", "Unknown field"), ("args.a b", "Invalid field"),
-                     ("task_id", "cannot group")):
+    for by, word in (
+        ("nosuch", "Unknown field"),
+        ("args.a b", "Invalid field"),
+        ("task_id", "cannot group"),
+    ):
         resp = http.post(f"{API}/tasks/count", json={"by": by})
         assert resp.status_code == 400, resp.text
         assert "by:" in resp.json()["detail"] and word in resp.json()["detail"]
@@ -95,8 +118,9 @@ def test_overview_counts_runs_not_tasks(queue_env):
     """A task that failed twice and then succeeded ended three runs in the window (two of
     them failures); requeueing a failed task does not take its failed run out of the window."""
     http = queue_env.http()
-    flaky, bad = _batch(http, [{"args": {"x": 1}, "max_retries": 3},
-                               {"args": {"x": 2}, "max_retries": 1}])
+    flaky, bad = _batch(
+        http, [{"args": {"x": 1}, "max_retries": 3}, {"args": {"x": 2}, "max_retries": 1}]
+    )
     for status in ("failed", "failed", "success"):
         _report(http, _claim(http, extra_filter={"args.x": 1}), status)
     _report(http, _claim(http, extra_filter={"args.x": 2}), "failed")
@@ -119,8 +143,12 @@ def test_requeue(sweep):
     assert cancelled.status_code == 200
     resp = http.post(f"{API}/tasks/requeue", json={"status": "failed"})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"notification": None, "requeued": 1,
-                           "task_ids": [done[1]["task_id"]], "more": False}
+    assert resp.json() == {
+        "notification": None,
+        "requeued": 1,
+        "task_ids": [done[1]["task_id"]],
+        "more": False,
+    }
     task = get_task(http, done[1]["task_id"])
     assert (task["status"], task["retries"], task["worker_id"]) == ("pending", 0, None)
     # default: every ended task; limit + more, and the calls end
@@ -134,8 +162,9 @@ def test_requeue(sweep):
     assert resp.json()["requeued"] == 0
     resp = http.post(f"{API}/tasks/requeue", json={"status": "running"})
     assert resp.json()["task_ids"] == [done[2]["task_id"]]
-    beat = http.post(f"{API}/tasks/{done[2]['task_id']}/heartbeat",
-                     params={"run_id": done[2]["run_id"]})
+    beat = http.post(
+        f"{API}/tasks/{done[2]['task_id']}/heartbeat", params={"run_id": done[2]["run_id"]}
+    )
     assert beat.status_code == 404
     resp = http.post(f"{API}/tasks/requeue", json={"status": "pending"})
     assert resp.status_code == 422 and "status" in resp.text
@@ -146,15 +175,19 @@ def test_progress_snapshot(queue_env):
     submit(http, {"x": 1})
     task = _claim(http)
     url = f"{API}/tasks/{task['task_id']}/progress"
-    resp = http.post(url, json={"step": 3, "total": 10, "metrics": {"loss": 0.5},
-                                "run_id": task["run_id"]})
+    resp = http.post(
+        url, json={"step": 3, "total": 10, "metrics": {"loss": 0.5}, "run_id": task["run_id"]}
+    )
     assert resp.status_code == 200, resp.text
     got = get_task(http, task["task_id"])["progress"]
     assert (got["step"], got["total"], got["metrics"]) == (3, 10, {"loss": 0.5})
     assert got["updated_at"].endswith("+00:00")
     # bad values: 422 naming the field; another run: 409
-    for body, field in (({"step": -1}, "step"), ({"step": 1, "total": 0}, "total"),
-                        ({"step": 1, "metrics": {"a b": 1}}, "metrics")):
+    for body, field in (
+        ({"step": -1}, "step"),
+        ({"step": 1, "total": 0}, "total"),
+        ({"step": 1, "metrics": {"a b": 1}}, "metrics"),
+    ):
         bad = http.post(url, json=body)
         assert bad.status_code == 422 and field in bad.text
     assert http.post(url, json={"step": 4, "run_id": "other"}).status_code == 409
@@ -171,8 +204,10 @@ def test_progress_snapshot(queue_env):
 
 def test_gone_workers_and_prune(queue_env):
     http = queue_env.http()
-    live, gone, busy = (http.post(f"{API}/workers", json={"worker_name": n}).json()["worker_id"]
-                        for n in ("live", "gone", "busy"))
+    live, gone, busy = (
+        http.post(f"{API}/workers", json={"worker_name": n}).json()["worker_id"]
+        for n in ("live", "gone", "busy")
+    )
     submit(http, {"x": 1})
     _claim(http, worker_id=busy)
     for wid in (gone, busy):
@@ -188,6 +223,7 @@ def test_gone_workers_and_prune(queue_env):
     # prune keeps live workers and gone ones still running a task
     resp = http.post(f"{API}/workers/prune", json={})
     assert resp.status_code == 200 and resp.json()["worker_ids"] == [gone]
-    remaining = {w["worker_id"] for w in
-                 http.post(f"{API}/workers/search", json={}).json()["content"]}
+    remaining = {
+        w["worker_id"] for w in http.post(f"{API}/workers/search", json={}).json()["content"]
+    }
     assert remaining == {live, busy}

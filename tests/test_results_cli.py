@@ -42,14 +42,30 @@ def _finished_sweep(http, accs=(0.5, 0.9, 0.7, 0.6, 0.8)) -> list[str]:
 def test_ls_csv_json_columns_and_limit(cli, queue_env):
     http = queue_env.http()
     ids = _finished_sweep(http)
-    by_acc = [t for _, t in sorted(zip((0.5, 0.9, 0.7, 0.6, 0.8), ids, strict=True),
-                                   reverse=True)]
+    by_acc = [t for _, t in sorted(zip((0.5, 0.9, 0.7, 0.6, 0.8), ids, strict=True), reverse=True)]
     # a sort on a JSON path returns every match, not only the first page
-    assert ok(cli("task", "ls", "-q", "-S", "summary.acc:desc", "--page-size", "2")).split() \
-        == by_acc
+    assert (
+        ok(cli("task", "ls", "-q", "-S", "summary.acc:desc", "--page-size", "2")).split() == by_acc
+    )
     # top 3 as CSV with flattened, chosen columns and the computed duration
-    out = ok(cli("task", "ls", "-s", "success", "-S", "summary.acc:desc", "--limit", "3",
-                 "-c", "task_id,args", "-c", "summary.acc,duration", "--fmt", "csv"))
+    out = ok(
+        cli(
+            "task",
+            "ls",
+            "-s",
+            "success",
+            "-S",
+            "summary.acc:desc",
+            "--limit",
+            "3",
+            "-c",
+            "task_id,args",
+            "-c",
+            "summary.acc,duration",
+            "--fmt",
+            "csv",
+        )
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["task_id", "args.lr", "args.seed", "summary.acc", "duration"]
     assert [r["task_id"] for r in rows] == by_acc[:3]
@@ -58,8 +74,22 @@ def test_ls_csv_json_columns_and_limit(cli, queue_env):
     # one JSON array: whole tasks, or flat rows with -c (patterns allowed)
     full = json.loads(ok(cli("task", "ls", "--fmt", "json", "--limit", "2")))
     assert len(full) == 2 and isinstance(full[0]["args"], dict)
-    flat = json.loads(ok(cli("task", "ls", "--fmt", "json", "-c", "summary.*",
-                             "-S", "summary.acc:asc", "--limit", "1")))
+    flat = json.loads(
+        ok(
+            cli(
+                "task",
+                "ls",
+                "--fmt",
+                "json",
+                "-c",
+                "summary.*",
+                "-S",
+                "summary.acc:asc",
+                "--limit",
+                "1",
+            )
+        )
+    )
     assert flat == [{"summary.acc": 0.5}]
     header = ok(cli("task", "ls", "--fmt", "csv")).splitlines()[0].split(",")
     assert {"task_id", "args.lr", "summary.acc", "duration"} <= set(header)
@@ -69,19 +99,33 @@ def test_python_api_counts_dataframe_requeue(queue_env, monkeypatch):
     import labtasker
 
     http = queue_env.http()
-    ids = _batch(http, [{"args": {"lr": lr, "seed": s}, "max_retries": 1}
-                        for lr in (0.1, 0.01) for s in range(3)])
+    ids = _batch(
+        http,
+        [{"args": {"lr": lr, "seed": s}, "max_retries": 1} for lr in (0.1, 0.01) for s in range(3)],
+    )
     ok_run, failed_run, running = (_claim(http) for _ in range(3))
     _report(http, ok_run, "success", {"acc": 0.75, "curve": {"best": 0.8}})
     _report(http, failed_run, "failed")
     counts = labtasker.count_tasks()
-    assert counts.counts() == {"pending": 3, "running": 1, "success": 1, "failed": 1,
-                               "cancelled": 0}
+    assert counts.counts() == {
+        "pending": 3,
+        "running": 1,
+        "success": 1,
+        "failed": 1,
+        "cancelled": 0,
+    }
     assert labtasker.count_tasks(by="args.lr", status="pending").total == 3
-    df = labtasker.tasks_dataframe(status="success",
-                                   columns=["task_id", "args", "summary.*", "duration"])
-    assert list(df.columns) == ["task_id", "args.lr", "args.seed", "summary.acc",
-                                "summary.curve.best", "duration"]
+    df = labtasker.tasks_dataframe(
+        status="success", columns=["task_id", "args", "summary.*", "duration"]
+    )
+    assert list(df.columns) == [
+        "task_id",
+        "args.lr",
+        "args.seed",
+        "summary.acc",
+        "summary.curve.best",
+        "duration",
+    ]
     assert df["task_id"].tolist() == [ok_run["task_id"]]
     assert df["summary.curve.best"].tolist() == [0.8]
     everything = labtasker.tasks_dataframe()
@@ -99,11 +143,22 @@ def test_task_count_cli(cli, queue_env):
     http = queue_env.http()
     _batch(http, [{"args": {"lr": lr}} for lr in (0.1, 0.1, 0.01)] + [{"args": {"x": 1}}])
     out = ok(cli("task", "count"))
-    assert out.split() == ["pending", "4", "running", "0", "success", "0", "failed", "0",
-                           "cancelled", "0", "total", "4"]
+    assert out.split() == [
+        "pending",
+        "4",
+        "running",
+        "0",
+        "success",
+        "0",
+        "failed",
+        "0",
+        "cancelled",
+        "0",
+        "total",
+        "4",
+    ]
     answer = json.loads(ok(cli("task", "count", "--by", "args.lr", "--fmt", "json")))
-    assert [(g["value"], g["count"]) for g in answer["groups"]] == [
-        (None, 1), (0.01, 1), (0.1, 2)]
+    assert [(g["value"], g["count"]) for g in answer["groups"]] == [(None, 1), (0.01, 1), (0.1, 2)]
     assert "{lr}" in ok(cli("task", "count", "--by", "arg_fields", "-f", "args.lr > 0.05"))
     proc = cli("task", "count", "--by", "nosuch")
     assert proc.returncode == 2 and "--by" in proc.stderr and "Unknown field" in proc.stderr
@@ -144,13 +199,20 @@ def test_requeue_cli(cli, queue_env):
 def test_status_shows_counts_eta_workers_and_progress(cli, queue_env):
     http = queue_env.http()
     _finished_sweep(http, accs=(0.5,))
-    _batch(http, [{"args": {"lr": 0.5, "seed": 9}, "task_name": "long"},
-                  {"args": {"lr": 0.6, "seed": 9}}, {"args": {"lr": 0.7, "seed": 9}}])
+    _batch(
+        http,
+        [
+            {"args": {"lr": 0.5, "seed": 9}, "task_name": "long"},
+            {"args": {"lr": 0.6, "seed": 9}},
+            {"args": {"lr": 0.7, "seed": 9}},
+        ],
+    )
     worker = http.post(f"{API}/workers", json={"worker_name": "gpu0"}).json()["worker_id"]
     task = _claim(http, worker_id=worker)
-    resp = http.post(f"{API}/tasks/{task['task_id']}/progress",
-                     json={"step": 1, "total": 4, "metrics": {"loss": 0.25},
-                           "run_id": task["run_id"]})
+    resp = http.post(
+        f"{API}/tasks/{task['task_id']}/progress",
+        json={"step": 1, "total": 4, "metrics": {"loss": 0.25}, "run_id": task["run_id"]},
+    )
     assert resp.status_code == 200, resp.text
     out = ok(cli("status"))
     assert "4 task(s)" in out and "1/4 ended" in out and "pending 2" in out
@@ -189,11 +251,17 @@ def test_report_progress_in_a_job(queue_env, monkeypatch, tmp_path):
 
 def test_loop_gone_workers_mismatch_message_and_bypass(cli, queue_env):
     http = queue_env.http()
-    named, unnamed = _batch(http, [
-        {"args": {"prompt": "a", "guidance_scale": 7.5}, "task_name": "cat"},
-        {"args": {"prompt": "b", "guidance_scale": 1}}])
-    env = {"PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-           "LABTASKER_PROGRESS_INTERVAL": "0"}
+    named, unnamed = _batch(
+        http,
+        [
+            {"args": {"prompt": "a", "guidance_scale": 7.5}, "task_name": "cat"},
+            {"args": {"prompt": "b", "guidance_scale": 1}},
+        ],
+    )
+    env = {
+        "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+        "LABTASKER_PROGRESS_INTERVAL": "0",
+    }
     # a typo in a placeholder: not "all done" but what the pending tasks have
     proc = cli("loop", "--", "echo", "%(prompt)", "%(guidance)", extra_env=env)
     assert proc.returncode == 0, proc.stderr
@@ -205,15 +273,33 @@ def test_loop_gone_workers_mismatch_message_and_bypass(cli, queue_env):
 
     assert explain_no_match(["prompt", "guidance_scale"], "args.prompt == 'zzz'") == (
         "2 pending task(s) have the fields {guidance_scale, prompt} but none matches "
-        "--extra-filter.")
+        "--extra-filter."
+    )
     assert explain_no_match(["prompt", "guidance_scale"], "args.prompt == 'a'") is None
     # the bypass trick, argv mode: the field goes into a variable the job ignores; progress
     # from a shell job and from Python
-    job = ("import labtasker, sys; assert labtasker.report_progress(2, total=2, loss=0.1); "
-           "print(sys.argv[1])")
-    ok(cli("loop", "-f", "args.prompt == 'a'", "--", "env", "UNUSED=%(guidance_scale)",
-           "sh", "-c", 'labtasker progress 1 --total 2 && exec "$0" "$@"', sys.executable,
-           "-c", job, "%(prompt)", extra_env=env))
+    job = (
+        "import labtasker, sys; assert labtasker.report_progress(2, total=2, loss=0.1); "
+        "print(sys.argv[1])"
+    )
+    ok(
+        cli(
+            "loop",
+            "-f",
+            "args.prompt == 'a'",
+            "--",
+            "env",
+            "UNUSED=%(guidance_scale)",
+            "sh",
+            "-c",
+            'labtasker progress 1 --total 2 && exec "$0" "$@"',
+            sys.executable,
+            "-c",
+            job,
+            "%(prompt)",
+            extra_env=env,
+        )
+    )
     snap = get_task(http, named)
     assert snap["status"] == "success", snap
     assert (snap["progress"]["step"], snap["progress"]["metrics"]) == (2, {"loss": 0.1})
@@ -222,12 +308,12 @@ def test_loop_gone_workers_mismatch_message_and_bypass(cli, queue_env):
     assert get_task(http, unnamed)["status"] == "success"
     run_dirs = list((queue_env.root / "logs" / "run").iterdir())
     unnamed_dir = next(d for d in run_dirs if unnamed in d.name)
-    assert "_nNone" not in unnamed_dir.name and "(None)" not in \
-        (unnamed_dir / "run.log").read_text()
+    assert (
+        "_nNone" not in unnamed_dir.name and "(None)" not in (unnamed_dir / "run.log").read_text()
+    )
     assert any("_ncat_" in d.name for d in run_dirs)
     # each loop marked its worker gone; worker ls tells them apart; prune removes them
-    workers = [json.loads(line) for line in
-               ok(cli("worker", "ls", "--fmt", "jsonl")).splitlines()]
+    workers = [json.loads(line) for line in ok(cli("worker", "ls", "--fmt", "jsonl")).splitlines()]
     assert len(workers) == 3 and all(w["gone_at"] for w in workers)
     live = http.post(f"{API}/workers", json={"worker_name": "live"}).json()["worker_id"]
     table = ok(cli("worker", "ls", "--fmt", "table"))
@@ -247,8 +333,9 @@ def test_wrong_input_is_one_line_without_server(tmp_path):
     def one_line_error(*args):
         proc = run_cli(*args, env=env)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), \
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (
             proc.stderr
+        )
         return lines[0]
 
     line = one_line_error("task", "submit", "--", "--x", os.fsdecode(b"a\xffb"))
@@ -264,8 +351,12 @@ def test_wrong_input_is_one_line_without_server(tmp_path):
     assert "`labtasker loop` runs its own command" in " ".join(help_text.split())
     import subprocess
 
-    out = subprocess.run([os.path.join(BIN, "labtasker-server"), "serve", "--help"],
-                         capture_output=True, text=True, env={**env, "COLUMNS": "80"}).stdout
+    out = subprocess.run(
+        [os.path.join(BIN, "labtasker-server"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "80"},
+    ).stdout
     assert "postgresql://user@host/db" in out and "--periodic-task-interval" in out
     assert "…" not in out
 
@@ -301,8 +392,10 @@ def test_wrong_things_against_a_server(cli, queue_env, server, tmp_path):
         port = sock.getsockname()[1]
     down = tmp_path / "down"
     down.mkdir()
-    (down / "client.toml").write_text(f'[endpoint]\napi_base_url = "http://127.0.0.1:{port}/"\n'
-                                      '[queue]\nqueue_name = "q"\npassword = "p"\n')
+    (down / "client.toml").write_text(
+        f'[endpoint]\napi_base_url = "http://127.0.0.1:{port}/"\n'
+        '[queue]\nqueue_name = "q"\npassword = "p"\n'
+    )
     import time
 
     t0 = time.monotonic()  # the old listener waited out the whole --timeout before failing
@@ -316,22 +409,28 @@ def test_interactive_init_asks_again_after_a_mistake(server, tmp_path):
     from test_cli import run_in_pty
 
     name = "init-" + os.urandom(4).hex()
-    resp = __import__("httpx").post(server.url + "/api/v1/queues",
-                                    json={"queue_name": name, "password": "right"})
+    resp = __import__("httpx").post(
+        server.url + "/api/v1/queues", json={"queue_name": name, "password": "right"}
+    )
     assert resp.status_code == 201
     env = {**os.environ, "LABTASKER_ROOT": str(tmp_path / "root")}
-    code, out = run_in_pty(["init"], env, tmp_path, answers=[
-        ("server", "http://127.0.0.1:9"),
-        ("Continue anyway", "n"),
-        ("server", server.url),
-        ("Queue name", name),
-        ("Queue password", "wrong"),
-        ("Repeat", "wrong"),
-        ("create this queue", "y"),
-        ("Queue name", name),
-        ("Queue password", "right"),
-        ("Repeat", "right"),
-    ])
+    code, out = run_in_pty(
+        ["init"],
+        env,
+        tmp_path,
+        answers=[
+            ("server", "http://127.0.0.1:9"),
+            ("Continue anyway", "n"),
+            ("server", server.url),
+            ("Queue name", name),
+            ("Queue password", "wrong"),
+            ("Repeat", "wrong"),
+            ("create this queue", "y"),
+            ("Queue name", name),
+            ("Queue password", "right"),
+            ("Repeat", "right"),
+        ],
+    )
     assert code == 0, out
     assert "Enter the server URL again" in out and "password is wrong; try again" in out
     assert f"Using existing queue '{name}'" in out

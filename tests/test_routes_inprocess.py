@@ -29,22 +29,35 @@ async def test_submit_claim_report(asgi_queue):
     resp = await http.post(f"{API}/tasks", json={"args": {"inprocess_lr": 0.1}, "task_name": "t"})
     assert resp.status_code == 201
     tid = resp.json()["task_id"]
-    task = (await http.post(f"{API}/tasks/next", json={"required_fields": ["inprocess_lr"]})).json()["task"]
+    task = (
+        await http.post(f"{API}/tasks/next", json={"required_fields": ["inprocess_lr"]})
+    ).json()["task"]
     assert (task["task_id"], task["status"]) == (tid, "running") and task["run_id"]
-    resp = await http.post(f"{API}/tasks/{tid}/status",
-                           json={"status": "success", "run_id": task["run_id"]})
+    resp = await http.post(
+        f"{API}/tasks/{tid}/status", json={"status": "success", "run_id": task["run_id"]}
+    )
     assert resp.status_code == 200
     done = (await http.get(f"{API}/tasks/{tid}")).json()
     assert done["status"] == "success" and done["run_id"] is None
 
 
-@pytest.mark.parametrize("body, status, detail", [
-    ({"eta_max": "soon"}, 400, "eta_max: Invalid duration"),
-    ({"start_heartbeat": False}, 400, "Eta max must be specified when start_heartbeat is False"),
-    ({"heartbeat_timeout": 1, "heartbeat_interval": 2}, 400,
-     "heartbeat_timeout (1s) must be at least 2 x heartbeat_interval (2s)"),
-    ({"required_fields": ["a..b"]}, 400, "Invalid required fields"),
-])
+@pytest.mark.parametrize(
+    "body, status, detail",
+    [
+        ({"eta_max": "soon"}, 400, "eta_max: Invalid duration"),
+        (
+            {"start_heartbeat": False},
+            400,
+            "Eta max must be specified when start_heartbeat is False",
+        ),
+        (
+            {"heartbeat_timeout": 1, "heartbeat_interval": 2},
+            400,
+            "heartbeat_timeout (1s) must be at least 2 x heartbeat_interval (2s)",
+        ),
+        ({"required_fields": ["a..b"]}, 400, "Invalid required fields"),
+    ],
+)
 async def test_fetch_refuses_bad_limits_naming_them(asgi_queue, body, status, detail):
     _, http = asgi_queue
     resp = await http.post(f"{API}/tasks/next", json=body)
@@ -65,8 +78,7 @@ async def test_worker_report_crashed_is_refused(asgi_queue):
     wid = (await http.post(f"{API}/workers", json={})).json()["worker_id"]
     resp = await http.post(f"{API}/workers/{wid}/status", json={"status": "crashed"})
     assert resp.status_code == 400
-    assert resp.json()["detail"] == ("Invalid worker status 'crashed': use 'active' or "
-                                     "'suspended'")
+    assert resp.json()["detail"] == ("Invalid worker status 'crashed': use 'active' or 'suspended'")
 
 
 async def test_events_route_refuses_a_bad_last_event_id(asgi_queue):

@@ -12,8 +12,10 @@ from support.http import API, fetch, submit
 
 def test_health_and_welcome(server):
     assert httpx.get(server.url + "/health").json() == {"connection": "ok"}
-    assert httpx.get(server.url + "/health/full").json() == {"status": "healthy",
-                                                             "database": "connected"}
+    assert httpx.get(server.url + "/health/full").json() == {
+        "status": "healthy",
+        "database": "connected",
+    }
     assert httpx.get(server.url + "/").json()["versions"] == ["v1"]
     polling = httpx.get(server.url + "/api/v1/polling").json()
     assert polling["polling_interval"] == 0.5 and polling["prev_polling"] > 0
@@ -25,16 +27,22 @@ def test_queue_lifecycle(server, queue_env):
         assert q["queue_name"] == queue_env.queue_name and q["queue_id"] == queue_env.queue_id
         assert datetime.fromisoformat(q["created_at"]).tzinfo is not None
         # auth by id works too; wrong password / no auth -> 401
-        assert httpx.get(server.url + API, auth=(queue_env.queue_id, queue_env.password)
-                         ).status_code == 200
+        assert (
+            httpx.get(server.url + API, auth=(queue_env.queue_id, queue_env.password)).status_code
+            == 200
+        )
         bad = httpx.get(server.url + API, auth=(queue_env.queue_name, "nope"))
         # the 1.0.1 detail, plus the machine-readable code beside it
-        assert bad.status_code == 401 and bad.json() == {"detail": "Invalid credentials",
-                                                         "code": "invalid_credentials"}
+        assert bad.status_code == 401 and bad.json() == {
+            "detail": "Invalid credentials",
+            "code": "invalid_credentials",
+        }
         assert httpx.get(server.url + API).status_code == 401
         # duplicate create -> 409
-        dup = httpx.post(server.url + "/api/v1/queues",
-                         json={"queue_name": queue_env.queue_name, "password": "x"})
+        dup = httpx.post(
+            server.url + "/api/v1/queues",
+            json={"queue_name": queue_env.queue_name, "password": "x"},
+        )
         assert dup.status_code == 409 and "already exists" in dup.json()["detail"]
         # metadata patch semantics
         r = http.put(API, json={"metadata_update": {"a": {"b": 1}, "c": 2}})
@@ -73,11 +81,14 @@ def test_concurrent_metadata_patches_all_land(queue_env):
         assert http.get(API).json()["metadata"] == {f"k{i}": i for i in range(12)}
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"queue_name": "bad name", "password": "x"}, "queue_name"),
-    ({"queue_name": "ok", "password": ""}, "password"),
-    ({"queue_name": "ok"}, "password"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"queue_name": "bad name", "password": "x"}, "queue_name"),
+        ({"queue_name": "ok", "password": ""}, "password"),
+        ({"queue_name": "ok"}, "password"),
+    ],
+)
 def test_queue_create_validation_names_field(server, body, field):
     resp = httpx.post(server.url + "/api/v1/queues", json=body)
     assert resp.status_code == 422
@@ -99,23 +110,25 @@ def test_submit_get_search_delete(queue_env):
         by_name = http.post(f"{API}/tasks/search", json={"task_name": "t1"}).json()
         assert [t["task_id"] for t in by_name["content"]] == [tid]
         none = http.post(f"{API}/tasks/search", json={"task_name": "zz"}).json()
-        assert none == {"notification": None, "found": False, "content": [],
-                        "next_cursor": None}
+        assert none == {"notification": None, "found": False, "content": [], "next_cursor": None}
         assert http.delete(f"{API}/tasks/{tid}").status_code == 204
         missing = http.get(f"{API}/tasks/{tid}")
         assert missing.status_code == 404
         assert http.delete(f"{API}/tasks/{tid}").status_code == 404
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "Either args or cmd"),
-    ({"args": {"a b": 1}}, "args"),
-    ({"args": {"x": 1}, "metadata": {"$bad": 1}}, "metadata"),
-    ({"args": {"x": 1}, "task_name": "has space"}, "task_name"),
-    ({"args": {"x": 1}, "max_retries": None}, "max_retries"),
-    ({"args": {"x": 1}, "heartbeat_timeout": -1}, "heartbeat_timeout"),
-    ({"args": [1, 2]}, "args"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "Either args or cmd"),
+        ({"args": {"a b": 1}}, "args"),
+        ({"args": {"x": 1}, "metadata": {"$bad": 1}}, "metadata"),
+        ({"args": {"x": 1}, "task_name": "has space"}, "task_name"),
+        ({"args": {"x": 1}, "max_retries": None}, "max_retries"),
+        ({"args": {"x": 1}, "heartbeat_timeout": -1}, "heartbeat_timeout"),
+        ({"args": [1, 2]}, "args"),
+    ],
+)
 def test_submit_rejects_bad_input_with_field_name(queue_env, body, field):
     with queue_env.http() as http:
         resp = http.post(f"{API}/tasks", json=body)
@@ -160,7 +173,9 @@ def test_fetch_required_fields_no_more_no_less(queue_env):
         t = fetch(http, required_fields=["prompt"])
         assert t["task_id"] == only_prompt
         assert fetch(http, required_fields=["prompt"]) is None
-        assert fetch(http, required_fields=["prompt", "guidance_scale"])["args"]["prompt"] == "a dog"
+        assert (
+            fetch(http, required_fields=["prompt", "guidance_scale"])["args"]["prompt"] == "a dog"
+        )
         bad = http.post(f"{API}/tasks/next", json={"required_fields": [".x"]})
         assert bad.status_code == 400 and "required" in bad.json()["detail"].lower()
 
@@ -191,8 +206,10 @@ def test_worker_checks_on_fetch(queue_env):
         r = http.post(f"{API}/tasks/next", json={"worker_id": "nope"})
         assert r.status_code == 404
         wid = http.post(f"{API}/workers", json={"worker_name": "w1"}).json()["worker_id"]
-        assert http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"}
-                         ).status_code == 200
+        assert (
+            http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"}).status_code
+            == 200
+        )
         r = http.post(f"{API}/tasks/next", json={"worker_id": wid})
         assert r.status_code == 403 and "suspended" in r.json()["detail"]
         http.post(f"{API}/workers/{wid}/status", json={"status": "active"})
@@ -205,20 +222,36 @@ def test_report_and_fencing(queue_env):
         wid = http.post(f"{API}/workers", json={}).json()["worker_id"]
         run1 = fetch(http, worker_id=wid)["run_id"]
         # heartbeat with the current run works; report failed -> pending, retries 1
-        assert http.post(f"{API}/tasks/{tid}/heartbeat",
-                         params={"worker_id": wid, "run_id": run1}).status_code == 204
-        assert http.post(f"{API}/tasks/{tid}/status", json={
-            "status": "failed", "worker_id": wid, "run_id": run1,
-            "summary": {"err": "boom"}}).status_code == 200
+        assert (
+            http.post(
+                f"{API}/tasks/{tid}/heartbeat", params={"worker_id": wid, "run_id": run1}
+            ).status_code
+            == 204
+        )
+        assert (
+            http.post(
+                f"{API}/tasks/{tid}/status",
+                json={
+                    "status": "failed",
+                    "worker_id": wid,
+                    "run_id": run1,
+                    "summary": {"err": "boom"},
+                },
+            ).status_code
+            == 200
+        )
         t = http.get(f"{API}/tasks/{tid}").json()
-        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == ("pending", 1, None, None)
+        assert (t["status"], t["retries"], t["worker_id"], t["run_id"]) == (
+            "pending",
+            1,
+            None,
+            None,
+        )
         run2 = fetch(http, worker_id=wid)["run_id"]
         assert run2 != run1
         # stale run: heartbeat and report refused with 409, nothing changes
-        assert http.post(f"{API}/tasks/{tid}/heartbeat", params={"run_id": run1}
-                         ).status_code == 409
-        stale = http.post(f"{API}/tasks/{tid}/status",
-                          json={"status": "success", "run_id": run1})
+        assert http.post(f"{API}/tasks/{tid}/heartbeat", params={"run_id": run1}).status_code == 409
+        stale = http.post(f"{API}/tasks/{tid}/status", json={"status": "success", "run_id": run1})
         assert stale.status_code == 409
         assert http.get(f"{API}/tasks/{tid}").json()["status"] == "running"
         # second failure exhausts max_retries=2 -> failed; the worker is charged once for the
@@ -234,8 +267,9 @@ def test_report_and_fencing(queue_env):
         assert r.status_code == 400
         r = http.post(f"{API}/tasks/{tid}/status", json={"status": "running"})
         assert r.status_code == 422
-        assert http.post(f"{API}/tasks/{tid}/status", json={"status": "cancelled"}
-                         ).status_code == 200
+        assert (
+            http.post(f"{API}/tasks/{tid}/status", json={"status": "cancelled"}).status_code == 200
+        )
 
 
 def test_wrong_worker_report_is_409(queue_env):
@@ -257,8 +291,10 @@ def test_worker_crashes_after_max_retries_and_reactivation(queue_env):
         for i in range(4):
             submit(http, args={"i": i}, max_retries=1)
             t = fetch(http, worker_id=wid)
-            http.post(f"{API}/tasks/{t['task_id']}/status",
-                      json={"status": "failed", "run_id": t["run_id"]})
+            http.post(
+                f"{API}/tasks/{t['task_id']}/status",
+                json={"status": "failed", "run_id": t["run_id"]},
+            )
             w = http.get(f"{API}/workers/{wid}").json()
             assert w["status"] == ("crashed" if i == 3 else "active"), (i, w)
         w = http.post(f"{API}/workers/search", json={"worker_id": wid}).json()["content"][0]
@@ -296,29 +332,46 @@ def test_failure_recorded_even_when_worker_is_suspended_or_deleted(queue_env):
 def test_update_tasks_batch_is_all_or_nothing(queue_env):
     with queue_env.http() as http:
         a = submit(http, args={"x": 1, "y": {"z": 2}}, task_name="a")
-        r = http.put(f"{API}/tasks", params={"reset_pending": False}, json=[
-            {"task_id": a, "args": {"y.w": 3}, "priority": 5},
-        ])
+        r = http.put(
+            f"{API}/tasks",
+            params={"reset_pending": False},
+            json=[
+                {"task_id": a, "args": {"y.w": 3}, "priority": 5},
+            ],
+        )
         assert r.status_code == 200
         t = r.json()["content"][0]
         assert t["args"] == {"x": 1, "y": {"z": 2, "w": 3}} and t["priority"] == 5
-        r = http.put(f"{API}/tasks", params={"reset_pending": False}, json=[
-            {"_id": a, "task_name": "renamed"},
-            {"task_id": "missing", "task_name": "zz"},
-        ])
+        r = http.put(
+            f"{API}/tasks",
+            params={"reset_pending": False},
+            json=[
+                {"_id": a, "task_name": "renamed"},
+                {"task_id": "missing", "task_name": "zz"},
+            ],
+        )
         assert r.status_code == 400 and "missing" in r.json()["detail"]
         assert http.get(f"{API}/tasks/{a}").json()["task_name"] == "a"
         # replace_fields replaces the whole dict; new args shape is fetchable by it
-        r = http.put(f"{API}/tasks", params={"reset_pending": False}, json=[
-            {"task_id": a, "args": {"only": 1}, "replace_fields": ["args"]}])
+        r = http.put(
+            f"{API}/tasks",
+            params={"reset_pending": False},
+            json=[{"task_id": a, "args": {"only": 1}, "replace_fields": ["args"]}],
+        )
         assert r.json()["content"][0]["args"] == {"only": 1}
         assert fetch(http, required_fields=["only"])["task_id"] == a
         # invalid manual transition refused, nothing written
-        r = http.put(f"{API}/tasks", params={"reset_pending": False},
-                     json=[{"task_id": a, "status": "success", "priority": 99}])
+        r = http.put(
+            f"{API}/tasks",
+            params={"reset_pending": False},
+            json=[{"task_id": a, "status": "success", "priority": 99}],
+        )
         assert r.status_code == 200  # running -> success is allowed
-        r = http.put(f"{API}/tasks", params={"reset_pending": False},
-                     json=[{"task_id": a, "status": "running", "priority": 1}])
+        r = http.put(
+            f"{API}/tasks",
+            params={"reset_pending": False},
+            json=[{"task_id": a, "status": "running", "priority": 1}],
+        )
         assert r.status_code == 400
         assert http.get(f"{API}/tasks/{a}").json()["priority"] == 99
         # reset_pending (server default) -> pending, retries 0, worker cleared
@@ -326,7 +379,11 @@ def test_update_tasks_batch_is_all_or_nothing(queue_env):
         t = r.json()["content"][0]
         assert (t["status"], t["retries"], t["worker_id"]) == ("pending", 0, None)
         assert http.put(f"{API}/tasks", json=[]).json() == {
-            "notification": None, "found": False, "content": [], "next_cursor": None}
+            "notification": None,
+            "found": False,
+            "content": [],
+            "next_cursor": None,
+        }
 
 
 def test_heartbeat_timeout_is_swept(queue_env):
@@ -348,18 +405,27 @@ def test_heartbeat_timeout_is_swept(queue_env):
 def test_search_filters_and_sort(queue_env):
     with queue_env.http() as http:
         for i in range(6):
-            submit(http, args={"lr": i / 10, "name": f"n{i}"}, metadata={"k": i % 2},
-                   priority=i % 3)
+            submit(
+                http, args={"lr": i / 10, "name": f"n{i}"}, metadata={"k": i % 2}, priority=i % 3
+            )
+
         def search(**body):
             r = http.post(f"{API}/tasks/search", json=body)
             assert r.status_code == 200, r.text
             return [t["args"]["lr"] for t in r.json()["content"]]
+
         assert search(extra_filter={"args.lr": {"$gt": 0.25}}) == [0.3, 0.4, 0.5]
         assert search(extra_filter={"args.lr": {"$in": [0.1, 0.2, "0.3"]}}) == [0.1, 0.2]
         assert search(extra_filter={"$or": [{"metadata.k": 1}, {"args.name": "n0"}]}) == [
-            0.0, 0.1, 0.3, 0.5]
+            0.0,
+            0.1,
+            0.3,
+            0.5,
+        ]
         assert search(extra_filter={"args.name": {"$regex": "^N[12]$", "$options": "i"}}) == [
-            0.1, 0.2]
+            0.1,
+            0.2,
+        ]
         assert search(extra_filter={"args.missing": None}) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
         assert search(extra_filter={"args.lr": {"$exists": False}}) == []
         assert search(extra_filter={"priority": 2}) == [0.2, 0.5]
@@ -367,8 +433,12 @@ def test_search_filters_and_sort(queue_env):
         assert search(sort=[["priority", -1], ["args.lr", 1]], limit=3) == [0.2, 0.5, 0.1]
         since = datetime(2000, 1, 1, tzinfo=timezone.utc).isoformat()
         assert len(search(extra_filter={"created_at": {"$gt": {"_dt": since}}})) == 6
-        for bad in ({"$where": "1"}, {"args.x": {"$function": {}}}, {"args.x": {"$foo": 1}},
-                    {"args.x') OR 1=1 --": 1}):
+        for bad in (
+            {"$where": "1"},
+            {"args.x": {"$function": {}}},
+            {"args.x": {"$foo": 1}},
+            {"args.x') OR 1=1 --": 1},
+        ):
             r = http.post(f"{API}/tasks/search", json={"extra_filter": bad})
             assert r.status_code == 400, r.text
         r = http.post(f"{API}/tasks/search", json={"sort": [["args.lr", 2]]})
@@ -376,14 +446,20 @@ def test_search_filters_and_sort(queue_env):
 
 
 def test_queues_are_isolated(server, queue_env):
-    other = httpx.post(server.url + "/api/v1/queues",
-                       json={"queue_name": queue_env.queue_name + "-b", "password": "pw"})
+    other = httpx.post(
+        server.url + "/api/v1/queues",
+        json={"queue_name": queue_env.queue_name + "-b", "password": "pw"},
+    )
     assert other.status_code == 201
     with queue_env.http() as http:
         mine = submit(http, args={"x": 1})
     b = httpx.Client(base_url=server.url, auth=(queue_env.queue_name + "-b", "pw"))
     assert b.get(f"{API}/tasks/{mine}").status_code == 404
-    assert b.post(f"{API}/tasks/search", json={"extra_filter": {"queue_id": queue_env.queue_id}}
-                  ).json()["content"] == []
+    assert (
+        b.post(
+            f"{API}/tasks/search", json={"extra_filter": {"queue_id": queue_env.queue_id}}
+        ).json()["content"]
+        == []
+    )
     assert b.post(f"{API}/tasks/next", json={}).json()["found"] is False
     assert b.delete(f"{API}/tasks/{mine}").status_code == 404

@@ -7,20 +7,28 @@ API = "/api/v1/queues/me"
 
 def test_batch_submit_is_ordered_and_all_or_nothing(queue_env):
     with queue_env.http() as http:
-        r = http.post(f"{API}/tasks/batch", json={"tasks": [
-            {"args": {"i": i}, "priority": i % 3} for i in range(50)]})
+        r = http.post(
+            f"{API}/tasks/batch",
+            json={"tasks": [{"args": {"i": i}, "priority": i % 3} for i in range(50)]},
+        )
         assert r.status_code == 201, r.text
         ids = r.json()["task_ids"]
         assert len(ids) == 50 == len(set(ids))
-        got = {t["task_id"]: t["args"]["i"] for t in http.post(
-            f"{API}/tasks/search", json={"limit": 100}).json()["content"]}
+        got = {
+            t["task_id"]: t["args"]["i"]
+            for t in http.post(f"{API}/tasks/search", json={"limit": 100}).json()["content"]
+        }
         assert [got[t] for t in ids] == list(range(50))
         # one bad task: 422 naming its index, nothing stored
-        bad = http.post(f"{API}/tasks/batch", json={"tasks": [
-            {"args": {"ok": 1}}, {"args": {"ok": 2}}, {"args": {"bad key": 3}}]})
+        bad = http.post(
+            f"{API}/tasks/batch",
+            json={"tasks": [{"args": {"ok": 1}}, {"args": {"ok": 2}}, {"args": {"bad key": 3}}]},
+        )
         assert bad.status_code == 422 and '"tasks",2' in bad.text.replace(" ", "")
-        conflict = http.post(f"{API}/tasks/batch", json={"tasks": [
-            {"args": {"ok": 1}}, {"args": {"a": 1, "a.b": 2}}]})
+        conflict = http.post(
+            f"{API}/tasks/batch",
+            json={"tasks": [{"args": {"ok": 1}}, {"args": {"a": 1, "a.b": 2}}]},
+        )
         assert conflict.status_code == 400 and "tasks[1].args" in conflict.json()["detail"]
         assert http.post(f"{API}/tasks/batch", json={"tasks": []}).status_code == 422
         n = len(http.post(f"{API}/tasks/search", json={"limit": 1000}).json()["content"])

@@ -30,21 +30,22 @@ def _children(pid: int) -> set[int]:
 
 
 def test_two_server_processes_claim_each_task_once(tmp_path, scratch_dbs):
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
-                        extra_env={"LABTASKER_SERVER_WORKERS": "2"}).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(), workdir=tmp_path, extra_env={"LABTASKER_SERVER_WORKERS": "2"}
+    ).start()
     try:
         deadline = time.monotonic() + 60  # /health answers once the first process is up
         while len(re.findall(r"Started server process \[\d+\]", srv.log_text())) < 2:
             assert time.monotonic() < deadline, srv.log_text()
             time.sleep(0.1)
-        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]",
-                                              srv.log_text())}
+        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]", srv.log_text())}
         assert workers <= _children(srv.proc.pid), (workers, _children(srv.proc.pid))
         r = httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "w", "password": "pw"})
         assert r.status_code == 201, r.text
         http = httpx.Client(base_url=srv.url, auth=("w", "pw"), timeout=60)
-        r = http.post(f"{API}/tasks/batch",
-                      json={"tasks": [{"args": {"i": i}} for i in range(N_TASKS)]})
+        r = http.post(
+            f"{API}/tasks/batch", json={"tasks": [{"args": {"i": i}} for i in range(N_TASKS)]}
+        )
         assert r.status_code == 201, r.text
         claimed: list[str] = []
         errors: list[str] = []
@@ -61,8 +62,10 @@ def test_two_server_processes_claim_each_task_once(tmp_path, scratch_dbs):
                     task = r.json()["task"]
                     if task is None:
                         return
-                    rep = c.post(f"{API}/tasks/{task['task_id']}/status",
-                                 json={"status": "success", "run_id": task["run_id"]})
+                    rep = c.post(
+                        f"{API}/tasks/{task['task_id']}/status",
+                        json={"status": "success", "run_id": task["run_id"]},
+                    )
                     if rep.status_code != 200:
                         errors.append(rep.text)
                 with lock:
@@ -82,8 +85,11 @@ def test_two_server_processes_claim_each_task_once(tmp_path, scratch_dbs):
         srv.proc.wait(timeout=30)
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() for pid in workers):
-            assert time.monotonic() < deadline, [Path(f"/proc/{p}/cmdline").read_bytes()
-                                                 for p in workers if Path(f"/proc/{p}").exists()]
+            assert time.monotonic() < deadline, [
+                Path(f"/proc/{p}/cmdline").read_bytes()
+                for p in workers
+                if Path(f"/proc/{p}").exists()
+            ]
             time.sleep(0.1)
     finally:
         if srv.proc and srv.proc.poll() is None:
@@ -103,8 +109,12 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path):
         ("postgresql://postgres@127.0.0.1:1/nope", 1, "cannot open the database"),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "labtasker.server.cli", "serve", "--port", "1",
-             "--db-url", url], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            [sys.executable, "-m", "labtasker.server.cli", "serve", "--port", "1", "--db-url", url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == code, (url, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -113,15 +123,15 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path):
 def test_kill_9_of_the_supervisor_leaves_nothing_serving(tmp_path, scratch_dbs):
     """``kill -9`` of the ``serve --workers 2`` supervisor: its server processes stop too
     (PR_SET_PDEATHSIG and the supervisor pipe), the port refuses connections."""
-    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path,
-                        extra_env={"LABTASKER_SERVER_WORKERS": "2"}).start()
+    srv = ServerProcess(
+        db_url=scratch_dbs.new_url(), workdir=tmp_path, extra_env={"LABTASKER_SERVER_WORKERS": "2"}
+    ).start()
     try:
         deadline = time.monotonic() + 60
         while len(re.findall(r"Started server process \[\d+\]", srv.log_text())) < 2:
             assert time.monotonic() < deadline, srv.log_text()
             time.sleep(0.1)
-        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]",
-                                              srv.log_text())}
+        workers = {int(p) for p in re.findall(r"Started server process \[(\d+)\]", srv.log_text())}
         assert len(workers) == 2 and workers <= _children(srv.proc.pid)
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
         srv.kill(signal.SIGKILL)

@@ -97,11 +97,14 @@ def test_listed_gpus_must_be_among_cuda_visible_devices(monkeypatch):
     """A shell given GPUs 2,3 (CUDA_VISIBLE_DEVICES=2,3) that asks for --gpus 0,1 would put
     jobs on someone else's GPUs: refused, naming the devices; devices of the set are fine."""
     fake_nvml(monkeypatch, [(f"GPU-{c * 4}", f"Fake GPU {c}") for c in "abcd"])
-    with pytest.raises(LabtaskerValueError,
-                       match=r"device 0, 1 not among CUDA_VISIBLE_DEVICES='2,3'"):
+    with pytest.raises(
+        LabtaskerValueError, match=r"device 0, 1 not among CUDA_VISIBLE_DEVICES='2,3'"
+    ):
         plan_slots("0,1", environ={"CUDA_VISIBLE_DEVICES": "2,3"})
     assert [s.gpus for s in plan_slots("3,2", environ={"CUDA_VISIBLE_DEVICES": "2,3"})] == [
-        "3", "2"]
+        "3",
+        "2",
+    ]
     # UUID entries are resolved through the machine's devices
     assert [s.gpus for s in plan_slots("1", environ={"CUDA_VISIBLE_DEVICES": "GPU-bb"})] == ["1"]
     with pytest.raises(LabtaskerValueError, match="device 2 not among"):
@@ -122,7 +125,10 @@ def test_gpus_all_from_nvml_honours_cuda_visible_devices(monkeypatch):
         "LABTASKER_GPUS": "1",
     }
     assert found[1].metadata("h") == {
-        "host": "h", "slot": 1, "gpus": [1], "gpu_uuids": ["GPU-bbbb"],
+        "host": "h",
+        "slot": 1,
+        "gpus": [1],
+        "gpu_uuids": ["GPU-bbbb"],
         "gpu_names": ["Fake GPU b"],
     }
     assert [s.gpus for s in plan_slots("all", 2)] == ["0,1", "2,3"]
@@ -141,7 +147,9 @@ def test_gpus_all_falls_back_to_nvidia_smi(tmp_path, monkeypatch):
     fake_smi(tmp_path, monkeypatch, SMI_LISTING)
     found = plan_slots("all")
     assert [(s.label, s.devices[0].name) for s in found] == [
-        ("gpu0", "NVIDIA A100-SXM4-40GB"), ("gpu1", "NVIDIA A100-SXM4-40GB")]
+        ("gpu0", "NVIDIA A100-SXM4-40GB"),
+        ("gpu1", "NVIDIA A100-SXM4-40GB"),
+    ]
     assert found[1].devices[0].uuid.startswith("GPU-bbbb2222")
     # an explicit list gets names/UUIDs where known, and runs on unknown indices too
     assert [s.devices for s in plan_slots("1,5")] == [(found[1].devices[0],), (Device(5),)]
@@ -221,9 +229,12 @@ def test_thirty_tasks_on_three_gpu_slots(queue_env):
         assert [g[1] for g in got] == [[0], [1], [2]]
         assert all(g[0].endswith(f"-gpu{g[1][0]}") and host[:3] in g[0] for g in got)
         table = subprocess.run(
-            [LABTASKER, "worker", "ls", "--fmt", "table"], env={**queue_env.env(),
-                                                             "COLUMNS": "250"},
-            capture_output=True, text=True, timeout=60)
+            [LABTASKER, "worker", "ls", "--fmt", "table"],
+            env={**queue_env.env(), "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert table.returncode == 0, table.stderr
         assert "Device" in table.stdout and "gpu 2" in table.stdout
 
@@ -233,8 +244,15 @@ def test_sigterm_stops_every_slot_and_hands_tasks_back(queue_env):
     pids.mkdir()
     with queue_env.http() as http:
         ids = [submit(http, {"i": i}) for i in range(3)]
-        p = start_loop(queue_env, "--gpus", "0,1,2", "--grace-period", "2", "-c",
-                       f"echo $$ > {pids}/%(i); sleep 600")
+        p = start_loop(
+            queue_env,
+            "--gpus",
+            "0,1,2",
+            "--grace-period",
+            "2",
+            "-c",
+            f"echo $$ > {pids}/%(i); sleep 600",
+        )
         try:
             wait_for(lambda: len(list(pids.iterdir())) == 3, timeout=60, what="3 jobs running")
             jobs = [int(f.read_text()) for f in pids.iterdir()]
@@ -258,17 +276,27 @@ def test_kill_9_of_the_loop_leaves_no_job_on_any_device(queue_env):
     with queue_env.http() as http:
         for i in range(3):
             submit(http, {"i": i})
-        p = start_loop(queue_env, "--gpus", "0,1,2", "--grace-period", "1", "--executable",
-                       "/bin/bash", "-c",
-                       f"echo $$ > {pids}/%(i); sleep 600 & sleep 600 & wait")
+        p = start_loop(
+            queue_env,
+            "--gpus",
+            "0,1,2",
+            "--grace-period",
+            "1",
+            "--executable",
+            "/bin/bash",
+            "-c",
+            f"echo $$ > {pids}/%(i); sleep 600 & sleep 600 & wait",
+        )
         try:
             wait_for(lambda: len(list(pids.iterdir())) == 3, timeout=60, what="3 jobs running")
-            tree = wait_for(lambda: len(d := descendants(p.pid)) >= 9 and d, timeout=30,
-                            what="3 job trees")
+            tree = wait_for(
+                lambda: len(d := descendants(p.pid)) >= 9 and d, timeout=30, what="3 job trees"
+            )
             p.send_signal(signal.SIGKILL)
             p.wait(timeout=30)
-            wait_for(lambda: not any(alive(x) for x in tree), timeout=30,
-                     what="every job process gone")
+            wait_for(
+                lambda: not any(alive(x) for x in tree), timeout=30, what="every job process gone"
+            )
         finally:
             if p.poll() is None:
                 p.kill()
@@ -279,8 +307,13 @@ def test_an_all_failing_slot_is_crashed_alone(queue_env):
     max_retries and its slot stops with one line; the two others finish the queue."""
     with queue_env.http() as http:
         ids = [submit(http, {"i": i}, max_retries=10) for i in range(12)]
-        p = start_loop(queue_env, "--gpus", "0,1,2", "-c",
-                       '[ "$CUDA_VISIBLE_DEVICES" != 1 ] || exit 3; sleep 0.2 # %(i)')
+        p = start_loop(
+            queue_env,
+            "--gpus",
+            "0,1,2",
+            "-c",
+            '[ "$CUDA_VISIBLE_DEVICES" != 1 ] || exit 3; sleep 0.2 # %(i)',
+        )
         _, err = finish(p)
         assert p.returncode == 1, err  # a slot stopped for a reason
         stops = [line for line in err.splitlines() if "slot stopped:" in line]
@@ -300,8 +333,13 @@ def test_cli_slot_usage_errors(queue_env):
         (["--gpus", "0"], no_gpus, "device 0 not among CUDA_VISIBLE_DEVICES=''"),
         (["--gpus", "0", "--worker-id", "w1"], plain, "each slot creates its own worker"),
     ]:  # the other bad requests: test_bad_slot_requests_are_one_line_errors
-        proc = subprocess.run([LABTASKER, "loop", *args, "-c", "echo %(x)"], env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [LABTASKER, "loop", *args, "-c", "echo %(x)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
 
@@ -311,7 +349,8 @@ def test_decorator_runs_one_fresh_process_per_gpu(queue_env):
     """``@labtasker.loop(gpus=[0, 1])``: each slot's process had its CUDA_VISIBLE_DEVICES
     before the function's module was imported."""
     script = queue_env.workdir / "train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os
         AT_IMPORT = os.environ.get("CUDA_VISIBLE_DEVICES")  # what a framework would see
         import labtasker
@@ -324,13 +363,19 @@ def test_decorator_runs_one_fresh_process_per_gpu(queue_env):
 
         if __name__ == "__main__":
             print("ran", train())
-    """))
+    """)
+    )
     with queue_env.http() as http:
         ids = [submit(http, {"i": i}) for i in range(6)]
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, str(script)], env=queue_env.env(),
-                              cwd=queue_env.workdir, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "ran 6" in proc.stdout, (proc.stdout, time.monotonic() - t0)
         tasks = [get_task(http, t) for t in ids]
@@ -353,7 +398,8 @@ def test_decorated_parallel_slots_interrupted_hand_tasks_back(queue_env):
     started = queue_env.workdir / "started"
     started.mkdir()
     script = queue_env.workdir / "evaluate.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, time
         import labtasker
         from labtasker import Required
@@ -365,15 +411,25 @@ def test_decorated_parallel_slots_interrupted_hand_tasks_back(queue_env):
 
         if __name__ == "__main__":
             evaluate()
-    """))
+    """)
+    )
     with queue_env.http() as http:
         ids = [submit(http, {"i": i}) for i in range(2)]
-        proc = subprocess.Popen([sys.executable, str(script)], env=queue_env.env(),
-                                cwd=queue_env.workdir, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
-            wait_for(lambda: len(list(started.iterdir())) == 2, timeout=90,
-                     what="both slots running a job")
+            wait_for(
+                lambda: len(list(started.iterdir())) == 2,
+                timeout=90,
+                what="both slots running a job",
+            )
             slots = descendants(proc.pid)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
@@ -388,4 +444,6 @@ def test_decorated_parallel_slots_interrupted_hand_tasks_back(queue_env):
             assert (t["status"], t["retries"]) == ("pending", 0), t
             assert t["summary"]["labtasker_interrupted"] == "interrupted by SIGTERM"
         assert sorted(w["worker_name"].rsplit("-", 1)[1] for w in workers(http)) == [
-            "slot0", "slot1"]
+            "slot0",
+            "slot1",
+        ]

@@ -38,8 +38,9 @@ def connect(srv: ServerProcess) -> socket.socket:
     return sock
 
 
-def trickle(sock: socket.socket, data: bytes, interval: float, limit: float
-            ) -> tuple[float, bytes, bool]:
+def trickle(
+    sock: socket.socket, data: bytes, interval: float, limit: float
+) -> tuple[float, bytes, bool]:
     """Send ``data`` one byte every ``interval`` s until the server closes the connection or
     ``limit`` s pass. Returns (seconds until end-of-file or ``limit``, bytes received, whether
     the server closed the connection)."""
@@ -53,7 +54,7 @@ def trickle(sock: socket.socket, data: bytes, interval: float, limit: float
             return now - start, received, False
         if sent < len(data) and now >= next_send:
             try:
-                sock.send(data[sent:sent + 1])
+                sock.send(data[sent : sent + 1])
                 sent += 1
             except BlockingIOError:
                 pass
@@ -72,8 +73,9 @@ def trickle(sock: socket.socket, data: bytes, interval: float, limit: float
 
 
 def head(path: str = "/health", extra: str = "") -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {'p' * 200}\r\n{extra}"
-            "\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {'p' * 200}\r\n{extra}\r\n"
+    ).encode()
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
@@ -115,9 +117,15 @@ def body_of(response: bytes) -> dict:
 def srv(tmp_path_factory, scratch_dbs):
     """A server with shortened header and body timeouts; event streams ping every 0.5 s."""
     workdir = tmp_path_factory.mktemp("slow")
-    server = ServerProcess(db_url=scratch_dbs.new_url(), workdir=workdir, extra_env={
-        "HEADER_TIMEOUT": str(HEADER_TIMEOUT), "BODY_TIMEOUT": str(BODY_TIMEOUT),
-        "SSE_PING_INTERVAL": "0.5"}).start()
+    server = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=workdir,
+        extra_env={
+            "HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+            "BODY_TIMEOUT": str(BODY_TIMEOUT),
+            "SSE_PING_INTERVAL": "0.5",
+        },
+    ).start()
     yield server
     server.kill()
 
@@ -125,8 +133,9 @@ def srv(tmp_path_factory, scratch_dbs):
 @pytest.fixture(scope="module")
 def queue(srv) -> tuple[str, str]:
     name = "slow-" + uuid.uuid4().hex[:8]
-    r = httpx.post(srv.url + "/api/v1/queues", json={"queue_name": name, "password": "pw"},
-                   timeout=60)
+    r = httpx.post(
+        srv.url + "/api/v1/queues", json={"queue_name": name, "password": "pw"}, timeout=60
+    )
     assert r.status_code == 201, r.text
     return name, "pw"
 
@@ -185,8 +194,10 @@ def test_a_slow_request_body_is_answered_408(srv, queue, authenticated):
         path, extra = API + "/tasks", f"Authorization: Basic {token}\r\n"
     else:
         path, extra = "/api/v1/queues", ""
-    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode()
     with connect(srv) as sock:
         sock.sendall(request)
         elapsed, received, closed = trickle(sock, body, 0.2, BODY_TIMEOUT + SLACK)
@@ -205,8 +216,10 @@ def test_a_slow_request_body_is_answered_408(srv, queue, authenticated):
 def test_an_event_stream_outlives_both_timeouts(srv, queue):
     """An event stream is a long answer, not a slow client: it keeps delivering pings and
     events well past the header and body timeouts."""
-    with httpx.Client(base_url=srv.url, auth=queue, timeout=30) as c, \
-            c.stream("GET", API + "/events") as stream:
+    with (
+        httpx.Client(base_url=srv.url, auth=queue, timeout=30) as c,
+        c.stream("GET", API + "/events") as stream,
+    ):
         assert stream.status_code == 200
         lines = stream.iter_lines()
         start = time.monotonic()
@@ -231,8 +244,10 @@ def _slow_connections(srv: ServerProcess, n: int) -> list[socket.socket]:
     for i in range(n):
         sock = connect(srv)
         if i % 2:
-            sock.sendall(b"POST /api/v1/queues HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            sock.sendall(
+                b"POST /api/v1/queues HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
         else:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         socks.append(sock)
@@ -244,9 +259,16 @@ def tight(tmp_path_factory, scratch_dbs):
     """A server with room for 20 connections and timeouts far above the test's duration, so
     that only the connection cap decides."""
     workdir = tmp_path_factory.mktemp("tight")
-    server = ServerProcess(db_url=scratch_dbs.new_url(), workdir=workdir, extra_env={
-        "LABTASKER_MAX_CONNECTIONS": "20", "HEADER_TIMEOUT": "120", "BODY_TIMEOUT": "120",
-        "SSE_PING_INTERVAL": "0.5"}).start()
+    server = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=workdir,
+        extra_env={
+            "LABTASKER_MAX_CONNECTIONS": "20",
+            "HEADER_TIMEOUT": "120",
+            "BODY_TIMEOUT": "120",
+            "SSE_PING_INTERVAL": "0.5",
+        },
+    ).start()
     yield server
     server.kill()
 
@@ -273,10 +295,13 @@ def test_busy_connections_get_503_server_busy(tight):
     """When every connection has a request in progress (here: event streams), a new
     request is answered 503 server_busy with Retry-After; none of the streams is closed."""
     name = "busy-" + uuid.uuid4().hex[:8]
-    assert httpx.post(tight.url + "/api/v1/queues", json={"queue_name": name, "password": "pw"},
-                      timeout=60).status_code == 201
-    clients = [httpx.Client(base_url=tight.url, auth=(name, "pw"), timeout=30)
-               for _ in range(20)]
+    assert (
+        httpx.post(
+            tight.url + "/api/v1/queues", json={"queue_name": name, "password": "pw"}, timeout=60
+        ).status_code
+        == 201
+    )
+    clients = [httpx.Client(base_url=tight.url, auth=(name, "pw"), timeout=30) for _ in range(20)]
     streams = []
     try:
         for c in clients:
@@ -302,8 +327,11 @@ def test_busy_connections_get_503_server_busy(tight):
 
 
 def test_two_server_processes_apply_the_header_timeout(tmp_path, scratch_dbs):
-    server = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path, extra_env={
-        "LABTASKER_SERVER_WORKERS": "2", "HEADER_TIMEOUT": str(HEADER_TIMEOUT)}).start()
+    server = ServerProcess(
+        db_url=scratch_dbs.new_url(),
+        workdir=tmp_path,
+        extra_env={"LABTASKER_SERVER_WORKERS": "2", "HEADER_TIMEOUT": str(HEADER_TIMEOUT)},
+    ).start()
     try:
         deadline = time.monotonic() + 60
         while len(re.findall(r"Started server process", server.log_text())) < 2:
@@ -332,14 +360,28 @@ def test_two_server_processes_apply_the_header_timeout(tmp_path, scratch_dbs):
         server.kill(15)
 
 
-@pytest.mark.parametrize("flag, value", [("--header-timeout", "0"), ("--body-timeout", "-1"),
-                                         ("--header-timeout", "inf")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--header-timeout", "0"), ("--body-timeout", "-1"), ("--header-timeout", "inf")],
+)
 def test_serve_refuses_a_bad_timeout(tmp_path, flag, value):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "labtasker.server.cli", "serve", "--db-url",
-                           f"sqlite:///{tmp_path / 'x.db'}", flag, value],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labtasker.server.cli",
+            "serve",
+            "--db-url",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            flag,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert flag in done.stderr and "positive" in done.stderr

@@ -22,8 +22,9 @@ from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.sql_storage import SqlStorage
 from labtasker.timeutil import utc_now
 
-NO_FILTER = dict(extra_filter=None, task_id=None, task_name=None, status=None, sort=None,
-                 offset=0, limit=100)
+NO_FILTER = dict(
+    extra_filter=None, task_id=None, task_name=None, status=None, sort=None, offset=0, limit=100
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,15 @@ def qid(store):
 
 
 def claim(store, qid, **kw):
-    args = dict(worker_id=None, task_timeout=None, heartbeat_timeout=None,
-                start_heartbeat=True, required_fields=None, extra_filter=None, cmd=None)
+    args = dict(
+        worker_id=None,
+        task_timeout=None,
+        heartbeat_timeout=None,
+        start_heartbeat=True,
+        required_fields=None,
+        extra_filter=None,
+        cmd=None,
+    )
     return store.fetch_task(qid, **{**args, **kw})
 
 
@@ -75,13 +83,19 @@ def test_queue_update_and_delete(store, qid):
 
 
 def test_submitted_tasks_are_pending_with_their_fields(store, qid):
-    ids = store.submit_tasks(qid, [{"args": {"i": i}, "priority": i, "task_name": f"t{i}",
-                                    "max_retries": 2} for i in range(3)])
+    ids = store.submit_tasks(
+        qid,
+        [
+            {"args": {"i": i}, "priority": i, "task_name": f"t{i}", "max_retries": 2}
+            for i in range(3)
+        ],
+    )
     assert len(set(ids)) == 3
     tasks = [store.get_task(qid, t) for t in ids]
     assert [t["args"] for t in tasks] == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert {(t["status"], t["retries"], t["max_retries"], t["run_id"]) for t in tasks} == {
-        ("pending", 0, 2, None)}
+        ("pending", 0, 2, None)
+    }
     assert tasks[0]["created_at"].tzinfo is not None  # timestamps are tz-aware UTC
     with pytest.raises(Invalid):
         store.submit_tasks(qid, [{"args": {"ok": 1}}, {"args": {"a": 1, "a.b": 2}}])
@@ -94,8 +108,7 @@ def test_claim_order_and_no_more_no_less(store, qid):
     wide = store.submit_task(qid, {"args": {"x": 3, "y": 1}, "priority": 30})
     assert claim(store, qid, required_fields=["x"])["task_id"] == high  # wide has more
     assert claim(store, qid, required_fields=["x", "y"])["task_id"] == wide
-    assert claim(store, qid, required_fields=["x"],
-                 extra_filter={"args.x": {"$gt": 5}}) is None
+    assert claim(store, qid, required_fields=["x"], extra_filter={"args.x": {"$gt": 5}}) is None
     assert claim(store, qid, required_fields=["x"])["task_id"] == low
     assert claim(store, qid) is None
 
@@ -105,11 +118,11 @@ def test_claim_fences_the_run_and_reports_end_it(store, qid):
     task = claim(store, qid)
     assert task["status"] == "running" and task["run_id"] and task["start_time"]
     with pytest.raises(Conflict):
-        store.report_task(qid, tid, status="success", worker_id=None, run_id="stale",
-                          summary=None)
+        store.report_task(qid, tid, status="success", worker_id=None, run_id="stale", summary=None)
     assert store.get_task(qid, tid)["status"] == "running"  # the refusal changed nothing
-    store.report_task(qid, tid, status="success", worker_id=None, run_id=task["run_id"],
-                      summary={"acc": 0.9})
+    store.report_task(
+        qid, tid, status="success", worker_id=None, run_id=task["run_id"], summary={"acc": 0.9}
+    )
     done = store.get_task(qid, tid)
     assert (done["status"], done["run_id"], done["summary"]) == ("success", None, {"acc": 0.9})
     with pytest.raises(Invalid):
@@ -121,23 +134,33 @@ def test_failures_retry_until_max_retries(store, qid):
     run = claim(store, qid)["run_id"]
     store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=None)
     assert (store.get_task(qid, tid)["status"], store.get_task(qid, tid)["retries"]) == (
-        "pending", 1)
+        "pending",
+        1,
+    )
     run = claim(store, qid)["run_id"]
     store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=None)
     assert (store.get_task(qid, tid)["status"], store.get_task(qid, tid)["retries"]) == (
-        "failed", 2)
+        "failed",
+        2,
+    )
 
 
 def test_update_tasks_is_all_or_nothing(store, qid):
     a = store.submit_task(qid, {"args": {"a": 1}, "priority": 1})
     b = store.submit_task(qid, {"args": {"b": 1}, "priority": 1})
     with pytest.raises(Invalid, match="nothing was changed"):
-        store.update_tasks(qid, [{"task_id": a, "replace_fields": [], "priority": 5},
-                                 {"task_id": b, "replace_fields": [], "status": "bogus"}],
-                           reset_pending=False)
+        store.update_tasks(
+            qid,
+            [
+                {"task_id": a, "replace_fields": [], "priority": 5},
+                {"task_id": b, "replace_fields": [], "status": "bogus"},
+            ],
+            reset_pending=False,
+        )
     assert store.get_task(qid, a)["priority"] == 1
-    [updated] = store.update_tasks(qid, [{"task_id": a, "replace_fields": [],
-                                          "args": {"c": 2}}], reset_pending=False)
+    [updated] = store.update_tasks(
+        qid, [{"task_id": a, "replace_fields": [], "args": {"c": 2}}], reset_pending=False
+    )
     assert updated["args"] == {"a": 1, "c": 2}  # dict fields merge key by key
 
 
@@ -154,36 +177,48 @@ def test_heartbeat_and_timeout_sweep_use_the_server_clock(store, qid):
     assert swept["summary"]["labtasker_timeout"] == "heartbeat"
 
 
-
 def test_the_summary_shows_the_latest_runs_outcome(store, qid):
     """A run's end removes the outcome keys of earlier runs (a timeout, a failed job's
     exception and exit code) before merging its report; the job's own keys stay, and the
     run history keeps every run's outcome."""
-    tid = store.submit_task(qid, {"args": {"a": 1}, "heartbeat_timeout": 60,
-                                  "max_retries": 5})
+    tid = store.submit_task(qid, {"args": {"a": 1}, "heartbeat_timeout": 60, "max_retries": 5})
     claim(store, qid)
     assert store.sweep_timeouts(utc_now() + timedelta(seconds=120)) >= 1
     assert store.get_task(qid, tid)["summary"]["labtasker_timeout"] == "heartbeat"
     run = claim(store, qid)["run_id"]
-    failure = {"labtasker_exception": {"type": "LabtaskerJobFailed", "message": "exit 1",
-                                       "traceback": ""}, "exit_code": 1, "output_tail": "x",
-               "epoch": 3}
+    failure = {
+        "labtasker_exception": {"type": "LabtaskerJobFailed", "message": "exit 1", "traceback": ""},
+        "exit_code": 1,
+        "output_tail": "x",
+        "epoch": 3,
+    }
     store.report_task(qid, tid, status="failed", worker_id=None, run_id=run, summary=failure)
     assert store.get_task(qid, tid)["summary"] == failure  # the timeout's keys are gone
     run = claim(store, qid)["run_id"]
-    store.report_task(qid, tid, status="success", worker_id=None, run_id=run,
-                      summary={"accuracy": 0.9})
+    store.report_task(
+        qid, tid, status="success", worker_id=None, run_id=run, summary={"accuracy": 0.9}
+    )
     assert store.get_task(qid, tid)["summary"] == {"epoch": 3, "accuracy": 0.9}
     # a success reported without a summary (1.0.1's finish()) drops the stale outcome too
     tid2 = store.submit_task(qid, {"args": {"b": 1}, "max_retries": 5})
     run = claim(store, qid)["run_id"]
-    store.report_task(qid, tid2, status="failed", worker_id=None, run_id=run,
-                      summary={"exit_code": 2, "note": "kept"})
+    store.report_task(
+        qid,
+        tid2,
+        status="failed",
+        worker_id=None,
+        run_id=run,
+        summary={"exit_code": 2, "note": "kept"},
+    )
     run = claim(store, qid)["run_id"]
     store.report_task(qid, tid2, status="success", worker_id=None, run_id=run, summary=None)
     assert store.get_task(qid, tid2)["summary"] == {"note": "kept"}
     assert [r["status"] for r in store.list_task_runs(qid, tid)[:3]] == [
-        "success", "failed", "timed_out"]
+        "success",
+        "failed",
+        "timed_out",
+    ]
+
 
 def test_worker_states_gate_claims(store, qid):
     wid = store.create_worker(qid, "w1", None, 1)
@@ -211,11 +246,13 @@ def test_a_streak_confirmed_by_a_success_elsewhere_crashes_at_max_retries(store,
     """A worker whose tasks fail while another worker's succeed is crashed at its
     max_retries; one whose streak began after the other's success is not yet, until the next
     success elsewhere."""
+
     def run(worker, status, args):
         tid = store.submit_task(qid, {"args": args, "max_retries": 3})
         task = claim(store, qid, worker_id=worker, extra_filter={"task_id": tid})
-        store.report_task(qid, tid, status=status, worker_id=worker, run_id=task["run_id"],
-                          summary=None)
+        store.report_task(
+            qid, tid, status=status, worker_id=worker, run_id=task["run_id"], summary=None
+        )
 
     def state(worker):
         w = store.get_worker(qid, worker)
@@ -248,18 +285,23 @@ def test_every_transition_is_logged_once_in_commit_order(store, qid):
     store.report_task(qid, tid, status="success", worker_id=None, run_id=run, summary=None)
     rows = eventlog.read_after(store.db, qid, after)
     assert [(r.entity_id, r.old_state, r.new_state) for r in rows] == [
-        (tid, "created", "pending"), (tid, "pending", "running"), (tid, "running", "success")]
+        (tid, "created", "pending"),
+        (tid, "pending", "running"),
+        (tid, "running", "success"),
+    ]
     assert [r.event_id for r in rows] == sorted(r.event_id for r in rows)
     assert eventlog.payload(rows[-1])["event"]["entity_data"]["status"] == "success"
 
 
 def test_search_filters_sorts_and_pages(store, qid):
     ids = store.submit_tasks(qid, [{"args": {"n": n}, "priority": n % 3} for n in range(7)])
-    page = store.search_tasks(qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)],
-                                      "limit": 3})
+    page = store.search_tasks(
+        qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)], "limit": 3}
+    )
     assert [t["args"]["n"] for t in page] == [2, 5, 1]
-    rest = store.search_tasks(qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)],
-                                      "offset": 3})
+    rest = store.search_tasks(
+        qid, **{**NO_FILTER, "sort": [("priority", -1), ("args.n", 1)], "offset": 3}
+    )
     assert len(page) + len(rest) == len(ids)
     found = store.search_tasks(qid, **{**NO_FILTER, "extra_filter": {"args.n": {"$gte": 5}}})
     assert sorted(t["args"]["n"] for t in found) == [5, 6]

@@ -23,24 +23,27 @@ def test_value_forms():
     assert parse_assignment("model-depth=2") == ("model_depth", [2])
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("lr=", "no values after '='"),
-    ("lr", "expected KEY=VALUES"),
-    ("=1,2", "no key before '='"),
-    ("a b=1", "invalid key"),
-    ("seed=range(1,)", "argument 2 is empty in 'range(1,)'"),
-    ("seed=range(1.5)", "range() takes integers"),
-    ("seed=range(1,2,0)", "step must not be 0"),
-    ("seed=range(0)", "gives no values"),
-    ("x=[1,2", "unclosed '['"),
-    ("x=1,2]", "unbalanced ']'"),
-    ("x=1,,2", "value 2 of '1,,2' is empty"),
-    ("x='a", "unclosed quote"),
-    ("x=linspace(0,1)", "takes 3 numbers"),
-    ("x=linspace(0,1,0)", "n must be a whole number >= 1"),
-    ("x=logspace(0,a,3)", "'a' is not a number"),
-    ("x=[]", "gives no values"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("lr=", "no values after '='"),
+        ("lr", "expected KEY=VALUES"),
+        ("=1,2", "no key before '='"),
+        ("a b=1", "invalid key"),
+        ("seed=range(1,)", "argument 2 is empty in 'range(1,)'"),
+        ("seed=range(1.5)", "range() takes integers"),
+        ("seed=range(1,2,0)", "step must not be 0"),
+        ("seed=range(0)", "gives no values"),
+        ("x=[1,2", "unclosed '['"),
+        ("x=1,2]", "unbalanced ']'"),
+        ("x=1,,2", "value 2 of '1,,2' is empty"),
+        ("x='a", "unclosed quote"),
+        ("x=linspace(0,1)", "takes 3 numbers"),
+        ("x=linspace(0,1,0)", "n must be a whole number >= 1"),
+        ("x=logspace(0,a,3)", "'a' is not a number"),
+        ("x=[]", "gives no values"),
+    ],
+)
 def test_malformed_values_name_the_token(text, fragment):
     with pytest.raises(SweepError) as info:
         parse_assignment(text)
@@ -51,16 +54,29 @@ def test_malformed_values_name_the_token(text, fragment):
 
 
 def test_grid_zip_fixed_product_and_order():
-    sw = build(grid=["lr=0.1,0.01", "model.depth=2,4"], zip=["a=1,2,3", "b=x,y,z"],
-               fixed={"model": {"name": "r"}, "epochs": 10})
+    sw = build(
+        grid=["lr=0.1,0.01", "model.depth=2,4"],
+        zip=["a=1,2,3", "b=x,y,z"],
+        fixed={"model": {"name": "r"}, "epochs": 10},
+    )
     assert len(sw) == 12
     tasks = list(sw)
     assert len(tasks) == 12
-    assert tasks[0] == {"model": {"name": "r", "depth": 2}, "epochs": 10, "lr": 0.1,
-                        "a": 1, "b": "x"}
+    assert tasks[0] == {
+        "model": {"name": "r", "depth": 2},
+        "epochs": 10,
+        "lr": 0.1,
+        "a": 1,
+        "b": "x",
+    }
     assert tasks[1]["a"] == 2 and tasks[1]["b"] == "y" and tasks[1]["model"]["depth"] == 2
-    assert tasks[-1] == {"model": {"name": "r", "depth": 4}, "epochs": 10, "lr": 0.01,
-                         "a": 3, "b": "z"}
+    assert tasks[-1] == {
+        "model": {"name": "r", "depth": 4},
+        "epochs": 10,
+        "lr": 0.01,
+        "a": 3,
+        "b": "z",
+    }
     # every combination exactly once
     combos = {(t["lr"], t["model"]["depth"], t["a"], t["b"]) for t in tasks}
     assert len(combos) == 12
@@ -78,17 +94,22 @@ def test_python_mapping_forms():
     assert list(sw)[0] == {"lr": 0.1, "seed": 0, "n": 1}
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"zip": ["a=1,2", "b=1,2,3"]}, "--zip keys must have equal lengths: a has 2, b has 3"),
-    ({"grid": ["lr=1,2"], "fixed": {"lr": 3}}, "key 'lr' is given twice (fixed and --grid)"),
-    ({"grid": ["model.depth=1,2"], "fixed": {"model": 3}}, "is inside 'model'"),
-    ({"grid": ["a=1", "a=2"]}, "given twice"),
-    ({}, "empty sweep"),
-    ({"grid": ["a=range(1000)", "b=range(1000)", "c=range(10)"]}, "10,000,000 tasks, more "
-     "than the maximum 1,000,000"),
-    ({"grid": {"a": []}}, "no values"),
-    ({"grid": {"a": 3}}, "expected a list"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"zip": ["a=1,2", "b=1,2,3"]}, "--zip keys must have equal lengths: a has 2, b has 3"),
+        ({"grid": ["lr=1,2"], "fixed": {"lr": 3}}, "key 'lr' is given twice (fixed and --grid)"),
+        ({"grid": ["model.depth=1,2"], "fixed": {"model": 3}}, "is inside 'model'"),
+        ({"grid": ["a=1", "a=2"]}, "given twice"),
+        ({}, "empty sweep"),
+        (
+            {"grid": ["a=range(1000)", "b=range(1000)", "c=range(10)"]},
+            "10,000,000 tasks, more than the maximum 1,000,000",
+        ),
+        ({"grid": {"a": []}}, "no values"),
+        ({"grid": {"a": 3}}, "expected a list"),
+    ],
+)
 def test_invalid_sweeps(kwargs, fragment):
     with pytest.raises(SweepError, match=None) as info:
         build(**kwargs)
@@ -109,13 +130,18 @@ def test_sweep_file_grid(tmp_path):
         "  model:\n"
         "    parameters:\n"
         "      depth: {distribution: int_uniform, min: 1, max: 3}\n"
-        "      width: {distribution: q_uniform, min: 32, max: 96, q: 32}\n")
+        "      width: {distribution: q_uniform, min: 32, max: 96, q: 32}\n"
+    )
     sw = build(sweep=path, fixed={"data": "digits"})
     assert sw.name == "depth-study" and sw.method == "grid"
     assert len(sw) == 2 * 3 * 3
     tasks = list(sw)
-    assert tasks[0] == {"data": "digits", "epochs": 5, "lr": 0.1,
-                        "model": {"depth": 1, "width": 32}}
+    assert tasks[0] == {
+        "data": "digits",
+        "epochs": 5,
+        "lr": 0.1,
+        "model": {"depth": 1, "width": 32},
+    }
     assert {t["model"]["width"] for t in tasks} == {32, 64, 96}
     assert any("'command'" in n and "labtasker loop" in n for n in sw.notes)
     assert any("'metric'" in n for n in sw.notes)
@@ -178,27 +204,60 @@ def test_random_without_seed_picks_and_records_one():
     assert list(sw) == list(build(sweep=cfg, seed=sw.seed))
 
 
-@pytest.mark.parametrize("config, fragment", [
-    ({"method": "bayes", "parameters": {"a": {"values": [1]}}},
-     "method 'bayes' is not supported; supported: grid, random"),
-    ({"method": "grid", "early_terminate": {"type": "hyperband"}, "parameters": {}},
-     "unsupported key(s) early_terminate; supported: method, parameters"),
-    ({"method": "random", "parameters": {"a": {"distribution": "beta", "min": 0, "max": 1}}},
-     "unknown distribution 'beta'; supported: constant, categorical"),
-    ({"method": "random", "parameters": {"a": {"values": [1]}}}, "needs 'run_cap'"),
-    ({"method": "grid", "parameters": {"a": {"distribution": "uniform", "min": 0, "max": 1}}},
-     "parameters.a: method grid needs discrete values"),
-    ({"method": "grid", "parameters": {"a": {"values": [1], "step": 2}}},
-     "parameters.a: unknown key(s) step"),
-    ({"method": "random", "run_cap": 2,
-      "parameters": {"a": {"distribution": "log_uniform_values", "min": 0, "max": 1}}},
-     "needs min > 0"),
-    ({"method": "random", "run_cap": 2,
-      "parameters": {"a": {"values": [1, 2], "probabilities": [1]}}}, "'probabilities' must"),
-    ({"method": "random", "run_cap": 2,
-      "parameters": {"a": {"distribution": "uniform", "min": 2, "max": 1}}}, "greater than"),
-    ({"method": "grid"}, "'parameters' is missing"),
-])
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        (
+            {"method": "bayes", "parameters": {"a": {"values": [1]}}},
+            "method 'bayes' is not supported; supported: grid, random",
+        ),
+        (
+            {"method": "grid", "early_terminate": {"type": "hyperband"}, "parameters": {}},
+            "unsupported key(s) early_terminate; supported: method, parameters",
+        ),
+        (
+            {"method": "random", "parameters": {"a": {"distribution": "beta", "min": 0, "max": 1}}},
+            "unknown distribution 'beta'; supported: constant, categorical",
+        ),
+        ({"method": "random", "parameters": {"a": {"values": [1]}}}, "needs 'run_cap'"),
+        (
+            {
+                "method": "grid",
+                "parameters": {"a": {"distribution": "uniform", "min": 0, "max": 1}},
+            },
+            "parameters.a: method grid needs discrete values",
+        ),
+        (
+            {"method": "grid", "parameters": {"a": {"values": [1], "step": 2}}},
+            "parameters.a: unknown key(s) step",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 2,
+                "parameters": {"a": {"distribution": "log_uniform_values", "min": 0, "max": 1}},
+            },
+            "needs min > 0",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 2,
+                "parameters": {"a": {"values": [1, 2], "probabilities": [1]}},
+            },
+            "'probabilities' must",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 2,
+                "parameters": {"a": {"distribution": "uniform", "min": 2, "max": 1}},
+            },
+            "greater than",
+        ),
+        ({"method": "grid"}, "'parameters' is missing"),
+    ],
+)
 def test_invalid_sweep_files(config, fragment):
     with pytest.raises(SweepError) as info:
         build(sweep=config)

@@ -18,8 +18,15 @@ LABTASKER = [sys.executable, "-m", "labtasker.client.cli.main"]
 
 
 def cli(queue_env, *args, stdin=None):
-    return subprocess.run([*LABTASKER, *args], env=queue_env.env(), capture_output=True,
-                          text=True, timeout=120, input=stdin, cwd=queue_env.workdir)
+    return subprocess.run(
+        [*LABTASKER, *args],
+        env=queue_env.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+        cwd=queue_env.workdir,
+    )
 
 
 def all_tasks(queue_env, extra_filter=None) -> list[dict]:
@@ -29,9 +36,24 @@ def all_tasks(queue_env, extra_filter=None) -> list[dict]:
 
 
 def test_cli_grid_zip_fixed_and_metadata(queue_env):
-    proc = cli(queue_env, "task", "submit", "--grid", "lr=0.1,0.01", "--grid",
-               "model.depth=range(2)", "--zip", "opt=sgd,adam", "--zip", "mom=[0.9,0.0]",
-               "--sweep-name", "study-1", "--", "--epochs", "10")
+    proc = cli(
+        queue_env,
+        "task",
+        "submit",
+        "--grid",
+        "lr=0.1,0.01",
+        "--grid",
+        "model.depth=range(2)",
+        "--zip",
+        "opt=sgd,adam",
+        "--zip",
+        "mom=[0.9,0.0]",
+        "--sweep-name",
+        "study-1",
+        "--",
+        "--epochs",
+        "10",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "8 task(s) submitted" in proc.stdout
     tasks = all_tasks(queue_env)
@@ -40,8 +62,10 @@ def test_cli_grid_zip_fixed_and_metadata(queue_env):
     assert len(sweep_ids) == 1
     assert sorted(t["metadata"]["sweep"]["index"] for t in tasks) == list(range(8))
     assert {t["metadata"]["sweep"]["name"] for t in tasks} == {"study-1"}
-    combos = {(t["args"]["lr"], t["args"]["model"]["depth"], t["args"]["opt"], t["args"]["mom"])
-              for t in tasks}
+    combos = {
+        (t["args"]["lr"], t["args"]["model"]["depth"], t["args"]["opt"], t["args"]["mom"])
+        for t in tasks
+    }
     assert (0.1, 0, "sgd", 0.9) in combos and (0.01, 1, "adam", 0.0) in combos
     assert ("sgd", 0.0) not in {(c[2], c[3]) for c in combos}  # zipped, not crossed
     assert all(t["args"]["epochs"] == 10 for t in tasks)
@@ -51,17 +75,42 @@ def test_cli_grid_zip_fixed_and_metadata(queue_env):
     assert ls.returncode == 0, ls.stderr
     assert len(ls.stdout.split()) == 8
     # --unique: the same grid again adds nothing, a wider one only the new combinations
-    again = cli(queue_env, "task", "submit", "--unique", "--grid", "lr=0.1,0.01,0.001",
-                "--grid", "model.depth=range(2)", "--zip", "opt=sgd,adam", "--zip",
-                "mom=[0.9,0.0]", "--", "--epochs", "10")
+    again = cli(
+        queue_env,
+        "task",
+        "submit",
+        "--unique",
+        "--grid",
+        "lr=0.1,0.01,0.001",
+        "--grid",
+        "model.depth=range(2)",
+        "--zip",
+        "opt=sgd,adam",
+        "--zip",
+        "mom=[0.9,0.0]",
+        "--",
+        "--epochs",
+        "10",
+    )
     assert again.returncode == 0, again.stderr
     assert "12 task(s), 4 submitted, 8 already in the queue" in again.stdout
     assert len(all_tasks(queue_env)) == 12
 
 
 def test_cli_dry_run_and_bad_input_submit_nothing(queue_env, tmp_path):
-    dry = cli(queue_env, "task", "submit", "--dry-run", "--grid", "lr=logspace(-3,-1,3)",
-              "--grid", "seed=range(4)", "--", "--model", "resnet18")
+    dry = cli(
+        queue_env,
+        "task",
+        "submit",
+        "--dry-run",
+        "--grid",
+        "lr=logspace(-3,-1,3)",
+        "--grid",
+        "seed=range(4)",
+        "--",
+        "--model",
+        "resnet18",
+    )
     assert dry.returncode == 0, dry.stderr
     assert "makes 12 task(s) (lr 3 x seed 4); nothing submitted" in dry.stdout
     assert "0.001" in dry.stdout and '"model": "resnet18"' in dry.stdout
@@ -72,8 +121,10 @@ def test_cli_dry_run_and_bad_input_submit_nothing(queue_env, tmp_path):
         (["--grid", "lr="], "--grid 'lr=': no values after '='"),
         (["--zip", "a=1,2", "--zip", "b=1"], "equal lengths: a has 2, b has 1"),
         (["--sweep", str(bayes)], "method 'bayes' is not supported; supported: grid, random"),
-        (["--grid", "a=range(200)", "--grid", "b=range(60)"], "12,000 tasks, more than "
-         "10,000: add --yes"),
+        (
+            ["--grid", "a=range(200)", "--grid", "b=range(60)"],
+            "12,000 tasks, more than 10,000: add --yes",
+        ),
         (["--grid", "a=1,2", "--file", "x.jsonl"], "cannot be combined"),
     ]:
         proc = cli(queue_env, "task", "submit", *args)
@@ -91,17 +142,20 @@ def test_cli_random_sweep_file_is_reproducible(queue_env, tmp_path):
         "parameters:\n"
         "  lr: {distribution: log_uniform_values, min: 0.0001, max: 0.1}\n"
         "  batch: {values: [16, 32, 64]}\n"
-        "  model:\n    parameters:\n      depth: {distribution: int_uniform, min: 1, max: 8}\n")
+        "  model:\n    parameters:\n      depth: {distribution: int_uniform, min: 1, max: 8}\n"
+    )
     first = cli(queue_env, "task", "submit", "--sweep", str(path), "--", "--data", "digits")
     assert first.returncode == 0, first.stderr
     assert "'command' in the sweep file is ignored" in first.stderr
     assert "Sweep 'rnd'" in first.stdout and "20 task(s) submitted" in first.stdout
     tasks = all_tasks(queue_env)
     assert len(tasks) == 20 and {t["metadata"]["sweep"]["seed"] for t in tasks} == {3}
-    assert all(1 <= t["args"]["model"]["depth"] <= 8 and t["args"]["data"] == "digits"
-               for t in tasks)
-    again = cli(queue_env, "task", "submit", "--unique", "--sweep", str(path), "--", "--data",
-                "digits")
+    assert all(
+        1 <= t["args"]["model"]["depth"] <= 8 and t["args"]["data"] == "digits" for t in tasks
+    )
+    again = cli(
+        queue_env, "task", "submit", "--unique", "--sweep", str(path), "--", "--data", "digits"
+    )
     assert again.returncode == 0, again.stderr
     assert "20 task(s), 0 submitted, 20 already in the queue" in again.stdout
     assert len(all_tasks(queue_env)) == 20
@@ -113,23 +167,29 @@ def test_python_submit_sweep(queue_env):
     dry = labtasker.submit_sweep(grid={"lr": [0.1, 0.2], "seed": "range(3)"}, dry_run=True)
     assert dry.total == 6 and not dry.submitted and dry.task_ids == []
     assert all_tasks(queue_env) == []
-    made = labtasker.submit_sweep(grid={"lr": [0.1, 0.2]}, fixed={"model": "a"}, unique=True,
-                                  name="py", priority=20)
+    made = labtasker.submit_sweep(
+        grid={"lr": [0.1, 0.2]}, fixed={"model": "a"}, unique=True, name="py", priority=20
+    )
     assert len(made.created_ids) == 2 and made.existing_ids == []
-    more = labtasker.submit_sweep(grid={"lr": [0.1, 0.2, 0.3]}, fixed={"model": "a"},
-                                  unique=True)
+    more = labtasker.submit_sweep(grid={"lr": [0.1, 0.2, 0.3]}, fixed={"model": "a"}, unique=True)
     assert len(more.created_ids) == 1 and sorted(more.existing_ids) == sorted(made.created_ids)
     assert more.task_ids[:2] == made.task_ids
     tasks = all_tasks(queue_env)
     assert len(tasks) == 3
     by_id = {t["task_id"]: t for t in tasks}
     assert by_id[made.task_ids[0]]["priority"] == 20
-    assert by_id[made.task_ids[0]]["metadata"]["sweep"] == {"id": made.sweep_id, "name": "py",
-                                                           "index": 0}
-    args = [a for a in labtasker.sweep_args(grid={"x": "range(2)"}, zip={"y": [1, 2],
-                                                                        "z": "a,b"})]
-    assert args == [{"x": 0, "y": 1, "z": "a"}, {"x": 0, "y": 2, "z": "b"},
-                    {"x": 1, "y": 1, "z": "a"}, {"x": 1, "y": 2, "z": "b"}]
+    assert by_id[made.task_ids[0]]["metadata"]["sweep"] == {
+        "id": made.sweep_id,
+        "name": "py",
+        "index": 0,
+    }
+    args = [a for a in labtasker.sweep_args(grid={"x": "range(2)"}, zip={"y": [1, 2], "z": "a,b"})]
+    assert args == [
+        {"x": 0, "y": 1, "z": "a"},
+        {"x": 0, "y": 2, "z": "b"},
+        {"x": 1, "y": 1, "z": "a"},
+        {"x": 1, "y": 2, "z": "b"},
+    ]
     with pytest.raises(labtasker.LabtaskerValueError, match="equal lengths"):
         labtasker.submit_sweep(zip={"a": [1, 2], "b": [1]})
 
@@ -156,10 +216,8 @@ class AnswerDroppingProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             state = {"drop": False}
-            threading.Thread(target=self._up, args=(client, upstream, state),
-                             daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, state),
-                             daemon=True).start()
+            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, state), daemon=True).start()
 
     def _up(self, client, upstream, state) -> None:
         try:
@@ -200,8 +258,12 @@ def test_lost_answers_are_retried_without_second_tasks(queue_env, server):
 
     proxy = AnswerDroppingProxy(server.port, drops=3)
     try:
-        write_client_toml(queue_env.root, f"http://127.0.0.1:{proxy.port}",
-                          queue_env.queue_name, queue_env.password)
+        write_client_toml(
+            queue_env.root,
+            f"http://127.0.0.1:{proxy.port}",
+            queue_env.queue_name,
+            queue_env.password,
+        )
         api.close_httpx_client()
         api.set_retry_policy(attempts=5, initial=0.1, max_wait=0.5, jitter=0.1, budget=30)
         one = labtasker.submit_task(args={"single": 1})
@@ -225,7 +287,7 @@ def test_readme_sweep_file_example_is_valid(name):
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start = text.index("```yaml\n# sweep.yaml") + len("```yaml\n")
-    config = text[start:text.index("```", start)]
+    config = text[start : text.index("```", start)]
     import yaml
 
     sw = build(sweep=yaml.safe_load(config))

@@ -45,8 +45,12 @@ def client(app) -> TestClient:
 
 
 def raw(client: TestClient, method: str, path: str, text: str):
-    return client.request(method, path, content=text.encode("utf-8", "surrogatepass"),
-                          headers={"Content-Type": "application/json"})
+    return client.request(
+        method,
+        path,
+        content=text.encode("utf-8", "surrogatepass"),
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def assert_listings_work(client: TestClient) -> None:
@@ -98,26 +102,86 @@ BAD_REQUESTS = [
     ("POST", "/tasks/search", '{"offset": 2147483648}', "offset"),
     ("POST", "/tasks/search", '{"extra_filter": {"args.a": {"$size": 9223372036854775807}}}', None),
     ("POST", "/tasks/search", '{"extra_filter": {"args.a": {"$size": 2147483648}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"args.a": {"$gt": 9223372036854775808}}}', "64 bits"),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"args.a": {"$gt": 9223372036854775808}}}',
+        "64 bits",
+    ),
     ("POST", "/tasks/search", '{"extra_filter": {"priority": {"$gt": 9223372036854775807}}}', None),
     ("POST", "/tasks/search", '{"extra_filter": {"priority": {"$in": [2147483648, 1]}}}', None),
     ("POST", "/tasks/search", '{"extra_filter": {"args.a": "\\u0000"}}', None),
     ("POST", "/tasks/search", '{"extra_filter": {"args.a": "\\ud800"}}', None),
     ("POST", "/tasks/search", '{"extra_filter": {"task_id": "a\\u0000"}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"created_at": {"$gt": "9999-12-31T23:59:59-14:00"}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"created_at": {"$lt": "0001-01-01T00:00:00+14:00"}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"created_at": {"$gt": {"_dt": "9999-12-31T23:59:59.999999-23:59"}}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 1e308]}, 0]}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$gt": [{"$multiply": ["$priority", 9223372036854775807, 9223372036854775807]}, 0]}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$gt": [{"$add": [9223372036854775807, "$priority"]}, 0]}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$eq": [{"$mod": [-9223372036854775808, -1]}, 0]}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$lt": [{"$divide": [1e308, 1e-308]}, 0]}}}', None),
-    ("POST", "/tasks/search", '{"extra_filter": {"$expr": {"$lt": [{"$subtract": [-1e308, 1e308]}, 0]}}}', None),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"created_at": {"$gt": "9999-12-31T23:59:59-14:00"}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"created_at": {"$lt": "0001-01-01T00:00:00+14:00"}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"created_at": {"$gt": {"_dt": "9999-12-31T23:59:59.999999-23:59"}}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 1e308]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$gt": [{"$multiply": ["$priority", 9223372036854775807, 9223372036854775807]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$gt": [{"$add": [9223372036854775807, "$priority"]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$eq": [{"$mod": [-9223372036854775808, -1]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$lt": [{"$divide": [1e308, 1e-308]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/tasks/search",
+        '{"extra_filter": {"$expr": {"$lt": [{"$subtract": [-1e308, 1e308]}, 0]}}}',
+        None,
+    ),
     ("POST", "/tasks/search", '{"extra_filter": {"args.a": {"$type": 1e400}}}', None),
     ("POST", "/tasks/search", '{"sort": [["args.a", 9223372036854775808]]}', None),
     ("POST", "/tasks/search", '{"cursor": "bm90IGpzb24"}', "cursor"),
-    ("POST", "/tasks/count", '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 10]}, 0]}}}', None),
-    ("POST", "/workers/search", '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 10]}, 0]}}}', None),
+    (
+        "POST",
+        "/tasks/count",
+        '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 10]}, 0]}}}',
+        None,
+    ),
+    (
+        "POST",
+        "/workers/search",
+        '{"extra_filter": {"$expr": {"$gt": [{"$multiply": [1e308, 10]}, 0]}}}',
+        None,
+    ),
     ("POST", "/workers/search", '{"offset": 9223372036854775808}', "offset"),
     ("POST", "/workers/prune", '{"gone_for": 1e300}', None),
     ("POST", "/workers/prune", '{"gone_for": Infinity}', "gone_for"),
@@ -127,7 +191,12 @@ BAD_REQUESTS = [
     ("PUT", "/tasks", '[{"task_id": "x", "priority": 2147483648}]', "priority"),
     ("PUT", "/tasks", '[{"task_id": "x\\u0000"}]', None),
     ("POST", "/tasks/requeue", '{"task_ids": ["\\u0000"]}', None),
-    ("POST", "/tasks/x/status", '{"worker_id": "w", "status": "success", "summary": {"a": NaN}}', "summary"),
+    (
+        "POST",
+        "/tasks/x/status",
+        '{"worker_id": "w", "status": "success", "summary": {"a": NaN}}',
+        "summary",
+    ),
     ("POST", "/tasks/x/progress", '{"step": 1e400}', "step"),
 ]
 
@@ -149,8 +218,11 @@ def test_bad_requests_are_4xx_never_5xx(client, method, path, body, name):
 )
 def test_bad_path_ids_are_4xx(client, path):
     for method, suffix in (("GET", ""), ("DELETE", ""), ("POST", "/heartbeat")):
-        r = client.request(method, API + path + suffix,
-                           json={"worker_id": "w", "run_id": "r"} if method == "POST" else None)
+        r = client.request(
+            method,
+            API + path + suffix,
+            json={"worker_id": "w", "run_id": "r"} if method == "POST" else None,
+        )
         assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
 
 
@@ -160,15 +232,20 @@ def test_bad_basic_credentials_are_401(app):
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         r = client.get(API, headers={"Authorization": "Basic " + token})
         assert r.status_code == 401, r.text
-    r = client.get(API, headers={"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()})
+    r = client.get(
+        API, headers={"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()}
+    )
     assert r.status_code == 401, r.text
 
 
 def test_non_ascii_password_logs_in(app):
     client = app.state.client
     name, password = "tenant-utf8", "pässwörd-密码"
-    r = client.post("/api/v1/queues", json={"queue_name": name, "password": password},
-                    headers={"Authorization": ""})
+    r = client.post(
+        "/api/v1/queues",
+        json={"queue_name": name, "password": password},
+        headers={"Authorization": ""},
+    )
     assert r.status_code == 201, r.text
     assert client.get(API, headers=basic(name, password)).status_code == 200
     assert client.get(API, headers=basic(name, "passwort")).status_code == 401
@@ -215,8 +292,9 @@ def test_crafted_cursors_are_400(client):
         r = client.post(API + "/tasks/search", json={"cursor": cursor(payload)})
         assert r.status_code == 400, (payload, r.status_code, r.text)
         assert "cursor" in r.text
-    r = client.post(API + "/tasks/search", json={"cursor": cursor([[2**70], "t"]),
-                                                 "sort": [["priority", 1]]})
+    r = client.post(
+        API + "/tasks/search", json={"cursor": cursor([[2**70], "t"]), "sort": [["priority", 1]]}
+    )
     assert r.status_code == 400, r.text
 
 
@@ -235,8 +313,9 @@ def test_body_and_task_size_limits_are_413_naming_the_limit(scratch_dbs):
             for _ in range(30):
                 yield b" " * 10_000
 
-        r = client.post(API + "/tasks", content=chunks(),
-                        headers={"Content-Type": "application/json"})
+        r = client.post(
+            API + "/tasks", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413, r.text
         r = client.post(API + "/tasks", json={"args": {"a": "x" * 20_000}})
         assert r.status_code == 413, r.text
@@ -248,15 +327,16 @@ def test_body_and_task_size_limits_are_413_naming_the_limit(scratch_dbs):
         r = client.put(API + "/tasks", json=[{"task_id": task_id, "metadata": {"m": "y" * 6_000}}])
         assert r.status_code in (400, 413), r.text  # the batch update reports per task
         assert "limit 10000 bytes" in r.text
-        r = client.post(API + "/tasks/batch", json={"tasks": [{"args": {"a": 1}},
-                                                             {"args": {"a": "x" * 20_000}}]})
+        r = client.post(
+            API + "/tasks/batch",
+            json={"tasks": [{"args": {"a": 1}}, {"args": {"a": "x" * 20_000}}]},
+        )
         assert r.status_code == 413, r.text
         assert "tasks[1]" in r.text
         assert len(client.post(API + "/tasks/search", json={}).json()["content"]) == 1
 
 
-def test_failed_password_checks_are_throttled_and_verified_clients_stay_fast(
-        app, monkeypatch):
+def test_failed_password_checks_are_throttled_and_verified_clients_stay_fast(app, monkeypatch):
     from labtasker.server import deps
 
     monkeypatch.setattr(deps, "FAILURE_LIMIT", 3)
@@ -280,8 +360,11 @@ def test_credentials_are_checked_before_the_body_is_read(client, app):
     the 422 that parsing this body would give."""
     stranger = TestClient(app)
     for headers in ({}, basic("nobody", "x"), {"Authorization": "Basic !!!"}):
-        r = stranger.post(API + "/tasks", content=b'{"args": {"a": NaN}}',
-                          headers={"Content-Type": "application/json", **headers})
+        r = stranger.post(
+            API + "/tasks",
+            content=b'{"args": {"a": NaN}}',
+            headers={"Content-Type": "application/json", **headers},
+        )
         assert r.status_code == 401, r.text
         assert r.json()["code"] == "invalid_credentials"
     r = raw(client, "POST", API + "/tasks", '{"args": {"a": NaN}}')
@@ -303,14 +386,13 @@ def test_clients_of_one_queue_starting_at_once_share_one_password_check(app, mon
     app.state.storage.create_queue(name, PASSWORD, None)
     client = app.state.client
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(lambda _: client.get(API, headers=basic(name, PASSWORD)).status_code,
-                              range(8)))
+        codes = list(
+            pool.map(lambda _: client.get(API, headers=basic(name, PASSWORD)).status_code, range(8))
+        )
     assert codes == [200] * 8
 
 
-
-def test_a_wrong_password_flood_from_one_address_does_not_lock_others_out(
-        tmp_path, scratch_dbs):
+def test_a_wrong_password_flood_from_one_address_does_not_lock_others_out(tmp_path, scratch_dbs):
     """24 connections from 127.0.0.2 send wrong passwords without pause to a real server;
     meanwhile a client on 127.0.0.1 logs in for the first time (nothing cached) and is
     answered 200: one address holds at most KDF_PER_ADDRESS password checks, so it cannot
@@ -324,8 +406,11 @@ def test_a_wrong_password_flood_from_one_address_does_not_lock_others_out(
     server = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path).start()
     try:
         name = "flooded-" + uuid.uuid4().hex[:8]
-        r = httpx.post(server.url + "/api/v1/queues",
-                       json={"queue_name": name, "password": PASSWORD}, timeout=60)
+        r = httpx.post(
+            server.url + "/api/v1/queues",
+            json={"queue_name": name, "password": PASSWORD},
+            timeout=60,
+        )
         assert r.status_code == 201, r.text
         stop = threading.Event()
         attacker_codes: list[int] = []
@@ -334,8 +419,7 @@ def test_a_wrong_password_flood_from_one_address_does_not_lock_others_out(
             transport = httpx.HTTPTransport(local_address="127.0.0.2")
             with httpx.Client(transport=transport, base_url=server.url, timeout=60) as c:
                 while not stop.is_set():
-                    attacker_codes.append(
-                        c.get(API, headers=basic(name, f"guess-{i}")).status_code)
+                    attacker_codes.append(c.get(API, headers=basic(name, f"guess-{i}")).status_code)
 
         threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(24)]
         for t in threads:

@@ -39,8 +39,10 @@ def test_error_answers_carry_a_code_beside_detail(queue_env):
             assert response.is_error and "detail" in response.json(), response.text
             assert error_code(response) == code, (code, response.text)
         wid = http.post(f"{API}/workers", json={}).json()["worker_id"]
-        assert http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"}
-                         ).status_code == 200
+        assert (
+            http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"}).status_code
+            == 200
+        )
         again = http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"})
         assert again.status_code == 400 and error_code(again) == "invalid_transition"
         # the function API decides by that code
@@ -64,16 +66,24 @@ def _flaky(queue_env, fail_first: int, response: httpx.Response):
             return response
         return real.handle_request(request)
 
-    http = httpx.Client(base_url=queue_env.url, auth=(queue_env.queue_name, queue_env.password),
-                        transport=httpx.MockTransport(handler))
+    http = httpx.Client(
+        base_url=queue_env.url,
+        auth=(queue_env.queue_name, queue_env.password),
+        transport=httpx.MockTransport(handler),
+    )
     policy = RetryPolicy(attempts=5, initial=0.01, max_wait=2.0, jitter=0.0, budget=10)
     return LabtaskerClient(http, retry_policy=policy), calls
 
 
 def test_storage_unavailable_is_retried_even_for_submit_and_honours_retry_after(queue_env):
-    busy = httpx.Response(503, headers={"Retry-After": "0.3"},
-                          json={"detail": "Database unavailable (disk full)",
-                                "code": error_codes.STORAGE_UNAVAILABLE})
+    busy = httpx.Response(
+        503,
+        headers={"Retry-After": "0.3"},
+        json={
+            "detail": "Database unavailable (disk full)",
+            "code": error_codes.STORAGE_UNAVAILABLE,
+        },
+    )
     lc, calls = _flaky(queue_env, 2, busy)
     tid = api.submit_task(args={"a": 1}, client=lc).task_id  # not a "safe" call, retried
     assert calls["n"] == 3 and api.get_task(tid, client=lc).status == "pending"
@@ -90,9 +100,14 @@ def test_storage_unavailable_is_retried_even_for_submit_and_honours_retry_after(
 def test_too_many_password_checks_is_retried_for_every_call(queue_env):
     """429 ``too_many_requests`` (the server's password checks were saturated): refused
     before anything ran, so even a report is retried, after ``Retry-After``."""
-    busy = httpx.Response(429, headers={"Retry-After": "0"},
-                          json={"detail": "Too many password checks in progress",
-                                "code": error_codes.TOO_MANY_REQUESTS})
+    busy = httpx.Response(
+        429,
+        headers={"Retry-After": "0"},
+        json={
+            "detail": "Too many password checks in progress",
+            "code": error_codes.TOO_MANY_REQUESTS,
+        },
+    )
     lc, calls = _flaky(queue_env, 2, busy)
     tid = api.submit_task(args={"a": 3}, client=lc).task_id
     assert calls["n"] == 3 and api.get_task(tid, client=lc).args == {"a": 3}
@@ -123,8 +138,9 @@ def test_only_a_labtasker_answer_means_the_run_is_gone(queue_env):
             api.refresh_task_heartbeat(tid, client=lc)
         assert info.value.code == "task_not_running"
     # an HTML 404 from a reverse proxy is an ordinary HTTP error, not a lost task
-    proxy = httpx.Response(404, text="<html><body>404 Not Found</body></html>",
-                           headers={"content-type": "text/html"})
+    proxy = httpx.Response(
+        404, text="<html><body>404 Not Found</body></html>", headers={"content-type": "text/html"}
+    )
     lc, _ = _flaky(queue_env, 100, proxy)
     with pytest.raises(LabtaskerHTTPStatusError) as err:
         api.refresh_task_heartbeat(tid, client=lc)

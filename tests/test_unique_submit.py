@@ -21,38 +21,55 @@ def _count(http) -> int:
 def test_unique_equal_args_are_one_task(queue_env):
     """Key order and 1 vs 1.0 do not matter; bool is not int; deleting a task frees its args."""
     with queue_env.http() as http:
-        first = http.post(f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}},
-                                                "unique": True})
+        first = http.post(
+            f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}}, "unique": True}
+        )
         assert first.status_code == 201 and first.json()["created"] is True
         tid = first.json()["task_id"]
-        again = http.post(f"{API}/tasks", json={"args": {"m": {"b": [1.0, 2], "a": 2.0},
-                                                         "lr": 1.0}, "unique": True})
+        again = http.post(
+            f"{API}/tasks",
+            json={"args": {"m": {"b": [1.0, 2], "a": 2.0}, "lr": 1.0}, "unique": True},
+        )
         assert again.json() == {"task_id": tid, "created": False}
-        dotted = http.post(f"{API}/tasks", json={"args": {"m.a": 2, "m.b": [1, 2], "lr": 1},
-                                                 "unique": True})
+        dotted = http.post(
+            f"{API}/tasks", json={"args": {"m.a": 2, "m.b": [1, 2], "lr": 1}, "unique": True}
+        )
         assert dotted.json()["task_id"] == tid
-        other = http.post(f"{API}/tasks", json={"args": {"lr": True, "m": {"a": 2, "b": [1, 2]}},
-                                                "unique": True})
+        other = http.post(
+            f"{API}/tasks", json={"args": {"lr": True, "m": {"a": 2, "b": [1, 2]}}, "unique": True}
+        )
         assert other.json()["created"] is True
         # without unique a duplicate is made, and the answer has no "created" (1.0.1 shape)
         plain = http.post(f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}}})
         assert set(plain.json()) == {"task_id"}
         assert _count(http) == 3
         # a unique submit matches a task in any state; a deleted one no longer counts
-        http.put(f"{API}/tasks", json=[{"task_id": tid, "status": "cancelled"}],
-                 params={"reset_pending": False})
+        http.put(
+            f"{API}/tasks",
+            json=[{"task_id": tid, "status": "cancelled"}],
+            params={"reset_pending": False},
+        )
         assert get_task(http, tid)["status"] == "cancelled"
-        assert http.post(f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}},
-                                               "unique": True}).json()["created"] is False
+        assert (
+            http.post(
+                f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}}, "unique": True}
+            ).json()["created"]
+            is False
+        )
         assert http.delete(f"{API}/tasks/{tid}").status_code == 204
         assert http.delete(f"{API}/tasks/{plain.json()['task_id']}").status_code == 204
-        back = http.post(f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}},
-                                               "unique": True}).json()
+        back = http.post(
+            f"{API}/tasks", json={"args": {"lr": 1, "m": {"a": 2, "b": [1, 2]}}, "unique": True}
+        ).json()
         assert back["created"] is True and back["task_id"] != tid
         # changing a task's args changes its identity
         http.put(f"{API}/tasks", json=[{"task_id": back["task_id"], "args": {"lr": 5}}])
-        assert http.post(f"{API}/tasks", json={"args": {"lr": 5, "m": {"a": 2, "b": [1, 2]}},
-                                               "unique": True}).json()["created"] is False
+        assert (
+            http.post(
+                f"{API}/tasks", json={"args": {"lr": 5, "m": {"a": 2, "b": [1, 2]}}, "unique": True}
+            ).json()["created"]
+            is False
+        )
 
 
 def test_unique_batch_reports_created_and_existing(queue_env):
@@ -67,8 +84,10 @@ def test_unique_batch_reports_created_and_existing(queue_env):
         again = http.post(f"{API}/tasks/batch", json=body).json()
         assert again["created"] == [False] * 4 and again["task_ids"] == ids
         # a task's own flag: only that one is checked
-        mixed = http.post(f"{API}/tasks/batch", json={"tasks": [
-            {"args": {"i": 0}}, {"args": {"i": 0}, "unique": True}]}).json()
+        mixed = http.post(
+            f"{API}/tasks/batch",
+            json={"tasks": [{"args": {"i": 0}}, {"args": {"i": 0}, "unique": True}]},
+        ).json()
         assert mixed["created"] == [True, False] and mixed["task_ids"][1] in ids
         plain = http.post(f"{API}/tasks/batch", json={"tasks": [{"args": {"i": 0}}]}).json()
         assert set(plain) == {"task_ids"}
@@ -98,9 +117,22 @@ def test_four_processes_submitting_one_grid_leave_it_once(queue_env, tmp_path):
     script = tmp_path / "submit.py"
     script.write_text(CONCURRENT)
     start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, str(script), queue_env.url, queue_env.queue_name,
-                               queue_env.password, str(start), str(i)],
-                              stdout=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                queue_env.url,
+                queue_env.queue_name,
+                queue_env.password,
+                str(start),
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     made = []
     for p in procs:
         out, _ = p.communicate(timeout=120)
@@ -124,16 +156,20 @@ def test_idempotency_key_replays_the_first_answer(queue_env):
         one = http.post(f"{API}/tasks", json={"args": {"s": 1}}, headers={"Idempotency-Key": "s"})
         two = http.post(f"{API}/tasks", json={"args": {"s": 1}}, headers={"Idempotency-Key": "s"})
         assert one.json() == two.json() and _count(http) == 4
-        reused = http.post(f"{API}/tasks", json={"args": {"s": 2}},
-                           headers={"Idempotency-Key": "s"})
+        reused = http.post(
+            f"{API}/tasks", json={"args": {"s": 2}}, headers={"Idempotency-Key": "s"}
+        )
         assert reused.status_code == 409 and "different submit" in reused.json()["detail"]
-        too_long = http.post(f"{API}/tasks", json={"args": {"s": 3}},
-                             headers={"Idempotency-Key": "x" * 101})
+        too_long = http.post(
+            f"{API}/tasks", json={"args": {"s": 3}}, headers={"Idempotency-Key": "x" * 101}
+        )
         assert too_long.status_code == 422 and "Idempotency-Key" in too_long.text
         assert _count(http) == 4
     # keys are per queue: another queue may use the same key
-    other = httpx.post(queue_env.url + "/api/v1/queues",
-                       json={"queue_name": queue_env.queue_name + "-b", "password": "pw"})
+    other = httpx.post(
+        queue_env.url + "/api/v1/queues",
+        json={"queue_name": queue_env.queue_name + "-b", "password": "pw"},
+    )
     assert other.status_code == 201
     with httpx.Client(base_url=queue_env.url, auth=(queue_env.queue_name + "-b", "pw")) as http:
         made = http.post(f"{API}/tasks", json={"args": {"s": 2}}, headers={"Idempotency-Key": "s"})
@@ -186,29 +222,46 @@ def test_migration_fills_args_hash_of_existing_tasks(scratch_dbs):
         now = utc_now()
         with db.write() as conn:
             shape = store._shape_id(conn, qid, {"i": 0})
-            rows = [{"task_id": f"00000000-0000-0000-0000-{i:012d}", "queue_id": qid,
-                     "status": "pending", "created_at": now, "last_modified": now,
-                     "max_retries": 3, "retries": 0, "priority": 10, "metadata": {},
-                     "args": {"i": i}, "cmd": "", "summary": {}, "shape_id": shape}
-                    for i in range(4500)]
+            rows = [
+                {
+                    "task_id": f"00000000-0000-0000-0000-{i:012d}",
+                    "queue_id": qid,
+                    "status": "pending",
+                    "created_at": now,
+                    "last_modified": now,
+                    "max_retries": 3,
+                    "retries": 0,
+                    "priority": 10,
+                    "metadata": {},
+                    "args": {"i": i},
+                    "cmd": "",
+                    "summary": {},
+                    "shape_id": shape,
+                }
+                for i in range(4500)
+            ]
             conn.execute(insert(tasks), rows)  # no args_hash: the column is not there yet
         db.migrate()
         with db.read() as conn:
-            got = {r.task_id: r.args_hash for r in conn.execute(
-                select(tasks.c.task_id, tasks.c.args_hash))}
+            got = {
+                r.task_id: r.args_hash
+                for r in conn.execute(select(tasks.c.task_id, tasks.c.args_hash))
+            }
         assert len(got) == 4500
         assert got[rows[7]["task_id"]] == args_hash({"i": 7})
-        answer = store.submit_batch(qid, [{"args": {"i": 7.0}}, {"args": {"i": 4500}}],
-                                    unique=True)
-        assert answer == {"task_ids": [rows[7]["task_id"], answer["task_ids"][1]],
-                          "created": [False, True]}
+        answer = store.submit_batch(qid, [{"args": {"i": 7.0}}, {"args": {"i": 4500}}], unique=True)
+        assert answer == {
+            "task_ids": [rows[7]["task_id"], answer["task_ids"][1]],
+            "created": [False, True],
+        }
         # down and up again on the full database
         with db.write() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0007_task_runs")
         db.migrate()
         with db.read() as conn:
-            assert conn.execute(select(tasks.c.args_hash).where(
-                tasks.c.task_id == rows[3]["task_id"])).scalar_one() == args_hash({"i": 3})
+            assert conn.execute(
+                select(tasks.c.args_hash).where(tasks.c.task_id == rows[3]["task_id"])
+            ).scalar_one() == args_hash({"i": 3})
     finally:
         db.dispose()

@@ -19,8 +19,12 @@ def test_submit_and_update_models_match_the_registry():
     # ``unique`` is an option of the submit request (decided by the server), not a task field
     submit = set(wire.TaskSubmitRequest.model_fields) - {"client_version", "unique"}
     assert submit == set(fields.SUBMIT_TASK_FIELDS)
-    update = set(wire.TaskUpdateRequest.model_fields) - {"client_version", "task_id",
-                                                          "replace_fields", "run_id"}
+    update = set(wire.TaskUpdateRequest.model_fields) - {
+        "client_version",
+        "task_id",
+        "replace_fields",
+        "run_id",
+    }
     assert update == set(fields.UPDATABLE_TASK_FIELDS)
     assert set(fields.DICT_TASK_FIELDS) <= set(fields.UPDATABLE_TASK_FIELDS)
     assert set(fields.READ_ONLY_TASK_FIELDS).isdisjoint(fields.UPDATABLE_TASK_FIELDS)
@@ -34,12 +38,13 @@ def test_storage_columns_and_filter_fields_derive_from_the_registry():
     assert TASK_KEYS == fields.TASK_FIELD_NAMES
     assert set(fields.TASK_FIELD_NAMES) <= set(tasks.c.keys())
     assert set(TASK_FIELDS.columns) | set(TASK_FIELDS.json_columns) == {
-        *fields.TASK_FIELD_NAMES, "_id"}
+        *fields.TASK_FIELD_NAMES,
+        "_id",
+    }
     assert TASK_FIELDS.datetime_columns == fields.DATETIME_TASK_FIELDS
     # 1.0.1's names (and its ``worker_name``); our ``run_id`` is not among them
     assert "run_id" not in ALLOWED_FIELDS and "worker_name" in ALLOWED_FIELDS
-    assert set(ALLOWED_FIELDS) - {"worker_name"} == {
-        f.name for f in fields.TASK_FIELDS if f.v1}
+    assert set(ALLOWED_FIELDS) - {"worker_name"} == {f.name for f in fields.TASK_FIELDS if f.v1}
 
 
 def _literal_values(model, name):
@@ -53,7 +58,10 @@ def test_statuses_come_from_the_fsm_enums():
     assert _literal_values(wire.Task, "status") == fsm.TASK_STATES
     assert _literal_values(wire.Worker, "status") == fsm.WORKER_STATES
     assert _literal_values(wire.TaskStatusUpdateRequest, "status") == (
-        "success", "failed", "cancelled")
+        "success",
+        "failed",
+        "cancelled",
+    )
     assert fsm.TERMINAL_TASK_STATES == {"success", "failed", "cancelled"}
     assert fsm.WORKER_REPORT_STATES == ("active", "suspended")
     assert set(fsm.TASK_TRANSITIONS) == {"created", *fsm.TASK_STATES}
@@ -74,9 +82,19 @@ def test_cli_choices_are_the_enums():
     assert [c.value for c in options.WorkerReportChoice] == list(fsm.WORKER_REPORT_STATES)
 
 
-@pytest.mark.parametrize("text, ok", [
-    ("queue-1_a", True), ("", False), ("a b", False), ("a.b", False), ("é", False),
-    ("x" * 100, True), ("x" * 101, False), ("abc\n", False)])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("queue-1_a", True),
+        ("", False),
+        ("a b", False),
+        ("a.b", False),
+        ("é", False),
+        ("x" * 100, True),
+        ("x" * 101, False),
+        ("abc\n", False),
+    ],
+)
 def test_the_name_rule(text, ok):
     assert keys.is_name(text) is ok
 
@@ -93,9 +111,16 @@ def test_name_rule_is_shared():
         wire.QueueCreateRequest(queue_name="x" * 101, password="x")
 
 
-@pytest.mark.parametrize("text, parsed", [
-    ("a", ("a", 1)), ("a:asc", ("a", 1)), ("args.lr:DESC", ("args.lr", -1)),
-    (" b : desc ", ("b", -1)), ("a:", ("a", 1))])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("a", ("a", 1)),
+        ("a:asc", ("a", 1)),
+        ("args.lr:DESC", ("args.lr", -1)),
+        (" b : desc ", ("b", -1)),
+        ("a:", ("a", 1)),
+    ],
+)
 def test_sort_grammar(text, parsed):
     from labtasker.client.sorting import parse_sort_item
 
@@ -118,10 +143,14 @@ def test_heartbeat_timeout_problem():
     assert heartbeat_timeout_problem(None, 1) is None
     assert heartbeat_timeout_problem(3, 2) == (
         "heartbeat_timeout (3s) must be at least 2 x heartbeat_interval (2s), i.e. >= 4s; the "
-        "default is 3 x the interval")
+        "default is 3 x the interval"
+    )
     assert "(2s, task.heartbeat_interval in client.toml)" in heartbeat_timeout_problem(
-        1, 2, interval_name="the heartbeat interval",
-        source="task.heartbeat_interval in client.toml")
+        1,
+        2,
+        interval_name="the heartbeat interval",
+        source="task.heartbeat_interval in client.toml",
+    )
 
 
 def test_task_file_from_python(tmp_path):
@@ -132,7 +161,9 @@ def test_task_file_from_python(tmp_path):
     path.write_text('{"lr": 0.1}\n# comment\n\n{"args": {"lr": 0.2}, "priority": 5}\n')
     tasks = read_task_file(path, {"max_retries": 1})
     assert [(t.args, t.priority, t.max_retries) for t in tasks] == [
-        ({"lr": 0.1}, 10, 1), ({"lr": 0.2}, 5, 1)]
+        ({"lr": 0.1}, 10, 1),
+        ({"lr": 0.2}, 5, 1),
+    ]
     yml = tmp_path / "tasks.yaml"
     yml.write_text("- {args: {a: 1}, cmd: run}\n- {b: 2}\n")
     assert [t.args for t in read_task_file(yml)] == [{"a": 1}, {"b": 2}]
@@ -148,17 +179,19 @@ def test_edited_task_updates():
     from labtasker.client.taskfile import edited_task_updates
     from labtasker.exceptions import LabtaskerValueError
 
-    original = [{"task_id": "a", "priority": 1, "args": {"x": 1}, "worker_id": None},
-                {"task_id": "b", "priority": 1, "args": {"x": 2}, "worker_id": None}]
+    original = [
+        {"task_id": "a", "priority": 1, "args": {"x": 1}, "worker_id": None},
+        {"task_id": "b", "priority": 1, "args": {"x": 2}, "worker_id": None},
+    ]
     edited = [dict(original[0], priority=5, worker_id="w"), dict(original[1])]
     requests, ignored = edited_task_updates(original, yaml.safe_dump(edited))
-    assert [(r.task_id, r.priority, r.replace_fields) for r in requests] == [
-        ("a", 5, ["priority"])]
+    assert [(r.task_id, r.priority, r.replace_fields) for r in requests] == [("a", 5, ["priority"])]
     assert ignored == {"a": ["worker_id"]}
     assert edited_task_updates(original, yaml.safe_dump(original)) == ([], {})
     for bad in ("- [unclosed", yaml.safe_dump(original[::-1]), "- 1\n- 2\n"):
         with pytest.raises(LabtaskerValueError):
             edited_task_updates(original, bad)
     with pytest.raises(ValueError):  # pydantic: a priority must be an int
-        edited_task_updates(original, yaml.safe_dump([dict(original[0], priority="hi"),
-                                                      original[1]]))
+        edited_task_updates(
+            original, yaml.safe_dump([dict(original[0], priority="hi"), original[1]])
+        )

@@ -88,8 +88,14 @@ class TaskNotOwned(LabtaskerRuntimeError):
     the task should stop. ``status_code``, ``detail`` and ``code`` carry the server's answer.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        detail: Any = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status_code = status_code
         self.detail = detail

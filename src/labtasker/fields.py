@@ -69,13 +69,21 @@ DICT_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if f.merge
 # Fields set by the server only (shown, never changed by ``PUT /tasks``).
 READ_ONLY_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if not f.update)
 DATETIME_TASK_FIELDS: frozenset[str] = frozenset(
-    f.name for f in TASK_FIELDS if f.storage == "datetime")
+    f.name for f in TASK_FIELDS if f.storage == "datetime"
+)
 JSON_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if f.storage == "json")
 # Keys of ``summary`` that describe how one run ended, written by the loop (a failed job's
 # exception, exit code and output tail; an interrupt) and by the server (a timeout). When a run
 # of the task ends, those of earlier runs are removed before the new report is merged, so the
 # summary shows the latest run's outcome (a success no longer carries the previous failure);
 # each run's outcome stays in its history (``GET /tasks/{id}/runs``).
-RUN_OUTCOME_KEYS: frozenset[str] = frozenset({
-    "labtasker_exception", "labtasker_error", "labtasker_timeout", "labtasker_interrupted",
-    "exit_code", "output_tail"})
+RUN_OUTCOME_KEYS: frozenset[str] = frozenset(
+    {
+        "labtasker_exception",
+        "labtasker_error",
+        "labtasker_timeout",
+        "labtasker_interrupted",
+        "exit_code",
+        "output_tail",
+    }
+)

@@ -14,8 +14,7 @@ class InvalidTransition(ValueError):
 
     def __init__(self, entity: str, old: str, new: str):
         # "InvalidStateTransition" in the text: 1.0.1 clients recognise FSM errors by it.
-        super().__init__(f"InvalidStateTransition: Cannot transition {entity} from {old} "
-                         f"to {new}.")
+        super().__init__(f"InvalidStateTransition: Cannot transition {entity} from {old} to {new}.")
         self.entity, self.old, self.new = entity, old, new
 
 
@@ -139,8 +138,9 @@ def worker_crashes(retries: int, max_retries: int, *, confirmed: bool = True) ->
     return retries >= limit
 
 
-def worker_after_failure(status: str, retries: int, max_retries: int, *,
-                         confirmed: bool = True) -> tuple[str, int]:
+def worker_after_failure(
+    status: str, retries: int, max_retries: int, *, confirmed: bool = True
+) -> tuple[str, int]:
     """Status and failure count of a worker charged with one failed run.
 
     ``active``: retries + 1, ``crashed`` once ``worker_crashes`` says so (``confirmed`` as

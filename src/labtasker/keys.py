@@ -25,7 +25,8 @@ from typing import Any
 # letters, digits, ``_`` and ``-`` only.
 NAME_CHARS = r"a-zA-Z0-9_-"  # as a regex character class body
 NAME_CHARSET: frozenset[str] = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+)
 NAME_PATTERN = rf"^[{NAME_CHARS}]+$"
 NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME_LENGTH = 100  # characters of a queue/task/worker name
@@ -42,6 +43,7 @@ def is_name(text: str) -> bool:
 def sanitize_name(text: str, replacement: str = "-") -> str:
     """``text`` with every character outside the name rule replaced by ``replacement``."""
     return _NOT_NAME_CHAR.sub(replacement, text)
+
 
 Shape = dict[str, Any]  # nested dict; a leaf (any non-dict value) is None
 
@@ -185,7 +187,7 @@ def _has_path(shape: Shape, path: list[str]) -> bool:
 
 
 def _covers(tree: Shape, shape: Any) -> bool:
-    """"No more": key sets equal at each level; a None leaf in ``tree`` covers any subtree."""
+    """ "No more": key sets equal at each level; a None leaf in ``tree`` covers any subtree."""
     if not isinstance(shape, dict):
         return False
     if set(tree) != set(shape):

@@ -47,11 +47,31 @@ CONFIRM_TASKS = 10_000  # the CLI asks for --yes beyond this many tasks
 
 METHODS = ("grid", "random")
 DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform_values",
-    "q_log_uniform_values", "log_uniform", "normal", "q_normal", "log_normal", "q_log_normal",
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+    "log_uniform",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
 )
-PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q",
-                  "probabilities", "parameters")
+PARAMETER_KEYS = (
+    "value",
+    "values",
+    "distribution",
+    "min",
+    "max",
+    "mu",
+    "sigma",
+    "q",
+    "probabilities",
+    "parameters",
+)
 # Top-level keys of a sweep file: used, or accepted and ignored with a note.
 FILE_KEYS = ("method", "parameters", "run_cap", "seed", "name")
 IGNORED_FILE_KEYS = {
@@ -83,8 +103,7 @@ def _number_args(name: str, inner: str, where: str) -> list[float | int]:
     for i, raw in enumerate(parts):
         raw = raw.strip()
         if not raw:
-            raise SweepError(f"{where}: {name}(): argument {i + 1} is empty in "
-                             f"'{name}({inner})'")
+            raise SweepError(f"{where}: {name}(): argument {i + 1} is empty in '{name}({inner})'")
         try:
             value = python_literal(raw)
         except ValueError:
@@ -99,21 +118,26 @@ def _function_values(name: str, inner: str, where: str) -> list:
     nums = _number_args(name, inner, where)
     if name == "range":
         if not 1 <= len(nums) <= 3:
-            raise SweepError(f"{where}: range() takes 1 to 3 integers, got {len(nums)} in "
-                             f"'range({inner})'")
+            raise SweepError(
+                f"{where}: range() takes 1 to 3 integers, got {len(nums)} in 'range({inner})'"
+            )
         if not all(isinstance(n, int) for n in nums):
-            raise SweepError(f"{where}: range() takes integers, got 'range({inner})'; use "
-                             "linspace(a, b, n) for floats")
+            raise SweepError(
+                f"{where}: range() takes integers, got 'range({inner})'; use "
+                "linspace(a, b, n) for floats"
+            )
         if len(nums) == 3 and nums[2] == 0:
             raise SweepError(f"{where}: range() step must not be 0 in 'range({inner})'")
         r = range(*(int(n) for n in nums))
         if len(r) > MAX_TASKS:
-            raise SweepError(f"{where}: 'range({inner})' has {len(r):,} values; at most "
-                             f"{MAX_TASKS:,}")
+            raise SweepError(
+                f"{where}: 'range({inner})' has {len(r):,} values; at most {MAX_TASKS:,}"
+            )
         return list(r)
     if len(nums) != 3:
-        raise SweepError(f"{where}: {name}() takes 3 numbers (a, b, n), got {len(nums)} in "
-                         f"'{name}({inner})'")
+        raise SweepError(
+            f"{where}: {name}() takes 3 numbers (a, b, n), got {len(nums)} in '{name}({inner})'"
+        )
     a, b, n = nums
     if not isinstance(n, int) or n < 1:
         raise SweepError(f"{where}: {name}(): n must be a whole number >= 1, got {n!r}")
@@ -122,7 +146,7 @@ def _function_values(name: str, inner: str, where: str) -> list:
     points = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
     if name == "linspace":
         return [_tidy(float(x)) for x in points]
-    return [_tidy(10.0 ** x) for x in points]
+    return [_tidy(10.0**x) for x in points]
 
 
 def _split_top_level(text: str, where: str) -> list[str]:
@@ -212,8 +236,10 @@ def parse_assignment(text: str, option: str = "--grid") -> tuple[str, list]:
     if not key:
         raise SweepError(f"{where}: no key before '='")
     if not KEY_PATTERN.match(key):
-        raise SweepError(f"{where}: invalid key {key!r}: use letters, digits, '_' or '-', "
-                         "dot-separated (like model.depth)")
+        raise SweepError(
+            f"{where}: invalid key {key!r}: use letters, digits, '_' or '-', "
+            "dot-separated (like model.depth)"
+        )
     return key, parse_values(raw, where)
 
 
@@ -279,20 +305,25 @@ class Distribution:
             q = s.get("q", 1)
             count = math.floor((s["max"] - s["min"]) / q + 1e-9) + 1
             if count > MAX_TASKS:
-                raise SweepError(f"{where}: q_uniform gives {count:,} values; at most "
-                                 f"{MAX_TASKS:,}")
+                raise SweepError(
+                    f"{where}: q_uniform gives {count:,} values; at most {MAX_TASKS:,}"
+                )
             return [_quantize(s["min"] + i * q, q) for i in range(count)]
-        raise SweepError(f"{where}: method grid needs discrete values (value, values, or the "
-                         f"distributions constant, categorical, int_uniform, q_uniform), got "
-                         f"distribution {n}")
+        raise SweepError(
+            f"{where}: method grid needs discrete values (value, values, or the "
+            f"distributions constant, categorical, int_uniform, q_uniform), got "
+            f"distribution {n}"
+        )
 
 
 def _distribution(spec: Mapping, where: str) -> Distribution:
     """Validate one parameter of a sweep file (``value``/``values``/``distribution``...)."""
     unknown = [k for k in spec if k not in PARAMETER_KEYS]
     if unknown:
-        raise SweepError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; supported: "
-                         f"{', '.join(PARAMETER_KEYS)}")
+        raise SweepError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; supported: "
+            f"{', '.join(PARAMETER_KEYS)}"
+        )
     name = spec.get("distribution")
     if name is None:  # inferred, as W&B does
         if "value" in spec:
@@ -300,14 +331,16 @@ def _distribution(spec: Mapping, where: str) -> Distribution:
         elif "values" in spec:
             name = "categorical"
         elif "min" in spec and "max" in spec:
-            ints = all(isinstance(spec[k], int) and not isinstance(spec[k], bool)
-                       for k in ("min", "max"))
+            ints = all(
+                isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max")
+            )
             name = "int_uniform" if ints else "uniform"
         else:
             raise SweepError(f"{where}: give value, values, min/max or a distribution")
     if name not in DISTRIBUTIONS:
-        raise SweepError(f"{where}: unknown distribution {name!r}; supported: "
-                         f"{', '.join(DISTRIBUTIONS)}")
+        raise SweepError(
+            f"{where}: unknown distribution {name!r}; supported: {', '.join(DISTRIBUTIONS)}"
+        )
     clean = dict(spec)
     clean.pop("distribution", None)
     if name == "constant":
@@ -319,11 +352,18 @@ def _distribution(spec: Mapping, where: str) -> Distribution:
             raise SweepError(f"{where}: 'values' must be a non-empty list")
         probs = spec.get("probabilities")
         if probs is not None:
-            if (not isinstance(probs, list) or len(probs) != len(values)
-                    or any(isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0
-                           for p in probs) or not sum(probs) > 0):
-                raise SweepError(f"{where}: 'probabilities' must be {len(values)} numbers >= 0 "
-                                 "(one per value) with a positive sum")
+            if (
+                not isinstance(probs, list)
+                or len(probs) != len(values)
+                or any(
+                    isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in probs
+                )
+                or not sum(probs) > 0
+            ):
+                raise SweepError(
+                    f"{where}: 'probabilities' must be {len(values)} numbers >= 0 "
+                    "(one per value) with a positive sum"
+                )
     elif name in ("normal", "q_normal", "log_normal", "q_log_normal"):
         for key in ("mu", "sigma"):
             if key in spec:
@@ -344,8 +384,7 @@ def _distribution(spec: Mapping, where: str) -> Distribution:
     return Distribution(name, clean)
 
 
-def _flatten_parameters(params: Any, prefix: str, where: str,
-                        out: dict[str, Distribution]) -> None:
+def _flatten_parameters(params: Any, prefix: str, where: str, out: dict[str, Distribution]) -> None:
     if not isinstance(params, Mapping) or not params:
         raise SweepError(f"{where}: 'parameters' must be a non-empty mapping")
     for key, spec in params.items():
@@ -355,13 +394,16 @@ def _flatten_parameters(params: Any, prefix: str, where: str,
         if not KEY_PATTERN.match(full):
             raise SweepError(f"{here}: invalid key {key!r}: use letters, digits, '_' or '-'")
         if not isinstance(spec, Mapping):
-            raise SweepError(f"{here}: expected a mapping like {{values: [...]}}, got "
-                             f"{type(spec).__name__}")
+            raise SweepError(
+                f"{here}: expected a mapping like {{values: [...]}}, got {type(spec).__name__}"
+            )
         if "parameters" in spec:
             extra = [k for k in spec if k != "parameters"]
             if extra:
-                raise SweepError(f"{here}: nested 'parameters' cannot be combined with "
-                                 f"{', '.join(map(str, extra))}")
+                raise SweepError(
+                    f"{here}: nested 'parameters' cannot be combined with "
+                    f"{', '.join(map(str, extra))}"
+                )
             _flatten_parameters(spec["parameters"], full + ".", here, out)
         else:
             out[full] = _distribution(spec, here)
@@ -466,8 +508,7 @@ def _check_keys(named: list[tuple[str, str]]) -> None:
         for i in range(1, len(parts)):
             prefix = ".".join(parts[:i])
             if prefix in seen:
-                raise SweepError(f"key {key!r} ({source}) is inside {prefix!r} "
-                                 f"({seen[prefix]})")
+                raise SweepError(f"key {key!r} ({source}) is inside {prefix!r} ({seen[prefix]})")
 
 
 def _values_of(key: str, values: Any, option: str) -> list:
@@ -478,12 +519,15 @@ def _values_of(key: str, values: Any, option: str) -> list:
         if not values:
             raise SweepError(f"{option} {key}: no values")
         return values
-    raise SweepError(f"{option} {key}: expected a list or a values expression like "
-                     f"'range(3)', got {type(values).__name__}")
+    raise SweepError(
+        f"{option} {key}: expected a list or a values expression like "
+        f"'range(3)', got {type(values).__name__}"
+    )
 
 
-def _grid_items(grid: Mapping[str, Any] | Iterable[str] | None, option: str
-                ) -> list[tuple[str, list]]:
+def _grid_items(
+    grid: Mapping[str, Any] | Iterable[str] | None, option: str
+) -> list[tuple[str, list]]:
     """``{"lr": [0.1, 0.01]}`` / ``{"lr": "0.1,0.01"}`` or ``["lr=0.1,0.01"]`` -> items."""
     if grid is None:
         return []
@@ -492,8 +536,10 @@ def _grid_items(grid: Mapping[str, Any] | Iterable[str] | None, option: str
         for key, values in grid.items():
             key = str(key)
             if not KEY_PATTERN.match(key):
-                raise SweepError(f"{option} {key!r}: invalid key: use letters, digits, '_' or "
-                                 "'-', dot-separated (like model.depth)")
+                raise SweepError(
+                    f"{option} {key!r}: invalid key: use letters, digits, '_' or "
+                    "'-', dot-separated (like model.depth)"
+                )
             items.append((key, _values_of(key, values, option)))
         return items
     if isinstance(grid, str):
@@ -524,15 +570,18 @@ def load_config(sweep: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
 def _from_config(config: Mapping[str, Any], where: str, seed: int | None, sweep: Sweep) -> None:
     unknown = [str(k) for k in config if k not in FILE_KEYS and k not in IGNORED_FILE_KEYS]
     if unknown:
-        raise SweepError(f"{where}: unsupported key(s) {', '.join(unknown)}; supported: "
-                         f"{', '.join(FILE_KEYS)} (ignored: {', '.join(IGNORED_FILE_KEYS)})")
+        raise SweepError(
+            f"{where}: unsupported key(s) {', '.join(unknown)}; supported: "
+            f"{', '.join(FILE_KEYS)} (ignored: {', '.join(IGNORED_FILE_KEYS)})"
+        )
     for key, why in IGNORED_FILE_KEYS.items():
         if key in config:
             sweep.notes.append(f"'{key}' in the sweep file is ignored: {why}")
     method = config.get("method", "grid")
     if method not in METHODS:
-        raise SweepError(f"{where}: method {method!r} is not supported; supported: "
-                         f"{', '.join(METHODS)}")
+        raise SweepError(
+            f"{where}: method {method!r} is not supported; supported: {', '.join(METHODS)}"
+        )
     if "parameters" not in config:
         raise SweepError(f"{where}: 'parameters' is missing")
     params: dict[str, Distribution] = {}
@@ -554,10 +603,11 @@ def _from_config(config: Mapping[str, Any], where: str, seed: int | None, sweep:
             else:
                 sweep.factors.append(Factor((key,), tuple((v,) for v in values)))
         return
-    if (run_cap is None or isinstance(run_cap, bool) or not isinstance(run_cap, int)
-            or run_cap < 1):
-        raise SweepError(f"{where}: method random needs 'run_cap' (how many tasks, an integer "
-                         f">= 1), got {run_cap!r}")
+    if run_cap is None or isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1:
+        raise SweepError(
+            f"{where}: method random needs 'run_cap' (how many tasks, an integer "
+            f">= 1), got {run_cap!r}"
+        )
     sweep.run_cap = run_cap
     sweep.random_params = params
     sweep.seed = seed if seed is not None else file_seed
@@ -565,12 +615,14 @@ def _from_config(config: Mapping[str, Any], where: str, seed: int | None, sweep:
         sweep.seed = int.from_bytes(os.urandom(4), "big")
 
 
-def build(grid: Mapping[str, Any] | Iterable[str] | None = None,
-          zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002 - the option
-          fixed: Mapping[str, Any] | None = None,
-          sweep: str | os.PathLike | Mapping[str, Any] | None = None,
-          seed: int | None = None,
-          max_tasks: int | None = MAX_TASKS) -> Sweep:
+def build(
+    grid: Mapping[str, Any] | Iterable[str] | None = None,
+    zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002 - the option
+    fixed: Mapping[str, Any] | None = None,
+    sweep: str | os.PathLike | Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    max_tasks: int | None = MAX_TASKS,
+) -> Sweep:
     """Validate and assemble a sweep; nothing is expanded yet.
 
     ``grid``/``zip``: ``{key: values}`` (a list, or a values string like ``"range(3)"``) or
@@ -592,8 +644,10 @@ def build(grid: Mapping[str, Any] | Iterable[str] | None = None,
     grid_items = _grid_items(grid, "--grid")
     zip_items = _grid_items(zip, "--zip")
     if out.method == "random" and (grid_items or zip_items):
-        raise SweepError("--grid/--zip cannot be combined with a random sweep; put the "
-                         "parameters in the sweep file")
+        raise SweepError(
+            "--grid/--zip cannot be combined with a random sweep; put the "
+            "parameters in the sweep file"
+        )
     n_file = len(out.factors)
     for key, values in grid_items:
         out.factors.append(Factor((key,), tuple((v,) for v in values)))
@@ -602,8 +656,12 @@ def build(grid: Mapping[str, Any] | Iterable[str] | None = None,
         if len(set(lengths.values())) > 1:
             detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
             raise SweepError(f"--zip keys must have equal lengths: {detail}")
-        out.factors.append(Factor(tuple(k for k, _ in zip_items),
-                                  tuple(builtins.zip(*(v for _, v in zip_items), strict=True))))
+        out.factors.append(
+            Factor(
+                tuple(k for k, _ in zip_items),
+                tuple(builtins.zip(*(v for _, v in zip_items), strict=True)),
+            )
+        )
     named = [(k, "fixed") for k in out.fixed]
     named += [(k, "--grid") for k, _ in grid_items] + [(k, "--zip") for k, _ in zip_items]
     named += [(k, "sweep file") for f in out.factors[:n_file] for k in f.keys]
@@ -619,11 +677,13 @@ def build(grid: Mapping[str, Any] | Iterable[str] | None = None,
     return out
 
 
-def sweep_args(grid: Mapping[str, Any] | Iterable[str] | None = None,
-               zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002
-               fixed: Mapping[str, Any] | None = None,
-               sweep: str | os.PathLike | Mapping[str, Any] | None = None,
-               seed: int | None = None) -> Iterator[dict[str, Any]]:
+def sweep_args(
+    grid: Mapping[str, Any] | Iterable[str] | None = None,
+    zip: Mapping[str, Any] | Iterable[str] | None = None,  # noqa: A002
+    fixed: Mapping[str, Any] | None = None,
+    sweep: str | os.PathLike | Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """The args dicts of a sweep, one per task (``labtasker.sweep_args``); arguments as for
     :func:`build`. Validates everything first: raises :class:`SweepError` before yielding."""
     return iter(build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed))

@@ -65,8 +65,16 @@ class RelativeTime(datetime):
     def from_now(cls, offset: float) -> RelativeTime:
         """The moment ``offset`` seconds from now (negative: in the past)."""
         at = utc_now() + timedelta(seconds=offset)
-        value = cls(at.year, at.month, at.day, at.hour, at.minute, at.second, at.microsecond,
-                    tzinfo=timezone.utc)
+        value = cls(
+            at.year,
+            at.month,
+            at.day,
+            at.hour,
+            at.minute,
+            at.second,
+            at.microsecond,
+            tzinfo=timezone.utc,
+        )
         value.offset = float(offset)
         return value
 
@@ -140,18 +148,27 @@ ETA_MAX_REQUIRED = "Eta max must be specified when start_heartbeat is False"
 MIN_TIMEOUT_INTERVALS = 2.0  # a heartbeat timeout must span at least this many intervals
 
 
-def heartbeat_timeout_problem(heartbeat_timeout: float | None, interval: float | None, *,
-                              interval_name: str = "heartbeat_interval",
-                              source: str | None = None) -> str | None:
+def heartbeat_timeout_problem(
+    heartbeat_timeout: float | None,
+    interval: float | None,
+    *,
+    interval_name: str = "heartbeat_interval",
+    source: str | None = None,
+) -> str | None:
     """Why ``heartbeat_timeout`` (seconds) cannot work with heartbeats every ``interval``
     seconds, or ``None`` when it can (or either is unknown): one line naming both values. A
     timeout below 2 x the interval fails healthy runs (one late beat under load times the
     run out as it finishes); ``interval_name``/``source`` say where the interval comes from
     in the message (``source``, e.g. ``"task.heartbeat_interval in client.toml"``)."""
-    if (heartbeat_timeout is None or interval is None
-            or heartbeat_timeout >= MIN_TIMEOUT_INTERVALS * interval):
+    if (
+        heartbeat_timeout is None
+        or interval is None
+        or heartbeat_timeout >= MIN_TIMEOUT_INTERVALS * interval
+    ):
         return None
     where = f", {source}" if source else ""
-    return (f"heartbeat_timeout ({heartbeat_timeout:g}s) must be at least 2 x "
-            f"{interval_name} ({interval:g}s{where}), i.e. >= "
-            f"{MIN_TIMEOUT_INTERVALS * interval:g}s; the default is 3 x the interval")
+    return (
+        f"heartbeat_timeout ({heartbeat_timeout:g}s) must be at least 2 x "
+        f"{interval_name} ({interval:g}s{where}), i.e. >= "
+        f"{MIN_TIMEOUT_INTERVALS * interval:g}s; the default is 3 x the interval"
+    )

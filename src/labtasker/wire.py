@@ -64,11 +64,14 @@ class _Request(BaseModel):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if isinstance(value, int) and not INT32[0] <= value <= INT32[1]:
-                raise ValueError(f"{name}: {value} is outside the range of a 32-bit integer "
-                                 f"({INT32[0]} to {INT32[1]})")
+                raise ValueError(
+                    f"{name}: {value} is outside the range of a 32-bit integer "
+                    f"({INT32[0]} to {INT32[1]})"
+                )
             if name in _DURATIONS and not value <= MAX_SECONDS:
-                raise ValueError(f"{name}: {value} seconds is more than the limit "
-                                 f"({MAX_SECONDS} seconds)")
+                raise ValueError(
+                    f"{name}: {value} seconds is more than the limit ({MAX_SECONDS} seconds)"
+                )
         return self
 
 
@@ -95,7 +98,6 @@ class QueueCreateRequest(_Request):
     metadata: KeyedDict = None
 
 
-
 class QueueCreateResponse(_Response):
     queue_id: str
 
@@ -109,10 +111,11 @@ class QueueGetResponse(_Response):
 
 
 class QueueUpdateRequest(_Request):
-    new_queue_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    new_queue_name: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN
+    )
     new_password: str | None = Field(None, min_length=1, max_length=100)
     metadata_update: KeyedDict = None
-
 
 
 # ---------------------------------------------------------------- tasks
@@ -152,7 +155,9 @@ class Task(BaseModel):
 
 
 class TaskSubmitRequest(_Request):
-    task_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    task_name: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN
+    )
     args: KeyedDict = None
     metadata: KeyedDict = None
     cmd: Cmd = None
@@ -161,11 +166,11 @@ class TaskSubmitRequest(_Request):
     max_retries: int = Field(3, ge=0)
     priority: int = Priority.MEDIUM
     unique: bool = Field(
-        False, description="Ours: create the task only if no task of the queue (any state) "
+        False,
+        description="Ours: create the task only if no task of the queue (any state) "
         "has equal args (canonical JSON: key order and 1 vs 1.0 do not matter); otherwise "
-        "the answer holds the existing task's id and created=false.")
-
-
+        "the answer holds the existing task's id and created=false.",
+    )
 
     @model_validator(mode="after")
     def _args_or_cmd(self) -> TaskSubmitRequest:
@@ -238,8 +243,9 @@ class TaskBatchSubmitRequest(_Request):
     """``POST /tasks/batch``: up to 5,000 tasks, stored all or nothing."""
 
     tasks: list[TaskSubmitRequest] = Field(min_length=1, max_length=MAX_BATCH)
-    unique: bool = Field(False, description="Every task of the batch is unique (see the "
-                         "task's own ``unique``).")
+    unique: bool = Field(
+        False, description="Every task of the batch is unique (see the task's own ``unique``)."
+    )
 
 
 class TaskBatchSubmitResponse(_Response):
@@ -278,7 +284,6 @@ class TaskStatusUpdateRequest(_Request):
     run_id: str | None = None
 
 
-
 # ``UPDATABLE_TASK_FIELDS``/``DICT_TASK_FIELDS`` (imported above from the task-field
 # registry, ``labtasker.fields``): what ``PUT /tasks`` may change and what it merges.
 
@@ -289,7 +294,9 @@ class TaskUpdateRequest(_Request):
     task_id: str = Field(validation_alias="task_id")
     replace_fields: list[str] = Field(default_factory=list)
     status: TaskStatus | None = None
-    task_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    task_name: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN
+    )
     heartbeat_timeout: float | None = Field(None, gt=0)
     task_timeout: int | None = Field(None, gt=0)  # seconds (whole, as in 1.0.1)
     max_retries: int | None = Field(None, ge=0)
@@ -309,9 +316,6 @@ class TaskUpdateRequest(_Request):
             data = dict(data)
             data["task_id"] = data.pop("_id")
         return data
-
-
-
 
 
 # ---------------------------------------------------------------- results (ours)
@@ -466,10 +470,11 @@ class Worker(BaseModel):
 
 
 class WorkerCreateRequest(_Request):
-    worker_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    worker_name: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN
+    )
     metadata: KeyedDict = None
     max_retries: int = Field(3, ge=1)
-
 
 
 class WorkerCreateResponse(_Response):

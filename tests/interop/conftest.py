@@ -34,11 +34,23 @@ def _reference_server_class():
             self.port = self.port or free_port()
             log = open(self.workdir / f"server-{self.port}.log", "ab")
             self.proc = subprocess.Popen(
-                [str(interop_venv() / "bin" / "labtasker-server"), "serve", "--host",
-                 "127.0.0.1", "--port", str(self.port), "--db-mode", "embedded", "--db-path",
-                 str(self.workdir / "labtasker_db.json")],
-                cwd=self.workdir, env={**os.environ, **self.extra_env}, stdout=log,
-                stderr=subprocess.STDOUT)
+                [
+                    str(interop_venv() / "bin" / "labtasker-server"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--db-mode",
+                    "embedded",
+                    "--db-path",
+                    str(self.workdir / "labtasker_db.json"),
+                ],
+                cwd=self.workdir,
+                env={**os.environ, **self.extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -68,7 +80,8 @@ def interop_server(tmp_path_factory):
         server = _reference_server_class()(db_url="", workdir=workdir, extra_env=env)
     else:
         server = _server_process_class()(
-            db_url=f"sqlite:///{workdir / 'labtasker.db'}", workdir=workdir, extra_env=env)
+            db_url=f"sqlite:///{workdir / 'labtasker.db'}", workdir=workdir, extra_env=env
+        )
     server.start()
     yield server
     server.kill(signal.SIGTERM)

@@ -50,18 +50,28 @@ def v1_unavailable_reason() -> str | None:
     sets it): a venv left in the checkout must not add minutes to every ``scripts/test.sh``.
     """
     if not os.environ.get(INTEROP_VENV_VAR):
-        return (f"interop tests run via `bash scripts/interop.sh` (or set {INTEROP_VENV_VAR} "
-                f"to a venv with labtasker=={V1_VERSION}, e.g. .venv-interop)")
+        return (
+            f"interop tests run via `bash scripts/interop.sh` (or set {INTEROP_VENV_VAR} "
+            f"to a venv with labtasker=={V1_VERSION}, e.g. .venv-interop)"
+        )
     venv = interop_venv()
     exe = venv / "bin" / "labtasker"
     if not exe.exists():
-        return (f"interop venv not found ({exe} missing): run `bash scripts/interop.sh` "
-                f"(or set {INTEROP_VENV_VAR}) to test against the labtasker {V1_VERSION} client")
+        return (
+            f"interop venv not found ({exe} missing): run `bash scripts/interop.sh` "
+            f"(or set {INTEROP_VENV_VAR}) to test against the labtasker {V1_VERSION} client"
+        )
     try:
         out = subprocess.run(
-            [str(venv / "bin" / "python"), "-c",
-             "import importlib.metadata as m; print(m.version('labtasker'))"],
-            capture_output=True, text=True, timeout=60)
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('labtasker'))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"interop venv {venv} is not usable: {exc}"
     version = out.stdout.strip()
@@ -96,8 +106,10 @@ class Result:
     stderr: str
 
     def describe(self) -> str:
-        return (f"$ {' '.join(self.args)}\nexit {self.returncode}\n--- stdout ---\n"
-                f"{self.stdout[-6000:]}\n--- stderr ---\n{self.stderr[-6000:]}")
+        return (
+            f"$ {' '.join(self.args)}\nexit {self.returncode}\n--- stdout ---\n"
+            f"{self.stdout[-6000:]}\n--- stderr ---\n{self.stderr[-6000:]}"
+        )
 
     def uuid(self) -> str:
         """The first UUID printed on stdout (task/queue/worker id in any output style)."""
@@ -118,8 +130,11 @@ class Client:
         return self.name == "v1"
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("LABTASKER_") and k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("LABTASKER_") and k not in ("VIRTUAL_ENV", "PYTHONHOME")
+        }
         env.update(
             PATH=f"{self.bindir}{os.pathsep}{env.get('PATH', '')}",
             VIRTUAL_ENV=str(self.bindir.parent),
@@ -129,12 +144,25 @@ class Client:
         env.update(extra or {})
         return env
 
-    def run(self, argv: list[str], cwd: Path, *, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 180,
-            check: bool = True) -> Result:
+    def run(
+        self,
+        argv: list[str],
+        cwd: Path,
+        *,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+        check: bool = True,
+    ) -> Result:
         proc = subprocess.run(
-            argv, cwd=cwd, env=self.env(env), input=input if input is not None else "",
-            capture_output=True, text=True, timeout=timeout)
+            argv,
+            cwd=cwd,
+            env=self.env(env),
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
         if check:
             assert result.returncode == 0, f"[{self.name} client] failed\n" + result.describe()
@@ -147,13 +175,21 @@ class Client:
         return self.run([str(self.bindir / "python"), *args], cwd, **kw)
 
     def popen(self, argv: list[str], cwd: Path, **kw: Any) -> subprocess.Popen:
-        return subprocess.Popen(argv, cwd=cwd, env=self.env(kw.pop("env", None)),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **kw)
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=self.env(kw.pop("env", None)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
 
 
-def write_v1_client_toml(root: Path, url: str, queue_name: str, password: str,
-                         heartbeat_interval: float = 5.0) -> Path:
+def write_v1_client_toml(
+    root: Path, url: str, queue_name: str, password: str, heartbeat_interval: float = 5.0
+) -> Path:
     """``<root>/client.toml`` with every key ``labtasker init`` of 1.0.1 writes,
     the version check off (no PyPI calls); heartbeat every 5 s (timeout 15 s: safe on a
     loaded CI machine, still short enough that a lost run would be swept)."""
@@ -207,13 +243,14 @@ class Project:
 
     # --------------------------------------------------------------- HTTP checks
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, auth=(self.queue_name, self.password),
-                            timeout=30)
+        return httpx.Client(base_url=self.url, auth=(self.queue_name, self.password), timeout=30)
 
     def create_queue_http(self) -> str:
-        resp = httpx.post(self.url + "/api/v1/queues",
-                          json={"queue_name": self.queue_name, "password": self.password},
-                          timeout=30)
+        resp = httpx.post(
+            self.url + "/api/v1/queues",
+            json={"queue_name": self.queue_name, "password": self.password},
+            timeout=30,
+        )
         assert resp.status_code == 201, resp.text
         return resp.json()["queue_id"]
 
@@ -224,8 +261,9 @@ class Project:
 
     def require_queue(self) -> dict:
         queue = self.queue()
-        assert queue is not None, (f"queue {self.queue_name} does not exist (the "
-                                   "create-from-config step failed?)")
+        assert queue is not None, (
+            f"queue {self.queue_name} does not exist (the create-from-config step failed?)"
+        )
         return queue
 
     def task(self, task_id: str) -> dict | None:
@@ -240,8 +278,13 @@ class Project:
         out: list[dict] = []
         with self.http() as c:
             while True:
-                body = {"extra_filter": extra_filter, "offset": len(out), "limit": 1000,
-                        "sort": [["created_at", 1]], **fields}
+                body = {
+                    "extra_filter": extra_filter,
+                    "offset": len(out),
+                    "limit": 1000,
+                    "sort": [["created_at", 1]],
+                    **fields,
+                }
                 resp = c.post("/api/v1/queues/me/tasks/search", json=body)
                 assert resp.status_code == 200, resp.text
                 page = resp.json()["content"]
@@ -263,8 +306,10 @@ class Project:
 
     def events_supported(self) -> bool:
         """Whether ``GET /api/v1/queues/me/events`` exists (only the status is read)."""
-        with self.http() as c, c.stream("GET", "/api/v1/queues/me/events",
-                                        timeout=httpx.Timeout(10, read=10)) as resp:
+        with (
+            self.http() as c,
+            c.stream("GET", "/api/v1/queues/me/events", timeout=httpx.Timeout(10, read=10)) as resp,
+        ):
             return resp.status_code != 404
 
 

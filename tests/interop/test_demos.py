@@ -42,20 +42,32 @@ def test_bash_demo(project):
     tasks = project.tasks()
     assert len(tasks) == 4
     assert {(t["args"]["lr"], t["args"]["seed"]) for t in tasks} == {
-        (0.1, 1), (0.1, 2), (0.01, 1), (0.01, 2)}
+        (0.1, 1),
+        (0.1, 2),
+        (0.01, 1),
+        (0.01, 2),
+    }
     assert all(t["args"]["model"] == {"depth": 2} for t in tasks)
-    assert {t["task_name"] for t in tasks} == {"lr0p1-seed1", "lr0p1-seed2", "lr0p01-seed1",
-                                               "lr0p01-seed2"}
+    assert {t["task_name"] for t in tasks} == {
+        "lr0p1-seed1",
+        "lr0p1-seed2",
+        "lr0p01-seed1",
+        "lr0p01-seed2",
+    }
 
-    project.client.run(["bash", str(DEMOS / "bash_demo" / "run_job.sh")], project.workdir,
-                       timeout=180)
+    project.client.run(
+        ["bash", str(DEMOS / "bash_demo" / "run_job.sh")], project.workdir, timeout=180
+    )
     results = {r["task_id"]: r for r in read_jsonl(project.workdir / "bash-demo-results.jsonl")}
     assert set(results) == {t["task_id"] for t in tasks}
     for task in project.tasks():
         assert task["status"] == "success", task
         result = results[task["task_id"]]
         assert (result["lr"], result["seed"], result["depth"]) == (
-            task["args"]["lr"], task["args"]["seed"], 2)
+            task["args"]["lr"],
+            task["args"]["seed"],
+            2,
+        )
         assert task["summary"]["accuracy"] == result["accuracy"]
 
 
@@ -81,8 +93,7 @@ def test_python_demo(project):
 def test_custom_resolver_demo(project):
     project.py(str(DEMOS / "custom_resolver" / "submit_job.py"))
     project.py(str(DEMOS / "custom_resolver" / "run_job.py"), timeout=180)
-    results = {r["task_id"]: r for r in
-               read_jsonl(project.workdir / "resolver-demo-results.jsonl")}
+    results = {r["task_id"]: r for r in read_jsonl(project.workdir / "resolver-demo-results.jsonl")}
     tasks = project.tasks()
     assert len(tasks) == 3 and set(results) == {t["task_id"] for t in tasks}
     for task in tasks:
@@ -97,11 +108,13 @@ def test_event_listener_demo(project):
     if not project.events_supported():
         pytest.skip(EVENTS_MISSING)
     listener = project.client.popen(
-        [str(project.client.bindir / "python"), str(DEMOS / "event_listener" / "listen.py"),
-         "4"], cwd=project.workdir)
+        [str(project.client.bindir / "python"), str(DEMOS / "event_listener" / "listen.py"), "4"],
+        cwd=project.workdir,
+    )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(listener.stdout.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(listener.stdout.readline, "")), daemon=True
+    )
     reader.start()
     try:
         wait_for(lambda: any(x.startswith("READY") for x in lines), 30, what="listener")
@@ -116,7 +129,12 @@ def test_event_listener_demo(project):
             except subprocess.TimeoutExpired:
                 listener.kill()
     for result in results:
-        mine = [x.split(" ", 2)[2].strip() for x in lines
-                if x.startswith("task ") and result["task_id"] in x]
+        mine = [
+            x.split(" ", 2)[2].strip()
+            for x in lines
+            if x.startswith("task ") and result["task_id"] in x
+        ]
         assert mine == ["created -> pending", "pending -> running", "running -> success"], (
-            result["task_id"], lines)
+            result["task_id"],
+            lines,
+        )

@@ -32,14 +32,22 @@ def test_tasks_of_either_client_run_by_the_other(interop_server, tmp_path):
     by_ours = Project(ours, project.url, project.workdir, project.queue_name, project.password)
     (tmp_path / "job.py").write_text(JOB)
 
-    from_v1 = [project.lt("task", "submit", "--", "--mx=0").uuid(),
-               project.submit_http(args={"mx": 2})]
-    from_ours = [by_ours.lt("task", "submit", "--", "--mx=1").uuid(),
-                 project.submit_http(args={"mx": 3})]
+    from_v1 = [
+        project.lt("task", "submit", "--", "--mx=0").uuid(),
+        project.submit_http(args={"mx": 2}),
+    ]
+    from_ours = [
+        by_ours.lt("task", "submit", "--", "--mx=1").uuid(),
+        project.submit_http(args={"mx": 3}),
+    ]
     # the 1.0.1 loop takes the tasks with mx < 2 (one of each client), ours the rest
     project.lt("loop", "-f", "args.mx < 2", "--", "python", "job.py", "%(mx)")
     assert sorted(project.task(t)["status"] for t in from_v1 + from_ours) == [
-        "pending", "pending", "success", "success"]
+        "pending",
+        "pending",
+        "success",
+        "success",
+    ]
     by_ours.lt("loop", "--", "python", "job.py", "%(mx)")
 
     calls = [json.loads(x) for x in (tmp_path / "mixed-calls.jsonl").read_text().splitlines()]
@@ -64,9 +72,19 @@ def test_job_with_the_other_clients_finish(interop_server, tmp_path):
     job = str(DEMOS / "bash_demo" / "job_main.py")
     for loop_client, job_client, lr in ((ours, v1, 0.1), (v1, ours, 0.2)):
         task_id = project.submit_http(args={"lr": lr, "seed": 1, "depth": 2})
-        loop_client.labtasker("loop", "--", str(job_client.bindir / "python"), job, "--lr",
-                              "%(lr)", "--seed", "%(seed)", "--depth", "%(depth)",
-                              cwd=tmp_path)
+        loop_client.labtasker(
+            "loop",
+            "--",
+            str(job_client.bindir / "python"),
+            job,
+            "--lr",
+            "%(lr)",
+            "--seed",
+            "%(seed)",
+            "--depth",
+            "%(depth)",
+            cwd=tmp_path,
+        )
         task = project.task(task_id)
         assert (task["status"], task["retries"]) == ("success", 0), (loop_client.name, task)
         assert task["summary"] == {"accuracy": round(1.0 - lr * 2 / 2, 6)}, task

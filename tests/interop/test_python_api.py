@@ -16,12 +16,13 @@ SCRIPT = Path(__file__).resolve().parent / "scripts" / "api_surface.py"
 
 @pytest.fixture(scope="module")
 def surface(client, interop_server, tmp_path_factory) -> dict:
-    project = Project.create(client, interop_server.url,
-                             tmp_path_factory.mktemp(f"api-{client.name}"), "api")
+    project = Project.create(
+        client, interop_server.url, tmp_path_factory.mktemp(f"api-{client.name}"), "api"
+    )
     project.create_queue_http()
     out = project.py(str(SCRIPT), timeout=120)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 EXPECTED = {

@@ -23,8 +23,12 @@ skip_module_without_v1()
 
 @pytest.fixture(scope="module")
 def v1_project(interop_server, tmp_path_factory) -> Project:
-    project = Project.create(Client("v1", interop_venv() / "bin"), interop_server.url,
-                             tmp_path_factory.mktemp("regressions"), "regr")
+    project = Project.create(
+        Client("v1", interop_venv() / "bin"),
+        interop_server.url,
+        tmp_path_factory.mktemp("regressions"),
+        "regr",
+    )
     project.create_queue_http()
     return project
 
@@ -46,7 +50,7 @@ def test_worker_fsm_error_is_recognised_by_v1(v1_project):
     (v1_project.workdir / "fsm.py").write_text(script)
     out = v1_project.py("fsm.py")
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result.startswith("LabtaskerRuntimeError: FSM invalid transition"), result
 
 
@@ -56,21 +60,24 @@ def test_task_timeout_is_whole_seconds(v1_project):
     ``task_timeout`` is refused at submit (422, as the 1.0.1 server did); a fractional
     per-run ``eta_max`` is shown rounded up to whole seconds."""
     with v1_project.http() as c:
-        refused = c.post("/api/v1/queues/me/tasks",
-                         json={"args": {"frac": 1}, "task_timeout": 90.5})
+        refused = c.post(
+            "/api/v1/queues/me/tasks", json={"args": {"frac": 1}, "task_timeout": 90.5}
+        )
     assert refused.status_code == 422, refused.text
     task_id = v1_project.submit_http(args={"frac": 1}, task_timeout=90)
     try:
         with v1_project.http() as c:
-            fetched = c.post("/api/v1/queues/me/tasks/next",
-                             json={"required_fields": ["frac"], "eta_max": "90.5"})
+            fetched = c.post(
+                "/api/v1/queues/me/tasks/next",
+                json={"required_fields": ["frac"], "eta_max": "90.5"},
+            )
         assert fetched.json()["task"]["task_id"] == task_id
         assert fetched.json()["task"]["task_timeout"] == 91
-        out = v1_project.lt("task", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl", "-f",
-                            "{'args.frac': 1}")
+        out = v1_project.lt(
+            "task", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl", "-f", "{'args.frac': 1}"
+        )
         [task] = parse_json_stream(out.stdout)
-        assert (task["task_id"], task["status"], task["task_timeout"]) == (
-            task_id, "running", 91)
+        assert (task["task_id"], task["status"], task["task_timeout"]) == (task_id, "running", 91)
     finally:
         with v1_project.http() as c:
             c.delete(f"/api/v1/queues/me/tasks/{task_id}")

@@ -32,8 +32,9 @@ LS = ("task", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl")
 
 @pytest.fixture(scope="module")
 def project(client, interop_server, tmp_path_factory) -> Project:
-    return Project.create(client, interop_server.url,
-                          tmp_path_factory.mktemp(f"wf-{client.name}"), "wf")
+    return Project.create(
+        client, interop_server.url, tmp_path_factory.mktemp(f"wf-{client.name}"), "wf"
+    )
 
 
 _CREATE_STEP_RAN: set[str] = set()  # projects whose create-from-config step was attempted
@@ -83,16 +84,29 @@ def test_queue_update_metadata(project, queue):
 
 def test_labtasker_root_env_selects_the_config(project, queue, tmp_path):
     """``LABTASKER_ROOT`` points at the client root from any working directory."""
-    out = project.lt("queue", "get", "-q", cwd=tmp_path,
-                     env={"LABTASKER_ROOT": str(project.workdir / ".labtasker")})
+    out = project.lt(
+        "queue",
+        "get",
+        "-q",
+        cwd=tmp_path,
+        env={"LABTASKER_ROOT": str(project.workdir / ".labtasker")},
+    )
     assert out.stdout.strip() == queue["queue_id"], out.describe()
 
 
 # ---------------------------------------------------------------------------- tasks
 def test_task_submit_with_args_option(project, queue):
-    task_id = submit(project, "--task-name", "wf-args", "--args",
-                     "{'wf_a': 1, 'wf_b': {'c': 2}, 'wf_s': 'x y'}",
-                     "--metadata", "{'tag': 'wf', 'n': 1}", "--priority", "15")
+    task_id = submit(
+        project,
+        "--task-name",
+        "wf-args",
+        "--args",
+        "{'wf_a': 1, 'wf_b': {'c': 2}, 'wf_s': 'x y'}",
+        "--metadata",
+        "{'tag': 'wf', 'n': 1}",
+        "--priority",
+        "15",
+    )
     task = project.task(task_id)
     assert task["status"] == "pending"
     assert task["task_name"] == "wf-args"
@@ -104,8 +118,18 @@ def test_task_submit_with_args_option(project, queue):
 
 
 def test_task_submit_positional_args(project, queue):
-    task_id = submit(project, "--task-name", "wf-pos", "--",
-                     "--wf_p.b=1", "--wf_p.c", "0.5", "--wf-q", "hello", "--wf_l=[1, 2]")
+    task_id = submit(
+        project,
+        "--task-name",
+        "wf-pos",
+        "--",
+        "--wf_p.b=1",
+        "--wf_p.c",
+        "0.5",
+        "--wf-q",
+        "hello",
+        "--wf_l=[1, 2]",
+    )
     task = project.task(task_id)
     assert task["args"] == {"wf_p": {"b": 1, "c": 0.5}, "wf_q": "hello", "wf_l": [1, 2]}
     assert task["task_name"] == "wf-pos"
@@ -115,8 +139,9 @@ def test_task_ls_python_filter(project, queue):
     found = ls(project, "-f", "args.wf_p.b == 1 and args.wf_p.c < 1")
     assert [t["task_name"] for t in found] == ["wf-pos"]
     assert found[0]["args"]["wf_q"] == "hello"
-    both = ls(project, "-f", "task_name in ['wf-args', 'wf-pos'] and "
-                             "created_at > date('1 hour ago')")
+    both = ls(
+        project, "-f", "task_name in ['wf-args', 'wf-pos'] and created_at > date('1 hour ago')"
+    )
     assert {t["task_name"] for t in both} == {"wf-args", "wf-pos"}
     assert ls(project, "-f", "regex(task_name, '^wf-nothing')") == []
 
@@ -135,9 +160,19 @@ def test_task_ls_dict_filter(project, queue):
 def test_task_update(project, queue):
     [task] = project.tasks(task_name="wf-args")
     # "n": answer 1.0.1's "View result?" question (ours does not ask)
-    project.lt("task", "update", "--task-id", task["task_id"],
-               "-u", "args.wf_b.c=5", "-u", "priority=20", "-u", "metadata={'tag': 'new'}",
-               input="n\n")
+    project.lt(
+        "task",
+        "update",
+        "--task-id",
+        task["task_id"],
+        "-u",
+        "args.wf_b.c=5",
+        "-u",
+        "priority=20",
+        "-u",
+        "metadata={'tag': 'new'}",
+        input="n\n",
+    )
     after = project.task(task["task_id"])
     assert after["args"] == {"wf_a": 1, "wf_b": {"c": 5}, "wf_s": "x y"}  # patched one leaf
     assert after["priority"] == 20
@@ -154,17 +189,37 @@ def test_task_update_reset_pending_and_editor(project, queue, tmp_path):
     with project.http() as c:  # claim it: the task is running, held by nobody
         claimed = c.post("/api/v1/queues/me/tasks/next", json={"required_fields": ["wf_rp"]})
     assert claimed.json()["task"]["task_id"] == task_id
-    project.lt("task", "update", "--task-id", task_id, "--reset-pending",
-               "-u", "task_name=wf-rp2", input="n\n")
+    project.lt(
+        "task",
+        "update",
+        "--task-id",
+        task_id,
+        "--reset-pending",
+        "-u",
+        "task_name=wf-rp2",
+        input="n\n",
+    )
     task = project.task(task_id)
     assert (task["status"], task["task_name"], task["retries"], task["worker_id"]) == (
-        "pending", "wf-rp2", 0, None)
+        "pending",
+        "wf-rp2",
+        0,
+        None,
+    )
     # no updates given: the tasks open as YAML in $EDITOR (here a script editing the file)
     editor = tmp_path / "editor.sh"
     editor.write_text("#!/bin/sh\nsed -i 's/priority: 10\\b/priority: 7/' \"$1\"\n")
     editor.chmod(0o755)
-    project.lt("task", "update", "--task-id", task_id, "--editor", str(editor), input="n\n",
-               env={"EDITOR": str(editor), "VISUAL": str(editor)})
+    project.lt(
+        "task",
+        "update",
+        "--task-id",
+        task_id,
+        "--editor",
+        str(editor),
+        input="n\n",
+        env={"EDITOR": str(editor), "VISUAL": str(editor)},
+    )
     assert project.task(task_id)["priority"] == 7
 
 
@@ -190,13 +245,13 @@ JOB_PY = textwrap.dedent("""\
 def test_loop_argv_mode(project, queue):
     (project.workdir / "job.py").write_text(JOB_PY)
     # (submitted over HTTP: the submit forms are tested above, and every CLI call costs ~2 s)
-    ids = [project.submit_http(args={"lx": i, "ly": {"z": "a b" if i else "%s"}})
-           for i in range(3)]
+    ids = [project.submit_http(args={"lx": i, "ly": {"z": "a b" if i else "%s"}}) for i in range(3)]
     extra = project.submit_http(args={"lx": 9, "ly": {"z": "q"}, "lextra": 1})  # "no more"
     less = project.submit_http(args={"lx": 8})  # "no less": neither is run
     project.lt("loop", "--", "python", "job.py", "--x", "%(lx)", "--z=%(ly.z)", timeout=120)
-    calls = [json.loads(line) for line in
-             (project.workdir / "job-calls.jsonl").read_text().splitlines()]
+    calls = [
+        json.loads(line) for line in (project.workdir / "job-calls.jsonl").read_text().splitlines()
+    ]
     by_task = {c["task_id"]: c["argv"] for c in calls}
     assert set(by_task) == set(ids)
     assert by_task[ids[0]] == ["--x", "0", "--z=%s"]
@@ -213,19 +268,28 @@ def test_loop_argv_mode(project, queue):
 
 def test_loop_shell_mode(project, queue):
     ids = [project.submit_http(args={"sx": v}) for v in ("hello world", "it's", "$HOME;x")]
-    project.lt("loop", "-c", "echo %(sx) >> shell-out.txt && echo done-%(sx) >> shell-out.txt",
-               timeout=120)
+    project.lt(
+        "loop", "-c", "echo %(sx) >> shell-out.txt && echo done-%(sx) >> shell-out.txt", timeout=120
+    )
     lines = (project.workdir / "shell-out.txt").read_text().splitlines()
     # shell mode quotes each value: spaces, quotes and $ reach the command verbatim
-    assert sorted(lines) == sorted(["hello world", "it's", "$HOME;x", "done-hello world",
-                                    "done-it's", "done-$HOME;x"])
+    assert sorted(lines) == sorted(
+        ["hello world", "it's", "$HOME;x", "done-hello world", "done-it's", "done-$HOME;x"]
+    )
     assert [project.task(t)["status"] for t in ids] == ["success"] * 3
 
 
 def test_failing_job_is_retried_then_failed(project, queue):
     task_id = project.submit_http(args={"fcode": 3}, max_retries=2)
-    project.lt("loop", "--", "python", "-c", "import sys; sys.exit(int(sys.argv[1]))",
-               "%(fcode)", timeout=120)
+    project.lt(
+        "loop",
+        "--",
+        "python",
+        "-c",
+        "import sys; sys.exit(int(sys.argv[1]))",
+        "%(fcode)",
+        timeout=120,
+    )
     task = project.task(task_id)
     assert task["status"] == "failed", task
     assert task["retries"] == 2
@@ -244,15 +308,27 @@ def test_failing_job_crashes_worker(project, queue):
     # alone (no other worker's success confirms the machine is at fault), a worker is
     # crashed after twice its max_retries: 4 tasks failed in a row (README, blame policy)
     ids = [project.submit_http(args={"ccode": i}, max_retries=5) for i in range(4)]
-    worker_id = project.lt("worker", "create", "--max-retries", "2", "--worker-name",
-                           "wf-crashy").uuid()
-    out = project.lt("loop", "--worker-id", worker_id, "--", "python", "-c",
-                     "import sys; sys.exit(1)", "%(ccode)", timeout=120, check=False)
+    worker_id = project.lt(
+        "worker", "create", "--max-retries", "2", "--worker-name", "wf-crashy"
+    ).uuid()
+    out = project.lt(
+        "loop",
+        "--worker-id",
+        worker_id,
+        "--",
+        "python",
+        "-c",
+        "import sys; sys.exit(1)",
+        "%(ccode)",
+        timeout=120,
+        check=False,
+    )
     if project.client.is_v1:
         assert out.returncode == 0, out.describe()
     else:
-        assert out.returncode == 1 and f"worker report {worker_id} active" in out.stderr, \
+        assert out.returncode == 1 and f"worker report {worker_id} active" in out.stderr, (
             out.describe()
+        )
     [worker] = [w for w in project.workers() if w["worker_id"] == worker_id]
     assert worker["status"] == "crashed" and worker["retries"] == 4
     tasks = [project.task(t) for t in ids]
@@ -263,14 +339,25 @@ def test_failing_job_crashes_worker(project, queue):
 # ---------------------------------------------------------------------------- workers
 def test_worker_ls(project, queue):
     listed = parse_json_stream(
-        project.lt("worker", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl").stdout)
+        project.lt("worker", "ls", "--no-pager", "--no-ansi", "--fmt", "jsonl").stdout
+    )
     expected = {w["worker_id"]: w for w in project.workers()}
     assert len(expected) >= 3  # one per loop above
     assert {w["worker_id"] for w in listed} == set(expected)
     for w in listed:
         assert w["status"] == expected[w["worker_id"]]["status"]
-    named = parse_json_stream(project.lt("worker", "ls", "--no-pager", "--no-ansi", "--fmt",
-                                         "jsonl", "--worker-name", "wf-crashy").stdout)
+    named = parse_json_stream(
+        project.lt(
+            "worker",
+            "ls",
+            "--no-pager",
+            "--no-ansi",
+            "--fmt",
+            "jsonl",
+            "--worker-name",
+            "wf-crashy",
+        ).stdout
+    )
     assert [w["worker_name"] for w in named] == ["wf-crashy"]
 
 
@@ -286,8 +373,9 @@ def test_worker_report(project, queue):
     # a suspended worker gets no task: the loop ends at once without running anything
     # (exit 0 with 1.0.1; exit 1 with ours, see test_failing_job_crashes_worker)
     task_id = project.submit_http(args={"wr": 1})
-    out = project.lt("loop", "--worker-id", worker_id, "--", "python", "-c", "pass", "%(wr)",
-                     check=False)
+    out = project.lt(
+        "loop", "--worker-id", worker_id, "--", "python", "-c", "pass", "%(wr)", check=False
+    )
     assert out.returncode == (0 if project.client.is_v1 else 1), out.describe()
     assert project.task(task_id)["status"] == "pending"
     project.lt("worker", "report", worker_id, "active")
@@ -296,7 +384,9 @@ def test_worker_report(project, queue):
     assert f"Worker {worker_id} deleted." in out.stdout, out.describe()
     assert worker_id not in {w["worker_id"] for w in project.workers()}
     crashed = [w for w in project.workers() if w["worker_name"] == "wf-crashy"]
-    if crashed and crashed[0]["status"] == "crashed":  # re-activating a crashed worker resets its failure count
+    if (
+        crashed and crashed[0]["status"] == "crashed"
+    ):  # re-activating a crashed worker resets its failure count
         project.lt("worker", "report", crashed[0]["worker_id"], "active")
         again = {w["worker_id"]: w for w in project.workers()}[crashed[0]["worker_id"]]
         assert again["status"] == "active" and again["retries"] == 0
@@ -308,10 +398,12 @@ def test_event_listen_compact(project, queue):
         pytest.skip(EVENTS_MISSING)
     listener = project.client.popen(
         [str(project.client.bindir / "labtasker"), "event", "listen", "--compact"],
-        cwd=project.workdir)
+        cwd=project.workdir,
+    )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(listener.stdout.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(listener.stdout.readline, "")), daemon=True
+    )
     reader.start()
     try:
         wait_for(lambda: any("Connected" in x for x in lines), 30, what="listener connection")
@@ -322,8 +414,11 @@ def test_event_listen_compact(project, queue):
             return [" ".join(x.split()) for x in list(lines) if task_id[:8] in x]
 
         wanted = ("created -> pending", "pending -> running", "running -> success")
-        wait_for(lambda: all(any(w in m for m in mine()) for w in wanted), 30,
-                 what=f"transitions {wanted} of task {task_id} in {lines}")
+        wait_for(
+            lambda: all(any(w in m for m in mine()) for w in wanted),
+            30,
+            what=f"transitions {wanted} of task {task_id} in {lines}",
+        )
     finally:
         listener.send_signal(signal.SIGINT)
         try:
@@ -372,14 +467,13 @@ def test_python_api_loop_required_submit_ls(project, queue):
     (project.workdir / "api_job.py").write_text(API_SCRIPT)
     out = project.py("api_job.py", timeout=120)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     submitted = result["submitted"]
     assert all(UUID_RE.fullmatch(t) for t in submitted)
     seen = {s["task_id"]: s for s in result["seen"]}
     assert set(seen) == set(submitted)
     for i, task_id in enumerate(submitted):
-        assert seen[task_id] == {"task_id": task_id, "lr": i / 10, "depth": i,
-                                 "name": f"api-{i}"}
+        assert seen[task_id] == {"task_id": task_id, "lr": i / 10, "depth": i, "name": f"api-{i}"}
         assert result["listed"][task_id][0] == "success"
         assert project.task(task_id)["status"] == "success"
     assert result["listed"][submitted[2]][1] == {"acc": 0.5}
@@ -411,7 +505,7 @@ def test_python_api_connect_events(project, queue):
     (project.workdir / "ce_job.py").write_text(CONNECT_EVENTS_SCRIPT)
     out = project.py("ce_job.py", timeout=60)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    assert json.loads(line[len("RESULT "):]) == [["created", "pending"]]
+    assert json.loads(line[len("RESULT ") :]) == [["created", "pending"]]
 
 
 # ---------------------------------------------------------------------------- cleanup

@@ -29,11 +29,13 @@ class InProcessApp:
     async def queue(self) -> tuple[str, httpx.AsyncClient]:
         """A new queue: ``(queue_id, client authenticated as it)`` (closed with the app)."""
         name, password = "q-" + uuid.uuid4().hex[:12], "pw"
-        resp = await self.client.post("/api/v1/queues",
-                                      json={"queue_name": name, "password": password})
+        resp = await self.client.post(
+            "/api/v1/queues", json={"queue_name": name, "password": password}
+        )
         assert resp.status_code == 201, resp.text
-        authed = httpx.AsyncClient(transport=self.client._transport, base_url=BASE_URL,
-                                   auth=(name, password))
+        authed = httpx.AsyncClient(
+            transport=self.client._transport, base_url=BASE_URL, auth=(name, password)
+        )
         self._extra.append(authed)
         return resp.json()["queue_id"], authed
 
@@ -42,8 +44,9 @@ class InProcessApp:
 
 
 @contextlib.asynccontextmanager
-async def running_app(db_url: str, settings: ServerSettings | None = None
-                      ) -> AsyncIterator[InProcessApp]:
+async def running_app(
+    db_url: str, settings: ServerSettings | None = None
+) -> AsyncIterator[InProcessApp]:
     """Build the app on ``db_url``, run its lifespan, yield it with a client; clean up."""
     app = create_app(db_url, settings=settings or ServerSettings(sweep_interval=3600))
     transport = httpx.ASGITransport(app=app)

@@ -23,9 +23,9 @@ LATENCY_BOUND = 0.150  # s, median commit-to-listener latency
 MAX_LATENCY = 5.0  # s, any single event
 
 
-
-def event_latencies(writer: httpx.Client, listener: EventListener, n: int = 20,
-                    timeout: float = MAX_LATENCY) -> list[float]:
+def event_latencies(
+    writer: httpx.Client, listener: EventListener, n: int = 20, timeout: float = MAX_LATENCY
+) -> list[float]:
     """Submit ``n`` tasks one by one through ``writer``; for each, the seconds from the
     acknowledged (committed) submission until ``listener`` delivers its ``created -> pending``
     event. Submissions are spaced by random pauses so they do not line up with any poll
@@ -50,8 +50,10 @@ def event_latencies(writer: httpx.Client, listener: EventListener, n: int = 20,
 
 def describe(latencies: list[float]) -> str:
     ms = sorted(1000 * x for x in latencies)
-    return (f"median {statistics.median(ms):.1f} ms, p90 {ms[int(0.9 * len(ms)) - 1]:.1f} ms, "
-            f"max {ms[-1]:.1f} ms over {len(ms)}")
+    return (
+        f"median {statistics.median(ms):.1f} ms, p90 {ms[int(0.9 * len(ms)) - 1]:.1f} ms, "
+        f"max {ms[-1]:.1f} ms over {len(ms)}"
+    )
 
 
 def new_queue(url: str) -> httpx.Client:

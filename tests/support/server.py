@@ -23,7 +23,6 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,7 +91,6 @@ class ServerProcess:
         return self.start()
 
 
-
 class ScratchDatabases:
     """Creates one empty database per call (a file for SQLite, a database for PostgreSQL)."""
 
@@ -119,7 +117,6 @@ class ScratchDatabases:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             for name in self.created:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 
 @dataclass
@@ -154,5 +151,3 @@ def write_client_toml(
         f'[queue]\nqueue_name = "{queue_name}"\npassword = "{password}"\n\n'
         f"[task]\nheartbeat_interval = {heartbeat_interval}\n"
     )
-
-

@@ -165,35 +165,37 @@ else:
 
     _wire = _LazyWire()
 
-_WIRE_NAMES = frozenset({
-    "HealthCheckResponse",
-    "QueueCreateRequest",
-    "QueueCreateResponse",
-    "QueueGetResponse",
-    "QueueOverviewResponse",
-    "QueueUpdateRequest",
-    "Task",
-    "TaskCountRequest",
-    "TaskCountResponse",
-    "TaskFetchRequest",
-    "TaskFetchResponse",
-    "TaskLsRequest",
-    "TaskLsResponse",
-    "TaskProgressRequest",
-    "TaskRequeueRequest",
-    "TaskRunsResponse",
-    "TaskStatusUpdateRequest",
-    "TaskSubmitRequest",
-    "TaskSubmitResponse",
-    "TaskUpdateRequest",
-    "Worker",
-    "WorkerCreateRequest",
-    "WorkerCreateResponse",
-    "WorkerLsRequest",
-    "WorkerLsResponse",
-    "WorkerPruneRequest",
-    "WorkerStatusUpdateRequest",
-})
+_WIRE_NAMES = frozenset(
+    {
+        "HealthCheckResponse",
+        "QueueCreateRequest",
+        "QueueCreateResponse",
+        "QueueGetResponse",
+        "QueueOverviewResponse",
+        "QueueUpdateRequest",
+        "Task",
+        "TaskCountRequest",
+        "TaskCountResponse",
+        "TaskFetchRequest",
+        "TaskFetchResponse",
+        "TaskLsRequest",
+        "TaskLsResponse",
+        "TaskProgressRequest",
+        "TaskRequeueRequest",
+        "TaskRunsResponse",
+        "TaskStatusUpdateRequest",
+        "TaskSubmitRequest",
+        "TaskSubmitResponse",
+        "TaskUpdateRequest",
+        "Worker",
+        "WorkerCreateRequest",
+        "WorkerCreateResponse",
+        "WorkerLsRequest",
+        "WorkerLsResponse",
+        "WorkerPruneRequest",
+        "WorkerStatusUpdateRequest",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -203,6 +205,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(labtasker.wire, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "get_httpx_client",
@@ -279,9 +282,13 @@ class _DefaultClient:
             self.on_notification = notification_printer(cfg.notifications_level)
             # An older client may still be used by another thread; it is left to the GC.
             self._client = LabtaskerClient.connect(
-                cfg.api_base_url, cfg.queue_name, cfg.password,
-                timeout=DEFAULT_TIMEOUT, retry_policy=self.retry_policy,
-                on_notification=self.on_notification)
+                cfg.api_base_url,
+                cfg.queue_name,
+                cfg.password,
+                timeout=DEFAULT_TIMEOUT,
+                retry_policy=self.retry_policy,
+                on_notification=self.on_notification,
+            )
             self._key = key
             return self._client
 
@@ -303,8 +310,9 @@ class _DefaultClient:
             return self.get()
         if isinstance(client, LabtaskerClient):
             return client
-        return LabtaskerClient(client, retry_policy=self.retry_policy,
-                               on_notification=self.on_notification)
+        return LabtaskerClient(
+            client, retry_policy=self.retry_policy, on_notification=self.on_notification
+        )
 
 
 _default = _DefaultClient()
@@ -481,13 +489,33 @@ def submit_task(
     second task. Raises :class:`LabtaskerValueError` if neither ``args`` nor ``cmd`` is
     given, ``pydantic.ValidationError`` for invalid fields.
     """
-    body = _submit_task(task_name, args, metadata, cmd, heartbeat_timeout, task_timeout,
-                        max_retries, priority, client, unique)
+    body = _submit_task(
+        task_name,
+        args,
+        metadata,
+        cmd,
+        heartbeat_timeout,
+        task_timeout,
+        max_retries,
+        priority,
+        client,
+        unique,
+    )
     return _wire.TaskSubmitResponse.model_validate(body)
 
 
-def _submit_task(task_name, args, metadata, cmd, heartbeat_timeout, task_timeout, max_retries,
-                 priority, client, unique) -> Any:
+def _submit_task(
+    task_name,
+    args,
+    metadata,
+    cmd,
+    heartbeat_timeout,
+    task_timeout,
+    max_retries,
+    priority,
+    client,
+    unique,
+) -> Any:
     """:func:`submit_task` up to the server's answer (its JSON, not validated): the CLI's
     ``task submit`` uses it to print the id without loading the wire models."""
     if not args and not cmd:
@@ -495,16 +523,25 @@ def _submit_task(task_name, args, metadata, cmd, heartbeat_timeout, task_timeout
     if args is not None and not isinstance(args, dict):
         raise LabtaskerTypeError(f"args must be a dict, got {type(args).__name__}")
     _check_heartbeat_timeout(heartbeat_timeout)
-    fields = dict(task_name=task_name, args=args, metadata=metadata, cmd=cmd,
-                  heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout,
-                  max_retries=max_retries, priority=priority, unique=unique)
+    fields = dict(
+        task_name=task_name,
+        args=args,
+        metadata=metadata,
+        cmd=cmd,
+        heartbeat_timeout=heartbeat_timeout,
+        task_timeout=task_timeout,
+        max_retries=max_retries,
+        priority=priority,
+        unique=unique,
+    )
     data = _plain_submit_body(fields)
     if data is None:
         data = _body(_wire.TaskSubmitRequest(**fields))
     if not unique:
         data.pop("unique", None)  # the body stays the 1.0.1 one
-    return _default.resolve(client).call("POST", f"{_QUEUE_ME}/tasks", json_body=data,
-                                         safe=True, headers=idempotency_headers())
+    return _default.resolve(client).call(
+        "POST", f"{_QUEUE_ME}/tasks", json_body=data, safe=True, headers=idempotency_headers()
+    )
 
 
 def _json_native(value: Any, depth: int = 0) -> bool:
@@ -535,8 +572,9 @@ def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
     every field is plainly valid (declared type, within its limits, JSON-native values);
     ``None`` otherwise, and the model then builds it (or words the error)."""
     name, cmd, hb, tt = f["task_name"], f["cmd"], f["heartbeat_timeout"], f["task_timeout"]
-    if name is not None and not (type(name) is str and 1 <= len(name) <= MAX_NAME_LENGTH
-                                 and _TASK_NAME_RE.search(name)):
+    if name is not None and not (
+        type(name) is str and 1 <= len(name) <= MAX_NAME_LENGTH and _TASK_NAME_RE.search(name)
+    ):
         return None
     for key in ("args", "metadata"):
         value = f[key]
@@ -548,12 +586,16 @@ def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
             validate_keys(value, key)
         except ValueError:
             return None
-    if not (cmd is None or type(cmd) is str
-            or (type(cmd) is list and all(type(c) is str for c in cmd))):
+    if not (
+        cmd is None or type(cmd) is str or (type(cmd) is list and all(type(c) is str for c in cmd))
+    ):
         return None
-    if hb is not None and not (type(hb) in (int, float) and math.isfinite(hb)
-                               and 0 < hb <= _MAX_SECONDS
-                               and (type(hb) is float or _INT32[0] <= hb <= _INT32[1])):
+    if hb is not None and not (
+        type(hb) in (int, float)
+        and math.isfinite(hb)
+        and 0 < hb <= _MAX_SECONDS
+        and (type(hb) is float or _INT32[0] <= hb <= _INT32[1])
+    ):
         return None
     if tt is not None and not (type(tt) is int and 0 < tt <= _MAX_SECONDS):
         return None
@@ -590,8 +632,12 @@ def _check_heartbeat_timeout(timeout: float | None, where: str = "") -> None:
     if timeout is None:
         return
     interval = _configured_heartbeat_interval()
-    problem = heartbeat_timeout_problem(timeout, interval, interval_name="the heartbeat interval",
-                                        source="task.heartbeat_interval in client.toml")
+    problem = heartbeat_timeout_problem(
+        timeout,
+        interval,
+        interval_name="the heartbeat interval",
+        source="task.heartbeat_interval in client.toml",
+    )
     if problem:
         raise LabtaskerValueError(f"{where}{problem}")
 
@@ -649,8 +695,9 @@ def submit_tasks(
     if not 1 <= chunk_size <= MAX_BATCH:
         raise LabtaskerValueError(f"chunk_size must be in 1..{MAX_BATCH}, got {chunk_size}")
     bodies = [task_body(i, t) for i, t in enumerate(tasks)]
-    ids, _ = submit_bodies(bodies, unique=unique, chunk_size=chunk_size, progress=progress,
-                           client=client)
+    ids, _ = submit_bodies(
+        bodies, unique=unique, chunk_size=chunk_size, progress=progress, client=client
+    )
     return ids
 
 
@@ -679,13 +726,15 @@ def submit_bodies(
             payload: dict[str, Any] = {"tasks": chunk, "client_version": __version__}
             if unique:
                 payload["unique"] = True
-            response, _ = lc.send("POST", batch_path, json_body=payload, safe=True,
-                                  headers=idempotency_headers())
+            response, _ = lc.send(
+                "POST", batch_path, json_body=payload, safe=True, headers=idempotency_headers()
+            )
             if _is_missing_route(response):
                 if unique:
                     raise LabtaskerRuntimeError(
                         "This server has no batch route (labtasker 1.0.x?) and cannot "
-                        "submit unique tasks")
+                        "submit unique tasks"
+                    )
                 batch = False  # no batch route: fall back to one request per task
                 continue
             if response.is_error:
@@ -699,12 +748,18 @@ def submit_bodies(
                 )
             flags = body.get("created")
             ids.extend(got)
-            created.extend(flags if isinstance(flags, list) and len(flags) == len(got)
-                           else [True] * len(got))
+            created.extend(
+                flags if isinstance(flags, list) and len(flags) == len(got) else [True] * len(got)
+            )
         else:
             payload = {**bodies[start], "client_version": __version__}
-            response, _ = lc.send("POST", f"{_QUEUE_ME}/tasks", json_body=payload, safe=True,
-                                  headers=idempotency_headers())
+            response, _ = lc.send(
+                "POST",
+                f"{_QUEUE_ME}/tasks",
+                json_body=payload,
+                safe=True,
+                headers=idempotency_headers(),
+            )
             if response.is_error:
                 raise _bulk_error(response, ids, start)
             ids.append(_wire.TaskSubmitResponse.model_validate(response.json()).task_id)
@@ -795,8 +850,9 @@ def fetch_task(
     return _wire.TaskFetchResponse.model_validate(data)
 
 
-CREDENTIALS_REFUSED = ("The server refused the queue's credentials: the queue was deleted or "
-                       "its password changed")
+CREDENTIALS_REFUSED = (
+    "The server refused the queue's credentials: the queue was deleted or its password changed"
+)
 
 
 def _credentials_refused(exc: LabtaskerHTTPStatusError) -> bool:
@@ -908,18 +964,27 @@ def refresh_task_heartbeat(
         if _credentials_refused(exc) and exc.code is not None:
             raise TaskNotOwned(
                 f"Heartbeat for task {task_id} refused: {CREDENTIALS_REFUSED}",
-                status_code=401, detail=exc.detail, code=exc.code) from exc
+                status_code=401,
+                detail=exc.detail,
+                code=exc.code,
+            ) from exc
         raise
 
 
-def ls_task_runs(task_id: str, limit: int = 100, client: ClientLike | None = None
-                 ) -> TaskRunsResponse:
+def ls_task_runs(
+    task_id: str, limit: int = 100, client: ClientLike | None = None
+) -> TaskRunsResponse:
     """The history of a task's runs, newest first: ``TaskRunsResponse(task_id, content=[
     TaskRunRecord(run_id, worker_id, started, ended, status, charged, summary), ...])``
     (``limit`` 1..1000). Raises :class:`LabtaskerHTTPStatusError` (404) for an unknown task
     or a server without run history (1.0.1)."""
-    data = _call("GET", f"{_QUEUE_ME}/tasks/{task_id}/runs", client=client,
-                 params={"limit": limit}, safe=True)
+    data = _call(
+        "GET",
+        f"{_QUEUE_ME}/tasks/{task_id}/runs",
+        client=client,
+        params={"limit": limit},
+        safe=True,
+    )
     return _wire.TaskRunsResponse.model_validate(data)
 
 
@@ -1125,8 +1190,9 @@ def cancel_task(task_id: str, client: ClientLike | None = None) -> str:
             elif task.worker_id:
                 worker_id = task.worker_id
         try:
-            report_task_status(task_id, "cancelled", worker_id=worker_id, run_id=run_id,
-                               client=client)
+            report_task_status(
+                task_id, "cancelled", worker_id=worker_id, run_id=run_id, client=client
+            )
         except TaskNotOwned:
             continue  # the run ended or changed (or the task vanished) meanwhile: look again
         return task.status
@@ -1151,7 +1217,9 @@ def create_worker(
     client: ClientLike | None = None,
 ) -> str:
     """Register a worker and return its id (str). ``max_retries`` failures crash it."""
-    req = _wire.WorkerCreateRequest(worker_name=worker_name, metadata=metadata, max_retries=max_retries)
+    req = _wire.WorkerCreateRequest(
+        worker_name=worker_name, metadata=metadata, max_retries=max_retries
+    )
     body = _call("POST", f"{_QUEUE_ME}/workers", client=client, json_body=_body(req))
     return _wire.WorkerCreateResponse.model_validate(body).worker_id
 
@@ -1173,8 +1241,7 @@ def ls_workers(
     ``gone``: True only workers whose loop ended, False only live ones (ours; a 1.0.1
     server ignores it).
     """
-    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
-                 "gone": gone}
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status, "gone": gone}
     body = _search_body(_wire.WorkerLsRequest, selection, extra_filter, limit, offset, sort)
     return _wire.WorkerLsResponse.model_validate(_search_page(_WORKER_SEARCH, body, client))
 
@@ -1192,8 +1259,7 @@ def iter_workers(
 ) -> Iterator[Worker]:
     """Yield every matching worker, fetching pages of ``page_size`` starting at ``offset``.
     Arguments and errors as in :func:`ls_workers` (raised when iteration starts)."""
-    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status,
-                 "gone": gone}
+    selection = {"worker_id": worker_id, "worker_name": worker_name, "status": status, "gone": gone}
     body = _search_body(_wire.WorkerLsRequest, selection, extra_filter, page_size, offset, sort)
     for page in _iter_pages(_WORKER_SEARCH, body, _wire.Worker, client):
         yield from page
@@ -1229,7 +1295,8 @@ def report_worker_status(worker_id: str, status: str, client: ClientLike | None 
     except LabtaskerHTTPStatusError as exc:
         if _is_invalid_transition(exc):
             raise LabtaskerRuntimeError(
-                f"FSM invalid transition: {format_detail(exc.detail)}") from exc
+                f"FSM invalid transition: {format_detail(exc.detail)}"
+            ) from exc
         raise
 
 
@@ -1272,8 +1339,7 @@ def count_tasks(
     field or a bad filter.
     """
     req = _wire.TaskCountRequest(extra_filter=coerce_filter(extra_filter), status=status, by=by)
-    body = _call("POST", f"{_QUEUE_ME}/tasks/count", client=client, json_body=_body(req),
-                 safe=True)
+    body = _call("POST", f"{_QUEUE_ME}/tasks/count", client=client, json_body=_body(req), safe=True)
     return _wire.TaskCountResponse.model_validate(body)
 
 
@@ -1291,26 +1357,32 @@ def requeue_tasks(
     loop at the next heartbeat. Sent 1,000 at a time until nothing more matches.
     """
     ids = list(task_ids) if task_ids is not None else None
-    chunks = [ids[i:i + 1000] for i in range(0, len(ids), 1000)] if ids is not None else [None]
+    chunks = [ids[i : i + 1000] for i in range(0, len(ids), 1000)] if ids is not None else [None]
     done: list[str] = []
     for chunk in chunks or [[]]:
         while True:
-            req = _wire.TaskRequeueRequest(task_ids=chunk, status=status,
-                                     extra_filter=coerce_filter(extra_filter))
-            body = _call("POST", f"{_QUEUE_ME}/tasks/requeue", client=client,
-                         json_body=_body(req))
+            req = _wire.TaskRequeueRequest(
+                task_ids=chunk, status=status, extra_filter=coerce_filter(extra_filter)
+            )
+            body = _call("POST", f"{_QUEUE_ME}/tasks/requeue", client=client, json_body=_body(req))
             done.extend(body.get("task_ids") or [])
             if not body.get("more"):
                 break
     return done
 
 
-def queue_overview(window_seconds: float = 600.0,
-                   client: ClientLike | None = None) -> QueueOverviewResponse:
+def queue_overview(
+    window_seconds: float = 600.0, client: ClientLike | None = None
+) -> QueueOverviewResponse:
     """The queue at a glance (``GET /overview``): counts per status, runs finished in the
     last ``window_seconds``, throughput and ETA, workers, running tasks with progress."""
-    body = _call("GET", f"{_QUEUE_ME}/overview", client=client,
-                 params={"window_seconds": window_seconds}, safe=True)
+    body = _call(
+        "GET",
+        f"{_QUEUE_ME}/overview",
+        client=client,
+        params={"window_seconds": window_seconds},
+        safe=True,
+    )
     return _wire.QueueOverviewResponse.model_validate(body)
 
 
@@ -1327,11 +1399,17 @@ def report_task_progress(
     as stored (``{"step", "total", "metrics", "updated_at"}``). Raises
     :class:`TaskNotOwned` when the run no longer owns the task, ``pydantic.ValidationError``
     for bad values. Prefer :func:`labtasker.report_progress` inside a job (rate-limited)."""
-    req = _wire.TaskProgressRequest(step=step, total=total, metrics=metrics or {},
-                              worker_id=worker_id, run_id=run_id)
+    req = _wire.TaskProgressRequest(
+        step=step, total=total, metrics=metrics or {}, worker_id=worker_id, run_id=run_id
+    )
     try:
-        body = _call("POST", f"{_QUEUE_ME}/tasks/{task_id}/progress", client=client,
-                     json_body=_body(req), safe=True)
+        body = _call(
+            "POST",
+            f"{_QUEUE_ME}/tasks/{task_id}/progress",
+            client=client,
+            json_body=_body(req),
+            safe=True,
+        )
     except LabtaskerHTTPStatusError as exc:
         if exc.status_code in (403, 404, 409):
             raise _not_owned(exc, "Progress report", task_id) from exc
@@ -1350,8 +1428,12 @@ def prune_workers(gone_for: float = 0.0, client: ClientLike | None = None) -> li
     task; returns their ids."""
     deleted: list[str] = []
     while True:
-        body = _call("POST", f"{_QUEUE_ME}/workers/prune", client=client,
-                     json_body=_body(_wire.WorkerPruneRequest(gone_for=gone_for)))
+        body = _call(
+            "POST",
+            f"{_QUEUE_ME}/workers/prune",
+            client=client,
+            json_body=_body(_wire.WorkerPruneRequest(gone_for=gone_for)),
+        )
         deleted.extend(body.get("worker_ids") or [])
         if not body.get("more"):
             return deleted

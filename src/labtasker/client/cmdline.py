@@ -27,7 +27,6 @@ _TASK_STATUSES = tuple(state.value for state in TaskState)
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-
 def _non_finite(value: Any) -> bool:
     """Whether ``value`` holds a float JSON cannot carry (``1e400`` is inf; NaN)."""
     if isinstance(value, float):
@@ -48,7 +47,8 @@ def check_json_number(value: Any, where: str, raw: str, sep: str = " ") -> Any:
         raise LabtaskerValueError(
             f"{where}{sep}{raw}: not a number JSON can store (beyond the float range, "
             f"infinite or NaN; it would be stored as null); to keep it as text, quote it: "
-            f"{where}{sep}\"'{raw}'\"")
+            f"{where}{sep}\"'{raw}'\""
+        )
     return value
 
 
@@ -67,8 +67,9 @@ def _norm_key(raw: str, token: str) -> str:
     return key
 
 
-def parse_extra_opt(tokens: list[str] | tuple[str, ...],
-                    dropped: list[str] | None = None) -> dict[str, Any]:
+def parse_extra_opt(
+    tokens: list[str] | tuple[str, ...], dropped: list[str] | None = None
+) -> dict[str, Any]:
     """Parse ``--key value`` style tokens into a nested args dict.
 
     Rules (those of labtasker 1.0.1):
@@ -159,7 +160,8 @@ def parse_dict_option(text: str | None, option_name: str) -> dict[str, Any] | No
     if _non_finite(value):
         raise LabtaskerValueError(
             f"Invalid value for {option_name}: a number JSON cannot store (beyond the float "
-            f"range like 1e400, infinite or NaN; it would be stored as null): {text!r}")
+            f"range like 1e400, infinite or NaN; it would be stored as null): {text!r}"
+        )
     return value
 
 
@@ -210,8 +212,9 @@ def parse_updates(
                 f"Invalid update {expr!r}: unknown field {top!r} "
                 f"(updatable: {', '.join(UPDATABLE_TASK_FIELDS)})"
             )
-        value = (check_json_number(python_literal_or_text(raw), key, raw, "=") if to_primitive
-                 else raw)
+        value = (
+            check_json_number(python_literal_or_text(raw), key, raw, "=") if to_primitive else raw
+        )
         if top in ("status", "task_name") and not isinstance(value, str):
             value = raw  # names and statuses are text even when they look like numbers
         if top == "status" and value not in _TASK_STATUSES:

@@ -47,8 +47,9 @@ if TYPE_CHECKING:
         TaskConfig as TaskConfig,
     )
 
-_MODEL_NAMES = frozenset({"CliPluginsConfig", "ClientConfig", "EndpointConfig", "QueueConfig",
-                          "TaskConfig"})
+_MODEL_NAMES = frozenset(
+    {"CliPluginsConfig", "ClientConfig", "EndpointConfig", "QueueConfig", "TaskConfig"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -58,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config_models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CLIENT_CONFIG_FILENAME = "client.toml"
 DEFAULT_API_BASE_URL = "http://localhost:9321/"
@@ -97,10 +99,12 @@ def invalid_credentials_advice(config_path: str | Path | None = None) -> str:
     except Exception:  # the advice must not fail on a broken file
         name = None
     queue = f"queue '{name}'" if name else "the configured queue"
-    return (f"Invalid credentials: the server has no {queue} with this password. If the queue "
-            f"was renamed or its password changed, update [queue] in {path} (`labtasker "
-            "config`); if it does not exist yet, `labtasker queue create-from-config` creates "
-            "it (a new, empty queue).")
+    return (
+        f"Invalid credentials: the server has no {queue} with this password. If the queue "
+        f"was renamed or its password changed, update [queue] in {path} (`labtasker "
+        "config`); if it does not exist yet, `labtasker queue create-from-config` creates "
+        "it (a new, empty queue)."
+    )
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -194,16 +198,21 @@ def _plain_connection(data: dict[str, Any]) -> Connection | None:
         return None
     if level not in _LEVELS or "cli_plugins" in data:
         return None
-    if any(type(data.get(k, True)) is not bool
-           for k in ("enable_traceback_filter", "version_check")):
+    if any(
+        type(data.get(k, True)) is not bool for k in ("enable_traceback_filter", "version_check")
+    ):
         return None
-    url, name, password = endpoint.get("api_base_url"), queue.get("queue_name"), queue.get(
-        "password")
+    url, name, password = (
+        endpoint.get("api_base_url"),
+        queue.get("queue_name"),
+        queue.get("password"),
+    )
     interval = task.get("heartbeat_interval", 30.0)
     if type(url) is not str or type(name) is not str or type(password) is not str:
         return None
-    if not (1 <= len(name) <= MAX_NAME_LENGTH and _NAME_RE.search(name)
-            and 1 <= len(password) <= 100):
+    if not (
+        1 <= len(name) <= MAX_NAME_LENGTH and _NAME_RE.search(name) and 1 <= len(password) <= 100
+    ):
         return None
     if type(interval) not in (int, float) or not interval > 0:
         return None
@@ -223,8 +232,13 @@ def load_connection(path: str | Path) -> Connection:
     if plain is not None:
         return plain
     cfg = _validate(path, data)
-    return Connection(cfg.endpoint.api_base_url, cfg.queue.queue_name, cfg.queue.password,
-                      cfg.display_server_notifications_level, cfg.task.heartbeat_interval)
+    return Connection(
+        cfg.endpoint.api_base_url,
+        cfg.queue.queue_name,
+        cfg.queue.password,
+        cfg.display_server_notifications_level,
+        cfg.task.heartbeat_interval,
+    )
 
 
 def get_client_config() -> ClientConfig:
@@ -300,4 +314,3 @@ def init_root(
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE_TEXT, encoding="utf-8")
     return save_client_config(cfg, root)
-

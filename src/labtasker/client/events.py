@@ -36,8 +36,13 @@ class EventListener:
     before the next events (counted in ``events_lost``): re-read the queue's state.
     """
 
-    def __init__(self, client: httpx.Client | None = None, reconnect_delay: float = 1.0,
-                 on_status=None, last_event_id: str | None = None):
+    def __init__(
+        self,
+        client: httpx.Client | None = None,
+        reconnect_delay: float = 1.0,
+        on_status=None,
+        last_event_id: str | None = None,
+    ):
         if client is None:
             from labtasker.client.api import get_httpx_client
 
@@ -98,15 +103,16 @@ class EventListener:
                             self._connected.set()
                             if self._dropped:
                                 self._dropped = False
-                                self._status("Reconnected; resuming after the last event "
-                                             "seen.")
+                                self._status("Reconnected; resuming after the last event seen.")
                         if msg.id:
                             self._last_id = msg.id
                         self._queue.put(msg)
                         if msg.event == "lost":
                             self.events_lost += 1
-                            self._status("Events were lost (pruned from the server's log "
-                                         "before they were seen); re-read the queue's state.")
+                            self._status(
+                                "Events were lost (pruned from the server's log "
+                                "before they were seen); re-read the queue's state."
+                            )
                         if msg.event == "closed":  # password changed or queue deleted
                             self._closed(msg.data)
                             return

@@ -38,13 +38,18 @@ if TYPE_CHECKING:  # the API (and httpx) load on the first beat
 logger = logging.getLogger("labtasker.heartbeat")
 
 
-def _default_refresh(task_id: str, worker_id: str | None, run_id: str | None,
-                     stop: threading.Event | None = None,
-                     client: ClientLike | None = None) -> None:
+def _default_refresh(
+    task_id: str,
+    worker_id: str | None,
+    run_id: str | None,
+    stop: threading.Event | None = None,
+    client: ClientLike | None = None,
+) -> None:
     from labtasker.client.api import refresh_task_heartbeat
 
-    refresh_task_heartbeat(task_id, worker_id=worker_id, run_id=run_id, stop=stop,
-                           retry=False, client=client)
+    refresh_task_heartbeat(
+        task_id, worker_id=worker_id, run_id=run_id, stop=stop, retry=False, client=client
+    )
 
 
 class Heartbeat:
@@ -79,7 +84,8 @@ class Heartbeat:
         self.finishing = finishing
         self._stop = threading.Event()
         self.refresh = refresh or (
-            lambda t, w, r: _default_refresh(t, w, r, stop=self._stop, client=client))
+            lambda t, w, r: _default_refresh(t, w, r, stop=self._stop, client=client)
+        )
         self._thread: threading.Thread | None = None
         self.beats = 0  # successful beats, for tests and logs
         self.lost: Exception | None = None

@@ -29,8 +29,9 @@ def _shape(fields: Sequence[str]) -> dict[str, Any]:
         return {}
 
 
-def explain_no_match(required_fields: Sequence[str] | None, extra_filter: Any = None,
-                     client: Any = None) -> str | None:
+def explain_no_match(
+    required_fields: Sequence[str] | None, extra_filter: Any = None, client: Any = None
+) -> str | None:
     """A one-sentence explanation when pending tasks exist that this loop cannot take, else
     ``None`` (no pending task at all, or some match and were just taken by others).
 
@@ -43,24 +44,25 @@ def explain_no_match(required_fields: Sequence[str] | None, extra_filter: Any = 
     if not shapes.total:
         return None
     required = sorted(f for f in (required_fields or []) if f != "*")
-    matching = [g for g in shapes.groups
-                if shape_matches(required_fields, _shape(g.value or []))]
+    matching = [g for g in shapes.groups if shape_matches(required_fields, _shape(g.value or []))]
     n_matching = sum(g.count for g in matching)
     if n_matching:
         if extra_filter is None:
             return None  # they match; another worker took them or they just arrived
-        if api.count_tasks(status="pending", extra_filter=extra_filter,
-                           client=client).total:
+        if api.count_tasks(status="pending", extra_filter=extra_filter, client=client).total:
             return None
-        return (f"{n_matching} pending task(s) have the fields {_fields_text(required)} but "
-                "none matches --extra-filter.")
+        return (
+            f"{n_matching} pending task(s) have the fields {_fields_text(required)} but "
+            "none matches --extra-filter."
+        )
     shown = sorted(shapes.groups, key=lambda g: -g.count)[:MAX_SHAPES_SHOWN]
-    have = "; ".join(f"{g.count} pending task(s) have {_fields_text(g.value or [])}"
-                     for g in shown)
+    have = "; ".join(f"{g.count} pending task(s) have {_fields_text(g.value or [])}" for g in shown)
     if len(shapes.groups) > MAX_SHAPES_SHOWN:
         have += f"; {len(shapes.groups) - MAX_SHAPES_SHOWN} other field set(s)"
-    text = (f"No pending task has exactly the fields {_fields_text(required)} of the "
-            f"command (\"no more, no less\"): {have}.")
+    text = (
+        f"No pending task has exactly the fields {_fields_text(required)} of the "
+        f'command ("no more, no less"): {have}.'
+    )
     theirs = sorted({f for g in shapes.groups for f in (g.value or [])})
     hints = []
     for field in required:
@@ -74,6 +76,8 @@ def explain_no_match(required_fields: Sequence[str] | None, extra_filter: Any = 
     else:
         extra = sorted(set(theirs) - set(required))
         if extra:
-            text += (f" To run tasks with fields the command does not use, name them in the "
-                     f"command (e.g. as a shell comment: # %({extra[0]})).")
+            text += (
+                f" To run tasks with fields the command does not use, name them in the "
+                f"command (e.g. as a shell comment: # %({extra[0]}))."
+            )
     return text

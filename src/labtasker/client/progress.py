@@ -95,8 +95,9 @@ def report_progress(step: float, total: float | None = None, **metrics: Any) -> 
     return send(step, total, metrics)
 
 
-def send(step: float, total: float | None, metrics: dict[str, Any],
-         force: bool = False) -> bool | None:
+def send(
+    step: float, total: float | None, metrics: dict[str, Any], force: bool = False
+) -> bool | None:
     """:func:`report_progress` with ``force`` (ignore the rate limit)."""
     import labtasker
     from labtasker.wire import TaskProgressRequest
@@ -114,8 +115,7 @@ def send(step: float, total: float | None, metrics: dict[str, Any],
 
     worker_id, run_id = _run_identity(task_id)
     try:
-        api.report_task_progress(task_id, step, total, metrics, worker_id=worker_id,
-                                 run_id=run_id)
+        api.report_task_progress(task_id, step, total, metrics, worker_id=worker_id, run_id=run_id)
     except TaskNotOwned as exc:
         _log.warning("Progress not stored: %s", exc)
         return False

@@ -42,32 +42,45 @@ class SweepResult:
     existing_ids: list[str] = field(default_factory=list)
 
 
-def _common_fields(task_name, metadata, cmd, heartbeat_timeout, task_timeout, max_retries,
-                   priority) -> dict[str, Any]:
+def _common_fields(
+    task_name, metadata, cmd, heartbeat_timeout, task_timeout, max_retries, priority
+) -> dict[str, Any]:
     """Validate the options every task shares once (raises ``LabtaskerValueError``)."""
     if metadata is not None and not isinstance(metadata, Mapping):
         raise LabtaskerValueError(f"metadata must be a dict, got {type(metadata).__name__}")
     if metadata and "sweep" in metadata:
         raise LabtaskerValueError("metadata.sweep is set by the sweep; use another key")
     try:
-        req = TaskSubmitRequest(task_name=task_name, args={"_": 0}, metadata=metadata, cmd=cmd,
-                                heartbeat_timeout=heartbeat_timeout, task_timeout=task_timeout,
-                                max_retries=max_retries, priority=priority)
+        req = TaskSubmitRequest(
+            task_name=task_name,
+            args={"_": 0},
+            metadata=metadata,
+            cmd=cmd,
+            heartbeat_timeout=heartbeat_timeout,
+            task_timeout=task_timeout,
+            max_retries=max_retries,
+            priority=priority,
+        )
     except ValueError as exc:  # pydantic.ValidationError
         raise LabtaskerValueError(" ".join(str(exc).split())) from None
-    data = req.model_dump(mode="json", exclude_none=True,
-                          exclude={"client_version", "args", "unique"})
+    data = req.model_dump(
+        mode="json", exclude_none=True, exclude={"client_version", "args", "unique"}
+    )
     return data
 
 
-def task_bodies(sw: Sweep, common: dict[str, Any], sweep_meta: dict[str, Any]
-                ) -> Iterable[dict[str, Any]]:
+def task_bodies(
+    sw: Sweep, common: dict[str, Any], sweep_meta: dict[str, Any]
+) -> Iterable[dict[str, Any]]:
     """The JSON body of each task of ``sw`` (``common`` fields, its args, metadata.sweep)."""
     base_meta = common.get("metadata") or {}
     for index, args in enumerate(sw):
         validate_keys(args, "args")
-        yield {**common, "args": args,
-               "metadata": {**base_meta, "sweep": {**sweep_meta, "index": index}}}
+        yield {
+            **common,
+            "args": args,
+            "metadata": {**base_meta, "sweep": {**sweep_meta, "index": index}},
+        }
 
 
 def submit_sweep(
@@ -111,10 +124,10 @@ def submit_sweep(
             raise SweepError("give grid/zip/fixed/seed to build() when passing a Sweep")
         sw = sweep
     else:
-        sw = build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed,
-                   max_tasks=max_tasks)
-    common = _common_fields(task_name, metadata, cmd, heartbeat_timeout, task_timeout,
-                            max_retries, priority)
+        sw = build(grid=grid, zip=zip, fixed=fixed, sweep=sweep, seed=seed, max_tasks=max_tasks)
+    common = _common_fields(
+        task_name, metadata, cmd, heartbeat_timeout, task_timeout, max_retries, priority
+    )
     sweep_id = str(uuid.uuid4())
     label = name if name is not None else sw.name
     if label is not None and (not isinstance(label, str) or not label.strip()):

@@ -169,16 +169,22 @@ def tasks_dataframe(
         columns = [columns]
     cols = parse_columns(columns)
     page_size = min(1000, limit) if limit else 1000
-    tasks = api.iter_tasks(status=status, extra_filter=extra_filter, sort=sort,
-                           page_size=page_size, client=client)
+    tasks = api.iter_tasks(
+        status=status, extra_filter=extra_filter, sort=sort, page_size=page_size, client=client
+    )
     if limit is not None:
         tasks = itertools.islice(tasks, limit)
     now = datetime.now(timezone.utc)
     rows = [task_row(t, now) for t in tasks]
     keys = resolve_columns(cols, (k for r in rows for k in r))
     frame = pd.DataFrame([project(r, keys) for r in rows], columns=keys)
-    for name in ("created_at", "start_time", "last_heartbeat", "last_modified",
-                 "progress.updated_at"):
+    for name in (
+        "created_at",
+        "start_time",
+        "last_heartbeat",
+        "last_modified",
+        "progress.updated_at",
+    ):
         if name in frame.columns:
             frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
     return frame

@@ -60,8 +60,9 @@ def parse_task_records(text: str, name: str = "<input>") -> list[tuple[str, Any]
     return [(f"{name} (document {i + 1})", item) for i, item in enumerate(docs)]
 
 
-def task_requests(records: list[tuple[str, Any]], defaults: dict[str, Any] | None = None
-                  ) -> list[Any]:
+def task_requests(
+    records: list[tuple[str, Any]], defaults: dict[str, Any] | None = None
+) -> list[Any]:
     """Validate records into ``wire.TaskSubmitRequest`` objects. ``defaults``: field values
     for records that do not set them (for a bare-args record, every field but ``args``)."""
     from pydantic import ValidationError
@@ -73,7 +74,8 @@ def task_requests(records: list[tuple[str, Any]], defaults: dict[str, Any] | Non
     for where, record in records:
         if not isinstance(record, dict):
             raise LabtaskerValueError(
-                f"{where}: a task must be a mapping, got {type(record).__name__}")
+                f"{where}: a task must be a mapping, got {type(record).__name__}"
+            )
         if "args" in record or "cmd" in record:
             unknown = sorted(set(record) - set(SUBMIT_TASK_FIELDS))
             if unknown:
@@ -103,8 +105,9 @@ def read_task_file(path: str | Path, defaults: dict[str, Any] | None = None) -> 
     return task_requests(parse_task_records(text, str(path)), defaults)
 
 
-def edited_task_updates(original: list[dict[str, Any]], edited_yaml: str
-                        ) -> tuple[list[Any], dict[str, list[str]]]:
+def edited_task_updates(
+    original: list[dict[str, Any]], edited_yaml: str
+) -> tuple[list[Any], dict[str, list[str]]]:
     """Compare tasks (``wire.Task`` JSON dicts, as shown to a user) with the YAML list the
     user edited them into; return ``(update requests, ignored)``.
 
@@ -124,9 +127,11 @@ def edited_task_updates(original: list[dict[str, Any]], edited_yaml: str
         new = yaml.safe_load(edited_yaml)
     except yaml.YAMLError as exc:
         raise LabtaskerValueError(" ".join(str(exc).split())) from None
-    if not isinstance(new, list) or not all(isinstance(d, dict) for d in new) or [
-        d.get("task_id") for d in new
-    ] != [d["task_id"] for d in original]:
+    if (
+        not isinstance(new, list)
+        or not all(isinstance(d, dict) for d in new)
+        or [d.get("task_id") for d in new] != [d["task_id"] for d in original]
+    ):
         raise LabtaskerValueError("the list of task_ids (count and order) must not change")
     requests: list[Any] = []
     ignored: dict[str, list[str]] = {}

@@ -34,8 +34,20 @@ def stderr_is_tty() -> bool:
 # and the line/paragraph separators: each shown as a visible escape, never sent raw.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
 _CONTROL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
-_CONTROL.update({c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
-                                              *range(0x2066, 0x206A), 0x2028, 0x2029)})
+_CONTROL.update(
+    {
+        c: f"\\u{c:04x}"
+        for c in (
+            0x061C,
+            0x200E,
+            0x200F,
+            *range(0x202A, 0x202F),
+            *range(0x2066, 0x206A),
+            0x2028,
+            0x2029,
+        )
+    }
+)
 
 
 def escape_control(text: str) -> str:

@@ -83,7 +83,6 @@ STORAGE_UNAVAILABLE = "storage_unavailable"  # 503 code: transient database trou
 TOO_MANY_REQUESTS = "too_many_requests"  # 429 code: password checks saturated, nothing ran
 
 
-
 def idempotency_headers() -> dict[str, str]:
     """A fresh ``Idempotency-Key`` header for one submit request (reused by its retries)."""
     return {"Idempotency-Key": str(uuid.uuid4())}
@@ -116,8 +115,9 @@ class RetryPolicy:
             0, self.jitter
         )
 
-    def next_delay(self, attempt: int, started: float, retry_after: float | None = None
-                   ) -> float | None:
+    def next_delay(
+        self, attempt: int, started: float, retry_after: float | None = None
+    ) -> float | None:
         """Seconds before the next attempt, or ``None`` when the policy is exhausted.
         ``started`` is the ``time.monotonic()`` of the first attempt. ``retry_after``: the
         server's ``Retry-After`` (seconds); when given, the server sets the pace -- that wait
@@ -206,8 +206,9 @@ def status_error(response: httpx.Response) -> LabtaskerHTTPStatusError:
         f"{response.status_code} {response.reason_phrase} for {request.method} {request.url}. "
         f"Response details: {format_detail(detail)}"
     )
-    return LabtaskerHTTPStatusError(message, request=request, response=response, detail=detail,
-                                    code=error_code(response))
+    return LabtaskerHTTPStatusError(
+        message, request=request, response=response, detail=detail, code=error_code(response)
+    )
 
 
 def _exc_request(exc: httpx.HTTPError) -> httpx.Request | None:
@@ -258,7 +259,10 @@ def notification_printer(level: str = "medium") -> NotificationHook | None:
 
     def show(notes: list) -> None:
         for note in notes:
-            if not isinstance(note, dict) or _LEVELS.get(note.get("level", "medium"), 1) < threshold:
+            if (
+                not isinstance(note, dict)
+                or _LEVELS.get(note.get("level", "medium"), 1) < threshold
+            ):
                 continue
             kind = str(note.get("type", "info"))
             details = note.get("details")
@@ -394,7 +398,8 @@ class LabtaskerClient:
                 response = self.http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
                 retryable = retry and (
-                    isinstance(exc, _ALWAYS_RETRY) or (safe and isinstance(exc, _SAFE_RETRY)))
+                    isinstance(exc, _ALWAYS_RETRY) or (safe and isinstance(exc, _SAFE_RETRY))
+                )
                 delay = policy.next_delay(attempt, started) if retryable else None
                 if delay is None or (stop is not None and stop.is_set()):
                     raise _convert_transport_error(exc, str(self.http.base_url)) from exc
@@ -411,13 +416,20 @@ class LabtaskerClient:
                     problem += f" ({format_detail(detail_of(response))})"
             # say so (INFO: shown by the loop's log, not by one-shot commands, which end with a
             # one-line error): a loop waiting for a server that is down must not look hung
-            _log.info("%s %s: %s; retrying in %.1fs (attempt %d)", method, path, problem,
-                      delay, attempt + 1)
+            _log.info(
+                "%s %s: %s; retrying in %.1fs (attempt %d)",
+                method,
+                path,
+                problem,
+                delay,
+                attempt + 1,
+            )
             if stop is not None:
                 if stop.wait(delay):
                     # stopped during the back-off: one last answer is not needed
-                    raise LabtaskerNetworkError(f"{method} {path} stopped during retries: "
-                                                f"{problem}")
+                    raise LabtaskerNetworkError(
+                        f"{method} {path} stopped during retries: {problem}"
+                    )
             else:
                 time.sleep(delay)
 

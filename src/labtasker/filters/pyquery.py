@@ -511,8 +511,12 @@ class _Transpiler:
         if exc.lineno is not None and 1 <= exc.lineno <= len(self._lines):
             col = (exc.offset or 1) - 1
             length = 1
-            if (exc.offset is not None and exc.end_lineno == exc.lineno and exc.end_offset
-                    and exc.end_offset > exc.offset):
+            if (
+                exc.offset is not None
+                and exc.end_lineno == exc.lineno
+                and exc.end_offset
+                and exc.end_offset > exc.offset
+            ):
                 length = exc.end_offset - exc.offset
             span = (exc.lineno, max(0, col), length)
         message = exc.msg
@@ -897,8 +901,11 @@ class _Transpiler:
             # A phrase whose result moves with the base ("30 minutes ago", "yesterday") is
             # relative: it is kept as an offset from now, which the server resolves with its
             # own clock (``RelativeTime``).
-            shifted = (dateparser.parse(text, settings={"RELATIVE_BASE": base - _SHIFT})
-                       if parsed is not None and parsed.tzinfo is None else None)
+            shifted = (
+                dateparser.parse(text, settings={"RELATIVE_BASE": base - _SHIFT})
+                if parsed is not None and parsed.tzinfo is None
+                else None
+            )
         except Exception as exc:  # dateparser raises assorted errors on odd input
             raise self._error(
                 f"Query parsing failed: cannot parse date {text!r}: {exc}",
@@ -912,8 +919,11 @@ class _Transpiler:
                 argument,
                 cls=QueryTranspilerError,
             )
-        if (shifted is not None and shifted.tzinfo is None
-                and abs((parsed - shifted) - _SHIFT) < timedelta(seconds=1)):
+        if (
+            shifted is not None
+            and shifted.tzinfo is None
+            and abs((parsed - shifted) - _SHIFT) < timedelta(seconds=1)
+        ):
             return RelativeTime.from_now((parsed - base).total_seconds())
         # A naive result is local time; astimezone() interprets naive datetimes that way.
         return parsed.astimezone(timezone.utc)
@@ -983,8 +993,9 @@ class _Transpiler:
             hint = f" {name} is a function: {SUPPORTED_FUNCTIONS[name]}."
         else:
             close = difflib.get_close_matches(name, self.allowed, n=1, cutoff=0.6)
-            nested = [f"{root}.{name}" for root in ("args", "metadata", "summary")
-                      if root in self.allowed]
+            nested = [
+                f"{root}.{name}" for root in ("args", "metadata", "summary") if root in self.allowed
+            ]
             if close:
                 hint = f" Did you mean '{close[0]}'?"
             elif nested:  # a task's own fields live under args (metadata, summary)

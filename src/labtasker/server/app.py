@@ -43,11 +43,22 @@ from labtasker.server.sweeper import TICK_SECONDS, Sweeper
 
 log = logging.getLogger("labtasker.server")
 
-_STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, TooLarge: 413, Invalid: 400,
-           Unavailable: 503}
+_STATUS = {
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 400,
+    Unavailable: 503,
+}
 # ``code`` of the errors FastAPI/Starlette raise themselves (and of our 401)
-_HTTP_CODES = {401: codes.INVALID_CREDENTIALS, 404: codes.ROUTE_NOT_FOUND,
-               405: codes.ROUTE_NOT_FOUND, 413: codes.TOO_LARGE, 429: codes.TOO_MANY_REQUESTS}
+_HTTP_CODES = {
+    401: codes.INVALID_CREDENTIALS,
+    404: codes.ROUTE_NOT_FOUND,
+    405: codes.ROUTE_NOT_FOUND,
+    413: codes.TOO_LARGE,
+    429: codes.TOO_MANY_REQUESTS,
+}
 
 
 def _close_streams_on_exit_signals(notifier: Notifier):
@@ -78,8 +89,12 @@ def _close_streams_on_exit_signals(notifier: Notifier):
     return restore
 
 
-def create_app(db_url: str, sweep_interval: float | None = None,
-               settings: ServerSettings | None = None, dashboard: bool = True) -> FastAPI:
+def create_app(
+    db_url: str,
+    sweep_interval: float | None = None,
+    settings: ServerSettings | None = None,
+    dashboard: bool = True,
+) -> FastAPI:
     """Build the app on ``db_url`` (migrated at start-up). ``settings``: the tunables
     (default: read from the environment, ``ServerSettings.from_env``; ``ValueError`` names a
     bad variable). ``sweep_interval``: seconds between timeout sweeps, overriding
@@ -91,8 +106,9 @@ def create_app(db_url: str, sweep_interval: float | None = None,
         settings = dataclasses.replace(settings, sweep_interval=sweep_interval)
     db = Database(db_url)
     db.migrate()
-    storage = SqlStorage(db, event_log_size=settings.event_log_size,
-                         max_task_bytes=settings.max_task_bytes)
+    storage = SqlStorage(
+        db, event_log_size=settings.event_log_size, max_task_bytes=settings.max_task_bytes
+    )
     sweeper = Sweeper(storage, settings.sweep_interval)
     notifier = Notifier(db)
 
@@ -127,8 +143,9 @@ def create_app(db_url: str, sweep_interval: float | None = None,
     app.include_router(events_router)
     if dashboard:
         install_dashboard(app, settings.ui_secret, settings.ui_session_seconds)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.body_timeout)
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+    )
 
     # Every error answer is {"detail": <message>, "code": <labtasker.error_codes name>}: 1.0.1
     # clients read "detail" only; ours decide by "code".
@@ -137,30 +154,40 @@ def create_app(db_url: str, sweep_interval: float | None = None,
         headers = None
         if isinstance(exc, Unavailable):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=_status_of(exc),
-                            headers=headers)
+        return JSONResponse(
+            {"detail": str(exc), "code": exc.code}, status_code=_status_of(exc), headers=headers
+        )
 
     @app.exception_handler(InvalidTransition)
     async def _fsm_error(_request: Request, exc: InvalidTransition):
-        return JSONResponse({"detail": str(exc), "code": codes.INVALID_TRANSITION},
-                            status_code=400)
+        return JSONResponse({"detail": str(exc), "code": codes.INVALID_TRANSITION}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, codes.INVALID_REQUEST)
-        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"detail": exc.detail, "code": code},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": jsonable_encoder(exc.errors()),
-                             "code": codes.INVALID_REQUEST}, status_code=422)
+        return JSONResponse(
+            {"detail": jsonable_encoder(exc.errors()), "code": codes.INVALID_REQUEST},
+            status_code=422,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unexpected error")
-        return JSONResponse({"detail": f"Internal server error: {type(exc).__name__}",
-                             "code": codes.INTERNAL_ERROR}, status_code=500)
+        return JSONResponse(
+            {
+                "detail": f"Internal server error: {type(exc).__name__}",
+                "code": codes.INTERNAL_ERROR,
+            },
+            status_code=500,
+        )
 
     return app
 

@@ -31,9 +31,14 @@ from labtasker.keys import shape_matches
 from labtasker.server.schema import arg_shapes, tasks
 
 _SHAPES = select(arg_shapes.c.shape_id, arg_shapes.c.shape_key).where(
-    arg_shapes.c.queue_id == bindparam("queue_id"))
-_ORDER = (tasks.c.priority.desc(), tasks.c.last_modified.asc(), tasks.c.created_at.asc(),
-          tasks.c.task_id.asc())
+    arg_shapes.c.queue_id == bindparam("queue_id")
+)
+_ORDER = (
+    tasks.c.priority.desc(),
+    tasks.c.last_modified.asc(),
+    tasks.c.created_at.asc(),
+    tasks.c.task_id.asc(),
+)
 
 
 def _candidate(shape_filter: bool, where: Any = None):
@@ -45,8 +50,13 @@ def _candidate(shape_filter: bool, where: Any = None):
         conds.append(tasks.c.shape_id.in_(bindparam("shape_ids", expanding=True)))
     if where is not None:
         conds.append(where)
-    return (select(tasks.c.task_id, tasks.c.cmd).where(*conds).order_by(*_ORDER).limit(1)
-            .with_for_update(skip_locked=True, of=tasks))
+    return (
+        select(tasks.c.task_id, tasks.c.cmd)
+        .where(*conds)
+        .order_by(*_ORDER)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=tasks)
+    )
 
 
 # Built once (no extra filter, the common case): their compiled SQL is cached by SQLAlchemy.
@@ -63,34 +73,48 @@ def _claim_update(with_cmd: bool):
         "worker_id": bindparam("p_worker_id"),
         "run_id": bindparam("p_run_id"),
         "run_task_timeout": bindparam("p_task_timeout", type_=tasks.c.run_task_timeout.type),
-        "run_heartbeat_timeout": bindparam("p_heartbeat_timeout",
-                                           type_=tasks.c.run_heartbeat_timeout.type),
+        "run_heartbeat_timeout": bindparam(
+            "p_heartbeat_timeout", type_=tasks.c.run_heartbeat_timeout.type
+        ),
         "progress": null(),  # a new run starts without progress
     }
     if with_cmd:
         values["cmd"] = bindparam("p_cmd", type_=tasks.c.cmd.type)
-    return (update(tasks)
-            .where(tasks.c.task_id == bindparam("p_task_id"), tasks.c.status == "pending")
-            .values(**values)
-            .returning(*[c for c in tasks.c if c.name != "shape_id"]))
+    return (
+        update(tasks)
+        .where(tasks.c.task_id == bindparam("p_task_id"), tasks.c.status == "pending")
+        .values(**values)
+        .returning(*[c for c in tasks.c if c.name != "shape_id"])
+    )
 
 
 _CLAIM = _claim_update(False)
 _CLAIM_WITH_CMD = _claim_update(True)
 
 
-def matching_shape_ids(conn: Connection, queue_id: str, required_fields: list[str] | None
-                       ) -> list[int] | None:
+def matching_shape_ids(
+    conn: Connection, queue_id: str, required_fields: list[str] | None
+) -> list[int] | None:
     """Shape ids of ``queue_id`` that satisfy ``required_fields``; ``None`` = all of them."""
     rows = conn.execute(_SHAPES, {"queue_id": queue_id}).fetchall()
     ids = [r.shape_id for r in rows if shape_matches(required_fields, json.loads(r.shape_key))]
     return None if len(ids) == len(rows) else ids
 
 
-def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | None,
-               where: Any, worker_id: str | None, run_id: str, now: datetime,
-               task_timeout: float | None, heartbeat_timeout: float | None,
-               start_heartbeat: bool, cmd: Any) -> Row | None:
+def claim_next(
+    conn: Connection,
+    *,
+    queue_id: str,
+    required_fields: list[str] | None,
+    where: Any,
+    worker_id: str | None,
+    run_id: str,
+    now: datetime,
+    task_timeout: float | None,
+    heartbeat_timeout: float | None,
+    start_heartbeat: bool,
+    cmd: Any,
+) -> Row | None:
     """Claim one task; returns the updated row (all task columns) or ``None``.
 
     ``where``: compiled extra filter (SQL boolean) or ``None``. ``task_timeout``/
@@ -114,9 +138,11 @@ def claim_next(conn: Connection, *, queue_id: str, required_fields: list[str] | 
     # Overrides apply to this run only (run_* columns, cleared when the run ends); the task's
     # own submitted timeouts are kept (1.0.1 overwrote them; docs/compatibility.md, B4).
     values: dict[str, Any] = {
-        "p_task_id": row.task_id, "p_now": now,
+        "p_task_id": row.task_id,
+        "p_now": now,
         "p_heartbeat": now if start_heartbeat else None,
-        "p_worker_id": worker_id, "p_run_id": run_id,
+        "p_worker_id": worker_id,
+        "p_run_id": run_id,
         "p_task_timeout": task_timeout or None,
         "p_heartbeat_timeout": heartbeat_timeout or None,
     }

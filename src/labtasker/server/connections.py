@@ -56,9 +56,15 @@ def _json_response(status: bytes, body: dict[str, Any], extra: bytes = b"") -> b
     """A complete HTTP/1.1 answer with a JSON body and ``connection: close`` (written raw, for
     connections that have no request h11 could answer)."""
     data = json.dumps(body).encode()
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-            b"content-length: " + str(len(data)).encode() + b"\r\n" + extra +
-            b"connection: close\r\n\r\n" + data)
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: "
+        + str(len(data)).encode()
+        + b"\r\n"
+        + extra
+        + b"connection: close\r\n\r\n"
+        + data
+    )
 
 
 class _ShedLog:
@@ -126,17 +132,23 @@ class LimitedH11Protocol(H11Protocol):
         self.shed_log.add(f"header timeout (--header-timeout {self.header_timeout:g} s)")
         self._close_waiting(
             f"request head not received within {self.header_timeout:g} s "
-            f"(limit {self.header_timeout:g} s, --header-timeout)")
+            f"(limit {self.header_timeout:g} s, --header-timeout)"
+        )
 
     def _close_waiting(self, detail: str) -> None:
         """Close a connection the server is waiting on: with a 408 answer when it holds part
         of a request head, silently when it is idle between requests."""
-        partial = (self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
-                   and bool(self.conn.trailing_data[0]))
+        partial = (
+            self.conn.their_state is h11.IDLE
+            and self.conn.our_state is h11.IDLE
+            and bool(self.conn.trailing_data[0])
+        )
         if partial:
-            self.transport.write(_json_response(
-                b"408 Request Timeout",
-                {"detail": detail, "code": error_codes.REQUEST_TIMEOUT}))
+            self.transport.write(
+                _json_response(
+                    b"408 Request Timeout", {"detail": detail, "code": error_codes.REQUEST_TIMEOUT}
+                )
+            )
         self.transport.close()
 
     # -- uvicorn's protocol hooks ------------------------------------------------------
@@ -163,8 +175,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # also starts a request already pipelined
-        if not self.transport.is_closing() and (self.cycle is None
-                                                or self.cycle.response_complete):
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._wait_for_head()
 
     # -- the connection cap ------------------------------------------------------------
@@ -185,8 +196,11 @@ class LimitedH11Protocol(H11Protocol):
         ``connection_lost`` has not run yet, do not count)."""
         if len(self.connections) <= self.max_connections:
             return False
-        open_ = sum(1 for c in self.connections
-                    if getattr(c, "transport", None) is None or not c.transport.is_closing())
+        open_ = sum(
+            1
+            for c in self.connections
+            if getattr(c, "transport", None) is None or not c.transport.is_closing()
+        )
         return open_ > self.max_connections
 
     def _make_room(self) -> bool:
@@ -194,9 +208,12 @@ class LimitedH11Protocol(H11Protocol):
         every other connection has a request in progress."""
         oldest: LimitedH11Protocol | None = None
         for other in self.connections:
-            if (other is not self and isinstance(other, LimitedH11Protocol)
-                    and other.waiting_on_client()
-                    and (oldest is None or other._waiting_since < oldest._waiting_since)):
+            if (
+                other is not self
+                and isinstance(other, LimitedH11Protocol)
+                and other.waiting_on_client()
+                and (oldest is None or other._waiting_since < oldest._waiting_since)
+            ):
                 oldest = other
         if oldest is None:
             return False
@@ -205,7 +222,8 @@ class LimitedH11Protocol(H11Protocol):
         if oldest.cycle is None or oldest.cycle.response_complete:
             oldest._close_waiting(
                 f"request head not complete when the server needed the connection "
-                f"(limit {self.max_connections} connections, --max-connections)")
+                f"(limit {self.max_connections} connections, --max-connections)"
+            )
         else:
             oldest.transport.close()  # a body still arriving: the request sees a disconnect
         return True
@@ -213,22 +231,35 @@ class LimitedH11Protocol(H11Protocol):
 
 def _busy(limit: int):
     """An ASGI app answering 503 ``server_busy`` (``Retry-After: 1``) and closing."""
-    body = json.dumps({"detail": f"server at its connection limit ({limit} connections, "
-                                 "--max-connections), every one with a request in progress",
-                       "code": error_codes.SERVER_BUSY}).encode()
+    body = json.dumps(
+        {
+            "detail": f"server at its connection limit ({limit} connections, "
+            "--max-connections), every one with a request in progress",
+            "code": error_codes.SERVER_BUSY,
+        }
+    ).encode()
 
     async def app(scope: Mapping[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", b"1"), (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"1"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
 
 
-def protocol_class(header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                   max_connections: int = DEFAULT_MAX_CONNECTIONS) -> type[LimitedH11Protocol]:
+def protocol_class(
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> type[LimitedH11Protocol]:
     """The protocol class to pass as ``http=`` to ``uvicorn.Config``: a subclass of
     :class:`LimitedH11Protocol` with ``header_timeout`` (seconds, > 0) and
     ``max_connections`` (open connections per process, >= 1). ``ValueError`` otherwise."""
@@ -236,6 +267,12 @@ def protocol_class(header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         raise ValueError(f"header timeout must be positive, got {header_timeout!r}")
     if max_connections < 1:
         raise ValueError(f"max connections must be at least 1, got {max_connections!r}")
-    return type("LimitedH11Protocol", (LimitedH11Protocol,),
-                {"header_timeout": float(header_timeout), "max_connections": max_connections,
-                 "shed_log": _ShedLog()})
+    return type(
+        "LimitedH11Protocol",
+        (LimitedH11Protocol,),
+        {
+            "header_timeout": float(header_timeout),
+            "max_connections": max_connections,
+            "shed_log": _ShedLog(),
+        },
+    )

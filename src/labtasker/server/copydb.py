@@ -22,8 +22,9 @@ class CopyError(RuntimeError):
     """The copy was refused; nothing was written."""
 
 
-def copy_database(source_url: str, target_url: str,
-                  progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+def copy_database(
+    source_url: str, target_url: str, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
     """Copy every row from ``source_url`` into ``target_url``; returns rows per table.
 
     Raises ``CopyError`` when the target already holds queues. Both URLs are migrated first
@@ -35,8 +36,9 @@ def copy_database(source_url: str, target_url: str,
         target.migrate()
         with target.read() as conn:
             if conn.execute(select(func.count()).select_from(queues)).scalar_one():
-                raise CopyError("the target database already holds queues; copy into an "
-                                "empty database")
+                raise CopyError(
+                    "the target database already holds queues; copy into an empty database"
+                )
         counts: dict[str, int] = {}
         with source.read() as src, target.write() as dst:
             for table in TABLES:
@@ -50,9 +52,12 @@ def copy_database(source_url: str, target_url: str,
                 counts[table.name] = n
             if dst.dialect.name == "postgresql":
                 for table, column in ((arg_shapes, "shape_id"), (events, "event_id")):
-                    dst.execute(text(
-                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column}'), "
-                        f"COALESCE((SELECT MAX({column}) FROM {table.name}), 0) + 1, false)"))
+                    dst.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column}'), "
+                            f"COALESCE((SELECT MAX({column}) FROM {table.name}), 0) + 1, false)"
+                        )
+                    )
         return counts
     finally:
         source.dispose()

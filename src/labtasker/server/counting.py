@@ -32,8 +32,9 @@ ARG_FIELDS = "arg_fields"  # ``by`` value: group by the set of argument fields
 _NOT_GROUPABLE = {"_id", "task_id", "queue_id", "run_id"}
 
 
-def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: str | None
-                ) -> dict[str, Any]:
+def count_tasks(
+    conn: Connection, fields: FieldMap, queue_id: str, where, by: str | None
+) -> dict[str, Any]:
     """Count the tasks of ``queue_id`` matching ``where`` (a compiled filter), grouped by
     ``by``.
 
@@ -68,9 +69,17 @@ def count_tasks(conn: Connection, fields: FieldMap, queue_id: str, where, by: st
     shown: ColumnElement[Any] = sub.c.v
     if is_json and conn.dialect.name == "postgresql":
         shown = cast(sub.c.v, Text)  # jsonb groups, shown as JSON text
-    stmt = (select(shown.label("v"), n, func.sum(func.count()).over().label("total"),
-                   func.count().over().label("ngroups"))
-            .group_by(sub.c.v).order_by(n.desc()).limit(MAX_GROUPS))
+    stmt = (
+        select(
+            shown.label("v"),
+            n,
+            func.sum(func.count()).over().label("total"),
+            func.count().over().label("ngroups"),
+        )
+        .group_by(sub.c.v)
+        .order_by(n.desc())
+        .limit(MAX_GROUPS)
+    )
     rows = conn.execute(stmt).fetchall()
     total = int(rows[0].total) if rows else 0
     truncated = bool(rows) and int(rows[0].ngroups) > len(rows)
@@ -104,16 +113,22 @@ def _leaves(shape: dict, prefix: str = "") -> list[str]:
 def _count_arg_fields(conn: Connection, queue_id: str, where) -> dict[str, Any]:
     """``count_tasks`` by the argument shape: one GROUP BY on ``tasks.shape_id``."""
     n = func.count().label("n")
-    stmt = (select(arg_shapes.c.shape_key, n)
-            .select_from(tasks.join(arg_shapes, arg_shapes.c.shape_id == tasks.c.shape_id))
-            .where(tasks.c.queue_id == queue_id, where)
-            .group_by(arg_shapes.c.shape_key).order_by(n.desc()))
+    stmt = (
+        select(arg_shapes.c.shape_key, n)
+        .select_from(tasks.join(arg_shapes, arg_shapes.c.shape_id == tasks.c.shape_id))
+        .where(tasks.c.queue_id == queue_id, where)
+        .group_by(arg_shapes.c.shape_key)
+        .order_by(n.desc())
+    )
     rows = conn.execute(stmt).fetchall()
-    groups = [{"value": sorted(_leaves(json.loads(r.shape_key))), "count": int(r.n)}
-              for r in rows]
+    groups = [{"value": sorted(_leaves(json.loads(r.shape_key))), "count": int(r.n)} for r in rows]
     truncated = len(groups) > MAX_GROUPS
-    return {"total": sum(g["count"] for g in groups), "by": ARG_FIELDS,
-            "groups": groups[:MAX_GROUPS], "truncated": truncated}
+    return {
+        "total": sum(g["count"] for g in groups),
+        "by": ARG_FIELDS,
+        "groups": groups[:MAX_GROUPS],
+        "truncated": truncated,
+    }
 
 
 def _value_order(value: Any) -> tuple:
@@ -137,8 +152,9 @@ def _seconds_between(dialect: str, start, end):
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
-def queue_overview(conn: Connection, queue_id: str, now: datetime, window_seconds: float
-                   ) -> dict[str, Any]:
+def queue_overview(
+    conn: Connection, queue_id: str, now: datetime, window_seconds: float
+) -> dict[str, Any]:
     """The queue at a glance. ``now``: the server's current time (UTC); ``window_seconds``:
     how far back "recent" reaches. Returns::
 
@@ -164,25 +180,32 @@ def queue_overview(conn: Connection, queue_id: str, now: datetime, window_second
     over ten). Raises ``NotFound`` for an unknown queue (via the caller).
     """
     dialect = conn.dialect.name
-    queue = conn.execute(select(queues.c.queue_name).where(queues.c.queue_id == queue_id)
-                         ).first()
+    queue = conn.execute(select(queues.c.queue_name).where(queues.c.queue_id == queue_id)).first()
     counts = {s: 0 for s in TASK_STATES}
-    for row in conn.execute(select(tasks.c.status, func.count()).where(
-            tasks.c.queue_id == queue_id).group_by(tasks.c.status)):
+    for row in conn.execute(
+        select(tasks.c.status, func.count())
+        .where(tasks.c.queue_id == queue_id)
+        .group_by(tasks.c.status)
+    ):
         counts[row[0]] = int(row[1])
     since = now - timedelta(seconds=window_seconds)
     # runs, not tasks: a task that failed twice and then succeeded ended three runs, and a
     # requeue of failed tasks does not erase their failures from the window
-    recent = and_(task_runs.c.queue_id == queue_id, task_runs.c.ended >= since,
-                  task_runs.c.status.in_(FINISHED_RUNS))
+    recent = and_(
+        task_runs.c.queue_id == queue_id,
+        task_runs.c.ended >= since,
+        task_runs.c.status.in_(FINISHED_RUNS),
+    )
     duration = _seconds_between(dialect, task_runs.c.started, task_runs.c.ended)
-    agg = conn.execute(select(
-        func.count(),
-        func.count().filter(task_runs.c.status == "success"),
-        func.count().filter(task_runs.c.status.in_(FAILED_RUNS)),
-        func.avg(duration),
-        func.min(task_runs.c.started),
-    ).where(recent)).one()  # an aggregate without GROUP BY: always one row
+    agg = conn.execute(
+        select(
+            func.count(),
+            func.count().filter(task_runs.c.status == "success"),
+            func.count().filter(task_runs.c.status.in_(FAILED_RUNS)),
+            func.avg(duration),
+            func.min(task_runs.c.started),
+        ).where(recent)
+    ).one()  # an aggregate without GROUP BY: always one row
     finished = int(agg[0] or 0)
     mean = float(agg[3]) if agg[3] is not None else None
     throughput = eta = None
@@ -196,18 +219,28 @@ def queue_overview(conn: Connection, queue_id: str, now: datetime, window_second
         eta = remaining / (throughput / 60.0)
     worker_counts = {s: 0 for s in WORKER_STATES}
     worker_counts["gone"] = 0
-    for row in conn.execute(select(
-            workers.c.status, workers.c.gone_at.is_not(None).label("gone"), func.count())
-            .where(workers.c.queue_id == queue_id)
-            .group_by(workers.c.status, workers.c.gone_at.is_not(None))):
+    for row in conn.execute(
+        select(workers.c.status, workers.c.gone_at.is_not(None).label("gone"), func.count())
+        .where(workers.c.queue_id == queue_id)
+        .group_by(workers.c.status, workers.c.gone_at.is_not(None))
+    ):
         worker_counts["gone" if row.gone else row.status] += int(row[2])
     running = []
-    stmt = (select(tasks.c.task_id, tasks.c.task_name, tasks.c.worker_id,
-                   workers.c.worker_name, tasks.c.start_time, tasks.c.last_heartbeat,
-                   tasks.c.progress)
-            .select_from(tasks.outerjoin(workers, workers.c.worker_id == tasks.c.worker_id))
-            .where(tasks.c.queue_id == queue_id, tasks.c.status == "running")
-            .order_by(tasks.c.start_time, tasks.c.task_id).limit(RUNNING_LIMIT))
+    stmt = (
+        select(
+            tasks.c.task_id,
+            tasks.c.task_name,
+            tasks.c.worker_id,
+            workers.c.worker_name,
+            tasks.c.start_time,
+            tasks.c.last_heartbeat,
+            tasks.c.progress,
+        )
+        .select_from(tasks.outerjoin(workers, workers.c.worker_id == tasks.c.worker_id))
+        .where(tasks.c.queue_id == queue_id, tasks.c.status == "running")
+        .order_by(tasks.c.start_time, tasks.c.task_id)
+        .limit(RUNNING_LIMIT)
+    )
     for row in conn.execute(stmt):
         running.append(dict(row._mapping))
     return {

@@ -65,9 +65,9 @@ def compact_json(value) -> str:
 def normalize_url(url: str) -> str:
     """Map user-facing URLs to SQLAlchemy ones: ``postgresql://`` uses psycopg 3."""
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -77,9 +77,11 @@ def default_url() -> str:
 
 
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
-    engine = create_engine(url, json_serializer=compact_json,
-                           connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                              "check_same_thread": False})
+    engine = create_engine(
+        url,
+        json_serializer=compact_json,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -145,8 +147,11 @@ _PG_TRANSIENT = {
     "53300": "too many connections",
     "25006": "database is read-only",
 }
-_PG_TRANSIENT_CLASSES = {"08": "connection lost", "53": "insufficient resources",
-                         "58": "database system error"}
+_PG_TRANSIENT_CLASSES = {
+    "08": "connection lost",
+    "53": "insufficient resources",
+    "58": "database system error",
+}
 # SQLite's primary result codes (stable C API values; the ``sqlite3`` module names them only
 # from Python 3.11 on, and this package supports 3.10).
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
@@ -193,8 +198,9 @@ def unavailable(exc: BaseException, cause: str) -> Unavailable:
     """The ``Unavailable`` error for a database error that passes."""
     orig = getattr(exc, "orig", None) or exc
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
-    return Unavailable(f"Database unavailable ({cause}): {first}; nothing was written, try "
-                       f"again", retry_after=1.0)
+    return Unavailable(
+        f"Database unavailable ({cause}): {first}; nothing was written, try again", retry_after=1.0
+    )
 
 
 _PG_PROBE = "SELECT txid_current()"  # takes a transaction id: the commit writes WAL
@@ -288,11 +294,16 @@ class Database:
             self.write_engine = _sqlite_engine(self.url, immediate=True)
             self.read_engine = _sqlite_engine(self.url, immediate=False)
             self._write_lock: contextlib.AbstractContextManager | None = _WriteLock(
-                database if database and database != ":memory:" else None)
+                database if database and database != ":memory:" else None
+            )
         else:
-            self.write_engine = create_engine(self.url, json_serializer=compact_json,
-                                              pool_size=10, max_overflow=10,
-                                              pool_pre_ping=True)
+            self.write_engine = create_engine(
+                self.url,
+                json_serializer=compact_json,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+            )
             self.read_engine = self.write_engine
             self._write_lock = None
         fault_file = os.environ.get("LABTASKER_TEST_FAULT_FILE")

@@ -34,8 +34,12 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     username, sep, password = decoded.partition(":")
-    if (not sep or "\x00" in decoded or len(username) > MAX_CREDENTIAL_LENGTH
-            or len(password) > MAX_CREDENTIAL_LENGTH):
+    if (
+        not sep
+        or "\x00" in decoded
+        or len(username) > MAX_CREDENTIAL_LENGTH
+        or len(password) > MAX_CREDENTIAL_LENGTH
+    ):
         return None
     return username, password
 
@@ -52,8 +56,9 @@ class _Utf8Basic(HTTPBasic):
 
 
 def _unauthorized() -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
-                         headers={"WWW-Authenticate": "Basic"})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, "Invalid credentials", headers={"WWW-Authenticate": "Basic"}
+    )
 
 
 _basic = _Utf8Basic()
@@ -64,8 +69,9 @@ async def storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-async def authenticate(store: Storage, username: str, password: str,
-                       address: str | None = None) -> str | None:
+async def authenticate(
+    store: Storage, username: str, password: str, address: str | None = None
+) -> str | None:
     """The id of the queue whose name or id is ``username`` when ``password`` is its
     password, else ``None`` (unknown queue or wrong password: the same answer, in the same
     time). Shared by the API (HTTP Basic, ``queue_id``) and the dashboard's log-in. See
@@ -74,8 +80,9 @@ async def authenticate(store: Storage, username: str, password: str,
     return found[0] if found is not None else None
 
 
-async def authenticate_hash(store: Storage, username: str, password: str,
-                            address: str | None = None) -> tuple[str, str] | None:
+async def authenticate_hash(
+    store: Storage, username: str, password: str, address: str | None = None
+) -> tuple[str, str] | None:
     """``(queue id, stored password hash)`` when ``password`` is the password of the queue
     whose name or id is ``username``, else ``None``. The hash is the one the password was
     checked against (an event stream ends when it changes, ``sse.stream``).
@@ -122,12 +129,16 @@ _inflight: dict[tuple[str | None, str | None, bytes], asyncio.Future[bool | None
 
 
 def _too_many(detail: str, retry_after: float) -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail,
-                         headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
 
 
-async def _verify_bounded(address: str | None, qid: str | None, stored: str | None,
-                          password: str) -> bool:
+async def _verify_bounded(
+    address: str | None, qid: str | None, stored: str | None, password: str
+) -> bool:
     """``auth.verify_password`` in the KDF pool. 429 (``Retry-After`` in seconds) when the
     client ``address`` failed ``FAILURE_LIMIT`` checks in the last ``FAILURE_WINDOW``
     seconds or has ``KDF_PER_ADDRESS`` checks waiting or running, or when ``KDF_QUEUE``
@@ -140,8 +151,9 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
     if now - started > FAILURE_WINDOW:
         started, count = now, 0
     if count >= FAILURE_LIMIT:
-        raise _too_many("Too many failed password checks from this address",
-                        FAILURE_WINDOW - (now - started))
+        raise _too_many(
+            "Too many failed password checks from this address", FAILURE_WINDOW - (now - started)
+        )
     key = (qid, stored, hashlib.sha256(password.encode()).digest())
     while (running := _inflight.get(key)) is not None:
         # the same check is under way (many clients of one queue starting at once)
@@ -161,8 +173,9 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
     _inflight[key] = future
     ok: bool | None = None  # None: this check did not finish (cancelled); others run their own
     try:
-        ok = await anyio.to_thread.run_sync(auth.verify_password, qid, stored, password,
-                                            limiter=_kdf_limiter)
+        ok = await anyio.to_thread.run_sync(
+            auth.verify_password, qid, stored, password, limiter=_kdf_limiter
+        )
     finally:
         _kdf_waiting -= 1
         if address:
@@ -179,8 +192,9 @@ async def _verify_bounded(address: str | None, qid: str | None, stored: str | No
     return ok
 
 
-async def queue_id(request: Request,
-                   credentials: Annotated[HTTPBasicCredentials, Depends(_basic)]) -> str:
+async def queue_id(
+    request: Request, credentials: Annotated[HTTPBasicCredentials, Depends(_basic)]
+) -> str:
     """Authenticate HTTP Basic credentials (username = queue name or id) -> queue id
     (``authenticate``). 401 ``Invalid credentials`` for an unknown queue or a wrong
     password. The hash the password was checked against is left in
@@ -189,12 +203,18 @@ async def queue_id(request: Request,
     if early is not None and early[0] == (credentials.username, credentials.password):
         request.state.password_hash = early[2]
         return early[1]
-    found = await authenticate_hash(request.app.state.storage, credentials.username,
-                                    credentials.password,
-                                    address=request.client.host if request.client else None)
+    found = await authenticate_hash(
+        request.app.state.storage,
+        credentials.username,
+        credentials.password,
+        address=request.client.host if request.client else None,
+    )
     if found is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid credentials",
-                            headers={"WWW-Authenticate": "Basic"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Invalid credentials",
+            headers={"WWW-Authenticate": "Basic"},
+        )
     request.state.password_hash = found[1]
     return found[0]
 

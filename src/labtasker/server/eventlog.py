@@ -47,8 +47,9 @@ def _jsonable(entity: dict[str, Any]) -> dict[str, Any]:
 _ID_KEYS = {"task": "task_id", "worker": "worker_id"}
 
 
-def _without_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
-                      queue_id: str) -> dict[str, Any]:
+def _without_row_keys(
+    doc: dict[str, Any], entity_type: str, entity_id: str, queue_id: str
+) -> dict[str, Any]:
     """The document as stored: without the keys the event row already holds (the entity id
     and queue id at the head, ``_id`` at the end; about a third of a task document), where
     :func:`_with_row_keys` puts them back in the same places. Keys elsewhere or with other
@@ -56,16 +57,21 @@ def _without_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
     keys = list(doc)
     id_key = _ID_KEYS.get(entity_type)
     out = dict(doc)
-    if (id_key is not None and keys[:2] == [id_key, "queue_id"] and doc[id_key] == entity_id
-            and doc["queue_id"] == queue_id):
+    if (
+        id_key is not None
+        and keys[:2] == [id_key, "queue_id"]
+        and doc[id_key] == entity_id
+        and doc["queue_id"] == queue_id
+    ):
         del out[id_key], out["queue_id"]
     if keys[-1:] == ["_id"] and doc["_id"] == entity_id:
         del out["_id"]
     return out
 
 
-def _with_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
-                   queue_id: str) -> dict[str, Any]:
+def _with_row_keys(
+    doc: dict[str, Any], entity_type: str, entity_id: str, queue_id: str
+) -> dict[str, Any]:
     """The full document of an event row (the inverse of :func:`_without_row_keys`; rows
     written before it are already full and come back unchanged)."""
     id_key = _ID_KEYS.get(entity_type)
@@ -76,8 +82,17 @@ def _with_row_keys(doc: dict[str, Any], entity_type: str, entity_id: str,
     return doc
 
 
-def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str, old: str,
-           new: str, data: dict[str, Any], now: datetime) -> None:
+def record(
+    conn: Connection,
+    *,
+    queue_id: str,
+    entity_type: str,
+    entity_id: str,
+    old: str,
+    new: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
     """Log one transition as part of the caller's write transaction.
 
     ``entity_type``: ``task`` | ``worker``; ``old``/``new``: states (``created`` for a new
@@ -89,9 +104,17 @@ def record(conn: Connection, *, queue_id: str, entity_type: str, entity_id: str,
     doc = _jsonable(data)
     doc.setdefault("_id", entity_id)
     doc = _without_row_keys(doc, entity_type, entity_id, queue_id)
-    _flusher(conn).rows.append({"queue_id": queue_id, "created_at": now,
-                                "entity_type": entity_type, "entity_id": entity_id,
-                                "old_state": old, "new_state": new, "entity_data": doc})
+    _flusher(conn).rows.append(
+        {
+            "queue_id": queue_id,
+            "created_at": now,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "old_state": old,
+            "new_state": new,
+            "entity_data": doc,
+        }
+    )
 
 
 def wake(conn: Connection, queue_id: str) -> None:
@@ -128,8 +151,13 @@ class _Flusher:
             # The lock is held until commit, taken in a fixed order so two transactions never
             # deadlock; the notification is delivered at commit, and only if it commits.
             for qid in queue_ids:
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:q, 7)), "
-                                  f"pg_notify('{CHANNEL}', :q)"), {"q": qid})
+                conn.execute(
+                    text(
+                        "SELECT pg_advisory_xact_lock(hashtextextended(:q, 7)), "
+                        f"pg_notify('{CHANNEL}', :q)"
+                    ),
+                    {"q": qid},
+                )
         else:
             conn.info[WAKE_KEY] = queue_ids  # fired after the commit (Notifier, checkin)
         if self.rows:
@@ -142,8 +170,12 @@ def prune_cutoffs(conn: Connection, keep: int = DEFAULT_EVENT_LOG_SIZE) -> dict[
     out = {}
     for qid in conn.execute(select(queues.c.queue_id)).scalars():
         cutoff = conn.execute(
-            select(events.c.event_id).where(events.c.queue_id == qid)
-            .order_by(events.c.event_id.desc()).offset(keep).limit(1)).scalar()
+            select(events.c.event_id)
+            .where(events.c.queue_id == qid)
+            .order_by(events.c.event_id.desc())
+            .offset(keep)
+            .limit(1)
+        ).scalar()
         if cutoff is not None:
             out[qid] = cutoff
     return out
@@ -154,11 +186,14 @@ def prune_through(conn: Connection, cutoffs: dict[str, int]) -> int:
     ``queues.events_pruned_through``; returns how many events were deleted."""
     deleted = 0
     for qid, cutoff in sorted(cutoffs.items()):
-        deleted += conn.execute(delete(events).where(
-            events.c.queue_id == qid, events.c.event_id <= cutoff)).rowcount
-        conn.execute(update(queues).where(
-            queues.c.queue_id == qid, queues.c.events_pruned_through < cutoff)
-            .values(events_pruned_through=cutoff))
+        deleted += conn.execute(
+            delete(events).where(events.c.queue_id == qid, events.c.event_id <= cutoff)
+        ).rowcount
+        conn.execute(
+            update(queues)
+            .where(queues.c.queue_id == qid, queues.c.events_pruned_through < cutoff)
+            .values(events_pruned_through=cutoff)
+        )
     return deleted
 
 
@@ -184,8 +219,9 @@ def payload(row: Row[Any]) -> dict[str, Any]:
             "entity_id": row.entity_id,
             "old_state": row.old_state,
             "new_state": row.new_state,
-            "entity_data": _with_row_keys(row.entity_data, row.entity_type, row.entity_id,
-                                          row.queue_id),
+            "entity_data": _with_row_keys(
+                row.entity_data, row.entity_type, row.entity_id, row.queue_id
+            ),
         },
     }
 
@@ -193,30 +229,38 @@ def payload(row: Row[Any]) -> dict[str, Any]:
 def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> list[Row[Any]]:
     """Events of ``queue_id`` with id > ``after``, oldest first (at most ``limit``)."""
     with db.read() as conn:
-        return list(conn.execute(
-            select(events)
-            .where(events.c.queue_id == queue_id, events.c.event_id > after)
-            .order_by(events.c.event_id)
-            .limit(limit)
-        ).fetchall())
+        return list(
+            conn.execute(
+                select(events)
+                .where(events.c.queue_id == queue_id, events.c.event_id > after)
+                .order_by(events.c.event_id)
+                .limit(limit)
+            ).fetchall()
+        )
 
 
-def read_stream(db: Database, queue_id: str, after: int, limit: int = BATCH
-                ) -> tuple[list[Row[Any]], str | None, int]:
+def read_stream(
+    db: Database, queue_id: str, after: int, limit: int = BATCH
+) -> tuple[list[Row[Any]], str | None, int]:
     """``read_after`` and, in the same transaction, the queue's current password hash
     (``None`` once the queue is deleted) and the highest event id pruned from its log, so
     that a stream can tell that the credentials it was opened with no longer hold and that
     events it has not sent were pruned (``sse.stream``). The events are read first: a prune
     committing in between can only make the pruned id higher, never hide a loss."""
     with db.read() as conn:
-        rows = list(conn.execute(
-            select(events)
-            .where(events.c.queue_id == queue_id, events.c.event_id > after)
-            .order_by(events.c.event_id)
-            .limit(limit)
-        ).fetchall())
-        found = conn.execute(select(queues.c.password_hash, queues.c.events_pruned_through)
-                             .where(queues.c.queue_id == queue_id)).first()
+        rows = list(
+            conn.execute(
+                select(events)
+                .where(events.c.queue_id == queue_id, events.c.event_id > after)
+                .order_by(events.c.event_id)
+                .limit(limit)
+            ).fetchall()
+        )
+        found = conn.execute(
+            select(queues.c.password_hash, queues.c.events_pruned_through).where(
+                queues.c.queue_id == queue_id
+            )
+        ).first()
     if found is None:
         return rows, None, 0
     return rows, found.password_hash, found.events_pruned_through or 0

@@ -39,8 +39,9 @@ def _canonical(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of ``value`` (see the module docstring)."""
-    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, allow_nan=True)
+    return json.dumps(
+        _canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True
+    )
 
 
 def args_hash(args: dict[str, Any] | None, cmd: Any = None) -> str:

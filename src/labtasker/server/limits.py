@@ -66,8 +66,11 @@ def check_value(value: Any, loc: list[str | int]) -> None:
             continue
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise BadJson(where, "NaN and infinity are not valid JSON numbers (a number "
-                                     "such as 1e400 overflows to infinity)")
+                raise BadJson(
+                    where,
+                    "NaN and infinity are not valid JSON numbers (a number "
+                    "such as 1e400 overflows to infinity)",
+                )
         elif isinstance(item, int):
             if not INT64[0] <= item <= INT64[1]:
                 raise BadJson(where, f"integer {item} does not fit in 64 bits")
@@ -106,20 +109,33 @@ def _path_problem(scope: Scope) -> str | None:
     return None
 
 
-_CODES = {400: error_codes.INVALID_REQUEST, 401: error_codes.INVALID_CREDENTIALS,
-          408: error_codes.REQUEST_TIMEOUT, 413: error_codes.TOO_LARGE,
-          422: error_codes.INVALID_REQUEST,
-          429: error_codes.TOO_MANY_REQUESTS}
+_CODES = {
+    400: error_codes.INVALID_REQUEST,
+    401: error_codes.INVALID_CREDENTIALS,
+    408: error_codes.REQUEST_TIMEOUT,
+    413: error_codes.TOO_LARGE,
+    422: error_codes.INVALID_REQUEST,
+    429: error_codes.TOO_MANY_REQUESTS,
+}
 
 
 async def _answer(send: Send, status: int, detail: Any, headers: list | None = None) -> None:
     """Send a JSON ``{"detail": ..., "code": ...}`` error answer (the shape of every error
     answer of the app, ``labtasker.error_codes``)."""
-    body = json.dumps({"detail": detail,
-                       "code": _CODES.get(status, error_codes.INVALID_REQUEST)}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    body = json.dumps(
+        {"detail": detail, "code": _CODES.get(status, error_codes.INVALID_REQUEST)}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -130,14 +146,19 @@ class RequestGuard:
     """ASGI middleware enforcing the body limit and deadline and the strict JSON checks
     (module doc). ``max_body_bytes``: bytes; ``body_timeout``: seconds."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int,
-                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        max_body_bytes: int,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
 
-    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]
-                            ) -> tuple[int, Any, list] | None:
+    async def _authenticate(
+        self, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[int, Any, list] | None:
         """Check the queue's credentials before the body is read (a client without them
         cannot make the server read or parse a body); the result is left in the scope for
         ``deps.queue_id``. Returns the refusal (status, detail, headers) or ``None``."""
@@ -155,8 +176,9 @@ class RequestGuard:
             return unauthorized
         client = scope.get("client")
         try:
-            verified = await deps.authenticate_hash(storage, found[0], found[1],
-                                          address=client[0] if client else None)
+            verified = await deps.authenticate_hash(
+                storage, found[0], found[1], address=client[0] if client else None
+            )
         except HTTPException as exc:
             extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
             return exc.status_code, exc.detail, extra
@@ -183,8 +205,12 @@ class RequestGuard:
                 await _answer(send, 400, "Content-Length is not a number")
                 return
             if declared > limit:
-                await _answer(send, 413, f"request body too large: {declared} bytes "
-                                         f"(limit {limit} bytes, --max-body-bytes)")
+                await _answer(
+                    send,
+                    413,
+                    f"request body too large: {declared} bytes "
+                    f"(limit {limit} bytes, --max-body-bytes)",
+                )
                 return
         if scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS") and length is None:
             await self.app(scope, receive, send)
@@ -202,18 +228,26 @@ class RequestGuard:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
             except asyncio.TimeoutError:
                 timeout = f"{self.body_timeout:g}"
-                await _answer(send, 408, f"request body not received within {timeout} s "
-                                         f"({size} bytes arrived; limit {timeout} s, "
-                                         "--body-timeout)",
-                              [(b"connection", b"close")])
+                await _answer(
+                    send,
+                    408,
+                    f"request body not received within {timeout} s "
+                    f"({size} bytes arrived; limit {timeout} s, "
+                    "--body-timeout)",
+                    [(b"connection", b"close")],
+                )
                 return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _answer(send, 413, f"request body too large: more than {limit} bytes "
-                                         f"(limit {limit} bytes, --max-body-bytes)")
+                await _answer(
+                    send,
+                    413,
+                    f"request body too large: more than {limit} bytes "
+                    f"(limit {limit} bytes, --max-body-bytes)",
+                )
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -224,8 +258,18 @@ class RequestGuard:
             try:
                 parse_strict(body)
             except BadJson as exc:
-                await _answer(send, 422, [{"type": "value_error", "loc": ["body", *exc.loc],
-                                           "msg": str(exc), "input": None}])
+                await _answer(
+                    send,
+                    422,
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ["body", *exc.loc],
+                            "msg": str(exc),
+                            "input": None,
+                        }
+                    ],
+                )
                 return
             except (ValueError, RecursionError):
                 pass  # not JSON: FastAPI answers 422 itself

@@ -178,21 +178,25 @@ class Notifier:
                     continue
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                               check_same_thread=False)
+                        conn = sqlite3.connect(
+                            path, timeout=30, isolation_level=None, check_same_thread=False
+                        )
                         version = None
                     now = conn.execute("PRAGMA data_version").fetchone()[0]
                     if now == version and last is not None:
                         continue
                     version = now
                     if last is None:  # (re)starting: baseline, and wake all in case we missed
-                        last = conn.execute("SELECT coalesce(max(event_id), 0) FROM events"
-                                            ).fetchone()[0]
+                        last = conn.execute(
+                            "SELECT coalesce(max(event_id), 0) FROM events"
+                        ).fetchone()[0]
                         self.wake(None)
                         continue
-                    rows = conn.execute("SELECT queue_id, max(event_id) FROM events "
-                                        "WHERE event_id > ? GROUP BY queue_id", (last,)
-                                        ).fetchall()
+                    rows = conn.execute(
+                        "SELECT queue_id, max(event_id) FROM events "
+                        "WHERE event_id > ? GROUP BY queue_id",
+                        (last,),
+                    ).fetchall()
                     if rows:
                         last = max(newest for _, newest in rows)
                         self.wake(qid for qid, _ in rows)
@@ -212,8 +216,12 @@ class Notifier:
         params = {k: v for k, v in params.items() if k != "context"}
         params.setdefault("connect_timeout", 10)
         params.setdefault("application_name", "labtasker-events")
-        for key, value in (("keepalives", 1), ("keepalives_idle", 30),
-                           ("keepalives_interval", 10), ("keepalives_count", 3)):
+        for key, value in (
+            ("keepalives", 1),
+            ("keepalives_idle", 30),
+            ("keepalives_interval", 10),
+            ("keepalives_count", 3),
+        ):
             params.setdefault(key, value)
         return params
 
@@ -240,7 +248,12 @@ class Notifier:
                 if self._stop.is_set():
                     break
                 reason = (str(exc).strip().splitlines() or [""])[0]
-                log.warning("event notifications: LISTEN connection lost or refused (%s: %s); "
-                            "reconnecting in %.1f s", type(exc).__name__, reason, pause)
+                log.warning(
+                    "event notifications: LISTEN connection lost or refused (%s: %s); "
+                    "reconnecting in %.1f s",
+                    type(exc).__name__,
+                    reason,
+                    pause,
+                )
             self._stop.wait(pause)
             pause = min(2 * pause, RECONNECT_SECONDS[1])

@@ -20,8 +20,15 @@ from labtasker.server.errors import Invalid
 from labtasker.server.schema import tasks
 
 # Task columns that are never NULL, so that tuple comparison is well defined.
-KEYSET_COLUMNS = ("last_modified", "created_at", "priority", "retries", "max_retries",
-                  "status", "task_id")
+KEYSET_COLUMNS = (
+    "last_modified",
+    "created_at",
+    "priority",
+    "retries",
+    "max_retries",
+    "status",
+    "task_id",
+)
 _DATETIMES = {"last_modified", "created_at"}
 DEFAULT_SORT: list[tuple[str, int]] = [("last_modified", 1)]
 
@@ -53,8 +60,11 @@ _INTEGERS = {"priority", "retries", "max_retries"}
 
 
 def _plain_text(text: str) -> bool:
-    return len(text) <= 1000 and "\x00" not in text and not any(
-        0xD800 <= ord(c) <= 0xDFFF for c in text)
+    return (
+        len(text) <= 1000
+        and "\x00" not in text
+        and not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    )
 
 
 def _cursor_value(field: str, value: Any) -> Any:

@@ -21,8 +21,9 @@ from labtasker.timeutil import ETA_MAX_REQUIRED, heartbeat_timeout_problem, pars
 router = APIRouter()
 
 
-def _for_client(body, model, answer: dict, key: str, extra: set[str],
-                drop: frozenset | set = frozenset()):
+def _for_client(
+    body, model, answer: dict, key: str, extra: set[str], drop: frozenset | set = frozenset()
+):
     """Validate ``answer`` with ``model``; for a 1.0.x client, leave out the fields it does
     not know (``extra`` inside ``answer[key]``, ``drop`` at the top), because 1.0.1 prints
     an "Unknown fields" warning for every object that carries one."""
@@ -49,8 +50,9 @@ _NEW_WORKER_FIELDS = {"running_task_ids", "gone_at"}
 def welcome(request: Request):
     """The 1.0.1 welcome message; a browser (``Accept: text/html``) is sent to the dashboard
     at ``/ui`` when the server has one."""
-    if (getattr(request.app.state, "dashboard", False)
-            and "text/html" in request.headers.get("accept", "")):
+    if getattr(request.app.state, "dashboard", False) and "text/html" in request.headers.get(
+        "accept", ""
+    ):
         return RedirectResponse("/ui/", status_code=303)
     return {"message": "Welcome to Labtasker!", "versions": ["v1"], "docs": "/docs"}
 
@@ -72,9 +74,16 @@ def health_full(store: Store):
     except Exception as exc:  # report, never raise
         retry_after = getattr(exc, "retry_after", 5.0)
         reason = str(exc) or type(exc).__name__
-        return JSONResponse({"status": "unhealthy", "database": reason, "detail": reason,
-                             "code": error_codes.STORAGE_UNAVAILABLE}, status_code=503,
-                            headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+        return JSONResponse(
+            {
+                "status": "unhealthy",
+                "database": reason,
+                "detail": reason,
+                "code": error_codes.STORAGE_UNAVAILABLE,
+            },
+            status_code=503,
+            headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+        )
     return {"status": "healthy", "database": "connected"}
 
 
@@ -112,37 +121,56 @@ def delete_queue(qid: QueueId, store: Store, cascade_delete: bool = False):
 
 
 # ------------------------------------------------------------------ tasks
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=100,
-    description="Ours: a client-chosen key (e.g. a UUID) per submit request, reused by its "
-    "retries. A submit whose key was already stored in this queue (last 24 h) makes no "
-    "task and returns the first answer again; the same key with a different body is 409.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=100,
+        description="Ours: a client-chosen key (e.g. a UUID) per submit request, reused by its "
+        "retries. A submit whose key was already stored in this queue (last 24 h) makes no "
+        "task and returns the first answer again; the same key with a different body is 409.",
+    ),
+]
 
 
-@router.post("/api/v1/queues/me/tasks", status_code=201, response_model=wire.TaskSubmitResponse,
-             response_model_exclude_none=True)
-def submit_task(body: wire.TaskSubmitRequest, qid: QueueId, store: Store,
-                idempotency_key: IdempotencyKey = None):
+@router.post(
+    "/api/v1/queues/me/tasks",
+    status_code=201,
+    response_model=wire.TaskSubmitResponse,
+    response_model_exclude_none=True,
+)
+def submit_task(
+    body: wire.TaskSubmitRequest, qid: QueueId, store: Store, idempotency_key: IdempotencyKey = None
+):
     """Submit one task; it starts ``pending``. With ``unique`` the answer also says whether
     it was ``created`` (false: ``task_id`` is the existing task with equal args)."""
-    answer = store.submit_batch(qid, [body.model_dump(exclude={"client_version"})],
-                                idempotency_key=idempotency_key)
+    answer = store.submit_batch(
+        qid, [body.model_dump(exclude={"client_version"})], idempotency_key=idempotency_key
+    )
     out = {"task_id": answer["task_ids"][0]}
     if body.unique:
         out["created"] = answer["created"][0]
     return out
 
 
-@router.post("/api/v1/queues/me/tasks/batch", status_code=201,
-             response_model=wire.TaskBatchSubmitResponse, response_model_exclude_none=True)
-def submit_tasks(body: wire.TaskBatchSubmitRequest, qid: QueueId, store: Store,
-                 idempotency_key: IdempotencyKey = None):
+@router.post(
+    "/api/v1/queues/me/tasks/batch",
+    status_code=201,
+    response_model=wire.TaskBatchSubmitResponse,
+    response_model_exclude_none=True,
+)
+def submit_tasks(
+    body: wire.TaskBatchSubmitRequest,
+    qid: QueueId,
+    store: Store,
+    idempotency_key: IdempotencyKey = None,
+):
     """Submit up to 5,000 tasks in one request, all or nothing (ours; not in 1.0.1).
     422 names the index of a bad task (``tasks.<i>.<field>``). With ``unique`` (or a task's
     own ``unique``) ``created`` says per task whether it was made."""
     batch = [t.model_dump(exclude={"client_version"}) for t in body.tasks]
-    answer = store.submit_batch(qid, batch, unique=body.unique,
-                                idempotency_key=idempotency_key)
+    answer = store.submit_batch(qid, batch, unique=body.unique, idempotency_key=idempotency_key)
     out = {"task_ids": answer["task_ids"]}
     if body.unique or any(t.unique for t in body.tasks):
         out["created"] = answer["created"]
@@ -150,8 +178,12 @@ def submit_tasks(body: wire.TaskBatchSubmitRequest, qid: QueueId, store: Store,
 
 
 @router.put("/api/v1/queues/me/tasks", response_model=wire.TaskLsResponse)
-def update_tasks(body: Annotated[list[wire.TaskUpdateRequest], Body()], qid: QueueId,
-                 store: Store, reset_pending: bool = True):
+def update_tasks(
+    body: Annotated[list[wire.TaskUpdateRequest], Body()],
+    qid: QueueId,
+    store: Store,
+    reset_pending: bool = True,
+):
     """Update a batch of tasks, all or nothing. With ``reset_pending`` (default, as 1.0.1)
     every task goes back to pending with retries 0."""
     updates = []
@@ -167,15 +199,26 @@ def update_tasks(body: Annotated[list[wire.TaskUpdateRequest], Body()], qid: Que
 def search_tasks(body: wire.TaskLsRequest, qid: QueueId, store: Store):
     """One page of tasks; default order last_modified ascending."""
     content = store.search_tasks(
-        qid, extra_filter=body.extra_filter, task_id=body.task_id, task_name=body.task_name,
-        status=body.status, sort=body.sort, offset=body.offset, limit=body.limit,
-        cursor=body.cursor)
+        qid,
+        extra_filter=body.extra_filter,
+        task_id=body.task_id,
+        task_name=body.task_name,
+        status=body.status,
+        sort=body.sort,
+        offset=body.offset,
+        limit=body.limit,
+        cursor=body.cursor,
+    )
     keys = paging.keyset_sort(body.sort)
-    next_cursor = (paging.encode_cursor(keys, content[-1])
-                   if keys is not None and len(content) == body.limit else None)
+    next_cursor = (
+        paging.encode_cursor(keys, content[-1])
+        if keys is not None and len(content) == body.limit
+        else None
+    )
     answer = {"found": bool(content), "content": content, "next_cursor": next_cursor}
-    return _for_client(body, wire.TaskLsResponse, answer, "content", _NEW_TASK_FIELDS,
-                       drop={"next_cursor"})
+    return _for_client(
+        body, wire.TaskLsResponse, answer, "content", _NEW_TASK_FIELDS, drop={"next_cursor"}
+    )
 
 
 @router.post("/api/v1/queues/me/tasks/next", response_model=wire.TaskFetchResponse)
@@ -189,8 +232,9 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
         except ValueError as exc:
             raise Invalid(f"eta_max: {exc}") from exc
         if not task_timeout <= wire.MAX_SECONDS:  # also NaN and infinity ("inf")
-            raise Invalid(f"eta_max: {body.eta_max!r} is more than the limit "
-                          f"({wire.MAX_SECONDS} seconds)")
+            raise Invalid(
+                f"eta_max: {body.eta_max!r} is more than the limit ({wire.MAX_SECONDS} seconds)"
+            )
     if not body.start_heartbeat and not task_timeout:
         raise Invalid(ETA_MAX_REQUIRED)
     problem = heartbeat_timeout_problem(body.heartbeat_timeout, body.heartbeat_interval)
@@ -201,39 +245,59 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
     except ValueError as exc:
         raise Invalid(f"Invalid required fields. Detail: {exc}") from exc
     task = store.fetch_task(
-        qid, worker_id=body.worker_id, task_timeout=task_timeout,
-        heartbeat_timeout=body.heartbeat_timeout, start_heartbeat=body.start_heartbeat,
-        required_fields=body.required_fields, extra_filter=body.extra_filter, cmd=body.cmd)
+        qid,
+        worker_id=body.worker_id,
+        task_timeout=task_timeout,
+        heartbeat_timeout=body.heartbeat_timeout,
+        start_heartbeat=body.start_heartbeat,
+        required_fields=body.required_fields,
+        extra_filter=body.extra_filter,
+        cmd=body.cmd,
+    )
     answer = {"found": task is not None, "task": task}
     return _for_client(body, wire.TaskFetchResponse, answer, "task", _NEW_TASK_FIELDS)
 
 
 @router.post("/api/v1/queues/me/tasks/{task_id}/status")
-def report_task_status(task_id: str, body: wire.TaskStatusUpdateRequest, qid: QueueId,
-                       store: Store):
+def report_task_status(
+    task_id: str, body: wire.TaskStatusUpdateRequest, qid: QueueId, store: Store
+):
     """Report a run's outcome. 409 when ``run_id``/``worker_id`` do not own the task."""
-    store.report_task(qid, task_id, status=body.status, worker_id=body.worker_id,
-                      run_id=body.run_id, summary=body.summary)
+    store.report_task(
+        qid,
+        task_id,
+        status=body.status,
+        worker_id=body.worker_id,
+        run_id=body.run_id,
+        summary=body.summary,
+    )
     return None
 
 
 @router.post("/api/v1/queues/me/tasks/{task_id}/heartbeat", status_code=204)
-def heartbeat(task_id: str, qid: QueueId, store: Store, worker_id: str | None = None,
-              run_id: str | None = None):
+def heartbeat(
+    task_id: str,
+    qid: QueueId,
+    store: Store,
+    worker_id: str | None = None,
+    run_id: str | None = None,
+):
     """Refresh the heartbeat. 404 not running, 409 stale ``run_id``, 403 other worker."""
     store.heartbeat(qid, task_id, worker_id=worker_id, run_id=run_id)
     return Response(status_code=204)
 
 
-@router.post("/api/v1/queues/me/tasks/{task_id}/progress",
-             response_model=wire.TaskProgressResponse)
+@router.post("/api/v1/queues/me/tasks/{task_id}/progress", response_model=wire.TaskProgressResponse)
 def report_progress(task_id: str, body: wire.TaskProgressRequest, qid: QueueId, store: Store):
     """Store the latest progress of a running task (ours; also refreshes its heartbeat).
     Answer ``{"progress": {"step", "total", "metrics", "updated_at"}}``. 404 not running,
     409 stale ``run_id``, 403 other worker, 422 bad values (naming the field)."""
     progress = {"step": body.step, "total": body.total, "metrics": body.metrics}
-    return {"progress": store.report_progress(qid, task_id, progress=progress,
-                                              worker_id=body.worker_id, run_id=body.run_id)}
+    return {
+        "progress": store.report_progress(
+            qid, task_id, progress=progress, worker_id=body.worker_id, run_id=body.run_id
+        )
+    }
 
 
 @router.post("/api/v1/queues/me/tasks/count", response_model=wire.TaskCountResponse)
@@ -241,8 +305,7 @@ def count_tasks(body: wire.TaskCountRequest, qid: QueueId, store: Store):
     """Count matching tasks grouped by ``by`` (``status`` by default, a task column, or a
     dotted ``args.*``/``metadata.*``/``summary.*`` path) in one query: the groups always
     add up to ``total``. At most 1,000 groups (``truncated``). 400 names a bad field."""
-    return store.count_tasks(qid, extra_filter=body.extra_filter, status=body.status,
-                             by=body.by)
+    return store.count_tasks(qid, extra_filter=body.extra_filter, status=body.status, by=body.by)
 
 
 @router.post("/api/v1/queues/me/tasks/requeue", response_model=wire.TaskRequeueResponse)
@@ -250,8 +313,13 @@ def requeue_tasks(body: wire.TaskRequeueRequest, qid: QueueId, store: Store):
     """Put matching tasks back to pending with retries 0 (ours). Without ``status``, the
     ended ones (success, failed, cancelled) are requeued; at most ``limit`` per call, and
     ``more`` says whether to call again."""
-    return store.requeue_tasks(qid, task_ids=body.task_ids, status=body.status,
-                               extra_filter=body.extra_filter, limit=body.limit)
+    return store.requeue_tasks(
+        qid,
+        task_ids=body.task_ids,
+        status=body.status,
+        extra_filter=body.extra_filter,
+        limit=body.limit,
+    )
 
 
 @router.get("/api/v1/queues/me/overview", response_model=wire.QueueOverviewResponse)
@@ -270,8 +338,9 @@ def get_task(task_id: str, qid: QueueId, store: Store):
 
 
 @router.get("/api/v1/queues/me/tasks/{task_id}/runs", response_model=wire.TaskRunsResponse)
-def list_task_runs(task_id: str, qid: QueueId, store: Store,
-                   limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+def list_task_runs(
+    task_id: str, qid: QueueId, store: Store, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+):
     """The task's runs, newest first (``limit`` 1..1000): ``{"task_id", "content": [run]}``,
     each run as ``Storage.list_task_runs`` describes. 404 when the queue has no such task."""
     return {"task_id": task_id, "content": store.list_task_runs(qid, task_id, limit)}
@@ -284,26 +353,34 @@ def delete_task(task_id: str, qid: QueueId, store: Store):
 
 
 # ------------------------------------------------------------------ workers
-@router.post("/api/v1/queues/me/workers", status_code=201,
-             response_model=wire.WorkerCreateResponse)
+@router.post("/api/v1/queues/me/workers", status_code=201, response_model=wire.WorkerCreateResponse)
 def create_worker(body: wire.WorkerCreateRequest, qid: QueueId, store: Store):
-    return {"worker_id": store.create_worker(qid, body.worker_name, body.metadata,
-                                             body.max_retries)}
+    return {
+        "worker_id": store.create_worker(qid, body.worker_name, body.metadata, body.max_retries)
+    }
 
 
 @router.post("/api/v1/queues/me/workers/search", response_model=wire.WorkerLsResponse)
 def search_workers(body: wire.WorkerLsRequest, qid: QueueId, store: Store):
     content = store.search_workers(
-        qid, extra_filter=body.extra_filter, worker_id=body.worker_id,
-        worker_name=body.worker_name, status=body.status, sort=body.sort,
-        offset=body.offset, limit=body.limit, gone=body.gone)
+        qid,
+        extra_filter=body.extra_filter,
+        worker_id=body.worker_id,
+        worker_name=body.worker_name,
+        status=body.status,
+        sort=body.sort,
+        offset=body.offset,
+        limit=body.limit,
+        gone=body.gone,
+    )
     answer = {"found": bool(content), "content": content}
     return _for_client(body, wire.WorkerLsResponse, answer, "content", _NEW_WORKER_FIELDS)
 
 
 @router.post("/api/v1/queues/me/workers/{worker_id}/status")
-def report_worker_status(worker_id: str, body: wire.WorkerStatusUpdateRequest, qid: QueueId,
-                         store: Store):
+def report_worker_status(
+    worker_id: str, body: wire.WorkerStatusUpdateRequest, qid: QueueId, store: Store
+):
     """Set a worker ``active`` or ``suspended``; ``crashed`` is refused with 400."""
     store.report_worker(qid, worker_id, body.status)
     return None

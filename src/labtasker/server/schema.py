@@ -85,8 +85,9 @@ arg_shapes = Table(
     "arg_shapes",
     metadata,
     Column("shape_id", Integer, primary_key=True, autoincrement=True),
-    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False
+    ),
     Column("shape_key", Text, nullable=False),
     UniqueConstraint("queue_id", "shape_key", name="uq_arg_shapes_queue_shape"),
 )
@@ -95,8 +96,9 @@ tasks = Table(
     "tasks",
     metadata,
     Column("task_id", String(36), primary_key=True),
-    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False
+    ),
     Column("status", String(16), nullable=False),
     Column("task_name", String(100)),
     Column("created_at", UTCDateTime, nullable=False),
@@ -131,17 +133,33 @@ tasks = Table(
 )
 # Claim order: priority DESC, last_modified ASC, created_at ASC (1.0.1's fetch order), task_id last so
 # that ties (a batch shares one timestamp) are ordered by the index, not sorted per query.
-Index("ix_tasks_claim", tasks.c.queue_id, tasks.c.status, tasks.c.priority.desc(),
-      tasks.c.last_modified, tasks.c.created_at, tasks.c.task_id)
-Index("ix_tasks_shape_claim", tasks.c.queue_id, tasks.c.shape_id, tasks.c.status,
-      tasks.c.priority.desc(), tasks.c.last_modified, tasks.c.created_at, tasks.c.task_id)
+Index(
+    "ix_tasks_claim",
+    tasks.c.queue_id,
+    tasks.c.status,
+    tasks.c.priority.desc(),
+    tasks.c.last_modified,
+    tasks.c.created_at,
+    tasks.c.task_id,
+)
+Index(
+    "ix_tasks_shape_claim",
+    tasks.c.queue_id,
+    tasks.c.shape_id,
+    tasks.c.status,
+    tasks.c.priority.desc(),
+    tasks.c.last_modified,
+    tasks.c.created_at,
+    tasks.c.task_id,
+)
 
 workers = Table(
     "workers",
     metadata,
     Column("worker_id", String(36), primary_key=True),
-    Column("queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "queue_id", String(36), ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False
+    ),
     Column("status", String(16), nullable=False),
     Column("worker_name", String(100)),
     Column("metadata", JsonDoc, nullable=False),

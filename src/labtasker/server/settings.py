@@ -71,8 +71,9 @@ def _count(environ: Mapping[str, str], name: str, default: int) -> int:
 
 def sweep_interval_from_env(environ: Mapping[str, str] | None = None) -> float:
     """``PERIODIC_TASK_INTERVAL`` in seconds (default 30); ``ValueError`` if not positive."""
-    return _seconds(os.environ if environ is None else environ, "PERIODIC_TASK_INTERVAL",
-                    DEFAULT_SWEEP_INTERVAL)
+    return _seconds(
+        os.environ if environ is None else environ, "PERIODIC_TASK_INTERVAL", DEFAULT_SWEEP_INTERVAL
+    )
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,13 @@ class ServerSettings:
         env = os.environ if environ is None else environ
         return cls(
             sweep_interval=sweep_interval_from_env(env),
-            event_poll_interval=_seconds(env, "EVENT_POLL_INTERVAL",
-                                         DEFAULT_EVENT_POLL_INTERVAL),
+            event_poll_interval=_seconds(env, "EVENT_POLL_INTERVAL", DEFAULT_EVENT_POLL_INTERVAL),
             sse_ping_interval=_seconds(env, "SSE_PING_INTERVAL", DEFAULT_SSE_PING_INTERVAL),
             event_log_size=_count(env, "EVENT_LOG_SIZE", DEFAULT_EVENT_LOG_SIZE),
             ui_secret=env.get("LABTASKER_UI_SECRET") or None,
-            ui_session_seconds=_seconds(env, "LABTASKER_UI_SESSION_SECONDS",
-                                        DEFAULT_UI_SESSION_SECONDS),
+            ui_session_seconds=_seconds(
+                env, "LABTASKER_UI_SESSION_SECONDS", DEFAULT_UI_SESSION_SECONDS
+            ),
             max_body_bytes=_count(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             max_task_bytes=_count(env, "MAX_TASK_BYTES", DEFAULT_MAX_TASK_BYTES),
             header_timeout=_seconds(env, "HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),

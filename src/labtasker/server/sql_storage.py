@@ -51,14 +51,20 @@ from labtasker.server.schema import events as events_table
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE, DEFAULT_MAX_TASK_BYTES
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
-HEARTBEAT_TIMEOUT_MESSAGE = "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
+HEARTBEAT_TIMEOUT_MESSAGE = (
+    "Heartbeat timed out: no heartbeat for {age:.1f}s (heartbeat_timeout {limit:g}s)"
+)
 TASK_TIMEOUT_MESSAGE = "Task execution timed out: running for {age:.1f}s (task_timeout {limit:g}s)"
 
 # The filter/sort field map of tasks, from the task-field registry; ``_id`` names the id.
 TASK_FIELDS = FieldMap(
-    columns={"_id": tasks.c.task_id,
-             **{f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage != "json"}},
-    json_columns={f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage == "json"},
+    columns={
+        "_id": tasks.c.task_id,
+        **{f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage != "json"},
+    },
+    json_columns={
+        f.name: tasks.c[f.name] for f in field_registry.TASK_FIELDS if f.storage == "json"
+    },
     datetime_columns=field_registry.DATETIME_TASK_FIELDS,
 )
 
@@ -81,14 +87,26 @@ WORKER_FIELDS = FieldMap(
 
 TASK_KEYS = field_registry.TASK_FIELD_NAMES
 WORKER_KEYS = (
-    "worker_id", "queue_id", "status", "worker_name", "metadata", "retries", "max_retries",
-    "created_at", "last_modified", "gone_at",
+    "worker_id",
+    "queue_id",
+    "status",
+    "worker_name",
+    "metadata",
+    "retries",
+    "max_retries",
+    "created_at",
+    "last_modified",
+    "gone_at",
 )
 _RUN_TIMEOUT_KEYS = ("run_heartbeat_timeout", "run_task_timeout")
 _TASK_COLUMNS = [tasks.c[k] for k in TASK_KEYS] + [tasks.c[k] for k in _RUN_TIMEOUT_KEYS]
 # Values that end the current run (report, timeout, reset, manual status change).
-_END_RUN = {"worker_id": None, "run_id": None, "run_heartbeat_timeout": None,
-            "run_task_timeout": None}
+_END_RUN = {
+    "worker_id": None,
+    "run_id": None,
+    "run_heartbeat_timeout": None,
+    "run_task_timeout": None,
+}
 _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
 MAX_REQUEUE = 1000  # tasks requeued by one call (``more`` tells the caller to call again)
 REQUEUE_STATUSES = ("success", "failed", "cancelled")  # requeued when no status is given
@@ -159,15 +177,19 @@ def _order(sort, fields: FieldMap, dialect: str, default):
 # Hot-path statements built once: SQLAlchemy then reuses their cache keys and compiled forms
 # instead of rebuilding the expression tree on every request.
 _CREDENTIALS = select(queues.c.queue_id, queues.c.password_hash).where(
-    or_(queues.c.queue_id == bindparam("username"), queues.c.queue_name == bindparam("username")))
+    or_(queues.c.queue_id == bindparam("username"), queues.c.queue_name == bindparam("username"))
+)
 
 _WORKER_STATUS = select(workers.c.status, workers.c.gone_at).where(
-    workers.c.worker_id == bindparam("worker_id"), workers.c.queue_id == bindparam("queue_id"))
-_TASK = select(*_TASK_COLUMNS).where(tasks.c.task_id == bindparam("task_id"),
-                                     tasks.c.queue_id == bindparam("queue_id"))
+    workers.c.worker_id == bindparam("worker_id"), workers.c.queue_id == bindparam("queue_id")
+)
+_TASK = select(*_TASK_COLUMNS).where(
+    tasks.c.task_id == bindparam("task_id"), tasks.c.queue_id == bindparam("queue_id")
+)
 _TASK_LOCKED = _TASK.with_for_update()  # SQLite renders no FOR UPDATE (writers serialised)
 _SHAPE_ID = select(arg_shapes.c.shape_id).where(
-    arg_shapes.c.queue_id == bindparam("queue_id"), arg_shapes.c.shape_key == bindparam("shape_key"))
+    arg_shapes.c.queue_id == bindparam("queue_id"), arg_shapes.c.shape_key == bindparam("shape_key")
+)
 _INSERT_TASKS = insert(tasks)
 _UNIQUE_LOCK = sql_text("SELECT pg_advisory_xact_lock(:lock)")
 SUBMIT_KEY_SECONDS = 24 * 3600  # how long a submit's idempotency key is remembered
@@ -177,21 +199,32 @@ def _lock_number(queue_id: str) -> int:
     """A signed 64-bit advisory-lock number for unique submits of ``queue_id``."""
     digest = hashlib.sha256(b"labtasker-unique:" + queue_id.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
 # Column values come from the execute() parameters (one compiled form per set of keys).
-_UPDATE_TASK = (update(tasks).where(tasks.c.task_id == bindparam("p_task_id"))
-                .returning(*_TASK_COLUMNS))
+_UPDATE_TASK = (
+    update(tasks).where(tasks.c.task_id == bindparam("p_task_id")).returning(*_TASK_COLUMNS)
+)
 _INSERT_RUN = insert(task_runs)
-_RESET_STREAK = (update(workers).where(
-    workers.c.worker_id == bindparam("p_worker_id"), workers.c.queue_id == bindparam("p_queue_id"),
-    workers.c.retries > 0, workers.c.status != "crashed")
-    .values(retries=0, last_modified=bindparam("p_now", type_=workers.c.last_modified.type)))
-_UNCHARGE = update(task_runs).where(task_runs.c.worker_id == bindparam("p_worker_id"),
-                                    task_runs.c.charged.is_(True)).values(charged=False)
+_RESET_STREAK = (
+    update(workers)
+    .where(
+        workers.c.worker_id == bindparam("p_worker_id"),
+        workers.c.queue_id == bindparam("p_queue_id"),
+        workers.c.retries > 0,
+        workers.c.status != "crashed",
+    )
+    .values(retries=0, last_modified=bindparam("p_now", type_=workers.c.last_modified.type))
+)
+_UNCHARGE = (
+    update(task_runs)
+    .where(task_runs.c.worker_id == bindparam("p_worker_id"), task_runs.c.charged.is_(True))
+    .values(charged=False)
+)
 _FAILED_RUNS = ("failed", "timed_out")
 # Outcomes of a run in the history (``task_runs.status``).
 RUN_STATUSES = ("running", "success", "failed", "timed_out", "cancelled", "requeued")
-_RUN_KEYS = ("run_id", "task_id", "worker_id", "started", "ended", "status", "charged",
-             "summary")
+_RUN_KEYS = ("run_id", "task_id", "worker_id", "started", "ended", "status", "charged", "summary")
 
 
 # The key structure of a task's args is indexed (unique per queue); PostgreSQL's btree rows
@@ -202,8 +235,13 @@ MAX_SHAPE_KEY_BYTES = 2400
 class SqlStorage:
     """The ``Storage`` implementation; see the module docstring."""
 
-    def __init__(self, db: Database, *, event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
-                 max_task_bytes: int = DEFAULT_MAX_TASK_BYTES):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
+        max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    ):
         """``event_log_size``: newest events of each queue kept by the timeout sweep's pruning;
         ``max_task_bytes``: the largest args + metadata + summary of one task, as JSON."""
         self.db = db
@@ -216,11 +254,15 @@ class SqlStorage:
     def _check_task_size(self, where: str, args: Any, metadata: Any, summary: Any) -> None:
         """Raise ``TooLarge`` when a task's args + metadata + summary exceed
         ``max_task_bytes`` as compact JSON text."""
-        size = sum(len(json.dumps(v, separators=(",", ":"), default=str).encode())
-                   for v in (args, metadata, summary))
+        size = sum(
+            len(json.dumps(v, separators=(",", ":"), default=str).encode())
+            for v in (args, metadata, summary)
+        )
         if size > self.max_task_bytes:
-            raise TooLarge(f"{where}args + metadata + summary: {size} bytes (limit "
-                           f"{self.max_task_bytes} bytes, --max-task-bytes)")
+            raise TooLarge(
+                f"{where}args + metadata + summary: {size} bytes (limit "
+                f"{self.max_task_bytes} bytes, --max-task-bytes)"
+            )
 
     # ------------------------------------------------------------------ queues
     def create_queue(self, name: str, password: str, metadata: dict | None) -> str:
@@ -229,13 +271,20 @@ class SqlStorage:
         try:
             with self.db.write() as conn:
                 now = self.db.now(conn)
-                if conn.execute(select(queues.c.queue_id).where(queues.c.queue_name == name)
-                                ).first():
+                if conn.execute(
+                    select(queues.c.queue_id).where(queues.c.queue_name == name)
+                ).first():
                     raise Conflict(f"Queue '{name}' already exists", code=codes.NAME_TAKEN)
-                conn.execute(insert(queues).values(
-                    queue_id=queue_id, queue_name=name, password_hash=auth.hash_password(password),
-                    created_at=now, last_modified=now,
-                    metadata=_unflatten(metadata, "metadata")))
+                conn.execute(
+                    insert(queues).values(
+                        queue_id=queue_id,
+                        queue_name=name,
+                        password_hash=auth.hash_password(password),
+                        created_at=now,
+                        last_modified=now,
+                        metadata=_unflatten(metadata, "metadata"),
+                    )
+                )
         except IntegrityError as exc:
             raise Conflict(f"Queue '{name}' already exists", code=codes.NAME_TAKEN) from exc
         return queue_id
@@ -257,9 +306,13 @@ class SqlStorage:
 
     @staticmethod
     def _queue(conn: Connection, queue_id: str, lock: bool = False) -> dict[str, Any]:
-        stmt = select(queues.c.queue_id, queues.c.queue_name, queues.c.created_at,
-                      queues.c.last_modified, queues.c.metadata).where(
-            queues.c.queue_id == queue_id)
+        stmt = select(
+            queues.c.queue_id,
+            queues.c.queue_name,
+            queues.c.created_at,
+            queues.c.last_modified,
+            queues.c.metadata,
+        ).where(queues.c.queue_id == queue_id)
         if lock and conn.dialect.name == "postgresql":  # read-modify-write of the metadata
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
@@ -274,17 +327,18 @@ class SqlStorage:
             current = self._queue(conn, queue_id, lock=True)
             values: dict[str, Any] = {"last_modified": self.db.now(conn)}
             if new_name is not None and new_name != current["queue_name"]:
-                if conn.execute(select(queues.c.queue_id)
-                                .where(queues.c.queue_name == new_name)).first():
-                    raise Conflict(f"Queue name '{new_name}' already exists",
-                                   code=codes.NAME_TAKEN)
+                if conn.execute(
+                    select(queues.c.queue_id).where(queues.c.queue_name == new_name)
+                ).first():
+                    raise Conflict(f"Queue name '{new_name}' already exists", code=codes.NAME_TAKEN)
                 values["queue_name"] = new_name
             if new_password is not None:
                 values["password_hash"] = auth.hash_password(new_password)
                 eventlog.wake(conn, queue_id)  # its open streams end (sse.stream)
             if metadata_update is not None:
-                values["metadata"] = (_merge(current["metadata"], metadata_update)
-                                      if metadata_update else {})
+                values["metadata"] = (
+                    _merge(current["metadata"], metadata_update) if metadata_update else {}
+                )
             conn.execute(update(queues).where(queues.c.queue_id == queue_id).values(**values))
             return self._queue(conn, queue_id)
 
@@ -294,15 +348,19 @@ class SqlStorage:
         ``Conflict`` saying how many."""
         with self.db.write() as conn:
             if not cascade:
-                n_tasks = conn.execute(select(func.count()).select_from(tasks).where(
-                    tasks.c.queue_id == queue_id)).scalar_one()
-                n_workers = conn.execute(select(func.count()).select_from(workers).where(
-                    workers.c.queue_id == queue_id)).scalar_one()
+                n_tasks = conn.execute(
+                    select(func.count()).select_from(tasks).where(tasks.c.queue_id == queue_id)
+                ).scalar_one()
+                n_workers = conn.execute(
+                    select(func.count()).select_from(workers).where(workers.c.queue_id == queue_id)
+                ).scalar_one()
                 if n_tasks or n_workers:
                     raise Conflict(
                         f"Queue still has {n_tasks} task(s) and {n_workers} worker(s); delete "
                         "them with it using cascade_delete=true (labtasker queue delete "
-                        "--cascade)", code=codes.QUEUE_NOT_EMPTY)
+                        "--cascade)",
+                        code=codes.QUEUE_NOT_EMPTY,
+                    )
             conn.execute(delete(tasks).where(tasks.c.queue_id == queue_id))
             conn.execute(delete(task_runs).where(task_runs.c.queue_id == queue_id))
             conn.execute(delete(workers).where(workers.c.queue_id == queue_id))
@@ -323,9 +381,11 @@ class SqlStorage:
             return found
         dialect_insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
         with self.db.write() as conn:  # two processes at once: the first insert wins
-            conn.execute(dialect_insert(server_settings)
-                         .values(name=name, value=secrets.token_hex(32))
-                         .on_conflict_do_nothing())
+            conn.execute(
+                dialect_insert(server_settings)
+                .values(name=name, value=secrets.token_hex(32))
+                .on_conflict_do_nothing()
+            )
             return conn.execute(read).scalar_one()
 
     def arg_keys(self, queue_id: str) -> list[str]:
@@ -333,8 +393,13 @@ class SqlStorage:
         Read from the queue's distinct argument structures, not from its tasks: the cost
         does not grow with the number of tasks."""
         with self.db.read() as conn:
-            rows = conn.execute(select(arg_shapes.c.shape_key).where(
-                arg_shapes.c.queue_id == queue_id)).scalars().all()
+            rows = (
+                conn.execute(
+                    select(arg_shapes.c.shape_key).where(arg_shapes.c.queue_id == queue_id)
+                )
+                .scalars()
+                .all()
+            )
         keys: set[str] = set()
         for text in rows:
             keys.update(_leaf_paths(json.loads(text)))
@@ -344,8 +409,12 @@ class SqlStorage:
         """Dotted ``summary`` key paths (leaves only) of the ``sample`` most recently
         modified tasks that have a summary, sorted. Bounded cost: one indexed read of at
         most ``sample`` summaries."""
-        stmt = (select(tasks.c.summary).where(tasks.c.queue_id == queue_id)
-                .order_by(tasks.c.last_modified.desc()).limit(sample))
+        stmt = (
+            select(tasks.c.summary)
+            .where(tasks.c.queue_id == queue_id)
+            .order_by(tasks.c.last_modified.desc())
+            .limit(sample)
+        )
         keys: set[str] = set()
         with self.db.read() as conn:
             for summary in conn.execute(stmt).scalars():
@@ -357,32 +426,61 @@ class SqlStorage:
     def _shape_id(self, conn: Connection, queue_id: str, args: dict) -> int:
         key = shape_key(shape_of(args))
         if len(key.encode()) > MAX_SHAPE_KEY_BYTES:
-            raise Invalid(f"args: the key structure takes {len(key.encode())} bytes (limit "
-                          f"{MAX_SHAPE_KEY_BYTES} bytes: about 150 keys of 8 characters); nest "
-                          "related keys or pass a large mapping as one value")
+            raise Invalid(
+                f"args: the key structure takes {len(key.encode())} bytes (limit "
+                f"{MAX_SHAPE_KEY_BYTES} bytes: about 150 keys of 8 characters); nest "
+                "related keys or pass a large mapping as one value"
+            )
         params = {"queue_id": queue_id, "shape_key": key}
         found = conn.execute(_SHAPE_ID, params).scalar()
         if found is not None:
             return found
         # Another server may insert the same shape concurrently: insert-or-ignore, re-read.
         dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(dialect_insert(arg_shapes).values(queue_id=queue_id, shape_key=key)
-                     .on_conflict_do_nothing())
+        conn.execute(
+            dialect_insert(arg_shapes)
+            .values(queue_id=queue_id, shape_key=key)
+            .on_conflict_do_nothing()
+        )
         return conn.execute(_SHAPE_ID, params).scalar_one()
 
-    def _task_event(self, conn: Connection, queue_id: str, task_id: str, old: str,
-                    now: datetime, task: dict[str, Any] | None = None) -> None:
+    def _task_event(
+        self,
+        conn: Connection,
+        queue_id: str,
+        task_id: str,
+        old: str,
+        now: datetime,
+        task: dict[str, Any] | None = None,
+    ) -> None:
         """Log the task's transition from ``old`` to its current state (same transaction).
         ``task``: the task as it is now, when the caller has it (saves a read)."""
         task = task or self._task(conn, queue_id, task_id)
-        eventlog.record(conn, queue_id=queue_id, entity_type="task", entity_id=task_id, old=old,
-                        new=task["status"], data=task, now=now)
+        eventlog.record(
+            conn,
+            queue_id=queue_id,
+            entity_type="task",
+            entity_id=task_id,
+            old=old,
+            new=task["status"],
+            data=task,
+            now=now,
+        )
 
-    def _worker_event(self, conn: Connection, queue_id: str, worker_id: str, old: str,
-                      now: datetime) -> None:
+    def _worker_event(
+        self, conn: Connection, queue_id: str, worker_id: str, old: str, now: datetime
+    ) -> None:
         worker = self._worker(conn, queue_id, worker_id)
-        eventlog.record(conn, queue_id=queue_id, entity_type="worker", entity_id=worker_id,
-                        old=old, new=worker["status"], data=worker, now=now)
+        eventlog.record(
+            conn,
+            queue_id=queue_id,
+            entity_type="worker",
+            entity_id=worker_id,
+            old=old,
+            new=worker["status"],
+            data=worker,
+            now=now,
+        )
 
     def submit_task(self, queue_id: str, fields: dict[str, Any]) -> str:
         """Insert a pending task. ``fields``: the TaskSubmitRequest values."""
@@ -393,9 +491,14 @@ class SqlStorage:
         ``submit_batch`` without its options."""
         return self.submit_batch(queue_id, batch)["task_ids"]
 
-    def submit_batch(self, queue_id: str, batch: list[dict[str, Any]], *,
-                     unique: bool = False, idempotency_key: str | None = None
-                     ) -> dict[str, Any]:
+    def submit_batch(
+        self,
+        queue_id: str,
+        batch: list[dict[str, Any]],
+        *,
+        unique: bool = False,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Insert pending tasks in one transaction (all or nothing).
 
         ``batch``: TaskSubmitRequest values per task; a task is *unique* when its own
@@ -420,29 +523,45 @@ class SqlStorage:
             cmd = fields.get("cmd")
             cmd = "" if cmd is None else cmd
             args = _unflatten(fields.get("args"), where + "args")
-            rows.append({
-                "task_id": new_id(), "queue_id": queue_id, "status": "pending",
-                "task_name": fields.get("task_name"), "created_at": None, "start_time": None,
-                "last_heartbeat": None, "last_modified": None,
-                "heartbeat_timeout": fields.get("heartbeat_timeout"),
-                "task_timeout": fields.get("task_timeout"),
-                "max_retries": fields.get("max_retries", 3), "retries": 0,
-                "priority": fields.get("priority", 10),
-                "metadata": _unflatten(fields.get("metadata"), where + "metadata"),
-                "args": args, "cmd": cmd, "summary": {}, "worker_id": None,
-                "run_id": None, "args_hash": args_hash(args, cmd),
-            })
+            rows.append(
+                {
+                    "task_id": new_id(),
+                    "queue_id": queue_id,
+                    "status": "pending",
+                    "task_name": fields.get("task_name"),
+                    "created_at": None,
+                    "start_time": None,
+                    "last_heartbeat": None,
+                    "last_modified": None,
+                    "heartbeat_timeout": fields.get("heartbeat_timeout"),
+                    "task_timeout": fields.get("task_timeout"),
+                    "max_retries": fields.get("max_retries", 3),
+                    "retries": 0,
+                    "priority": fields.get("priority", 10),
+                    "metadata": _unflatten(fields.get("metadata"), where + "metadata"),
+                    "args": args,
+                    "cmd": cmd,
+                    "summary": {},
+                    "worker_id": None,
+                    "run_id": None,
+                    "args_hash": args_hash(args, cmd),
+                }
+            )
             flags.append(bool(unique or fields.get("unique")))
         for index, row in enumerate(rows):
-            self._check_task_size(f"tasks[{index}]: " if len(rows) > 1 else "",
-                                  row["args"], row["metadata"], row["summary"])
-        fingerprint = (request_hash({"tasks": batch, "unique": unique})
-                       if idempotency_key is not None else "")
+            self._check_task_size(
+                f"tasks[{index}]: " if len(rows) > 1 else "",
+                row["args"],
+                row["metadata"],
+                row["summary"],
+            )
+        fingerprint = (
+            request_hash({"tasks": batch, "unique": unique}) if idempotency_key is not None else ""
+        )
         with self.db.write() as conn:
             now = self.db.now(conn)
             if idempotency_key is not None:
-                stored = self._claim_submit_key(conn, queue_id, idempotency_key, fingerprint,
-                                                now)
+                stored = self._claim_submit_key(conn, queue_id, idempotency_key, fingerprint, now)
                 if stored is not None:
                     return stored
             answer_ids = [row["task_id"] for row in rows]
@@ -450,7 +569,8 @@ class SqlStorage:
             if any(flags):
                 self._lock_unique(conn, queue_id)
                 found = self._existing_hashes(
-                    conn, queue_id, {r["args_hash"] for r, f in zip(rows, flags, strict=True) if f})
+                    conn, queue_id, {r["args_hash"] for r, f in zip(rows, flags, strict=True) if f}
+                )
                 new_rows = []
                 for i, (row, flag) in enumerate(zip(rows, flags, strict=True)):
                     h = row["args_hash"]
@@ -471,34 +591,61 @@ class SqlStorage:
                 conn.execute(_INSERT_TASKS, rows)
                 for row in rows:
                     data = {k: row.get(k) for k in TASK_KEYS}
-                    eventlog.record(conn, queue_id=queue_id, entity_type="task",
-                                    entity_id=row["task_id"], old="created", new="pending",
-                                    data=data, now=now)
+                    eventlog.record(
+                        conn,
+                        queue_id=queue_id,
+                        entity_type="task",
+                        entity_id=row["task_id"],
+                        old="created",
+                        new="pending",
+                        data=data,
+                        now=now,
+                    )
             answer = {"task_ids": answer_ids, "created": created}
             if idempotency_key is not None:
-                conn.execute(update(submit_keys).where(
-                    submit_keys.c.queue_id == queue_id,
-                    submit_keys.c.idempotency_key == idempotency_key).values(answer=answer))
+                conn.execute(
+                    update(submit_keys)
+                    .where(
+                        submit_keys.c.queue_id == queue_id,
+                        submit_keys.c.idempotency_key == idempotency_key,
+                    )
+                    .values(answer=answer)
+                )
         return answer
 
     @staticmethod
-    def _claim_submit_key(conn: Connection, queue_id: str, key: str, fingerprint: str,
-                          now: datetime) -> dict[str, Any] | None:
+    def _claim_submit_key(
+        conn: Connection, queue_id: str, key: str, fingerprint: str, now: datetime
+    ) -> dict[str, Any] | None:
         """Record ``key`` for this submit, or return the answer stored under it. On
         PostgreSQL the insert waits while another transaction holds the same key."""
         dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        inserted = conn.execute(dialect_insert(submit_keys).values(
-            queue_id=queue_id, idempotency_key=key, request_hash=fingerprint, created_at=now,
-            answer=None).on_conflict_do_nothing().returning(submit_keys.c.queue_id)).first()
+        inserted = conn.execute(
+            dialect_insert(submit_keys)
+            .values(
+                queue_id=queue_id,
+                idempotency_key=key,
+                request_hash=fingerprint,
+                created_at=now,
+                answer=None,
+            )
+            .on_conflict_do_nothing()
+            .returning(submit_keys.c.queue_id)
+        ).first()
         if inserted is not None:  # (rowcount is not reliable here on psycopg)
             return None
-        row = conn.execute(select(submit_keys.c.request_hash, submit_keys.c.answer).where(
-            submit_keys.c.queue_id == queue_id, submit_keys.c.idempotency_key == key)).first()
+        row = conn.execute(
+            select(submit_keys.c.request_hash, submit_keys.c.answer).where(
+                submit_keys.c.queue_id == queue_id, submit_keys.c.idempotency_key == key
+            )
+        ).first()
         if row is None or row.answer is None:  # pragma: no cover - pruned in between
             raise Conflict(f"Idempotency-Key {key!r} is in use; retry")
         if row.request_hash != fingerprint:
-            raise Conflict(f"Idempotency-Key {key!r} was already used for a different submit; "
-                           "use a new key for a new request")
+            raise Conflict(
+                f"Idempotency-Key {key!r} was already used for a different submit; "
+                "use a new key for a new request"
+            )
         return row.answer
 
     @staticmethod
@@ -515,10 +662,12 @@ class SqlStorage:
         found: dict[str, str] = {}
         pending = sorted(hashes)
         for start in range(0, len(pending), 500):
-            chunk = pending[start:start + 500]
-            rows = conn.execute(select(tasks.c.args_hash, tasks.c.task_id).where(
-                tasks.c.queue_id == queue_id, tasks.c.args_hash.in_(chunk)).order_by(
-                tasks.c.created_at.desc(), tasks.c.task_id.desc()))
+            chunk = pending[start : start + 500]
+            rows = conn.execute(
+                select(tasks.c.args_hash, tasks.c.task_id)
+                .where(tasks.c.queue_id == queue_id, tasks.c.args_hash.in_(chunk))
+                .order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc())
+            )
             for row in rows:
                 found[row.args_hash] = row.task_id
         return found
@@ -531,8 +680,9 @@ class SqlStorage:
     def _task(conn: Connection, queue_id: str, task_id: str, lock: bool = False) -> dict:
         """The task (``task_row``); ``lock`` row-locks it on PostgreSQL for a
         read-modify-write. Raises ``NotFound``."""
-        row = conn.execute(_TASK_LOCKED if lock else _TASK,
-                           {"task_id": task_id, "queue_id": queue_id}).first()
+        row = conn.execute(
+            _TASK_LOCKED if lock else _TASK, {"task_id": task_id, "queue_id": queue_id}
+        ).first()
         if row is None:
             raise NotFound(f"Task {task_id} not found", code=codes.TASK_NOT_FOUND)
         return task_row(row)
@@ -543,8 +693,19 @@ class SqlStorage:
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
 
-    def search_tasks(self, queue_id, *, extra_filter, task_id, task_name, status, sort,
-                     offset, limit, cursor: str | None = None):
+    def search_tasks(
+        self,
+        queue_id,
+        *,
+        extra_filter,
+        task_id,
+        task_name,
+        status,
+        sort,
+        offset,
+        limit,
+        cursor: str | None = None,
+    ):
         """One page of the queue's tasks matching all given conditions.
         Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker (in
         the direction of the last sort key: ``paging.tie_direction``)."""
@@ -566,89 +727,157 @@ class SqlStorage:
             cond.append(paging.after_condition(keys, cursor))
             offset = 0
         tie = tasks.c.task_id.desc() if paging.tie_direction(sort) == -1 else tasks.c.task_id
-        stmt = (select(*_TASK_COLUMNS).where(and_(*cond))
-                .order_by(*order, tie).offset(offset).limit(limit))
+        stmt = (
+            select(*_TASK_COLUMNS)
+            .where(and_(*cond))
+            .order_by(*order, tie)
+            .offset(offset)
+            .limit(limit)
+        )
         with self.db.read() as conn:
             return [task_row(r) for r in conn.execute(stmt)]
 
-    def task_events(self, queue_id: str, task_id: str, limit: int = 200
-                    ) -> list[dict[str, Any]]:
+    def task_events(self, queue_id: str, task_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The newest ``limit`` logged transitions of one task, oldest first: dicts with
         ``event_id``, ``created_at`` (UTC), ``old_state``, ``new_state`` and
         ``entity_data`` (the task after the change: worker, run, summary...). The log keeps
         only the newest events of each queue (``event_log_size``), so an old task may
         have none left."""
-        stmt = (select(events_table.c.event_id, events_table.c.created_at,
-                       events_table.c.old_state, events_table.c.new_state,
-                       events_table.c.entity_data)
-                .where(events_table.c.queue_id == queue_id,
-                       events_table.c.entity_type == "task",
-                       events_table.c.entity_id == task_id)
-                .order_by(events_table.c.event_id.desc()).limit(limit))
+        stmt = (
+            select(
+                events_table.c.event_id,
+                events_table.c.created_at,
+                events_table.c.old_state,
+                events_table.c.new_state,
+                events_table.c.entity_data,
+            )
+            .where(
+                events_table.c.queue_id == queue_id,
+                events_table.c.entity_type == "task",
+                events_table.c.entity_id == task_id,
+            )
+            .order_by(events_table.c.event_id.desc())
+            .limit(limit)
+        )
         with self.db.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
         return rows[::-1]
 
-    def fetch_task(self, queue_id, *, worker_id, task_timeout, heartbeat_timeout,
-                   start_heartbeat, required_fields, extra_filter, cmd):
+    def fetch_task(
+        self,
+        queue_id,
+        *,
+        worker_id,
+        task_timeout,
+        heartbeat_timeout,
+        start_heartbeat,
+        required_fields,
+        extra_filter,
+        cmd,
+    ):
         """Claim the next matching pending task for a worker; see ``claim.claim_next``."""
         where = self._filter(TASK_FIELDS, extra_filter) if extra_filter else None
         with self.db.write() as conn:
             if worker_id is not None:
-                worker = conn.execute(_WORKER_STATUS, {"worker_id": worker_id,
-                                                       "queue_id": queue_id}).first()
+                worker = conn.execute(
+                    _WORKER_STATUS, {"worker_id": worker_id, "queue_id": queue_id}
+                ).first()
                 if worker is None:
-                    raise NotFound(f"Worker '{worker_id}' not found in queue '{queue_id}'",
-                                   code=codes.WORKER_NOT_FOUND)
+                    raise NotFound(
+                        f"Worker '{worker_id}' not found in queue '{queue_id}'",
+                        code=codes.WORKER_NOT_FOUND,
+                    )
                 if worker.status != "active":
                     raise Forbidden(
                         f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'",
-                        code=codes.WORKER_NOT_ACTIVE)
+                        code=codes.WORKER_NOT_ACTIVE,
+                    )
                 if worker.gone_at is not None:  # its id is in use again: live once more
-                    conn.execute(update(workers).where(workers.c.worker_id == worker_id)
-                                 .values(gone_at=None))
+                    conn.execute(
+                        update(workers).where(workers.c.worker_id == worker_id).values(gone_at=None)
+                    )
             now = self.db.now(conn)
             row = claim.claim_next(
-                conn, queue_id=queue_id, required_fields=required_fields, where=where,
-                worker_id=worker_id, run_id=new_id(), now=now,
-                task_timeout=task_timeout, heartbeat_timeout=heartbeat_timeout,
-                start_heartbeat=start_heartbeat, cmd=cmd)
+                conn,
+                queue_id=queue_id,
+                required_fields=required_fields,
+                where=where,
+                worker_id=worker_id,
+                run_id=new_id(),
+                now=now,
+                task_timeout=task_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                start_heartbeat=start_heartbeat,
+                cmd=cmd,
+            )
             if row is None:
                 return None
             task = task_row(row)
             self._start_run(conn, task, now)
-            eventlog.record(conn, queue_id=queue_id, entity_type="task",
-                            entity_id=task["task_id"], old="pending", new="running", data=task,
-                            now=now)
+            eventlog.record(
+                conn,
+                queue_id=queue_id,
+                entity_type="task",
+                entity_id=task["task_id"],
+                old="pending",
+                new="running",
+                data=task,
+                now=now,
+            )
             return task
 
     # ------------------------------------------------------------------ runs and blame
     @staticmethod
     def _start_run(conn: Connection, task: dict[str, Any], now: datetime) -> None:
         """Open the history row of the task's current run (same transaction as the claim)."""
-        conn.execute(_INSERT_RUN, {
-            "run_id": task["run_id"], "task_id": task["task_id"], "queue_id": task["queue_id"],
-            "worker_id": task["worker_id"], "started": now, "ended": None, "status": "running",
-            "charged": False, "summary": {}})
+        conn.execute(
+            _INSERT_RUN,
+            {
+                "run_id": task["run_id"],
+                "task_id": task["task_id"],
+                "queue_id": task["queue_id"],
+                "worker_id": task["worker_id"],
+                "started": now,
+                "ended": None,
+                "status": "running",
+                "charged": False,
+                "summary": {},
+            },
+        )
 
     @staticmethod
-    def _end_run(conn: Connection, task: dict[str, Any], status: str, now: datetime,
-                 summary: dict[str, Any] | None = None, charged: bool = False) -> None:
+    def _end_run(
+        conn: Connection,
+        task: dict[str, Any],
+        status: str,
+        now: datetime,
+        summary: dict[str, Any] | None = None,
+        charged: bool = False,
+    ) -> None:
         """Close the history row of the task's current run with its outcome. A run without a
         row (begun before the history existed) gets one now."""
         if task["run_id"] is None:
             return
         values = {"ended": now, "status": status, "charged": charged, "summary": summary or {}}
-        done = conn.execute(update(task_runs).where(task_runs.c.run_id == task["run_id"])
-                            .values(**values)).rowcount
+        done = conn.execute(
+            update(task_runs).where(task_runs.c.run_id == task["run_id"]).values(**values)
+        ).rowcount
         if not done:
-            conn.execute(_INSERT_RUN, {
-                "run_id": task["run_id"], "task_id": task["task_id"],
-                "queue_id": task["queue_id"], "worker_id": task["worker_id"],
-                "started": task["start_time"] or now, **values})
+            conn.execute(
+                _INSERT_RUN,
+                {
+                    "run_id": task["run_id"],
+                    "task_id": task["task_id"],
+                    "queue_id": task["queue_id"],
+                    "worker_id": task["worker_id"],
+                    "started": task["start_time"] or now,
+                    **values,
+                },
+            )
 
-    def _blame_failure(self, conn: Connection, queue_id: str, task: dict[str, Any],
-                       now: datetime) -> bool:
+    def _blame_failure(
+        self, conn: Connection, queue_id: str, task: dict[str, Any], now: datetime
+    ) -> bool:
         """Decide whom the failed current run of ``task`` counts against; returns whether its
         worker was charged.
 
@@ -666,11 +895,14 @@ class SqlStorage:
         worker_id = task["worker_id"]
         if worker_id is None:
             return False
-        earlier = conn.execute(select(task_runs.c.run_id, task_runs.c.worker_id,
-                                      task_runs.c.charged).where(
-            task_runs.c.queue_id == queue_id, task_runs.c.task_id == task["task_id"],
-            task_runs.c.status.in_(_FAILED_RUNS),
-            task_runs.c.run_id != (task["run_id"] or ""))).fetchall()
+        earlier = conn.execute(
+            select(task_runs.c.run_id, task_runs.c.worker_id, task_runs.c.charged).where(
+                task_runs.c.queue_id == queue_id,
+                task_runs.c.task_id == task["task_id"],
+                task_runs.c.status.in_(_FAILED_RUNS),
+                task_runs.c.run_id != (task["run_id"] or ""),
+            )
+        ).fetchall()
         elsewhere = [r for r in earlier if r.worker_id != worker_id]
         if elsewhere:
             for r in elsewhere:
@@ -681,8 +913,9 @@ class SqlStorage:
             return False
         return self._charge_worker(conn, queue_id, worker_id, now)
 
-    def _take_back(self, conn: Connection, queue_id: str, run_id: str, worker_id: str,
-                   now: datetime) -> None:
+    def _take_back(
+        self, conn: Connection, queue_id: str, run_id: str, worker_id: str, now: datetime
+    ) -> None:
         """Take back the charge of one failed run: its worker's ``retries`` - 1; a worker
         crashed by it is ``active`` again once below its ``max_retries``."""
         conn.execute(update(task_runs).where(task_runs.c.run_id == run_id).values(charged=False))
@@ -693,11 +926,14 @@ class SqlStorage:
         retries = max(0, row["retries"] - 1)
         status = row["status"]
         if status == "crashed" and not fsm.worker_crashes(
-                retries, row["max_retries"],
-                confirmed=self._streak_confirmed(conn, queue_id, row)):
+            retries, row["max_retries"], confirmed=self._streak_confirmed(conn, queue_id, row)
+        ):
             status = "active"
-        conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
-            status=status, retries=retries, last_modified=now))
+        conn.execute(
+            update(workers)
+            .where(workers.c.worker_id == worker_id)
+            .values(status=status, retries=retries, last_modified=now)
+        )
         if status != row["status"]:
             self._worker_event(conn, queue_id, worker_id, row["status"], now)
 
@@ -707,45 +943,65 @@ class SqlStorage:
         streak of failures began (its last success, or its creation if it has none): the
         sweep's tasks run elsewhere, so a failing streak points at this machine."""
         wid = worker["worker_id"]
-        since = conn.execute(select(func.max(task_runs.c.ended)).where(
-            task_runs.c.worker_id == wid, task_runs.c.status == "success")).scalar()
+        since = conn.execute(
+            select(func.max(task_runs.c.ended)).where(
+                task_runs.c.worker_id == wid, task_runs.c.status == "success"
+            )
+        ).scalar()
         if since is None:
             since = worker["created_at"]
-        found = conn.execute(select(task_runs.c.run_id).where(
-            task_runs.c.queue_id == queue_id, task_runs.c.ended > since,
-            task_runs.c.status == "success", task_runs.c.worker_id != wid).limit(1)).first()
+        found = conn.execute(
+            select(task_runs.c.run_id)
+            .where(
+                task_runs.c.queue_id == queue_id,
+                task_runs.c.ended > since,
+                task_runs.c.status == "success",
+                task_runs.c.worker_id != wid,
+            )
+            .limit(1)
+        ).first()
         return found is not None
 
-    def _crash_confirmed_streaks(self, conn: Connection, queue_id: str,
-                                 worker_id: str | None, now: datetime) -> None:
+    def _crash_confirmed_streaks(
+        self, conn: Connection, queue_id: str, worker_id: str | None, now: datetime
+    ) -> None:
         """A success of ``worker_id`` confirms the streak of every other active worker of the
         queue that already has ``max_retries`` charged failures (kept active only because
         nothing had succeeded elsewhere): those are crashed now, as if this success had come
         before their last failure."""
-        rows = conn.execute(select(workers.c.worker_id).where(
-            workers.c.queue_id == queue_id, workers.c.status == "active",
-            workers.c.retries >= workers.c.max_retries,
-            workers.c.worker_id != (worker_id or ""))).fetchall()
+        rows = conn.execute(
+            select(workers.c.worker_id).where(
+                workers.c.queue_id == queue_id,
+                workers.c.status == "active",
+                workers.c.retries >= workers.c.max_retries,
+                workers.c.worker_id != (worker_id or ""),
+            )
+        ).fetchall()
         for row in rows:
-            done = conn.execute(update(workers).where(
-                workers.c.worker_id == row.worker_id, workers.c.status == "active")
-                .values(status="crashed", last_modified=now)).rowcount
+            done = conn.execute(
+                update(workers)
+                .where(workers.c.worker_id == row.worker_id, workers.c.status == "active")
+                .values(status="crashed", last_modified=now)
+            ).rowcount
             if done:
                 self._worker_event(conn, queue_id, row.worker_id, "active", now)
 
     @staticmethod
-    def _reset_streak(conn: Connection, queue_id: str, worker_id: str | None,
-                      now: datetime) -> None:
+    def _reset_streak(
+        conn: Connection, queue_id: str, worker_id: str | None, now: datetime
+    ) -> None:
         """A success ends the worker's streak of failures: ``retries`` 0 (a crashed worker
         stays crashed until re-activated by hand)."""
         if worker_id is None:
             return
-        if conn.execute(_RESET_STREAK, {"p_worker_id": worker_id, "p_queue_id": queue_id,
-                                        "p_now": now}).rowcount:
+        if conn.execute(
+            _RESET_STREAK, {"p_worker_id": worker_id, "p_queue_id": queue_id, "p_now": now}
+        ).rowcount:
             conn.execute(_UNCHARGE, {"p_worker_id": worker_id})
 
-    def _charge_worker(self, conn: Connection, queue_id: str, worker_id: str | None,
-                       now: datetime) -> bool:
+    def _charge_worker(
+        self, conn: Connection, queue_id: str, worker_id: str | None, now: datetime
+    ) -> bool:
         """Count one failed run against ``worker_id`` (active or suspended; a crashed or
         deleted worker is not counted further). Returns whether it was counted."""
         if worker_id is None:
@@ -759,12 +1015,16 @@ class SqlStorage:
         confirmed = True
         if row["status"] == "active" and row["retries"] + 1 >= row["max_retries"]:
             confirmed = self._streak_confirmed(conn, queue_id, row)
-        status, retries = fsm.worker_after_failure(row["status"], row["retries"],
-                                                   row["max_retries"], confirmed=confirmed)
+        status, retries = fsm.worker_after_failure(
+            row["status"], row["retries"], row["max_retries"], confirmed=confirmed
+        )
         if (status, retries) == (row["status"], row["retries"]):
             return False
-        conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(
-            status=status, retries=retries, last_modified=now))
+        conn.execute(
+            update(workers)
+            .where(workers.c.worker_id == worker_id)
+            .values(status=status, retries=retries, last_modified=now)
+        )
         if row["status"] == "active":  # active -> active|crashed is published, as 1.0.1 does
             self._worker_event(conn, queue_id, worker_id, row["status"], now)
         return True
@@ -786,16 +1046,21 @@ class SqlStorage:
             if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
                 if self._already_reported(conn, queue_id, task_id, run_id, status):
                     return  # a retry of a report that went through: same answer, no change
-                raise Conflict(f"Task {task_id} is no longer owned by run {run_id}",
-                               code=codes.RUN_NOT_OWNER)
+                raise Conflict(
+                    f"Task {task_id} is no longer owned by run {run_id}", code=codes.RUN_NOT_OWNER
+                )
             if worker_id is not None and task["worker_id"] != worker_id:
-                raise Conflict(f"Task {task_id} is assigned to worker {task['worker_id']}",
-                               code=codes.WORKER_NOT_OWNER)
+                raise Conflict(
+                    f"Task {task_id} is assigned to worker {task['worker_id']}",
+                    code=codes.WORKER_NOT_OWNER,
+                )
             values: dict[str, Any] = {"last_modified": now}
             if status == "success":
                 if task["status"] != "running":
-                    raise Invalid(f"Cannot transition task from {task['status']} to success.",
-                                  code=codes.INVALID_TRANSITION)
+                    raise Invalid(
+                        f"Cannot transition task from {task['status']} to success.",
+                        code=codes.INVALID_TRANSITION,
+                    )
                 values.update(status="success")
                 self._end_run(conn, task, "success", now, _run_summary(summary))
                 self._reset_streak(conn, queue_id, task["worker_id"], now)
@@ -803,10 +1068,12 @@ class SqlStorage:
             elif status == "failed":
                 try:
                     new_status, retries = fsm.task_after_failure(
-                        task["status"], task["retries"], task["max_retries"])
+                        task["status"], task["retries"], task["max_retries"]
+                    )
                 except fsm.InvalidTransition as exc:
-                    raise Invalid(f"Cannot fail task in {task['status']} state",
-                                  code=codes.INVALID_TRANSITION) from exc
+                    raise Invalid(
+                        f"Cannot fail task in {task['status']} state", code=codes.INVALID_TRANSITION
+                    ) from exc
                 values.update(status=new_status, retries=retries)
                 if task["status"] == "running":
                     charged = self._blame_failure(conn, queue_id, task, now)
@@ -831,18 +1098,23 @@ class SqlStorage:
             values["p_task_id"] = task_id
             row = conn.execute(_UPDATE_TASK, values).first()
             if not (task["status"] == "failed" and values["status"] == "failed"):
-                self._task_event(conn, queue_id, task_id, task["status"], now,
-                                 task=task_row(row))
+                self._task_event(conn, queue_id, task_id, task["status"], now, task=task_row(row))
 
     @staticmethod
-    def _already_reported(conn: Connection, queue_id: str, task_id: str, run_id: str,
-                          status: str) -> bool:
+    def _already_reported(
+        conn: Connection, queue_id: str, task_id: str, run_id: str, status: str
+    ) -> bool:
         """Whether run ``run_id`` of the task already ended with ``status`` by a report."""
-        found = conn.execute(select(task_runs.c.status).where(
-            task_runs.c.run_id == run_id, task_runs.c.task_id == task_id,
-            task_runs.c.queue_id == queue_id)).scalar()
-        return found is not None and found == status and status in (
-            "success", "failed", "cancelled")
+        found = conn.execute(
+            select(task_runs.c.status).where(
+                task_runs.c.run_id == run_id,
+                task_runs.c.task_id == task_id,
+                task_runs.c.queue_id == queue_id,
+            )
+        ).scalar()
+        return (
+            found is not None and found == status and status in ("success", "failed", "cancelled")
+        )
 
     def heartbeat(self, queue_id, task_id, *, worker_id, run_id):
         """Refresh ``last_heartbeat`` of a running task (database clock).
@@ -853,15 +1125,22 @@ class SqlStorage:
         """
         with self.db.write() as conn:
             cond = self._run_condition(queue_id, task_id, worker_id, run_id)
-            if conn.execute(update(tasks).where(*cond).values(
-                    last_heartbeat=self.db.now(conn))).rowcount == 1:
+            if (
+                conn.execute(
+                    update(tasks).where(*cond).values(last_heartbeat=self.db.now(conn))
+                ).rowcount
+                == 1
+            ):
                 return
             raise self._not_owned(conn, queue_id, task_id, run_id)
 
     @staticmethod
     def _run_condition(queue_id, task_id, worker_id, run_id) -> list:
-        cond = [tasks.c.task_id == task_id, tasks.c.queue_id == queue_id,
-                tasks.c.status == "running"]
+        cond = [
+            tasks.c.task_id == task_id,
+            tasks.c.queue_id == queue_id,
+            tasks.c.status == "running",
+        ]
         if run_id is not None:
             cond.append(tasks.c.run_id == run_id)
         if worker_id is not None:
@@ -871,19 +1150,33 @@ class SqlStorage:
     @staticmethod
     def _not_owned(conn, queue_id, task_id, run_id) -> Exception:
         """The error for a heartbeat/progress that matched no running task of that run."""
-        row = conn.execute(select(tasks.c.status, tasks.c.run_id, tasks.c.worker_id).where(
-            tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)).first()
+        row = conn.execute(
+            select(tasks.c.status, tasks.c.run_id, tasks.c.worker_id).where(
+                tasks.c.task_id == task_id, tasks.c.queue_id == queue_id
+            )
+        ).first()
         if row is None or row.status != "running":
-            return NotFound(f"Task '{task_id}' not found in queue '{queue_id}' "
-                            f"or not in 'running' state", code=codes.TASK_NOT_RUNNING)
+            return NotFound(
+                f"Task '{task_id}' not found in queue '{queue_id}' or not in 'running' state",
+                code=codes.TASK_NOT_RUNNING,
+            )
         if run_id is not None and row.run_id != run_id:
-            return Conflict(f"Task {task_id} is no longer owned by run {run_id}",
-                            code=codes.RUN_NOT_OWNER)
-        return Forbidden(f"Task {task_id} is assigned to a different worker",
-                         code=codes.WORKER_NOT_OWNER)
+            return Conflict(
+                f"Task {task_id} is no longer owned by run {run_id}", code=codes.RUN_NOT_OWNER
+            )
+        return Forbidden(
+            f"Task {task_id} is assigned to a different worker", code=codes.WORKER_NOT_OWNER
+        )
 
-    def report_progress(self, queue_id, task_id, *, progress: dict[str, Any],
-                        worker_id: str | None, run_id: str | None) -> dict[str, Any]:
+    def report_progress(
+        self,
+        queue_id,
+        task_id,
+        *,
+        progress: dict[str, Any],
+        worker_id: str | None,
+        run_id: str | None,
+    ) -> dict[str, Any]:
         """Store ``progress`` (``{"step", "total", "metrics"}``, validated by the caller) as
         the latest snapshot of the running task, stamped ``updated_at`` (server clock, ISO
         UTC), and refresh its heartbeat. Returns the snapshot. Errors as ``heartbeat``.
@@ -892,8 +1185,12 @@ class SqlStorage:
             now = self.db.now(conn)
             snapshot = {**progress, "updated_at": now.isoformat()}
             cond = self._run_condition(queue_id, task_id, worker_id, run_id)
-            if conn.execute(update(tasks).where(*cond).values(
-                    progress=snapshot, last_heartbeat=now)).rowcount == 1:
+            if (
+                conn.execute(
+                    update(tasks).where(*cond).values(progress=snapshot, last_heartbeat=now)
+                ).rowcount
+                == 1
+            ):
                 return snapshot
             raise self._not_owned(conn, queue_id, task_id, run_id)
 
@@ -926,7 +1223,8 @@ class SqlStorage:
                 raise (Conflict if conflict else Invalid)(
                     f"Failed to update {len(errors)}/{len(updates)} tasks; nothing was "
                     f"changed. Detail: {errors}",
-                    code=codes.RUN_NOT_OWNER if conflict else codes.INVALID_REQUEST)
+                    code=codes.RUN_NOT_OWNER if conflict else codes.INVALID_REQUEST,
+                )
             return [self._task(conn, queue_id, t) for t in results]
 
     def _update_one(self, conn, queue_id, item, reset_pending, now) -> None:
@@ -934,8 +1232,10 @@ class SqlStorage:
         fence = item.get("run_id")
         if fence is not None and (task["run_id"] != fence or task["status"] != "running"):
             # the run that sent this update (e.g. the loop's "Ignore") no longer owns the task
-            raise Conflict(f"Task {item['task_id']} is no longer owned by run {fence}",
-                           code=codes.RUN_NOT_OWNER)
+            raise Conflict(
+                f"Task {item['task_id']} is no longer owned by run {fence}",
+                code=codes.RUN_NOT_OWNER,
+            )
         replace = set(item.get("replace_fields") or [])
         unknown = replace - set(UPDATABLE_TASK_FIELDS)
         if unknown:
@@ -948,12 +1248,13 @@ class SqlStorage:
             if field in DICT_TASK_FIELDS:
                 if value is None:
                     continue
-                value = (_unflatten(value, field) if field in replace
-                         else _merge(task[field], value))
+                value = _unflatten(value, field) if field in replace else _merge(task[field], value)
             values[field] = value
         if any(field in values for field in DICT_TASK_FIELDS):
-            self._check_task_size(f"task {item['task_id']}: ",
-                                  *(values.get(f, task[f]) for f in ("args", "metadata", "summary")))
+            self._check_task_size(
+                f"task {item['task_id']}: ",
+                *(values.get(f, task[f]) for f in ("args", "metadata", "summary")),
+            )
         old = task["status"]
         if reset_pending:
             values.update(status="pending", retries=0)
@@ -978,8 +1279,9 @@ class SqlStorage:
         if "args" in values:
             values["shape_id"] = self._shape_id(conn, queue_id, values["args"])
         if "args" in values or "cmd" in values:
-            values["args_hash"] = args_hash(values.get("args", task["args"]),
-                                            values.get("cmd", task["cmd"]))
+            values["args_hash"] = args_hash(
+                values.get("args", task["args"]), values.get("cmd", task["cmd"])
+            )
         values["last_modified"] = now
         conn.execute(update(tasks).where(tasks.c.task_id == item["task_id"]).values(**values))
         if started is not None:
@@ -987,9 +1289,15 @@ class SqlStorage:
         if reset_pending or new != old:
             self._task_event(conn, queue_id, item["task_id"], old, now)
 
-    def requeue_tasks(self, queue_id: str, *, task_ids: list[str] | None = None,
-                      status: str | None = None, extra_filter: dict | None = None,
-                      limit: int = MAX_REQUEUE) -> dict[str, Any]:
+    def requeue_tasks(
+        self,
+        queue_id: str,
+        *,
+        task_ids: list[str] | None = None,
+        status: str | None = None,
+        extra_filter: dict | None = None,
+        limit: int = MAX_REQUEUE,
+    ) -> dict[str, Any]:
         """Put matching tasks back to ``pending`` with ``retries`` 0, in one transaction.
 
         Selection (all given conditions apply): ``task_ids`` (at most ``MAX_REQUEUE``),
@@ -1005,20 +1313,29 @@ class SqlStorage:
         calls end). Raises ``Invalid`` for ``status="pending"`` or too many ids.
         """
         if status == "pending":
-            raise Invalid("status: pending tasks are already queued; requeue takes running, "
-                          "success, failed or cancelled tasks")
+            raise Invalid(
+                "status: pending tasks are already queued; requeue takes running, "
+                "success, failed or cancelled tasks"
+            )
         if task_ids is not None and len(task_ids) > MAX_REQUEUE:
             raise Invalid(f"task_ids: at most {MAX_REQUEUE} per request, got {len(task_ids)}")
         limit = max(1, min(limit, MAX_REQUEUE))
         statuses = [status] if status else list(REQUEUE_STATUSES)
-        cond = [tasks.c.queue_id == queue_id, tasks.c.status.in_(statuses),
-                self._filter(TASK_FIELDS, extra_filter)]
+        cond = [
+            tasks.c.queue_id == queue_id,
+            tasks.c.status.in_(statuses),
+            self._filter(TASK_FIELDS, extra_filter),
+        ]
         if task_ids is not None:
             cond.append(tasks.c.task_id.in_(task_ids))
         with self.db.write() as conn:
             now = self.db.now(conn)
-            stmt = (select(tasks.c.task_id, tasks.c.status, tasks.c.run_id).where(*cond)
-                    .order_by(tasks.c.last_modified, tasks.c.task_id).limit(limit + 1))
+            stmt = (
+                select(tasks.c.task_id, tasks.c.status, tasks.c.run_id)
+                .where(*cond)
+                .order_by(tasks.c.last_modified, tasks.c.task_id)
+                .limit(limit + 1)
+            )
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(of=tasks)
             found = conn.execute(stmt).fetchall()
@@ -1027,25 +1344,41 @@ class SqlStorage:
             runs = [r.run_id for r in found[:limit] if r.status == "running" and r.run_id]
             done: list[str] = []
             if runs:  # their runs end here, in the history too
-                conn.execute(update(task_runs).where(
-                    task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None)).values(
-                    ended=now, status="requeued", summary={"message": "requeued"}))
+                conn.execute(
+                    update(task_runs)
+                    .where(task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None))
+                    .values(ended=now, status="requeued", summary={"message": "requeued"})
+                )
             if old:
                 rows = conn.execute(
-                    update(tasks).where(tasks.c.task_id.in_(list(old)),
-                                        tasks.c.status.in_(statuses))
+                    update(tasks)
+                    .where(tasks.c.task_id.in_(list(old)), tasks.c.status.in_(statuses))
                     .values(status="pending", retries=0, last_modified=now, **_END_RUN)
-                    .returning(*_TASK_COLUMNS)).fetchall()
+                    .returning(*_TASK_COLUMNS)
+                ).fetchall()
                 for row in rows:
                     task = task_row(row)
-                    eventlog.record(conn, queue_id=queue_id, entity_type="task",
-                                    entity_id=task["task_id"], old=old[task["task_id"]],
-                                    new="pending", data=task, now=now)
+                    eventlog.record(
+                        conn,
+                        queue_id=queue_id,
+                        entity_type="task",
+                        entity_id=task["task_id"],
+                        old=old[task["task_id"]],
+                        new="pending",
+                        data=task,
+                        now=now,
+                    )
                     done.append(task["task_id"])
         return {"requeued": len(done), "task_ids": done, "more": more}
 
-    def count_tasks(self, queue_id: str, *, extra_filter: dict | None = None,
-                    status: str | None = None, by: str | None = None) -> dict[str, Any]:
+    def count_tasks(
+        self,
+        queue_id: str,
+        *,
+        extra_filter: dict | None = None,
+        status: str | None = None,
+        by: str | None = None,
+    ) -> dict[str, Any]:
         """Count matching tasks grouped by ``by`` in one query (groups sum to the total).
 
         ``by``: ``"status"`` (default), a task column or a dotted ``args.*``/``metadata.*``/
@@ -1059,8 +1392,7 @@ class SqlStorage:
         with self.db.read() as conn:
             return counting.count_tasks(conn, TASK_FIELDS, queue_id, where, by)
 
-    def queue_overview(self, queue_id: str, *, window_seconds: float = 600.0
-                       ) -> dict[str, Any]:
+    def queue_overview(self, queue_id: str, *, window_seconds: float = 600.0) -> dict[str, Any]:
         """The queue at a glance (one read transaction): counts per status, runs finished in
         the last ``window_seconds``, throughput and ETA, workers (live per status, gone) and
         the running tasks with their progress. Shape: ``counting.queue_overview``."""
@@ -1070,14 +1402,20 @@ class SqlStorage:
 
     def delete_task(self, queue_id: str, task_id: str) -> None:
         with self.db.write() as conn:
-            if conn.execute(delete(tasks).where(tasks.c.task_id == task_id,
-                                                tasks.c.queue_id == queue_id)).rowcount == 0:
+            if (
+                conn.execute(
+                    delete(tasks).where(tasks.c.task_id == task_id, tasks.c.queue_id == queue_id)
+                ).rowcount
+                == 0
+            ):
                 raise NotFound("Task not found", code=codes.TASK_NOT_FOUND)
-            conn.execute(delete(task_runs).where(task_runs.c.task_id == task_id,
-                                                 task_runs.c.queue_id == queue_id))
+            conn.execute(
+                delete(task_runs).where(
+                    task_runs.c.task_id == task_id, task_runs.c.queue_id == queue_id
+                )
+            )
 
-    def list_task_runs(self, queue_id: str, task_id: str, limit: int = 100
-                       ) -> list[dict[str, Any]]:
+    def list_task_runs(self, queue_id: str, task_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The history of a task's runs, newest first (at most ``limit``, 1..1000).
 
         Each run is ``{"run_id": str, "task_id": str, "worker_id": str | None,
@@ -1094,9 +1432,11 @@ class SqlStorage:
         with self.db.read() as conn:
             self._task(conn, queue_id, task_id)
             rows = conn.execute(
-                select(*[task_runs.c[k] for k in _RUN_KEYS]).where(
-                    task_runs.c.queue_id == queue_id, task_runs.c.task_id == task_id)
-                .order_by(task_runs.c.started.desc(), task_runs.c.run_id).limit(limit))
+                select(*[task_runs.c[k] for k in _RUN_KEYS])
+                .where(task_runs.c.queue_id == queue_id, task_runs.c.task_id == task_id)
+                .order_by(task_runs.c.started.desc(), task_runs.c.run_id)
+                .limit(limit)
+            )
             return [dict(r._mapping) for r in rows]
 
     # ------------------------------------------------------------------ workers
@@ -1104,15 +1444,35 @@ class SqlStorage:
         worker_id = new_id()
         with self.db.write() as conn:
             now = self.db.now(conn)
-            conn.execute(insert(workers).values(
-                worker_id=worker_id, queue_id=queue_id, status="active", worker_name=name,
-                metadata=_unflatten(metadata, "metadata"), retries=0, max_retries=max_retries,
-                created_at=now, last_modified=now))
+            conn.execute(
+                insert(workers).values(
+                    worker_id=worker_id,
+                    queue_id=queue_id,
+                    status="active",
+                    worker_name=name,
+                    metadata=_unflatten(metadata, "metadata"),
+                    retries=0,
+                    max_retries=max_retries,
+                    created_at=now,
+                    last_modified=now,
+                )
+            )
             self._worker_event(conn, queue_id, worker_id, "created", now)
         return worker_id
 
-    def search_workers(self, queue_id, *, extra_filter, worker_id, worker_name, status, sort,
-                       offset, limit, gone: bool | None = None):
+    def search_workers(
+        self,
+        queue_id,
+        *,
+        extra_filter,
+        worker_id,
+        worker_name,
+        status,
+        sort,
+        offset,
+        limit,
+        gone: bool | None = None,
+    ):
         """One page of workers; ``gone``: True only workers whose loop ended, False only
         live ones, None both."""
         cond = [workers.c.queue_id == queue_id, self._filter(WORKER_FIELDS, extra_filter)]
@@ -1125,12 +1485,16 @@ class SqlStorage:
         if status is not None:
             cond.append(workers.c.status == status)
         try:
-            order = _order(sort, WORKER_FIELDS, self.db.dialect,
-                           [workers.c.last_modified.asc()])
+            order = _order(sort, WORKER_FIELDS, self.db.dialect, [workers.c.last_modified.asc()])
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
-        stmt = (select(*_WORKER_COLUMNS).where(and_(*cond))
-                .order_by(*order, workers.c.worker_id).offset(offset).limit(limit))
+        stmt = (
+            select(*_WORKER_COLUMNS)
+            .where(and_(*cond))
+            .order_by(*order, workers.c.worker_id)
+            .offset(offset)
+            .limit(limit)
+        )
         with self.db.read() as conn:
             return self._with_running(conn, queue_id, [worker_row(r) for r in conn.execute(stmt)])
 
@@ -1142,9 +1506,15 @@ class SqlStorage:
             return items
         ids = [w["worker_id"] for w in items]
         running: dict[str, list[str]] = {wid: [] for wid in ids}
-        rows = conn.execute(select(tasks.c.worker_id, tasks.c.task_id).where(
-            tasks.c.queue_id == queue_id, tasks.c.status == "running",
-            tasks.c.worker_id.in_(ids)).order_by(tasks.c.start_time, tasks.c.task_id))
+        rows = conn.execute(
+            select(tasks.c.worker_id, tasks.c.task_id)
+            .where(
+                tasks.c.queue_id == queue_id,
+                tasks.c.status == "running",
+                tasks.c.worker_id.in_(ids),
+            )
+            .order_by(tasks.c.start_time, tasks.c.task_id)
+        )
         for row in rows:
             running[row.worker_id].append(row.task_id)
         for w in items:
@@ -1160,7 +1530,8 @@ class SqlStorage:
         """The worker's row; ``lock`` takes a row lock on PostgreSQL for a read-modify-write
         (SQLite transactions here are already serialised by ``BEGIN IMMEDIATE``)."""
         stmt = select(*_WORKER_COLUMNS).where(
-            workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)
+            workers.c.worker_id == worker_id, workers.c.queue_id == queue_id
+        )
         if lock and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
@@ -1181,8 +1552,7 @@ class SqlStorage:
             if status == "active" and worker["status"] == "crashed":
                 values["retries"] = 0
                 conn.execute(_UNCHARGE, {"p_worker_id": worker_id})  # a fresh streak
-            conn.execute(update(workers).where(workers.c.worker_id == worker_id)
-                         .values(**values))
+            conn.execute(update(workers).where(workers.c.worker_id == worker_id).values(**values))
             self._worker_event(conn, queue_id, worker_id, worker["status"], now)
 
     def mark_worker_gone(self, queue_id: str, worker_id: str) -> dict[str, Any]:
@@ -1191,26 +1561,41 @@ class SqlStorage:
         this worker id makes it live again. Returns the worker; ``NotFound``."""
         with self.db.write() as conn:
             now = self.db.now(conn)
-            conn.execute(update(workers).where(
-                workers.c.worker_id == worker_id, workers.c.queue_id == queue_id,
-                workers.c.gone_at.is_(None)).values(gone_at=now))
+            conn.execute(
+                update(workers)
+                .where(
+                    workers.c.worker_id == worker_id,
+                    workers.c.queue_id == queue_id,
+                    workers.c.gone_at.is_(None),
+                )
+                .values(gone_at=now)
+            )
             return self._with_running(conn, queue_id, [self._worker(conn, queue_id, worker_id)])[0]
 
-    def prune_workers(self, queue_id: str, *, gone_before: datetime | None = None
-                      ) -> dict[str, Any]:
+    def prune_workers(
+        self, queue_id: str, *, gone_before: datetime | None = None
+    ) -> dict[str, Any]:
         """Delete workers that have gone (``gone_at`` set, before ``gone_before`` if given)
         and run no task. At most ``MAX_PRUNE`` per call, oldest first; returns
         ``{"deleted": int, "worker_ids": [...], "more": bool}``."""
-        cond = [workers.c.queue_id == queue_id, workers.c.gone_at.is_not(None),
-                ~select(tasks.c.task_id).where(
-                    tasks.c.worker_id == workers.c.worker_id, tasks.c.status == "running"
-                ).exists()]
+        cond = [
+            workers.c.queue_id == queue_id,
+            workers.c.gone_at.is_not(None),
+            ~select(tasks.c.task_id)
+            .where(tasks.c.worker_id == workers.c.worker_id, tasks.c.status == "running")
+            .exists(),
+        ]
         if gone_before is not None:
             cond.append(workers.c.gone_at < gone_before)
         with self.db.write() as conn:
-            ids = list(conn.execute(select(workers.c.worker_id).where(*cond)
-                                    .order_by(workers.c.gone_at, workers.c.worker_id)
-                                    .limit(MAX_PRUNE + 1)).scalars())
+            ids = list(
+                conn.execute(
+                    select(workers.c.worker_id)
+                    .where(*cond)
+                    .order_by(workers.c.gone_at, workers.c.worker_id)
+                    .limit(MAX_PRUNE + 1)
+                ).scalars()
+            )
             more = len(ids) > MAX_PRUNE
             ids = ids[:MAX_PRUNE]
             if ids:
@@ -1222,18 +1607,28 @@ class SqlStorage:
         tasks keep their ``worker_id`` so that the run can still report or time out."""
         with self.db.write() as conn:
             now = self.db.now(conn)
-            deleted = conn.execute(delete(workers).where(
-                workers.c.worker_id == worker_id, workers.c.queue_id == queue_id)).rowcount
+            deleted = conn.execute(
+                delete(workers).where(
+                    workers.c.worker_id == worker_id, workers.c.queue_id == queue_id
+                )
+            ).rowcount
             if deleted == 0:
                 raise NotFound("Worker not found", code=codes.WORKER_NOT_FOUND)
             if cascade_update:
-                conn.execute(update(tasks).where(
-                    tasks.c.queue_id == queue_id, tasks.c.worker_id == worker_id,
-                    tasks.c.status != "running").values(worker_id=None, last_modified=now))
+                conn.execute(
+                    update(tasks)
+                    .where(
+                        tasks.c.queue_id == queue_id,
+                        tasks.c.worker_id == worker_id,
+                        tasks.c.status != "running",
+                    )
+                    .values(worker_id=None, last_modified=now)
+                )
 
     # ------------------------------------------------------------------ maintenance
-    def sweep_timeouts(self, now: datetime | None = None,
-                       uptime: Callable[[], float] | None = None) -> int:
+    def sweep_timeouts(
+        self, now: datetime | None = None, uptime: Callable[[], float] | None = None
+    ) -> int:
         """Fail every running task whose heartbeat or execution time expired (database clock,
         or ``now`` when given).
 
@@ -1253,9 +1648,11 @@ class SqlStorage:
             up = uptime() if uptime is not None else None
             stmt = select(*_TASK_COLUMNS).where(
                 tasks.c.status == "running",
-                tasks.c.heartbeat_timeout.is_not(None) | tasks.c.task_timeout.is_not(None)
+                tasks.c.heartbeat_timeout.is_not(None)
+                | tasks.c.task_timeout.is_not(None)
                 | tasks.c.run_heartbeat_timeout.is_not(None)
-                | tasks.c.run_task_timeout.is_not(None))
+                | tasks.c.run_task_timeout.is_not(None),
+            )
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in conn.execute(stmt).fetchall():
@@ -1264,27 +1661,43 @@ class SqlStorage:
                 if reason is None:
                     continue
                 kind, message = reason
-                status, retries = fsm.task_after_failure("running", task["retries"],
-                                                         task["max_retries"])
+                status, retries = fsm.task_after_failure(
+                    "running", task["retries"], task["max_retries"]
+                )
                 # Guarded by the run id: a run that another sweeper (or a report) already
                 # ended is left alone, so the sweep is idempotent across servers.
-                done = conn.execute(update(tasks).where(
-                    tasks.c.task_id == task["task_id"], tasks.c.status == "running",
-                    tasks.c.run_id == task["run_id"]).values(
-                    status=status, retries=retries, last_modified=now, **_END_RUN,
-                    summary=_merge(_without_outcome(task["summary"]),
-                                   {"labtasker_error": message, "labtasker_timeout": kind}))
+                done = conn.execute(
+                    update(tasks)
+                    .where(
+                        tasks.c.task_id == task["task_id"],
+                        tasks.c.status == "running",
+                        tasks.c.run_id == task["run_id"],
+                    )
+                    .values(
+                        status=status,
+                        retries=retries,
+                        last_modified=now,
+                        **_END_RUN,
+                        summary=_merge(
+                            _without_outcome(task["summary"]),
+                            {"labtasker_error": message, "labtasker_timeout": kind},
+                        ),
+                    )
                 ).rowcount
                 if done:
                     charged = self._blame_failure(conn, task["queue_id"], task, now)
-                    self._end_run(conn, task, "timed_out", now,
-                                  {"timeout": kind, "message": message}, charged)
+                    self._end_run(
+                        conn, task, "timed_out", now, {"timeout": kind, "message": message}, charged
+                    )
                     self._task_event(conn, task["queue_id"], task["task_id"], "running", now)
                     if kind == "heartbeat":
                         self._gone_if_idle(conn, task["worker_id"], now)
                     count += 1
-            conn.execute(delete(submit_keys).where(
-                submit_keys.c.created_at < now - timedelta(seconds=SUBMIT_KEY_SECONDS)))
+            conn.execute(
+                delete(submit_keys).where(
+                    submit_keys.c.created_at < now - timedelta(seconds=SUBMIT_KEY_SECONDS)
+                )
+            )
         self.prune_events()
         return count
 
@@ -1296,12 +1709,17 @@ class SqlStorage:
         was only cut off makes it live again."""
         if worker_id is None:
             return
-        busy = conn.execute(select(tasks.c.task_id).where(
-            tasks.c.worker_id == worker_id, tasks.c.status == "running").limit(1)).first()
+        busy = conn.execute(
+            select(tasks.c.task_id)
+            .where(tasks.c.worker_id == worker_id, tasks.c.status == "running")
+            .limit(1)
+        ).first()
         if busy is None:
-            conn.execute(update(workers).where(workers.c.worker_id == worker_id,
-                                               workers.c.gone_at.is_(None))
-                         .values(gone_at=now))
+            conn.execute(
+                update(workers)
+                .where(workers.c.worker_id == worker_id, workers.c.gone_at.is_(None))
+                .values(gone_at=now)
+            )
 
     def prune_events(self) -> int:
         """Keep the newest ``event_log_size`` events of each queue (``eventlog.prune``); the
@@ -1339,8 +1757,7 @@ def _run_summary(summary: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _expired(task: dict, now: datetime, uptime: float | None = None
-             ) -> tuple[str, str] | None:
+def _expired(task: dict, now: datetime, uptime: float | None = None) -> tuple[str, str] | None:
     """``("heartbeat" | "task", message)`` if the run's time is up (strictly greater than the
     timeout), else ``None``. ``task`` holds the timeouts in force; a heartbeat expires only
     when ``uptime`` (seconds, ``None`` = no grace) exceeds its timeout too."""

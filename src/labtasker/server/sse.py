@@ -32,8 +32,9 @@ from labtasker.server.settings import ServerSettings
 router = APIRouter()
 
 
-def sse_message(event: str, data: str = "", event_id: int | None = None,
-                retry: int | None = None) -> str:
+def sse_message(
+    event: str, data: str = "", event_id: int | None = None, retry: int | None = None
+) -> str:
     """One SSE message: ``event:``, optional ``id:``, one ``data:`` line per line of
     ``data``, optional ``retry:`` (milliseconds); CRLF line ends, blank line after."""
     lines = [f"event: {event}"]
@@ -45,16 +46,19 @@ def sse_message(event: str, data: str = "", event_id: int | None = None,
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
-LOST_DETAIL = ("Events after the last one this client saw were pruned from the queue's log "
-               "(it keeps the newest EVENT_LOG_SIZE); re-read the queue's state")
+LOST_DETAIL = (
+    "Events after the last one this client saw were pruned from the queue's log "
+    "(it keeps the newest EVENT_LOG_SIZE); re-read the queue's state"
+)
 CLOSED_REASONS = {
     "password_changed": "The queue's password changed: connect again with the new one",
     "queue_deleted": "The queue was deleted",
 }
 
 
-async def stream(request: Request, db: Database, queue_id: str, after: int | None,
-                 fingerprint: str | None = None) -> AsyncIterator[str]:
+async def stream(
+    request: Request, db: Database, queue_id: str, after: int | None, fingerprint: str | None = None
+) -> AsyncIterator[str]:
     """The SSE body: ``connection`` first, then every event after ``after`` (or, without
     ``Last-Event-ID``, every event committed after the ``connection`` message was sent),
     ``ping`` every ``SSE_PING_INTERVAL`` s. Re-reads the log when woken by the app's
@@ -85,15 +89,19 @@ async def stream(request: Request, db: Database, queue_id: str, after: int | Non
     if notifier is not None:
         notifier.streams += 1
     try:
-        while not (notifier is not None and notifier.closing) \
-                and not await request.is_disconnected():
+        while (
+            not (notifier is not None and notifier.closing) and not await request.is_disconnected()
+        ):
             woken = notifier.waiter(queue_id) if notifier is not None else asyncio.Event()
             rows, password_hash, pruned = await anyio.to_thread.run_sync(
-                read_stream, db, queue_id, last)
+                read_stream, db, queue_id, last
+            )
             lost = last < pruned
             if lost:
-                yield sse_message("lost", json.dumps({
-                    "after": last, "pruned_through": pruned, "detail": LOST_DETAIL}))
+                yield sse_message(
+                    "lost",
+                    json.dumps({"after": last, "pruned_through": pruned, "detail": LOST_DETAIL}),
+                )
             for row in rows:
                 last = row.event_id
                 yield sse_message("event", json.dumps(payload(row)), event_id=row.event_id)
@@ -107,8 +115,9 @@ async def stream(request: Request, db: Database, queue_id: str, after: int | Non
             elif password_fingerprint(password_hash) != fingerprint:
                 reason = "password_changed"
             if reason is not None:
-                yield sse_message("closed", json.dumps({"reason": reason,
-                                                        "detail": CLOSED_REASONS[reason]}))
+                yield sse_message(
+                    "closed", json.dumps({"reason": reason, "detail": CLOSED_REASONS[reason]})
+                )
                 return
             now = loop.time()
             if now >= next_ping:
@@ -135,12 +144,14 @@ async def listen(
     changes or the queue is deleted: ``stream``). 400 when ``Last-Event-ID`` is not an
     integer from 0 to 2**63 - 1."""
     password_hash = getattr(request.state, "password_hash", None)
-    return open_stream(request, qid, last_event_id,
-                       password_fingerprint(password_hash) if password_hash else None)
+    return open_stream(
+        request, qid, last_event_id, password_fingerprint(password_hash) if password_hash else None
+    )
 
 
-def open_stream(request: Request, qid: str, last_event_id: str | None,
-                fingerprint: str | None) -> StreamingResponse:
+def open_stream(
+    request: Request, qid: str, last_event_id: str | None, fingerprint: str | None
+) -> StreamingResponse:
     """The event stream response of queue ``qid`` (``listen``; the dashboard's
     ``/ui/api/events``); ``fingerprint`` as in ``stream``. Raises ``Invalid`` for a bad
     ``Last-Event-ID``."""

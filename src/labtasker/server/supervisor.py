@@ -41,10 +41,17 @@ HARD_EXIT_SECONDS = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
-def serve_processes(build_app: Callable[[], Callable[..., Any]], *, workers: int, host: str,
-                    port: int, log_level: str, access_log: bool = True,
-                    graceful_seconds: int = 5,
-                    options: Mapping[str, Any] | None = None) -> int:
+def serve_processes(
+    build_app: Callable[[], Callable[..., Any]],
+    *,
+    workers: int,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: bool = True,
+    graceful_seconds: int = 5,
+    options: Mapping[str, Any] | None = None,
+) -> int:
     """Bind ``host:port``, fork ``workers`` server processes that each serve the ASGI app
     ``build_app()`` on it, and supervise them until SIGTERM/SIGINT. ``graceful_seconds``: how
     long open requests may take to finish on shutdown (whole seconds, as uvicorn takes it).
@@ -73,8 +80,13 @@ def serve_processes(build_app: Callable[[], Callable[..., Any]], *, workers: int
             try:
                 os.close(death_w)
                 _die_with(supervisor, death_r, graceful_seconds)
-                config = uvicorn.Config(build_app(), log_level=log_level, access_log=access_log,
-                                        timeout_graceful_shutdown=graceful_seconds, **options)
+                config = uvicorn.Config(
+                    build_app(),
+                    log_level=log_level,
+                    access_log=access_log,
+                    timeout_graceful_shutdown=graceful_seconds,
+                    **options,
+                )
                 uvicorn.Server(config).run(sockets=[sock])
                 code = 0
             except BaseException:  # noqa: BLE001 - report, never fall back into the parent's code
@@ -105,8 +117,9 @@ def serve_processes(build_app: Callable[[], Callable[..., Any]], *, workers: int
                 continue
             code = os.waitstatus_to_exitcode(wait_status)
             if time.monotonic() - started < MIN_UPTIME_SECONDS:
-                log.error("server process %d exited with %d right after its start; stopping",
-                          pid, code)
+                log.error(
+                    "server process %d exited with %d right after its start; stopping", pid, code
+                )
                 status = 1
                 stop(signal.SIGTERM, None)
                 continue

@@ -75,8 +75,11 @@ class Sweeper:
 
     def _restart_uptime(self, now: float, why: str) -> None:
         if now - self._up_since > 1.0:  # say it once per gap, not at every sweep of it
-            log.warning("server was not up (%s): every running lease gets a full heartbeat "
-                        "timeout from now", why)
+            log.warning(
+                "server was not up (%s): every running lease gets a full heartbeat "
+                "timeout from now",
+                why,
+            )
         self._up_since = now
 
     def _uptime_in_sweep(self) -> float:

@@ -2,6 +2,7 @@
 
 Runs in a project directory with ./.labtasker/client.toml; prints `RESULT {call: [ok|error, value]}`.
 """
+
 import json
 
 import labtasker
@@ -17,6 +18,7 @@ def step(name):
         except BaseException as exc:  # noqa: BLE001
             results[name] = ["error", f"{type(exc).__name__}: {str(exc)[:300]}"]
         return fn
+
     return deco
 
 
@@ -41,9 +43,15 @@ def _():
 
 @step("submit_task")
 def _():
-    state["t"] = labtasker.submit_task(task_name="surface", args={"s": 1}, metadata={"m": 1},
-                                       heartbeat_timeout=30, task_timeout=120, max_retries=2,
-                                       priority=20).task_id
+    state["t"] = labtasker.submit_task(
+        task_name="surface",
+        args={"s": 1},
+        metadata={"m": 1},
+        heartbeat_timeout=30,
+        task_timeout=120,
+        max_retries=2,
+        priority=20,
+    ).task_id
     return True
 
 
@@ -56,8 +64,9 @@ def _():
 
 @step("fetch_task")
 def _():
-    resp = labtasker.fetch_task(worker_id=state["w"], required_fields=["s"], eta_max="1h",
-                                heartbeat_timeout=60)
+    resp = labtasker.fetch_task(
+        worker_id=state["w"], required_fields=["s"], eta_max="1h", heartbeat_timeout=60
+    )
     return [resp.found, resp.task.task_id == state["t"], resp.task.status]
 
 
@@ -68,8 +77,9 @@ def _():
 
 @step("report_task_status")
 def _():
-    return labtasker.report_task_status(state["t"], "success", summary={"acc": 1.0},
-                                        worker_id=state["w"])
+    return labtasker.report_task_status(
+        state["t"], "success", summary={"acc": 1.0}, worker_id=state["w"]
+    )
 
 
 @step("ls_tasks")
@@ -81,16 +91,19 @@ def _():
 
 @step("ls_tasks_filter_sort")
 def _():
-    resp = labtasker.ls_tasks(extra_filter="args.s == 1 and priority >= 20",
-                              sort=[("created_at", -1)], limit=10, offset=0)
+    resp = labtasker.ls_tasks(
+        extra_filter="args.s == 1 and priority >= 20", sort=[("created_at", -1)], limit=10, offset=0
+    )
     return [t.task_id == state["t"] for t in resp.content]
 
 
 @step("update_tasks_api_models")
 def _():
     from labtasker.api_models import TaskUpdateRequest
-    resp = labtasker.update_tasks([TaskUpdateRequest(_id=state["t"], priority=5)],
-                                  reset_pending=True)
+
+    resp = labtasker.update_tasks(
+        [TaskUpdateRequest(_id=state["t"], priority=5)], reset_pending=True
+    )
     return [(t.status, t.priority) for t in resp.content]
 
 

@@ -81,7 +81,10 @@ def install() -> None:
     def build_runtime_param(descriptor: Any) -> Any:
         if descriptor.file_annotation is not None or descriptor.choices is not None:
             return build_original(descriptor)
-        return LazyRuntimeParam(parameter_info=descriptor.parameter_info,
-                                annotation=descriptor.annotation, descriptor=descriptor)
+        return LazyRuntimeParam(
+            parameter_info=descriptor.parameter_info,
+            annotation=descriptor.annotation,
+            descriptor=descriptor,
+        )
 
     core.build_runtime_param = build_runtime_param

@@ -17,13 +17,14 @@ app = typer.Typer(
 )
 
 
-
 def compact_line(ev) -> str:
     """One-line form: ``[seq][timestamp][type][entity_type][entity_id][old -> new]``."""
     e = ev.event
-    return (f"[{ev.sequence:5d}][{ev.timestamp.isoformat()}][{e.type:<20}]"
-            f"[{e.entity_type:<10}][{e.entity_id[:10]:<10}]"
-            f"[{e.old_state:<10} -> {e.new_state:<10}]")
+    return (
+        f"[{ev.sequence:5d}][{ev.timestamp.isoformat()}][{e.type:<20}]"
+        f"[{e.entity_type:<10}][{e.entity_id[:10]:<10}]"
+        f"[{e.old_state:<10} -> {e.new_state:<10}]"
+    )
 
 
 @app.command()
@@ -52,8 +53,11 @@ def listen(
     try:
         for msg in listener.iter_raw_sse():
             if raw:
-                print(f"ServerSentEvent(event={msg.event!r}, data={msg.data!r}, id={msg.id!r}, "
-                      f"retry={msg.retry!r})", flush=True)
+                print(
+                    f"ServerSentEvent(event={msg.event!r}, data={msg.data!r}, id={msg.id!r}, "
+                    f"retry={msg.retry!r})",
+                    flush=True,
+                )
                 continue
             if msg.event != "event":
                 continue
@@ -63,11 +67,15 @@ def listen(
             else:
                 e = ev.event
                 colour = STATUS_STYLES.get(e.new_state, "white")
-                console.print(Panel(
-                    f"Sequence: {ev.sequence}\nTimestamp: {ev.timestamp.isoformat()}\n"
-                    f"Entity Type: {e.entity_type}\nEntity ID: {e.entity_id}\n"
-                    f"[{colour}]{e.old_state} -> {e.new_state}[/{colour}]",
-                    title=f"{e.entity_type.capitalize()} State Change", expand=False))
+                console.print(
+                    Panel(
+                        f"Sequence: {ev.sequence}\nTimestamp: {ev.timestamp.isoformat()}\n"
+                        f"Entity Type: {e.entity_type}\nEntity ID: {e.entity_id}\n"
+                        f"[{colour}]{e.old_state} -> {e.new_state}[/{colour}]",
+                        title=f"{e.entity_type.capitalize()} State Change",
+                        expand=False,
+                    )
+                )
             if verbose:
                 print(json.dumps(json.loads(msg.data), indent=4), flush=True)
     except KeyboardInterrupt:

@@ -80,8 +80,9 @@ def _ask_password(interactive: bool, given: str | None) -> str:
         print("Error: the password must be 1-100 characters.", file=sys.stderr)
 
 
-def _ensure_queue(url: str, name: str, password: str, create: bool | None,
-                  interactive: bool) -> bool:
+def _ensure_queue(
+    url: str, name: str, password: str, create: bool | None, interactive: bool
+) -> bool:
     """Check (or create) the queue. ``False`` when the queue exists with another password
     and the user may try again (interactive); raises ``CliError`` otherwise."""
     from labtasker.client import api
@@ -119,8 +120,11 @@ def _ensure_queue(url: str, name: str, password: str, create: bool | None,
         except LabtaskerHTTPStatusError as exc:
             if exc.status_code == 409:
                 if interactive:
-                    print(f"Error: queue '{name}' already exists and the password is wrong; "
-                          "try again.", file=sys.stderr)
+                    print(
+                        f"Error: queue '{name}' already exists and the password is wrong; "
+                        "try again.",
+                        file=sys.stderr,
+                    )
                     return False
                 raise CliError(
                     f"Queue '{name}' already exists but the password is wrong."

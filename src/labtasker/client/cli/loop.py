@@ -107,8 +107,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--worker-id",
             envvar="LABTASKER_WORKER_ID",
-            help="Use this existing worker (default: create one named <host>-<pid> for this "
-            "loop).",
+            help="Use this existing worker (default: create one named <host>-<pid> for this loop).",
         ),
         eta_max: str | None = typer.Option(
             None,
@@ -195,17 +194,20 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 raise _fail(f"cannot read --script-path {script_path}: {exc.strerror}") from None
             except UnicodeDecodeError as exc:
-                raise _fail(f"--script-path {script_path} is not valid UTF-8 (byte "
-                            f"0x{exc.object[exc.start]:02x} at position {exc.start})") from None
+                raise _fail(
+                    f"--script-path {script_path} is not valid UTF-8 (byte "
+                    f"0x{exc.object[exc.start]:02x} at position {exc.start})"
+                ) from None
         elif not argv:
             if sys.stdin is not None and not stdin_is_tty():
                 try:
                     raw = getattr(sys.stdin, "buffer", None)
                     shell_text = raw.read().decode("utf-8") if raw else sys.stdin.read()
                 except UnicodeDecodeError as exc:
-                    raise _fail(f"the command read from stdin is not valid UTF-8 (byte "
-                                f"0x{exc.object[exc.start]:02x} at position {exc.start})"
-                                ) from None
+                    raise _fail(
+                        f"the command read from stdin is not valid UTF-8 (byte "
+                        f"0x{exc.object[exc.start]:02x} at position {exc.start})"
+                    ) from None
             else:
                 raise _fail("Command cannot be empty. Use `labtasker loop -- CMD...` or -c.")
         if shell_text is not None and not shell_text.strip():

@@ -167,7 +167,7 @@ def _did_you_mean(message: str, args: list[str]) -> str:
     word = next((a for a in args if not a.startswith("-")), "")
     groups = [g for g, cmds in _GROUP_COMMANDS.items() if word in cmds]
     if groups:
-        rest = " ".join(args[args.index(word) + 1:])
+        rest = " ".join(args[args.index(word) + 1 :])
         hint = f"labtasker {groups[0]} {word}{' ' + rest if rest else ''}"
         return f"{message} Did you mean `{hint}`?"
     return message
@@ -182,9 +182,11 @@ def _non_utf8_argument(args: list[str]) -> str | None:
         except UnicodeEncodeError as exc:
             raw = arg.encode("utf-8", "surrogateescape")
             shown = raw.decode("ascii", "backslashreplace")
-            return (f"Invalid value for argument {index} ('{shown}'): not valid UTF-8 "
-                    f"(byte 0x{raw[exc.start]:02x} at position {exc.start}); labtasker "
-                    "stores text as UTF-8.")
+            return (
+                f"Invalid value for argument {index} ('{shown}'): not valid UTF-8 "
+                f"(byte 0x{raw[exc.start]:02x} at position {exc.start}); labtasker "
+                "stores text as UTF-8."
+            )
     return None
 
 

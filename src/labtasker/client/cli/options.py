@@ -125,9 +125,12 @@ def ids_filter(ids: list[str]) -> dict:
 
 def _option_names(ctx: typer.Context) -> list[str]:
     """The long option names of the command being run (``--grid``, ``--max-retries``...)."""
-    return [name for param in ctx.command.params
-            for name in (*param.opts, *getattr(param, "secondary_opts", ()))
-            if name.startswith("--")]
+    return [
+        name
+        for param in ctx.command.params
+        for name in (*param.opts, *getattr(param, "secondary_opts", ()))
+        if name.startswith("--")
+    ]
 
 
 def _near_miss(token: str, names: list[str]) -> str | None:
@@ -153,8 +156,10 @@ def refuse_mistyped_options(ctx: typer.Context, tokens: list[str]) -> None:
         if token.startswith("--") and token in before:
             guess = _near_miss(token, names)
             if guess is not None:
-                raise usage_error(f"No such option: {token.split('=', 1)[0]} (did you mean "
-                                  f"{guess}?). Task args go after `--`.")
+                raise usage_error(
+                    f"No such option: {token.split('=', 1)[0]} (did you mean "
+                    f"{guess}?). Task args go after `--`."
+                )
 
 
 def option_as_command_problem(ctx: typer.Context, argv: list[str]) -> str | None:
@@ -166,5 +171,4 @@ def option_as_command_problem(ctx: typer.Context, argv: list[str]) -> str | None
         return None
     guess = _near_miss(argv[0], _option_names(ctx)) if argv[0].startswith("--") else None
     hint = f" (did you mean {guess}?)" if guess else ""
-    return (f"No such option: {argv[0].split('=', 1)[0]}{hint}. The command to run goes "
-            "after `--`.")
+    return f"No such option: {argv[0].split('=', 1)[0]}{hint}. The command to run goes after `--`."

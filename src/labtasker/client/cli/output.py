@@ -32,8 +32,9 @@ def write_yaml_item(item: dict) -> None:
 
     # libyaml's emitter when PyYAML has it (several times faster than the pure-Python one)
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text = yaml.dump([item], Dumper=dumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False)
+    text = yaml.dump(
+        [item], Dumper=dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
     sys.stdout.write(text + "\n")
 
 
@@ -149,8 +150,7 @@ def columns_table(rows: list[dict], columns: list[str]):
         cells = []
         for column in columns:
             value = row.get(column)
-            cells.append(status_text(value) if column == "status" and value else
-                         plain_text(value))
+            cells.append(status_text(value) if column == "status" and value else plain_text(value))
         out.add_row(*cells)
     return out
 

@@ -31,8 +31,10 @@ def run_editor(path: str, editor: str | None = None) -> None:
     editor = editor or os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
         if not (stdin_is_tty() and stdout_is_tty()):
-            raise usage_error("Editing needs a terminal: give the changes as key=value "
-                              "arguments, or name an editor with --editor or $EDITOR.")
+            raise usage_error(
+                "Editing needs a terminal: give the changes as key=value "
+                "arguments, or name an editor with --editor or $EDITOR."
+            )
         editor = next(
             (e for e in ("sensible-editor", "vim", "nano", "vi") if shutil.which(e)), "vi"
         )

@@ -184,9 +184,10 @@ def update(
 @handle_errors
 def delete(
     cascade: bool = typer.Option(
-        False, "--cascade/--no-cascade",
+        False,
+        "--cascade/--no-cascade",
         help="Also delete the queue's tasks and workers; without it, a queue that still has "
-             "any is not deleted."
+        "any is not deleted.",
     ),
     yes: bool = typer.Option(False, "-y", "--yes", help="Do not ask for confirmation."),
 ) -> None:

@@ -94,16 +94,21 @@ def status(
     lines = [f"Queue {ov.queue_name}: {ov.total} task(s)"]
     if ov.total:
         pct = 100.0 * ended / ov.total
-        lines.append(f"{bar(ended, ov.total, fancy=stdout_is_tty())} {pct:3.0f}%  "
-                     f"{ended}/{ov.total} ended")
+        lines.append(
+            f"{bar(ended, ov.total, fancy=stdout_is_tty())} {pct:3.0f}%  {ended}/{ov.total} ended"
+        )
     lines.append("  " + "   ".join(f"{s} {c.get(s, 0)}" for s in TASK_STATES))
     span = human_seconds(ov.window_seconds)
     if ov.finished_recently:
-        mean = (f", mean run {human_seconds(ov.mean_run_seconds)}"
-                if ov.mean_run_seconds is not None else "")
+        mean = (
+            f", mean run {human_seconds(ov.mean_run_seconds)}"
+            if ov.mean_run_seconds is not None
+            else ""
+        )
         lines.append(
             f"Last {span}: {ov.finished_recently} run(s) ended ({ov.succeeded_recently} "
-            f"success, {ov.failed_recently} failed), {ov.throughput_per_minute:.2f}/min{mean}")
+            f"success, {ov.failed_recently} failed), {ov.throughput_per_minute:.2f}/min{mean}"
+        )
     else:
         lines.append(f"Last {span}: no run ended")
     left = c.get("pending", 0) + c.get("running", 0)
@@ -115,9 +120,11 @@ def status(
         lines.append(f"ETA: unknown until a run ends ({left} pending or running)")
     w = ov.workers
     live = w.get("active", 0) + w.get("suspended", 0) + w.get("crashed", 0)
-    lines.append(f"Workers: {live} live ({w.get('active', 0)} active, "
-                 f"{w.get('suspended', 0)} suspended, {w.get('crashed', 0)} crashed), "
-                 f"{w.get('gone', 0)} gone")
+    lines.append(
+        f"Workers: {live} live ({w.get('active', 0)} active, "
+        f"{w.get('suspended', 0)} suspended, {w.get('crashed', 0)} crashed), "
+        f"{w.get('gone', 0)} gone"
+    )
     print("\n".join(lines))
     if ov.running:
         from labtasker.client.cli.output import make_console, plain_text, table
@@ -128,7 +135,9 @@ def status(
         now = ov.now
         for r in ov.running:
             running.add_row(
-                r.task_id, plain_text(r.task_name), plain_text(r.worker_name or r.worker_id),
+                r.task_id,
+                plain_text(r.task_name),
+                plain_text(r.worker_name or r.worker_id),
                 human_seconds((now - r.start_time).total_seconds()) if r.start_time else "-",
                 plain_text(progress_text(r.progress)),
             )
@@ -169,9 +178,14 @@ def wait(
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        progress = Progress(TextColumn("Waiting"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.description}"), console=Console(stderr=True),
-                            transient=True)
+        progress = Progress(
+            TextColumn("Waiting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
         job = progress.add_task("", total=None)
         progress.start()
     try:
@@ -180,15 +194,21 @@ def wait(
             total = sum(counts.values())
             left = counts.get("pending", 0) + counts.get("running", 0)
             if progress is not None:
-                progress.update(job, total=total, completed=total - left,
-                                description=f"{counts.get('running', 0)} running, "
-                                f"{counts.get('failed', 0)} failed")
+                progress.update(
+                    job,
+                    total=total,
+                    completed=total - left,
+                    description=f"{counts.get('running', 0)} running, "
+                    f"{counts.get('failed', 0)} failed",
+                )
             if not left:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 if not quiet:
-                    print(f"Timed out: {left} of {total} task(s) still pending or running.",
-                          file=sys.stderr)
+                    print(
+                        f"Timed out: {left} of {total} task(s) still pending or running.",
+                        file=sys.stderr,
+                    )
                 raise typer.Exit(EXIT_TIMEOUT)
             pause = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(pause, 0.0))
@@ -200,8 +220,10 @@ def wait(
         if not total:
             print("No task matches; nothing to wait for.", file=sys.stderr)
         else:
-            print(f"All {total} task(s) ended: {counts.get('success', 0)} success, "
-                  f"{failed} failed, {cancelled} cancelled.")
+            print(
+                f"All {total} task(s) ended: {counts.get('success', 0)} success, "
+                f"{failed} failed, {cancelled} cancelled."
+            )
     if failed or cancelled:
         raise typer.Exit(1)
 
@@ -234,5 +256,7 @@ def progress(
     total_value = int(total) if total is not None and float(total).is_integer() else total
     sent = send(step_value, total_value, values, force=force)
     if sent is None:
-        print("Not inside a labtasker job (LABTASKER_TASK_ID is not set); nothing reported.",
-              file=sys.stderr)
+        print(
+            "Not inside a labtasker job (LABTASKER_TASK_ID is not set); nothing reported.",
+            file=sys.stderr,
+        )

@@ -133,8 +133,9 @@ def submit(
         None, "--sweep-name", help="Readable name stored in metadata.sweep.name."
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print how many tasks the sweep makes and the first ones; "
-        "submit nothing."
+        False,
+        "--dry-run",
+        help="Print how many tasks the sweep makes and the first ones; submit nothing.",
     ),
     unique: bool = typer.Option(
         False,
@@ -189,8 +190,11 @@ def submit(
         except ValueError as exc:
             raise usage_error(f"Invalid value for [ARGS]: {exc}") from None
         if dropped:
-            typer.echo(f"Warning: {' '.join(dropped)} without a value ignored (as labtasker "
-                       "1.0.1); give a value, e.g. --flag=true.", err=True)
+            typer.echo(
+                f"Warning: {' '.join(dropped)} without a value ignored (as labtasker "
+                "1.0.1); give a value, e.g. --flag=true.",
+                err=True,
+            )
     else:
         parsed_args = dict_option(args, "--args")
     meta = dict_option(metadata, "--metadata")
@@ -205,16 +209,27 @@ def submit(
     }
     if is_sweep:
         _submit_sweep(
-            grid=grid, zip_=zip_, sweep_file=sweep_file, fixed=parsed_args, seed=seed,
-            name=sweep_name, dry_run=dry_run, unique=unique, yes=yes, quiet=quiet,
+            grid=grid,
+            zip_=zip_,
+            sweep_file=sweep_file,
+            fixed=parsed_args,
+            seed=seed,
+            name=sweep_name,
+            dry_run=dry_run,
+            unique=unique,
+            yes=yes,
+            quiet=quiet,
             options=options,
         )
         return
     if not parsed_args and not cmd:
         raise usage_error("Either --cmd or args (--args or `-- --key value`) must be specified.")
     answer = api._submit_task(args=parsed_args, unique=unique, client=None, **options)
-    if (isinstance(answer, dict) and type(answer.get("task_id")) is str
-            and answer.get("created") in (None, True, False)):
+    if (
+        isinstance(answer, dict)
+        and type(answer.get("task_id")) is str
+        and answer.get("created") in (None, True, False)
+    ):
         task_id, created = answer["task_id"], answer.get("created")
     else:  # not the expected answer: the model words the error
         resp = api.TaskSubmitResponse.model_validate(answer)
@@ -230,8 +245,9 @@ def submit(
 DRY_RUN_ROWS = 10  # tasks shown by --dry-run
 
 
-def _submit_sweep(*, grid, zip_, sweep_file, fixed, seed, name, dry_run, unique, yes, quiet,
-                  options) -> None:
+def _submit_sweep(
+    *, grid, zip_, sweep_file, fixed, seed, name, dry_run, unique, yes, quiet, options
+) -> None:
     from labtasker import sweep as sweeps
     from labtasker.client.sweep_submit import submit_sweep
 
@@ -248,16 +264,17 @@ def _submit_sweep(*, grid, zip_, sweep_file, fixed, seed, name, dry_run, unique,
             "to submit them (or --dry-run to look first)."
         )
     with _progress_bar(total) as progress:
-        result = submit_sweep(sweep=sw, unique=unique, name=name, progress=progress,
-                              **options)
+        result = submit_sweep(sweep=sw, unique=unique, name=name, progress=progress, **options)
     if quiet:
         out = list(dict.fromkeys(result.task_ids))  # in order, each id once
         sys.stdout.write("".join(f"{tid}\n" for tid in out))
         return
     label = f" '{_plain(result.name)}'" if result.name else ""
     if unique:
-        print(f"Sweep{label} {result.sweep_id}: {total} task(s), {len(result.created_ids)} "
-              f"submitted, {total - len(result.created_ids)} already in the queue (--unique).")
+        print(
+            f"Sweep{label} {result.sweep_id}: {total} task(s), {len(result.created_ids)} "
+            f"submitted, {total - len(result.created_ids)} already in the queue (--unique)."
+        )
     else:
         print(f"Sweep{label} {result.sweep_id}: {total} task(s) submitted.")
 
@@ -277,9 +294,11 @@ def _print_dry_run(sw, name: str | None) -> None:
     from labtasker.client.cli.output import table as new_table
 
     total = len(sw)
-    sizes = " x ".join(
-        f"{'+'.join(f.keys)} {len(f.rows)}" for f in sw.factors
-    ) if sw.method == "grid" else f"random, run_cap {sw.run_cap}, seed {sw.seed}"
+    sizes = (
+        " x ".join(f"{'+'.join(f.keys)} {len(f.rows)}" for f in sw.factors)
+        if sw.method == "grid"
+        else f"random, run_cap {sw.run_cap}, seed {sw.seed}"
+    )
     label = f" '{_plain(name or sw.name)}'" if (name or sw.name) else ""
     print(f"Dry run: the sweep{label} makes {total:,} task(s) ({sizes}); nothing submitted.")
     if sw.fixed:
@@ -568,8 +587,11 @@ def update(
         if not n:
             print("No tasks matched.", file=sys.stderr)
             return
-        confirm_bulk(f"No --id, --name, -s or -f given: update all {n} task(s) of the "
-                     f"queue (at most --limit {limit})?", yes)
+        confirm_bulk(
+            f"No --id, --name, -s or -f given: update all {n} task(s) of the "
+            f"queue (at most --limit {limit})?",
+            yes,
+        )
     sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
     if verbose:
         print_filter(sel["extra_filter"] or {})
@@ -594,8 +616,6 @@ def update(
     if not quiet:
         n = len(result.content)
         print(f"{n} task{'' if n == 1 else 's'} updated.")
-
-
 
 
 def _edit_tasks(tasks, editor: str | None):
@@ -642,8 +662,10 @@ def _edit_loop(tmp: str, text: str, original: list[dict], editor: str | None):
             text = edited
             continue
         for task_id, fields in ignored.items():
-            print(f"Warning: ignoring changes to read-only fields {fields} of task {task_id}",
-                  file=sys.stderr)
+            print(
+                f"Warning: ignoring changes to read-only fields {fields} of task {task_id}",
+                file=sys.stderr,
+            )
         return requests or None
 
 
@@ -736,8 +758,7 @@ def count(
     from labtasker.exceptions import LabtaskerHTTPStatusError
 
     try:
-        answer = api.count_tasks(extra_filter=query, status=status.value if status else None,
-                                 by=by)
+        answer = api.count_tasks(extra_filter=query, status=status.value if status else None, by=by)
     except LabtaskerHTTPStatusError as exc:
         detail = str(exc.detail)
         if exc.status_code == 400 and detail.startswith("by:"):
@@ -783,7 +804,8 @@ def _count_label(value) -> str:
 @handle_errors
 def requeue(
     task_ids: list[str] | None = typer.Argument(
-        None, help="Ids of the tasks to requeue (or read from stdin when piped).",
+        None,
+        help="Ids of the tasks to requeue (or read from stdin when piped).",
         show_default=False,
     ),
     status: TaskStatusChoice | None = typer.Option(
@@ -814,14 +836,18 @@ def requeue(
     from labtasker.client import api
 
     if status is not None and status.value == "pending":
-        raise usage_error("Invalid value for '-s' / '--status': pending tasks are already "
-                          "queued; use failed, cancelled, success or running.")
+        raise usage_error(
+            "Invalid value for '-s' / '--status': pending tasks are already "
+            "queued; use failed, cancelled, success or running."
+        )
     ids = list(task_ids or [])
     if not ids and status is None and extra_filter is None and not stdin_is_tty():
         ids = read_ids_from_stdin()
         if not ids and not yes:
-            raise usage_error("No task ids on stdin and no -s/-f given; pass -y to requeue "
-                              "every ended task of the queue.")
+            raise usage_error(
+                "No task ids on stdin and no -s/-f given; pass -y to requeue "
+                "every ended task of the queue."
+            )
         if ids and not yes:
             raise usage_error("Ids were read from stdin, so confirmation is impossible: pass -y.")
     query = filter_option(extra_filter)
@@ -832,8 +858,11 @@ def requeue(
         if not n:
             print("No ended task to requeue.", file=sys.stderr)
             return
-        confirm_bulk(f"Requeue all {n} ended task(s) of the queue (success, failed and "
-                     "cancelled) to pending?", yes)
+        confirm_bulk(
+            f"Requeue all {n} ended task(s) of the queue (success, failed and "
+            "cancelled) to pending?",
+            yes,
+        )
     done = api.requeue_tasks(task_ids=ids or None, status=value, extra_filter=query)
     if quiet:
         sys.stdout.write("".join(f"{t}\n" for t in done))
@@ -841,5 +870,7 @@ def requeue(
     print(f"{len(done)} task(s) requeued." if done else "No matching task to requeue.")
     if ids and len(done) < len(ids):
         skipped = [t for t in ids if t not in set(done)]
-        print(f"Not requeued (unknown, pending, or running without -s running): "
-              f"{' '.join(skipped)}", file=sys.stderr)
+        print(
+            f"Not requeued (unknown, pending, or running without -s running): {' '.join(skipped)}",
+            file=sys.stderr,
+        )

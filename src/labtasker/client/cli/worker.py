@@ -74,8 +74,11 @@ def workers_table(items: list[dict]):
     for w in items:
         running = w.get("running_task_ids") or []
         gone_at = w.get("gone_at")
-        status = (Text(f"gone ({w['status']}), seen {_ago(gone_at)}", style="dim")
-                  if gone_at else status_text(w["status"]))
+        status = (
+            Text(f"gone ({w['status']}), seen {_ago(gone_at)}", style="dim")
+            if gone_at
+            else status_text(w["status"])
+        )
         rows.add_row(
             plain_text(w["worker_id"]),
             plain_text(w.get("worker_name") or "-"),
@@ -102,7 +105,10 @@ def create(
     worker_name: str | None = typer.Option(None, "--worker-name", "--name", help="Worker name."),
     metadata: str | None = typer.Option(None, "--metadata", help="Worker metadata as a dict."),
     max_retries: int = typer.Option(
-        3, "--max-retries", min=1, help=(
+        3,
+        "--max-retries",
+        min=1,
+        help=(
             "Failures in a row after which the worker is crashed while other workers "
             "succeed (twice as many when none has succeeded meanwhile)."
         ),
@@ -202,8 +208,10 @@ def report(
         if current == status.value:
             print(f"Worker {worker_id} is already {current}.")
             return
-        raise CliError(f"Worker {worker_id} is {current}; it cannot be set to {status.value} "
-                       f"(only `labtasker worker report {worker_id} active` applies).") from None
+        raise CliError(
+            f"Worker {worker_id} is {current}; it cannot be set to {status.value} "
+            f"(only `labtasker worker report {worker_id} active` applies)."
+        ) from None
     print(f"Worker {worker_id} status updated to {status.value}.")
 
 

@@ -111,8 +111,9 @@ def loop(
             if gpu_spec is None and parallel is None:
                 tasks_run, signum = run_one_slot(None, args, kwargs)
             else:
-                tasks_run, signum = _run_slots(wrapper, gpu_spec, gpus_per_task, parallel, args,
-                                               kwargs)
+                tasks_run, signum = _run_slots(
+                    wrapper, gpu_spec, gpus_per_task, parallel, args, kwargs
+                )
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             if signum:

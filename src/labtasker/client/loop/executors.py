@@ -199,7 +199,11 @@ class PythonExecutor:
         func = self.func
         try:
             pos, kw = bind_call(
-                func, self.params, run.task.args, self.call_args, self.call_kwargs,
+                func,
+                self.params,
+                run.task.args,
+                self.call_args,
+                self.call_kwargs,
                 self.pass_args_dict,
             )
         except LabtaskerError as exc:
@@ -226,9 +230,7 @@ class PythonExecutor:
                 intr.in_python_job = False
                 logger.warning("KeyboardInterrupt detected in task %s.", run.task.task_id)
                 intr.signum = intr.signum or signal.SIGINT
-                return Outcome(
-                    "interrupted", interrupted_summary(intr.signum), exc, stop_loop=True
-                )
+                return Outcome("interrupted", interrupted_summary(intr.signum), exc, stop_loop=True)
             except Exception as exc:  # noqa: BLE001 - any job error is a task failure
                 intr.in_python_job = False
                 logger.error("Task %s failed: %s: %s", run.task.task_id, type(exc).__name__, exc)

@@ -245,8 +245,11 @@ class LoopRunner:
             timeout = 3 * interval
         else:
             problem = heartbeat_timeout_problem(
-                timeout, interval, interval_name="the heartbeat interval",
-                source="task.heartbeat_interval in client.toml")
+                timeout,
+                interval,
+                interval_name="the heartbeat interval",
+                source="task.heartbeat_interval in client.toml",
+            )
             if problem:
                 raise LabtaskerValueError(problem)
         try:
@@ -270,7 +273,9 @@ class LoopRunner:
             if self.slot is not None:
                 given = self.options.create_worker_kwargs.get("worker_name")
                 label = self.slot.label
-                kwargs["worker_name"] = f"{given}-{label}"[:100] if given else self.slot.worker_name()
+                kwargs["worker_name"] = (
+                    f"{given}-{label}"[:100] if given else self.slot.worker_name()
+                )
                 kwargs["metadata"] = {**self.slot.metadata(), **(kwargs.get("metadata") or {})}
             worker_id = api.create_worker(**kwargs)
             auto = True
@@ -328,15 +333,22 @@ class LoopRunner:
             try:
                 status = api.get_worker(worker_id).status
                 if status == "active":
-                    logger.info("Worker %s is active again: the blame for its failures moved "
-                                "to the tasks. Going on.", worker_id)
+                    logger.info(
+                        "Worker %s is active again: the blame for its failures moved "
+                        "to the tasks. Going on.",
+                        worker_id,
+                    )
                     return True
                 if status != "crashed":
                     return False
-                suspects = [t for t in self.streak_tasks
-                            if api.get_task(t).status in ("pending", "running")]
-                others = [w for w in api.ls_workers(status="active", gone=False, limit=2).content
-                          if w.worker_id != worker_id]
+                suspects = [
+                    t for t in self.streak_tasks if api.get_task(t).status in ("pending", "running")
+                ]
+                others = [
+                    w
+                    for w in api.ls_workers(status="active", gone=False, limit=2).content
+                    if w.worker_id != worker_id
+                ]
             except (LabtaskerError, OSError) as exc:
                 logger.debug("Could not check worker %s: %s", worker_id, exc)
                 return False
@@ -346,9 +358,12 @@ class LoopRunner:
                 logger.warning(
                     "Worker %s is crashed (%d task(s) in a row failed on it). Waiting: if "
                     "%s also fail%s on another worker, the task is to blame and this worker "
-                    "is active again. Ctrl+C stops the loop.", worker_id,
-                    len(self.streak_tasks), ", ".join(suspects),
-                    "s" if len(suspects) == 1 else "")
+                    "is active again. Ctrl+C stops the loop.",
+                    worker_id,
+                    len(self.streak_tasks),
+                    ", ".join(suspects),
+                    "s" if len(suspects) == 1 else "",
+                )
                 announced = True
             intr.event.wait(delay)
             delay = min(30.0, delay * 2)
@@ -365,7 +380,9 @@ class LoopRunner:
         """
         if self.session is None:
             raise LabtaskerRuntimeError("LoopRunner.run() before setup()")
-        in_process = bool(getattr(execute, "in_process", False) if python_job is None else python_job)
+        in_process = bool(
+            getattr(execute, "in_process", False) if python_job is None else python_job
+        )
         intr = self.interrupts
         stopped: LoopStopped | None = None  # set when going on cannot help
         try:
@@ -452,8 +469,7 @@ class LoopRunner:
                     "active`."
                 )
                 stopped = LoopStopped(
-                    f"The server refused to give worker {session.worker_id} work: {exc}. "
-                    + again
+                    f"The server refused to give worker {session.worker_id} work: {exc}. " + again
                 )
                 logger.debug("%s", stopped)  # raised by run(); the caller prints it once
                 return stopped
@@ -476,7 +492,7 @@ class LoopRunner:
         return None
 
     def _log_nothing_left(self) -> None:
-        """"All done", or why pending tasks do not match (a typo in a placeholder, a
+        """ "All done", or why pending tasks do not match (a typo in a placeholder, a
         filter that excludes them; ``labtasker.client.mismatch``)."""
         from labtasker.client.mismatch import explain_no_match
 
@@ -484,8 +500,10 @@ class LoopRunner:
         with contextlib.suppress(LabtaskerError):
             why = explain_no_match(self.required_fields, self.options.extra_filter)
         if why is None:
-            logger.info("Tasks with required fields %s are all done.",
-                        self.required_fields if self.required_fields else "(any)")
+            logger.info(
+                "Tasks with required fields %s are all done.",
+                self.required_fields if self.required_fields else "(any)",
+            )
         elif self.tasks_run:
             logger.info("No matching task is left. %s", why)
         else:
@@ -499,8 +517,12 @@ class LoopRunner:
         from labtasker.client.transport import LabtaskerClient, RetryPolicy
 
         try:
-            quick = LabtaskerClient(api.get_httpx_client(), retry_policy=RetryPolicy(
-                attempts=2, initial=0.2, max_wait=0.5, jitter=0.1, budget=2.0))
+            quick = LabtaskerClient(
+                api.get_httpx_client(),
+                retry_policy=RetryPolicy(
+                    attempts=2, initial=0.2, max_wait=0.5, jitter=0.1, budget=2.0
+                ),
+            )
             api.mark_worker_gone(self.worker_id, client=quick)
             logger.info("Worker %s marked as gone.", self.worker_id)
         except LabtaskerError as exc:
@@ -541,8 +563,12 @@ class LoopRunner:
             finishing=(run_dir / FINISH_CLAIM).exists,
         )
         run.heartbeat = heartbeat
-        logger.info("Task %s%s started; run dir %s", task.task_id,
-                    f" ({task.task_name})" if task.task_name else "", run_dir)
+        logger.info(
+            "Task %s%s started; run dir %s",
+            task.task_id,
+            f" ({task.task_name})" if task.task_name else "",
+            run_dir,
+        )
         if in_process:
             context.set_current_run(run)
         try:
@@ -611,11 +637,13 @@ class LoopRunner:
             return lambda record: True
         mine = threading.current_thread().name
         task_id = self.current[0].task_id if self.current else "\0"
-        return lambda record: (record.threadName == mine
-                               or (record.threadName or "").endswith(task_id))
+        return lambda record: (
+            record.threadName == mine or (record.threadName or "").endswith(task_id)
+        )
 
-    def _deliver_report(self, run: TaskRun, task: Task, status: str,
-                        summary: dict[str, Any] | None) -> bool:
+    def _deliver_report(
+        self, run: TaskRun, task: Task, status: str, summary: dict[str, Any] | None
+    ) -> bool:
         """``run.finish(status, summary)``, repeated while the server cannot be reached or
         answers 502/503/504 once the transport's own retries are spent: a finished result
         is kept until the server is back (a restart, a long outage), however long that takes,
@@ -628,18 +656,31 @@ class LoopRunner:
             try:
                 return run.finish(status, summary)
             except LabtaskerNetworkError as exc:
-                if (isinstance(exc, LabtaskerHTTPStatusError)
-                        and exc.status_code not in _SERVER_UNAVAILABLE):
+                if (
+                    isinstance(exc, LabtaskerHTTPStatusError)
+                    and exc.status_code not in _SERVER_UNAVAILABLE
+                ):
                     raise
                 if self.interrupts.requested:
-                    logger.error("Task %s: its %s report was not delivered (%s) and the loop "
-                                 "is stopping; the job's output stays in %s.",
-                                 task.task_id, status, exc, run.run_dir)
+                    logger.error(
+                        "Task %s: its %s report was not delivered (%s) and the loop "
+                        "is stopping; the job's output stays in %s.",
+                        task.task_id,
+                        status,
+                        exc,
+                        run.run_dir,
+                    )
                     raise
-                logger.warning("Task %s: its %s report cannot be delivered yet (%s); the "
-                               "result is kept and sent again in %.0f s (waiting %.0f s so "
-                               "far).", task.task_id, status, exc, delay,
-                               time.monotonic() - started)
+                logger.warning(
+                    "Task %s: its %s report cannot be delivered yet (%s); the "
+                    "result is kept and sent again in %.0f s (waiting %.0f s so "
+                    "far).",
+                    task.task_id,
+                    status,
+                    exc,
+                    delay,
+                    time.monotonic() - started,
+                )
                 until = time.monotonic() + delay
                 while time.monotonic() < until and not self.interrupts.requested:
                     time.sleep(0.2)

@@ -261,7 +261,11 @@ def check_slot_request(
     if parallel is not None:
         if gpus is not None:
             raise LabtaskerValueError("give --gpus or --parallel, not both")
-        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= MAX_SLOTS:
+        if (
+            isinstance(parallel, bool)
+            or not isinstance(parallel, int)
+            or not 1 <= parallel <= MAX_SLOTS
+        ):
             raise LabtaskerValueError(
                 f"--parallel must be an integer from 1 to {MAX_SLOTS}, got {parallel!r}"
             )

@@ -397,14 +397,14 @@ class _LoopWrapper(Protocol):
     """An ``@labtasker.loop`` wrapper, with the entry point of one slot's loop that the
     decorator attaches: ``(slot, args, kwargs) -> (tasks run, signal that stopped it)``."""
 
-    _labtasker_run_slot: Callable[[Slot, tuple[Any, ...], dict[str, Any]],
-                                  tuple[int, int | None]]
+    _labtasker_run_slot: Callable[[Slot, tuple[Any, ...], dict[str, Any]], tuple[int, int | None]]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def _slot_process(target: _LoopWrapper, slot: Slot, parent_pid: int, results: Any,
-                  args: tuple, kwargs: dict) -> None:  # pragma: no cover - child process
+def _slot_process(
+    target: _LoopWrapper, slot: Slot, parent_pid: int, results: Any, args: tuple, kwargs: dict
+) -> None:  # pragma: no cover - child process
     """Entry point of one slot process (``multiprocessing`` spawn): its own process group (a
     Ctrl+C reaches the supervisor, which forwards it once), prefixed output, then the loop
     of ``target`` (an ``@labtasker.loop`` wrapper) for this slot only."""
@@ -432,8 +432,9 @@ def _slot_process(target: _LoopWrapper, slot: Slot, parent_pid: int, results: An
     sys.exit(code)
 
 
-def run_slot_processes(target: Callable[..., Any], slots: list[Slot], args: tuple,
-                       kwargs: dict) -> tuple[int, int | None, list[SlotResult]]:
+def run_slot_processes(
+    target: Callable[..., Any], slots: list[Slot], args: tuple, kwargs: dict
+) -> tuple[int, int | None, list[SlotResult]]:
     """Run ``target`` (an ``@labtasker.loop`` wrapper) once per slot, each in a fresh process
     (``multiprocessing`` spawn) whose environment has the slot's ``CUDA_VISIBLE_DEVICES``
     before anything is imported. Signals SIGINT/SIGTERM/SIGHUP are forwarded to every slot

@@ -15,8 +15,9 @@ from labtasker.server.dashboard.views import _LoginRequired, login_redirect, rou
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def install(app: FastAPI, secret: str | None = None,
-            max_age: float = DEFAULT_SESSION_SECONDS) -> None:
+def install(
+    app: FastAPI, secret: str | None = None, max_age: float = DEFAULT_SESSION_SECONDS
+) -> None:
     """Serve the dashboard from ``app``. ``secret`` signs the session cookies (the app passes
     ``ServerSettings.ui_secret``, i.e. ``LABTASKER_UI_SECRET``); without one, a key generated
     once and kept in the database (so every server process on it accepts the same cookies),

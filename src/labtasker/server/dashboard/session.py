@@ -55,8 +55,9 @@ class Sessions:
 
     def issue(self, queue_id: str, password_hash: str) -> str:
         """A new cookie value for ``queue_id`` (fresh nonce: a fresh CSRF token)."""
-        return self._cookies.dumps([queue_id, fingerprint(password_hash),
-                                    secrets.token_urlsafe(16)])
+        return self._cookies.dumps(
+            [queue_id, fingerprint(password_hash), secrets.token_urlsafe(16)]
+        )
 
     def read(self, cookie: str | None) -> Session | None:
         """The session in ``cookie``; ``None`` when missing, forged or expired."""
@@ -71,8 +72,7 @@ class Sessions:
         return Session(queue_id, fp, nonce)
 
     def csrf_token(self, session: Session) -> str:
-        return hmac.new(self._secret, b"csrf:" + session.nonce.encode(),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(self._secret, b"csrf:" + session.nonce.encode(), hashlib.sha256).hexdigest()
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(self.csrf_token(session), token)

@@ -42,8 +42,17 @@ PLOT_MAX_POINTS = 10_000  # finished tasks of one plot
 ACTION_MAX_TASKS = 10_000  # tasks one "all matching the filter" action may change
 ENDED = ("success", "failed", "cancelled")
 # Table columns that are task fields (sortable on the server as they are).
-TASK_COLUMNS = ("task_id", "task_name", "status", "retries", "priority", "worker_id",
-                "created_at", "start_time", "last_modified")
+TASK_COLUMNS = (
+    "task_id",
+    "task_name",
+    "status",
+    "retries",
+    "priority",
+    "worker_id",
+    "created_at",
+    "start_time",
+    "last_modified",
+)
 
 
 # ------------------------------------------------------------------ sessions
@@ -105,8 +114,9 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == host
 
 
-async def action_session(request: Request,
-                         x_csrf_token: Annotated[str | None, Header()] = None) -> Session:
+async def action_session(
+    request: Request, x_csrf_token: Annotated[str | None, Header()] = None
+) -> Session:
     """For POST ``/ui/api``: the session, and 403 unless the request carries its CSRF token
     and does not come from another origin."""
     session = await api_session(request)
@@ -122,9 +132,16 @@ ActionSession = Annotated[Session, Depends(action_session)]
 
 def _page(request: Request, name: str, found: tuple[Session, str], **context) -> HTMLResponse:
     session, queue_name = found
-    return templates.TemplateResponse(request, name, {
-        "queue_name": queue_name, "csrf_token": _sessions(request).csrf_token(session),
-        "page": name.removesuffix(".html"), **context})
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "queue_name": queue_name,
+            "csrf_token": _sessions(request).csrf_token(session),
+            "page": name.removesuffix(".html"),
+            **context,
+        },
+    )
 
 
 def _cookie_secure(request: Request) -> bool:
@@ -134,9 +151,16 @@ def _cookie_secure(request: Request) -> bool:
 # ------------------------------------------------------------------ log in / out
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str = "/ui/"):
-    return templates.TemplateResponse(request, "login.html", {
-        "login_token": _sessions(request).login_token(), "next": _safe_next(next),
-        "error": None, "queue": ""})
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {
+            "login_token": _sessions(request).login_token(),
+            "next": _safe_next(next),
+            "error": None,
+            "queue": "",
+        },
+    )
 
 
 def _safe_next(target: str) -> str:
@@ -145,18 +169,29 @@ def _safe_next(target: str) -> str:
 
 
 @router.post("/login")
-async def login(request: Request, queue: Annotated[str, Form(max_length=200)] = "",
-                password: Annotated[str, Form(max_length=1000)] = "",
-                login_token: Annotated[str, Form(max_length=400)] = "",
-                next: Annotated[str, Form(max_length=2000)] = "/ui/"):
+async def login(
+    request: Request,
+    queue: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=1000)] = "",
+    login_token: Annotated[str, Form(max_length=400)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/ui/",
+):
     """Check the queue name (or id) and password exactly as the API does; on success set the
     session cookie and go to ``next``. 401 with the form again when they do not match."""
     sessions = _sessions(request)
 
     def again(message: str, code: int) -> HTMLResponse:
-        return templates.TemplateResponse(request, "login.html", {
-            "login_token": sessions.login_token(), "next": _safe_next(next),
-            "error": message, "queue": queue}, status_code=code)
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {
+                "login_token": sessions.login_token(),
+                "next": _safe_next(next),
+                "error": message,
+                "queue": queue,
+            },
+            status_code=code,
+        )
 
     if not _same_origin(request) or not sessions.login_token_ok(login_token):
         return again("The log-in form expired; please try again.", 403)
@@ -170,9 +205,15 @@ async def login(request: Request, queue: Annotated[str, Form(max_length=200)] = 
     if found is None:
         return again("Wrong queue name or password.", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(COOKIE, sessions.issue(queue_id, found[1]),
-                        max_age=int(sessions.max_age), path=COOKIE_PATH, httponly=True,
-                        samesite="strict", secure=_cookie_secure(request))
+    response.set_cookie(
+        COOKIE,
+        sessions.issue(queue_id, found[1]),
+        max_age=int(sessions.max_age),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=_cookie_secure(request),
+    )
     return response
 
 
@@ -180,8 +221,9 @@ async def login(request: Request, queue: Annotated[str, Form(max_length=200)] = 
 async def logout(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = ""):
     """End the session (the cookie is cleared) and show the log-in page."""
     session = _sessions(request).read(request.cookies.get(COOKIE))
-    if session is not None and not (_same_origin(request)
-                                    and _sessions(request).csrf_ok(session, csrf_token)):
+    if session is not None and not (
+        _same_origin(request) and _sessions(request).csrf_ok(session, csrf_token)
+    ):
         raise HTTPException(403, "Missing or wrong CSRF token: reload the page")
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
@@ -196,8 +238,7 @@ async def overview_page(request: Request, found: PageSession):
 
 @router.get("/tasks", response_class=HTMLResponse)
 async def tasks_page(request: Request, found: PageSession):
-    return _page(request, "tasks.html", found, page_sizes=PAGE_SIZES,
-                 action_max=ACTION_MAX_TASKS)
+    return _page(request, "tasks.html", found, page_sizes=PAGE_SIZES, action_max=ACTION_MAX_TASKS)
 
 
 @router.get("/plot", response_class=HTMLResponse)
@@ -221,8 +262,17 @@ async def task_page(request: Request, task_id: str, found: PageSession):
             worker = await _run(request, store.get_worker, session.queue_id, task["worker_id"])
         except NotFound:
             worker = None
-    return _page(request, "task.html", found, task=task, task_id=task_id, runs=runs,
-                 history=history, worker=worker, pretty=_pretty)
+    return _page(
+        request,
+        "task.html",
+        found,
+        task=task,
+        task_id=task_id,
+        runs=runs,
+        history=history,
+        worker=worker,
+        pretty=_pretty,
+    )
 
 
 def _pretty(value: Any) -> str:
@@ -239,10 +289,16 @@ def _runs_from_events(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for event in history:
         data = event["entity_data"] or {}
         if event["new_state"] == "running":
-            current = {"run_id": data.get("run_id"), "worker_id": data.get("worker_id"),
-                       "start": event["created_at"], "end": None, "outcome": "running",
-                       "status": "running", "summary": None,
-                       "retries": data.get("retries", 0)}
+            current = {
+                "run_id": data.get("run_id"),
+                "worker_id": data.get("worker_id"),
+                "start": event["created_at"],
+                "end": None,
+                "outcome": "running",
+                "status": "running",
+                "summary": None,
+                "retries": data.get("retries", 0),
+            }
             runs.append(current)
         elif current is not None and event["old_state"] == "running":
             outcome = status = event["new_state"]
@@ -250,8 +306,9 @@ def _runs_from_events(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 outcome, status = "failed, retried", "failed"
             elif status == "pending":
                 outcome = "requeued"
-            current.update(end=event["created_at"], outcome=outcome, status=status,
-                           summary=data.get("summary"))
+            current.update(
+                end=event["created_at"], outcome=outcome, status=status, summary=data.get("summary")
+            )
             current = None
     return runs
 
@@ -275,8 +332,9 @@ def _sort_of(text: str) -> list[tuple[str, int]]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         field, _, direction = part.rpartition(":")
         if not field or direction not in ("1", "-1"):
-            raise HTTPException(400, {"field": "sort",
-                                      "message": f"sort: {part!r} is not FIELD:1 or FIELD:-1"})
+            raise HTTPException(
+                400, {"field": "sort", "message": f"sort: {part!r} is not FIELD:1 or FIELD:-1"}
+            )
         out.append((field, int(direction)))
     if len(out) > 4:
         raise HTTPException(400, {"field": "sort", "message": "sort: at most 4 keys"})
@@ -285,8 +343,9 @@ def _sort_of(text: str) -> list[tuple[str, int]]:
 
 def _invalid(exc: Invalid) -> HTTPException:
     text = str(exc)
-    field = "cursor" if text.startswith("cursor") else ("sort" if "sort" in text.lower()
-                                                        else "filter")
+    field = (
+        "cursor" if text.startswith("cursor") else ("sort" if "sort" in text.lower() else "filter")
+    )
     return HTTPException(400, {"field": field, "message": text})
 
 
@@ -302,8 +361,9 @@ def _flat(doc: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
 def _json(content: dict[str, Any]) -> Response:
     """JSON of plain values, encoded once by ``json.dumps`` (FastAPI's per-value encoder
     costs seconds on a plot of 10,000 tasks)."""
-    return Response(json.dumps(content, separators=(",", ":"), default=str),
-                    media_type="application/json")
+    return Response(
+        json.dumps(content, separators=(",", ":"), default=str), media_type="application/json"
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -321,37 +381,63 @@ def table_row(task: dict[str, Any], now: datetime) -> dict[str, Any]:
     else:
         duration = None
     row = {
-        "task_id": task["task_id"], "task_name": task["task_name"], "status": task["status"],
-        "retries": task["retries"], "max_retries": task["max_retries"],
-        "priority": task["priority"], "worker_id": task["worker_id"],
-        "created_at": _iso(task["created_at"]), "start_time": _iso(start),
-        "last_modified": _iso(task["last_modified"]), "end": _iso(end), "duration": duration,
+        "task_id": task["task_id"],
+        "task_name": task["task_name"],
+        "status": task["status"],
+        "retries": task["retries"],
+        "max_retries": task["max_retries"],
+        "priority": task["priority"],
+        "worker_id": task["worker_id"],
+        "created_at": _iso(task["created_at"]),
+        "start_time": _iso(start),
+        "last_modified": _iso(task["last_modified"]),
+        "end": _iso(end),
+        "duration": duration,
     }
     row.update(_flat(task["args"], "args", {}))
     row.update(_flat(task["summary"], "summary", {}))
     return row
 
 
-def _search(store: Storage, queue_id: str, query: dict | None, sort, *, cursor=None,
-            offset=0, limit=FETCH_BATCH, status=None) -> list[dict[str, Any]]:
+def _search(
+    store: Storage,
+    queue_id: str,
+    query: dict | None,
+    sort,
+    *,
+    cursor=None,
+    offset=0,
+    limit=FETCH_BATCH,
+    status=None,
+) -> list[dict[str, Any]]:
     try:
-        return store.search_tasks(queue_id, extra_filter=query, task_id=None, task_name=None,
-                                  status=status, sort=sort, offset=offset, limit=limit,
-                                  cursor=cursor)
+        return store.search_tasks(
+            queue_id,
+            extra_filter=query,
+            task_id=None,
+            task_name=None,
+            status=status,
+            sort=sort,
+            offset=offset,
+            limit=limit,
+            cursor=cursor,
+        )
     except Invalid as exc:
         raise _invalid(exc) from exc
 
 
-def _walk(store: Storage, queue_id: str, query: dict | None, sort, most: int,
-          status: str | None = None) -> Iterator[dict[str, Any]]:
+def _walk(
+    store: Storage, queue_id: str, query: dict | None, sort, most: int, status: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Up to ``most`` matching tasks in ``sort`` order, read ``FETCH_BATCH`` at a time
     (keyset cursor when the sort allows it, else offset)."""
     keys = paging.keyset_sort(sort)
     cursor, offset, seen = None, 0, 0
     while seen < most:
         limit = min(FETCH_BATCH, most - seen)
-        page = _search(store, queue_id, query, sort, cursor=cursor, offset=offset,
-                       limit=limit, status=status)
+        page = _search(
+            store, queue_id, query, sort, cursor=cursor, offset=offset, limit=limit, status=status
+        )
         yield from page
         seen += len(page)
         if len(page) < limit:
@@ -379,29 +465,49 @@ async def overview(request: Request, session: ApiSession):
     def read() -> dict[str, Any]:
         now = utc_now()
         data = store.queue_overview(qid)
-        workers = store.search_workers(qid, extra_filter=None, worker_id=None,
-                                       worker_name=None, status=None,
-                                       sort=[("last_modified", -1)], offset=0, limit=200)
+        workers = store.search_workers(
+            qid,
+            extra_filter=None,
+            worker_id=None,
+            worker_name=None,
+            status=None,
+            sort=[("last_modified", -1)],
+            offset=0,
+            limit=200,
+        )
         running = _search(store, qid, None, [("start_time", 1)], limit=200, status="running")
         progress = {r["task_id"]: r.get("progress") for r in data["running"]}
         by_worker: dict[str | None, list[dict[str, Any]]] = {}
         for task in running:
-            by_worker.setdefault(task["worker_id"], []).append({
-                "task_id": task["task_id"], "task_name": task["task_name"],
-                "args": _flat(task["args"], "", {}), "start_time": _iso(task["start_time"]),
-                "device": _device(task["metadata"]) or None,
-                "progress": progress.get(task["task_id"])})
+            by_worker.setdefault(task["worker_id"], []).append(
+                {
+                    "task_id": task["task_id"],
+                    "task_name": task["task_name"],
+                    "args": _flat(task["args"], "", {}),
+                    "start_time": _iso(task["start_time"]),
+                    "device": _device(task["metadata"]) or None,
+                    "progress": progress.get(task["task_id"]),
+                }
+            )
         out_workers = []
         for w in workers:
-            out_workers.append({
-                "worker_id": w["worker_id"], "worker_name": w["worker_name"],
-                "status": w["status"], "failures": w["retries"],
-                "max_failures": w["max_retries"], "device": _device(w["metadata"]),
-                "gone": w.get("gone_at") is not None,
-                "last_modified": _iso(w["last_modified"]),
-                "running": by_worker.get(w["worker_id"], [])})
+            out_workers.append(
+                {
+                    "worker_id": w["worker_id"],
+                    "worker_name": w["worker_name"],
+                    "status": w["status"],
+                    "failures": w["retries"],
+                    "max_failures": w["max_retries"],
+                    "device": _device(w["metadata"]),
+                    "gone": w.get("gone_at") is not None,
+                    "last_modified": _iso(w["last_modified"]),
+                    "running": by_worker.get(w["worker_id"], []),
+                }
+            )
         return {
-            "now": now.isoformat(), "total": data["total"], "counts": data["counts"],
+            "now": now.isoformat(),
+            "total": data["total"],
+            "counts": data["counts"],
             "window_seconds": data["window_seconds"],
             "finished_recently": data["finished_recently"],
             "eta_seconds": data["eta_seconds"],
@@ -413,8 +519,16 @@ async def overview(request: Request, session: ApiSession):
     return _json(await anyio.to_thread.run_sync(read))
 
 
-_DEVICE_KEYS = ("device", "devices", "gpu", "gpus", "cuda_visible_devices",
-                "CUDA_VISIBLE_DEVICES", "hostname", "host")
+_DEVICE_KEYS = (
+    "device",
+    "devices",
+    "gpu",
+    "gpus",
+    "cuda_visible_devices",
+    "CUDA_VISIBLE_DEVICES",
+    "hostname",
+    "host",
+)
 
 
 def _device(metadata: dict | None) -> str:
@@ -426,13 +540,16 @@ def _device(metadata: dict | None) -> str:
 
 
 @router.get("/api/tasks")
-async def task_page_rows(request: Request, session: ApiSession,
-                         filter: Annotated[str, Query(max_length=10_000)] = "",
-                         sort: Annotated[str, Query(max_length=1000)] = "",
-                         cursor: Annotated[str | None, Query(max_length=2000)] = None,
-                         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-                         limit: Annotated[int, Query(ge=1, le=max(PAGE_SIZES))] = 50,
-                         count: bool = True):
+async def task_page_rows(
+    request: Request,
+    session: ApiSession,
+    filter: Annotated[str, Query(max_length=10_000)] = "",
+    sort: Annotated[str, Query(max_length=1000)] = "",
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=max(PAGE_SIZES))] = 50,
+    count: bool = True,
+):
     """One page of the tasks table. Returns ``{"rows": [...], "next_cursor": str|null,
     "next_offset": int|null, "total": int|null, "arg_keys": [...]|null, "summary_keys":
     [...]|null}``; ``total`` counts every task matching the filter; it and the column keys
@@ -482,10 +599,13 @@ def _is_number(text: str) -> bool:
 
 
 @router.get("/api/tasks.csv")
-async def export_csv(request: Request, session: ApiSession,
-                     filter: Annotated[str, Query(max_length=10_000)] = "",
-                     sort: Annotated[str, Query(max_length=1000)] = "",
-                     columns: Annotated[str, Query(max_length=20_000)] = ""):
+async def export_csv(
+    request: Request,
+    session: ApiSession,
+    filter: Annotated[str, Query(max_length=10_000)] = "",
+    sort: Annotated[str, Query(max_length=1000)] = "",
+    columns: Annotated[str, Query(max_length=20_000)] = "",
+):
     """The tasks of the current view as CSV (``columns``: comma-separated row keys, as the
     table shows them), in the view's order, at most ``CSV_MAX_ROWS`` rows."""
     store = _store(request)
@@ -493,10 +613,18 @@ async def export_csv(request: Request, session: ApiSession,
     query = _filter_of(filter)
     order = _sort_of(sort)
     cols = [c for c in (c.strip() for c in columns.split(",")) if c] or [
-        "task_id", "task_name", "status", "retries", "worker_id", "start_time", "end",
-        "duration"]
+        "task_id",
+        "task_name",
+        "status",
+        "retries",
+        "worker_id",
+        "start_time",
+        "end",
+        "duration",
+    ]
     first = await anyio.to_thread.run_sync(
-        lambda: _search(store, qid, query, order, limit=1))  # a bad filter is a 400 here
+        lambda: _search(store, qid, query, order, limit=1)
+    )  # a bad filter is a 400 here
     del first
 
     def rows() -> Iterator[str]:
@@ -514,20 +642,30 @@ async def export_csv(request: Request, session: ApiSession,
         yield buffer.getvalue()
 
     name = f"tasks-{utc_now().strftime('%Y%m%dT%H%M%SZ')}.csv"
-    return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f"attachment; filename=\"{name}\"",
-        "Cache-Control": "no-store"})
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def plot_point(task: dict[str, Any]) -> dict[str, Any]:
     """A finished task as the plot needs it: id, name, flattened args and summary."""
-    return {"task_id": task["task_id"], "task_name": task["task_name"],
-            "args": _flat(task["args"], "", {}), "summary": _flat(task["summary"], "", {})}
+    return {
+        "task_id": task["task_id"],
+        "task_name": task["task_name"],
+        "args": _flat(task["args"], "", {}),
+        "summary": _flat(task["summary"], "", {}),
+    }
 
 
 @router.get("/api/plot")
-async def plot_data(request: Request, session: ApiSession,
-                    filter: Annotated[str, Query(max_length=10_000)] = ""):
+async def plot_data(
+    request: Request, session: ApiSession, filter: Annotated[str, Query(max_length=10_000)] = ""
+):
     """The finished (``success``) tasks matching the filter, at most ``PLOT_MAX_POINTS``,
     as ``{"points": [{"task_id", "task_name", "args", "summary"}], "truncated": bool}``."""
     store = _store(request)
@@ -535,8 +673,12 @@ async def plot_data(request: Request, session: ApiSession,
     query = _filter_of(filter)
 
     def read() -> dict[str, Any]:
-        points = [plot_point(t) for t in _walk(store, qid, query, [("last_modified", 1)],
-                                               PLOT_MAX_POINTS + 1, status="success")]
+        points = [
+            plot_point(t)
+            for t in _walk(
+                store, qid, query, [("last_modified", 1)], PLOT_MAX_POINTS + 1, status="success"
+            )
+        ]
         truncated = len(points) > PLOT_MAX_POINTS
         return {"points": points[:PLOT_MAX_POINTS], "truncated": truncated}
 
@@ -544,8 +686,9 @@ async def plot_data(request: Request, session: ApiSession,
 
 
 @router.get("/api/events")
-async def events(request: Request, session: ApiSession,
-                 last_event_id: Annotated[str | None, Header()] = None):
+async def events(
+    request: Request, session: ApiSession, last_event_id: Annotated[str | None, Header()] = None
+):
     """The queue's event stream (the same as ``/api/v1/queues/me/events``) for the pages'
     ``EventSource``, authenticated by the session cookie; it ends (``closed``) when the
     password the session logged in with changes or the queue is deleted."""
@@ -577,11 +720,9 @@ async def act(request: Request, body: ActionRequest, session: ActionSession):
     store = _store(request)
     qid = session.queue_id
     if (body.task_ids is None) == (body.filter is None):
-        raise HTTPException(400, {"field": "task_ids", "message":
-                                  "give either task_ids or filter"})
+        raise HTTPException(400, {"field": "task_ids", "message": "give either task_ids or filter"})
     if body.action == "priority" and body.priority is None:
-        raise HTTPException(400, {"field": "priority", "message": "priority: a number is "
-                                  "required"})
+        raise HTTPException(400, {"field": "priority", "message": "priority: a number is required"})
     query = _filter_of(body.filter) if body.filter is not None else None
 
     def run() -> dict[str, Any]:
@@ -591,13 +732,21 @@ async def act(request: Request, body: ActionRequest, session: ActionSession):
         else:
             matched = _count(store, qid, query)
             if matched > ACTION_MAX_TASKS:
-                raise HTTPException(400, {"field": "filter", "message": (
-                    f"{matched} tasks match; one action changes at most {ACTION_MAX_TASKS}: "
-                    "narrow the filter")})
+                raise HTTPException(
+                    400,
+                    {
+                        "field": "filter",
+                        "message": (
+                            f"{matched} tasks match; one action changes at most {ACTION_MAX_TASKS}: "
+                            "narrow the filter"
+                        ),
+                    },
+                )
             if body.dry_run:
                 return {"matched": matched, "changed": 0, "skipped": 0}
-            ids = [t["task_id"] for t in _walk(store, qid, query, [("task_id", 1)],
-                                               ACTION_MAX_TASKS)]
+            ids = [
+                t["task_id"] for t in _walk(store, qid, query, [("task_id", 1)], ACTION_MAX_TASKS)
+            ]
         if body.dry_run:
             return {"matched": matched, "changed": 0, "skipped": 0}
         changed = _apply(store, qid, body, ids)
@@ -611,10 +760,11 @@ def _apply(store: Storage, qid: str, body: ActionRequest, ids: list[str]) -> int
     changed = 0
     if body.action == "requeue":  # ended tasks, and running ones (their jobs are stopped)
         for start in range(0, len(ids), FETCH_BATCH):
-            batch = ids[start:start + FETCH_BATCH]
+            batch = ids[start : start + FETCH_BATCH]
             for status in (None, "running"):
-                changed += store.requeue_tasks(qid, task_ids=batch, status=status,
-                                               limit=len(batch))["requeued"]
+                changed += store.requeue_tasks(
+                    qid, task_ids=batch, status=status, limit=len(batch)
+                )["requeued"]
         return changed
     for task_id in ids:
         try:
@@ -622,8 +772,9 @@ def _apply(store: Storage, qid: str, body: ActionRequest, ids: list[str]) -> int
                 store.delete_task(qid, task_id)
                 changed += 1
             elif body.action == "priority":
-                store.update_tasks(qid, [{"task_id": task_id, "priority": body.priority}],
-                                   reset_pending=False)
+                store.update_tasks(
+                    qid, [{"task_id": task_id, "priority": body.priority}], reset_pending=False
+                )
                 changed += 1
             elif body.action == "cancel":
                 changed += _cancel(store, qid, task_id)
@@ -642,8 +793,9 @@ def _cancel(store: Storage, qid: str, task_id: str, attempts: int = 5) -> int:
             return 0
         run_id = task["run_id"] if task["status"] == "running" else None
         try:
-            store.report_task(qid, task_id, status="cancelled", worker_id=None,
-                              run_id=run_id, summary=None)
+            store.report_task(
+                qid, task_id, status="cancelled", worker_id=None, run_id=run_id, summary=None
+            )
         except Conflict:
             continue  # that run ended or changed meanwhile: look again
         return 1
@@ -654,4 +806,3 @@ def login_redirect(request: Request, _exc: Exception) -> RedirectResponse:
     """Where a page without a session goes: the log-in form, coming back afterwards."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
-

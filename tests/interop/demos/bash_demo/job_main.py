@@ -21,9 +21,18 @@ def main() -> None:
     args = parser.parse_args()
     accuracy = train(args.lr, args.seed, args.depth)
     with open("bash-demo-results.jsonl", "a") as out:
-        out.write(json.dumps({"task_id": os.environ.get("LABTASKER_TASK_ID"), "lr": args.lr,
-                              "seed": args.seed, "depth": args.depth,
-                              "accuracy": accuracy}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "task_id": os.environ.get("LABTASKER_TASK_ID"),
+                    "lr": args.lr,
+                    "seed": args.seed,
+                    "depth": args.depth,
+                    "accuracy": accuracy,
+                }
+            )
+            + "\n"
+        )
     labtasker.finish("success", summary={"accuracy": accuracy})
 
 

@@ -30,8 +30,17 @@ def main(
 ):
     assert isinstance(optim, Optimizer) and isinstance(data, Data), (optim, data)
     with open("resolver-demo-results.jsonl", "a") as out:
-        out.write(json.dumps({"task_id": labtasker.task_info().task_id, "optim": asdict(optim),
-                              "data": asdict(data), "batch_size": batch_size}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "task_id": labtasker.task_info().task_id,
+                    "optim": asdict(optim),
+                    "data": asdict(data),
+                    "batch_size": batch_size,
+                }
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

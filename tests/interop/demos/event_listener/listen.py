@@ -23,8 +23,10 @@ if __name__ == "__main__":
                 continue
             quiet_until = time.monotonic() + 60
             event = response.event
-            print(f"{event.entity_type} {event.entity_id} {event.old_state} -> "
-                  f"{event.new_state}", flush=True)
+            print(
+                f"{event.entity_type} {event.entity_id} {event.old_state} -> {event.new_state}",
+                flush=True,
+            )
             if event.entity_type == "task" and event.new_state == "success":
                 done.add(event.entity_id)
     finally:

@@ -17,8 +17,18 @@ def train(lr=Required(), seed=Required()):
     model = task.args["model"]
     accuracy = round(1.0 - lr * model["depth"] / (seed + model["width"]), 6)
     with open("python-demo-results.jsonl", "a") as out:
-        out.write(json.dumps({"task_id": task.task_id, "name": task.task_name, "lr": lr,
-                              "seed": seed, "accuracy": accuracy}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "task_id": task.task_id,
+                    "name": task.task_name,
+                    "lr": lr,
+                    "seed": seed,
+                    "accuracy": accuracy,
+                }
+            )
+            + "\n"
+        )
     labtasker.finish("success", summary={"accuracy": accuracy})
 
 

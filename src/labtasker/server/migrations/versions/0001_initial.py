@@ -28,16 +28,24 @@ def upgrade() -> None:
     op.create_table(
         "arg_shapes",
         sa.Column("shape_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("queue_id", sa.String(36),
-                  sa.ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "queue_id",
+            sa.String(36),
+            sa.ForeignKey("queues.queue_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("shape_key", sa.Text, nullable=False),
         sa.UniqueConstraint("queue_id", "shape_key", name="uq_arg_shapes_queue_shape"),
     )
     op.create_table(
         "tasks",
         sa.Column("task_id", sa.String(36), primary_key=True),
-        sa.Column("queue_id", sa.String(36),
-                  sa.ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "queue_id",
+            sa.String(36),
+            sa.ForeignKey("queues.queue_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("task_name", sa.String(100)),
         sa.Column("created_at", UTCDateTime, nullable=False),
@@ -60,16 +68,33 @@ def upgrade() -> None:
     op.create_index("ix_tasks_queue_modified", "tasks", ["queue_id", "last_modified", "task_id"])
     op.create_index("ix_tasks_status", "tasks", ["status"])
     op.create_index("ix_tasks_worker", "tasks", ["worker_id"])
-    op.create_index("ix_tasks_claim", "tasks", ["queue_id", "status", sa.text("priority DESC"),
-                                                "last_modified", "created_at", "task_id"])
-    op.create_index("ix_tasks_shape_claim", "tasks",
-                    ["queue_id", "shape_id", "status", sa.text("priority DESC"),
-                     "last_modified", "created_at", "task_id"])
+    op.create_index(
+        "ix_tasks_claim",
+        "tasks",
+        ["queue_id", "status", sa.text("priority DESC"), "last_modified", "created_at", "task_id"],
+    )
+    op.create_index(
+        "ix_tasks_shape_claim",
+        "tasks",
+        [
+            "queue_id",
+            "shape_id",
+            "status",
+            sa.text("priority DESC"),
+            "last_modified",
+            "created_at",
+            "task_id",
+        ],
+    )
     op.create_table(
         "workers",
         sa.Column("worker_id", sa.String(36), primary_key=True),
-        sa.Column("queue_id", sa.String(36),
-                  sa.ForeignKey("queues.queue_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "queue_id",
+            sa.String(36),
+            sa.ForeignKey("queues.queue_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("worker_name", sa.String(100)),
         sa.Column("metadata", JsonDoc, nullable=False),

@@ -21,14 +21,16 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     # Rebuilds the table (copying its rows); sqlite_sequence starts at the highest copied id.
-    with op.batch_alter_table("events", recreate="always",
-                              table_kwargs={"sqlite_autoincrement": True}):
+    with op.batch_alter_table(
+        "events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+    ):
         pass
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
-    with op.batch_alter_table("events", recreate="always",
-                              table_kwargs={"sqlite_autoincrement": False}):
+    with op.batch_alter_table(
+        "events", recreate="always", table_kwargs={"sqlite_autoincrement": False}
+    ):
         pass

@@ -35,19 +35,48 @@ def upgrade() -> None:
     )
     op.create_index("ix_task_runs_task", "task_runs", ["queue_id", "task_id", "started"])
     op.create_index("ix_task_runs_worker_charged", "task_runs", ["worker_id", "charged"])
-    tasks = sa.table("tasks", sa.column("task_id"), sa.column("queue_id"),
-                     sa.column("worker_id"), sa.column("run_id"), sa.column("status"),
-                     sa.column("start_time", UTCDateTime), sa.column("last_modified", UTCDateTime))
-    rows = op.get_bind().execute(
-        sa.select(tasks.c.task_id, tasks.c.queue_id, tasks.c.worker_id, tasks.c.run_id,
-                  tasks.c.start_time, tasks.c.last_modified)
-        .where(tasks.c.status == "running", tasks.c.run_id.is_not(None))).fetchall()
+    tasks = sa.table(
+        "tasks",
+        sa.column("task_id"),
+        sa.column("queue_id"),
+        sa.column("worker_id"),
+        sa.column("run_id"),
+        sa.column("status"),
+        sa.column("start_time", UTCDateTime),
+        sa.column("last_modified", UTCDateTime),
+    )
+    rows = (
+        op.get_bind()
+        .execute(
+            sa.select(
+                tasks.c.task_id,
+                tasks.c.queue_id,
+                tasks.c.worker_id,
+                tasks.c.run_id,
+                tasks.c.start_time,
+                tasks.c.last_modified,
+            ).where(tasks.c.status == "running", tasks.c.run_id.is_not(None))
+        )
+        .fetchall()
+    )
     if rows:
-        op.bulk_insert(runs, [
-            {"run_id": r.run_id, "task_id": r.task_id, "queue_id": r.queue_id,
-             "worker_id": r.worker_id, "started": r.start_time or r.last_modified,
-             "ended": None, "status": "running", "charged": False, "summary": {}}
-            for r in rows])
+        op.bulk_insert(
+            runs,
+            [
+                {
+                    "run_id": r.run_id,
+                    "task_id": r.task_id,
+                    "queue_id": r.queue_id,
+                    "worker_id": r.worker_id,
+                    "started": r.start_time or r.last_modified,
+                    "ended": None,
+                    "status": "running",
+                    "charged": False,
+                    "summary": {},
+                }
+                for r in rows
+            ],
+        )
 
 
 def downgrade() -> None:

@@ -28,19 +28,31 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("args_hash", sa.String(32)))
     bind = op.get_bind()
-    tasks = sa.table("tasks", sa.column("task_id", sa.String), sa.column("args", JsonDoc),
-                     sa.column("cmd", JsonDoc), sa.column("args_hash", sa.String))
-    update = (sa.update(tasks).where(tasks.c.task_id == sa.bindparam("p_id"))
-              .values(args_hash=sa.bindparam("p_hash")))
+    tasks = sa.table(
+        "tasks",
+        sa.column("task_id", sa.String),
+        sa.column("args", JsonDoc),
+        sa.column("cmd", JsonDoc),
+        sa.column("args_hash", sa.String),
+    )
+    update = (
+        sa.update(tasks)
+        .where(tasks.c.task_id == sa.bindparam("p_id"))
+        .values(args_hash=sa.bindparam("p_hash"))
+    )
     last = ""
     while True:  # keyset chunks: bounded memory on a large database
-        rows = bind.execute(sa.select(tasks.c.task_id, tasks.c.args, tasks.c.cmd)
-                            .where(tasks.c.task_id > last).order_by(tasks.c.task_id)
-                            .limit(CHUNK)).fetchall()
+        rows = bind.execute(
+            sa.select(tasks.c.task_id, tasks.c.args, tasks.c.cmd)
+            .where(tasks.c.task_id > last)
+            .order_by(tasks.c.task_id)
+            .limit(CHUNK)
+        ).fetchall()
         if not rows:
             break
-        bind.execute(update, [{"p_id": r.task_id, "p_hash": args_hash(r.args, r.cmd)}
-                              for r in rows])
+        bind.execute(
+            update, [{"p_id": r.task_id, "p_hash": args_hash(r.args, r.cmd)} for r in rows]
+        )
         last = rows[-1].task_id
     op.create_index("ix_tasks_args_hash", "tasks", ["args_hash"])
     op.create_table(

@@ -22,8 +22,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("queues") as batch:
-        batch.add_column(sa.Column("events_pruned_through", sa.BigInteger, nullable=False,
-                                   server_default="0"))
+        batch.add_column(
+            sa.Column("events_pruned_through", sa.BigInteger, nullable=False, server_default="0")
+        )
     bind = op.get_bind()
     oldest = bind.execute(sa.text("SELECT min(event_id) FROM events")).scalar()
     if oldest is not None and oldest > 1:
