@@ -182,9 +182,10 @@ def test_broken_node_is_crashed_while_healthy_nodes_finish_the_grid(queue_env):
         assert by_status[3][0] == "crashed" and 3 <= by_status[3][1] <= 6, by_status
         crashed = next(w["worker_id"] for w in workers if w["status"] == "crashed")
         failed_runs = [r for tid in ids for r in _runs(http, tid) if r["status"] == "failed"]
-        assert len(failed_runs) == by_status[3][1]
         assert {r["worker_id"] for r in failed_runs} == {crashed}
-        assert all(r["charged"] for r in failed_runs)
+        # one charge per task (a task that failed there before, or a run that ended after the
+        # crash, is not charged): the charged runs are the worker's count
+        assert len([r for r in failed_runs if r["charged"]]) == by_status[3][1]
 
 
 def _lone_loop_grid(http, n: int, bad: int) -> list[str]:
