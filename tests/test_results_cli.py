@@ -222,6 +222,28 @@ def test_status_shows_counts_eta_workers_and_progress(cli, queue_env):
     data = json.loads(ok(cli("status", "--fmt", "json")))
     assert data["counts"]["running"] == 1 and data["eta_seconds"] > 0
     assert "1/4 (25%) loss=0.25" in ok(cli("task", "ls", "--fmt", "table", "-s", "running"))
+    # its loop ends (the worker is gone): no ETA is promised while no active worker is live
+    resp = http.post(
+        f"{API}/tasks/{task['task_id']}/status",
+        json={"status": "success", "run_id": task["run_id"]},
+    )
+    assert resp.status_code == 200, resp.text
+    assert http.post(f"{API}/workers/{worker}/gone").status_code == 200
+    out = ok(cli("status"))
+    assert "ETA: none, no active worker is live (2 pending or running)" in out, out
+
+
+def test_human_seconds():
+    from labtasker.client.cli.status_cmd import human_seconds
+
+    assert [human_seconds(s) for s in (0.04, 0.86, 9.99, 42.7, 185, 7800)] == [
+        "0.0s",
+        "0.8s",
+        "9.9s",
+        "42s",
+        "3m05s",
+        "2h10m",
+    ]
 
 
 def test_report_progress_in_a_job(queue_env, monkeypatch, tmp_path):

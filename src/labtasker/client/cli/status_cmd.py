@@ -23,7 +23,10 @@ EXIT_TIMEOUT = 124
 
 
 def human_seconds(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h10m``, ``3d04h`` (rounded down)."""
+    """``0.8s``, ``42s``, ``3m05s``, ``2h10m``, ``3d04h`` (rounded down; a tenth of a second
+    below 10 s, so that a mean of fast runs is not shown as ``0s``)."""
+    if seconds < 10:
+        return f"{int(max(0.0, seconds) * 10) / 10:.1f}s"
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -112,13 +115,15 @@ def status(
     else:
         lines.append(f"Last {span}: no run ended")
     left = c.get("pending", 0) + c.get("running", 0)
+    w = ov.workers
     if not left:
         lines.append("ETA: nothing left to run")
+    elif not w.get("active", 0):
+        lines.append(f"ETA: none, no active worker is live ({left} pending or running)")
     elif ov.eta_seconds is not None:
         lines.append(f"ETA: {human_seconds(ov.eta_seconds)} ({left} pending or running)")
     else:
         lines.append(f"ETA: unknown until a run ends ({left} pending or running)")
-    w = ov.workers
     live = w.get("active", 0) + w.get("suspended", 0) + w.get("crashed", 0)
     lines.append(
         f"Workers: {live} live ({w.get('active', 0)} active, "
