@@ -970,12 +970,15 @@ class SqlStorage:
         nothing had succeeded elsewhere): those are crashed now, as if this success had come
         before their last failure."""
         rows = conn.execute(
-            select(workers.c.worker_id).where(
+            select(workers.c.worker_id)
+            .where(
                 workers.c.queue_id == queue_id,
                 workers.c.status == "active",
                 workers.c.retries >= workers.c.max_retries,
                 workers.c.worker_id != (worker_id or ""),
             )
+            # in id order: two such transactions lock these rows in the same order
+            .order_by(workers.c.worker_id)
         ).fetchall()
         for row in rows:
             done = conn.execute(
