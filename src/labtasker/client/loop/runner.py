@@ -341,9 +341,15 @@ class LoopRunner:
                     return True
                 if status != "crashed":
                     return False
-                suspects = [
-                    t for t in self.streak_tasks if api.get_task(t).status in ("pending", "running")
-                ]
+                # one search for the streak's tasks that may still fail elsewhere
+                found = api.ls_tasks(
+                    extra_filter={
+                        "task_id": {"$in": self.streak_tasks},
+                        "status": {"$in": ["pending", "running"]},
+                    },
+                    limit=STREAK_TASKS_KEPT,
+                ).content
+                suspects = [t.task_id for t in found]
                 others = [
                     w
                     for w in api.ls_workers(status="active", gone=False, limit=2).content
