@@ -250,6 +250,23 @@ def test_overview_counts_match_the_api(page, queue_env):
     expect(row).to_contain_text("i=")  # the args of the task it runs
 
 
+def test_overview_with_only_gone_workers_says_how_many_are_gone(page, queue_env):
+    with queue_env.http() as http:
+        log_in(page, queue_env)
+        empty = page.locator("#workers tbody td.empty")
+        expect(empty).to_have_text("No workers yet.")
+        ids = [worker(http) for _ in range(3)]
+        for wid in ids:
+            resp = http.post(f"{API}/workers/{wid}/gone")
+            assert resp.status_code == 200, resp.text
+        page.reload()
+        expect(empty).to_have_text("No live worker (3 gone).")
+        worker(http)  # one live worker: listed, no empty-table line
+        page.reload()
+        expect(page.locator("#workers tbody tr[data-worker-id]")).to_have_count(1)
+        expect(page.locator("#workers tbody")).not_to_contain_text("No live worker")
+
+
 # ------------------------------------------------------------------ tasks table
 def test_filter_narrows_rows_and_a_bad_filter_shows_the_error(page, queue_env):
     with queue_env.http() as http:

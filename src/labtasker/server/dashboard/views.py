@@ -514,6 +514,8 @@ async def overview(request: Request, session: ApiSession):
             "throughput_per_minute": data["throughput_per_minute"],
             "mean_run_seconds": data["mean_run_seconds"],
             "workers": out_workers,
+            # live workers per status and the gone ones, of the whole queue
+            "worker_counts": data["workers"],
         }
 
     return _json(await anyio.to_thread.run_sync(read))

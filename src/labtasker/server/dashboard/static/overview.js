@@ -44,7 +44,10 @@ function renderWorkers(data) {
   const skew = Date.now() - now;  // server clock vs ours: "for" counts from the server's
   const workers = data.workers.filter(w => !w.gone || w.running.length);
   if (!workers.length) {
-    body.append(el("tr", {}, el("td", {colspan: 7, class: "empty"}, "No workers yet.")));
+    // gone workers are hidden; say how many there are (the server's count, not this page of 200)
+    const gone = data.worker_counts ? data.worker_counts.gone : data.workers.filter(w => w.gone).length;
+    const text = gone ? `No live worker (${gone} gone).` : "No workers yet.";
+    body.append(el("tr", {}, el("td", {colspan: 7, class: "empty"}, text)));
     return;
   }
   for (const w of workers) {
