@@ -307,3 +307,57 @@ def test_search_filters_sorts_and_pages(store, qid):
     assert sorted(t["args"]["n"] for t in found) == [5, 6]
     with pytest.raises(Invalid):
         store.search_tasks(qid, **{**NO_FILTER, "extra_filter": {"$where": "1"}})
+
+
+def test_search_projection_reads_only_the_fields_asked_for(store, qid):
+    docs = [
+        {
+            "task_name": f"t{n}",
+            "args": {"lr": [0.1, 0.01][n % 2], "model": {"depth": n}},
+            "metadata": {"tag": "x"},
+            "heartbeat_timeout": 60,
+        }
+        for n in range(5)
+    ]
+    docs[4]["args"] = {"other": True}  # no args.lr: that path is None
+    store.submit_tasks(qid, docs)
+    claimed = claim(store, qid, heartbeat_timeout=5)  # the run's override is in force
+    sort = [("last_modified", 1)]
+    whole = store.search_tasks(qid, **{**NO_FILTER, "sort": sort})
+    fields = ["task_id", "args", "args.lr", "args.model.depth", "heartbeat_timeout"]
+    part = store.search_tasks(qid, **{**NO_FILTER, "sort": sort, "fields": fields})
+    assert [list(p) for p in part] == [fields] * 5  # exactly the keys asked for, in order
+    assert [p["task_id"] for p in part] == [t["task_id"] for t in whole]
+    for p, t in zip(part, whole, strict=True):
+        assert p["args"] == t["args"]
+        assert p["args.lr"] == t["args"].get("lr")
+        assert p["args.model.depth"] == t["args"].get("model", {}).get("depth")
+        assert p["heartbeat_timeout"] == t["heartbeat_timeout"]
+        assert type(p["args.lr"]) is type(t["args"].get("lr"))  # JSON numbers stay numbers
+    assert {p["heartbeat_timeout"] for p in part if p["task_id"] == claimed["task_id"]} == {5}
+    assert {p["args.lr"] for p in part} == {0.1, 0.01, None}
+    # objects come back whole; filters, status and keyset cursors work as without fields
+    nested = store.search_tasks(
+        qid,
+        **{
+            **NO_FILTER,
+            "task_id": claimed["task_id"],
+            "fields": ["args.model", "metadata.tag", "status"],
+        },
+    )
+    depth = claimed["args"]["model"]["depth"]
+    assert nested == [{"args.model": {"depth": depth}, "metadata.tag": "x", "status": "running"}]
+    only = store.search_tasks(
+        qid,
+        **{
+            **NO_FILTER,
+            "extra_filter": {"args.lr": 0.01},
+            "status": "pending",
+            "fields": ["args.lr"],
+        },
+    )
+    pending = [t for t in whole if t["status"] == "pending" and t["args"].get("lr") == 0.01]
+    assert only == [{"args.lr": 0.01}] * len(pending) and pending
+    for bad in ([], ["nope"], ["args"] * 2, ["args..lr"], ["queue.x"], ["task_id.x"], [3]):
+        with pytest.raises(Invalid, match="fields"):
+            store.search_tasks(qid, **{**NO_FILTER, "fields": bad})

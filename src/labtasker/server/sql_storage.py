@@ -12,11 +12,11 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -32,6 +32,7 @@ from labtasker.filters.mongo_sql import (
     FilterError,
     compile_filter,
     sort_expression,
+    value_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
 from labtasker.server import auth, claim, counting, eventlog, paging
@@ -130,6 +131,61 @@ def task_row(row) -> dict[str, Any]:
         if override is not None:
             out[key] = override
     return out
+
+
+MAX_PROJECTION = 100  # fields of one projection (``search_tasks(fields=...)``)
+
+
+def _projection(
+    fields: Sequence[str] | None, dialect: str
+) -> tuple[list[Any], Callable[[Any], dict[str, Any]]]:
+    """``(columns to select, row -> task dict)`` for ``search_tasks``'s ``fields``.
+
+    ``None``: every column and ``task_row``. Else, for each name: a task field selects its
+    column (``heartbeat_timeout``/``task_timeout`` also the run's override, as ``task_row``);
+    a dotted path into a JSON field selects that value as JSON text, decoded here. Raises
+    ``Invalid`` for an empty or too long list, a repeated name or an unknown field."""
+    if fields is None:
+        return _TASK_COLUMNS, task_row
+    if not 1 <= len(fields) <= MAX_PROJECTION:
+        raise Invalid(f"fields: give 1 to {MAX_PROJECTION} fields, got {len(fields)}")
+    if len(set(fields)) != len(fields):
+        raise Invalid("fields: a field is named twice")
+    columns: list[Any] = []
+    paths: list[str] = []  # dotted JSON paths: JSON text to decode
+    overridden: list[str] = []
+    for name in fields:
+        if not isinstance(name, str):
+            raise Invalid(f"fields: {name!r} is not a field name")
+        if name in TASK_KEYS:
+            columns.append(tasks.c[name].label(name))
+            if name in ("heartbeat_timeout", "task_timeout"):
+                columns.append(tasks.c["run_" + name].label("run_" + name))
+                overridden.append(name)
+            continue
+        if "." not in name or name.split(".")[0] not in TASK_FIELDS.json_columns:
+            raise Invalid(
+                f"fields: unknown field {name!r}; use task fields or paths like 'args.lr'"
+            )
+        try:
+            expr, _ = value_expression(name, TASK_FIELDS, dialect)
+        except FilterError as exc:
+            raise Invalid(f"fields: {exc}") from exc
+        columns.append((cast(expr, Text) if dialect == "postgresql" else expr).label(name))
+        paths.append(name)
+
+    def decode(row) -> dict[str, Any]:
+        m = row._mapping
+        out = {name: m[name] for name in fields}
+        for name in paths:
+            if out[name] is not None:
+                out[name] = json.loads(out[name])
+        for name in overridden:
+            if m["run_" + name] is not None:
+                out[name] = m["run_" + name]
+        return out
+
+    return columns, decode
 
 
 def worker_row(row) -> dict[str, Any]:
@@ -705,10 +761,19 @@ class SqlStorage:
         offset,
         limit,
         cursor: str | None = None,
+        fields: Sequence[str] | None = None,
     ):
         """One page of the queue's tasks matching all given conditions.
         Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker (in
-        the direction of the last sort key: ``paging.tie_direction``)."""
+        the direction of the last sort key: ``paging.tie_direction``).
+
+        ``fields``: a projection (``_projection``). ``None``: whole tasks (``task_row``).
+        Otherwise each task is a dict of exactly those keys: task fields (``task_id``,
+        ``args``, ``last_modified``, ...) as in a whole task, and dotted paths into a JSON
+        field (``args.lr``, ``summary.accuracy``) read in SQL (only that value is decoded),
+        ``None`` where the path is missing. A caller that pages by ``cursor`` must ask for
+        the sort's fields and ``task_id``. Raises ``Invalid`` naming a bad field."""
+        columns, decode = _projection(fields, self.db.dialect)
         cond = [tasks.c.queue_id == queue_id, self._filter(TASK_FIELDS, extra_filter)]
         if task_id is not None:
             cond.append(tasks.c.task_id == task_id)
@@ -727,15 +792,9 @@ class SqlStorage:
             cond.append(paging.after_condition(keys, cursor))
             offset = 0
         tie = tasks.c.task_id.desc() if paging.tie_direction(sort) == -1 else tasks.c.task_id
-        stmt = (
-            select(*_TASK_COLUMNS)
-            .where(and_(*cond))
-            .order_by(*order, tie)
-            .offset(offset)
-            .limit(limit)
-        )
+        stmt = select(*columns).where(and_(*cond)).order_by(*order, tie).offset(offset).limit(limit)
         with self.db.read() as conn:
-            return [task_row(r) for r in conn.execute(stmt)]
+            return [decode(r) for r in conn.execute(stmt)]
 
     def task_events(self, queue_id: str, task_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The newest ``limit`` logged transitions of one task, oldest first: dicts with

@@ -57,6 +57,7 @@ class Storage(Protocol):
         offset: int,
         limit: int,
         cursor: str | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]: ...
     def task_events(
         self, queue_id: str, task_id: str, limit: int = 200

@@ -350,6 +350,11 @@ def _invalid(exc: Invalid) -> HTTPException:
 
 
 def _flat(doc: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (a JSON object) with nested objects flattened to dotted keys under ``prefix``,
+    added to ``out`` (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty object is dropped)."""
+    if not prefix and not out and isinstance(doc, dict):
+        if not any(isinstance(v, dict) for v in doc.values()):
+            return dict(doc)  # already flat (the usual args and summaries): one copy
     if isinstance(doc, dict) and doc:
         for key, value in doc.items():
             _flat(value, f"{prefix}.{key}" if prefix else str(key), out)
@@ -409,6 +414,7 @@ def _search(
     offset=0,
     limit=FETCH_BATCH,
     status=None,
+    fields=None,
 ) -> list[dict[str, Any]]:
     try:
         return store.search_tasks(
@@ -421,22 +427,39 @@ def _search(
             offset=offset,
             limit=limit,
             cursor=cursor,
+            fields=fields,
         )
     except Invalid as exc:
         raise _invalid(exc) from exc
 
 
 def _walk(
-    store: Storage, queue_id: str, query: dict | None, sort, most: int, status: str | None = None
+    store: Storage,
+    queue_id: str,
+    query: dict | None,
+    sort,
+    most: int,
+    status: str | None = None,
+    fields: list[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Up to ``most`` matching tasks in ``sort`` order, read ``FETCH_BATCH`` at a time
-    (keyset cursor when the sort allows it, else offset)."""
+    (keyset cursor when the sort allows it, else offset). ``fields``: the projection of
+    ``search_tasks`` (it must hold the sort's fields and ``task_id``), ``None`` whole
+    tasks."""
     keys = paging.keyset_sort(sort)
     cursor, offset, seen = None, 0, 0
     while seen < most:
         limit = min(FETCH_BATCH, most - seen)
         page = _search(
-            store, queue_id, query, sort, cursor=cursor, offset=offset, limit=limit, status=status
+            store,
+            queue_id,
+            query,
+            sort,
+            cursor=cursor,
+            offset=offset,
+            limit=limit,
+            status=status,
+            fields=fields,
         )
         yield from page
         seen += len(page)
@@ -654,6 +677,12 @@ async def export_csv(
     )
 
 
+# What a plot point is made of: the projection the plot asks ``search_tasks`` for (its
+# keyset cursor needs ``last_modified`` and ``task_id``); metadata, progress and the other
+# columns are not read.
+PLOT_FIELDS = ["task_id", "task_name", "last_modified", "args", "summary"]
+
+
 def plot_point(task: dict[str, Any]) -> dict[str, Any]:
     """A finished task as the plot needs it: id, name, flattened args and summary."""
     return {
@@ -678,7 +707,13 @@ async def plot_data(
         points = [
             plot_point(t)
             for t in _walk(
-                store, qid, query, [("last_modified", 1)], PLOT_MAX_POINTS + 1, status="success"
+                store,
+                qid,
+                query,
+                [("last_modified", 1)],
+                PLOT_MAX_POINTS + 1,
+                status="success",
+                fields=PLOT_FIELDS,
             )
         ]
         truncated = len(points) > PLOT_MAX_POINTS
