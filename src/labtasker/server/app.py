@@ -131,6 +131,7 @@ def create_app(
             ticker.cancel()
             sweeper.stop()
             notifier.stop()
+            storage.analyzer.wait(5.0)
             db.dispose()
 
     app = FastAPI(title="Labtasker", version=__version__, lifespan=lifespan)

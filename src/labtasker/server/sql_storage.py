@@ -50,6 +50,7 @@ from labtasker.server.schema import (
 )
 from labtasker.server.schema import events as events_table
 from labtasker.server.settings import DEFAULT_EVENT_LOG_SIZE, DEFAULT_MAX_TASK_BYTES
+from labtasker.server.statistics import BulkAnalyzer
 
 # Sweeper summaries (``summary.labtasker_error``; ``summary.labtasker_timeout`` says which).
 HEARTBEAT_TIMEOUT_MESSAGE = (
@@ -306,6 +307,8 @@ class SqlStorage:
         # Reads of the embedded SQLite file are local and quick (WAL: never blocked by
         # writers); a database server may be slow or gone (``deps.queue_id``).
         self.reads_are_local = db.dialect == "sqlite"
+        # PostgreSQL: fresh planner statistics after bulk submits (``statistics``)
+        self.analyzer = BulkAnalyzer(db)
 
     def _check_task_size(self, where: str, args: Any, metadata: Any, summary: Any) -> None:
         """Raise ``TooLarge`` when a task's args + metadata + summary exceed
@@ -667,6 +670,7 @@ class SqlStorage:
                     )
                     .values(answer=answer)
                 )
+        self.analyzer.inserted(len(rows))
         return answer
 
     @staticmethod
