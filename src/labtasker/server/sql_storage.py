@@ -16,7 +16,19 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -144,7 +156,8 @@ def _projection(
 
     ``None``: every column and ``task_row``. Else, for each name: a task field selects its
     column (``heartbeat_timeout``/``task_timeout`` also the run's override, as ``task_row``);
-    a dotted path into a JSON field selects that value as JSON text, decoded here. Raises
+    a JSON field or a dotted path into one selects its JSON text, decoded here (one
+    ``json.loads``, no per-column type processing). Raises
     ``Invalid`` for an empty or too long list, a repeated name or an unknown field."""
     if fields is None:
         return _TASK_COLUMNS, task_row
@@ -153,11 +166,16 @@ def _projection(
     if len(set(fields)) != len(fields):
         raise Invalid("fields: a field is named twice")
     columns: list[Any] = []
-    paths: list[str] = []  # dotted JSON paths: JSON text to decode
+    paths: list[str] = []  # JSON fields and paths: JSON text to decode
     overridden: list[str] = []
     for name in fields:
         if not isinstance(name, str):
             raise Invalid(f"fields: {name!r} is not a field name")
+        if name in TASK_FIELDS.json_columns:  # a whole JSON field: its text, one json.loads
+            text = cast(tasks.c[name], Text) if dialect == "postgresql" else tasks.c[name]
+            columns.append(type_coerce(text, Text).label(name))
+            paths.append(name)
+            continue
         if name in TASK_KEYS:
             columns.append(tasks.c[name].label(name))
             if name in ("heartbeat_timeout", "task_timeout"):
