@@ -573,3 +573,13 @@ def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_
         assert resp.status_code == 200 and resp.json()["message"] == "Welcome to Labtasker!"
     finally:
         off.kill(signal.SIGTERM)
+
+
+def test_plot_points_flatten_nested_args_and_copy_flat_ones():
+    from labtasker.server.dashboard.views import plot_point
+
+    flat = {"lr": 0.1, "model": "mlp"}
+    task = {"task_id": "t", "task_name": None, "args": flat, "summary": {"m": {"a": 1, "b": {}}}}
+    point = plot_point(task)
+    assert point["args"] == flat and point["args"] is not flat
+    assert point["summary"] == {"m.a": 1, "m.b": {}}  # an empty object is a leaf

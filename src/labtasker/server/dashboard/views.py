@@ -351,9 +351,12 @@ def _invalid(exc: Invalid) -> HTTPException:
 
 def _flat(doc: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
     """``doc`` (a JSON object) with nested objects flattened to dotted keys under ``prefix``,
-    added to ``out`` (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty object is dropped)."""
+    added to ``out`` (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a nested empty object is a leaf)."""
     if not prefix and not out and isinstance(doc, dict):
-        if not any(isinstance(v, dict) for v in doc.values()):
+        for value in doc.values():
+            if isinstance(value, dict):
+                break
+        else:
             return dict(doc)  # already flat (the usual args and summaries): one copy
     if isinstance(doc, dict) and doc:
         for key, value in doc.items():
