@@ -296,6 +296,28 @@ _UNCHARGE = (
     .where(task_runs.c.worker_id == bindparam("p_worker_id"), task_runs.c.charged.is_(True))
     .values(charged=False)
 )
+# Every successful report runs these two (one compiled form each instead of a new tree).
+_END_RUN_ROW = (
+    update(task_runs)
+    .where(task_runs.c.run_id == bindparam("p_run_id"))
+    .values(
+        ended=bindparam("p_ended", type_=task_runs.c.ended.type),
+        status=bindparam("p_status"),
+        charged=bindparam("p_charged"),
+        summary=bindparam("p_summary", type_=task_runs.c.summary.type),
+    )
+)
+_AT_RETRY_LIMIT = (
+    select(workers.c.worker_id)
+    .where(
+        workers.c.queue_id == bindparam("p_queue_id"),
+        workers.c.status == "active",
+        workers.c.retries >= workers.c.max_retries,
+        workers.c.worker_id != bindparam("p_worker_id"),
+    )
+    # in id order: two such transactions lock these rows in the same order
+    .order_by(workers.c.worker_id)
+)
 _FAILED_RUNS = ("failed", "timed_out")
 # Outcomes of a run in the history (``task_runs.status``).
 RUN_STATUSES = ("running", "success", "failed", "timed_out", "cancelled", "requeued")
@@ -941,7 +963,14 @@ class SqlStorage:
             return
         values = {"ended": now, "status": status, "charged": charged, "summary": summary or {}}
         done = conn.execute(
-            update(task_runs).where(task_runs.c.run_id == task["run_id"]).values(**values)
+            _END_RUN_ROW,
+            {
+                "p_run_id": task["run_id"],
+                "p_ended": now,
+                "p_status": status,
+                "p_charged": charged,
+                "p_summary": values["summary"],
+            },
         ).rowcount
         if not done:
             conn.execute(
@@ -1051,15 +1080,7 @@ class SqlStorage:
         nothing had succeeded elsewhere): those are crashed now, as if this success had come
         before their last failure."""
         rows = conn.execute(
-            select(workers.c.worker_id)
-            .where(
-                workers.c.queue_id == queue_id,
-                workers.c.status == "active",
-                workers.c.retries >= workers.c.max_retries,
-                workers.c.worker_id != (worker_id or ""),
-            )
-            # in id order: two such transactions lock these rows in the same order
-            .order_by(workers.c.worker_id)
+            _AT_RETRY_LIMIT, {"p_queue_id": queue_id, "p_worker_id": worker_id or ""}
         ).fetchall()
         for row in rows:
             done = conn.execute(
