@@ -139,10 +139,22 @@ class Notifier:
     # --------------------------------------------------------------- any thread
     def wake(self, queue_ids: Iterable[str] | None) -> None:
         """Wake the streams of ``queue_ids`` (``None``: every stream). Never blocks; wake-ups
-        arriving before the loop ran the previous ones are merged into one."""
+        arriving before the loop ran the previous ones are merged into one.
+
+        Queues without a waiting stream are skipped (no hand-off to the loop, which costs a
+        write to its wake-up pipe): it is called after the commit, so a stream that takes its
+        waiter after this check reads the committed rows anyway (``waiter``)."""
         loop = self._loop
         if loop is None:
             return
+        waiting = self._waiters  # read from this thread: membership tests only
+        if queue_ids is None:
+            if not waiting:
+                return
+        else:
+            queue_ids = [qid for qid in queue_ids if qid in waiting]
+            if not queue_ids:
+                return
         with self._lock:
             if queue_ids is None:
                 self._pending_all = True
