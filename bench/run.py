@@ -111,6 +111,9 @@ class Impl:
     db_path: str = ""
     queues: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (id, password)
     server_workers: int = 1  # server processes (``serve --workers N``; current only)
+    # PYTHONPATH of the server (``None``: the installed labtasker; bench.dashboard passes this
+    # checkout's ``src`` so that a worktree measures its own code)
+    pythonpath: str | None = None
 
     @property
     def url(self) -> str:
@@ -139,6 +142,8 @@ class Impl:
         log = open(self.workdir / "server.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "LABTASKER_SERVER_TOKEN": V2_TOKEN}
         env.pop("PYTHONPATH", None)
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = self.pythonpath
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
         )

@@ -453,8 +453,15 @@ def test_the_plot_draws_one_mark_per_finished_task(page, queue_env):
         }
         expect(marks).to_have_count(len(means))
         page.locator("#mode").select_option("points")
+        page.locator("#carg").select_option("seed")  # asks the server for a colour column
+        expect(page.locator("svg#plot .legend")).to_contain_text("args.seed")
+        expect(marks).to_have_count(10)
+        page.locator("#metric").select_option("loss")
+        expect(page.locator("#plot-caption")).to_contain_text("summary.loss against args.C")
+        expect(marks).to_have_count(10)
         run_one(http, w, "success", {"accuracy": 0.9, "loss": 0.1})  # live: one more mark
         expect(marks).to_have_count(11, timeout=3000)
+        expect(page.locator("#carg")).to_have_value("seed")
 
 
 # ------------------------------------------------------------------ isolation
@@ -483,7 +490,7 @@ def test_another_queues_tasks_never_appear(page, queue_env, server):
         expect(page.locator("h1")).to_have_text("Task not found")
         api = page.request
         assert api.get(queue_env.url + "/ui/api/tasks").json()["total"] == 1
-        assert api.get(queue_env.url + "/ui/api/plot").json()["points"] == []
+        assert api.get(queue_env.url + "/ui/api/plot").json()["task_id"] == []
         overview = api.get(queue_env.url + "/ui/api/overview").json()
         assert overview["total"] == 1 and overview["workers"] == []
         page.goto(queue_env.url + "/ui/tasks")
@@ -575,11 +582,35 @@ def test_servers_on_one_database_accept_each_others_sessions_and_no_ui_turns_it_
         off.kill(signal.SIGTERM)
 
 
-def test_plot_points_flatten_nested_args_and_copy_flat_ones():
-    from labtasker.server.dashboard.views import plot_point
+def test_plot_columns_keep_finished_tasks_with_a_numeric_metric_and_an_x():
+    from labtasker.server.dashboard import views
 
-    flat = {"lr": 0.1, "model": "mlp"}
-    task = {"task_id": "t", "task_name": None, "args": flat, "summary": {"m": {"a": 1, "b": {}}}}
-    point = plot_point(task)
-    assert point["args"] == flat and point["args"] is not flat
-    assert point["summary"] == {"m.a": 1, "m.b": {}}  # an empty object is a leaf
+    def task(n, x, y, c="a"):
+        return {"task_id": f"t{n}", "task_name": None, "args.lr": x, "summary.acc": y, "args.m": c}
+
+    tasks = [task(1, 0.1, 0.5), task(2, None, 0.6), task(3, 0.2, "n/a"), task(4, 0.3, True)]
+    tasks.append(task(5, {"a": 1}, 0.7, None))
+    cols = views.plot_columns(iter(tasks), "lr", "acc", "m")
+    assert cols == {
+        "task_id": ["t1", "t5"],
+        "task_name": [None, None],
+        "x": [0.1, {"a": 1}],
+        "y": [0.5, 0.7],
+        "c": ["a", None],
+        "truncated": False,
+    }
+    assert views.plot_columns(iter(tasks), "lr", "acc", None)["c"] is None
+    many = (task(n, n, 1.0) for n in range(views.PLOT_MAX_POINTS + 5))
+    cols = views.plot_columns(many, "lr", "acc", None)
+    assert cols["truncated"] and len(cols["x"]) == views.PLOT_MAX_POINTS
+
+
+def test_plot_guesses_an_accuracy_metric_and_the_most_varied_numeric_argument():
+    from labtasker.server.dashboard.views import _plottable, guess_arg, guess_metric
+
+    assert guess_metric(["loss", "top1_acc", "zeta"]) == "top1_acc"
+    assert guess_metric(["a", "val_loss"]) == "val_loss" and guess_metric([]) is None
+    rows = [{"args.seed": n % 3, "args.model": f"m{n}", "args.lr": 0.1 * n} for n in range(9)]
+    assert guess_arg(rows, ["model", "seed", "lr"]) == "lr"  # numeric first, then distinct
+    assert guess_arg(rows, ["model", "seed"]) == "seed"
+    assert _plottable("opt.lr") and not _plottable("a b") and not _plottable("")

@@ -11,6 +11,7 @@ clock; worker states gate claims; every transition is logged once, in commit ord
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -361,3 +362,14 @@ def test_search_projection_reads_only_the_fields_asked_for(store, qid):
     for bad in ([], ["nope"], ["args"] * 2, ["args..lr"], ["queue.x"], ["task_id.x"], [3]):
         with pytest.raises(Invalid, match="fields"):
             store.search_tasks(qid, **{**NO_FILTER, "fields": bad})
+
+
+def test_projection_json_values_decode_as_json_loads():
+    from labtasker.server.sql_storage import _json_value
+
+    texts = ["0.01", "-1.5e-3", "12345678901234567890", "true", "null", '"mlp"', '"a\\u00e9"']
+    texts += ['{"a": 1, "b": [1, 2]}', "[]", " 1", "1 ", '{"depth":3}', "NaN"]
+    for text in texts:
+        assert _json_value(text) == json.loads(text) or text == "NaN", text
+    with pytest.raises(ValueError):
+        _json_value("1 x")

@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from labtasker.exceptions import QueryTranspilerError
+from labtasker.filters.mongo_sql.common import MAX_PATH_SEGMENTS, SEGMENT
 from labtasker.filters.pyquery import parse_filter_text
 from labtasker.server import paging
 from labtasker.server.dashboard.session import COOKIE, COOKIE_PATH, Session, Sessions, fingerprint
@@ -680,49 +681,187 @@ async def export_csv(
     )
 
 
-# What a plot point is made of: the projection the plot asks ``search_tasks`` for (its
-# keyset cursor needs ``last_modified`` and ``task_id``); metadata, progress and the other
-# columns are not read.
-PLOT_FIELDS = ["task_id", "task_name", "last_modified", "args", "summary"]
+# The plot reads only what the chosen picture needs: for each finished task its id and name
+# (hover), the x argument, the optional colour argument and the metric, as dotted paths read
+# in SQL by ``search_tasks`` (only those values are decoded), plus ``last_modified`` for its
+# keyset cursor. Whole args and summaries are not read.
+PLOT_SAMPLE = 1000  # first plotted tasks read for the metrics and to guess the x argument
+PLOT_GUESS_KEYS = 50  # argument keys looked at to guess the x argument
 
 
-def plot_point(task: dict[str, Any]) -> dict[str, Any]:
-    """A finished task as the plot needs it: id, name, flattened args and summary."""
+def _plottable(key: str) -> bool:
+    """Whether ``key`` (of args or summary) can be read as a dotted path in SQL."""
+    segments = key.split(".")
+    return bool(key) and len(segments) < MAX_PATH_SEGMENTS and all(map(SEGMENT.match, segments))
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def guess_metric(keys: list[str]) -> str | None:
+    """The metric a researcher most likely wants: an accuracy-like key, else a loss-like
+    one, else the first (the page's former guess, on the key list)."""
+    for pattern in ("acc", "score", "auc", "f1"), ("loss", "err"):
+        for key in keys:
+            if any(p in key.lower() for p in pattern):
+                return key
+    return keys[0] if keys else None
+
+
+def guess_arg(rows: list[dict[str, Any]], keys: list[str]) -> str | None:
+    """The argument with the most distinct values among ``rows`` (``args.<key>`` paths),
+    an all-numeric one before any other."""
+    best, most = (keys[0] if keys else None), -1
+    for key in keys:
+        values = [r["args." + key] for r in rows]
+        present = [v for v in values if v is not None]
+        if not present:
+            continue
+        distinct = len({json.dumps(v, sort_keys=True) for v in values})
+        score = distinct + (10**9 if all(_is_num(v) for v in values) else 0)
+        if score > most:
+            best, most = key, score
+    return best
+
+
+def plot_columns(
+    tasks: Iterator[dict[str, Any]], x: str, metric: str, color: str | None
+) -> dict[str, Any]:
+    """Columns of the plot (one entry per finished task with a numeric metric and an x
+    value): ``task_id``, ``task_name``, ``x``, ``y``, ``c`` (``None`` without a colour
+    argument), and ``truncated`` when more than ``PLOT_MAX_POINTS`` tasks were read."""
+    ids: list[str] = []
+    names: list[str | None] = []
+    xs: list[Any] = []
+    ys: list[Any] = []
+    cs: list[Any] = []
+    xk, yk, ck = "args." + x, "summary." + metric, ("args." + color) if color else None
+    read = 0
+    for t in tasks:
+        read += 1
+        if read > PLOT_MAX_POINTS:
+            break
+        xv, yv = t[xk], t[yk]
+        if xv is None or not _is_num(yv):
+            continue
+        ids.append(t["task_id"])
+        names.append(t["task_name"])
+        xs.append(xv)
+        ys.append(yv)
+        if ck is not None:
+            cs.append(t[ck])
     return {
-        "task_id": task["task_id"],
-        "task_name": task["task_name"],
-        "args": _flat(task["args"], "", {}),
-        "summary": _flat(task["summary"], "", {}),
+        "task_id": ids,
+        "task_name": names,
+        "x": xs,
+        "y": ys,
+        "c": cs if ck is not None else None,
+        "truncated": read > PLOT_MAX_POINTS,
     }
 
 
 @router.get("/api/plot")
 async def plot_data(
-    request: Request, session: ApiSession, filter: Annotated[str, Query(max_length=10_000)] = ""
+    request: Request,
+    session: ApiSession,
+    filter: Annotated[str, Query(max_length=10_000)] = "",
+    metric: Annotated[str, Query(max_length=500)] = "",
+    x: Annotated[str, Query(max_length=500)] = "",
+    color: Annotated[str, Query(max_length=500)] = "",
+    keys: bool = True,
 ):
-    """The finished (``success``) tasks matching the filter, at most ``PLOT_MAX_POINTS``,
-    as ``{"points": [{"task_id", "task_name", "args", "summary"}], "truncated": bool}``."""
+    """The finished (``success``) tasks matching the filter, the oldest ``PLOT_MAX_POINTS``,
+    as columns of what the picture needs: ``{"metric", "x_arg", "color_arg", "arg_keys",
+    "metric_keys", "max_points", "task_id": [...], "task_name": [...], "x": [...], "y": [...], "c":
+    [...]|null, "truncated": bool}`` (``plot_columns``). ``metric_keys``: the summary keys
+    with a number among the first ``PLOT_SAMPLE`` of them; ``keys=false``: the two
+    key lists are ``null`` and that sample is not read unless a guess needs it (a page that
+    has the keys changes its picture). ``metric`` (a ``summary`` key) and
+    ``x``/``color`` (``args`` keys) choose the picture; an empty or unknown ``metric`` or
+    ``x`` is guessed (an accuracy-like metric; the argument with the most distinct numeric
+    values), an unknown ``color`` is none. Keys that are not dotted paths of letters, digits,
+    ``_`` or ``-`` cannot be plotted and are left out. 400 ``{"detail": {"field", "message"}}`` for a
+    bad filter."""
     store = _store(request)
     qid = session.queue_id
     query = _filter_of(filter)
 
     def read() -> dict[str, Any]:
-        points = [
-            plot_point(t)
-            for t in _walk(
+        arg_keys = [k for k in store.arg_keys(qid) if _plottable(k)]
+        guess_x = x not in arg_keys
+        guess_keys = arg_keys[:PLOT_GUESS_KEYS] if guess_x else []
+        metric_keys: list[str] | None = None
+        sample: list[dict[str, Any]] = []
+        if keys or guess_x or not _plottable(metric):
+            # the first finished tasks of the plot (same order, so the same index range as
+            # its read below): their summaries give the metrics (keys with a number), their
+            # arguments the x argument when none is given
+            sample = _search(
                 store,
                 qid,
                 query,
                 [("last_modified", 1)],
-                PLOT_MAX_POINTS + 1,
+                limit=PLOT_SAMPLE,
                 status="success",
-                fields=PLOT_FIELDS,
+                fields=["summary"] + ["args." + k for k in guess_keys],
             )
-        ]
-        truncated = len(points) > PLOT_MAX_POINTS
-        return {"points": points[:PLOT_MAX_POINTS], "truncated": truncated}
+            numeric: set[str] = set()
+            for t in sample:
+                for key, value in _flat(t["summary"], "", {}).items():
+                    if _is_num(value) and not key.startswith("labtasker_") and _plottable(key):
+                        numeric.add(key)
+            metric_keys = sorted(numeric)
+        chosen_metric = metric if _plottable(metric) else guess_metric(metric_keys or [])
+        chosen_x = guess_arg(sample, guess_keys) if guess_x else x
+        chosen_color = color if color in arg_keys and color != chosen_x else None
+        if metric_keys is not None and chosen_metric and chosen_metric not in metric_keys:
+            metric_keys = sorted([*metric_keys, chosen_metric])  # asked for: listed
+        answer: dict[str, Any] = {
+            "metric": chosen_metric,
+            "x_arg": chosen_x,
+            "color_arg": chosen_color,
+            "arg_keys": arg_keys if keys else None,
+            "metric_keys": metric_keys if keys else None,
+            "max_points": PLOT_MAX_POINTS,
+        }
+        if chosen_metric is None or chosen_x is None:
+            answer.update(plot_columns(iter(()), "", "", None))
+            return answer
+        # one read of at most PLOT_MAX_POINTS + 1 small rows (no cursor, so no sort fields)
+        fields = ["task_id", "task_name", "args." + chosen_x, "summary." + chosen_metric]
+        if chosen_color:
+            fields.append("args." + chosen_color)
+        tasks = _search(
+            store,
+            qid,
+            query,
+            [("last_modified", 1)],
+            limit=PLOT_MAX_POINTS + 1,
+            status="success",
+            fields=fields,
+        )
+        answer.update(plot_columns(iter(tasks), chosen_x, chosen_metric, chosen_color))
+        return answer
 
     return _json(await anyio.to_thread.run_sync(read))
+
+
+@router.get("/api/plot/task/{task_id}")
+async def plot_task(request: Request, task_id: str, session: ApiSession):
+    """One task as a plot's hover shows it: ``{"task_id", "task_name", "args"}`` (args
+    flattened to dotted keys); 404 when it is not in the session's queue."""
+    try:
+        task = await _run(request, _store(request).get_task, session.queue_id, task_id)
+    except NotFound as exc:
+        raise HTTPException(404, "task not found") from exc
+    return _json(
+        {
+            "task_id": task["task_id"],
+            "task_name": task["task_name"],
+            "args": _flat(task["args"], "", {}),
+        }
+    )
 
 
 @router.get("/api/events")

@@ -1,12 +1,17 @@
 // Results plot: a metric (summary.*) against an argument (args.*), optionally coloured by a
 // second argument; one mark per finished task, or mean ± std over the other arguments.
-// Drawn as SVG by this file. New finished tasks from the event stream are added live.
+// Drawn as SVG by this file. The server sends only the columns of the chosen picture (task
+// id, name, x, metric, colour); changing the metric or an argument asks it again. New finished
+// tasks from the event stream are added live; hover fetches the task's other arguments.
 import {api, live, plain, throttle} from "./common.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 const params = new URLSearchParams(location.search);
-const state = {points: new Map(), truncated: false, filter: params.get("filter") || ""};
+// points: task_id -> {id, name, x, y, c} for the picture of state.shown (its metric, x, colour)
+const state = {points: new Map(), truncated: false, maxPoints: 0, filter: params.get("filter") || "",
+               argKeys: [], metricKeys: [], shown: {metric: "", x: "", color: ""}};
+const hoverArgs = new Map();  // task_id -> its flattened args (fetched on first hover)
 const $ = id => document.getElementById(id);
 
 function svg(tag, attrs = {}, text) {
@@ -18,50 +23,24 @@ function svg(tag, attrs = {}, text) {
 
 const isNum = v => typeof v === "number" && isFinite(v);
 
-function keys(kind) {
-  const seen = new Map();
-  for (const p of state.points.values()) {
-    for (const [k, v] of Object.entries(p[kind])) {
-      if (kind === "summary" && !isNum(v)) continue;
-      seen.set(k, (seen.get(k) || 0) + 1);
-    }
-  }
-  return [...seen.keys()].sort();
-}
-
-function fillSelect(select, options, keep, blank) {
-  const current = select.value || keep;
+function fillSelect(select, options, value, blank) {
   select.replaceChildren();
   if (blank) select.append(new Option("none", ""));
   for (const o of options) select.append(new Option(o, o));
-  if ([...select.options].some(o => o.value === current)) select.value = current;
+  if ([...select.options].some(o => o.value === value)) select.value = value;
 }
 
 let scaleChosen = false;
 function refreshControls() {
-  const metrics = keys("summary").filter(k => !k.startsWith("labtasker_"));
-  const args = keys("args");
-  fillSelect($("metric"), metrics, params.get("metric") || guessMetric(metrics));
-  fillSelect($("xarg"), args, params.get("x") || guessArg(args));
-  fillSelect($("carg"), args, params.get("color") || "", true);
-  if (!scaleChosen && $("xarg").value) {
+  fillSelect($("metric"), state.metricKeys, state.shown.metric);
+  fillSelect($("xarg"), state.argKeys, state.shown.x);
+  fillSelect($("carg"), state.argKeys, state.shown.color, true);
+  if (!scaleChosen && state.shown.x && state.points.size) {
     // a grid over decades (1e-3 ... 1e2) reads best on a log axis
-    const xs = [...state.points.values()].map(p => p.args[$("xarg").value]);
-    if (xs.length && xs.every(v => isNum(v) && v > 0) && Math.max(...xs) / Math.min(...xs) >= 100) $("xscale").value = "log";
+    const xs = [...state.points.values()].map(p => p.x);
+    if (xs.every(v => isNum(v) && v > 0) && Math.max(...xs) / Math.min(...xs) >= 100) $("xscale").value = "log";
     scaleChosen = true;
   }
-}
-
-const guessMetric = ms => ms.find(m => /acc|score|auc|f1/i.test(m)) || ms.find(m => /loss|err/i.test(m)) || ms[0];
-function guessArg(args) {
-  // the argument with the most distinct numeric values
-  let best = args[0], most = -1;
-  for (const a of args) {
-    const vals = new Set([...state.points.values()].map(p => p.args[a]));
-    const n = [...vals].every(isNum) ? vals.size + 1000 : vals.size;
-    if (n > most) { best = a; most = n; }
-  }
-  return best;
 }
 
 function niceTicks(lo, hi, n = 6) {
@@ -114,7 +93,7 @@ function std(xs) { if (xs.length < 2) return 0; const m = mean(xs); return Math.
 function draw() {
   const plot = $("plot");
   plot.replaceChildren();
-  const metric = $("metric").value, xarg = $("xarg").value, carg = $("carg").value;
+  const {metric, x: xarg, color: carg} = state.shown;
   const mode = $("mode").value;
   const status = $("plot-status");
   if (!metric || !xarg) {
@@ -127,8 +106,12 @@ function draw() {
   plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
   plot.setAttribute("width", W);
   plot.setAttribute("height", H);
-  let pts = [...state.points.values()].filter(p => p.args[xarg] !== undefined && isNum(p.summary[metric]))
-    .map(p => ({id: p.task_id, name: p.task_name, x: p.args[xarg], y: p.summary[metric], c: carg ? p.args[carg] : null, p}));
+  let pts = [...state.points.values()];
+  if (!pts.length) {
+    status.textContent = `No finished task with a numeric summary.${metric} yet: the plot fills in as tasks succeed.`;
+    $("plot-caption").textContent = "";
+    return;
+  }
   if ($("yscale").value === "log") pts = pts.filter(p => p.y > 0);
   if ($("xscale").value === "log" && pts.every(p => isNum(p.x))) pts = pts.filter(p => p.x > 0);
   let marks = pts;
@@ -175,12 +158,12 @@ function draw() {
     }
     const text = mode === "mean"
       ? `args.${xarg} = ${plain(m.x)}${carg ? `, args.${carg} = ${plain(m.c)}` : ""}\nsummary.${metric}: mean ${fmt(m.y)} ± ${fmt(m.sd)} (std, n = ${m.n})`
-      : `${m.name || m.id}\nargs.${xarg} = ${plain(m.x)}${carg ? `, args.${carg} = ${plain(m.c)}` : ""}\nsummary.${metric} = ${fmt(m.y)}\n` +
-        Object.entries(m.p.args).map(([k, v]) => `  ${k} = ${plain(v)}`).join("\n");
+      : `${m.name || m.id}\nargs.${xarg} = ${plain(m.x)}${carg ? `, args.${carg} = ${plain(m.c)}` : ""}\nsummary.${metric} = ${fmt(m.y)}`;
     const dot = svg("circle", {class: "mark", cx: x, cy: y, r: mode === "mean" ? 5 : 4, fill, tabindex: 0,
                               "data-task-id": m.id || "", "aria-label": text.split("\n").join("; ")});
-    dot.addEventListener("mouseenter", (e) => tip(text, e));
-    dot.addEventListener("focus", () => { const r = dot.getBoundingClientRect(); tip(text, {clientX: r.right, clientY: r.top}); });
+    const where = mode === "points" ? m.id : null;  // a task's other arguments, once fetched
+    dot.addEventListener("mouseenter", (e) => tip(text, e, where));
+    dot.addEventListener("focus", () => { const r = dot.getBoundingClientRect(); tip(text, {clientX: r.right, clientY: r.top}, where); });
     dot.addEventListener("mouseleave", () => tip(null));
     dot.addEventListener("blur", () => tip(null));
     if (m.id) dot.addEventListener("click", () => window.open("/ui/tasks/" + encodeURIComponent(m.id), "_self"));
@@ -199,7 +182,7 @@ function draw() {
   }
   const nTasks = pts.length;
   status.textContent = `${nTasks} finished task${nTasks === 1 ? "" : "s"} plotted` + (mode === "mean" ? ` as ${marks.length} mean${marks.length === 1 ? "" : "s"} ± std` : "") +
-    (state.truncated ? ` (the first ${state.points.size} only)` : "") + ".";
+    (state.truncated ? ` (of the first ${state.maxPoints} finished tasks only)` : "") + ".";
   $("plot-caption").textContent = `summary.${metric} against args.${xarg}` + (carg ? `, coloured by args.${carg}` : "") + ".";
   const q = new URLSearchParams({metric, x: xarg});
   if (carg) q.set("color", carg);
@@ -207,25 +190,43 @@ function draw() {
   history.replaceState(null, "", location.pathname + "?" + q);
 }
 
-function tip(text, e) {
+const argsText = args => Object.entries(args).map(([k, v]) => `  ${k} = ${plain(v)}`).join("\n");
+let tipFor = null;  // the task whose tooltip is shown
+function tip(text, e, taskId) {
   const box = $("tooltip");
+  tipFor = taskId || null;
   if (!text) { box.hidden = true; return; }
-  box.textContent = text;
+  box.textContent = taskId && hoverArgs.has(taskId) ? text + "\n" + argsText(hoverArgs.get(taskId)) : text;
+  if (taskId && !hoverArgs.has(taskId)) {
+    api("/ui/api/plot/task/" + encodeURIComponent(taskId)).then(t => {
+      hoverArgs.set(taskId, t.args);
+      if (tipFor === taskId && !box.hidden) box.textContent = text + "\n" + argsText(t.args);
+    }, () => {});
+  }
   box.hidden = false;
   box.style.left = Math.min(e.clientX + 12, window.innerWidth - 340) + "px";
   box.style.top = (e.clientY + 12) + "px";
 }
 
 let loadSeq = 0;  // only the newest request's answer is drawn
+let keysKnown = false;  // arg and metric keys: read once, then kept up to date by the events
 async function load() {
   const mine = ++loadSeq;
   const box = $("filter-error");
+  const want = {filter: state.filter,
+                metric: $("metric").value || params.get("metric") || "",
+                x: $("xarg").value || params.get("x") || "",
+                color: $("metric").value ? $("carg").value : (params.get("color") || ""),
+                keys: keysKnown ? "false" : "true"};  // the key lists: on the first load
   try {
-    const data = await api("/ui/api/plot?" + new URLSearchParams({filter: state.filter}));
+    const data = await api("/ui/api/plot?" + new URLSearchParams(want));
     if (mine !== loadSeq) return;
     box.hidden = true;
-    state.points = new Map(data.points.map(p => [p.task_id, p]));
+    state.shown = {metric: data.metric || "", x: data.x_arg || "", color: data.color_arg || ""};
+    if (data.arg_keys) { state.argKeys = data.arg_keys; state.metricKeys = data.metric_keys; keysKnown = true; }
+    state.points = new Map(data.task_id.map((id, i) => [id, {id, name: data.task_name[i], x: data.x[i], y: data.y[i], c: data.c ? data.c[i] : null}]));
     state.truncated = data.truncated;
+    state.maxPoints = data.max_points;
   } catch (err) {
     if (mine !== loadSeq) return;
     if (err.status !== 400) throw err;
@@ -252,7 +253,15 @@ live((payload) => {
   if (e.entity_type !== "task") return;
   const t = e.entity_data;
   if (e.new_state === "success" && !state.filter) {  // add the point without a round trip
-    state.points.set(e.entity_id, {task_id: e.entity_id, task_name: t.task_name, args: flat(t.args), summary: flat(t.summary)});
+    const args = flat(t.args), summary = flat(t.summary), {metric, x, color} = state.shown;
+    const addKeys = (list, more) => { const all = new Set(list); more.forEach(k => all.add(k)); return [...all].sort(); };
+    state.argKeys = addKeys(state.argKeys, Object.keys(args));
+    state.metricKeys = addKeys(state.metricKeys, Object.keys(summary).filter(k => isNum(summary[k]) && !k.startsWith("labtasker_")));
+    hoverArgs.set(e.entity_id, args);
+    if (!metric || !x) { reload(); return; }  // nothing drawn yet: let the server choose
+    if (args[x] !== undefined && args[x] !== null && isNum(summary[metric])) {
+      state.points.set(e.entity_id, {id: e.entity_id, name: t.task_name, x: args[x], y: summary[metric], c: color ? (args[color] ?? null) : null});
+    } else state.points.delete(e.entity_id);
     redraw();
   } else if (state.points.has(e.entity_id) || (e.new_state === "success" && state.filter)) {
     reload();  // a plotted task changed (requeued, deleted...) or the filter decides
@@ -265,7 +274,8 @@ $("plot-form").addEventListener("submit", (e) => {
   const f = $("filter").value.trim();
   if (f !== state.filter) { state.filter = f; load(); } else draw();
 });
-for (const id of ["metric", "xarg", "carg", "mode", "xscale", "yscale"]) $(id).addEventListener("change", draw);
+for (const id of ["metric", "xarg", "carg"]) $(id).addEventListener("change", load);  // new columns
+for (const id of ["mode", "xscale", "yscale"]) $(id).addEventListener("change", draw);
 $("xscale").addEventListener("change", () => { scaleChosen = true; });
 window.addEventListener("resize", throttle(draw, 200));
 load();
