@@ -285,15 +285,18 @@ def test_loop_gone_workers_mismatch_message_and_bypass(cli, queue_env):
         "LABTASKER_PROGRESS_INTERVAL": "0",
     }
     # a typo in a placeholder: not "all done" but what the pending tasks have
+    # (exit 1: the loop ran nothing and never will as written)
     proc = cli("loop", "--", "echo", "%(prompt)", "%(guidance)", extra_env=env)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "2 pending task(s) have {guidance_scale, prompt}" in proc.stderr
     assert "Did you mean %(guidance_scale) for %(guidance)?" in proc.stderr
     assert "all done" not in proc.stderr
     # the same question when a filter excludes them (what the loop logs, asked directly)
     from labtasker.client.mismatch import explain_no_match
 
-    assert explain_no_match(["prompt", "guidance_scale"], "args.prompt == 'zzz'") == (
+    why = explain_no_match(["prompt", "guidance_scale"], "args.prompt == 'zzz'")
+    assert why is not None and not why.likely_typo
+    assert why.text == (
         "2 pending task(s) have the fields {guidance_scale, prompt} but none matches "
         "--extra-filter."
     )

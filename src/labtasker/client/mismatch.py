@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from labtasker.keys import shape_matches, unflatten
 
 MAX_SHAPES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class NoMatch:
+    """Why pending tasks do not match: ``text`` (one sentence for the log) and
+    ``likely_typo`` (a placeholder of the command is close to a field of the pending tasks:
+    ``%(sed)`` for ``seed``, so the loop will never run them as it stands)."""
+
+    text: str
+    likely_typo: bool = False
 
 
 def _fields_text(fields: Sequence[str]) -> str:
@@ -31,9 +42,9 @@ def _shape(fields: Sequence[str]) -> dict[str, Any]:
 
 def explain_no_match(
     required_fields: Sequence[str] | None, extra_filter: Any = None, client: Any = None
-) -> str | None:
-    """A one-sentence explanation when pending tasks exist that this loop cannot take, else
-    ``None`` (no pending task at all, or some match and were just taken by others).
+) -> NoMatch | None:
+    """An explanation when pending tasks exist that this loop cannot take, else ``None`` (no
+    pending task at all, or some match and were just taken by others).
 
     ``required_fields``: the loop's fields (``None``/``[]``: any shape); ``extra_filter``:
     the loop's filter (any form :func:`labtasker.client.api.count_tasks` takes).
@@ -51,7 +62,7 @@ def explain_no_match(
             return None  # they match; another worker took them or they just arrived
         if api.count_tasks(status="pending", extra_filter=extra_filter, client=client).total:
             return None
-        return (
+        return NoMatch(
             f"{n_matching} pending task(s) have the fields {_fields_text(required)} but "
             "none matches --extra-filter."
         )
@@ -72,7 +83,7 @@ def explain_no_match(
         if close:
             hints.append(f"%({close[0]}) for %({field})")
     if hints:
-        text += f" Did you mean {', '.join(hints)}?"
+        return NoMatch(text + f" Did you mean {', '.join(hints)}?", likely_typo=True)
     else:
         extra = sorted(set(theirs) - set(required))
         if extra:
@@ -80,4 +91,4 @@ def explain_no_match(
                 f" To run tasks with fields the command does not use, name them in the "
                 f"command (e.g. as a shell comment: # %({extra[0]}))."
             )
-    return text
+    return NoMatch(text)

@@ -25,7 +25,8 @@ reason (the others went on), 128 + N on signal N.
 Exit status: 0 when no matching task is left (after ``--idle-timeout``) or "Exit" was chosen
 after a failure; 2 on usage or set-up errors (one-line message); 1 when going on cannot help
 (the worker is suspended or crashed; the server refuses the fetch for good: a bad filter, a
-deleted queue, a changed password -- HTTP 400/401/404/422, at once) or after repeated
+deleted queue, a changed password -- HTTP 400/401/404/422, at once; the loop ran no task and a
+placeholder looks like a typo of the pending tasks' fields) or after repeated
 internal errors (network, server errors: back-off up to 60 s, 10 in a row); 128 + N when stopped by
 signal N (SIGINT, SIGTERM, SIGHUP: the running job's process group gets the same signal,
 then SIGKILL after ``--grace-period`` seconds; its task goes back to pending with its retries
@@ -55,7 +56,8 @@ HELP = (
     "`%(field)` placeholders choose the tasks: only tasks whose args have exactly these "
     "fields are run (a command without any takes tasks of any shape). Exit status: 0 when no "
     "matching task is left; 1 when going on cannot help (worker suspended or crashed, queue "
-    "deleted, invalid filter) or after repeated network/server errors; 2 on usage errors; "
+    "deleted, invalid filter, no task run and a placeholder looks like a typo) or after "
+    "repeated network/server errors; 2 on usage errors; "
     "128+N when stopped by signal N (forwarded to the job, SIGKILL after --grace-period; the "
     "interrupted task goes back to pending, its retries unchanged)."
 )

@@ -449,8 +449,7 @@ class LoopRunner:
                         intr.event.wait(min(idle_delay, left))
                         idle_delay = min(IDLE_POLL_MAX_SECONDS, idle_delay * 2)
                         continue
-                    self._log_nothing_left()
-                    return None
+                    return self._log_nothing_left()
                 idle_since = None
                 if intr.requested:
                     self._hand_back(resp.task)  # interrupted while claiming: hand it back
@@ -497,9 +496,11 @@ class LoopRunner:
                 _internal_error_handler(exc, failures)
         return None
 
-    def _log_nothing_left(self) -> None:
+    def _log_nothing_left(self) -> LoopStopped | None:
         """ "All done", or why pending tasks do not match (a typo in a placeholder, a
-        filter that excludes them; ``labtasker.client.mismatch``)."""
+        filter that excludes them; ``labtasker.client.mismatch``). Returns why the loop
+        must stop with exit 1 instead of 0: it ran no task and a placeholder looks like a
+        typo of the pending tasks' fields (a batch job that did nothing must not succeed)."""
         from labtasker.client.mismatch import explain_no_match
 
         why = None
@@ -511,9 +512,12 @@ class LoopRunner:
                 self.required_fields if self.required_fields else "(any)",
             )
         elif self.tasks_run:
-            logger.info("No matching task is left. %s", why)
+            logger.info("No matching task is left. %s", why.text)
+        elif why.likely_typo:
+            return LoopStopped(f"Loop stopped without running a task: {why.text}")
         else:
-            logger.warning("%s", why)
+            logger.warning("%s", why.text)
+        return None
 
     def _mark_worker_gone(self) -> None:
         """The loop ends: mark its auto-created worker as gone (quick, best effort: a
