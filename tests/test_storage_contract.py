@@ -114,6 +114,14 @@ def test_claim_order_and_no_more_no_less(store, qid):
     assert claim(store, qid) is None
 
 
+def test_a_batch_is_claimed_and_listed_in_its_order(store, qid):
+    """The tasks of one batch (a grid) come out in the batch's order, not by random id."""
+    ids = store.submit_tasks(qid, [{"args": {"n": n}} for n in range(40)])
+    listed = store.search_tasks(qid, **NO_FILTER)
+    assert [t["task_id"] for t in listed] == ids
+    assert [claim(store, qid)["args"]["n"] for _ in range(40)] == list(range(40))
+
+
 def test_claim_fences_the_run_and_reports_end_it(store, qid):
     tid = store.submit_task(qid, {"args": {"a": 1}})
     task = claim(store, qid)

@@ -699,8 +699,11 @@ class SqlStorage:
                 rows = new_rows
             if rows:
                 shapes: dict[str, int] = {}
-                for row in rows:
-                    row["created_at"] = row["last_modified"] = now
+                for i, row in enumerate(rows):
+                    # one microsecond apart: the claim order and the default listing order
+                    # (last_modified, created_at) keep the batch's order (a grid's order)
+                    # instead of falling to the random task ids
+                    row["created_at"] = row["last_modified"] = now + timedelta(microseconds=i)
                     key = shape_key(shape_of(row["args"]))
                     if key not in shapes:
                         shapes[key] = self._shape_id(conn, queue_id, row["args"])
