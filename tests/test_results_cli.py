@@ -271,6 +271,38 @@ def test_report_progress_in_a_job(queue_env, monkeypatch, tmp_path):
     assert labtasker.report_progress(3, total=3) is False  # the run no longer owns the task
 
 
+def test_loop_exit_0_for_another_commands_near_fields(cli, queue_env):
+    """A queue shared by several commands: a loop whose own tasks are all done (or not yet
+    submitted) exits 0 when the pending tasks belong to another command with near-miss field
+    names; only a placeholder that is a likely typo (close, and its correction gives the
+    pending tasks' exact fields, and no task ever had the fields as written) exits 1."""
+    from labtasker.client.mismatch import explain_no_match
+
+    http = queue_env.http()
+    env = {"PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+    _batch(http, [{"args": {"model": "cnn", "steps": s}} for s in (1, 2)])
+    ok(cli("loop", "--", "echo", "%(model)", "%(steps)", extra_env=env))
+    # the other command's tasks: {model, step} (steps/step is close), still pending
+    _batch(http, [{"args": {"model": "cnn", "step": s}} for s in (1, 2)])
+    proc = cli("loop", "--", "echo", "%(model)", "%(steps)", extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Did you mean %(step) for %(steps)?" in proc.stderr  # still said, as a warning
+    why = explain_no_match(["model", "steps"])
+    assert why is not None and not why.likely_typo
+    # a second stage whose tasks are not submitted yet: output/input are different names
+    _batch(http, [{"args": {"input": "a.txt"}}])
+    proc = cli("loop", "--", "echo", "%(output)", extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Did you mean %(input) for %(output)?" in proc.stderr
+    # close, but the corrected fields are no pending task's exact fields: not a typo
+    why = explain_no_match(["model", "stepp", "extra"])
+    assert why is not None and not why.likely_typo
+    # a real typo: exit 1
+    proc = cli("loop", "--", "echo", "%(model)", "%(stpe)", extra_env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Did you mean %(step) for %(stpe)?" in proc.stderr
+
+
 def test_loop_gone_workers_mismatch_message_and_bypass(cli, queue_env):
     http = queue_env.http()
     named, unnamed = _batch(

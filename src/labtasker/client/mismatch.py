@@ -17,6 +17,11 @@ from typing import Any
 from labtasker.keys import shape_matches, unflatten
 
 MAX_SHAPES_SHOWN = 3
+# A hint is shown from difflib's ratio 0.5; the loop only exits 1 (``likely_typo``) from 0.7
+# (``sed``/``seed`` 0.86, ``guidance``/``guidance_scale`` 0.73; distinct names such as
+# ``input``/``output`` 0.55, ``run_id``/``run_name`` 0.57, ``dim``/``dir`` 0.67 stay below).
+HINT_CUTOFF = 0.5
+TYPO_CUTOFF = 0.7
 
 
 @dataclass(frozen=True)
@@ -76,19 +81,48 @@ def explain_no_match(
     )
     theirs = sorted({f for g in shapes.groups for f in (g.value or [])})
     hints = []
+    corrected = {}  # placeholder -> the pending tasks' field it is close to (TYPO_CUTOFF)
     for field in required:
         if field in theirs:
             continue
-        close = difflib.get_close_matches(field, theirs, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(field, theirs, n=1, cutoff=HINT_CUTOFF)
         if close:
             hints.append(f"%({close[0]}) for %({field})")
+            if difflib.SequenceMatcher(None, field, close[0]).ratio() >= TYPO_CUTOFF:
+                corrected[field] = close[0]
     if hints:
-        return NoMatch(text + f" Did you mean {', '.join(hints)}?", likely_typo=True)
-    else:
-        extra = sorted(set(theirs) - set(required))
-        if extra:
-            text += (
-                f" To run tasks with fields the command does not use, name them in the "
-                f"command (e.g. as a shell comment: # %({extra[0]}))."
-            )
+        text += f" Did you mean {', '.join(hints)}?"
+        typo = len(corrected) == len(hints) and _is_likely_typo(
+            required_fields, corrected, shapes.groups, client
+        )
+        return NoMatch(text, likely_typo=typo)
+    extra = sorted(set(theirs) - set(required))
+    if extra:
+        text += (
+            f" To run tasks with fields the command does not use, name them in the "
+            f"command (e.g. as a shell comment: # %({extra[0]}))."
+        )
     return NoMatch(text)
+
+
+def _is_likely_typo(
+    required_fields: Sequence[str] | None,
+    corrected: dict[str, str],
+    pending_groups: Sequence[Any],
+    client: Any,
+) -> bool:
+    """Whether the command's placeholders are a typo, not another script's legitimate fields
+    (a queue shared by several commands): the corrected fields (each placeholder in
+    ``corrected`` replaced by its close pending field) are exactly the fields of some pending
+    tasks, AND no task of the queue in any status has the command's fields as written (a
+    field set that tasks have had -- run by this loop's other slots, by earlier loops, or
+    done -- is valid: the loop just found nothing left to do). One more count query."""
+    from labtasker.client import api
+
+    fixed = [corrected.get(f, f) for f in (required_fields or [])]
+    if not any(shape_matches(fixed, _shape(g.value or [])) for g in pending_groups):
+        return False
+    every = api.count_tasks(by="arg_fields", client=client)
+    if every.truncated:
+        return False  # some field sets are not listed: cannot tell
+    return not any(shape_matches(required_fields, _shape(g.value or [])) for g in every.groups)
