@@ -51,7 +51,8 @@ def encode_cursor(sort: list[tuple[str, int]], last: dict[str, Any]) -> str:
 def tie_direction(sort: list[tuple[str, int]] | None) -> int:
     """Direction of the ``task_id`` tie-breaker: that of the last sort key, so that a
     descending listing walks its index backwards instead of sorting each group of equal
-    keys (a batch of 5,000 tasks shares one ``last_modified``)."""
+    keys (tasks changed in one statement -- a bulk update, requeue -- share one
+    ``last_modified``; a submitted batch's tasks are a microsecond apart)."""
     sort = sort or DEFAULT_SORT
     return -1 if sort[-1][1] == -1 else 1
 
