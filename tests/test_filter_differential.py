@@ -71,7 +71,7 @@ from labtasker.filters.pyquery import transpile
 from labtasker.server.db import Database
 from labtasker.server.errors import Invalid
 from labtasker.server.schema import tasks
-from labtasker.server.sql_storage import TASK_FIELDS, SqlStorage
+from labtasker.server.sql_storage import TASK_FIELDS, SqlStorage, leaf_index
 from labtasker.timeutil import utc_now
 
 BACKEND = os.environ.get("LABTASKER_TEST_BACKEND", "sqlite")
@@ -596,6 +596,198 @@ def test_differential(store, docs, filts):
     check(store, docs, filts)
     STATS["generated"] += len(filts)
     STATS["seconds"] += time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- leaf index
+INDEX_EXAMPLES = 60
+
+
+def _matching(store: Store, where, scope=None) -> set[int]:
+    scope = tasks.c.queue_id == store.queue_id if scope is None else scope
+    with store.db.read() as conn:
+        ids = conn.execute(select(tasks.c.task_id).where(scope, where)).scalars().all()
+    return {store.index[t] for t in ids}
+
+
+def _index_agrees(store: Store, filt: dict) -> None:
+    """The filter compiled with the leaf index, in both of its spellings (driven by the
+    index: no probe; checked per task: a probe that reports many hits), selects the same
+    tasks as the filter judged from the JSON alone."""
+    dialect = store.db.dialect
+    expected = _matching(store, compile_filter(filt, TASK_FIELDS, dialect))
+    for probe in (None, lambda stmt, limit: limit):
+        index = leaf_index(store.queue_id, dialect, probe)
+        where = compile_filter(filt, TASK_FIELDS, dialect, index=index)
+        assert _matching(store, where) == expected, (filt, "per task" if probe else "driven")
+    assert store.matches(filt) == expected, filt  # search_tasks' own choice
+
+
+@settings(
+    max_examples=INDEX_EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(
+    docs=st.lists(documents, min_size=3, max_size=8),
+    filts=st.lists(filters, min_size=FILTERS_PER_EXAMPLE, max_size=FILTERS_PER_EXAMPLE),
+)
+@example(
+    docs=[
+        {"a": [{"b": [2, 7]}]},
+        {"a": {"b": 7}},
+        {"a": 7},
+        {"a": {"b": [7]}},
+        {"a": None},
+        {},
+        {"a": {"b": "7"}},
+        {"a": {"b": True}},
+    ],
+    filts=[
+        {"args.a.b": 7},
+        {"args.a.b": {"$in": [7, "7", True]}},
+        {"args.a.b": {"$gt": 2}},
+        {"args.a.b": {"$ne": 7}},
+        {"args.a": {"$lte": 7}},
+        {"args.a.b": {"$gte": True}},
+        {"$or": [{"args.a.b": 7}, {"args.a": 7}]},
+        {"args.a.b": {"$nin": [7, "7"]}},
+    ],
+)
+def test_leaf_index_answers_as_the_json(store, docs, filts):
+    """Equality, ``$in`` and ranges answered from the leaf index match exactly what the JSON
+    path gives (which ``test_differential`` holds to MongoDB's semantics): arrays on the
+    way, type brackets, null and missing included."""
+    store.load(docs)
+    for filt in filts:
+        _index_agrees(store, filt)
+
+
+def test_leaf_index_keys_and_numbers(store):
+    """Keys spelt in quotes by SQLite (digits, '_', '-'), large and fractional numbers,
+    datetimes as ISO text, metadata and summary paths."""
+    docs = [
+        {"0": 1, "_x": {"b-c": 2.5}, "n": 2**53 + 1, "t": "2024-01-02T03:04:05+00:00"},
+        {"0": [1], "_x": [{"b-c": 2.5}], "n": 2**53, "t": "2024-01-02"},
+        {"0": "1", "_x": {"b-c": "2.5"}, "n": 1e300},
+    ]
+    store.load(docs)
+    for filt in [
+        {"args.0": 1},
+        {"args._x.b-c": 2.5},
+        {"args._x.b-c": {"$gte": 2}},
+        {"args.n": 2**53 + 1},
+        {"args.n": {"$gt": 2**53}},
+        {"args.n": {"$in": [1e300]}},
+        {"args.t": {"$gt": {"_dt": "2024-01-01T00:00:00+00:00"}}},
+        {"args.t": {"$lt": "2024-01-02T"}},
+        {"metadata.x": 1},
+        {"summary.y": {"$lt": 1}},
+    ]:
+        _index_agrees(store, filt)
+    assert store.matches({"args.n": 2**53 + 1}) == {0}
+
+
+def test_leaf_index_plan(store):
+    """A one-hit equality on an args path is answered through the leaf index: the plan reads
+    ``task_leaves`` by its primary key and looks the task up by id, never reading the
+    queue's tasks one by one."""
+    store.load([{"i": i, "g": i % 3} for i in range(3000)])
+    scope, where = store.storage._task_filter(store.queue_id, {"args.i": 1234})
+    stmt = (
+        select(tasks.c.task_id)
+        .where(scope, where)
+        .order_by(tasks.c.last_modified, tasks.c.task_id)
+        .limit(100)
+    )
+    with store.db.write() as conn:
+        if store.db.dialect == "postgresql":
+            conn.exec_driver_sql("ANALYZE tasks")
+            conn.exec_driver_sql("ANALYZE task_leaves")
+            conn.exec_driver_sql("ANALYZE leaf_paths")
+        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+        explain = "EXPLAIN QUERY PLAN " if store.db.dialect == "sqlite" else "EXPLAIN "
+        plan = "\n".join(
+            " ".join(str(c) for c in row)
+            for row in conn.exec_driver_sql(explain + sql.replace("%", "%%"))
+        )
+    if store.db.dialect == "sqlite":
+        assert (
+            "SEARCH task_leaves USING PRIMARY KEY (path_id=? AND kind=? AND num=? AND txt=?)"
+            in plan
+        ), plan
+        assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_id=?)" in plan, plan
+        assert "ix_tasks_queue_modified" not in plan, plan
+    else:
+        assert "pk_task_leaves" in plan, plan
+        assert "Seq Scan on tasks" not in plan, plan
+    assert store.storage.search_tasks(
+        store.queue_id,
+        extra_filter={"args.i": 1234},
+        task_id=None,
+        task_name=None,
+        status=None,
+        sort=None,
+        offset=0,
+        limit=10,
+    )[0]["args"] == {"i": 1234, "g": 1}
+
+
+def _plan(store: Store, filt: dict) -> tuple[str, str]:
+    """(SQL, plan) of the first page of ``search_tasks`` with ``filt``, statistics fresh."""
+    scope, where = store.storage._task_filter(store.queue_id, filt)
+    stmt = (
+        select(tasks.c.task_id)
+        .where(scope, where)
+        .order_by(tasks.c.last_modified, tasks.c.task_id)
+        .limit(100)
+    )
+    with store.db.write() as conn:
+        if store.db.dialect == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+        explain = "EXPLAIN QUERY PLAN " if store.db.dialect == "sqlite" else "EXPLAIN "
+        plan = "\n".join(
+            " ".join(str(c) for c in row)
+            for row in conn.exec_driver_sql(explain + sql.replace("%", "%%"))
+        )
+    return sql, plan
+
+
+def test_leaf_index_plan_by_hit_count(store):
+    """The probe decides the plan on both backends: a ``$in`` or a range with few hits is
+    answered by looking the hits up by task id (PostgreSQL: ``task_id = ANY(ARRAY(...))``
+    through ``tasks_pkey``, instead of walking the listing's index with the hits as a
+    filter), a value held by more than ``SELECTIVE`` tasks keeps the statement of a database
+    without the index on PostgreSQL (the JSON condition alone) and the per-task lookup of
+    the task's own index row on SQLite. The answers are the JSON's either way."""
+    n = 2600
+    store.load([{"i": i, "g": 0 if i < 2300 else 1} for i in range(n)])
+    few = [{"args.i": {"$in": [3, 700, 2500]}}, {"args.i": {"$gte": n - 4}}]
+    for filt in few:
+        sql, plan = _plan(store, filt)
+        if store.db.dialect == "postgresql":
+            assert "ANY (ARRAY(" in sql.upper().replace("ANY(ARRAY(", "ANY (ARRAY("), sql
+            assert "tasks_pkey" in plan, plan
+            assert "ix_tasks_queue_modified" not in plan, plan
+        else:
+            assert "SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (task_id=?)" in plan, plan
+            assert "ix_tasks_queue_modified" not in plan, plan
+    sql, plan = _plan(store, {"args.g": 0})  # 2,300 hits > SELECTIVE
+    if store.db.dialect == "postgresql":
+        assert "task_leaves" not in sql, sql
+    else:
+        assert "task_leaves" in sql and "EXISTS" in sql, sql
+    assert _matching(store, store.storage._task_filter(store.queue_id, {"args.g": 0})[1]) == set(
+        range(2300)
+    )
+    assert store.matches({"args.i": {"$in": [3, 700, 2500]}}) == {3, 700, 2500}
+    assert store.matches({"args.i": {"$gte": n - 4}}) == set(range(n - 4, n))
 
 
 # --------------------------------------------------------------------------- $expr

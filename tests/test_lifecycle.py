@@ -422,6 +422,92 @@ def test_sweep_is_idempotent_and_indexed(scratch_dbs):
         db.dispose()
 
 
+def test_migration_0011_fills_the_leaf_index(scratch_dbs):
+    """Migration 0011 indexes the tasks stored before it (a database at 0010), its triggers
+    then follow new writes, and it goes down and up again on the full database."""
+    from alembic import command
+    from sqlalchemy import func, insert, select
+    from test_unique_submit import _alembic_config
+
+    from labtasker.server.db import Database
+    from labtasker.server.schema import task_leaves, tasks
+    from labtasker.server.sql_storage import SqlStorage
+    from labtasker.timeutil import utc_now
+
+    db = Database(scratch_dbs.new_url())
+    try:
+        cfg = _alembic_config(db)
+        with db.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0010_run_ends")
+        store = SqlStorage(db)
+        qid = store.create_queue("old-index", "pw", None)
+        now = utc_now()
+        with db.write() as conn:
+            shape = store._shape_id(conn, qid, {"i": 0, "g": 0})
+            rows = [
+                {
+                    "task_id": f"00000000-0000-0000-0000-{i:012d}",
+                    "queue_id": qid,
+                    "status": "success" if i % 2 else "pending",
+                    "created_at": now,
+                    "last_modified": now,
+                    "max_retries": 3,
+                    "retries": 0,
+                    "priority": 10,
+                    "metadata": {"tag": f"t{i % 3}"},
+                    "args": {"i": i, "g": [i % 4]},
+                    "cmd": "",
+                    "summary": {"acc": i / 1000} if i % 2 else {},
+                    "shape_id": shape,
+                }
+                for i in range(3000)
+            ]
+            conn.execute(insert(tasks), rows)  # no leaf index yet
+        db.migrate()
+
+        def search(filt):
+            return [
+                t["task_id"]
+                for t in store.search_tasks(
+                    qid,
+                    extra_filter=filt,
+                    task_id=None,
+                    task_name=None,
+                    status=None,
+                    sort=None,
+                    offset=0,
+                    limit=10,
+                )
+            ]
+
+        with db.read() as conn:
+            # args.i, args.g (an array: one row), metadata.tag, and summary.acc of half
+            assert (
+                conn.execute(select(func.count()).select_from(task_leaves)).scalar_one()
+                == 3000 * 3 + 1500
+            )
+        assert search({"args.i": 1234}) == [rows[1234]["task_id"]]
+        assert search({"summary.acc": {"$gt": 2.996}}) == [
+            rows[2997]["task_id"],
+            rows[2999]["task_id"],
+        ]
+        assert search({"args.g": 3, "args.i": {"$lt": 8}}) == [
+            rows[3]["task_id"],
+            rows[7]["task_id"],
+        ]
+        new = store.submit_task(qid, {"args": {"i": 5000, "g": []}})
+        assert search({"args.i": {"$gte": 5000}}) == [new]
+        with db.write() as conn:  # down and up again
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0010_run_ends")
+        db.migrate()
+        assert search({"args.i": 1234}) == [rows[1234]["task_id"]]
+        assert search({"args.i": 5000}) == [new]
+    finally:
+        db.dispose()
+
+
 def test_migrations_match_schema(scratch_dbs):
     """The Alembic migrations create exactly the tables/columns of ``schema.py``."""
     from alembic.autogenerate import compare_metadata

@@ -381,3 +381,144 @@ def test_projection_json_values_decode_as_json_loads():
         assert _json_value(text) == json.loads(text) or text == "NaN", text
     with pytest.raises(ValueError):
         _json_value("1 x")
+
+
+# ------------------------------------------------------------------ the leaf index
+def _expected_leaves(task: dict) -> set[tuple]:
+    """The leaf-index rows a task must have (``leaves.py``), computed from its documents:
+    ``(path, kind, number, text)`` for every node reached through objects."""
+    out: set[tuple] = set()
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            out.add((path, 3, 0, ""))
+            for key, sub in value.items():
+                bare = key.isascii() and key[:1].isalpha() and key.isalnum()
+                walk(sub, f"{path}.{key}" if bare else f'{path}."{key}"')
+        elif isinstance(value, list):
+            out.add((path, 4, 0, ""))
+        elif value is None:
+            out.add((path, 0, 0, ""))
+        elif isinstance(value, bool):
+            out.add((path, 5, int(value), ""))
+        elif isinstance(value, (int, float)):
+            out.add((path, 1, value, ""))
+        else:
+            out.add((path, 2, 0, value))
+
+    for column in ("args", "metadata", "summary"):
+        walk(task[column], column)
+        out.discard((column, 3, 0, ""))  # the column itself is not a node of the index
+    return out
+
+
+def _stored_leaves(store, qid: str, task_id: str) -> set[tuple]:
+    from sqlalchemy import select
+
+    from labtasker.server.schema import leaf_paths, task_leaves
+
+    stmt = (
+        select(leaf_paths.c.path, task_leaves.c.kind, task_leaves.c.num, task_leaves.c.txt)
+        .join(leaf_paths, leaf_paths.c.path_id == task_leaves.c.path_id)
+        .where(leaf_paths.c.queue_id == qid, task_leaves.c.task_id == task_id)
+    )
+    with store.db.read() as conn:
+        return {
+            (r.path, r.kind, float(r.num) if r.kind == 1 and r.num % 1 else int(r.num), r.txt)
+            for r in conn.execute(stmt)
+        }
+
+
+def _search(store, qid, filt):
+    return {t["task_id"] for t in store.search_tasks(qid, **{**NO_FILTER, "extra_filter": filt})}
+
+
+def test_leaf_index_follows_submit_update_report_and_delete(store, qid):
+    """The leaf index holds exactly the nodes of each task's args, metadata and summary
+    after every kind of write (submit, update with merge and with replace, a report's
+    summary, requeue, delete), and filters read from it see each change."""
+    tid, other = store.submit_tasks(
+        qid,
+        [
+            {
+                "args": {
+                    "lr": 0.1,
+                    "model": {"depth": 3, "name": "cnn"},
+                    "tags": ["a"],
+                    "flag": True,
+                    "none": None,
+                },
+                "metadata": {"owner": "ann"},
+            },
+            {"args": {"lr": 0.2, "model": {"depth": 4}}},
+        ],
+    )
+    task = store.get_task(qid, tid)
+    assert _stored_leaves(store, qid, tid) == _expected_leaves(task)
+    assert ("args.model.depth", 1, 3, "") in _expected_leaves(task)
+    assert _search(store, qid, {"args.model.depth": 3}) == {tid}
+    assert _search(store, qid, {"metadata.owner": "ann"}) == {tid}
+
+    store.update_tasks(
+        qid, [{"task_id": tid, "args": {"model.depth": 5, "extra": "x"}}], reset_pending=False
+    )  # a merge
+    task = store.get_task(qid, tid)
+    assert task["args"]["model"] == {"depth": 5, "name": "cnn"}
+    assert _stored_leaves(store, qid, tid) == _expected_leaves(task)
+    assert _search(store, qid, {"args.model.depth": 3}) == set()
+    assert _search(store, qid, {"args.model.depth": {"$gte": 4}}) == {tid, other}
+
+    store.update_tasks(
+        qid,
+        [
+            {
+                "task_id": tid,
+                "args": {"lr": 0.3},
+                "metadata": {"k-1": 2},
+                "replace_fields": ["args", "metadata"],
+            }
+        ],
+        reset_pending=False,
+    )
+    task = store.get_task(qid, tid)
+    assert (
+        _stored_leaves(store, qid, tid)
+        == _expected_leaves(task)
+        == {("args.lr", 1, 0.3, ""), ('metadata."k-1"', 1, 2, "")}
+    )
+    assert _search(store, qid, {"metadata.k-1": 2}) == {tid}
+
+    running = claim(store, qid, extra_filter={"args.lr": 0.3})
+    assert running["task_id"] == tid
+    store.report_task(
+        qid,
+        tid,
+        status="success",
+        worker_id=None,
+        run_id=running["run_id"],
+        summary={"acc": 0.9, "curve": [1, 2]},
+    )
+    task = store.get_task(qid, tid)
+    assert _stored_leaves(store, qid, tid) == _expected_leaves(task)
+    assert _search(store, qid, {"summary.acc": {"$gt": 0.5}}) == {tid}
+    assert _search(store, qid, {"summary.curve": 2}) == {tid}  # through the array, from JSON
+    store.requeue_tasks(qid, task_ids=[tid])
+    assert _search(store, qid, {"summary.acc": 0.9}) == {tid}  # the summary is kept
+
+    store.delete_task(qid, tid)
+    assert _stored_leaves(store, qid, tid) == set()
+    assert _search(store, qid, {"args.lr": {"$in": [0.2, 0.3]}}) == {other}
+    store.delete_queue(qid)
+    assert _stored_leaves(store, qid, other) == set()
+
+
+def test_leaf_index_is_scoped_to_the_queue(store, qid):
+    """Two queues with the same argument values: a filter answered by the index finds only
+    the tasks of the queue asked for, and the index rows of each queue are its own."""
+    other = store.create_queue("q-" + uuid.uuid4().hex[:12], "pw", None)
+    mine = store.submit_task(qid, {"args": {"i": 7}})
+    theirs = store.submit_task(other, {"args": {"i": 7}})
+    assert _search(store, qid, {"args.i": 7}) == {mine}
+    assert _search(store, other, {"args.i": {"$in": [7, 8]}}) == {theirs}
+    assert store.count_tasks(qid, extra_filter={"args.i": 7})["total"] == 1
+    assert _stored_leaves(store, qid, theirs) == set()

@@ -33,10 +33,11 @@ _NOT_GROUPABLE = {"_id", "task_id", "queue_id", "run_id"}
 
 
 def count_tasks(
-    conn: Connection, fields: FieldMap, queue_id: str, where, by: str | None
+    conn: Connection, fields: FieldMap, queue_id: str, where, by: str | None, scope=None
 ) -> dict[str, Any]:
     """Count the tasks of ``queue_id`` matching ``where`` (a compiled filter), grouped by
-    ``by``.
+    ``by``. ``scope``: the condition selecting the queue's tasks, when the caller has its
+    own spelling of it (default ``tasks.queue_id = queue_id``).
 
     ``by``: ``"status"`` (the default for ``None``), another task column (``task_name``,
     ``priority``, ``retries``, ``worker_id`` ...) or a dotted JSON path (``args.lr``,
@@ -56,15 +57,17 @@ def count_tasks(
     the same group (``value`` None). Raises ``Invalid`` naming ``by`` for an unknown field.
     """
     by = by or "status"
+    if scope is None:
+        scope = tasks.c.queue_id == queue_id
     if by == ARG_FIELDS:
-        return _count_arg_fields(conn, queue_id, where)
+        return _count_arg_fields(conn, scope, where)
     if by in _NOT_GROUPABLE:
         raise Invalid(f"by: cannot group by {by!r} (unique per task)")
     try:
         expr, is_json = value_expression(by, fields, conn.dialect.name)
     except FilterError as exc:
         raise Invalid(f"by: {exc}") from exc
-    sub = select(expr.label("v")).where(tasks.c.queue_id == queue_id, where).subquery()
+    sub = select(expr.label("v")).where(scope, where).subquery()
     n = func.count().label("n")
     shown: ColumnElement[Any] = sub.c.v
     if is_json and conn.dialect.name == "postgresql":
@@ -110,13 +113,13 @@ def _leaves(shape: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _count_arg_fields(conn: Connection, queue_id: str, where) -> dict[str, Any]:
+def _count_arg_fields(conn: Connection, scope, where) -> dict[str, Any]:
     """``count_tasks`` by the argument shape: one GROUP BY on ``tasks.shape_id``."""
     n = func.count().label("n")
     stmt = (
         select(arg_shapes.c.shape_key, n)
         .select_from(tasks.join(arg_shapes, arg_shapes.c.shape_id == tasks.c.shape_id))
-        .where(tasks.c.queue_id == queue_id, where)
+        .where(scope, where)
         .group_by(arg_shapes.c.shape_key)
         .order_by(n.desc())
     )

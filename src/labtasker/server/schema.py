@@ -29,6 +29,9 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -234,4 +237,38 @@ submit_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("answer", JsonDoc),
     Index("ix_submit_keys_created", "created_at"),
+)
+
+# The leaf index of tasks' args/metadata/summary (``leaves.py``): the paths of each queue, and
+# one row per value reached through objects, kept in step by triggers on ``tasks``.
+# Migration 0011.
+leaf_paths = Table(
+    "leaf_paths",
+    metadata,
+    Column("path_id", Integer, primary_key=True, autoincrement=True),
+    Column("queue_id", String(36), nullable=False),
+    Column("path", Text, nullable=False),
+    UniqueConstraint("queue_id", "path", name="uq_leaf_paths_queue_path"),
+)
+
+task_leaves = Table(
+    "task_leaves",
+    metadata,
+    Column("path_id", Integer, nullable=False),
+    # 0 null, 1 number, 2 string, 3 object, 4 array, 5 boolean
+    Column("kind", SmallInteger, nullable=False),
+    Column("num", Numeric, nullable=False),  # the number (booleans 0/1), else 0
+    # the string, else ''; compared by code point on both backends
+    Column("txt", Text().with_variant(Text(collation="C"), "postgresql"), nullable=False),
+    Column("task_id", String(36), nullable=False),
+    PrimaryKeyConstraint("path_id", "kind", "num", "txt", "task_id", name="pk_task_leaves"),
+    sqlite_with_rowid=False,
+)
+
+# One row: ``app_writes`` is 1 while the submit route writes the leaf rows of its batch itself
+# (SQLite insert triggers then stand aside; ``leaves.insert_rows``), else 0.
+leaf_writer = Table(
+    "leaf_writer",
+    metadata,
+    Column("app_writes", Integer, nullable=False),
 )

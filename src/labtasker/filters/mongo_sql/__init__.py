@@ -8,7 +8,8 @@ a bound parameter, never SQL text. Operators are allow-listed; anything else is 
 
 Layers: ``common`` (limits, ``FieldMap``, ``FilterError``, value helpers), ``backends`` (JSON
 access per database behind the ``JsonBackend`` protocol), ``regex`` (``$regex`` validation and
-engines), ``compiler`` (query documents and field operators) and ``expr`` (``$expr``).
+engines), ``compiler`` (query documents and field operators), ``expr`` (``$expr``) and
+``leaves`` (equality, ``$in`` and ranges answered from a leaf index, same answers).
 
 MongoDB semantics (the model the SQL implements)
     *Candidates.* A dotted path names a set of candidate values. Walking segment ``s`` from a
@@ -58,7 +59,9 @@ Known differences from MongoDB
 Cost: column conditions are plain comparisons (indexes apply). A JSON path becomes one
 ``EXISTS`` over a chain of ``json_each``/``jsonb_array_elements`` (one per path segment), so the
 SQL grows linearly with the filter; ``$expr`` values are materialised as one-row FROM items
-for the same reason. Limits: ``MAX_DEPTH``, ``MAX_NODES``, ``MAX_PATH_SEGMENTS``,
+for the same reason. With a leaf index (``compile_filter(..., index=...)``), an equality,
+``$in`` or range condition with scalar values on a JSON path is an ``IN`` over that index
+instead, the JSON being read only for tasks with an array on the path. Limits: ``MAX_DEPTH``, ``MAX_NODES``, ``MAX_PATH_SEGMENTS``,
 ``MAX_PATTERN``, and a cost budget counted while the filter is built, before any SQL runs:
 ``MAX_PATH_STEPS`` (FROM items over JSON arrays) and ``MAX_PARAMETERS`` (bound values);
 past it, ``filter too expensive: ... (limit N)``.
@@ -82,6 +85,7 @@ from labtasker.filters.mongo_sql.compiler import (
     sort_expression,
     value_expression,
 )
+from labtasker.filters.mongo_sql.leaves import PG_SELECTIVE, SELECTIVE, LeafIndex, leaf_path
 from labtasker.filters.mongo_sql.regex import register_sqlite_functions
 
 __all__ = [
@@ -91,15 +95,19 @@ __all__ = [
     "MAX_PATH_SEGMENTS",
     "MAX_PATH_STEPS",
     "MAX_PATTERN",
+    "PG_SELECTIVE",
+    "SELECTIVE",
     "Compiler",
     "FieldMap",
     "FilterError",
     "JsonBackend",
+    "LeafIndex",
     "PostgresJson",
     "SqliteJson",
     "backend_for",
     "compile_filter",
     "decode_datetimes",
+    "leaf_path",
     "register_sqlite_functions",
     "sort_expression",
     "value_expression",

@@ -4,6 +4,7 @@ their operators) as one two-valued SQL condition. ``$expr`` is delegated to ``ex
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,7 @@ from labtasker.filters.mongo_sql.common import (
     value_kind,
 )
 from labtasker.filters.mongo_sql.expr import ExprCompiler
+from labtasker.filters.mongo_sql.leaves import LeafIndex
 from labtasker.filters.mongo_sql.regex import parse_regex
 
 Predicate = Callable[[Json], SqlExpr]
@@ -63,7 +65,8 @@ class Target:
 
 class Compiler:
     """One compilation of one filter document. ``element``: set inside ``$elemMatch``, where
-    paths are relative to this array element (an object)."""
+    paths are relative to this array element (an object). ``index``: the leaf index of the
+    queue being filtered, used for the conditions it can answer exactly (``leaves.py``)."""
 
     def __init__(
         self,
@@ -71,11 +74,24 @@ class Compiler:
         backend: JsonBackend,
         budget: Budget | None = None,
         element: SqlExpr | None = None,
+        index: LeafIndex | None = None,
     ) -> None:
         self.fields = fields
         self.backend = backend
         self.budget = budget or Budget()
         self.element = element
+        self.index = index
+        # Whether the condition being compiled is required by the whole filter (a conjunct
+        # of the top-level document): false inside $or, $nor, $not, $ne and $nin.
+        self.conjunct = element is None
+
+    @contextmanager
+    def _not_conjunct(self) -> Iterator[None]:
+        saved, self.conjunct = self.conjunct, False
+        try:
+            yield
+        finally:
+            self.conjunct = saved
 
     def _each(self, array: SqlExpr) -> ArrayElements:
         self.budget.step()
@@ -113,9 +129,10 @@ class Compiler:
             raise FilterError(f"Unknown or unsupported top-level operator {op}")
         if not isinstance(value, list) or not value:
             raise FilterError(f"{op} needs a non-empty list of filters")
-        subs = [self.document(v, depth + 1) for v in value]
         if op == "$and":
-            return all_of(subs)
+            return all_of([self.document(v, depth + 1) for v in value])
+        with self._not_conjunct():
+            subs = [self.document(v, depth + 1) for v in value]
         if op == "$or":
             return any_of(subs)
         return not_(any_of(subs))
@@ -172,11 +189,14 @@ class Compiler:
                 raise FilterError(f"$not on {target.name!r} needs an operator object")
             if not all(isinstance(k, str) and k.startswith("$") for k in value):
                 raise FilterError(f"$not on {target.name!r} needs operators, not fields")
-            return not_(self.conditions(target, value, depth + 1))
+            with self._not_conjunct():
+                return not_(self.conditions(target, value, depth + 1))
         if op == "$ne":
-            return not_(self.operator(target, "$eq", value, depth + 1))
+            with self._not_conjunct():
+                return not_(self.operator(target, "$eq", value, depth + 1))
         if op == "$nin":
-            return not_(self.operator(target, "$in", value, depth + 1))
+            with self._not_conjunct():
+                return not_(self.operator(target, "$in", value, depth + 1))
         if op == "$all":
             if not isinstance(value, list):
                 raise FilterError(f"$all on {target.name!r} needs a list")
@@ -201,7 +221,29 @@ class Compiler:
         predicate = self.predicate(op, value, depth, expand=True, column=column)
         if column is not None:
             return predicate(column.root)
-        return self.exists(target, predicate)
+        return self.indexed(target, op, value, self.exists(target, predicate))
+
+    def indexed(self, target: Target, op: str, value: Any, json_condition: SqlExpr) -> SqlExpr:
+        """``json_condition`` (``target <op> value`` judged from the JSON), answered from the
+        leaf index when it can be: ``hit OR (array on the way AND json_condition)`` -- the
+        same tasks (see ``leaves.py``), found through an index. Otherwise unchanged."""
+        index = self.index
+        if (
+            index is None
+            or self.element is not None
+            or not target.segments
+            or not target.root_is_object
+            or target.name not in index.columns
+            or op not in ("$eq", "$gt", "$gte", "$lt", "$lte", "$in")
+        ):
+            return json_condition
+        value = decode_datetimes(value)
+        leaf = index.in_condition(value) if op == "$in" else index.scalar_condition(op, value)
+        if leaf is None:
+            return json_condition
+        return index.condition(
+            target.name, target.segments, leaf, op in ("$eq", "$in"), json_condition, self.conjunct
+        )
 
     def predicate(
         self, op: str, value: Any, depth: int, expand: bool, column: Target | None = None
@@ -565,18 +607,25 @@ def _type_names(value: Any) -> list[str]:
     return names
 
 
-def compile_filter(filt: Mapping[str, Any] | None, fields: FieldMap, dialect: str) -> SqlExpr:
+def compile_filter(
+    filt: Mapping[str, Any] | None,
+    fields: FieldMap,
+    dialect: str,
+    index: LeafIndex | None = None,
+) -> SqlExpr:
     """Compile a Mongo filter document into a SQL boolean expression (two-valued).
 
     ``filt``: a JSON object (``None``/``{}`` = match everything). ``fields``: the table's
-    field map. ``dialect``: ``"sqlite"`` or ``"postgresql"``. Raises ``FilterError`` with a
-    message naming the offending operator, path or value.
+    field map. ``dialect``: ``"sqlite"`` or ``"postgresql"``. ``index``: the leaf index of
+    the one queue the expression will be used on (equality, ``$in`` and range conditions on
+    its columns then read the index; the matches are the same). Raises ``FilterError`` with
+    a message naming the offending operator, path or value.
     """
     if not filt:
         if filt is not None and not isinstance(filt, Mapping):
             raise FilterError(f"A filter must be an object, got {type(filt).__name__}")
         return true()
-    return Compiler(fields, backend_for(dialect)).document(filt)
+    return Compiler(fields, backend_for(dialect), index=index).document(filt)
 
 
 def sort_expression(field: Any, fields: FieldMap, dialect: str) -> Any:
