@@ -332,6 +332,41 @@ def test_sorting_by_a_summary_column_orders_the_rows(page, queue_env):
     )
 
 
+def test_a_summary_sort_pages_by_cursor_through_every_task_once(queue_env):
+    """A sort on one ``summary.*`` path pages by keyset cursor (read from the leaf index):
+    the pages hold every task once, in the sort's order, tasks without the key last when
+    descending, ties by task id."""
+    scores = [0.5, 0.9, 0.1, 0.9, 0.3]
+    with queue_env.http() as http:
+        submit_batch(http, [{"args": {"i": i}} for i in range(7)])  # 2 stay without a score
+        w = worker(http)
+        by_id = {}
+        for score in scores:
+            by_id[run_one(http, w, "success", {"score": score})["task_id"]] = score
+    with httpx.Client(base_url=queue_env.url, timeout=30) as c:
+        token = re.search(r'name="login_token" value="([^"]+)"', c.get("/ui/login").text)
+        c.post(
+            "/ui/login",
+            data={
+                "queue": queue_env.queue_name,
+                "password": queue_env.password,
+                "login_token": token.group(1),
+            },
+        )
+        seen, params = [], {"limit": 2, "sort": "summary.score:-1"}
+        while True:
+            data = c.get("/ui/api/tasks", params=params).json()
+            seen += [r["task_id"] for r in data["rows"]]
+            assert data["next_offset"] is None
+            if not data["next_cursor"]:
+                break
+            params = {**params, "cursor": data["next_cursor"], "count": "false"}
+    assert len(seen) == 7 == len(set(seen))
+    scored = sorted(by_id, key=lambda t: (by_id[t], t), reverse=True)
+    assert seen[:5] == scored
+    assert seen[5:] == sorted(set(seen) - set(by_id), reverse=True)
+
+
 def test_a_task_submitted_through_the_api_appears_within_two_seconds(page, queue_env):
     with queue_env.http() as http:
         submit_batch(http, [{"args": {"i": 0}}])

@@ -522,3 +522,64 @@ def test_leaf_index_is_scoped_to_the_queue(store, qid):
     assert _search(store, other, {"args.i": {"$in": [7, 8]}}) == {theirs}
     assert store.count_tasks(qid, extra_filter={"args.i": 7})["total"] == 1
     assert _stored_leaves(store, qid, theirs) == set()
+
+
+def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
+    """A sort on one JSON path is read from the leaf index (``leaf_sort``): its pages, first
+    page and cursor pages, in both directions, equal a Python sort in the type order
+    (missing/null, numbers, strings, objects, arrays, booleans; ties by task_id in the sort's
+    direction) and the listing compiled from the JSON (a second key forces that path)."""
+    from labtasker.server import leaf_sort
+
+    values = [1, 2.5, -3, 1.0, 1, "b", "a", "", "é", True, False, True, None, 10**15, 0.1]
+    values += [{"k": 1}, {"k": 1}, [2], [1], -0.5, "a"]
+    docs = [{"summary": {"x": v}} for v in values]
+    docs += [{"summary": {}}, {}, {"summary": {"x": 7}, "args": {"x": 7}}, {"summary": {"y": 1}}]
+    docs += [{"summary": {"x": {"k": 2}}}]  # same keys, a greater value (both backends agree)
+    ids = store.submit_tasks(qid, docs)
+    # written by the update path (the triggers), not the submit path
+    store.update_tasks(qid, [{"task_id": ids[-4], "summary": {"x": 4}}], False)
+    store.update_tasks(qid, [{"task_id": ids[-5], "summary": {"x": "z"}}], False)
+    whole = {t["task_id"]: t for t in store.search_tasks(qid, **NO_FILTER)}
+    assert len(whole) == len(docs)
+
+    def key(task):
+        v = task["summary"].get("x") if isinstance(task["summary"], dict) else None
+        kind = leaf_sort.kind_of(v)
+        if kind in (1, 5):
+            return (kind, float(v), "")
+        if kind == 2:
+            return (kind, 0.0, v)
+        return (kind, 0.0, json.dumps(v) if kind in (3, 4) else "")
+
+    for direction in (1, -1):
+        reference = sorted(whole, key=lambda i: (key(whole[i]), i), reverse=direction == -1)
+        old = store.search_tasks(
+            qid, **{**NO_FILTER, "sort": [("summary.x", direction), ("task_id", direction)]}
+        )
+        assert [t["task_id"] for t in old] == reference
+        for limit in (1, 4, 7):
+            sort = [("summary.x", direction)]
+            seen, cursor = [], None
+            while True:
+                page = store.search_tasks(
+                    qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
+                )
+                seen += [t["task_id"] for t in page]
+                if len(page) < limit:
+                    break
+                cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
+            assert seen == reference, (direction, limit)
+        # a filter and a projection: the same order restricted to the matching tasks
+        flt = {"summary.x": {"$exists": True}}
+        fields = ["task_id", "summary.x"]
+        page = store.search_tasks(
+            qid,
+            **{**NO_FILTER, "sort": [("summary.x", direction)], "extra_filter": flt},
+            fields=fields,
+        )
+        assert [p["task_id"] for p in page] == [
+            i for i in reference if "x" in (whole[i]["summary"] or {})
+        ]
+    with pytest.raises(Invalid, match="cursor"):
+        store.search_tasks(qid, **{**NO_FILTER, "sort": [("summary.x", 1)], "cursor": "e30"})

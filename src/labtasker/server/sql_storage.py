@@ -54,7 +54,7 @@ from labtasker.filters.mongo_sql import (
     value_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim, counting, eventlog, leaves, paging
+from labtasker.server import auth, claim, counting, eventlog, leaf_sort, leaves, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from labtasker.server.identity import args_hash, request_hash
@@ -999,6 +999,14 @@ class SqlStorage:
             order = _order(sort, TASK_FIELDS, self.db.dialect, [tasks.c.last_modified.asc()])
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
+        by_path = leaf_sort.json_sort(sort)
+        if by_path is not None and (cursor is not None or not offset):
+            # one JSON path: read from the leaf index in value order (``leaf_sort``)
+            after = leaf_sort.decode(cursor) if cursor is not None else None
+            rows = leaf_sort.search(
+                conn, self.db.dialect, queue_id, cond, by_path, after, limit, columns
+            )
+            return [decode(r) for r in rows]
         if cursor is not None:
             keys = paging.keyset_sort(sort)
             if keys is None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from labtasker.exceptions import QueryTranspilerError
 from labtasker.filters.mongo_sql.common import MAX_PATH_SEGMENTS, SEGMENT
 from labtasker.filters.pyquery import parse_filter_text
-from labtasker.server import paging
+from labtasker.server import leaf_sort, paging
 from labtasker.server.dashboard.session import COOKIE, COOKIE_PATH, Session, Sessions, fingerprint
 from labtasker.server.deps import authenticate
 from labtasker.server.errors import Conflict, Invalid, NotFound
@@ -451,6 +451,7 @@ def _walk(
     ``search_tasks`` (it must hold the sort's fields and ``task_id``), ``None`` whole
     tasks."""
     keys = paging.keyset_sort(sort)
+    by_path = leaf_sort.json_sort(sort)
     cursor, offset, seen = None, 0, 0
     while seen < most:
         limit = min(FETCH_BATCH, most - seen)
@@ -471,6 +472,8 @@ def _walk(
             return
         if keys is not None:
             cursor = paging.encode_cursor(keys, page[-1])
+        elif by_path is not None:
+            cursor = leaf_sort.next_cursor(by_path, page[-1])
         else:
             offset += len(page)
 
@@ -595,11 +598,17 @@ async def task_page_rows(
         now = utc_now()
         page = _search(store, qid, query, order, cursor=cursor, offset=offset, limit=limit)
         keys = paging.keyset_sort(order)
+        by_path = leaf_sort.json_sort(order)
         full = len(page) == limit
+        next_cursor = None
+        if full and keys:
+            next_cursor = paging.encode_cursor(keys, page[-1])
+        elif full and by_path is not None and not offset:
+            next_cursor = leaf_sort.next_cursor(by_path, page[-1])
         return {
             "rows": [table_row(t, now) for t in page],
-            "next_cursor": paging.encode_cursor(keys, page[-1]) if full and keys else None,
-            "next_offset": offset + len(page) if full and not keys else None,
+            "next_cursor": next_cursor,
+            "next_offset": offset + len(page) if full and not next_cursor else None,
             "total": _count(store, qid, query) if count else None,
             "arg_keys": store.arg_keys(qid) if count else None,
             "summary_keys": store.summary_keys(qid) if count else None,
