@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy import and_, false, literal, or_, select, union_all
 
-from labtasker.filters.mongo_sql.common import SqlExpr, booleans_where, value_kind
+from labtasker.filters.mongo_sql.common import SqlExpr, booleans_where, compare, value_kind
 
 KIND = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
 """Kind codes of the index, in the type order of sorting."""
@@ -169,14 +169,14 @@ class LeafIndex:
             )
         if kind == "number":
             return and_(
-                c.kind == KIND["number"], _compare(c.num, op, self.number(value)), c.txt == ""
+                c.kind == KIND["number"], compare(c.num, op, self.number(value)), c.txt == ""
             )
         if kind in ("string", "datetime"):
             text = value.isoformat() if isinstance(value, datetime) else value
             return and_(
                 c.kind == KIND["string"],
                 c.num == self.number(0),
-                _compare(c.txt, op, literal(text)),
+                compare(c.txt, op, literal(text)),
             )
         return None
 
@@ -211,15 +211,3 @@ class LeafIndex:
         if not parts:
             return None
         return or_(*parts) if len(parts) > 1 else parts[0]
-
-
-def _compare(lhs: Any, op: str, rhs: Any) -> Any:
-    if op == "$eq":
-        return lhs == rhs
-    if op == "$gt":
-        return lhs > rhs
-    if op == "$gte":
-        return lhs >= rhs
-    if op == "$lt":
-        return lhs < rhs
-    return lhs <= rhs
