@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 
 from labtasker.filters.mongo_sql import backend_for, sort_expression
 from labtasker.filters.mongo_sql.common import MAX_PATH_SEGMENTS, SEGMENT
-from labtasker.filters.mongo_sql.leaves import KIND, leaf_path
+from labtasker.filters.mongo_sql.leaf_filter import KIND, leaf_path
 from labtasker.server.errors import Invalid
 from labtasker.server.schema import leaf_paths, task_leaves, tasks
 

@@ -9,7 +9,7 @@ a bound parameter, never SQL text. Operators are allow-listed; anything else is 
 Layers: ``common`` (limits, ``FieldMap``, ``FilterError``, value helpers), ``backends`` (JSON
 access per database behind the ``JsonBackend`` protocol), ``regex`` (``$regex`` validation and
 engines), ``compiler`` (query documents and field operators), ``expr`` (``$expr``) and
-``leaves`` (equality, ``$in`` and ranges answered from a leaf index, same answers).
+``leaf_filter`` (equality, ``$in`` and ranges answered from a leaf index, same answers).
 
 MongoDB semantics (the model the SQL implements)
     *Candidates.* A dotted path names a set of candidate values. Walking segment ``s`` from a
@@ -85,7 +85,7 @@ from labtasker.filters.mongo_sql.compiler import (
     sort_expression,
     value_expression,
 )
-from labtasker.filters.mongo_sql.leaves import PG_SELECTIVE, SELECTIVE, LeafIndex, leaf_path
+from labtasker.filters.mongo_sql.leaf_filter import PG_SELECTIVE, SELECTIVE, LeafIndex, leaf_path
 from labtasker.filters.mongo_sql.regex import register_sqlite_functions
 
 __all__ = [

@@ -44,7 +44,7 @@ from labtasker.filters.mongo_sql.common import (
     value_kind,
 )
 from labtasker.filters.mongo_sql.expr import ExprCompiler
-from labtasker.filters.mongo_sql.leaves import LeafIndex
+from labtasker.filters.mongo_sql.leaf_filter import LeafIndex
 from labtasker.filters.mongo_sql.regex import parse_regex
 
 Predicate = Callable[[Json], SqlExpr]
@@ -66,7 +66,7 @@ class Target:
 class Compiler:
     """One compilation of one filter document. ``element``: set inside ``$elemMatch``, where
     paths are relative to this array element (an object). ``index``: the leaf index of the
-    queue being filtered, used for the conditions it can answer exactly (``leaves.py``)."""
+    queue being filtered, used for the conditions it can answer exactly (``leaf_filter.py``)."""
 
     def __init__(
         self,
@@ -226,7 +226,7 @@ class Compiler:
     def indexed(self, target: Target, op: str, value: Any, json_condition: SqlExpr) -> SqlExpr:
         """``json_condition`` (``target <op> value`` judged from the JSON), answered from the
         leaf index when it can be: ``hit OR (array on the way AND json_condition)`` -- the
-        same tasks (see ``leaves.py``), found through an index. Otherwise unchanged."""
+        same tasks (see ``leaf_filter.py``), found through an index. Otherwise unchanged."""
         index = self.index
         if (
             index is None
