@@ -32,7 +32,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, and_, cast, func, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
@@ -43,6 +43,9 @@ from labtasker.filters.mongo_sql.common import MAX_PATH_SEGMENTS, SEGMENT
 from labtasker.filters.mongo_sql.leaf_filter import KIND, leaf_path
 from labtasker.server.errors import Invalid
 from labtasker.server.schema import leaf_paths, task_leaves, tasks
+
+if TYPE_CHECKING:
+    from labtasker.server.listing import ListingQuery
 
 INDEXED = ("args", "metadata", "summary")
 ASCENDING = (0, 1, 2, 3, 4, 5)  # missing/null, number, string, object, array, boolean
@@ -125,17 +128,17 @@ def decode(cursor: str) -> After:
 
 
 def search(
-    conn: Connection,
-    dialect: str,
-    queue_id: str,
-    cond: list[Any],
-    sort: JsonSort,
-    after: After | None,
-    limit: int,
-    columns: list[Any],
+    conn: Connection, dialect: str, query: ListingQuery, cond: list[Any], columns: list[Any]
 ) -> list[Any]:
-    """The rows (``columns``) of one page of the tasks meeting ``cond``, in ``sort`` order,
-    strictly after ``after`` when given."""
+    """The rows (``columns``) of one page (``query.limit``) of the tasks meeting ``cond`` (the
+    listing's conditions, compiled), in the order of ``query.sort`` (one JSON path:
+    ``query.json_sort`` is not ``None``), strictly after ``query.cursor`` when given.
+    Raises ``Invalid`` for a cursor that is not one of this listing."""
+    sort = query.json_sort
+    if sort is None:
+        raise ValueError("leaf_sort.search: the sort is not on one JSON path")
+    after = decode(query.cursor) if query.cursor is not None else None
+    queue_id, limit = query.queue_id, query.limit
     if limit <= 0:
         return []
     path_id = conn.execute(

@@ -48,7 +48,7 @@ def encode_cursor(sort: list[tuple[str, int]], last: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def tie_direction(sort: list[tuple[str, int]] | None) -> int:
+def tie_direction(sort: Sequence[Sequence[Any]] | None) -> int:
     """Direction of the ``task_id`` tie-breaker: that of the last sort key, so that a
     descending listing walks its index backwards instead of sorting each group of equal
     keys (tasks changed in one statement -- a bulk update, requeue -- share one

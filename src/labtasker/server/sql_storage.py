@@ -58,6 +58,7 @@ from labtasker.server import auth, claim, counting, eventlog, leaf_sort, leaves,
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from labtasker.server.identity import args_hash, request_hash
+from labtasker.server.listing import ListingQuery
 from labtasker.server.schema import (
     arg_shapes,
     leaf_paths,
@@ -943,7 +944,8 @@ class SqlStorage:
         cursor: str | None = None,
         fields: Sequence[str] | None = None,
     ):
-        """One page of the queue's tasks matching all given conditions.
+        """One page of the queue's tasks matching all given conditions (``ListingQuery``
+        says what each argument means).
         Default order: last_modified ascending (as 1.0.1), task_id as the tie-breaker (in
         the direction of the last sort key: ``paging.tie_direction``).
 
@@ -953,68 +955,62 @@ class SqlStorage:
         field (``args.lr``, ``summary.accuracy``) read in SQL (only that value is decoded),
         ``None`` where the path is missing. A caller that pages by ``cursor`` must ask for
         the sort's fields and ``task_id``. Raises ``Invalid`` naming a bad field."""
-        columns, decode = _projection(fields, self.db.dialect)
+        query = ListingQuery(
+            queue_id=queue_id,
+            extra_filter=extra_filter,
+            task_id=task_id,
+            task_name=task_name,
+            status=status,
+            sort=sort,
+            offset=offset,
+            limit=limit,
+            cursor=cursor,
+            fields=fields,
+        )
+        columns, decode = _projection(query.fields, self.db.dialect)
         with self.db.read() as conn:
-            return self._search_tasks(
-                conn,
-                queue_id,
-                extra_filter=extra_filter,
-                task_id=task_id,
-                task_name=task_name,
-                status=status,
-                sort=sort,
-                offset=offset,
-                limit=limit,
-                cursor=cursor,
-                columns=columns,
-                decode=decode,
-            )
+            return self._search_tasks(conn, query, columns, decode)
 
     def _search_tasks(
         self,
         conn: Connection,
-        queue_id,
-        *,
-        extra_filter,
-        task_id,
-        task_name,
-        status,
-        sort,
-        offset,
-        limit,
-        cursor,
-        columns=_TASK_COLUMNS,
-        decode=task_row,
-    ):
+        query: ListingQuery,
+        columns: list[Any] = _TASK_COLUMNS,
+        decode: Callable[[Any], dict[str, Any]] = task_row,
+    ) -> list[dict[str, Any]]:
         """``search_tasks`` inside the read ``conn`` (the filter's probe reads there too);
-        ``columns``/``decode``: the projection's (default: whole tasks)."""
-        cond = list(self._task_filter(queue_id, extra_filter, conn))
-        if task_id is not None:
-            cond.append(tasks.c.task_id == task_id)
-        if task_name is not None:
-            cond.append(tasks.c.task_name == task_name)
-        if status is not None:
-            cond.append(tasks.c.status == status)
+        ``columns``/``decode``: the projection's of ``query.fields`` (default: whole
+        tasks)."""
+        cond = list(self._task_filter(query.queue_id, query.extra_filter, conn))
+        if query.task_id is not None:
+            cond.append(tasks.c.task_id == query.task_id)
+        if query.task_name is not None:
+            cond.append(tasks.c.task_name == query.task_name)
+        if query.status is not None:
+            cond.append(tasks.c.status == query.status)
+        sort, offset = query.sort, query.offset
         try:
             order = _order(sort, TASK_FIELDS, self.db.dialect, [tasks.c.last_modified.asc()])
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
-        by_path = leaf_sort.json_sort(sort)
-        if by_path is not None and (cursor is not None or not offset):
+        if query.json_sort is not None and (query.cursor is not None or not offset):
             # one JSON path: read from the leaf index in value order (``leaf_sort``)
-            after = leaf_sort.decode(cursor) if cursor is not None else None
-            rows = leaf_sort.search(
-                conn, self.db.dialect, queue_id, cond, by_path, after, limit, columns
-            )
+            rows = leaf_sort.search(conn, self.db.dialect, query, cond, columns)
             return [decode(r) for r in rows]
-        if cursor is not None:
+        if query.cursor is not None:
             keys = paging.keyset_sort(sort)
             if keys is None:
                 raise Invalid("cursor: paging by cursor needs a sort on task columns")
-            cond.append(paging.after_condition(keys, cursor))
+            cond.append(paging.after_condition(keys, query.cursor))
             offset = 0
         tie = tasks.c.task_id.desc() if paging.tie_direction(sort) == -1 else tasks.c.task_id
-        stmt = select(*columns).where(and_(*cond)).order_by(*order, tie).offset(offset).limit(limit)
+        stmt = (
+            select(*columns)
+            .where(and_(*cond))
+            .order_by(*order, tie)
+            .offset(offset)
+            .limit(query.limit)
+        )
         return [decode(r) for r in conn.execute(stmt)]
 
     def task_events(self, queue_id: str, task_id: str, limit: int = 200) -> list[dict[str, Any]]:
