@@ -155,6 +155,7 @@ def leaf_index(
         per_task=sqlite,
         driven_in=None if sqlite else _pg_in_array,
         most_hits=SELECTIVE if sqlite else PG_SELECTIVE,
+        ordered_probe=not sqlite,
     )
 
 
