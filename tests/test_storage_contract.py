@@ -583,3 +583,74 @@ def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
         ]
     with pytest.raises(Invalid, match="cursor"):
         store.search_tasks(qid, **{**NO_FILTER, "sort": [("summary.x", 1)], "cursor": "e30"})
+
+
+@pytest.mark.parametrize("few_missing", [5000, 2])
+def test_sort_on_an_args_path_some_tasks_lack_pages_like_a_python_sort(
+    store, qid, few_missing, monkeypatch
+):
+    """An ascending sort on an ``args`` path lists the tasks lacking it (or null there)
+    first; they are found from the shapes and the index (``leaf_sort._missing_args``), or,
+    when more than ``FEW_MISSING`` (2 here) lack it, from the JSON: either way the pages
+    equal a Python sort and the listing compiled from the JSON, in both directions, also
+    after updates that change a task's shape, with a filter, and for a nested path whose
+    parent is missing, a scalar, an array or an object without the key."""
+    from labtasker.server import leaf_sort
+
+    monkeypatch.setattr(leaf_sort, "FEW_MISSING", few_missing)
+    docs = [{"args": {"x": v, "m": {"d": v}}} for v in (3, 1, "a", 2.5, None, True, [1])]
+    docs += [{"args": {"x": i % 4, "m": {"d": -i}}} for i in range(12)]
+    docs += [{"args": {"y": 1}}, {"args": {"m": 3}}, {"args": {"m": [1]}}, {"args": {"m": {}}}]
+    docs += [{"args": {"x": None, "m": {"d": None, "e": 1}}}, {"args": {}}]
+    ids = store.submit_tasks(qid, docs)
+    # the update path: one task loses x (a new shape), one gains it
+    store.update_tasks(qid, [{"task_id": ids[8], "args": {"m": {"d": 0}}}], False)
+    store.update_tasks(qid, [{"task_id": ids[-1], "args": {"x": -1}}], False)
+    whole = {t["task_id"]: t for t in store.search_tasks(qid, **NO_FILTER)}
+
+    def value(task, segments):
+        v = task["args"]
+        for s in segments:
+            v = v.get(s) if isinstance(v, dict) else None
+        return v
+
+    def key(v):
+        kind = leaf_sort.kind_of(v)
+        if kind in (1, 5):
+            return (kind, float(v), "")
+        if kind == 2:
+            return (kind, 0.0, v)
+        return (kind, 0.0, json.dumps(v) if kind in (3, 4) else "")
+
+    for field in ("args.x", "args.m.d"):
+        segments = field.split(".")[1:]
+        lacking = [i for i in whole if value(whole[i], segments) is None]
+        assert len(lacking) >= 5  # the case this test is about
+        for direction in (1, -1):
+            reference = sorted(
+                whole,
+                key=lambda i: (key(value(whole[i], segments)), i),  # noqa: B023
+                reverse=direction == -1,
+            )
+            old = store.search_tasks(
+                qid, **{**NO_FILTER, "sort": [(field, direction), ("task_id", direction)]}
+            )
+            assert [t["task_id"] for t in old] == reference, (field, direction)
+            sort = [(field, direction)]
+            for limit in (1, 3, 50):
+                seen, cursor = [], None
+                while True:
+                    page = store.search_tasks(
+                        qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
+                    )
+                    seen += [t["task_id"] for t in page]
+                    if len(page) < limit:
+                        break
+                    cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
+                assert seen == reference, (field, direction, limit)
+            flt = {"args.y": {"$exists": False}}
+            page = store.search_tasks(
+                qid, **{**NO_FILTER, "sort": sort, "extra_filter": flt, "limit": 4}
+            )
+            expected = [i for i in reference if "y" not in whole[i]["args"]][:4]
+            assert [t["task_id"] for t in page] == expected, (field, direction)
