@@ -313,6 +313,10 @@ def test_sorting_by_a_summary_column_orders_the_rows(page, queue_env):
             by_id[run_one(http, w, "success", {"score": score})["task_id"]] = score
     log_in(page, queue_env, "/ui/tasks")
     wait_table(page, 5)
+    # finished tasks have no current worker: the column shows their last run's worker
+    last_run = page.locator(f'#tasks tbody tr[data-task-id] td[title="{w} (last run)"]')
+    expect(last_run).to_have_count(5)
+    expect(last_run.first).to_have_text(w[:8])
     header = page.get_by_role("button", name="summary.score")
     header.click()
     expect(page.locator('th[data-key="summary.score"]')).to_have_attribute("aria-sort", "ascending")
@@ -357,10 +361,22 @@ def test_a_summary_sort_pages_by_cursor_through_every_task_once(queue_env):
         while True:
             data = c.get("/ui/api/tasks", params=params).json()
             seen += [r["task_id"] for r in data["rows"]]
+            for r in data["rows"]:  # the last run's worker; none for a task never run
+                assert r["worker_id"] is None
+                assert r["run_worker_id"] == (w if r["task_id"] in by_id else None)
             assert data["next_offset"] is None
             if not data["next_cursor"]:
                 break
             params = {**params, "cursor": data["next_cursor"], "count": "false"}
+        # the CSV export walks the same cursor pages; its worker column is the table's
+        text = c.get(
+            "/ui/api/tasks.csv", params={"sort": "summary.score:-1", "columns": "task_id,worker_id"}
+        ).text
+        exported = list(csv.DictReader(io.StringIO(text)))
+    assert [r["task_id"] for r in exported] == seen
+    assert {r["task_id"]: r["worker_id"] for r in exported} == {
+        t: (w if t in by_id else "") for t in seen
+    }
     assert len(seen) == 7 == len(set(seen))
     scored = sorted(by_id, key=lambda t: (by_id[t], t), reverse=True)
     assert seen[:5] == scored

@@ -654,3 +654,28 @@ def test_sort_on_an_args_path_some_tasks_lack_pages_like_a_python_sort(
             )
             expected = [i for i in reference if "y" not in whole[i]["args"]][:4]
             assert [t["task_id"] for t in page] == expected, (field, direction)
+
+
+def test_last_run_workers_names_the_worker_of_each_tasks_latest_run(store, qid):
+    """``last_run_workers``: one lookup for a page of tasks, the worker of each task's latest
+    run (a retried task's second worker), ``None`` for a run without a worker; tasks never
+    run and other queues' tasks are left out; too many ids is ``Invalid`` naming the field."""
+    a, b, c, never = store.submit_tasks(
+        qid, [{"args": {"i": i}, "max_retries": 3} for i in range(3)] + [{"args": {"j": 0}}]
+    )
+    w1 = store.create_worker(qid, "w1", None, 10)
+    w2 = store.create_worker(qid, "w2", None, 10)
+    for task_id, worker_id, status in ((a, w1, "failed"), (a, w2, "success"), (b, w1, "success")):
+        task = claim(store, qid, worker_id=worker_id, extra_filter={"task_id": task_id})
+        assert task["task_id"] == task_id
+        store.report_task(
+            qid, task_id, status=status, worker_id=worker_id, run_id=task["run_id"], summary={}
+        )
+    task = claim(store, qid, extra_filter={"task_id": c})  # a run without a worker
+    store.report_task(qid, c, status="success", worker_id=None, run_id=task["run_id"], summary={})
+    other = store.create_queue("other-" + uuid.uuid4().hex[:8], "pw", None)
+    assert store.last_run_workers(qid, [a, b, c, never, a]) == {a: w2, b: w1, c: None}
+    assert store.last_run_workers(other, [a, b]) == {}
+    assert store.last_run_workers(qid, []) == {}
+    with pytest.raises(Invalid, match="task_ids"):
+        store.last_run_workers(qid, [f"t{i}" for i in range(1001)])

@@ -183,6 +183,7 @@ def task_row(row) -> dict[str, Any]:
     return out
 
 
+MAX_RUN_LOOKUP = 1000  # task ids of one ``last_run_workers`` call
 MAX_PROJECTION = 100  # fields of one projection (``search_tasks(fields=...)``)
 
 
@@ -1039,6 +1040,26 @@ class SqlStorage:
         with self.db.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
         return rows[::-1]
+
+    def last_run_workers(self, queue_id: str, task_ids: Sequence[str]) -> dict[str, str | None]:
+        """The worker of each given task's latest run (``task_runs``, latest ``started``):
+        ``{task_id: worker_id}``, ``None`` for a run without a worker; tasks that never ran
+        (or of another queue) are left out. One statement for the whole list (a page of
+        the tasks table), read through ``ix_task_runs_task``; at most ``MAX_RUN_LOOKUP``
+        ids (``Invalid`` beyond)."""
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > MAX_RUN_LOOKUP:
+            raise Invalid(f"task_ids: at most {MAX_RUN_LOOKUP} tasks, got {len(ids)}")
+        if not ids:
+            return {}
+        r = task_runs.c
+        stmt = (
+            select(r.task_id, r.worker_id)
+            .where(r.queue_id == queue_id, r.task_id.in_(ids))
+            .order_by(r.task_id, r.started, r.run_id)
+        )
+        with self.db.read() as conn:
+            return {row.task_id: row.worker_id for row in conn.execute(stmt)}  # latest wins
 
     def fetch_task(
         self,

@@ -62,6 +62,7 @@ class Storage(Protocol):
     def task_events(
         self, queue_id: str, task_id: str, limit: int = 200
     ) -> list[dict[str, Any]]: ...
+    def last_run_workers(self, queue_id: str, task_ids: Sequence[str]) -> dict[str, str | None]: ...
     def fetch_task(
         self,
         queue_id: str,

@@ -379,10 +379,13 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def table_row(task: dict[str, Any], now: datetime) -> dict[str, Any]:
+def table_row(
+    task: dict[str, Any], now: datetime, run_workers: dict[str, str | None] | None = None
+) -> dict[str, Any]:
     """A task as a row of the tasks table: its fields, ``end`` (when it ended), ``duration``
-    (seconds: start to end, or to now while running) and ``args.*``/``summary.*`` flattened
-    to dotted keys."""
+    (seconds: start to end, or to now while running), ``run_worker_id`` (the worker of its
+    last run, from ``run_workers``: ``Storage.last_run_workers`` of the page; the current
+    worker while it runs) and ``args.*``/``summary.*`` flattened to dotted keys."""
     start = task["start_time"]
     end = task["last_modified"] if task["status"] in ENDED and start is not None else None
     if start is not None and (end is not None or task["status"] == "running"):
@@ -397,6 +400,7 @@ def table_row(task: dict[str, Any], now: datetime) -> dict[str, Any]:
         "max_retries": task["max_retries"],
         "priority": task["priority"],
         "worker_id": task["worker_id"],
+        "run_worker_id": task["worker_id"] or (run_workers or {}).get(task["task_id"]),
         "created_at": _iso(task["created_at"]),
         "start_time": _iso(start),
         "last_modified": _iso(task["last_modified"]),
@@ -476,6 +480,14 @@ def _walk(
             cursor = leaf_sort.next_cursor(by_path, page[-1])
         else:
             offset += len(page)
+
+
+def _run_workers(
+    store: Storage, queue_id: str, tasks: list[dict[str, Any]]
+) -> dict[str, str | None]:
+    """The last run's worker of each task of ``tasks`` that has no current worker: one
+    batched ``last_run_workers`` lookup (not one query per row)."""
+    return store.last_run_workers(queue_id, [t["task_id"] for t in tasks if not t["worker_id"]])
 
 
 def _count(store: Storage, queue_id: str, query: dict | None) -> int:
@@ -597,6 +609,7 @@ async def task_page_rows(
     def read() -> dict[str, Any]:
         now = utc_now()
         page = _search(store, qid, query, order, cursor=cursor, offset=offset, limit=limit)
+        runs = _run_workers(store, qid, page)  # one lookup for the page
         keys = paging.keyset_sort(order)
         by_path = leaf_sort.json_sort(order)
         full = len(page) == limit
@@ -606,7 +619,7 @@ async def task_page_rows(
         elif full and by_path is not None and not offset:
             next_cursor = leaf_sort.next_cursor(by_path, page[-1])
         return {
-            "rows": [table_row(t, now) for t in page],
+            "rows": [table_row(t, now, runs) for t in page],
             "next_cursor": next_cursor,
             "next_offset": offset + len(page) if full and not next_cursor else None,
             "total": _count(store, qid, query) if count else None,
@@ -665,19 +678,31 @@ async def export_csv(
     )  # a bad filter is a 400 here
     del first
 
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    now = utc_now()
+
     def rows() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
         writer.writerow(cols)
-        now = utc_now()
-        for n, task in enumerate(_walk(store, qid, query, order, CSV_MAX_ROWS)):
-            row = table_row(task, now)
+        batch: list[dict[str, Any]] = []
+        for task in _walk(store, qid, query, order, CSV_MAX_ROWS):
+            batch.append(task)
+            if len(batch) == FETCH_BATCH:
+                yield write(batch)
+        yield write(batch)
+
+    def write(batch: list[dict[str, Any]]) -> str:
+        """The CSV lines of ``batch`` (emptied): one run-worker lookup for all of them."""
+        runs = _run_workers(store, qid, batch) if "worker_id" in cols else {}
+        for task in batch:
+            row = table_row(task, now, runs)
+            row["worker_id"] = row["run_worker_id"]  # as the table shows it
             writer.writerow([_csv_cell(row.get(c)) for c in cols])
-            if n % 500 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
+        batch.clear()
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
 
     name = f"tasks-{utc_now().strftime('%Y%m%dT%H%M%SZ')}.csv"
     return StreamingResponse(

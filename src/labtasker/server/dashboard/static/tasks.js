@@ -214,8 +214,12 @@ function cell(c, row) {
       return el("td", {class: "num"}, duration(v));
     case "start_time": case "end":
       return el("td", {}, timeEl(v));
-    case "worker_id":
-      return el("td", {class: "id", title: v || ""}, v ? v.slice(0, 8) : "–");
+    case "worker_id": {
+      // the current worker, else the worker of the task's last run
+      const w = v || row.run_worker_id;
+      const title = v ? v : (w ? `${w} (last run)` : "");
+      return el("td", {class: "id", title}, w ? w.slice(0, 8) : "–");
+    }
     default:
       return el("td", {class: typeof v === "number" ? "num" : ""}, v === undefined ? "" : plain(v));
   }
