@@ -13,34 +13,26 @@ import sys
 import typer
 
 from labtasker.__version__ import __version__
-from labtasker.client.cli import (
-    _coerce,
-    config_cmd,
-    event_cmd,
-    init_cmd,
-    loop,
-    queue,
-    status_cmd,
-    task,
-    worker,
-)
+from labtasker.client.cli import _coerce
 
 _coerce.install()  # before any command runs: plain option values skip pydantic adapters
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
-app = typer.Typer(
-    name="labtasker",
-    help="Labtasker: a task queue for ML experiments. Submit tasks, then run them with "
-    "`labtasker loop`.",
-    context_settings=CONTEXT_SETTINGS,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-    # Plain click help: rendering it with Rich costs ~0.3 s of imports on every --help
-    # (the sub-command groups inherit this setting).
-    rich_markup_mode=None,
-)
+# Where the commands live: sub-command groups (``labtasker task ...``) by module, and the
+# top-level commands by the module whose ``register(app)`` adds them. A call that names one
+# command builds (and imports) only that command; see :func:`app_for`.
+_GROUP_MODULES = {"queue": "queue", "task": "task", "worker": "worker", "event": "event_cmd"}
+_TOP_MODULES = {
+    "init": "init_cmd",
+    "config": "config_cmd",
+    "health": "config_cmd",
+    "loop": "loop",
+    "status": "status_cmd",
+    "wait": "status_cmd",
+    "progress": "status_cmd",
+}
+_REGISTER_ORDER = ("init_cmd", "config_cmd", "loop", "status_cmd")
 
 
 def _version_callback(value: bool) -> None:
@@ -49,7 +41,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False,
@@ -62,20 +53,104 @@ def _root(
     """Labtasker: a task queue for ML experiments."""
 
 
-@app.command("help")
 def help_cmd(ctx: typer.Context) -> None:
     """Show this help message."""
     print(ctx.parent.get_help() if ctx.parent else ctx.get_help())
 
 
-app.add_typer(queue.app, name="queue")
-app.add_typer(task.app, name="task")
-app.add_typer(worker.app, name="worker")
-app.add_typer(event_cmd.app, name="event")
-init_cmd.register(app)
-config_cmd.register(app)
-loop.register(app)
-status_cmd.register(app)
+def _new_root() -> typer.Typer:
+    """The root app with its options (``--version``, completion) and no command yet."""
+    root = typer.Typer(
+        name="labtasker",
+        help="Labtasker: a task queue for ML experiments. Submit tasks, then run them with "
+        "`labtasker loop`.",
+        context_settings=CONTEXT_SETTINGS,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=True,
+        # Plain click help: rendering it with Rich costs ~0.3 s of imports on every --help
+        # (the sub-command groups inherit this setting).
+        rich_markup_mode=None,
+    )
+    root.callback()(_root)
+    return root
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"labtasker.client.cli.{name}")
+
+
+def build_app() -> typer.Typer:
+    """The whole CLI: every group and top-level command (``labtasker --help`` lists them)."""
+    root = _new_root()
+    root.command("help")(help_cmd)
+    for group, module in _GROUP_MODULES.items():
+        root.add_typer(_module(module).app, name=group)
+    for module in _REGISTER_ORDER:
+        _module(module).register(root)
+    return root
+
+
+_full_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # ``app`` (the whole CLI) is built on first use, e.g. by a plugin adding a command to it
+    global _full_app
+    if name == "app":
+        if _full_app is None:
+            _full_app = build_app()
+        return _full_app
+    raise AttributeError(name)
+
+
+def _command_name(info) -> str | None:
+    if info.name:
+        return info.name
+    callback = info.callback
+    return typer.main.get_command_name(callback.__name__) if callback is not None else None
+
+
+def _only(app: typer.Typer, name: str) -> typer.Typer | None:
+    """A copy of ``app`` that holds only its command ``name`` (``None``: no such command)."""
+    import copy
+
+    infos = [info for info in app.registered_commands if _command_name(info) == name]
+    if len(infos) != 1 or any(g.name == name for g in app.registered_groups):
+        return None
+    trimmed = copy.copy(app)
+    trimmed.registered_commands = infos
+    trimmed.registered_groups = []
+    return trimmed
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The app that runs ``args``: when they start with the name of one command
+    (``task submit ...``, ``loop ...``), a root holding only that command, so a call imports
+    and builds one command instead of all of them (typer turns every registered function into
+    a click command on each call); otherwise, and during shell completion, the whole CLI.
+    Parsing, help, errors and output of that command are the same either way: it sits at
+    the same path (``labtasker task submit``) under the same root options."""
+    import os
+
+    # once the whole app exists (a plugin added to it), it is the one that runs
+    if _full_app is None and args and not any("_COMPLETE" in key for key in os.environ):
+        head = args[0]
+        if head in _GROUP_MODULES and len(args) >= 2:
+            group = _only(_module(_GROUP_MODULES[head]).app, args[1])
+            if group is not None:
+                root = _new_root()
+                root.add_typer(group, name=head)
+                return root
+        elif head in _TOP_MODULES:
+            root = _new_root()
+            _module(_TOP_MODULES[head]).register(root)
+            only = _only(root, head)
+            if only is not None:
+                return only
+    return __getattr__("app")
 
 
 def _plugin_entry_points_present() -> bool:
@@ -199,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     _load_plugins()
     try:
-        rv = app(args=argv, prog_name="labtasker", standalone_mode=False)
+        rv = app_for(args)(args=argv, prog_name="labtasker", standalone_mode=False)
     except typer.TyperException as exc:  # click-style usage errors (typer vendors click)
         if type(exc).__name__ == "NoArgsIsHelpError":
             print(exc.format_message())
