@@ -385,7 +385,7 @@ def test_projection_json_values_decode_as_json_loads():
 
 # ------------------------------------------------------------------ the leaf index
 def _expected_leaves(task: dict) -> set[tuple]:
-    """The leaf-index rows a task must have (``leaves.py``), computed from its documents:
+    """The leaf-index rows a task must have (``leaf_rows.py``), computed from its documents:
     ``(path, kind, number, text)`` for every node reached through objects."""
     out: set[tuple] = set()
 
@@ -522,6 +522,52 @@ def test_leaf_index_is_scoped_to_the_queue(store, qid):
     assert _search(store, other, {"args.i": {"$in": [7, 8]}}) == {theirs}
     assert store.count_tasks(qid, extra_filter={"args.i": 7})["total"] == 1
     assert _stored_leaves(store, qid, theirs) == set()
+
+
+# Documents whose leaf rows are easy to get wrong in Python: quoted and escaped keys, keys a
+# path cannot name (``[``, outside ``[A-Za-z0-9_-]``, a final newline), numbers of every JSON
+# form, nesting, empty objects and arrays.
+_TRICKY_DOCS = [
+    {"i": 0},
+    {"lr": 0.1, "neg": -2.5e-7, "big": 1e300, "tiny": 5e-324, "zero": -0.0, "one": 1.0},
+    {"m": 2**63 - 1, "n": -(2**63), "t": True, "f": False, "z": None, "s": "", "u": "é☃"},
+    {"a_b": 1, "a-b": 2, "1a": 3, "a.b": 4, "a b": 5, "x[0]": 6, "é": 7, "a\n": 8, "": 9},
+    {"model": {"depth": 3, "opt": {"name": "adam", "betas": [0.9, 0.99]}, "x y": {"q": 1}}},
+    {"empty": {}, "list": [], "nested": {"empty": {}}, 'quo"te': "v", "back\\slash": 1},
+]
+
+
+def test_submitted_leaf_rows_are_the_rows_the_triggers_make(store, qid):
+    """The rows the submit path writes from Python (``leaf_rows.build_rows``) are exactly,
+    value for value, those the database's own triggers make for the same tasks (read back
+    after deleting the rows and refilling them with ``leaf_rows.backfill``)."""
+    from sqlalchemy import delete, select
+
+    from labtasker.server import leaf_rows
+    from labtasker.server.schema import leaf_paths, task_leaves
+
+    batch = [{"args": doc, "metadata": _TRICKY_DOCS[-1 - i]} for i, doc in enumerate(_TRICKY_DOCS)]
+    ids = store.submit_tasks(qid, batch)
+    stmt = (
+        select(leaf_paths.c.path, task_leaves.c.kind, task_leaves.c.num, task_leaves.c.txt)
+        .add_columns(task_leaves.c.task_id)
+        .join(leaf_paths, leaf_paths.c.path_id == task_leaves.c.path_id)
+        .where(task_leaves.c.task_id.in_(ids))
+    )
+
+    def stored():
+        with store.db.read() as conn:
+            return sorted((tuple(r), type(r.num)) for r in conn.execute(stmt))
+
+    made = stored()
+    assert ("args.i", 1, 0, "", ids[0]) in [row for row, _ in made]
+    assert len(made) > 40
+    with store.db.write() as conn:
+        conn.execute(delete(task_leaves).where(task_leaves.c.task_id.in_(ids)))
+    assert stored() == []
+    with store.db.write() as conn:
+        leaf_rows.backfill(conn)
+    assert stored() == made
 
 
 def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):

@@ -1,5 +1,5 @@
 """Task listings sorted on one JSON path (``summary.loss``, ``args.lr``), read from the leaf
-index (``leaves.py``) in value order instead of sorting every task's JSON.
+index (``leaf_rows.py``) in value order instead of sorting every task's JSON.
 
 Today's order of such a sort (``sort_expression``) puts the values in MongoDB's type order --
 missing or null, numbers, strings, objects, arrays, booleans -- numbers numerically, strings

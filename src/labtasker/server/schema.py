@@ -239,7 +239,7 @@ submit_keys = Table(
     Index("ix_submit_keys_created", "created_at"),
 )
 
-# The leaf index of tasks' args/metadata/summary (``leaves.py``): the paths of each queue, and
+# The leaf index of tasks' args/metadata/summary (``leaf_rows.py``): the paths of each queue, and
 # one row per value reached through objects, kept in step by triggers on ``tasks``.
 # Migration 0011.
 leaf_paths = Table(
@@ -266,7 +266,7 @@ task_leaves = Table(
 )
 
 # One row: ``app_writes`` is 1 while the submit route writes the leaf rows of its batch itself
-# (SQLite insert triggers then stand aside; ``leaves.insert_rows``), else 0.
+# (SQLite insert triggers then stand aside; ``leaf_rows.insert_rows``), else 0.
 leaf_writer = Table(
     "leaf_writer",
     metadata,

@@ -54,7 +54,7 @@ from labtasker.filters.mongo_sql import (
     value_expression,
 )
 from labtasker.keys import KeyConflictError, shape_key, shape_of, unflatten
-from labtasker.server import auth, claim, counting, eventlog, leaf_sort, leaves, paging
+from labtasker.server import auth, claim, counting, eventlog, leaf_rows, leaf_sort, paging
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
 from labtasker.server.identity import args_hash, request_hash
@@ -141,7 +141,7 @@ MAX_PRUNE = 1000  # workers removed by one prune call
 def leaf_index(
     queue_id: str, dialect: str, probe: Callable[[Any, int], int] | None = None
 ) -> LeafIndex:
-    """The leaf index (``leaves.py``) of one queue's tasks, for the filter compiler;
+    """The leaf index (``leaf_rows.py``) of one queue's tasks, for the filter compiler;
     ``probe``: see ``LeafIndex``. On PostgreSQL a common value is judged from the JSON
     (``per_task`` off: its planner turns the per-task lookup into a scan of the index)."""
     sqlite = dialect == "sqlite"
@@ -328,7 +328,9 @@ def _insert_tasks(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """INSERT new tasks (dicts with the same keys). On SQLite, multi-row ``INSERT ... VALUES
     (...), (...)`` statements of up to ``_SQLITE_ROWS_PER_INSERT`` tasks, with the values each
     column's own bind processor makes -- the text SQLAlchemy would store -- and the batch's
-    shared timestamps and empty documents converted once.
+    shared timestamps and empty documents converted once (a timestamp by its value: a task's
+    ``created_at`` and ``last_modified`` are one value, a microsecond after the previous
+    task's).
 
     Why not one ``executemany``: ``tasks`` has insert triggers (the leaf index), and SQLite
     opens a statement journal for every execution of a statement that can fire one, i.e.
@@ -340,20 +342,27 @@ def _insert_tasks(conn: Connection, rows: list[dict[str, Any]]) -> None:
         return
     dialect = conn.dialect
     columns = [c for c in tasks.c if c.name in rows[0]]
-    converters: list[tuple[str, Any, dict[str, Any]]] = []
+    converters: list[tuple[str, Any, dict[Any, Any]]] = []
+    memos: dict[type, dict[Any, Any]] = {}  # one per column type: shared by its columns
     for column in columns:
         process = column.type._cached_bind_processor(dialect)
-        converters.append((column.name, process, {}))
+        converters.append((column.name, process, memos.setdefault(type(column.type), {})))
     values: list[Any] = []
     for row in rows:
         for name, process, memo in converters:
             value = row[name]
             if process is not None and value is not None:
-                if isinstance(value, datetime) or value == {}:
-                    key = value.isoformat() if isinstance(value, datetime) else "{}"
-                    if key not in memo:
-                        memo[key] = process(value)
-                    value = memo[key]
+                if isinstance(value, datetime):
+                    # by value: equal instants are one stored text (the UTC time)
+                    stored = memo.get(value)
+                    if stored is None:
+                        stored = memo[value] = process(value)
+                    value = stored
+                elif value == {}:
+                    stored = memo.get("{}")
+                    if stored is None:
+                        stored = memo["{}"] = process(value)
+                    value = stored
                 else:
                     value = process(value)
             values.append(value)
@@ -458,9 +467,9 @@ class SqlStorage:
         """Raise ``TooLarge`` when a task's args + metadata + summary exceed
         ``max_task_bytes`` as compact JSON text."""
         size = sum(
-            len(json.dumps(v, separators=(",", ":"), default=str).encode())
+            2 if v == {} else len(json.dumps(v, separators=(",", ":"), default=str).encode())
             for v in (args, metadata, summary)
-        )
+        )  # (``{}``, most metadata and summaries: two bytes, without an encoder each)
         if size > self.max_task_bytes:
             raise TooLarge(
                 f"{where}args + metadata + summary: {size} bytes (limit "
@@ -795,7 +804,9 @@ class SqlStorage:
                     if key not in shapes:
                         shapes[key] = self._shape_id(conn, queue_id, row["args"])
                     row["shape_id"] = shapes[key]
-                leaves.insert_rows(conn, queue_id, rows, lambda batch: _insert_tasks(conn, batch))
+                leaf_rows.insert_rows(
+                    conn, queue_id, rows, lambda batch: _insert_tasks(conn, batch)
+                )
                 for row in rows:
                     data = {k: row.get(k) for k in TASK_KEYS}
                     eventlog.record(
@@ -915,7 +926,7 @@ class SqlStorage:
         self, queue_id: str, extra_filter: dict | None, conn: Connection | None = None
     ):
         """``(queue condition, filter)`` for the queue's tasks, the filter compiled with the
-        queue's leaf index (``leaves.py``); ``conn``: the read the statement will run in,
+        queue's leaf index (``leaf_rows.py``); ``conn``: the read the statement will run in,
         used for the index's probe (else the probe reads on its own). When an index lookup is a condition of the whole
         filter, SQLite's planner is kept from walking the queue's index instead
         (``queue_id || ''``: no index applies to it): it knows no value frequencies and

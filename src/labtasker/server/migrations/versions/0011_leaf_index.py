@@ -1,4 +1,4 @@
-"""The leaf index of tasks (``leaves.py``): ``leaf_paths``, ``task_leaves``, ``leaf_writer``
+"""The leaf index of tasks (``leaf_rows.py``): ``leaf_paths``, ``task_leaves``, ``leaf_writer``
 and the triggers on ``tasks`` that keep the index, filled here from the tasks already stored.
 
 Revision ID: 0011_leaf_index
@@ -8,7 +8,7 @@ Revises: 0010_run_ends
 import sqlalchemy as sa
 from alembic import op
 
-from labtasker.server import leaves
+from labtasker.server import leaf_rows
 
 revision = "0011_leaf_index"
 down_revision = "0010_run_ends"
@@ -39,13 +39,13 @@ def upgrade() -> None:
     op.create_table("leaf_writer", sa.Column("app_writes", sa.Integer, nullable=False))
     bind = op.get_bind()
     bind.execute(sa.text("INSERT INTO leaf_writer (app_writes) VALUES (0)"))
-    leaves.create_triggers(bind)
-    leaves.backfill(bind)
+    leaf_rows.create_triggers(bind)
+    leaf_rows.backfill(bind)
 
 
 def downgrade() -> None:
     bind = op.get_bind()
-    leaves.drop_triggers(bind)
+    leaf_rows.drop_triggers(bind)
     op.drop_table("leaf_writer")
     op.drop_table("task_leaves")
     op.drop_table("leaf_paths")

@@ -1,4 +1,4 @@
-"""The leaf index: every value of a task's ``args``/``metadata``/``summary`` reachable by object
+"""The rows of the leaf index: every value of a task's ``args``/``metadata``/``summary`` reachable by object
 keys, one row each, kept by the database itself (triggers), so that equality, ``$in`` and
 range filters and sorts on such a path read an index instead of every task's JSON.
 
@@ -11,7 +11,7 @@ What a row says, for the node at ``path`` in task ``task_id``:
 * ``path`` is the column name followed by the node's keys in SQLite's JSON-path spelling
   (``args.lr``, ``summary."val-acc"``, ``args.model.depth``: a key is written bare when it is
   an ASCII letter followed by ASCII letters and digits, else in double quotes), see
-  ``labtasker.filters.mongo_sql.leaves.leaf_path``;
+  ``labtasker.filters.mongo_sql.leaf_filter.leaf_path``;
 * ``kind``: 0 null, 1 number, 2 string, 3 object, 4 array, 5 boolean (MongoDB's sort order of
   the types); ``num``: the number, or 0/1 for false/true, else 0; ``txt``: the string, else
   ``''``. So ``(kind, num, txt)`` sorts in the order of the filter language's sort.
@@ -30,7 +30,8 @@ in step, raw SQL included; ``copy-db`` copies ``tasks`` and the triggers refill 
 **Submits** (``insert_rows``): the insert triggers cost about as much again as the rest of
 an insert (SQLite: ``json_tree`` per document and a path lookup per node; PostgreSQL: the
 recursive function per task), so the submit route computes the rows in Python -- the same
-rows, by the same rules -- and writes them with one ``executemany``, while the insert
+rows, by the same rules (``build_rows``: one builder for both backends) -- and writes them
+with one statement (SQLite ``executemany``, PostgreSQL ``COPY``), while the insert
 triggers stand aside: SQLite's one-row table ``leaf_writer`` says ``app_writes = 1`` (same
 transaction; SQLite writers are serialised), PostgreSQL's transaction-local setting
 ``labtasker.app_writes`` is ``'1'`` (no lock: concurrent submits stay concurrent). Any other
@@ -53,6 +54,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from labtasker.server.schema import leaf_paths
@@ -321,75 +323,141 @@ def backfill(conn: Connection) -> None:
 
 
 # ------------------------------------------------------------------ rows made in Python
-_BARE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_BARE = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # fullmatch: ``$`` would allow a final "\n"
+_PG_KEY = re.compile(r"[A-Za-z0-9_-]+")  # the keys PostgreSQL's triggers index (fullmatch)
 _INT64 = (-(2**63), 2**63 - 1)
-# a path whose every key PostgreSQL's triggers index ([A-Za-z0-9_-], bare or quoted)
-_SEGMENTS = re.compile(r'^[a-z]+(\.([A-Za-z][A-Za-z0-9]*|"[A-Za-z0-9_-]+"))+$')
+_PG_ZERO, _PG_ONE = Decimal(0), Decimal(1)
+# key -> (its spelling in a path, or None when SQLite's rule skips it; PostgreSQL indexes it)
+_NAMES: dict[str, tuple[str | None, bool]] = {}
+_NAMES_MAX = 4096  # distinct keys remembered (then forgotten all at once)
 
 
 class _Unsure(Exception):
     """A value whose row Python cannot promise to spell as the triggers would."""
 
 
-def _nodes(value: Any, path: str, out: list[tuple[str, int, Any, str]]) -> None:
-    """The rows of one node and the nodes below it, as ``json_tree`` gives them."""
-    if isinstance(value, dict):
-        out.append((path, 3, 0, ""))
-        for key, sub in value.items():
-            key = str(key)
-            name = key if _BARE.match(key) else json.dumps(key)  # SQLite prints the source
-            child = f"{path}.{name}"
-            if "[" not in name:  # as ``instr(fullkey, '[') = 0``
-                _nodes(sub, child, out)
-    elif isinstance(value, list):
-        out.append((path, 4, 0, ""))
-    elif value is None:
-        out.append((path, 0, 0, ""))
-    elif isinstance(value, bool):
-        out.append((path, 5, int(value), ""))
-    elif isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise _Unsure(path)
-        out.append((path, 1, value, ""))
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Unsure(path)
-        out.append((path, 1, value, ""))
-    elif isinstance(value, str):
-        out.append((path, 2, 0, value))
-    else:
-        raise _Unsure(path)
+def _name(key: str) -> tuple[str | None, bool]:
+    """``(name, pg)`` of an object key: ``name`` as SQLite's ``fullkey`` spells it (bare, or
+    the JSON text of the key: SQLite prints the source, which ``compact_json`` wrote with
+    ``\\u`` escapes), ``None`` when it holds ``[`` (as ``instr(fullkey, '[') = 0``);
+    ``pg``: the key is in ``[A-Za-z0-9_-]``, so PostgreSQL's triggers index it."""
+    hit = _NAMES.get(key)
+    if hit is None:
+        name = key if _BARE.fullmatch(key) else json.dumps(key)
+        hit = (None if "[" in name else name, _PG_KEY.fullmatch(key) is not None)
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[key] = hit
+    return hit
+
+
+def _walk(doc: dict, prefix: str, pg: bool, out: list[tuple[str, int, Any, str]]) -> None:
+    """Append ``(path, kind, num, txt)`` of every node below the object ``doc`` (whose path
+    is ``prefix``), as the triggers make them (see the module docstring)."""
+    zero: Any = _PG_ZERO if pg else 0
+    for key, value in doc.items():
+        name, pg_key = _name(key if type(key) is str else str(key))
+        if name is None or (pg and not pg_key):
+            continue  # skipped with everything below it
+        path = prefix + "." + name
+        kind = type(value)
+        if kind is str:
+            out.append((path, 2, zero, value))
+        elif kind is int:
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise _Unsure(path)
+            out.append((path, 1, Decimal(value) if pg else value, ""))
+        elif kind is float:
+            if not math.isfinite(value):
+                raise _Unsure(path)
+            # jsonb::numeric reads the JSON text, which is float.__repr__
+            out.append((path, 1, Decimal(repr(value)) if pg else value, ""))
+        elif kind is bool:
+            out.append((path, 5, (_PG_ONE if value else zero) if pg else int(value), ""))
+        elif value is None:
+            out.append((path, 0, zero, ""))
+        elif kind is dict:
+            out.append((path, 3, zero, ""))
+            _walk(value, path, pg, out)
+        elif kind is list:
+            out.append((path, 4, zero, ""))
+        else:  # a subclass of a JSON type (not from JSON text): as that type, else unsure
+            _walk({key: _plain(value, path)}, prefix, pg, out)
+
+
+def _plain(value: Any, path: str) -> Any:
+    """``value`` as the JSON type it is an instance of; raises ``_Unsure`` for others."""
+    plain: Any
+    for plain in (dict, list, bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    raise _Unsure(path)
 
 
 def task_nodes(task: dict[str, Any], dialect: str) -> list[tuple[str, int, Any, str]]:
     """``(path, kind, num, txt)`` of every node of a task's documents, as the triggers of
-    ``dialect`` make them (PostgreSQL: keys outside ``[A-Za-z0-9_-]`` skipped, numbers as
-    ``Decimal`` of the JSON text). Raises ``_Unsure`` for a value only the triggers may
-    index."""
+    ``dialect`` make them (PostgreSQL: keys outside ``[A-Za-z0-9_-]`` skipped with everything
+    below them, numbers as ``Decimal`` of the JSON text). Raises ``_Unsure`` for a value
+    only the triggers may index."""
     out: list[tuple[str, int, Any, str]] = []
+    pg = dialect == "postgresql"
     for field in FIELDS:
         doc = task.get(field)
-        if isinstance(doc, dict):
-            for key, sub in doc.items():
-                key = str(key)
-                name = key if _BARE.match(key) else json.dumps(key)
-                if "[" not in name:
-                    _nodes(sub, f"{field}.{name}", out)
-    if dialect == "postgresql":
-        out = [(p, k, _decimal(n), t) for p, k, n, t in out if _SEGMENTS.match(p)]
+        if isinstance(doc, dict) and doc:
+            _walk(doc, field, pg, out)
     return out
 
 
-def _decimal(number: Any) -> Decimal:
-    """A JSON number as PostgreSQL's ``jsonb::numeric`` reads it: from its JSON text."""
-    return Decimal(json.dumps(number))
+def build_rows(
+    conn: Connection, queue_id: str, rows: list[dict[str, Any]]
+) -> list[tuple[int, int, Any, str, str]] | None:
+    """The ``task_leaves`` rows ``(path_id, kind, num, txt, task_id)`` of new tasks of
+    ``queue_id`` (``rows``: their column values), in primary-key order (the index's B-tree
+    is then filled page by page); new paths are added to ``leaf_paths`` on ``conn``.
+    ``None`` when ``task_nodes`` is unsure of a task (the triggers must index the batch)."""
+    dialect = conn.dialect.name
+    try:
+        nodes = [(row["task_id"], task_nodes(row, dialect)) for row in rows]
+    except _Unsure:
+        return None
+    paths = sorted({n[0] for _, task in nodes for n in task})
+    ids = _path_ids(conn, queue_id, paths)
+    missing = [p for p in paths if p not in ids]
+    if missing:
+        upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+        conn.execute(
+            upsert(leaf_paths).on_conflict_do_nothing(),
+            [{"queue_id": queue_id, "path": p} for p in missing],
+        )
+        ids.update(_path_ids(conn, queue_id, missing))
+    out = [
+        (ids[path], kind, num, txt, task_id)
+        for task_id, task in nodes
+        for path, kind, num, txt in task
+    ]
+    out.sort()
+    return out
+
+
+def _path_ids(conn: Connection, queue_id: str, paths: list[str]) -> dict[str, int]:
+    """``{path: path_id}`` of those of ``paths`` that ``leaf_paths`` holds for the queue."""
+    found: dict[str, int] = {}
+    for start in range(0, len(paths), 500):
+        chunk = paths[start : start + 500]
+        found.update(
+            conn.execute(
+                select(leaf_paths.c.path, leaf_paths.c.path_id).where(
+                    leaf_paths.c.queue_id == queue_id, leaf_paths.c.path.in_(chunk)
+                )
+            ).all()
+        )
+    return found
 
 
 def _pg_copy_leaves(conn: Connection, rows: list[tuple[int, int, Any, str, str]]) -> None:
     """Write new tasks' leaf rows with one ``COPY`` on the transaction's own connection: an
     ``INSERT`` of them through SQLAlchemy (``ON CONFLICT DO NOTHING``, parameters per row) was
-    about 0.06 ms per row, some 15 % of a PostgreSQL bulk submit of one-argument tasks. No
-    conflict is possible: the tasks are new and a task has one node per path."""
+    about 0.06 ms per row, some 15 % of a PostgreSQL bulk submit of one-argument tasks."""
     driver: Any = conn.connection.dbapi_connection  # psycopg 3, inside this transaction
     with driver.cursor() as cur:
         with cur.copy("COPY task_leaves (path_id, kind, num, txt, task_id) FROM STDIN") as copy:
@@ -397,73 +465,37 @@ def _pg_copy_leaves(conn: Connection, rows: list[tuple[int, int, Any, str, str]]
                 copy.write_row(row)
 
 
+def _sqlite_insert_leaves(conn: Connection, rows: list[tuple[int, int, Any, str, str]]) -> None:
+    """Write new tasks' leaf rows with one ``executemany`` (``exec_driver_sql``: SQLAlchemy's
+    events and error translation, no per-row handling)."""
+    conn.exec_driver_sql(
+        "INSERT INTO task_leaves (path_id, kind, num, txt, task_id) VALUES (?, ?, ?, ?, ?)", rows
+    )
+
+
+def _stand_aside(conn: Connection, on: bool) -> None:
+    """Tell the insert triggers that the application writes the leaf rows (``on``) or no
+    longer does (see the module docstring)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT set_config('labtasker.app_writes', '{int(on)}', true)")
+    else:
+        conn.exec_driver_sql(f"UPDATE leaf_writer SET app_writes = {int(on)}")
+
+
 def insert_rows(conn: Connection, queue_id: str, rows: list[dict[str, Any]], insert) -> None:
     """Run ``insert(rows)`` (the INSERT of new tasks of ``queue_id``) and write their leaf
-    rows from Python, the insert triggers standing aside meanwhile (see the module
-    docstring); a batch that ``task_nodes`` is unsure of is left to the triggers."""
-    dialect = conn.dialect.name
-    try:
-        nodes = [(row["task_id"], task_nodes(row, dialect)) for row in rows]
-    except _Unsure:
+    rows from Python (``build_rows``), the insert triggers standing aside meanwhile (see the
+    module docstring); a batch that ``task_nodes`` is unsure of is left to the triggers.
+    The rows are plain inserts: the tasks are new and a task has one node per path, so no
+    conflict is possible."""
+    made = build_rows(conn, queue_id, rows)
+    if made is None:
         insert(rows)
         return
-    paths = sorted({n[0] for _, task in nodes for n in task})
-    if dialect == "postgresql":
-        if paths:
-            conn.execute(
-                pg_insert(leaf_paths).on_conflict_do_nothing(),
-                [{"queue_id": queue_id, "path": p} for p in paths],
-            )
-        ids = (
-            dict(
-                conn.execute(
-                    select(leaf_paths.c.path, leaf_paths.c.path_id).where(
-                        leaf_paths.c.queue_id == queue_id, leaf_paths.c.path.in_(paths)
-                    )
-                ).all()
-            )
-            if paths
-            else {}
-        )
-        conn.exec_driver_sql("SELECT set_config('labtasker.app_writes', '1', true)")
-        insert(rows)
-        leaf_rows = [
-            (ids[p], kind, num, txt, task_id)
-            for task_id, task in nodes
-            for p, kind, num, txt in task
-        ]
-        if leaf_rows:
-            _pg_copy_leaves(conn, leaf_rows)
-        conn.exec_driver_sql("SELECT set_config('labtasker.app_writes', '0', true)")
-        return
-    # exec_driver_sql: one executemany, with SQLAlchemy's events and error translation
-    if paths:
-        conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO leaf_paths (queue_id, path) VALUES (?, ?)",
-            [(queue_id, p) for p in paths],
-        )
-    sqlite_ids: dict[str, int] = {}
-    for start in range(0, len(paths), 500):
-        chunk = paths[start : start + 500]
-        sqlite_ids.update(
-            conn.exec_driver_sql(
-                "SELECT path, path_id FROM leaf_paths WHERE queue_id = ? AND path IN ("
-                + ",".join("?" * len(chunk))
-                + ")",
-                (queue_id, *chunk),
-            ).all()
-        )
-    conn.exec_driver_sql("UPDATE leaf_writer SET app_writes = 1")
+    _stand_aside(conn, True)
     insert(rows)
-    values = [
-        (sqlite_ids[p], kind, num, txt, task_id)
-        for task_id, task in nodes
-        for p, kind, num, txt in task
-    ]
-    if values:
-        conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO task_leaves (path_id, kind, num, txt, "
-            "task_id) VALUES (?, ?, ?, ?, ?)",
-            values,
+    if made:
+        (_pg_copy_leaves if conn.dialect.name == "postgresql" else _sqlite_insert_leaves)(
+            conn, made
         )
-    conn.exec_driver_sql("UPDATE leaf_writer SET app_writes = 0")
+    _stand_aside(conn, False)
