@@ -64,6 +64,7 @@ from labtasker.filters.mongo_sql import (
     MAX_DEPTH,
     MAX_NODES,
     MAX_PATH_STEPS,
+    CommonValues,
     FilterError,
     compile_filter,
 )
@@ -858,6 +859,69 @@ def test_leaf_index_probe_counts(store):
             assert "pk_task_leaves" in plan, (filt, plan)
         chosen = store.storage._task_filter(store.queue_id, filt)[1]  # the probe's own choice
         assert _matching(store, chosen) == {k for k, d in enumerate(docs) if holds(d)}, filt
+
+
+def test_common_values_remembers_for_ttl_and_size():
+    """``CommonValues`` holds a key for ``ttl`` seconds of its clock, then forgets it, and
+    keeps at most ``size`` keys (the oldest go first)."""
+    now = [100.0]
+    common = CommonValues(size=2, ttl=10.0, clock=lambda: now[0])
+    common.add(("q", "args.a", 1))
+    assert common.holds(("q", "args.a", 1))
+    assert not common.holds(("q", "args.a", 2))
+    now[0] = 109.9
+    assert common.holds(("q", "args.a", 1))
+    now[0] = 110.1
+    assert not common.holds(("q", "args.a", 1))
+    for k in (1, 2, 3):
+        common.add(("q", "args.a", k))
+    assert [common.holds(("q", "args.a", k)) for k in (1, 2, 3)] == [False, True, True]
+
+
+def test_common_value_skips_the_probe_until_it_expires(store):
+    """A condition the probe found common is not probed again while ``CommonValues``
+    remembers it (the same spelling is chosen without the probe), rare conditions are
+    probed every time, and the answers stay the JSON's: also when the remembered value has
+    become rare meanwhile."""
+    n = 2600
+    store.load([{"i": i, "g": 0 if i < 2300 else 1} for i in range(n)])
+    dialect = store.db.dialect
+    now = [0.0]
+    common = CommonValues(ttl=5.0, clock=lambda: now[0])
+    probes: list = []
+
+    def compiled(filt):
+        def probe(stmt, most):
+            probes.append(filt)
+            return store.storage._count_rows(stmt, most)
+
+        index = leaf_index(store.queue_id, dialect, probe, common)
+        return compile_filter(filt, TASK_FIELDS, dialect, index=index)
+
+    first = compiled({"args.g": 0})  # 2,300 hits: common
+    second = compiled({"args.g": 0})
+    assert probes == [{"args.g": 0}]
+    assert str(first) == str(second)
+    assert _matching(store, second) == set(range(2300))
+    compiled({"args.g": 1})  # 300 hits: probed every time
+    compiled({"args.g": 1})
+    assert probes.count({"args.g": 1}) == 2
+    compiled({"args.g": {"$in": [0]}})  # another condition: probed on its own
+    assert probes.count({"args.g": {"$in": [0]}}) == 1
+    with store.db.write() as conn:  # the common value becomes rare
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.queue_id == store.queue_id, tasks.c.task_name != "0")
+            .values(args={"g": 2})
+        )
+    stale = compiled({"args.g": 0})
+    assert probes.count({"args.g": 0}) == 1  # still remembered: no probe
+    assert _matching(store, stale) == {0}
+    now[0] = 5.1
+    fresh = compiled({"args.g": 0})
+    assert probes.count({"args.g": 0}) == 2  # expired: probed again, now few hits
+    assert _matching(store, fresh) == {0}
+    assert str(fresh) != str(stale)
 
 
 # --------------------------------------------------------------------------- $expr

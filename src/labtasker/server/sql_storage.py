@@ -45,6 +45,7 @@ from labtasker.fields import DICT_TASK_FIELDS, RUN_OUTCOME_KEYS, UPDATABLE_TASK_
 from labtasker.filters.mongo_sql import (
     PG_SELECTIVE,
     SELECTIVE,
+    CommonValues,
     FieldMap,
     FilterError,
     LeafIndex,
@@ -139,10 +140,13 @@ MAX_PRUNE = 1000  # workers removed by one prune call
 
 
 def leaf_index(
-    queue_id: str, dialect: str, probe: Callable[[Any, int], int] | None = None
+    queue_id: str,
+    dialect: str,
+    probe: Callable[[Any, int], int] | None = None,
+    common: CommonValues | None = None,
 ) -> LeafIndex:
     """The leaf index (``leaf_rows.py``) of one queue's tasks, for the filter compiler;
-    ``probe``: see ``LeafIndex``. On PostgreSQL a common value is judged from the JSON
+    ``probe``, ``common``: see ``LeafIndex``. On PostgreSQL a common value is judged from the JSON
     (``per_task`` off: its planner turns the per-task lookup into a scan of the index)."""
     sqlite = dialect == "sqlite"
     return LeafIndex(
@@ -156,6 +160,7 @@ def leaf_index(
         driven_in=None if sqlite else _pg_in_array,
         most_hits=SELECTIVE if sqlite else PG_SELECTIVE,
         ordered_probe=not sqlite,
+        common=common,
     )
 
 
@@ -460,6 +465,8 @@ class SqlStorage:
         # Reads of the embedded SQLite file are local and quick (WAL: never blocked by
         # writers); a database server may be slow or gone (``deps.queue_id``).
         self.reads_are_local = db.dialect == "sqlite"
+        # Filter conditions recently probed as common (``LeafIndex.common``).
+        self._common_values = CommonValues()
         # PostgreSQL: fresh planner statistics after bulk submits (``statistics``)
         self.analyzer = BulkAnalyzer(db)
 
@@ -933,7 +940,10 @@ class SqlStorage:
         would otherwise read every task of the queue in the listing's order."""
         sqlite = self.db.dialect == "sqlite"
         index = leaf_index(
-            queue_id, self.db.dialect, lambda stmt, limit: self._count_rows(stmt, limit, conn)
+            queue_id,
+            self.db.dialect,
+            lambda stmt, limit: self._count_rows(stmt, limit, conn),
+            self._common_values,
         )
         try:
             where = compile_filter(extra_filter, TASK_FIELDS, self.db.dialect, index=index)

@@ -85,7 +85,13 @@ from labtasker.filters.mongo_sql.compiler import (
     sort_expression,
     value_expression,
 )
-from labtasker.filters.mongo_sql.leaf_filter import PG_SELECTIVE, SELECTIVE, LeafIndex, leaf_path
+from labtasker.filters.mongo_sql.leaf_filter import (
+    PG_SELECTIVE,
+    SELECTIVE,
+    CommonValues,
+    LeafIndex,
+    leaf_path,
+)
 from labtasker.filters.mongo_sql.regex import register_sqlite_functions
 
 __all__ = [
@@ -97,6 +103,7 @@ __all__ = [
     "MAX_PATTERN",
     "PG_SELECTIVE",
     "SELECTIVE",
+    "CommonValues",
     "Compiler",
     "FieldMap",
     "FilterError",

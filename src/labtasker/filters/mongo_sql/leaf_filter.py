@@ -1,6 +1,6 @@
 """Answering filters and sorts from a leaf index: a table with one row per value of a JSON
 document reached through objects (the server's ``task_leaves``, kept by triggers; see
-``labtasker.server.leaves`` for how the rows are made).
+``labtasker.server.leaf_rows`` for how the rows are made).
 
 The compiler uses it for ``$eq``, ``$in`` and the range operators with scalar values (numbers,
 strings, datetimes as ISO text, booleans) on a path below an indexed JSON column. The answer
@@ -41,6 +41,9 @@ Null values (which also match a missing path), arrays and objects as values, ``$
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,6 +77,45 @@ class Leaf:
 
     where: SqlExpr
     ranges: tuple[SqlExpr, ...]
+    # What the condition is (operator, kind, values), for ``CommonValues``: equal keys
+    # select the same rows.
+    key: tuple[Any, ...] = ()
+
+
+class CommonValues:
+    """Conditions that a probe recently found to hold for more than ``LeafIndex.most_hits``
+    tasks, each remembered for ``ttl`` seconds (at most ``size`` of them, oldest dropped),
+    so that filtering on them again (the next page, the match count, a dashboard that
+    refreshes) skips the probe and uses the common-value spelling at once. Only common
+    outcomes are kept: when one goes stale (the value became rare), the statement is the one
+    of a database without the index, never worse than that, and only until it expires. The
+    answers never depend on it. Thread-safe; one per storage (keys hold the queue id)."""
+
+    def __init__(
+        self, size: int = 512, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.size, self.ttl, self.clock = size, ttl, clock
+        self._until: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def holds(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` was found common less than ``ttl`` seconds ago."""
+        with self._lock:
+            until = self._until.get(key)
+            if until is None:
+                return False
+            if until < self.clock():
+                del self._until[key]
+                return False
+            return True
+
+    def add(self, key: tuple[Any, ...]) -> None:
+        """Remember that ``key`` is common (for ``ttl`` seconds from now)."""
+        with self._lock:
+            self._until[key] = self.clock() + self.ttl
+            self._until.move_to_end(key)
+            while len(self._until) > self.size:
+                self._until.popitem(last=False)
 
 
 _BARE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
@@ -119,6 +161,8 @@ class LeafIndex:
     # The probe reads each range of the index in the key's order (``probe_hits``): needed
     # by PostgreSQL's planner; SQLite reads the plain statement by its primary key anyway.
     ordered_probe: bool = False
+    # Conditions recently found common: not probed again while remembered (``CommonValues``).
+    common: CommonValues | None = None
     columns: frozenset[str] = field(
         default_factory=lambda: frozenset({"args", "metadata", "summary"})
     )
@@ -141,9 +185,12 @@ class LeafIndex:
         task's row is found by the whole primary key; ``conjunct``: the whole filter requires
         this condition (see ``drives``)."""
         path_id = self.path_ids([leaf_path(column, segments)]).scalar_subquery()
+        selective = self.selective(column, segments, path_id, leaf)
+        if not selective and not (exact_key and self.per_task):
+            return json_condition
         hits = select(self.leaves.c.task_id).where(self.leaves.c.path_id == path_id, leaf.where)
         arrays = self.array_on_the_way(column, segments)
-        if self.selective(path_id, leaf):
+        if selective:
             self.drives = self.drives or conjunct
             candidates = union_all(hits, arrays)
             driven = (
@@ -152,20 +199,25 @@ class LeafIndex:
                 else self.task_id.in_(candidates)
             )
             return and_(driven, or_(self.task_id.in_(hits), json_condition))
-        if exact_key and self.per_task:
-            own = hits.where(self.leaves.c.task_id == self.task_id).exists()
-            return or_(own, and_(self.task_id.in_(arrays), json_condition))
-        return json_condition
+        own = hits.where(self.leaves.c.task_id == self.task_id).exists()
+        return or_(own, and_(self.task_id.in_(arrays), json_condition))
 
-    def selective(self, path_id: Any, leaf: Leaf) -> bool:
-        """Whether the index should drive the query (few hits, or no probe): the probe
-        counts the rows of ``probe_hits`` up to ``most_hits + 1``."""
+    def selective(self, column: str, segments: list[str], path_id: Any, leaf: Leaf) -> bool:
+        """Whether the index should drive the query for ``leaf`` at the path (few hits, or
+        no probe): the probe counts the rows of ``probe_hits`` up to ``most_hits + 1``,
+        unless ``common`` remembers the condition as common."""
         if self.probe is None:
             return True
         if not leaf.ranges:
             return True  # no row can match: nothing to count
+        key = (self.queue_id, leaf_path(column, segments), self.most_hits, leaf.key)
+        if self.common is not None and leaf.key and self.common.holds(key):
+            return False
         limit = self.most_hits + 1
-        return self.probe(self.probe_hits(path_id, leaf, limit), limit) <= self.most_hits
+        few = self.probe(self.probe_hits(path_id, leaf, limit), limit) <= self.most_hits
+        if not few and self.common is not None and leaf.key:
+            self.common.add(key)
+        return few
 
     def probe_hits(self, path_id: Any, leaf: Leaf, limit: int) -> Any:
         """SELECT of (up to ``limit`` per range) ``task_id`` of the leaf rows of ``path_id``
@@ -220,12 +272,13 @@ class LeafIndex:
                     c.txt == "",
                 ),
                 tuple(self._exact(KIND["bool"], int(b), "") for b in allowed),
+                ("bool", tuple(int(b) for b in allowed)),
             )
         if kind == "number":
             where = and_(
                 c.kind == KIND["number"], compare(c.num, op, self.number(value)), c.txt == ""
             )
-            return Leaf(where, (where,))
+            return Leaf(where, (where,), ("number", op, value))
         if kind in ("string", "datetime"):
             text = value.isoformat() if isinstance(value, datetime) else value
             where = and_(
@@ -233,7 +286,7 @@ class LeafIndex:
                 c.num == self.number(0),
                 compare(c.txt, op, literal(text)),
             )
-            return Leaf(where, (where,))
+            return Leaf(where, (where,), ("string", op, text))
         return None
 
     def in_condition(self, values: list[Any]) -> Leaf | None:
@@ -279,7 +332,8 @@ class LeafIndex:
             + [self._exact(KIND["string"], 0, t) for t in texts]
             + [self._exact(KIND["bool"], b, "") for b in sorted(booleans)]
         )
-        return Leaf(or_(*parts) if len(parts) > 1 else parts[0], tuple(ranges))
+        key = ("$in", tuple(numbers), tuple(texts), tuple(sorted(booleans)))
+        return Leaf(or_(*parts) if len(parts) > 1 else parts[0], tuple(ranges), key)
 
     def _exact(self, kind: int, num: Any, txt: str) -> SqlExpr:
         """The leaf rows of one value: ``kind``, ``num`` and ``txt`` fixed."""
