@@ -18,10 +18,8 @@ very order within a kind. So a page is read group by group, in the sort's direct
   ``ix_tasks_shape_claim``) lacks the path, plus the index's null rows at the path -- read in
   full only while they are at most ``FEW_MISSING``, else (many missing: the first page is
   near) the JSON is read in ``task_id`` order as for other columns. On ``metadata``/``summary``
-  paths two index counts say how many tasks lack the path: none, the group is skipped; one in
-  ``DENSE`` or more, the JSON is read in ``task_id`` order (the page's end is near; SQLite is
-  kept on the primary key, see ``_missing``); fewer, every task's JSON of the queue is read
-  (no index names tasks *without* a path).
+  paths the group is skipped without reading when the index shows that every task of the
+  queue has a value there, else the tasks' JSON is read.
 
 A path holds a value exactly when the index has a row there (the path is reached through
 objects only, as in the sort key), so the groups split the tasks as the sort key does, and the
