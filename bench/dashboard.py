@@ -106,17 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument(
-        "--src",
-        default=str(REPO / "src"),
-        help="the server's source folder (default: this checkout's src; another checkout's "
-        "for an A/B of the same benchmark)",
-    )
     args = parser.parse_args(argv)
     n, samples = args.tasks, args.samples
     with tempfile.TemporaryDirectory(prefix="labtasker-bench-ui-") as tmp:
         impl = Impl("current", "current", sys.executable, "labtasker", Path(tmp))
-        impl.pythonpath = args.src  # this checkout's server (default), not the installed one
+        impl.pythonpath = str(REPO / "src")  # this checkout's server, not the installed one
         impl.start()
         try:
             queue = impl.new_queue("ui")
@@ -153,30 +147,6 @@ def main(argv: list[str] | None = None) -> int:
                 "tasks table, sorted by summary.accuracy (descending), first page",
                 "/ui/api/tasks",
                 {"limit": 50, "sort": "summary.accuracy:-1"},
-            )
-            sort = "summary.accuracy:-1"
-            cursor = c.get("/ui/api/tasks", params={"limit": 50, "sort": sort}).json()[
-                "next_cursor"
-            ]
-            pages = 1
-            while cursor and pages < min(200, n // 50 - 1):
-                cursor = c.get(
-                    "/ui/api/tasks",
-                    params={"limit": 50, "sort": sort, "cursor": cursor, "count": "false"},
-                ).json()["next_cursor"]
-                pages += 1
-            if cursor:  # a server before the leaf sort's cursor pages by offset only
-                row(
-                    f"tasks table, sorted by summary.accuracy (descending), page {pages + 1} "
-                    "by cursor (a page turn: no recount)",
-                    "/ui/api/tasks",
-                    {"limit": 50, "sort": sort, "cursor": cursor, "count": "false"},
-                )
-            row(
-                "tasks table, sorted by summary.accuracy (ascending: the unfinished half "
-                "first), first page",
-                "/ui/api/tasks",
-                {"limit": 50, "sort": "summary.accuracy:1"},
             )
             row(
                 "tasks table, sorted by args.lr, page at offset 10,000",

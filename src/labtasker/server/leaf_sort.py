@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 INDEXED = ("args", "metadata", "summary")
 FEW_MISSING = 5000  # at most this many tasks lacking an args path: list them from the indexes
-DENSE = 20  # one task in DENSE (or more) lacking a path: read the JSON in task_id order
 ASCENDING = (0, 1, 2, 3, 4, 5)  # missing/null, number, string, object, array, boolean
 
 
@@ -135,16 +134,10 @@ def decode(cursor: str) -> After:
 
 
 def search(
-    conn: Connection,
-    dialect: str,
-    query: ListingQuery,
-    in_queue: Any,
-    cond: list[Any],
-    columns: list[Any],
+    conn: Connection, dialect: str, query: ListingQuery, cond: list[Any], columns: list[Any]
 ) -> list[Any]:
-    """The rows (``columns``) of one page (``query.limit``) of the tasks of the queue
-    (``in_queue``: its condition on ``tasks``) meeting ``cond`` (the listing's other
-    conditions, compiled), in the order of ``query.sort`` (one JSON path:
+    """The rows (``columns``) of one page (``query.limit``) of the tasks meeting ``cond`` (the
+    listing's conditions, compiled), in the order of ``query.sort`` (one JSON path:
     ``query.json_sort`` is not ``None``), strictly after ``query.cursor`` when given.
     Raises ``Invalid`` for a cursor that is not one of this listing."""
     sort = query.json_sort
@@ -164,7 +157,6 @@ def search(
     if after is not None:
         groups = groups[groups.index(after.kind) :]
     rows: list[Any] = []
-    listed = [in_queue, *cond]
     for kind in groups:
         need = limit - len(rows)
         if need <= 0:
@@ -172,30 +164,23 @@ def search(
         start = after if after is not None and after.kind == kind else None
         if kind == KIND["null"]:
             if sort.column == "args":
-                stmt = _missing_args(conn, dialect, queue_id, listed, cond, sort, path_id, start)
-            elif path_id is None:  # no task has the path
-                stmt = _missing(dialect, queue_id, cond, sort, start, dense=True)
+                stmt = _missing_args(conn, dialect, queue_id, cond, sort, path_id, start)
+            elif path_id is not None and _all_present(conn, queue_id, path_id):
+                continue
             else:
-                missing, total = _missing_count(conn, queue_id, path_id)
-                if missing <= 0:
-                    continue
-                dense = missing * DENSE >= total
-                stmt = _missing(
-                    dialect, queue_id, listed if not dense else cond, sort, start, dense
-                )
+                stmt = _missing(dialect, cond, sort, start)
         elif path_id is None:
             continue
         elif kind in (KIND["object"], KIND["array"]):
-            stmt = _composite(dialect, listed, sort, path_id, kind, start)
+            stmt = _composite(dialect, cond, sort, path_id, kind, start)
         else:
-            stmt = _scalar(dialect, listed, sort, path_id, kind, start)
+            stmt = _scalar(dialect, cond, sort, path_id, kind, start)
         rows += conn.execute(stmt.with_only_columns(*columns).limit(need)).all()
     return rows
 
 
-def _missing_count(conn: Connection, queue_id: str, path_id: int) -> tuple[int, int]:
-    """``(tasks of the queue with nothing or null at the path, tasks of the queue)``, from
-    two index counts."""
+def _all_present(conn: Connection, queue_id: str, path_id: int) -> bool:
+    """Whether every task of the queue has a non-null value at the path (two index counts)."""
     present = conn.execute(
         select(func.count())
         .select_from(task_leaves)
@@ -204,7 +189,7 @@ def _missing_count(conn: Connection, queue_id: str, path_id: int) -> tuple[int, 
     total = conn.execute(
         select(func.count()).select_from(tasks).where(tasks.c.queue_id == queue_id)
     ).scalar_one()
-    return total - present, total
+    return present >= total
 
 
 def _scalar(dialect, cond, sort: JsonSort, path_id: int, kind: int, start: After | None):
@@ -269,14 +254,12 @@ def _missing_args(
     conn: Connection,
     dialect: str,
     queue_id: str,
-    listed: list[Any],
     cond: list[Any],
     sort: JsonSort,
     path_id: int | None,
     start: After | None,
 ):
-    """Missing or null on an ``args`` path, from indexes: the tasks (of the queue, meeting
-    ``listed``; ``cond``: the conditions but the queue's) of the queue's shapes
+    """Missing or null on an ``args`` path, from indexes: the tasks of the queue's shapes
     that lack the path (``ix_tasks_shape_claim``) and the index's null rows at the path,
     joined to their tasks in ``task_id`` order. When more than ``FEW_MISSING`` tasks are
     such (one bounded count), the JSON statement of ``_missing`` instead: it meets the first
@@ -302,8 +285,8 @@ def _missing_args(
     ids = (parts[0] if len(parts) == 1 else union(*parts)).subquery()
     few = select(func.count()).select_from(select(ids.c.task_id).limit(FEW_MISSING + 1).subquery())
     if conn.execute(few).scalar_one() > FEW_MISSING:
-        return _missing(dialect, queue_id, cond, sort, start, dense=True)
-    where = list(listed)
+        return _missing(dialect, cond, sort, start)
+    where = list(cond)
     if start is not None:
         beyond = tasks.c.task_id > start.task_id
         where.append(beyond if sort.direction == 1 else tasks.c.task_id < start.task_id)
@@ -316,18 +299,8 @@ def _missing_args(
     )
 
 
-def _missing(dialect, queue_id: str, cond, sort: JsonSort, start: After | None, dense: bool):
-    """Missing or null: the tasks in ``task_id`` order with nothing (or null) at the path,
-    read from their JSON. ``dense``: many are (at least one in ``DENSE``), so the page is met
-    early in ``task_id`` order; ``cond`` then lacks the queue's condition and gets it here in a
-    form SQLite's planner cannot take the queue's index for (``queue_id || ''``), so that it
-    walks the primary key in order and stops at the page's end instead of reading every
-    task of the queue and sorting; else ``cond`` holds the queue's condition as given."""
-    if dense:
-        in_queue = tasks.c.queue_id == queue_id
-        if dialect == "sqlite":
-            in_queue = tasks.c.queue_id.concat("") == queue_id
-        cond = [in_queue, *cond]
+def _missing(dialect, cond, sort: JsonSort, start: After | None):
+    """Missing or null: the tasks in ``task_id`` order with nothing (or null) at the path."""
     backend = backend_for(dialect)
     value = backend.path(backend.root(tasks.c[sort.column]), sort.segments)
     type_name = backend.type_of(value)

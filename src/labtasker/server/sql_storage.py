@@ -1004,8 +1004,7 @@ class SqlStorage:
         """``search_tasks`` inside the read ``conn`` (the filter's probe reads there too);
         ``columns``/``decode``: the projection's of ``query.fields`` (default: whole
         tasks)."""
-        in_queue, where = self._task_filter(query.queue_id, query.extra_filter, conn)
-        cond = [where]
+        cond = list(self._task_filter(query.queue_id, query.extra_filter, conn))
         if query.task_id is not None:
             cond.append(tasks.c.task_id == query.task_id)
         if query.task_name is not None:
@@ -1019,7 +1018,7 @@ class SqlStorage:
             raise Invalid(str(exc)) from exc
         if query.json_sort is not None and (query.cursor is not None or not offset):
             # one JSON path: read from the leaf index in value order (``leaf_sort``)
-            rows = leaf_sort.search(conn, self.db.dialect, query, in_queue, cond, columns)
+            rows = leaf_sort.search(conn, self.db.dialect, query, cond, columns)
             return [decode(r) for r in rows]
         if query.cursor is not None:
             keys = paging.keyset_sort(sort)
@@ -1030,7 +1029,7 @@ class SqlStorage:
         tie = tasks.c.task_id.desc() if paging.tie_direction(sort) == -1 else tasks.c.task_id
         stmt = (
             select(*columns)
-            .where(and_(in_queue, *cond))
+            .where(and_(*cond))
             .order_by(*order, tie)
             .offset(offset)
             .limit(query.limit)
