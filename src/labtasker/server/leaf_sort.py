@@ -12,14 +12,9 @@ very order within a kind. So a page is read group by group, in the sort's direct
   size;
 * objects and arrays (rare as sort values): the tasks the index names, ordered by today's sort
   key computed from their JSON;
-* missing or null: the queue's tasks in ``task_id`` order with nothing (or null) at the path.
-  On an ``args`` path these are named by indexes only (``_missing_args``): the tasks whose
-  args shape (``arg_shapes``, one per distinct key structure; ``tasks.shape_id`` indexed by
-  ``ix_tasks_shape_claim``) lacks the path, plus the index's null rows at the path -- read in
-  full only while they are at most ``FEW_MISSING``, else (many missing: the first page is
-  near) the JSON is read in ``task_id`` order as for other columns. On ``metadata``/``summary``
-  paths the group is skipped without reading when the index shows that every task of the
-  queue has a value there, else the tasks' JSON is read.
+* missing or null: the queue's tasks in ``task_id`` order whose JSON has nothing (or null) at
+  the path; skipped without reading when the index shows that every task of the queue has a
+  value there.
 
 A path holds a value exactly when the index has a row there (the path is reached through
 objects only, as in the sort key), so the groups split the tasks as the sort key does, and the
@@ -39,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, and_, cast, false, func, literal, or_, select, tuple_, union
+from sqlalchemy import Text, and_, cast, func, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
@@ -47,13 +42,12 @@ from labtasker.filters.mongo_sql import backend_for, sort_expression
 from labtasker.filters.mongo_sql.common import MAX_PATH_SEGMENTS, SEGMENT
 from labtasker.filters.mongo_sql.leaf_filter import KIND, leaf_path
 from labtasker.server.errors import Invalid
-from labtasker.server.schema import arg_shapes, leaf_paths, task_leaves, tasks
+from labtasker.server.schema import leaf_paths, task_leaves, tasks
 
 if TYPE_CHECKING:
     from labtasker.server.listing import ListingQuery
 
 INDEXED = ("args", "metadata", "summary")
-FEW_MISSING = 5000  # at most this many tasks lacking an args path: list them from the indexes
 ASCENDING = (0, 1, 2, 3, 4, 5)  # missing/null, number, string, object, array, boolean
 
 
@@ -163,12 +157,9 @@ def search(
             break
         start = after if after is not None and after.kind == kind else None
         if kind == KIND["null"]:
-            if sort.column == "args":
-                stmt = _missing_args(conn, dialect, queue_id, cond, sort, path_id, start)
-            elif path_id is not None and _all_present(conn, queue_id, path_id):
+            if path_id is not None and _all_present(conn, queue_id, path_id):
                 continue
-            else:
-                stmt = _missing(dialect, cond, sort, start)
+            stmt = _missing(dialect, cond, sort, start)
         elif path_id is None:
             continue
         elif kind in (KIND["object"], KIND["array"]):
@@ -240,72 +231,12 @@ def _composite(dialect, cond, sort: JsonSort, path_id: int, kind: int, start: Af
     )
 
 
-def _has_path(shape: Any, segments: list[str]) -> bool:
-    """Whether an args shape (``keys.shape_of``: nested dicts, ``None`` at leaves) reaches
-    ``segments`` through objects (the node there may be a leaf or an object)."""
-    for segment in segments:
-        if not isinstance(shape, dict) or segment not in shape:
-            return False
-        shape = shape[segment]
-    return True
-
-
-def _missing_args(
-    conn: Connection,
-    dialect: str,
-    queue_id: str,
-    cond: list[Any],
-    sort: JsonSort,
-    path_id: int | None,
-    start: After | None,
-):
-    """Missing or null on an ``args`` path, from indexes: the tasks of the queue's shapes
-    that lack the path (``ix_tasks_shape_claim``) and the index's null rows at the path,
-    joined to their tasks in ``task_id`` order. When more than ``FEW_MISSING`` tasks are
-    such (one bounded count), the JSON statement of ``_missing`` instead: it meets the first
-    page's tasks early."""
-    shapes = conn.execute(
-        select(arg_shapes.c.shape_id, arg_shapes.c.shape_key).where(
-            arg_shapes.c.queue_id == queue_id
-        )
-    ).all()
-    lacking = [r.shape_id for r in shapes if not _has_path(json.loads(r.shape_key), sort.segments)]
-    parts = []
-    if lacking:
-        parts.append(
-            select(tasks.c.task_id).where(
-                tasks.c.queue_id == queue_id, tasks.c.shape_id.in_(lacking)
-            )
-        )
-    if path_id is not None:
-        c = task_leaves.c
-        parts.append(select(c.task_id).where(c.path_id == path_id, c.kind == KIND["null"]))
-    if not parts:
-        return select(tasks.c.task_id).where(false())
-    ids = (parts[0] if len(parts) == 1 else union(*parts)).subquery()
-    few = select(func.count()).select_from(select(ids.c.task_id).limit(FEW_MISSING + 1).subquery())
-    if conn.execute(few).scalar_one() > FEW_MISSING:
-        return _missing(dialect, cond, sort, start)
-    where = list(cond)
-    if start is not None:
-        beyond = tasks.c.task_id > start.task_id
-        where.append(beyond if sort.direction == 1 else tasks.c.task_id < start.task_id)
-    order = tasks.c.task_id.asc() if sort.direction == 1 else tasks.c.task_id.desc()
-    return (
-        select(tasks.c.task_id)
-        .select_from(ids.join(tasks, tasks.c.task_id == ids.c.task_id))
-        .where(*where)
-        .order_by(order)
-    )
-
-
 def _missing(dialect, cond, sort: JsonSort, start: After | None):
     """Missing or null: the tasks in ``task_id`` order with nothing (or null) at the path."""
     backend = backend_for(dialect)
     value = backend.path(backend.root(tasks.c[sort.column]), sort.segments)
     type_name = backend.type_of(value)
-    # one reading of the JSON per task (SQLite before 3.45 parses it per call)
-    where = [*cond, func.coalesce(type_name, "null") == "null"]
+    where = [*cond, or_(type_name.is_(None), type_name == "null")]
     if start is not None:
         beyond = tasks.c.task_id > start.task_id
         where.append(beyond if sort.direction == 1 else tasks.c.task_id < start.task_id)
