@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 
 import httpx
 import pytest
@@ -172,6 +173,14 @@ def test_batch_route_large_submit(queue_env, need_batch):
         assert len(set(ids)) == 12_000
         seen = [t.task_id for t in api.iter_tasks(page_size=1000, client=c)]
     assert sorted(seen) == sorted(ids)
+    # a batch's ids are drawn together (sql_storage.new_ids): each still a random
+    # version-4 UUID in its canonical text
+    parsed = [uuid.UUID(i) for i in ids]
+    assert [str(u) for u in parsed] == ids
+    assert {u.version for u in parsed} == {4}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert {i[19] for i in ids} == set("89ab")  # the variant's two free bits vary
+    assert len({i[:8] for i in ids}) > 11_900  # no shared prefix across the batch
 
 
 # ----------------------------------------------------------------------------- iter_tasks
