@@ -302,6 +302,79 @@ def test_every_transition_is_logged_once_in_commit_order(store, qid):
     assert eventlog.payload(rows[-1])["event"]["entity_data"]["status"] == "success"
 
 
+def test_each_event_document_is_the_entity_as_it_was_then(store, qid):
+    """However an event row is stored (compact: only what differs from the layout's
+    defaults, the event's own time and state), its document reads back as the task or
+    worker was right after the change: same keys in the same order, same values and types.
+    Checked after each step of a task's and a worker's life, and on a batch submit (the
+    encoding itself, with look-alike values such as ``True``/``1``: test_events)."""
+
+    def jsonable(entity, entity_id):
+        entity = {k: v for k, v in entity.items() if k != "running_task_ids"}  # (not logged)
+        return {
+            **{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in entity.items()},
+            "_id": entity_id,
+        }
+
+    def last_document(entity_id):
+        rows = eventlog.read_after(store.db, qid, 0, limit=10_000)
+        row = [r for r in rows if r.entity_id == entity_id][-1]
+        return eventlog.payload(row)["event"]["entity_data"], row
+
+    def check_task(tid, task=None):
+        """``task``: the task as the operation returned it (a claim answers with the run's
+        own timeouts), else as read now."""
+        doc, _ = last_document(tid)
+        want = jsonable(task or store.get_task(qid, tid), tid)
+        assert list(doc) == list(want) and doc == want
+        assert [(k, type(v)) for k, v in doc.items()] == [(k, type(v)) for k, v in want.items()]
+
+    wid = store.create_worker(qid, None, None, 2)
+    doc, _ = last_document(wid)
+    want = jsonable(store.get_worker(qid, wid), wid)
+    assert list(doc) == list(want) and doc == want
+    tid = store.submit_task(
+        qid,
+        {
+            "args": {"a": 1, "flag": True, "none": None, "empty": {}},
+            "priority": 10,
+            "max_retries": 2,
+            "task_name": "",
+            "cmd": ["python", "t.py"],
+            "metadata": {"tag": "x"},
+            "heartbeat_timeout": 60.0,
+        },
+    )
+    check_task(tid)
+    task = claim(store, qid, worker_id=wid)
+    check_task(tid, task)
+    run = task["run_id"]
+    store.report_task(qid, tid, status="failed", worker_id=wid, run_id=run, summary={"e": 1})
+    check_task(tid)  # back to pending, one retry counted
+    run = claim(store, qid, worker_id=wid)["run_id"]
+    store.report_task(qid, tid, status="success", worker_id=wid, run_id=run, summary={"acc": 1})
+    check_task(tid)
+    store.update_tasks(
+        qid,
+        [{"task_id": tid, "replace_fields": [], "priority": 3, "retries": 0}],
+        reset_pending=True,
+    )
+    check_task(tid)
+    store.report_worker(qid, wid, "suspended")
+    doc, row = last_document(wid)
+    want = jsonable(store.get_worker(qid, wid), wid)
+    assert list(doc) == list(want) and doc == want
+    ids = store.submit_tasks(qid, [{"args": {"n": n}} for n in range(3)])
+    for tid in ids:
+        check_task(tid)
+        _, row = last_document(tid)
+        assert len(json.dumps(row.entity_data)) < 60, row.entity_data
+    # every row of this life used the current layouts (a changed set of task or worker
+    # fields needs a new layout version in eventlog, else its events are stored in full)
+    rows = eventlog.read_after(store.db, qid, 0, limit=10_000)
+    assert len(rows) == 12 and all(eventlog.MARKER in r.entity_data for r in rows)
+
+
 def test_search_filters_sorts_and_pages(store, qid):
     ids = store.submit_tasks(qid, [{"args": {"n": n}, "priority": n % 3} for n in range(7)])
     page = store.search_tasks(

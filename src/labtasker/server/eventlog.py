@@ -11,6 +11,12 @@ as its queue's log reaches; each queue records the highest id pruned from its lo
 (``queues.events_pruned_through``), and a stream that would resume below it is told that
 events were lost. Heartbeats publish nothing.
 
+An event's entity document is stored compact (:func:`record`): without the keys the row
+already holds, and, for tasks and workers, without the values a frozen layout restores (the
+defaults, the row's new state, timestamps equal to the event's time); :func:`document` gives
+back the document exactly as it was logged. A task's creation event is about 35 bytes of JSON
+instead of about 370.
+
 Besides inserting the rows, the commit hook (``_Flusher``) arranges the wake-up of the
 listeners of the affected queues (``notifier.py``): on PostgreSQL it runs
 ``pg_notify(CHANNEL, <queue_id>)``, delivered at commit and only if the transaction commits;
@@ -23,7 +29,8 @@ events are UTC.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
@@ -45,6 +52,159 @@ def _jsonable(entity: dict[str, Any]) -> dict[str, Any]:
 
 
 _ID_KEYS = {"task": "task_id", "worker": "worker_id"}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a compact event document (:func:`_compact`) is written and read back for one
+    entity type and layout version.
+
+    ``keys``: the document's keys in order, as they stand between the row keys (the entity
+    id and queue id at the head, ``_id`` at the end); ``defaults``: values left out of the
+    stored document (compared by type and value, so ``1`` never stands for ``True`` nor
+    ``10.0`` for ``10``); ``times``: timestamp keys that, when equal to the event's own time,
+    are left out and named by one bit each of the marker; ``status``: the state key, left
+    out when equal to the row's ``new_state``.
+
+    A layout is frozen once written: a changed set of task or worker fields gets a new
+    version (documents of other shapes are stored in full), so that old rows read back as
+    they were written."""
+
+    keys: tuple[str, ...]
+    defaults: dict[str, Any]
+    times: tuple[str, ...]
+    status: str = "status"
+
+
+_LAYOUTS: dict[tuple[str, int], _Layout] = {
+    ("task", 1): _Layout(
+        keys=(
+            "status",
+            "task_name",
+            "created_at",
+            "start_time",
+            "last_heartbeat",
+            "last_modified",
+            "heartbeat_timeout",
+            "task_timeout",
+            "max_retries",
+            "retries",
+            "priority",
+            "metadata",
+            "args",
+            "cmd",
+            "summary",
+            "worker_id",
+            "run_id",
+            "progress",
+        ),
+        defaults={
+            "task_name": None,
+            "created_at": None,
+            "start_time": None,
+            "last_heartbeat": None,
+            "last_modified": None,
+            "heartbeat_timeout": None,
+            "task_timeout": None,
+            "max_retries": 3,
+            "retries": 0,
+            "priority": 10,
+            "metadata": {},
+            "args": {},
+            "cmd": "",
+            "summary": {},
+            "worker_id": None,
+            "run_id": None,
+            "progress": None,
+        },
+        times=("created_at", "start_time", "last_heartbeat", "last_modified"),
+    ),
+    ("worker", 1): _Layout(
+        keys=(
+            "status",
+            "worker_name",
+            "metadata",
+            "retries",
+            "max_retries",
+            "created_at",
+            "last_modified",
+            "gone_at",
+        ),
+        defaults={
+            "worker_name": None,
+            "metadata": {},
+            "retries": 0,
+            "created_at": None,
+            "last_modified": None,
+            "gone_at": None,
+        },
+        times=("created_at", "last_modified", "gone_at"),
+    ),
+}
+# The layout new rows are written with, per entity type.
+_CURRENT = {"task": 1, "worker": 1}
+MARKER = "~"  # a compact document's first key: [layout version, bit mask of ``times``]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(timezone.utc).isoformat()
+
+
+def _compact(doc: dict[str, Any], entity_type: str, new: str, when: str) -> dict[str, Any]:
+    """The document as stored (``doc`` without its row keys, see :func:`_without_row_keys`):
+    with the current layout of its entity type, when its keys are exactly the layout's, only
+    the values that differ from what the layout restores, after a marker ``{"~": [version,
+    mask]}``; otherwise ``doc`` itself. ``when``: the event's time as UTC ISO text. A task's
+    creation event keeps about a tenth of the full document (its args and what was set)."""
+    version = _CURRENT.get(entity_type)
+    if version is None:
+        return doc
+    layout = _LAYOUTS[entity_type, version]
+    if tuple(doc) != layout.keys:
+        return doc
+    mask = 0
+    out: dict[str, Any] = {MARKER: None}
+    defaults = layout.defaults
+    for key, value in doc.items():
+        if key == layout.status and _same(value, new):
+            continue
+        if key in layout.times and _same(value, when):
+            mask |= 1 << layout.times.index(key)
+            continue
+        if key in defaults and _same(value, defaults[key]):
+            continue
+        out[key] = value
+    out[MARKER] = [version, mask]
+    return out
+
+
+def _expand(stored: dict[str, Any], entity_type: str, new: str, when: datetime) -> dict[str, Any]:
+    """The inverse of :func:`_compact` (a full document comes back unchanged); ``new``: the
+    row's ``new_state``, ``when``: its ``created_at``."""
+    marker = stored.get(MARKER)
+    if not isinstance(marker, list) or len(marker) != 2:
+        return stored
+    layout = _LAYOUTS.get((entity_type, marker[0]))
+    if layout is None:
+        return stored
+    mask = marker[1]
+    at = _utc_text(when)
+    out: dict[str, Any] = {}
+    for key in layout.keys:
+        if key in stored:
+            out[key] = stored[key]
+        elif key == layout.status:
+            out[key] = new
+        elif key in layout.times and mask >> layout.times.index(key) & 1:
+            out[key] = at
+        else:
+            value = layout.defaults[key]
+            out[key] = {} if value == {} else value  # a fresh dict per document
+    return out
 
 
 def _without_row_keys(
@@ -96,7 +256,10 @@ def record(
     """Log one transition as part of the caller's write transaction.
 
     ``entity_type``: ``task`` | ``worker``; ``old``/``new``: states (``created`` for a new
-    entity); ``data``: the entity after the change (datetimes become ISO text). The rows are
+    entity); ``data``: the entity after the change (datetimes become ISO text), stored without
+    the keys the row holds and, in the current layout, without the values the layout restores
+    (:func:`_compact`; :func:`document` gives it back whole); ``now``: the event's time
+    (UTC). The rows are
     inserted just before the commit (``_Flusher``), under a per-queue lock on PostgreSQL, so
     that within a queue event ids are assigned in commit order: a listener that has read up
     to id N can never later see a smaller id appear (which would be a silently missed event).
@@ -104,6 +267,7 @@ def record(
     doc = _jsonable(data)
     doc.setdefault("_id", entity_id)
     doc = _without_row_keys(doc, entity_type, entity_id, queue_id)
+    doc = _compact(doc, entity_type, new, _utc_text(now))
     _flusher(conn).rows.append(
         {
             "queue_id": queue_id,
@@ -219,11 +383,17 @@ def payload(row: Row[Any]) -> dict[str, Any]:
             "entity_id": row.entity_id,
             "old_state": row.old_state,
             "new_state": row.new_state,
-            "entity_data": _with_row_keys(
-                row.entity_data, row.entity_type, row.entity_id, row.queue_id
-            ),
+            "entity_data": document(row),
         },
     }
+
+
+def document(row: Any) -> dict[str, Any]:
+    """The entity document of one event row (any object with the ``events`` columns as
+    attributes), as it was when the event was logged: the task or worker as the API showed it
+    then, whether the row was stored compact, without its row keys, or in full."""
+    doc = _expand(row.entity_data, row.entity_type, row.new_state, row.created_at)
+    return _with_row_keys(doc, row.entity_type, row.entity_id, row.queue_id)
 
 
 def read_after(db: Database, queue_id: str, after: int, limit: int = BATCH) -> list[Row[Any]]:

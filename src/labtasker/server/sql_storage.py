@@ -193,13 +193,18 @@ def task_row(row) -> dict[str, Any]:
     """A task as the wire shows it. ``heartbeat_timeout``/``task_timeout`` are the values in
     force: the current run's override (fetch ``heartbeat_timeout``/``eta_max``) while there is
     one, else the task's own submitted values -- what a 1.0.1 client saw after its fetch,
-    without the override outliving the run."""
+    without the override outliving the run. ``heartbeat_timeout`` is a float (seconds) or
+    ``None`` on both backends: SQLite hands a whole number of a ``REAL`` column back as an
+    integer through a raw statement's ``RETURNING`` (the claim's). (``task_timeout`` is shown
+    as whole seconds by the wire model.)"""
     m = row._mapping
     out = {k: m[k] for k in TASK_KEYS}
     for key in ("heartbeat_timeout", "task_timeout"):
         override = m.get("run_" + key)
         if override is not None:
             out[key] = override
+    if out["heartbeat_timeout"] is not None:
+        out["heartbeat_timeout"] = float(out["heartbeat_timeout"])
     return out
 
 
@@ -840,7 +845,7 @@ class SqlStorage:
                         old="created",
                         new="pending",
                         data=data,
-                        now=now,
+                        now=row["created_at"],  # (the batch's microsecond steps, as the task)
                     )
             answer = {"task_ids": answer_ids, "created": created}
             if idempotency_key is not None:
@@ -1059,13 +1064,7 @@ class SqlStorage:
         only the newest events of each queue (``event_log_size``), so an old task may
         have none left."""
         stmt = (
-            select(
-                events_table.c.event_id,
-                events_table.c.created_at,
-                events_table.c.old_state,
-                events_table.c.new_state,
-                events_table.c.entity_data,
-            )
+            select(events_table)
             .where(
                 events_table.c.queue_id == queue_id,
                 events_table.c.entity_type == "task",
@@ -1075,7 +1074,16 @@ class SqlStorage:
             .limit(limit)
         )
         with self.db.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            rows = [
+                {
+                    "event_id": r.event_id,
+                    "created_at": r.created_at,
+                    "old_state": r.old_state,
+                    "new_state": r.new_state,
+                    "entity_data": eventlog.document(r),
+                }
+                for r in conn.execute(stmt)
+            ]
         return rows[::-1]
 
     def last_run_workers(self, queue_id: str, task_ids: Sequence[str]) -> dict[str, str | None]:
