@@ -704,6 +704,45 @@ def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
         store.search_tasks(qid, **{**NO_FILTER, "sort": [("summary.x", 1)], "cursor": "e30"})
 
 
+def test_sort_on_large_values_pages_with_cursors_that_fit_a_url(store, qid):
+    """Sort values too large for a cursor (a long list or object of args, text of over
+    ``MAX_CURSOR_TEXT`` characters) are carried by reference: every cursor stays within
+    ``MAX_CURSOR`` characters (the routes take 2,000), the pages equal the unpaged order,
+    and a cursor whose task was deleted since is ``Invalid`` naming the cursor."""
+    from labtasker.server import leaf_sort
+
+    values = [list(range(n, n + 400)) for n in (3, 1, 2)]
+    values += [{"k": "v" * 1500, "n": n} for n in (2, 1)]
+    values += ["x" * 1200 + c for c in "cab"] + ["short", 5]
+    ids = store.submit_tasks(qid, [{"args": {"big": v}} for v in values])
+    for direction in (1, -1):
+        sort = [("args.big", direction)]
+        reference = [
+            t["task_id"]
+            for t in store.search_tasks(qid, **{**NO_FILTER, "sort": [*sort, ("task_id", 1)]})
+        ]
+        assert sorted(reference) == sorted(ids)
+        for limit in (1, 3):
+            seen, cursor = [], None
+            while True:
+                page = store.search_tasks(
+                    qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
+                )
+                seen += [t["task_id"] for t in page]
+                if len(page) < limit:
+                    break
+                cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
+                assert len(cursor) <= leaf_sort.MAX_CURSOR
+            assert seen == reference, (direction, limit)
+    sort = [("args.big", 1)]
+    page = store.search_tasks(qid, **{**NO_FILTER, "sort": sort, "limit": 3})
+    cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
+    assert leaf_sort.decode(cursor).by_reference  # 5, "short", then the first long text
+    store.delete_task(qid, page[-1]["task_id"])
+    with pytest.raises(Invalid, match="cursor: the task the previous page ended with"):
+        store.search_tasks(qid, **{**NO_FILTER, "sort": sort, "limit": 2, "cursor": cursor})
+
+
 def test_last_run_workers_names_the_worker_of_each_tasks_latest_run(store, qid):
     """``last_run_workers``: one lookup for a page of tasks, the worker of each task's latest
     run (a retried task's second worker), ``None`` for a run without a worker; tasks never

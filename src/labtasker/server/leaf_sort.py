@@ -61,13 +61,23 @@ class JsonSort:
     direction: int
 
 
+# Longest cursor that carries its sort value (the routes take cursors of up to 2,000
+# characters); a longer value, or text longer than ``MAX_CURSOR_TEXT``, is carried by
+# reference instead: the cursor names the task only (``encode``).
+MAX_CURSOR = 1_900
+MAX_CURSOR_TEXT = 1_000
+
+
 @dataclass(frozen=True)
 class After:
-    """A decoded cursor: the last task's group (``kind``), value and id."""
+    """A decoded cursor: the last task's group (``kind``), value and id. ``by_reference``:
+    the cursor did not carry the value; it is that task's value at the sort's path when the
+    next page is read (``search``)."""
 
     kind: int
     value: Any
     task_id: str
+    by_reference: bool = False
 
 
 def json_sort(sort: Sequence[Sequence[Any]] | None) -> JsonSort | None:
@@ -102,29 +112,74 @@ def kind_of(value: Any) -> int:
     return KIND["object"] if isinstance(value, dict) else KIND["array"]
 
 
-def encode(value: Any, task_id: str) -> str:
-    """Cursor after the task ``task_id`` whose value at the sort's path is ``value``."""
-    raw = json.dumps([[kind_of(value), value], task_id], separators=(",", ":"))
+def _b64(parts: list[Any]) -> str:
+    raw = json.dumps(parts, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def encode(value: Any, task_id: str) -> str:
+    """Cursor after the task ``task_id`` whose value at the sort's path is ``value``: at most
+    ``MAX_CURSOR`` characters. It carries the value (``[[kind, value], task_id]``) unless
+    that would be longer, or the value is text of more than ``MAX_CURSOR_TEXT`` characters;
+    then it carries only the task (``[[kind], task_id]``), whose value is read again for the
+    next page (a large object or list of args, a long string)."""
+    kind = kind_of(value)
+    long_text = isinstance(value, str) and len(value) > MAX_CURSOR_TEXT
+    cursor = "" if long_text else _b64([[kind, value], task_id])
+    if long_text or len(cursor) > MAX_CURSOR:
+        cursor = _b64([[kind], task_id])
+    return cursor
 
 
 def decode(cursor: str) -> After:
     """The cursor of ``encode``; ``Invalid`` naming ``cursor`` for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        (kind, value), last_id = json.loads(raw)
-        if not isinstance(kind, int) or isinstance(kind, bool) or kind_of(value) != kind:
+        head, last_id = json.loads(raw)
+        if not isinstance(head, list) or len(head) not in (1, 2):
+            raise ValueError("no sort value")
+        by_reference = len(head) == 1
+        kind, value = (head[0], None) if by_reference else head
+        if not isinstance(kind, int) or isinstance(kind, bool) or kind not in ASCENDING:
+            raise ValueError("no such kind")
+        if by_reference and kind == KIND["null"]:
+            raise ValueError("a missing value is never carried by reference")
+        if not by_reference and kind_of(value) != kind:
             raise ValueError("the value does not fit its kind")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("not a finite number")
-        if isinstance(value, str) and ("\x00" in value or len(value) > 1000):
+        if isinstance(value, str) and ("\x00" in value or len(value) > MAX_CURSOR_TEXT):
             raise ValueError("bad text")
         if not isinstance(last_id, str) or len(last_id) > 1000 or "\x00" in last_id:
             raise ValueError("bad task id")
         json.dumps(value).encode()  # lone surrogates cannot be bound
     except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
         raise Invalid(f"cursor: not a cursor of this listing ({exc})") from exc
-    return After(kind, value, last_id)
+    return After(kind, value, last_id, by_reference)
+
+
+def _value_at(task_value: Any, segments: Sequence[str]) -> Any:
+    for segment in segments:
+        task_value = task_value.get(segment) if isinstance(task_value, dict) else None
+    return task_value
+
+
+def _resolve(conn: Connection, queue_id: str, sort: JsonSort, after: After) -> After:
+    """A cursor by reference with its value: the task's current value at the sort's path
+    (one primary-key read, scoped to the queue). ``Invalid`` naming ``cursor`` when the task
+    is gone or its value is no longer of the cursor's kind (the listing changed under it)."""
+    column = conn.execute(
+        select(tasks.c[sort.column]).where(
+            tasks.c.queue_id == queue_id, tasks.c.task_id == after.task_id
+        )
+    ).first()
+    value = _value_at(column[0], sort.segments) if column is not None else None
+    if column is None or kind_of(value) != after.kind:
+        raise Invalid(
+            "cursor: the task the previous page ended with was deleted or its "
+            f"{sort.field} changed; start again from the first page"
+        )
+    return After(after.kind, value, after.task_id)
 
 
 def search(
@@ -141,6 +196,8 @@ def search(
     queue_id, limit = query.queue_id, query.limit
     if limit <= 0:
         return []
+    if after is not None and after.by_reference:
+        after = _resolve(conn, queue_id, sort, after)
     path_id = conn.execute(
         select(leaf_paths.c.path_id).where(
             leaf_paths.c.queue_id == queue_id,
@@ -249,7 +306,5 @@ def next_cursor(sort: JsonSort, last: dict[str, Any]) -> str:
     if sort.field in last:
         value = last[sort.field]
     else:
-        value = last.get(sort.column)
-        for segment in sort.segments:
-            value = value.get(segment) if isinstance(value, dict) else None
+        value = _value_at(last.get(sort.column), sort.segments)
     return encode(value, last["task_id"])
