@@ -645,7 +645,7 @@ def test_submitted_leaf_rows_are_the_rows_the_triggers_make(store, qid):
 
 def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
     """A sort on one JSON path is read from the leaf index (``leaf_sort``): its pages, first
-    page and cursor pages, in both directions, equal a Python sort in the type order
+    page, cursor pages and offset pages, in both directions, equal a Python sort in the type order
     (missing/null, numbers, strings, objects, arrays, booleans; ties by task_id in the sort's
     direction) and the listing compiled from the JSON (a second key forces that path)."""
     from labtasker.server import leaf_sort
@@ -689,6 +689,13 @@ def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
                     break
                 cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
             assert seen == reference, (direction, limit)
+            # pages by offset: the groups the offset passes whole are counted
+            for offset in (1, 2, 5, 13, 14, len(reference) - 1, len(reference) + 3):
+                page = store.search_tasks(
+                    qid, **{**NO_FILTER, "sort": sort, "limit": limit, "offset": offset}
+                )
+                want = reference[offset : offset + limit]
+                assert [t["task_id"] for t in page] == want, (direction, limit, offset)
         # a filter and a projection: the same order restricted to the matching tasks
         flt = {"summary.x": {"$exists": True}}
         fields = ["task_id", "summary.x"]

@@ -187,8 +187,11 @@ def search(
 ) -> list[Any]:
     """The rows (``columns``) of one page (``query.limit``) of the tasks meeting ``cond`` (the
     listing's conditions, compiled), in the order of ``query.sort`` (one JSON path:
-    ``query.json_sort`` is not ``None``), strictly after ``query.cursor`` when given.
-    Raises ``Invalid`` for a cursor that is not one of this listing."""
+    ``query.json_sort`` is not ``None``), strictly after ``query.cursor`` when given, else
+    after skipping ``query.offset`` rows: a group of the type order that the offset skips
+    whole is counted (its index rows, or the JSON of the tasks missing the key), the group
+    where it ends is walked with ``OFFSET``. Raises ``Invalid`` for a cursor that is not one
+    of this listing."""
     sort = query.json_sort
     if sort is None:
         raise ValueError("leaf_sort.search: the sort is not on one JSON path")
@@ -208,6 +211,7 @@ def search(
     if after is not None:
         groups = groups[groups.index(after.kind) :]
     rows: list[Any] = []
+    skip = 0 if after is not None else max(query.offset, 0)
     for kind in groups:
         need = limit - len(rows)
         if need <= 0:
@@ -223,7 +227,17 @@ def search(
             stmt = _composite(dialect, cond, sort, path_id, kind, start)
         else:
             stmt = _scalar(dialect, cond, sort, path_id, kind, start)
-        rows += conn.execute(stmt.with_only_columns(*columns).limit(need)).all()
+        if not skip:
+            rows += conn.execute(stmt.with_only_columns(*columns).limit(need)).all()
+            continue
+        got = conn.execute(stmt.with_only_columns(*columns).offset(skip).limit(need)).all()
+        if got:
+            rows += got
+            skip = 0
+        else:  # the offset passes this whole group
+            group = stmt.order_by(None).subquery()
+            skip -= conn.execute(select(func.count()).select_from(group)).scalar_one()
+            skip = max(skip, 0)
     return rows
 
 

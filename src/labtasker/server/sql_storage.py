@@ -1037,7 +1037,7 @@ class SqlStorage:
             order = _order(sort, TASK_FIELDS, self.db.dialect, [tasks.c.last_modified.asc()])
         except FilterError as exc:
             raise Invalid(str(exc)) from exc
-        if query.json_sort is not None and (query.cursor is not None or not offset):
+        if query.json_sort is not None:
             # one JSON path: read from the leaf index in value order (``leaf_sort``)
             rows = leaf_sort.search(conn, self.db.dialect, query, cond, columns)
             return [decode(r) for r in rows]
