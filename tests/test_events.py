@@ -306,3 +306,39 @@ def test_event_rows_store_no_copy_of_row_keys_and_replay_full_documents(server, 
     for row in stored:
         assert not {"task_id", "queue_id", "_id"} & set(row), row
         assert row["args"] == {"x": 1}
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_listener_survives_a_server_restart(tmp_path, scratch_dbs, sig):
+    """A listener keeps following the queue across a server restart, whether the server
+    ended its stream on the way down (SIGTERM: a normal restart) or vanished (SIGKILL), and
+    also while the server stays down for a few reconnect attempts: it says the connection was
+    lost, then that it is back, and gets the events committed while it was away."""
+    import signal
+
+    srv = ServerProcess(db_url=scratch_dbs.new_url(), workdir=tmp_path).start()
+    said: list[str] = []
+    try:
+        httpx.post(srv.url + "/api/v1/queues", json={"queue_name": "rs", "password": "pw"})
+        http = httpx.Client(base_url=srv.url, auth=("rs", "pw"), timeout=30)
+        listener = EventListener(client=http, reconnect_delay=0.2, on_status=said.append)
+        listener.start(timeout=10)
+        try:
+            http.post(f"{API}/tasks", json={"args": {"n": 1}})
+            assert len(collect(listener, 1)) == 1
+            srv.kill(getattr(signal, sig))
+            time.sleep(1.0)  # several reconnect attempts against a closed port
+            port = srv.port
+            srv.start()  # the same port and database
+            assert srv.port == port
+            http.post(f"{API}/tasks", json={"args": {"n": 2}})
+            (event,) = collect(listener, 1)
+            assert event.event.entity_data["args"] == {"n": 2}
+            assert listener.closed_reason is None
+        finally:
+            listener.stop()
+            http.close()
+    finally:
+        srv.kill()
+    assert any(s.startswith("Connection lost") for s in said), said
+    assert any(s.startswith("Reconnected") for s in said), said

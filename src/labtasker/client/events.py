@@ -58,6 +58,7 @@ class EventListener:
         self._reconnect_delay = reconnect_delay
         self._on_status = on_status
         self._dropped = False  # the connection was lost after it had been up
+        self._ever_connected = False  # from then on, a lost connection is retried
         # why the server ended the stream for good (``closed``: the queue's password changed
         # or the queue was deleted); the listener then stops
         self.closed_reason: str | None = None
@@ -100,6 +101,7 @@ class EventListener:
                             return
                         if msg.event == "connection":
                             self._client_id = json.loads(msg.data).get("client_id")
+                            self._ever_connected = True
                             self._connected.set()
                             if self._dropped:
                                 self._dropped = False
@@ -116,22 +118,36 @@ class EventListener:
                         if msg.event == "closed":  # password changed or queue deleted
                             self._closed(msg.data)
                             return
+                # the server ended the stream without ``closed`` (it is shutting down, e.g.
+                # for a restart): reconnect as for a lost connection
+                self._lost("the server ended the stream")
             except httpx.TransportError as exc:
-                if not self._connected.is_set() and not self._dropped:
+                if not self._ever_connected:
                     # never connected: fail at once, as every other command does
                     from labtasker.client.transport import _convert_transport_error
 
                     self._error = _convert_transport_error(exc, str(self._client.base_url))
                     return
-                if not self._dropped:
-                    self._dropped = True
-                    self._status(f"Connection lost ({type(exc).__name__}); reconnecting...")
+                self._lost(type(exc).__name__)
             except BaseException as exc:  # HTTP errors: report to start() and stop
-                if not self._connected.is_set():
+                if not self._ever_connected:
                     self._error = exc
+                    return
+                response = getattr(exc, "response", None)
+                if response is not None and response.status_code >= 500:
+                    self._lost(f"HTTP {response.status_code}")  # a server starting up
+                else:  # refused for good (credentials, queue gone): stop, saying why
+                    self._closed(json.dumps({"detail": str(exc)}))
                     return
             self._connected.clear()
             self._stop.wait(self._reconnect_delay)
+
+    def _lost(self, why: str) -> None:
+        """The connection ended after it had been up: say so once; the loop reconnects with
+        ``Last-Event-ID``, so no event is missed (``Reconnected`` is said when it is back)."""
+        if not self._dropped:
+            self._dropped = True
+            self._status(f"Connection lost ({why}); reconnecting...")
 
     def _closed(self, data: str) -> None:
         """The server ended the stream for good: stop, saying why."""
