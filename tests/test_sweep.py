@@ -42,6 +42,10 @@ def test_value_forms():
         ("x=linspace(0,1,0)", "n must be a whole number >= 1"),
         ("x=logspace(0,a,3)", "'a' is not a number"),
         ("x=[]", "gives no values"),
+        ("x=1e400", "'1e400' holds a number JSON cannot store"),
+        ("x=[1,[2,NaN]]", "holds a number JSON cannot store"),
+        ("x=linspace(0,1e309,2)", "holds a number JSON cannot store"),
+        ("x=logspace(0,400,2)", "10 to the power 400 is too large"),
     ],
 )
 def test_malformed_values_name_the_token(text, fragment):
@@ -108,6 +112,7 @@ def test_python_mapping_forms():
         ),
         ({"grid": {"a": []}}, "no values"),
         ({"grid": {"a": 3}}, "expected a list"),
+        ({"grid": {"a": [1.0, float("inf")]}}, "--grid a: '[1.0, inf]' holds a number JSON"),
     ],
 )
 def test_invalid_sweeps(kwargs, fragment):

@@ -126,6 +126,8 @@ def test_cli_dry_run_and_bad_input_submit_nothing(queue_env, tmp_path):
             "12,000 tasks, more than 10,000: add --yes",
         ),
         (["--grid", "a=1,2", "--file", "x.jsonl"], "cannot be combined"),
+        (["--grid", "a=1e400"], "holds a number JSON cannot store"),
+        (["--grid", "a=logspace(0,400,2)"], "10 to the power 400 is too large"),
     ]:
         proc = cli(queue_env, "task", "submit", *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)

@@ -17,6 +17,7 @@ Shared by the client and the filters; imports nothing of either."""
 from __future__ import annotations
 
 import ast
+import math
 from typing import Any
 
 __all__ = [
@@ -152,3 +153,15 @@ def python_literal_or_text(text: str) -> Any:
         return python_literal(text)
     except ValueError:
         return text
+
+
+def non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a float JSON cannot carry (``1e400`` is inf; NaN), at any
+    depth of lists, tuples, sets and dict values."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple, set)):
+        return any(non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(non_finite(v) for v in value.values())
+    return False

@@ -40,7 +40,7 @@ from typing import Any
 
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
-from labtasker.literals import python_literal, python_literal_or_text
+from labtasker.literals import non_finite, python_literal, python_literal_or_text
 
 MAX_TASKS = 1_000_000  # a sweep larger than this is refused (bounded cost)
 CONFIRM_TASKS = 10_000  # the CLI asks for --yes beyond this many tasks
@@ -146,7 +146,13 @@ def _function_values(name: str, inner: str, where: str) -> list:
     points = [a] if n == 1 else [a + (b - a) * i / (n - 1) for i in range(n)]
     if name == "linspace":
         return [_tidy(float(x)) for x in points]
-    return [_tidy(10.0**x) for x in points]
+    try:
+        return [_tidy(10.0**x) for x in points]
+    except OverflowError:
+        top = max(points)
+        raise SweepError(
+            f"{where}: logspace({inner}): 10 to the power {top:g} is too large"
+        ) from None
 
 
 def _split_top_level(text: str, where: str) -> list[str]:
@@ -212,7 +218,19 @@ def parse_values(text: str, where: str = "value") -> list:
         values = _literal_list(_split_top_level(stripped, where), stripped, where)
     if not values:
         raise SweepError(f"{where}: {stripped!r} gives no values")
+    check_storable(values, where, stripped)
     return values
+
+
+def check_storable(values: Any, where: str, text: str) -> None:
+    """Refuse values JSON cannot store (a number beyond the float range such as ``1e400``,
+    infinity, NaN): they would reach the server as ``null`` or not at all. Raises
+    :class:`SweepError` naming ``where`` and the ``text`` the values came from."""
+    if non_finite(values):
+        raise SweepError(
+            f"{where}: {text!r} holds a number JSON cannot store (beyond the float range, "
+            "infinite or NaN); to keep it as text, quote it"
+        )
 
 
 def _literal_list(parts: list[str], text: str, where: str) -> list:
@@ -540,7 +558,9 @@ def _grid_items(
                     f"{option} {key!r}: invalid key: use letters, digits, '_' or "
                     "'-', dot-separated (like model.depth)"
                 )
-            items.append((key, _values_of(key, values, option)))
+            found = _values_of(key, values, option)
+            check_storable(found, f"{option} {key}", repr(values))
+            items.append((key, found))
         return items
     if isinstance(grid, str):
         grid = [grid]

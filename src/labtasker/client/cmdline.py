@@ -12,7 +12,6 @@ naming the offending token or option.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -20,22 +19,11 @@ from labtasker.exceptions import LabtaskerValueError
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS
 from labtasker.fsm import TaskState
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
-from labtasker.literals import parse_literal, python_literal_or_text
+from labtasker.literals import non_finite, parse_literal, python_literal_or_text
 
 _TASK_STATUSES = tuple(state.value for state in TaskState)
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _non_finite(value: Any) -> bool:
-    """Whether ``value`` holds a float JSON cannot carry (``1e400`` is inf; NaN)."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, (list, tuple, set)):
-        return any(_non_finite(v) for v in value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    return False
 
 
 def check_json_number(value: Any, where: str, raw: str, sep: str = " ") -> Any:
@@ -43,7 +31,7 @@ def check_json_number(value: Any, where: str, raw: str, sep: str = " ") -> Any:
     beyond the float range (``1e400``), infinity or NaN. Raises
     :class:`LabtaskerValueError` naming ``where`` (``--x``, ``args.x``) and saying how to
     keep the text."""
-    if _non_finite(value):
+    if non_finite(value):
         raise LabtaskerValueError(
             f"{where}{sep}{raw}: not a number JSON can store (beyond the float range, "
             f"infinite or NaN; it would be stored as null); to keep it as text, quote it: "
@@ -157,7 +145,7 @@ def parse_dict_option(text: str | None, option_name: str) -> dict[str, Any] | No
         raise LabtaskerValueError(
             f"Invalid value for {option_name}: expected a dict, got {type(value).__name__} {text!r}"
         )
-    if _non_finite(value):
+    if non_finite(value):
         raise LabtaskerValueError(
             f"Invalid value for {option_name}: a number JSON cannot store (beyond the float "
             f"range like 1e400, infinite or NaN; it would be stored as null): {text!r}"
