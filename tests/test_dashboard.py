@@ -368,6 +368,11 @@ def test_a_summary_sort_pages_by_cursor_through_every_task_once(queue_env):
             if not data["next_cursor"]:
                 break
             params = {**params, "cursor": data["next_cursor"], "count": "false"}
+        # a page that ends exactly at the last task has no next page (not an empty one)
+        for params in ({"limit": 7, "sort": "summary.score:-1"}, {"limit": 7}):
+            data = c.get("/ui/api/tasks", params=params).json()
+            assert len(data["rows"]) == 7, params
+            assert data["next_cursor"] is None and data["next_offset"] is None, params
         # the CSV export walks the same cursor pages; its worker column is the table's
         text = c.get(
             "/ui/api/tasks.csv", params={"sort": "summary.score:-1", "columns": "task_id,worker_id"}
@@ -577,6 +582,8 @@ def test_task_detail_shows_args_summary_runs_and_events(page, queue_env):
     expect(page.locator(".docs")).to_contain_text('"lr": 0.1')
     expect(page.locator(".docs")).to_contain_text('"tag": "t1"')
     expect(page.locator("#task-summary")).to_contain_text('"accuracy": 0.93')
+    timeouts = page.locator("dt:text-is('Timeouts') + dd")
+    expect(timeouts).to_have_text("task none, heartbeat none")
     runs = page.locator("#runs tbody tr")
     expect(runs).to_have_count(2)
     expect(runs.nth(0)).to_contain_text("failed")

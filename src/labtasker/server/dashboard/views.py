@@ -599,7 +599,9 @@ async def task_page_rows(
     [...]|null}``; ``total`` counts every task matching the filter; it and the column keys
     are ``null`` without ``count`` (the page asks for them when the filter changes and at
     most every few seconds, not for every page). Pages by the
-    storage's keyset cursor when the sort is on task columns, else by offset. 400
+    storage's keyset cursor when the sort is on task columns or one JSON path, else by
+    offset; ``next_cursor`` and ``next_offset`` are both ``null`` on the last page (one row
+    more than ``limit`` is read to know). 400
     ``{"detail": {"field", "message"}}`` for a bad filter or sort."""
     store = _store(request)
     qid = session.queue_id
@@ -608,11 +610,13 @@ async def task_page_rows(
 
     def read() -> dict[str, Any]:
         now = utc_now()
-        page = _search(store, qid, query, order, cursor=cursor, offset=offset, limit=limit)
+        # one row more than the page: a full last page gets no next page (an empty one)
+        page = _search(store, qid, query, order, cursor=cursor, offset=offset, limit=limit + 1)
+        full = len(page) > limit
+        page = page[:limit]
         runs = _run_workers(store, qid, page)  # one lookup for the page
         keys = paging.keyset_sort(order)
         by_path = leaf_sort.json_sort(order)
-        full = len(page) == limit
         next_cursor = None
         if full and keys:
             next_cursor = paging.encode_cursor(keys, page[-1])
