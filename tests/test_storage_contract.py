@@ -750,6 +750,24 @@ def test_sort_on_large_values_pages_with_cursors_that_fit_a_url(store, qid):
         store.search_tasks(qid, **{**NO_FILTER, "sort": sort, "limit": 2, "cursor": cursor})
 
 
+def test_arg_keys_list_the_keys_of_the_tasks_the_queue_has(store, qid):
+    """``arg_keys``: the dotted args keys of the queue's tasks, sorted; the keys of tasks
+    deleted since are no longer listed (their structure comes back with a new task), and
+    another queue's keys never are."""
+    a, b = store.submit_tasks(
+        qid, [{"args": {"lr": 0.1, "model": {"depth": 2}}}, {"args": {"x": 1}}]
+    )
+    other = store.create_queue("q-" + uuid.uuid4().hex[:12], "pw", None)
+    store.submit_task(other, {"args": {"secret": 1}})
+    assert store.arg_keys(qid) == ["lr", "model.depth", "x"]
+    store.delete_task(qid, b)
+    assert store.arg_keys(qid) == ["lr", "model.depth"]
+    store.submit_task(qid, {"args": {"x": 2}})
+    assert store.arg_keys(qid) == ["lr", "model.depth", "x"]
+    store.delete_task(qid, a)
+    assert store.arg_keys(qid) == ["x"]
+
+
 def test_last_run_workers_names_the_worker_of_each_tasks_latest_run(store, qid):
     """``last_run_workers``: one lookup for a page of tasks, the worker of each task's latest
     run (a retried task's second worker), ``None`` for a run without a worker; tasks never

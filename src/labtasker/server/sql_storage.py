@@ -630,12 +630,19 @@ class SqlStorage:
 
     def arg_keys(self, queue_id: str) -> list[str]:
         """Every dotted ``args`` key path (leaves only) found in the queue's tasks, sorted.
-        Read from the queue's distinct argument structures, not from its tasks: the cost
-        does not grow with the number of tasks."""
+        Read from the queue's distinct argument structures that some task still has (one
+        index probe each: ``ix_tasks_shape_claim``), not from the tasks: the cost does not
+        grow with the number of tasks. The structures of deleted tasks stay in the table
+        (a later submit reuses them) but are not listed."""
+        used = (
+            select(tasks.c.task_id)
+            .where(tasks.c.queue_id == queue_id, tasks.c.shape_id == arg_shapes.c.shape_id)
+            .exists()
+        )
         with self.db.read() as conn:
             rows = (
                 conn.execute(
-                    select(arg_shapes.c.shape_key).where(arg_shapes.c.queue_id == queue_id)
+                    select(arg_shapes.c.shape_key).where(arg_shapes.c.queue_id == queue_id, used)
                 )
                 .scalars()
                 .all()
