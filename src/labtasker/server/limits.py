@@ -116,6 +116,7 @@ _CODES = {
     413: error_codes.TOO_LARGE,
     422: error_codes.INVALID_REQUEST,
     429: error_codes.TOO_MANY_REQUESTS,
+    503: error_codes.STORAGE_UNAVAILABLE,
 }
 
 
@@ -165,6 +166,7 @@ class RequestGuard:
         from fastapi import HTTPException
 
         from labtasker.server import deps
+        from labtasker.server.errors import Unavailable
 
         app = scope.get("app")
         storage = getattr(getattr(app, "state", None), "storage", None)
@@ -182,6 +184,12 @@ class RequestGuard:
         except HTTPException as exc:
             extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
             return exc.status_code, exc.detail, extra
+        except Unavailable as exc:
+            # the credentials could not be read (the database connection was lost, the file
+            # is locked...): 503 with Retry-After, as the routes answer, never a 500 (this
+            # runs outside the app's exception handlers)
+            retry = str(max(1, math.ceil(exc.retry_after))).encode()
+            return 503, str(exc), [(b"retry-after", retry)]
         if verified is None:
             return unauthorized
         scope[deps.AUTHENTICATED] = (found, *verified)
