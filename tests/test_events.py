@@ -342,3 +342,102 @@ def test_listener_survives_a_server_restart(tmp_path, scratch_dbs, sig):
         srv.kill()
     assert any(s.startswith("Connection lost") for s in said), said
     assert any(s.startswith("Reconnected") for s in said), said
+
+
+class _ScriptedStream:
+    """A plain HTTP server on 127.0.0.1 that answers each ``GET`` of the event stream with the
+    next of ``answers``: ``(status, body)``. It stands in for a server that misbehaves in ways
+    ours never does on purpose (a message the client cannot read, a 429 between two streams);
+    the last answer is repeated. ``seen`` holds each request's ``Last-Event-ID``."""
+
+    def __init__(self, answers: list[tuple[int, str]]):
+        import http.server
+        import threading
+
+        self.answers = answers
+        self.seen: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.seen.append(self.headers.get("Last-Event-ID"))
+                status, body = outer.answers[min(len(outer.seen), len(outer.answers)) - 1]
+                data = body.encode()
+                self.send_response(status)
+                ctype = "text/event-stream" if status == 200 else "application/json"
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _sse(event: str, data: str, id: str | None = None) -> str:
+    return (f"id: {id}\n" if id else "") + f"event: {event}\ndata: {data}\n\n"
+
+
+def _event_data(n: int) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "sequence": n,
+            "timestamp": "2026-12-03T00:00:00Z",
+            "event": {
+                "type": "state_transition",
+                "queue_id": "q",
+                "timestamp": "2026-12-03T00:00:00Z",
+                "metadata": {},
+                "entity_type": "task",
+                "entity_id": f"t{n}",
+                "old_state": "pending",
+                "new_state": "running",
+                "entity_data": {"args": {"n": n}},
+            },
+        }
+    )
+
+
+def test_listener_reconnects_after_an_unreadable_message_or_a_429_and_stops_on_a_401():
+    """Once connected, the listener stops only when the server refuses it for good (a 4xx
+    such as 401). A message it cannot read (a ``connection`` message that is not JSON) or a
+    429 from a busy server is a lost connection: it reconnects with the last event id seen
+    and goes on."""
+    hello = _sse("connection", '{"status": "connected", "client_id": "c"}')
+    script = _ScriptedStream(
+        [
+            (200, hello + _sse("event", _event_data(1), id="1") + _sse("connection", "{not json")),
+            (429, '{"detail": "busy"}'),
+            (200, hello + _sse("event", _event_data(2), id="2")),
+            (401, '{"detail": "Invalid credentials"}'),
+        ]
+    )
+    said: list[str] = []
+    try:
+        listener = EventListener(
+            client=httpx.Client(base_url=script.url), reconnect_delay=0.05, on_status=said.append
+        ).start(timeout=10)
+        try:
+            events = collect(listener, 2)
+            assert [e.event.entity_id for e in events] == ["t1", "t2"]
+            deadline = time.monotonic() + 10
+            while listener.closed_reason is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "Invalid credentials" in (listener.closed_reason or ""), said
+            assert script.seen == [None, "1", "1", "2"]
+        finally:
+            listener.stop()
+    finally:
+        script.close()
+    assert any(s.startswith("Connection lost (JSONDecodeError)") for s in said), said
+    assert any(s.startswith("Reconnected") for s in said), said

@@ -23,6 +23,10 @@ from labtasker.wire import EventResponse
 EVENTS_PATH = "/api/v1/queues/me/events"
 
 
+# 4xx answers worth another try: the server is busy (429) or timed the request out (408)
+_RETRIED = frozenset({408, 429})
+
+
 class EventListener:
     """A background listener of the current queue's events.
 
@@ -129,16 +133,19 @@ class EventListener:
                     self._error = _convert_transport_error(exc, str(self._client.base_url))
                     return
                 self._lost(type(exc).__name__)
-            except BaseException as exc:  # HTTP errors: report to start() and stop
-                if not self._ever_connected:
+            except Exception as exc:
+                if not self._ever_connected:  # report to start(): e.g. a 401
                     self._error = exc
                     return
                 response = getattr(exc, "response", None)
-                if response is not None and response.status_code >= 500:
-                    self._lost(f"HTTP {response.status_code}")  # a server starting up
-                else:  # refused for good (credentials, queue gone): stop, saying why
+                code = getattr(response, "status_code", None)
+                if isinstance(code, int) and 400 <= code < 500 and code not in _RETRIED:
+                    # refused for good (credentials, queue gone): stop, saying why
                     self._closed(json.dumps({"detail": str(exc)}))
                     return
+                # a server starting up (5xx), a busy one (429), or a message this client
+                # could not read: reconnect after the last event seen
+                self._lost(f"HTTP {code}" if code is not None else type(exc).__name__)
             self._connected.clear()
             self._stop.wait(self._reconnect_delay)
 
