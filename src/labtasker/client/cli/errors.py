@@ -2,7 +2,8 @@
 exception into one ``Error: ...`` line on stderr and an exit code.
 
 Exit codes: 0 success; 1 runtime problem (server unreachable, refused operation, bad
-credentials); 2 bad input (usage errors, invalid values); 255 configuration missing
+credentials); 2 bad input (usage errors, invalid values, and a request the server answers
+with 400 or 422 other than a forbidden change of state); 255 configuration missing
 (like labtasker 1.0.1); 130 interrupted.
 
 Only the standard library and ``typer`` are imported at module level so that
@@ -76,6 +77,7 @@ def _http_error_message(exc) -> tuple[str, int]:
         invalid_credentials_advice,
     )
     from labtasker.client.transport import format_detail
+    from labtasker.error_codes import INVALID_TRANSITION
 
     code = exc.status_code
     detail = one_line(format_detail(exc.detail))
@@ -83,6 +85,11 @@ def _http_error_message(exc) -> tuple[str, int]:
         return invalid_credentials_advice(get_labtasker_client_config_path()), EXIT_RUNTIME
     if code == 422:
         return f"Invalid value: {detail}", EXIT_USAGE
+    if code == 400 and getattr(exc, "code", None) != INVALID_TRANSITION:
+        # the request was refused for what it says (a filter operator the server does not
+        # allow, a value over a limit): bad input, as when the client finds it; a change of
+        # state that the task's state forbids is a refused operation (exit 1)
+        return f"{detail} (HTTP 400)", EXIT_USAGE
     return f"{detail} (HTTP {code})", EXIT_RUNTIME
 
 

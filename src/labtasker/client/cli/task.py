@@ -68,7 +68,10 @@ def submit(
         metavar="[-- ARGS]...",
         help="Task args as options after `--`: `-- --lr 0.1 --model.depth=3`. Values are cast "
         "like Python literals (0.1 a float, True a bool, [1,2] and 30,60 lists); quote to keep "
-        "text: --ids \"'30,60'\". Numbers JSON cannot store (1e400) are refused.",
+        "text: --ids \"'30,60'\". Numbers JSON cannot store (1e400) are refused. As in "
+        "labtasker 1.0.1, an option this command does not know is an arg even before `--` "
+        '(`--bogus=3` gives {"bogus": 3}), except a near miss of its own (`--grd`), which is '
+        "refused.",
         show_default=False,
     ),
     task_name: str | None = typer.Option(None, "--task-name", "--name", help="Task name."),
