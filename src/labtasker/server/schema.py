@@ -36,6 +36,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +72,11 @@ class UTCDateTime(TypeDecorator):
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
+
+# The status of a running task as SQL text, not a bound parameter: a statement must say
+# ``tasks.c.status == RUNNING`` for the planner to know that the partial ``ix_tasks_running``
+# holds every row it asks for.
+RUNNING = literal_column("'running'", String())
 
 queues = Table(
     "queues",
@@ -130,8 +137,21 @@ tasks = Table(
     # Identity of the args (``identity.args_hash``) for ``unique`` submits. Migration 0007.
     Column("args_hash", String(32)),
     Index("ix_tasks_queue_modified", "queue_id", "last_modified", "task_id"),
-    Index("ix_tasks_status", "status"),
-    Index("ix_tasks_worker", "worker_id"),
+    # Partial (migration 0012): the running tasks only, for the timeout sweep, which must
+    # spell the status as a literal (``RUNNING``) for either planner to use it; and the
+    # tasks that have a worker.
+    Index(
+        "ix_tasks_running",
+        "status",
+        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running'"),
+    ),
+    Index(
+        "ix_tasks_worker",
+        "worker_id",
+        sqlite_where=text("worker_id IS NOT NULL"),
+        postgresql_where=text("worker_id IS NOT NULL"),
+    ),
     Index("ix_tasks_args_hash", "args_hash"),
 )
 # Claim order: priority DESC, last_modified ASC, created_at ASC (1.0.1's fetch order), task_id last so
@@ -189,8 +209,9 @@ events = Table(
     Column("new_state", String(16), nullable=False),
     Column("entity_data", JsonDoc, nullable=False),
     Index("ix_events_queue_event", "queue_id", "event_id"),
-    # One entity's history (the dashboard's task page); migration 0006.
-    Index("ix_events_entity", "queue_id", "entity_id", "event_id"),
+    # One entity's history (the dashboard's task page); migration 0006, without the queue
+    # since 0012 (entity ids are unique across queues; the queue is checked on the row).
+    Index("ix_events_entity", "entity_id", "event_id"),
     sqlite_autoincrement=True,
 )
 

@@ -62,6 +62,7 @@ from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound, TooL
 from labtasker.server.identity import args_hash, request_hash
 from labtasker.server.listing import ListingQuery
 from labtasker.server.schema import (
+    RUNNING,
     arg_shapes,
     leaf_paths,
     queues,
@@ -137,7 +138,16 @@ _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
 MAX_REQUEUE = 1000  # tasks requeued by one call (``more`` tells the caller to call again)
 REQUEUE_STATUSES = ("success", "failed", "cancelled")  # requeued when no status is given
 MAX_PRUNE = 1000  # workers removed by one prune call
-# Fields a PUT /tasks element may set; others are ignored (as 1.0.1 does).
+
+# What the timeout sweep reads: the running tasks with a timeout, of every queue. The status is
+# a literal (``RUNNING``) so that both planners read the partial ``ix_tasks_running``.
+SWEEP_CANDIDATES = select(*_TASK_COLUMNS).where(
+    tasks.c.status == RUNNING,
+    tasks.c.heartbeat_timeout.is_not(None)
+    | tasks.c.task_timeout.is_not(None)
+    | tasks.c.run_heartbeat_timeout.is_not(None)
+    | tasks.c.run_task_timeout.is_not(None),
+)
 
 
 def leaf_index(
@@ -1988,20 +1998,14 @@ class SqlStorage:
         heartbeat timeout of server uptime to beat again, since its heartbeats could not be
         received meanwhile. The task timeout (wall time since the start) has no such grace.
 
-        Cost grows with the number of *running* tasks only (index on ``status``). Idempotent:
+        Cost grows with the number of *running* tasks only (``ix_tasks_running``). Idempotent:
         a task already swept is no longer running. Returns the number of tasks failed.
         """
         count = 0
         with self.db.write() as conn:
             now = now or self.db.now(conn)
             up = uptime() if uptime is not None else None
-            stmt = select(*_TASK_COLUMNS).where(
-                tasks.c.status == "running",
-                tasks.c.heartbeat_timeout.is_not(None)
-                | tasks.c.task_timeout.is_not(None)
-                | tasks.c.run_heartbeat_timeout.is_not(None)
-                | tasks.c.run_task_timeout.is_not(None),
-            )
+            stmt = SWEEP_CANDIDATES
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in conn.execute(stmt).fetchall():
