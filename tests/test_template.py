@@ -200,6 +200,38 @@ def test_shell_mode_value_is_one_literal_word(value):
     assert out.decode().split("\0")[:2] == [value, "x" + value + "y"]
 
 
+# Where a variable stands in the user's shell code, and what printf prints (each argument
+# ended by a NUL): the value must come out byte for byte in every kind of quoting.
+QUOTED_PLACES = [
+    ('printf "%s\\0" --name "%(v)"', ["--name", "{v}"]),  # inside "..."
+    ("printf '%s\\0' 'pre %(v) post'", ["pre {v} post"]),  # inside '...'
+    ("printf '%s\\0' \"it's %(v)\"", ["it's {v}"]),  # a ' inside "..." does not open quotes
+    ('printf "%s\\0" "a $(printf %s %(v)) b"', ["a {v} b"]),  # $(...) inside "...": bare again
+    ("printf '%s\\0' \"`printf %s %(v)`\"", ["{v}"]),  # backticks inside "..."
+    ('printf "%s\\0" \\"%(v)', ['"{v}']),  # an escaped quote opens nothing
+]
+
+
+@pytest.mark.parametrize("value", NASTY)
+@pytest.mark.parametrize("place, expected", QUOTED_PLACES)
+def test_shell_mode_value_is_literal_inside_quotes(place, expected, value, tmp_path):
+    """A variable inside the user's own quotes (``--name "%(name)"``) is quoted for those
+    quotes: the value stays literal text (no extra quote characters, no ``$(...)`` run). Run
+    in a scratch directory: when quoting fails, values such as ``e > f`` do run."""
+    script = CommandTemplate.from_shell(place).render({"v": value})
+    out = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, check=True, cwd=tmp_path
+    ).stdout
+    assert out.decode().split("\0")[:-1] == [e.replace("{v}", value) for e in expected], script
+
+
+def test_shell_mode_refuses_a_variable_inside_ansi_c_quotes():
+    with pytest.raises(CmdSyntaxError, match=r"\$'...'") as info:
+        CommandTemplate.from_shell("printf $'%s\\n' $'a %(v)'")
+    assert "column 20" in str(info.value)
+    CommandTemplate.from_shell("printf $'%s\\n' %(v)")  # outside them: fine
+
+
 def test_shell_mode_literal_text_is_shell_code():
     tpl = CommandTemplate.from_shell("echo %(a) | tr a-z A-Z; echo $((1+2))")
     script = tpl.render({"a": "x; echo pwned"})

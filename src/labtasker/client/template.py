@@ -32,8 +32,11 @@ Two modes:
   to exactly ONE argv entry, whatever the values contain (spaces, quotes, newlines, ``;``...):
   no quoting, no re-splitting, no shell.
 * **shell mode** (:meth:`CommandTemplate.from_shell`): one string for ``/bin/sh -c``; each
-  substituted value is passed through ``shlex.quote`` so the shell sees it as one literal word.
-  The literal text of the template is the user's shell code and is left alone.
+  substituted value is quoted for the place where it stands, so the shell sees it as literal
+  text: bare, ``shlex.quote`` (one word); inside the user's ``"..."`` or ``'...'``, escaped for
+  those quotes (``--name "%(name)"`` works; 1.0.1 put ``shlex.quote``'s quotes inside them,
+  and a value ``$(cmd)`` was run). The literal text of the template is the user's shell code
+  and is left alone.
 
 Errors: syntax errors raise ``CmdSyntaxError`` at parse time, with a caret under the offending
 column; at render time a missing key raises ``CmdKeyError`` and walking into a non-container
@@ -227,6 +230,8 @@ class CommandTemplate:
     def __init__(self, templates: list[Template], shell: bool):
         self.templates = templates
         self.shell = shell
+        # shell mode: how to quote each variable, by its column (``_shell_quoting``)
+        self._quotes: dict[int, Callable[[str], str]] = {}
 
     @classmethod
     def from_argv(cls, argv: Sequence[str]) -> CommandTemplate:
@@ -243,10 +248,13 @@ class CommandTemplate:
 
     @classmethod
     def from_shell(cls, text: str) -> CommandTemplate:
-        """Shell mode; raises ``CmdSyntaxError`` with a column pointer."""
+        """Shell mode; raises ``CmdSyntaxError`` with a column pointer (also for a variable
+        inside ``$'...'``, where no quoting keeps a value literal)."""
         if not text or not text.strip():
             raise CmdSyntaxError("Command cannot be empty")
-        return cls([Template(text)], shell=True)
+        made = cls([Template(text)], shell=True)
+        made._quotes = _shell_quoting(made.templates[0])
+        return made
 
     def required_fields(self) -> list[str]:
         """Dotted paths used by the template, deduplicated, in order of first appearance.
@@ -269,10 +277,113 @@ class CommandTemplate:
     def render(self, args: Mapping[str, Any]) -> list[str] | str:
         """Render for one task: ``list[str]`` in argv mode, ``str`` in shell mode."""
         if self.shell:
-            return self.templates[0].render(args, quote=shlex.quote)
+            out: list[str] = []
+            for part in self.templates[0].parts:
+                if isinstance(part, str):
+                    out.append(part)
+                else:
+                    quote = self._quotes.get(part.column, shlex.quote)
+                    out.append(quote(render_value(resolve(args, part.path))))
+            return "".join(out)
         return [t.render(args) for t in self.templates]
 
     def __str__(self) -> str:
         if self.shell:
             return self.templates[0].text
         return shlex.join(t.text for t in self.templates)
+
+
+def _in_single_quotes(value: str) -> str:
+    """``value`` for a place inside ``'...'``: each ``'`` closes the quotes, adds an escaped
+    quote and opens them again (``'\\''``); nothing else is special there."""
+    return value.replace("'", "'\\''")
+
+
+def _in_double_quotes(value: str) -> str:
+    """``value`` for a place inside ``"..."``: a backslash before each of the four characters
+    that stay special there (``\\ $ ` "``); a newline needs none."""
+    return "".join("\\" + ch if ch in '\\$`"' else ch for ch in value)
+
+
+def _in_backticks(value: str) -> str:
+    """``value`` for a place inside a backtick command: ``shlex.quote`` for the nested shell,
+    then a backslash before each ``\\``, backtick and ``$``, which the backticks themselves
+    would otherwise take (a backtick in the value would end the command)."""
+    return "".join("\\" + ch if ch in "\\`$" else ch for ch in shlex.quote(value))
+
+
+def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
+    """How to quote each variable of a shell-mode template so that its value reaches the
+    program as literal text, by the quoting in force where it stands (by its column):
+
+    * bare, or inside ``$(...)``: ``shlex.quote`` (one word); inside backticks:
+      ``_in_backticks``;
+    * inside ``'...'``: ``_in_single_quotes``; inside ``"..."``: ``_in_double_quotes``. So
+      ``--name "%(name)"`` keeps ``my run`` one argument without extra quotes, and a value
+      ``$(rm ...)`` stays text instead of being run.
+
+    The literal text is read as POSIX ``sh`` reads quotes: ``\\`` escapes the next character
+    outside single quotes, ``$(`` and backticks open a nested command whose quotes are its own.
+    Raises ``CmdSyntaxError`` for a variable inside bash's ``$'...'``, where no quoting keeps
+    a value literal."""
+    quotes: dict[int, Callable[[str], str]] = {}
+    stack: list[list] = [["out", 0]]  # [context, open parentheses] of each nesting level
+    for part in template.parts:
+        if not isinstance(part, str):
+            where = stack[-1][0]
+            if where == "ansi":
+                raise _syntax_error(
+                    template.text,
+                    part.column,
+                    "a variable inside $'...' cannot be quoted safely; put it outside",
+                )
+            quotes[part.column] = _QUOTE_IN.get(where, shlex.quote)
+            continue
+        i, n = 0, len(part)
+        while i < n:
+            ch, top = part[i], stack[-1]
+            nxt = part[i + 1] if i + 1 < n else ""
+            if top[0] == "single":
+                if ch == "'":
+                    stack.pop()
+            elif ch == "\\":
+                i += 1  # the next character is escaped (in "...", $'...' and bare text)
+            elif top[0] == "ansi":
+                if ch == "'":
+                    stack.pop()
+            elif top[0] == "double":
+                if ch == '"':
+                    stack.pop()
+                elif ch == "$" and nxt == "(":
+                    stack.append(["cmd", 0])
+                    i += 1
+                elif ch == "`":
+                    stack.append(["tick", 0])
+            else:  # bare text, or a nested command: $(...) or `...`
+                if ch == "'":
+                    stack.append(["single", 0])
+                elif ch == '"':
+                    stack.append(["double", 0])
+                elif ch == "$" and nxt == "'":
+                    stack.append(["ansi", 0])
+                    i += 1
+                elif ch == "$" and nxt == "(":
+                    stack.append(["cmd", 0])
+                    i += 1
+                elif ch == "`":
+                    if top[0] == "tick":
+                        stack.pop()
+                    else:
+                        stack.append(["tick", 0])
+                elif top[0] == "cmd" and ch == "(":
+                    top[1] += 1
+                elif top[0] == "cmd" and ch == ")":
+                    if top[1]:
+                        top[1] -= 1
+                    else:
+                        stack.pop()
+            i += 1
+    return quotes
+
+
+_QUOTE_IN = {"single": _in_single_quotes, "double": _in_double_quotes, "tick": _in_backticks}

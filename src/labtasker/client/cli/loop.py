@@ -10,7 +10,7 @@ Examples::
     labtasker loop --parallel 4 -- python eval.py --ckpt '%(ckpt)'          # 4 CPU slots
 
 In argv mode each element is one argument of the program, whatever the substituted values
-contain; in shell mode each value is ``shlex.quote``-d. The ``%(...)`` fields become the
+contain; in shell mode each value is quoted for its place (``template.py``). The ``%(...)`` fields become the
 loop's required fields ("no more, no less": only tasks whose args have exactly these fields
 are run). See :mod:`labtasker.client.template` and :mod:`labtasker.client.loop`.
 
@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
             "--command",
             "--cmd",
             "-c",
-            help="Command as a shell string, run with /bin/sh -c (values are shell-quoted).",
+            help="Command as a shell string, run with /bin/sh -c. Each value is quoted for where "
+            "it stands (bare, or inside your \"...\" or '...'), so it stays literal text.",
         ),
         script_path: Path | None = typer.Option(
             None, "--script-path", help="File whose content is the shell command to run."
