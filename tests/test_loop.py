@@ -320,6 +320,46 @@ def test_summary_json_merged_into_failure_and_invalid_ignored(queue_env):
     assert "bad key" not in task["summary"]
 
 
+def test_summary_with_nan_or_too_large_still_reports_the_run(queue_env):
+    """A job's summary.json holding NaN/Infinity (a diverged run; Python's json writes them)
+    reports the run with those numbers as text, and the loop goes on to the next task; a
+    summary over the server's size limit reports the outcome with a warning instead, the
+    summary kept whole in the run directory. Before, the first crashed the loop (the task
+    stayed running) and the second lost the result until the heartbeat timed out."""
+    http = queue_env.http()
+    diverged = submit(http, {"k": 1})
+    proc = run_loop(
+        queue_env,
+        "-c",
+        'echo \'{"loss": NaN, "curve": [1.5, Infinity, -Infinity]}\' '
+        '> "$LABTASKER_LOG_DIR/summary.json" # %(k)',
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    task = get_task(http, diverged)
+    assert task["status"] == "success", task
+    assert task["summary"]["loss"] == "NaN"
+    assert task["summary"]["curve"] == [1.5, "Infinity", "-Infinity"]
+    assert "summary.loss, summary.curve.1, summary.curve.2" in proc.stderr
+
+    big = submit(http, {"b": 1})
+    then = submit(http, {"b": 2})
+    proc = run_loop(
+        queue_env,
+        "-c",
+        'python3 -c \'import json, os; json.dump({"x": "a" * 5_000_000}, '
+        'open(os.environ["LABTASKER_LOG_DIR"] + "/summary.json", "w"))\' # %(b)',
+    )
+    assert proc.returncode == 0, proc.stderr
+    task = get_task(http, big)
+    assert task["status"] == "success", task
+    warning = task["summary"]["labtasker_warning"]
+    assert "too large" in warning and "x" not in task["summary"]
+    kept = Path(warning.rsplit(" is kept in ", 1)[1].split(" on the worker")[0])
+    assert len(json.loads(kept.read_text())["x"]) == 5_000_000
+    assert get_task(http, then)["status"] == "success"
+
+
 def test_finish_from_python_child_first_finish_wins(queue_env):
     http = queue_env.http()
     t_ok = submit(http, {"mode": "report-success-then-exit-1"})

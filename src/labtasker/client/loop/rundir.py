@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -109,9 +110,25 @@ def finish_in_dir(
     os.close(fd)
     from labtasker.client.api import report_task_status  # httpx only when reporting
 
-    summary = dict(summary or {})
+    summary = reportable_summary(summary or {})
     try:
-        report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+        try:
+            report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) != 413:
+                raise
+            # the summary is over the server's size limit: report the outcome without it
+            # (the run's result must not be lost with it), keeping it whole in the run dir
+            write_json(run_dir / SUMMARY, summary)
+            detail = getattr(exc, "detail", None) or exc
+            logger.warning("The summary was too large for the server and was not sent: %s", detail)
+            summary = {
+                "labtasker_warning": f"the summary was too large for the server ({detail}); it "
+                f"is kept in {run_dir / SUMMARY} on the worker's machine"
+            }
+            report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+            write_json(run_dir / STATUS, {"status": status})
+            return True
     except BaseException:
         with contextlib.suppress(OSError):
             claim.unlink()
@@ -119,6 +136,36 @@ def finish_in_dir(
     write_json(run_dir / SUMMARY, summary)
     write_json(run_dir / STATUS, {"status": status})
     return True
+
+
+# How a number JSON cannot hold is stored in a summary: as this text.
+NON_FINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def reportable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` with every float JSON cannot hold (NaN, +-inf: a diverged run's loss),
+    at any depth, replaced by the text ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, and a
+    warning logged naming the keys. Such a number would make the whole report fail, and the
+    run's result be lost; as text it stays visible (and ``summary.loss == "NaN"`` finds it)."""
+    found: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(where)
+            return NON_FINITE_TEXT[repr(value)]
+        if isinstance(value, Mapping):
+            return {k: clean(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}.{i}") for i, v in enumerate(value)]
+        return value
+
+    out = {k: clean(v, str(k)) for k, v in summary.items()}
+    if found:
+        logger.warning(
+            "summary.%s: a number JSON cannot hold (NaN or infinity), stored as text",
+            ", summary.".join(found[:5]) + (" ..." if len(found) > 5 else ""),
+        )
+    return out
 
 
 def read_job_summary(run_dir: Path) -> dict[str, Any]:
