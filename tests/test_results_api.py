@@ -88,6 +88,27 @@ def test_count_by_status_adds_up(sweep):
     ]
 
 
+def test_count_puts_missing_and_null_in_one_group_and_python_keeps_every_group(queue_env):
+    """Missing and an explicit null are one group (``value`` None), as documented; and the
+    Python ``counts()`` dict keeps ``True`` apart from ``1`` (the same dict key in Python),
+    so its counts add up to the total."""
+    from labtasker.wire import TaskCountResponse
+
+    http = queue_env.http()
+    for args in ({"x": 1}, {"x": True}, {"x": None}, {"y": 1}, {"x": 1.5}):
+        submit(http, args)
+    answer = _count(http, by="args.x")
+    assert [(g["value"], g["count"]) for g in answer["groups"]] == [
+        (None, 2),
+        (1, 1),
+        (1.5, 1),
+        (True, 1),
+    ]
+    counts = TaskCountResponse.model_validate(answer).counts()
+    assert counts == {None: 2, 1: 1, 1.5: 1, "true": 1}
+    assert sum(counts.values()) == answer["total"] == 5
+
+
 def test_count_refuses_bad_fields(queue_env):
     http = queue_env.http()
     for by, word in (

@@ -341,15 +341,20 @@ class TaskCountResponse(_Response):
     truncated: bool = False  # more distinct values than listed (the largest groups kept)
 
     def counts(self) -> dict[Any, int]:
-        """``{value: count}``; unhashable values (lists, objects) keyed by their JSON text."""
+        """``{value: count}``; unhashable values (lists, objects) keyed by their JSON text.
+        ``None`` counts the tasks where the field is missing or null. Python takes ``True``
+        and ``1`` (``False`` and ``0``) for the same key: when a queue holds both, the
+        booleans are keyed by their JSON text (``"true"``, ``"false"``), so that no group is
+        lost and the counts still add up to ``total``."""
         import json
 
         out: dict[Any, int] = {}
+        numbers = {g.value for g in self.groups if type(g.value) in (int, float)}
         for group in self.groups:
             value = group.value
-            if isinstance(value, (list, dict)):
+            if isinstance(value, (list, dict)) or (isinstance(value, bool) and value in numbers):
                 value = json.dumps(value, sort_keys=True)
-            out[value] = group.count
+            out[value] = out.get(value, 0) + group.count
         return out
 
 

@@ -87,12 +87,19 @@ def count_tasks(
     total = int(rows[0].total) if rows else 0
     truncated = bool(rows) and int(rows[0].ngroups) > len(rows)
     groups: list[dict[str, Any]] = []
+    nulls: dict[str, Any] | None = None
     for row in rows:
         value = row.v
         if is_json and value is not None:
             value = json.loads(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
+        if value is None:  # missing (SQL NULL) and an explicit JSON null: one group
+            if nulls is None:
+                nulls = {"value": None, "count": 0}
+                groups.append(nulls)
+            nulls["count"] += int(row.n)
+            continue
         groups.append({"value": value, "count": int(row.n)})
     if by == "status":
         have = {g["value"]: g["count"] for g in groups}
