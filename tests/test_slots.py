@@ -392,6 +392,42 @@ def test_decorator_runs_one_fresh_process_per_gpu(queue_env):
         assert "[gpu" in proc.stderr  # the slots' log lines are prefixed
 
 
+def test_decorated_slots_without_the_main_guard_say_so(queue_env):
+    """A script that calls ``@labtasker.loop(gpus=[0, 1])`` at import, without ``if __name__
+    == "__main__":``: each slot process (spawn imports the script again) says in one line
+    that the guard is missing and exits 2; no worker is created and no task is taken. Before,
+    each slot failed with "device 0 not among CUDA_VISIBLE_DEVICES='1'"."""
+    script = queue_env.workdir / "noguard.py"
+    script.write_text(
+        textwrap.dedent("""
+        import labtasker
+
+        @labtasker.loop(gpus=[0, 1])
+        def train(i):
+            labtasker.finish("success")
+
+        train()
+    """)
+    )
+    with queue_env.http() as http:
+        tid = submit(http, {"i": 1})
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=queue_env.env(),
+            cwd=queue_env.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode != 0
+        said = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: train()")]
+        assert len(said) == 2 and 'if __name__ == "__main__":' in said[0], proc.stderr
+        assert "not among CUDA_VISIBLE_DEVICES" not in proc.stderr, proc.stderr
+        assert "exited with 2" in proc.stderr
+        assert workers(http) == []
+        assert get_task(http, tid)["status"] == "pending"
+
+
 def test_decorated_parallel_slots_interrupted_hand_tasks_back(queue_env):
     """``@labtasker.loop(parallel=2)``: SIGTERM to the script reaches both slot processes;
     each job gets KeyboardInterrupt and its task goes back to pending, retries unchanged."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,7 @@ def loop(
             if gpu_spec is None and parallel is None:
                 tasks_run, signum = run_one_slot(None, args, kwargs)
             else:
+                _refuse_inside_a_slot(func)
                 tasks_run, signum = _run_slots(
                     wrapper, gpu_spec, gpus_per_task, parallel, args, kwargs
                 )
@@ -125,6 +127,28 @@ def loop(
         return wrapper
 
     return decorator
+
+
+def _refuse_inside_a_slot(func: Callable[..., Any]) -> None:
+    """Stop a slot process that is about to start slots of its own: the script called the
+    decorated function at import, without ``if __name__ == "__main__":``, so every slot
+    process (``multiprocessing`` spawn imports the script again) would run the whole
+    multi-slot loop once more. One line on stderr and exit 2, instead of each slot failing
+    on devices it cannot see."""
+    import multiprocessing
+
+    from labtasker.client.loop.slots import SLOT_PROCESS_PREFIX
+
+    # (while spawn imports the script, the process has its name but no parent_process yet)
+    if not multiprocessing.current_process().name.startswith(SLOT_PROCESS_PREFIX):
+        return
+    print(
+        f"Error: {func.__name__}() decorated with @labtasker.loop(gpus=... or parallel=...) "
+        "was called while the script was imported by a slot process: call it under "
+        '`if __name__ == "__main__":` (each slot process imports the script again).',
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
 
 
 def _gpu_spec(gpus: str | Sequence[int] | None) -> str | None:

@@ -31,6 +31,10 @@ from labtasker.exceptions import LabtaskerValueError
 MAX_SLOTS = 256  # more slots than this in one loop is a typo, not a machine
 
 
+# The name of every slot process starts with this (``multiprocessing`` names them).
+SLOT_PROCESS_PREFIX = "labtasker-slot-"
+
+
 @dataclass(frozen=True)
 class Device:
     """One GPU: its ``index`` (PCI bus order, as ``nvidia-smi`` numbers it), and its UUID and

@@ -37,7 +37,7 @@ from labtasker.client.loop.interrupts import HANDLED_SIGNALS
 from labtasker.client.loop.options import LoopOptions
 from labtasker.client.loop.prompt import no_prompt
 from labtasker.client.loop.runner import LOG_DATEFMT, LOG_FORMAT, LoopRunner
-from labtasker.client.loop.slots import Slot
+from labtasker.client.loop.slots import SLOT_PROCESS_PREFIX, Slot
 from labtasker.client.terminal import is_tty
 from labtasker.exceptions import LabtaskerError, LoopStopped
 
@@ -466,7 +466,7 @@ def run_slot_processes(
                 proc = ctx.Process(
                     target=_slot_process,
                     args=(target, slot, os.getpid(), results, args, kwargs),
-                    name=f"labtasker-slot-{slot.label}",
+                    name=f"{SLOT_PROCESS_PREFIX}{slot.label}",
                 )
                 proc.start()
             finally:
