@@ -314,3 +314,66 @@ def test_postgresql_connections_terminated_under_four_loops(tmp_path, scratch_db
     finally:
         stop.set()
         site.close()
+
+
+def test_a_large_sweep_submit_rides_out_a_server_restart(tmp_path, scratch_dbs):
+    """``task submit --grid`` of 60,000 tasks (12 batches) while the server is killed and
+    started again after 2 s: the CLI retries the batch that failed (its idempotency key makes
+    the retry safe) and finishes, exit 0, every task stored once. When the server stays down,
+    the Python API's error says how many tasks were stored and carries their ids."""
+    import labtasker
+    from labtasker.client import api
+
+    site = Site(tmp_path / "s", scratch_dbs.new_url())
+    n = 60_000
+
+    def total() -> int:
+        with site.http() as http:
+            return http.post(f"{API}/tasks/count", json={}).json()["total"]
+
+    try:
+        proc = subprocess.Popen(
+            [LABTASKER, "task", "submit", "--grid", f"a=range({n})", "--yes"],
+            env={**os.environ, "LABTASKER_ROOT": str(site.root)},
+            cwd=site.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(lambda: total() > 0, timeout=60, interval=0.05, what="a first batch")
+        site.server.kill(signal.SIGKILL)
+        assert proc.poll() is None, "the submit ended before the restart: make it larger"
+        time.sleep(2)
+        site.server.start()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert f"{n} task(s) submitted" in out
+        assert total() == n
+
+        saved = api._default.retry_policy
+        api.set_retry_policy(attempts=1, initial=0.1, max_wait=0.1, jitter=0.0, budget=0.5)
+        caught: list[BaseException] = []
+
+        def submit_more() -> None:
+            try:
+                labtasker.submit_sweep(
+                    grid={"b": list(range(n))}, max_tasks=None, client=site.http()
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                caught.append(exc)
+
+        worker = threading.Thread(target=submit_more)
+        try:
+            worker.start()
+            wait_for(lambda: total() > n, timeout=60, interval=0.05, what="a batch of the second")
+            site.server.kill(signal.SIGKILL)
+            worker.join(timeout=60)
+        finally:
+            api._default.set_retry_policy(saved)
+        (exc,) = caught
+        stored = exc.submitted_task_ids  # type: ignore[attr-defined]
+        assert 0 < len(stored) < n and len(stored) % 5000 == 0, len(stored)
+        assert f"{len(stored)} of {n} task(s) were submitted before this" in str(exc)
+    finally:
+        site.close()

@@ -714,9 +714,37 @@ def submit_bodies(
     existing task ``task_ids[i]``). Batching, idempotency keys and errors as in
     :func:`submit_tasks`; ``unique`` needs a server with the batch route."""
     lc = _default.resolve(client)
-    total = len(bodies)
     ids: list[str] = []
     created: list[bool] = []
+    try:
+        _send_bodies(lc, bodies, unique, chunk_size, progress, ids, created)
+    except LabtaskerNetworkError as exc:
+        if isinstance(exc, LabtaskerHTTPStatusError) or not ids:
+            raise
+        # the server went away mid-way (retries spent): say what is stored already
+        exc.args = (
+            f"{exc.args[0] if exc.args else exc} ({len(ids)} of {len(bodies)} task(s) were "
+            "submitted before this; submitting again with --unique (unique=True) adds only "
+            "the rest)",
+        )
+        exc.submitted_task_ids = list(ids)  # type: ignore[attr-defined]
+        exc.first_index = len(ids)  # type: ignore[attr-defined]
+        raise
+    return ids, created
+
+
+def _send_bodies(
+    lc: LabtaskerClient,
+    bodies: list[dict[str, Any]],
+    unique: bool,
+    chunk_size: int,
+    progress: Any,
+    ids: list[str],
+    created: list[bool],
+) -> None:
+    """The loop of :func:`submit_bodies`: appends to ``ids``/``created`` as batches are
+    stored, so that the caller knows how far it got when a request fails."""
+    total = len(bodies)
     batch_path = f"{_QUEUE_ME}/tasks/batch"
     batch = True
     while len(ids) < total:
@@ -766,7 +794,6 @@ def submit_bodies(
             created.append(True)
         if progress is not None:
             progress(len(ids), total)
-    return ids, created
 
 
 def _is_missing_route(response: httpx.Response) -> bool:

@@ -266,6 +266,7 @@ def _submit_sweep(
             f"The sweep makes {total:,} tasks, more than {sweeps.CONFIRM_TASKS:,}: add --yes "
             "to submit them (or --dry-run to look first)."
         )
+    _patient_for_batches()
     with _progress_bar(total) as progress:
         result = submit_sweep(sweep=sw, unique=unique, name=name, progress=progress, **options)
     if quiet:
@@ -339,6 +340,16 @@ def _read_records(file: str) -> list[tuple[str, object]]:
     return parse_task_records(text, file)
 
 
+def _patient_for_batches() -> None:
+    """Retry the batches of a sweep or file submit for up to a minute: each batch carries its
+    own idempotency key, so a retry never stores it twice, and a server restart in the
+    middle of a large submit (a few seconds) should not leave it half done. Other commands
+    keep the CLI's few quick retries."""
+    from labtasker.client import api
+
+    api.set_retry_policy(attempts=30, initial=0.3, max_wait=3.0, jitter=0.2, budget=60.0)
+
+
 def _submit_file(file: str, defaults: dict, quiet: bool, unique: bool = False) -> None:
     from labtasker.client import api
     from labtasker.client.taskfile import task_requests
@@ -348,6 +359,7 @@ def _submit_file(file: str, defaults: dict, quiet: bool, unique: bool = False) -
         print("No tasks in the input; nothing submitted.", file=sys.stderr)
         return
     bodies = [api.task_body(i, r) for i, r in enumerate(requests)]
+    _patient_for_batches()
     with _progress_bar(len(bodies)) as progress:
         ids, created = api.submit_bodies(bodies, unique=unique, progress=progress)
     if quiet:
