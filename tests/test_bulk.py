@@ -274,6 +274,19 @@ def test_cli_submit_file_jsonl_yaml_and_stdin(queue_env):
     assert tasks['{"lr": 0.2}'].priority == 20 and tasks['{"lr": 0.2}'].task_name == "hi"
 
 
+def test_cli_submit_yaml_file_reads_exponent_numbers_as_floats(queue_env):
+    """A YAML task file is read like a sweep file: ``1e-5`` is a float (YAML 1.2), ``1e``
+    stays text and ints stay ints."""
+    ym = queue_env.workdir / "exp.yaml"
+    ym.write_text("- {lr: 1e-5, big: 1E+3, tag: 1e, n: 3}\n")
+    proc = run_cli(queue_env, "task", "submit", "-q", "--file", str(ym))
+    assert proc.returncode == 0, proc.stderr
+    with client_for(queue_env) as c:
+        (task,) = all_tasks(c)
+    assert task.args == {"lr": 1e-5, "big": 1000.0, "tag": "1e", "n": 3}
+    assert type(task.args["lr"]) is float and type(task.args["n"]) is int
+
+
 def test_cli_submit_file_errors_name_the_line_and_submit_nothing(queue_env):
     jl = queue_env.workdir / "bad.jsonl"
     jl.write_text('{"a": 1}\n{"args": {"ok": 1}, "bogus": 2}\n')

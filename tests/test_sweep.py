@@ -154,6 +154,29 @@ def test_sweep_file_grid(tmp_path):
     assert len(build(sweep=path, grid=["seed=range(2)"])) == 36
 
 
+def test_sweep_file_reads_exponent_numbers_as_floats(tmp_path):
+    """``1e-5`` in a sweep file is a number, as in YAML 1.2 and W&B (PyYAML's YAML 1.1 rules
+    read it as the string "1e-5"); ints stay ints and text that only looks close stays text."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "method: grid\nparameters:\n"
+        "  lr: {values: [1e-3, 0.01, 1E+3, -2e4, .5e1, 1.0e5]}\n"
+        "  tag: {values: [1e, e5, 1e5x, 7, 0x10]}\n"
+    )
+    sw = build(sweep=grid)
+    lrs = [t["lr"] for t in sw if t["tag"] == "1e"]
+    assert lrs == [0.001, 0.01, 1000.0, -20000.0, 5.0, 100000.0]
+    assert all(type(v) is float for v in lrs)
+    assert [t["tag"] for t in sw][:5] == ["1e", "e5", "1e5x", 7, 16]
+    rnd = tmp_path / "random.yaml"
+    rnd.write_text(
+        "method: random\nrun_cap: 3\nseed: 1\nparameters:\n"
+        "  lr: {distribution: log_uniform_values, min: 1e-5, max: 1e-1}\n"
+    )
+    values = [t["lr"] for t in build(sweep=rnd)]
+    assert len(values) == 3 and all(1e-5 <= v <= 1e-1 for v in values)
+
+
 RANDOM = {
     "method": "random",
     "run_cap": 400,

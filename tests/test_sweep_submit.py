@@ -163,6 +163,25 @@ def test_cli_random_sweep_file_is_reproducible(queue_env, tmp_path):
     assert len(all_tasks(queue_env)) == 20
 
 
+def test_cli_sweep_file_exponent_numbers_are_floats(queue_env, tmp_path):
+    """W&B-style ``1e-3`` in a sweep file is stored as a number, not as the text "1e-3"."""
+    grid = tmp_path / "b.yaml"
+    grid.write_text("method: grid\nparameters:\n  lr: {values: [1e-3, 0.01]}\n")
+    proc = cli(queue_env, "task", "submit", "--sweep", str(grid))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(t["args"]["lr"] for t in all_tasks(queue_env)) == [0.001, 0.01]
+    rnd = tmp_path / "r.yaml"
+    rnd.write_text(
+        "method: random\nrun_cap: 3\n"
+        "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-5, max: 1e-1}\n"
+    )
+    proc = cli(queue_env, "task", "submit", "--sweep", str(rnd))
+    assert proc.returncode == 0, proc.stderr
+    lrs = [t["args"]["lr"] for t in all_tasks(queue_env) if "sweep" in t["metadata"]]
+    assert len(lrs) == 5
+    assert sum(isinstance(v, float) and 1e-5 <= v <= 1e-1 for v in lrs) == 5
+
+
 def test_python_submit_sweep(queue_env):
     import labtasker
 

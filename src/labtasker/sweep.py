@@ -568,16 +568,19 @@ def _grid_items(
 
 
 def load_config(sweep: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A sweep configuration from a mapping or a YAML/JSON file path. Raises
+    """A sweep configuration from a mapping or a YAML/JSON file path. The file is read with
+    :mod:`labtasker.yamlread`, so ``1e-5`` is a float as in YAML 1.2 (and W&B). Raises
     :class:`SweepError` for an unreadable file or invalid YAML."""
     if isinstance(sweep, Mapping):
         return dict(sweep)
     import yaml
 
+    from labtasker import yamlread
+
     path = os.fspath(sweep)
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yamlread.load(fh)
     except OSError as exc:
         raise SweepError(f"--sweep {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -5,7 +5,8 @@ Each record is either a task (a mapping holding ``args`` and/or ``cmd``, plus an
 other fields a submission may set: ``labtasker.fields.SUBMIT_TASK_FIELDS``) or, otherwise,
 the task's ``args`` themselves. The format follows the file name (``.yaml``/``.yml``;
 ``.jsonl``/``.ndjson``/``.json``); without one, text starting with ``{`` or ``[`` is JSON.
-JSON lines may be blank or ``#`` comments. YAML may hold one list or several documents.
+JSON lines may be blank or ``#`` comments. YAML may hold one list or several documents; it is
+read as by ``yaml.safe_load``, except that ``1e-5`` is a float (:mod:`labtasker.yamlread`).
 
 Errors are :class:`~labtasker.exceptions.LabtaskerValueError` whose message starts with the
 record's location (``file:line``, ``file[index]`` or ``file (document n)``).
@@ -51,8 +52,10 @@ def parse_task_records(text: str, name: str = "<input>") -> list[tuple[str, Any]
         return records
     import yaml
 
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    from labtasker import yamlread
+
+    try:  # ``1e-5`` is a float here, as in sweep files (YAML 1.2)
+        docs = [d for d in yamlread.load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise LabtaskerValueError(f"{name}: invalid YAML: {' '.join(str(exc).split())}") from None
     if len(docs) == 1 and isinstance(docs[0], list):
