@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -284,12 +285,119 @@ def test_random_without_seed_picks_and_records_one():
             "greater than",
         ),
         ({"method": "grid"}, "'parameters' is missing"),
+        # numbers JSON cannot store: refused when the sweep is built, naming the parameter
+        (
+            {"method": "grid", "parameters": {"lr": {"values": [1, math.inf]}}},
+            "parameters.lr: values: '[1, inf]' holds a number JSON cannot store",
+        ),
+        (
+            {"method": "grid", "parameters": {"lr": {"value": math.nan}}},
+            "parameters.lr: value: 'nan' holds a number JSON cannot store",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "log_uniform", "min": 0, "max": 1000}},
+            },
+            "parameters.lr: log_uniform takes natural-log exponents: 'max' (1000) gives "
+            "exp(1000), beyond the float range",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "log_normal", "mu": 1000}},
+            },
+            "parameters.lr: log_normal with mu 1000 and sigma 1 can draw exp(1009)",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "q_log_normal", "sigma": 100, "q": 1}},
+            },
+            "parameters.lr: q_log_normal with mu 0 and sigma 100 can draw",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "uniform", "min": 0, "max": math.inf}},
+            },
+            "parameters.lr: 'max' must be a finite number within the float range, got inf",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "uniform", "min": -1e308, "max": 1e308}},
+            },
+            "parameters.lr: uniform can draw numbers beyond the float range",
+        ),
+        (
+            {
+                "method": "grid",
+                "parameters": {
+                    "lr": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 1e-320}
+                },
+            },
+            "parameters.lr: q_uniform can draw numbers beyond the float range with these "
+            "settings (rounded to q = 1e-320)",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"distribution": "normal", "mu": 1e308, "sigma": 1e307}},
+            },
+            "parameters.lr: normal can draw numbers beyond the float range",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"values": [1, 2], "probabilities": [0.5, 0.6]}},
+            },
+            "parameters.lr: 'probabilities' must sum to 1, got 1.1",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 3,
+                "parameters": {"lr": {"values": [1, 2], "probabilities": [0.2, 0.2]}},
+            },
+            "parameters.lr: 'probabilities' must sum to 1, got 0.4",
+        ),
     ],
 )
 def test_invalid_sweep_files(config, fragment):
     with pytest.raises(SweepError) as info:
         build(sweep=config)
     assert fragment in str(info.value)
+
+
+def test_random_draws_near_the_float_range_are_allowed():
+    """The limits refuse only settings that can leave the float range: up to exp(709) and
+    probabilities that sum to 1 within rounding are fine."""
+    near = {
+        "method": "random",
+        "run_cap": 50,
+        "seed": 1,
+        "parameters": {
+            "lu": {"distribution": "log_uniform", "min": 700, "max": 709},
+            "ln": {"distribution": "log_normal", "mu": 600, "sigma": 10},
+            "cat": {"values": ["a", "b", "c"], "probabilities": [0.1, 0.2, 0.7 + 5e-7]},
+        },
+    }
+    tasks = list(build(sweep=near))
+    assert len(tasks) == 50
+    assert all(math.isfinite(t["lu"]) and math.isfinite(t["ln"]) for t in tasks)
+    assert {t["cat"] for t in tasks} <= {"a", "b", "c"}
+    # the last guard of a draw, behind the checks of build(): a SweepError, not OverflowError
+    wild = sweep.Distribution("log_uniform", {"min": 1000, "max": 1001})
+    with pytest.raises(SweepError, match="parameters.x: distribution log_uniform drew a number"):
+        wild.draw(random.Random(0), "parameters.x")
 
 
 def test_random_sweep_refuses_grid_options():

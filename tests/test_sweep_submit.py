@@ -182,6 +182,47 @@ def test_cli_sweep_file_exponent_numbers_are_floats(queue_env, tmp_path):
     assert sum(isinstance(v, float) and 1e-5 <= v <= 1e-1 for v in lrs) == 5
 
 
+def test_cli_sweep_file_numbers_beyond_the_float_range_exit_2(queue_env, tmp_path):
+    """A sweep file that can only make numbers JSON cannot store is refused like
+    ``--grid lr=1e400``: exit 2, one line naming the parameter, no dry-run header printed
+    before it, nothing submitted."""
+    files = {
+        "log_uniform.yaml": (
+            "method: random\nrun_cap: 3\n"
+            "parameters: {lr: {distribution: log_uniform, min: 0, max: 1000}}\n",
+            "parameters.lr: log_uniform takes natural-log exponents",
+        ),
+        "log_normal.yaml": (
+            "method: random\nrun_cap: 3\nparameters: {lr: {distribution: log_normal, mu: 1000}}\n",
+            "parameters.lr: log_normal with mu 1000",
+        ),
+        "inf.yaml": (
+            "method: grid\nparameters: {lr: {values: [1, .inf]}}\n",
+            "parameters.lr: values: '[1, inf]' holds a number JSON cannot store",
+        ),
+        "nan.yaml": (
+            "method: grid\nparameters: {lr: {values: [1, .nan]}}\n",
+            "parameters.lr: values: '[1, nan]' holds a number JSON cannot store",
+        ),
+        "probabilities.yaml": (
+            "method: random\nrun_cap: 3\n"
+            "parameters: {lr: {values: [1, 2], probabilities: [0.5, 0.6]}}\n",
+            "parameters.lr: 'probabilities' must sum to 1, got 1.1",
+        ),
+    }
+    for name, (text, fragment) in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        for extra in (["--dry-run"], []):
+            proc = cli(queue_env, "task", "submit", *extra, "--sweep", str(path))
+            assert proc.returncode == 2, (name, extra, proc.stdout, proc.stderr)
+            assert proc.stdout == "", (name, extra, proc.stdout)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and fragment in lines[0], (name, extra, proc.stderr)
+            assert "unexpected" not in proc.stderr
+    assert all_tasks(queue_env) == []
+
+
 def test_python_submit_sweep(queue_env):
     import labtasker
 

@@ -34,6 +34,7 @@ import math
 import os
 import random
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,16 @@ IGNORED_FILE_KEYS = {
 
 class SweepError(LabtaskerValueError):
     """An invalid sweep; the message is one line naming the offending token."""
+
+
+# The largest x whose exp(x) is still a float (about 709.78); exp of more overflows.
+_LOG_MAX = math.log(sys.float_info.max)
+# How far from mu (in sigmas) random.gauss can draw: its Box-Muller step takes the square root
+# of -2 * log(1 - random()), and 1 - random() is at least 2**-53, so |z| <= sqrt(106 log 2),
+# about 8.57. Bounds on normal and log_normal draws below use it.
+_GAUSS_Z_MAX = math.sqrt(-2.0 * math.log(2.0**-53))
+# How far the probabilities of a categorical distribution may sum away from 1 (rounding).
+PROBABILITY_TOLERANCE = 1e-6
 
 
 # ----------------------------------------------------------------------------- values
@@ -268,7 +279,64 @@ def _need(spec: Mapping, name: str, key: str, where: str) -> float:
     value = spec[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SweepError(f"{where}: '{key}' must be a number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        shown = (
+            repr(value) if isinstance(value, float) else f"an integer of {len(str(value))} digits"
+        )
+        raise SweepError(
+            f"{where}: '{key}' must be a finite number within the float range, got {shown}"
+        )
     return value
+
+
+def _check_reach(name: str, spec: Mapping, where: str) -> None:
+    """Refuse settings under which a draw of a random distribution could be a number beyond
+    the float range (JSON cannot store it, and math.exp or round() would fail on it), before
+    anything is drawn. The bounds are exact for uniform draws and use ``_GAUSS_Z_MAX`` for
+    normal ones."""
+    # every number here was checked by _need: finite, and an int within the float range
+    lo, hi = float(spec.get("min", 0)), float(spec.get("max", 0))
+    mu, sigma = float(spec.get("mu", 0.0)), float(spec.get("sigma", 1.0))
+    if name == "log_uniform":  # min/max are natural-log exponents
+        if hi > _LOG_MAX:
+            raise SweepError(
+                f"{where}: log_uniform takes natural-log exponents: 'max' ({spec['max']}) "
+                f"gives exp({spec['max']}), beyond the float range (at most {_LOG_MAX:.2f}); for plain "
+                "values use log_uniform_values"
+            )
+        reach = math.exp(hi)
+    elif name in ("log_normal", "q_log_normal"):
+        top = mu + _GAUSS_Z_MAX * sigma
+        if top > _LOG_MAX:
+            raise SweepError(
+                f"{where}: {name} with mu {spec.get('mu', 0)} and sigma {spec.get('sigma', 1)} "
+                f"can draw exp({top:.4g}), "
+                f"beyond the float range (mu + {_GAUSS_Z_MAX:.2f} * sigma must be at most "
+                f"{_LOG_MAX:.2f})"
+            )
+        reach = math.exp(top)
+    elif name in ("normal", "q_normal"):
+        reach = abs(mu) + _GAUSS_Z_MAX * sigma
+    elif name in ("uniform", "q_uniform"):
+        reach = max(abs(lo), abs(hi))
+        if not math.isfinite(hi - lo):  # random.uniform computes min + (max - min) * r
+            reach = math.inf
+    elif name in ("log_uniform_values", "q_log_uniform_values"):
+        reach = hi
+    else:
+        return
+    rounded = name.startswith("q_")
+    q = float(spec.get("q", 1))
+    # rounding to q divides by q (and q_uniform's grid counts (max - min) / q values)
+    if not math.isfinite(reach) or (rounded and not math.isfinite(2 * reach / q)):
+        raise SweepError(
+            f"{where}: {name} can draw numbers beyond the float range with these settings"
+            + (f" (rounded to q = {q})" if rounded else "")
+        )
 
 
 def _quantize(x: float, q: float) -> float | int:
@@ -309,6 +377,20 @@ class Distribution:
             return _quantize(x, s.get("q", 1))
         x = math.exp(x)  # log_normal, q_log_normal
         return _quantize(x, s.get("q", 1)) if n == "q_log_normal" else x
+
+    def draw(self, rng: random.Random, where: str) -> Any:
+        """:meth:`sample`, raising :class:`SweepError` naming ``where`` instead of yielding
+        (or failing on) a number beyond the float range. ``_check_reach`` refuses the settings
+        that could draw one, so this is a last guard."""
+        try:
+            value = self.sample(rng)
+        except (OverflowError, ValueError):
+            value = math.inf
+        if non_finite(value):
+            raise SweepError(
+                f"{where}: distribution {self.name} drew a number beyond the float range"
+            )
+        return value
 
     def grid_values(self, where: str) -> list:
         """The finite values of a discrete distribution (grid method)."""
@@ -364,24 +446,32 @@ def _distribution(spec: Mapping, where: str) -> Distribution:
     if name == "constant":
         if "value" not in spec:
             raise SweepError(f"{where}: distribution constant needs 'value'")
+        check_storable(spec["value"], f"{where}: value", repr(spec["value"]))
     elif name == "categorical":
         values = spec.get("values")
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: 'values' must be a non-empty list")
+        check_storable(values, f"{where}: values", repr(values))
         probs = spec.get("probabilities")
         if probs is not None:
             if (
                 not isinstance(probs, list)
                 or len(probs) != len(values)
                 or any(
-                    isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in probs
+                    isinstance(p, bool)
+                    or not isinstance(p, (int, float))
+                    or not math.isfinite(p)
+                    or p < 0
+                    for p in probs
                 )
-                or not sum(probs) > 0
             ):
                 raise SweepError(
                     f"{where}: 'probabilities' must be {len(values)} numbers >= 0 "
-                    "(one per value) with a positive sum"
+                    "(one per value) that sum to 1"
                 )
+            total = math.fsum(probs)
+            if abs(total - 1) > PROBABILITY_TOLERANCE:
+                raise SweepError(f"{where}: 'probabilities' must sum to 1, got {total:.10g}")
     elif name in ("normal", "q_normal", "log_normal", "q_log_normal"):
         for key in ("mu", "sigma"):
             if key in spec:
@@ -399,6 +489,7 @@ def _distribution(spec: Mapping, where: str) -> Distribution:
     if "q" in spec:
         if _need(spec, name, "q", where) <= 0:
             raise SweepError(f"{where}: 'q' must be > 0")
+    _check_reach(name, spec, where)
     return Distribution(name, clean)
 
 
@@ -472,7 +563,7 @@ class Sweep:
             for _ in range(self.run_cap):
                 flat = dict(fixed)
                 for key, dist in params:
-                    flat[key] = dist.sample(rng)
+                    flat[key] = dist.draw(rng, f"parameters.{key}")
                 yield _nested(flat)
             return
         keys = [k for f in self.factors for k in f.keys]

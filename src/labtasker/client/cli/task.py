@@ -298,6 +298,8 @@ def _print_dry_run(sw, name: str | None) -> None:
     from labtasker.client.cli.output import table as new_table
 
     total = len(sw)
+    # drawn before anything is printed: an invalid draw is reported without a half table
+    rows = sw.preview(DRY_RUN_ROWS)
     sizes = (
         " x ".join(f"{'+'.join(f.keys)} {len(f.rows)}" for f in sw.factors)
         if sw.method == "grid"
@@ -312,7 +314,7 @@ def _print_dry_run(sw, name: str | None) -> None:
     table.add_column("#", justify="right", no_wrap=True)
     for key in keys:
         table.add_column(Text(key), overflow="fold")
-    for index, args in enumerate(sw.preview(DRY_RUN_ROWS)):
+    for index, args in enumerate(rows):
         cells = []
         for key in keys:
             node = args
