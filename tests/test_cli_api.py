@@ -79,6 +79,38 @@ def test_queue_and_task_roundtrip(queue_env):
     assert isinstance(info.value, httpx.HTTPStatusError)
 
 
+def test_numbers_json_cannot_store_are_refused_not_stored_as_null(queue_env):
+    """NaN and infinity in args or metadata (at any depth) are refused with a message naming
+    where they are, by submit_task, submit_tasks and submit_sweep; nothing reaches the queue
+    (pydantic's JSON dump would have stored them as null)."""
+    import labtasker
+    from labtasker.sweep import SweepError
+
+    nan, inf = float("nan"), float("inf")
+    for kwargs, where in [
+        ({"args": {"x": nan}}, "args.x is nan"),
+        ({"args": {"a": {"b": [1, -inf]}}}, r"args.a.b\[1\] is -inf"),
+        ({"args": {"ok": 1}, "metadata": {"m": inf}}, "metadata.m is inf"),
+        ({"cmd": "echo", "metadata": {"m": [nan]}}, r"metadata.m\[0\] is nan"),
+    ]:
+        with pytest.raises(LabtaskerValueError, match=f"^{where}, a number JSON cannot store"):
+            labtasker.submit_task(**kwargs)
+    with pytest.raises(LabtaskerValueError, match=r"^tasks\[1\].args.lr is nan, a number JSON"):
+        labtasker.submit_tasks([{"args": {"lr": 0.1}}, {"args": {"lr": nan}}])
+    with pytest.raises(LabtaskerValueError, match=r"^tasks\[0\].metadata.m.k is inf"):
+        labtasker.submit_tasks([{"args": {"lr": 0.1}, "metadata": {"m": {"k": inf}}}])
+    with pytest.raises(SweepError, match="^fixed args: x is inf, a number JSON cannot store"):
+        labtasker.submit_sweep(grid={"lr": [1]}, fixed={"x": inf})
+    with pytest.raises(SweepError, match="^fixed args: m.n is nan"):
+        labtasker.submit_sweep(grid={"lr": [1]}, fixed={"m": {"n": nan}})
+    with pytest.raises(LabtaskerValueError, match="^metadata.tag is nan, a number JSON"):
+        labtasker.submit_sweep(grid={"lr": [1]}, metadata={"tag": nan})
+    assert api.ls_tasks(limit=10).content == []
+    # finite numbers, large and small, still go through
+    tid = labtasker.submit_task(args={"x": 1e308, "y": -5e-324}).task_id
+    assert api.get_task(tid).args == {"x": 1e308, "y": -5e-324}
+
+
 def test_iter_tasks_pages_through_everything(queue_env):
     ids = {api.submit_task(args={"i": i}).task_id for i in range(5)}
     assert {t.task_id for t in api.iter_tasks(page_size=2)} == ids

@@ -165,3 +165,22 @@ def non_finite(value: Any) -> bool:
     if isinstance(value, dict):
         return any(non_finite(v) for v in value.values())
     return False
+
+
+def non_finite_path(value: Any, path: str) -> tuple[str, float] | None:
+    """Where ``value`` holds a float JSON cannot carry (infinite or NaN): ``(path, number)``
+    for the first one in order, its path starting at ``path`` (``args.lr``,
+    ``args.layers[1]``, ``metadata.a.b``); ``None`` when there is none. Looks at any depth of lists, tuples, sets and dict values
+    (without recursion, so that deep nesting cannot overflow the stack)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return where, node
+        elif isinstance(node, dict):
+            items = [(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()]
+            stack.extend(reversed(items))
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(node)]))
+    return None

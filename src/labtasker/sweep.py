@@ -41,7 +41,7 @@ from typing import Any
 
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.keys import KEY_PATTERN, KeyConflictError, unflatten
-from labtasker.literals import non_finite, python_literal, python_literal_or_text
+from labtasker.literals import non_finite, non_finite_path, python_literal, python_literal_or_text
 
 MAX_TASKS = 1_000_000  # a sweep larger than this is refused (bounded cost)
 CONFIRM_TASKS = 10_000  # the CLI asks for --yes beyond this many tasks
@@ -752,6 +752,12 @@ def build(
             out.fixed = _flatten(unflatten(dict(fixed)))
         except KeyConflictError as exc:
             raise SweepError(f"fixed args: {exc}") from None
+        found = non_finite_path(out.fixed, "")
+        if found is not None:
+            raise SweepError(
+                f"fixed args: {found[0]} is {found[1]!r}, a number JSON cannot store "
+                "(beyond the float range, infinite or NaN)"
+            )
     if sweep is not None:
         where = "--sweep" if isinstance(sweep, Mapping) else f"--sweep {os.fspath(sweep)}"
         _from_config(load_config(sweep), where, seed, out)

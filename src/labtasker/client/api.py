@@ -64,6 +64,7 @@ from labtasker.exceptions import (
     WorkerSuspended,
 )
 from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
+from labtasker.literals import non_finite_path
 from labtasker.timeutil import heartbeat_timeout_problem, parse_duration
 
 if TYPE_CHECKING:
@@ -365,6 +366,19 @@ def _call(
     return _default.resolve(client).call(method, path, **options)
 
 
+def _check_storable_numbers(value: Any, name: str) -> None:
+    """Refuse a float JSON cannot store (infinite or NaN) anywhere in ``value`` (a task's
+    ``args`` or ``metadata``): JSON encoding would turn it into null, or fail. Raises
+    :class:`LabtaskerValueError` naming where it is (``name``, then the path inside)."""
+    found = non_finite_path(value, name)
+    if found is not None:
+        path, number = found
+        raise LabtaskerValueError(
+            f"{path} is {number!r}, a number JSON cannot store (infinite or NaN); "
+            "it would be stored as null"
+        )
+
+
 def _body(model) -> dict[str, Any]:
     data = model.model_dump(mode="json", exclude_none=True)
     data["client_version"] = __version__
@@ -522,6 +536,8 @@ def _submit_task(
         raise LabtaskerValueError("Either cmd or args must be specified.")
     if args is not None and not isinstance(args, dict):
         raise LabtaskerTypeError(f"args must be a dict, got {type(args).__name__}")
+    _check_storable_numbers(args, "args")
+    _check_storable_numbers(metadata, "metadata")
     _check_heartbeat_timeout(heartbeat_timeout)
     fields = dict(
         task_name=task_name,
@@ -659,6 +675,8 @@ def task_body(index: int, task: Any) -> dict[str, Any]:
         except ValueError as exc:  # pydantic.ValidationError is a ValueError
             text = " ".join(str(exc).split())
             raise LabtaskerValueError(f"tasks[{index}] is invalid: {text}") from exc
+    _check_storable_numbers(req.args, f"tasks[{index}].args")
+    _check_storable_numbers(req.metadata, f"tasks[{index}].metadata")
     _check_heartbeat_timeout(req.heartbeat_timeout, f"tasks[{index}]: ")
     data = req.model_dump(mode="json", exclude_none=True)
     data.pop("client_version", None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from labtasker.exceptions import LabtaskerValueError
 from labtasker.keys import validate_keys
+from labtasker.literals import non_finite_path
 from labtasker.sweep import MAX_TASKS, Sweep, SweepError, build
 from labtasker.wire import MAX_BATCH, Priority, TaskSubmitRequest
 
@@ -50,6 +51,11 @@ def _common_fields(
         raise LabtaskerValueError(f"metadata must be a dict, got {type(metadata).__name__}")
     if metadata and "sweep" in metadata:
         raise LabtaskerValueError("metadata.sweep is set by the sweep; use another key")
+    found = non_finite_path(metadata, "metadata")
+    if found is not None:  # model_dump(mode="json") below would store it as null
+        raise LabtaskerValueError(
+            f"{found[0]} is {found[1]!r}, a number JSON cannot store (infinite or NaN)"
+        )
     try:
         req = TaskSubmitRequest(
             task_name=task_name,
