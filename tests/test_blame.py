@@ -293,3 +293,54 @@ def test_a_crashed_loop_comes_back_when_the_blame_moves_to_its_tasks(queue_env):
         assert {get_task(http, t)["status"] for t in good} == {"success"}
         assert {_runs(http, t)[0]["worker_id"] for t in good} == {wid}
         assert {get_task(http, t)["status"] for t in bad} == {"failed"}
+
+
+def test_a_restarted_loop_on_a_broken_node_is_crashed_each_time(queue_env):
+    """A broken node whose loop is started again and again (by hand, cron, a job array): each
+    new loop is a new worker on the same host. The failures of the loops before it are not
+    evidence against the tasks: each loop is crashed after its own streak (exit 1), and no
+    task is run to ``failed``. Before, the fourth loop took every earlier failure as "failed
+    on another worker", ran 42 tasks to failed and exited 0."""
+    with queue_env.http() as http:
+        _lone_loop_grid(http, 20, 0)
+        for _ in range(4):
+            loop = _loop(queue_env, "exit 1 # %(lr)")
+            _, err = loop.communicate(timeout=240)
+            assert loop.returncode == 1 and "crashed" in err, err
+        counts, workers = _statuses(http)
+        assert counts == {"pending": 20}, counts
+        assert sorted((w["status"], w["retries"]) for w in workers) == [("crashed", 6)] * 4
+
+
+def test_blame_tells_a_predecessor_on_the_same_machine_from_a_worker_beside_it(queue_env):
+    """Over HTTP, workers with ``metadata.host`` as ``labtasker loop`` creates them. A task
+    that failed on an earlier worker of the same host that has started nothing since (a
+    loop before a restart) charges the new worker; one that failed on a worker of the same
+    host still at work beside it, or on another host, is the task's fault as before."""
+    with queue_env.http() as http:
+        a = _worker(http, worker_name="a", metadata={"host": "node1"})
+        t1 = submit(http, {"t1": 1}, max_retries=9)
+        assert _report(http, t1, _claim(http, t1, a), "failed").status_code == 200
+        assert _worker_row(http, a)["retries"] == 1
+        # b: the next loop on node1; a has started nothing since b was created
+        b = _worker(http, worker_name="b", metadata={"host": "node1"})
+        assert _report(http, t1, _claim(http, t1, b), "failed").status_code == 200
+        assert (_worker_row(http, a)["retries"], _worker_row(http, b)["retries"]) == (1, 1)
+        # c on another host: t1 is to blame; the charges of a and b are taken back
+        c = _worker(http, worker_name="c", metadata={"host": "node2"})
+        assert _report(http, t1, _claim(http, t1, c), "failed").status_code == 200
+        assert [_worker_row(http, w)["retries"] for w in (a, b, c)] == [0, 0, 0]
+        # d on node1 beside b, which starts a run after d was created: independent witnesses
+        d = _worker(http, worker_name="d", metadata={"host": "node1"})
+        t2 = submit(http, {"t2": 1}, max_retries=9)
+        assert _report(http, t2, _claim(http, t2, b), "failed").status_code == 200
+        assert _worker_row(http, b)["retries"] == 1
+        assert _report(http, t2, _claim(http, t2, d), "failed").status_code == 200
+        assert [_worker_row(http, w)["retries"] for w in (b, d)] == [0, 0]
+        # another GPU of the same host is another machine
+        g0 = _worker(http, worker_name="g0", metadata={"host": "node3", "gpus": [0]})
+        t3 = submit(http, {"t3": 1}, max_retries=9)
+        assert _report(http, t3, _claim(http, t3, g0), "failed").status_code == 200
+        g1 = _worker(http, worker_name="g1", metadata={"host": "node3", "gpus": [1]})
+        assert _report(http, t3, _claim(http, t3, g1), "failed").status_code == 200
+        assert [_worker_row(http, w)["retries"] for w in (g0, g1)] == [0, 0]

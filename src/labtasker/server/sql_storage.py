@@ -150,6 +150,16 @@ SWEEP_CANDIDATES = select(*_TASK_COLUMNS).where(
 )
 
 
+def _machine(worker_id: str | None, metadata: Any) -> tuple:
+    """A worker's machine, for the blame policy (``_blame_failure``): its ``metadata.host``
+    and ``metadata.gpus`` when it has a host, else the worker itself (a worker created
+    without one, or one deleted since)."""
+    if isinstance(metadata, dict) and isinstance(metadata.get("host"), str):
+        gpus = metadata.get("gpus")
+        return ("host", metadata["host"], json.dumps(gpus, sort_keys=True))
+    return ("worker", worker_id)
+
+
 def leaf_index(
     queue_id: str,
     dialect: str,
@@ -1248,35 +1258,73 @@ class SqlStorage:
         """Decide whom the failed current run of ``task`` counts against; returns whether its
         worker was charged.
 
-        * The task already failed on another worker: the task is to blame. This worker is not
-          charged, and the charges that other workers got for this task (while still in their
-          streak) are taken back (``_take_back``).
+        * The task already failed on another worker that is not this worker's predecessor:
+          the task is to blame. This worker is not charged, and the charges that those
+          workers got for this task (while still in their streak) are taken back
+          (``_take_back``). A predecessor is an earlier worker of the same machine -- the
+          same ``metadata.host`` and ``metadata.gpus``, as ``labtasker loop`` records them --
+          that has started no run since this worker was created: the loop before a restart
+          on this node, not a loop running beside this one. Its failures say nothing new
+          about the task.
         * The task already failed on this worker: charged at most once. In the current streak
           that charge stands; after a success of this worker since (the streak was reset),
           the machine has run other tasks since, so the task is to blame again and nothing is
           charged (a lone loop whose bad configurations are the last tasks left is not
           crashed by running them to ``failed``).
         * Otherwise the worker is charged (``_charge_worker``): ``retries`` + 1, crashed at
-          ``max_retries`` consecutive charged failures.
+          ``max_retries`` consecutive charged failures. That includes a task that failed only
+          on predecessors: a loop restarted on a broken node (a new worker) is crashed after
+          its own streak, instead of running every task of the queue to ``failed`` as
+          "failed on another worker" (and taking back the charges that had crashed the
+          loops before it).
         """
         worker_id = task["worker_id"]
         if worker_id is None:
             return False
         earlier = conn.execute(
-            select(task_runs.c.run_id, task_runs.c.worker_id, task_runs.c.charged).where(
+            select(
+                task_runs.c.run_id,
+                task_runs.c.worker_id,
+                task_runs.c.charged,
+                workers.c.metadata,
+            )
+            .select_from(task_runs.outerjoin(workers, workers.c.worker_id == task_runs.c.worker_id))
+            .where(
                 task_runs.c.queue_id == queue_id,
                 task_runs.c.task_id == task["task_id"],
                 task_runs.c.status.in_(_FAILED_RUNS),
                 task_runs.c.run_id != (task["run_id"] or ""),
             )
         ).fetchall()
+        if not earlier:
+            return self._charge_worker(conn, queue_id, worker_id, now)
         elsewhere = [r for r in earlier if r.worker_id != worker_id]
+        if elsewhere:
+            me = conn.execute(
+                select(workers.c.metadata, workers.c.created_at).where(
+                    workers.c.worker_id == worker_id
+                )
+            ).first()
+            machine = _machine(worker_id, me.metadata if me is not None else None)
+            kept = []
+            for r in elsewhere:
+                if me is not None and _machine(r.worker_id, r.metadata) == machine:
+                    later = conn.execute(
+                        select(func.max(task_runs.c.started)).where(
+                            task_runs.c.worker_id == r.worker_id
+                        )
+                    ).scalar()
+                    if later is None or later < me.created_at:
+                        continue  # a predecessor on this machine
+                kept.append(r)
+            elsewhere = kept
         if elsewhere:
             for r in elsewhere:
                 if r.charged and r.worker_id is not None:
                     self._take_back(conn, queue_id, r.run_id, r.worker_id, now)
             return False
-        if earlier:  # failed here before: charged once already, or since run other tasks
+        if any(r.worker_id == worker_id for r in earlier):
+            # failed on this worker before: charged once already, or it has run others since
             return False
         return self._charge_worker(conn, queue_id, worker_id, now)
 

@@ -270,6 +270,9 @@ class LoopRunner:
                 raise LabtaskerValueError(f"Worker {worker_id!r} not found in this queue.")
         else:
             kwargs = {"worker_name": default_worker_name(), **self.options.create_worker_kwargs}
+            # the machine, so that the server can tell a failure on this machine from one
+            # elsewhere when a loop is restarted here (a new worker each time)
+            kwargs["metadata"] = {"host": socket.gethostname(), **(kwargs.get("metadata") or {})}
             if self.slot is not None:
                 given = self.options.create_worker_kwargs.get("worker_name")
                 label = self.slot.label
