@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support.server import free_port
 
 UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -232,6 +233,13 @@ def test_init_no_create_queue_and_bad_input(server, tmp_path):
     proc = run_cli("init", "--api-base-url", server.url, "--queue-name", "bad name!",
                    "--password", "b", env=env_new)  # fmt: skip
     assert proc.returncode == 2 and "--queue-name" in err_line(proc)
+    # --create-queue with no server to create it on: the config is written, exit 1 saying so
+    env_down = {**os.environ, "LABTASKER_ROOT": str(tmp_path / "r3")}
+    proc = run_cli("init", "--api-base-url", f"http://127.0.0.1:{free_port()}", "--queue-name",
+                   "a", "--password", "b", "--create-queue", env=env_down)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("Error: The queue 'a' was not created")
+    assert (tmp_path / "r3" / "client.toml").exists()
     # not a terminal and nothing given: cannot prompt
     proc = run_cli("init", env=env_new)
     assert proc.returncode == 2 and "--api-base-url" in err_line(proc)

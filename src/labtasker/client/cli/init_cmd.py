@@ -185,3 +185,10 @@ def init(
         queue_name = password = None
     path = init_root(url, name, pw, heartbeat_interval=heartbeat_interval, root=root)
     print(f"Configuration initialized successfully at {path}.")
+    if not reachable and create_queue:
+        # asked for a queue that could not be created: the configuration is written, but a
+        # script must not go on as if the queue existed
+        raise CliError(
+            f"The queue '{name}' was not created: no Labtasker server answered at {url}. "
+            "Create it with `labtasker queue create-from-config` once the server is up."
+        )
