@@ -480,6 +480,12 @@ def test_task_ls_formats_filters_and_paging(cli, queue_env):
         ids[5], ids[3], ids[1], ids[6], ids[4], ids[2], ids[0]
     ]  # fmt: skip
 
+    # a sort field that is no field orders nothing (as 1.0.1), but a typo is named
+    proc = cli("task", "ls", "-q", "-S", "sumary.loss:desc")
+    assert sorted(ok(proc).split()) == sorted(ids)
+    assert "-S sumary.loss: no such field" in proc.stderr
+    assert "Warning" not in cli("task", "ls", "-q", "-S", "args.nope", "-S", "_id").stderr
+
     # ids piped in
     out = ok(cli("task", "ls", "--piped-in", "-q", input=f"{ids[1]}\n{ids[2]}\n"))
     assert sorted(out.split()) == sorted(ids[1:3])

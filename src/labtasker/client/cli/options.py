@@ -7,6 +7,7 @@ declare alike. Status choices are the ``labtasker.fsm`` enums.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from enum import Enum
 
 import typer
@@ -108,14 +109,30 @@ def filter_option(text: str | None) -> dict | None:
     return parse_filter(text)
 
 
-def parse_sort(values: list[str] | None) -> list[tuple[str, int]] | None:
-    """``-S field:asc -S other:desc`` -> ``[("field", 1), ("other", -1)]``; bad entry -> exit 2."""
+def parse_sort(
+    values: list[str] | None, fields: Sequence[str] | None = None
+) -> list[tuple[str, int]] | None:
+    """``-S field:asc -S other:desc`` -> ``[("field", 1), ("other", -1)]``; bad entry -> exit 2.
+
+    ``fields``: the record's field names. A sort field that is none of them (nor a dotted
+    path into one: ``args.lr``) orders nothing -- as in labtasker 1.0.1 it is accepted, but a
+    warning on stderr names it, so that a typo (``-S sumary.loss``) does not pass silently."""
     from labtasker.client.sorting import parse_sort_spec
 
     try:
-        return parse_sort_spec(values)
+        spec = parse_sort_spec(values)
     except ValueError as exc:
         raise usage_error(f"Invalid value for '-S' / '--sort': {exc}") from None
+    if spec and fields is not None:
+        known = set(fields) | {"_id"}
+        for field, _ in spec:
+            if field.split(".", 1)[0] not in known:
+                print(
+                    f"Warning: -S {field}: no such field, so it orders nothing (fields: "
+                    f"{', '.join(fields)}; dotted paths into args, metadata or summary).",
+                    file=sys.stderr,
+                )
+    return spec
 
 
 def ids_filter(ids: list[str]) -> dict:

@@ -35,7 +35,7 @@ from labtasker.client.cli.prompts import (
     read_ids_from_stdin,
 )
 from labtasker.client.terminal import stderr_is_tty, stdin_is_tty, stdout_is_tty
-from labtasker.fields import READ_ONLY_TASK_FIELDS
+from labtasker.fields import READ_ONLY_TASK_FIELDS, TASK_FIELD_NAMES
 from labtasker.fsm import TERMINAL_TASK_STATES
 
 app = typer.Typer(
@@ -512,7 +512,7 @@ def ls(
         if not piped_ids:
             return
     sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
-    order = parse_sort(sort) or DEFAULT_LS_SORT
+    order = parse_sort(sort, TASK_FIELD_NAMES) or DEFAULT_LS_SORT
     if verbose:
         print_filter(sel["extra_filter"] or {})
     out_fmt = choose_format(fmt)
