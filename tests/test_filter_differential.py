@@ -1476,6 +1476,26 @@ def test_disallowed_operators(store, bad, name):
         store.search(bad)
 
 
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"metadata.sweep.index": {"$not": 3}}, "$not on 'metadata.sweep.index' needs an operator"),
+        ({"metadata.sweep.index": {"$not": {"k": 1}}}, "on 'metadata.sweep.index' needs operators"),
+        ({"args.a.b": {"$all": 3}}, "$all on 'args.a.b' needs a list"),
+        ({"summary.loss": {"$bogus": 1}}, "$bogus (on 'summary.loss')"),
+        ({"priority": {"$not": 1}}, "$not on 'priority' needs an operator"),
+        ({"nosuch.x": {"$not": 1}}, "$not on 'nosuch.x' needs an operator"),
+    ],
+)
+def test_operator_errors_name_the_whole_field_path(store, bad, message):
+    """An error about the operators on a field names the field as written (all of
+    ``metadata.sweep.index``), not just the column it starts in."""
+    with pytest.raises(FilterError, match=re.escape(message)):
+        compile_filter(bad, TASK_FIELDS, store.db.dialect)
+    with pytest.raises(Invalid, match=re.escape(message)):
+        store.search(bad)
+
+
 INJECTIONS = [
     "x') OR 1=1 --",
     'x" OR 1=1 --',

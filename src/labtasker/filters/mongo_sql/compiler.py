@@ -54,13 +54,16 @@ Predicate = Callable[[Json], SqlExpr]
 @dataclass
 class Target:
     """What a field path refers to: a JSON value under ``root`` (``segments`` below it), or a
-    plain column (``segments`` empty)."""
+    plain column (``segments`` empty). ``name`` is the column the path starts in (what the
+    leaf index and the column kinds are looked up by); ``path`` is the whole path as the
+    filter wrote it, for error messages."""
 
     kind: str  # "json" | "column"
     root: SqlExpr
     segments: list[str]
     name: str = ""
     root_is_object: bool = False
+    path: str = ""
 
 
 class Compiler:
@@ -142,7 +145,7 @@ class Compiler:
         segments = split_path(path)
         self.budget.bind(len(segments))
         if self.element is not None:
-            return Target("json", self.element, segments, path, root_is_object=True)
+            return Target("json", self.element, segments, path, root_is_object=True, path=path)
         head = segments[0]
         if head in self.fields.json_columns:
             return Target(
@@ -151,11 +154,12 @@ class Compiler:
                 segments[1:],
                 head,
                 root_is_object=head not in self.fields.non_object_json,
+                path=path,
             )
         if head in self.fields.columns and len(segments) == 1:
-            return Target("column", self.fields.columns[head], [], head)
+            return Target("column", self.fields.columns[head], [], head, path=path)
         # Unknown fields and paths below a scalar column are missing in every document.
-        return Target("json", self.backend.missing(), [], path)
+        return Target("json", self.backend.missing(), [], path, path=path)
 
     def field(self, path: str, condition: Any, depth: int) -> SqlExpr:
         """``{path: condition}``: an operator object, or a value to equal."""
@@ -176,7 +180,7 @@ class Compiler:
         """Several operators on one field: independent conditions, all required."""
         self.budget.tick(depth)
         parts = []
-        for op, value in _field_operators(condition, target.name):
+        for op, value in _field_operators(condition, target.path):
             parts.append(self.operator(target, op, value, depth + 1))
         return all_of(parts)
 
@@ -186,9 +190,9 @@ class Compiler:
         self.budget.tick(depth)
         if op == "$not":
             if not isinstance(value, Mapping) or not value:
-                raise FilterError(f"$not on {target.name!r} needs an operator object")
+                raise FilterError(f"$not on {target.path!r} needs an operator object")
             if not all(isinstance(k, str) and k.startswith("$") for k in value):
-                raise FilterError(f"$not on {target.name!r} needs operators, not fields")
+                raise FilterError(f"$not on {target.path!r} needs operators, not fields")
             with self._not_conjunct():
                 return not_(self.conditions(target, value, depth + 1))
         if op == "$ne":
@@ -199,7 +203,7 @@ class Compiler:
                 return not_(self.operator(target, "$in", value, depth + 1))
         if op == "$all":
             if not isinstance(value, list):
-                raise FilterError(f"$all on {target.name!r} needs a list")
+                raise FilterError(f"$all on {target.path!r} needs a list")
             self.budget.tick(depth, len(value))
             if not value:
                 return false()
