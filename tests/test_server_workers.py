@@ -120,6 +120,37 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_serve_refuses_a_port_out_of_range(tmp_path):
+    """``serve --port`` (or ``API_PORT``) outside 1..65535 exits 2 naming --port before
+    anything starts; 83000 used to be taken and bound as 83000 - 65536 = 17464. 0 is refused
+    too: nothing documents it as "any free port", and the dashboard line would show :0."""
+    import os
+    import subprocess
+    import sys
+
+    # An unreachable database: were the port let through, serve would stop at the database
+    # (exit 1) without binding anything.
+    url = "postgresql://postgres@127.0.0.1:1/nope"
+    for args, env in (
+        (["--port", "83000"], {}),
+        (["--port", "65536"], {}),
+        (["--port", "0"], {}),
+        (["--port", "-1"], {}),
+        ([], {"API_PORT": "99999"}),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "labtasker.server.cli", "serve", "--db-url", url, *args],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, (args, env, proc.stderr)
+        assert "Error: Invalid value for '--port'" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "cannot open the database" not in proc.stderr
+
+
 def test_kill_9_of_the_supervisor_leaves_nothing_serving(tmp_path, scratch_dbs):
     """``kill -9`` of the ``serve --workers 2`` supervisor: its server processes stop too
     (PR_SET_PDEATHSIG and the supervisor pipe), the port refuses connections."""

@@ -32,7 +32,9 @@ def _root() -> None:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar="API_HOST", help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="API_PORT", help="Port to listen on.")] = 9321,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, envvar="API_PORT", help="Port to listen on.")
+    ] = 9321,
     db_url: Annotated[
         str | None,
         typer.Option(
