@@ -246,6 +246,36 @@ def test_init_no_create_queue_and_bad_input(server, tmp_path):
     assert not (tmp_path / "r2" / "client.toml").exists()
 
 
+def test_init_and_config_refuse_a_port_out_of_range(server, tmp_path):
+    """A server URL whose port is not 1..65535 is refused: by ``init --api-base-url`` as bad
+    input (exit 2, one line naming the option, nothing written), and in a ``client.toml``
+    when it is loaded (one line naming the file and the key) -- not a connection attempt to
+    some other port (99999 used to become 99999 - 65536)."""
+    env = {**os.environ, "LABTASKER_ROOT": str(tmp_path / "r")}
+    for url in ("http://localhost:99999", "http://localhost:0", "http://u@localhost:70000/x"):
+        proc = run_cli("init", "--api-base-url", url, "--queue-name", "a", "--password", "b",
+                       env=env)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        line = err_line(proc)
+        assert "--api-base-url" in line and "1 to 65535" in line, line
+        assert not (tmp_path / "r" / "client.toml").exists()
+
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "client.toml").write_text(
+        '[endpoint]\napi_base_url = "http://localhost:99999"\n'
+        '[queue]\nqueue_name = "q"\npassword = "p"\n'
+    )
+    env = {**os.environ, "LABTASKER_ROOT": str(root)}
+    for args in (("task", "ls"), ("queue", "get")):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 1, proc.stderr
+        line = err_line(proc)
+        assert "Invalid configuration file" in line and "api_base_url" in line, line
+        assert "localhost:99999" in line and "1 to 65535" in line, line
+        assert "Cannot connect" not in line
+
+
 def test_config_show_masks_password(cli, queue_env):
     out = ok(cli("config", "--show"))
     assert queue_env.queue_name in out

@@ -69,13 +69,25 @@ _URL_RE = re.compile(r"^https?://[^\s/?#]+(:\d+)?(/[^\s]*)?$", re.IGNORECASE)
 
 
 def normalize_url(value: str) -> str:
-    """Validate an ``http(s)://host[:port][/path]`` URL and return it with a trailing slash.
+    """Validate an ``http(s)://host[:port][/path]`` URL (a port from 1 to 65535) and return it
+    with a trailing slash.
 
     Raises ``ValueError`` for anything else.
     """
     value = (value or "").strip()
     if not _URL_RE.match(value):
         raise ValueError(f"not a valid http(s) URL: {value!r} (example: {DEFAULT_API_BASE_URL})")
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(value).port  # ValueError for a port that is not a number or > 65535
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(
+            f"not a valid http(s) URL: {value!r} (the port must be a number from 1 to 65535; "
+            f"example: {DEFAULT_API_BASE_URL})"
+        )
     return value if value.endswith("/") else value + "/"
 
 
