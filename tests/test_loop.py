@@ -650,6 +650,35 @@ def test_usage_errors_exit_2_without_traceback(queue_env, args, message):
     assert time.monotonic() - t0 < 20
 
 
+def test_run_limits_over_the_server_limit_exit_2_before_a_worker_exists(queue_env):
+    """``--eta-max``/``--heartbeat-timeout`` longer than the server takes (``MAX_SECONDS``,
+    ten years) are refused by the loop itself: exit 2, one line naming the option and the
+    limit, and no worker created (the server used to refuse the first fetch: exit 1, "Loop
+    stopped: 400 ...", a worker left behind). The limit itself is accepted."""
+    from labtasker.wire import MAX_SECONDS  # the limit the server applies
+
+    http = queue_env.http()
+    for args, option in (
+        (["--eta-max", "99999999999999"], "--eta-max"),
+        (["--eta-max", "3651d"], "--eta-max"),
+        (["--heartbeat-timeout", "1e12"], "--heartbeat-timeout"),
+        (["--heartbeat-timeout", str(MAX_SECONDS + 1)], "--heartbeat-timeout"),
+    ):
+        proc = run_loop(queue_env, *args, "--", "echo", "%(k)", timeout=60)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {option}: "), proc.stderr
+        assert f"more than the limit ({MAX_SECONDS} seconds" in lines[0], proc.stderr
+    workers = http.post("/api/v1/queues/me/workers/search", json={}).json()["content"]
+    assert workers == []
+
+    tid = submit(http, {"k": 1})
+    done = run_loop(queue_env, "--eta-max", str(MAX_SECONDS), "--heartbeat-timeout",
+                    str(MAX_SECONDS), "--", "true", "%(k)")  # fmt: skip
+    assert done.returncode == 0 and "all done" in done.stderr, done.stderr
+    assert get_task(http, tid)["status"] == "success"
+
+
 # ------------------------------------------------------------------------------ LoopOptions
 @pytest.mark.parametrize(
     "kwargs, error, message",
@@ -664,6 +693,9 @@ def test_usage_errors_exit_2_without_traceback(queue_env, args, message):
         ({"create_worker_kwargs": {"name": "x"}}, "LabtaskerValueError", "'name'"),
         ({"eta_max": "soon"}, "LabtaskerValueError", "Invalid eta_max"),
         ({"heartbeat_timeout": 0}, "LabtaskerValueError", "heartbeat_timeout"),
+        ({"eta_max": "3651d"}, "LabtaskerValueError", "eta_max: 3651d is more than the limit"),
+        ({"eta_max": "inf"}, "LabtaskerValueError", "eta_max: inf is more than the limit"),
+        ({"heartbeat_timeout": 1e12}, "LabtaskerValueError", "heartbeat_timeout: 1e+12 is more"),
         ({"heartbeat_timeout": "30"}, "LabtaskerTypeError", "heartbeat_timeout"),
         ({"grace_period": -1}, "LabtaskerValueError", "grace_period"),
         ({"grace_period": float("inf")}, "LabtaskerValueError", "grace_period"),

@@ -141,6 +141,21 @@ def parse_positive_duration(text: str | int | float) -> float:
     return value
 
 
+MAX_SECONDS = 10 * 365 * 86400
+"""The longest duration the server takes (``heartbeat_timeout``, ``task_timeout``,
+``eta_max``, ``gone_for``): ten years of seconds. Here, without pydantic, so that the client
+can check a value before sending it; ``labtasker.wire`` uses the same constant."""
+
+
+def over_max_seconds(name: str, seconds: float, given: object) -> str | None:
+    """The one-line problem when ``seconds`` (what ``given`` says, for the message) is more
+    than :data:`MAX_SECONDS` (NaN and infinity too), naming ``name`` and the limit; ``None``
+    when it is within it."""
+    if seconds <= MAX_SECONDS:
+        return None
+    return f"{name}: {given} is more than the limit ({MAX_SECONDS} seconds, i.e. 10 years)"
+
+
 # The run limits a fetch sets: without heartbeats, only ``eta_max`` can end a lost run.
 ETA_MAX_REQUIRED = "Eta max must be specified when start_heartbeat is False"
 

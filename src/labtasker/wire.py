@@ -26,6 +26,7 @@ from pydantic import (
 from labtasker.fields import DICT_TASK_FIELDS, UPDATABLE_TASK_FIELDS  # noqa: F401 (re-exported)
 from labtasker.fsm import RunOutcome, TaskState, WorkerState
 from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
+from labtasker.timeutil import MAX_SECONDS as MAX_SECONDS  # longest duration (re-exported)
 
 # Statuses are the ``fsm`` enums; the models store the plain string value
 # (``use_enum_values``), so ``task.status == "pending"`` and JSON output are unchanged.
@@ -44,7 +45,6 @@ class Priority:
 
 
 INT32 = (-(2**31), 2**31 - 1)  # whole-number fields are 32-bit columns on PostgreSQL
-MAX_SECONDS = 10 * 365 * 86400  # longest duration field (heartbeat_timeout, task_timeout...)
 _DURATIONS = frozenset({"heartbeat_timeout", "task_timeout", "heartbeat_interval", "gone_for"})
 
 

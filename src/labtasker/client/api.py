@@ -65,7 +65,12 @@ from labtasker.exceptions import (
 )
 from labtasker.keys import MAX_NAME_LENGTH, NAME_PATTERN, validate_keys
 from labtasker.literals import non_finite_path
-from labtasker.timeutil import heartbeat_timeout_problem, parse_duration
+from labtasker.timeutil import (
+    MAX_SECONDS,
+    heartbeat_timeout_problem,
+    over_max_seconds,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
@@ -577,10 +582,11 @@ def _json_native(value: Any, depth: int = 0) -> bool:
 
 
 _TASK_NAME_RE = re.compile(NAME_PATTERN)
-# The request models' range rule (``labtasker.wire.INT32``/``MAX_SECONDS``; a test keeps them
-# equal): whole numbers fit in 32 bits, durations are at most ten years of seconds.
+# The request models' range rule (``labtasker.wire.INT32``, a test keeps it equal; and
+# ``MAX_SECONDS``, the same constant): whole numbers fit in 32 bits, durations are at most
+# ten years of seconds.
 _INT32 = (-(2**31), 2**31 - 1)
-_MAX_SECONDS = 10 * 365 * 86400
+_MAX_SECONDS = MAX_SECONDS
 
 
 def _plain_submit_body(f: dict[str, Any]) -> dict[str, Any] | None:
@@ -861,16 +867,20 @@ def fetch_task(
     (seconds between the caller's heartbeats) lets the server refuse a ``heartbeat_timeout``
     shorter than it (HTTP 400; 1.0.1 servers ignore it). ``extra_filter`` is a dict or a
     string (see :func:`labtasker.client.filtering.parse_filter`). Raises
-    :class:`LabtaskerValueError` if ``start_heartbeat`` is False without ``eta_max``,
+    :class:`LabtaskerValueError` if ``start_heartbeat`` is False without ``eta_max`` or if
+    ``eta_max`` is not a duration of at most ten years (``timeutil.MAX_SECONDS``),
     :class:`WorkerSuspended` on HTTP 403.
     """
     if not start_heartbeat and eta_max is None:
         raise LabtaskerValueError("Eta max must be specified when start_heartbeat is False")
     if eta_max is not None:
         try:
-            parse_duration(eta_max)
+            seconds = parse_duration(eta_max)
         except ValueError as exc:
             raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
+        problem = over_max_seconds("eta_max", seconds, eta_max)
+        if problem:
+            raise LabtaskerValueError(problem)
         eta_max = str(eta_max)
     req = _wire.TaskFetchRequest(
         worker_id=worker_id,

@@ -68,6 +68,28 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _run_limit_problem(eta_max: str | None, heartbeat_timeout: float | None) -> str | None:
+    """``--eta-max`` or ``--heartbeat-timeout`` over the server's limit on durations
+    (``timeutil.MAX_SECONDS``, ten years), named by its option; found here, before the loop
+    creates a worker, instead of the server refusing the first fetch. Other bad values
+    (not a duration, not positive) are left to ``LoopOptions`` to word."""
+    import math
+
+    from labtasker.timeutil import over_max_seconds, parse_duration
+
+    if eta_max is not None:
+        try:
+            seconds = parse_duration(eta_max)
+        except ValueError:
+            seconds = None
+        problem = None if seconds is None else over_max_seconds("--eta-max", seconds, eta_max)
+        if problem:
+            return problem
+    if heartbeat_timeout is not None and math.isfinite(heartbeat_timeout):
+        return over_max_seconds("--heartbeat-timeout", heartbeat_timeout, f"{heartbeat_timeout:g}")
+    return None
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``loop`` command to the root CLI app."""
 
@@ -115,15 +137,16 @@ def register(app: typer.Typer) -> None:
         eta_max: str | None = typer.Option(
             None,
             "--eta-max",
-            help="Maximum run time of each task run, e.g. '2h', '1h30m', '90' (seconds); the "
-            "server then fails the run (retry rules apply). For these runs only; the task's "
-            "own task_timeout is kept.",
+            help="Maximum run time of each task run, e.g. '2h', '1h30m', '90' (seconds), at "
+            "most 10 years; the server then fails the run (retry rules apply). For these runs "
+            "only; the task's own task_timeout is kept.",
         ),
         heartbeat_timeout: float | None = typer.Option(
             None,
             "--heartbeat-timeout",
             help="Seconds without heartbeat before the server fails the run and puts the task "
-            "back (default 3 x heartbeat_interval of client.toml; at least 2 x the interval).",
+            "back (default 3 x heartbeat_interval of client.toml; at least 2 x the interval, "
+            "at most 10 years).",
         ),
         grace_period: float = typer.Option(
             10.0,
@@ -223,6 +246,9 @@ def register(app: typer.Typer) -> None:
             )
         except CmdSyntaxError as exc:
             raise _fail(f"Command error with exception {exc}") from None
+        problem = _run_limit_problem(eta_max, heartbeat_timeout)
+        if problem:
+            raise _fail(problem)
 
         ensure_logging(verbose)
         if not template.required_fields():

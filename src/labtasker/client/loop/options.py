@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labtasker.exceptions import LabtaskerTypeError, LabtaskerValueError
-from labtasker.timeutil import parse_duration
+from labtasker.timeutil import over_max_seconds, parse_duration
 
 STOP_GRACE_SECONDS = 10.0  # default SIGTERM -> SIGKILL delay when a job has to be stopped
 
@@ -61,10 +61,11 @@ class LoopOptions:
       named ``<host>-<pid>`` is created for the loop with ``create_worker_kwargs``: any of
       ``worker_name``, ``metadata``, ``max_retries``).
     * ``eta_max``: longest run time of each task run, a duration (``"2h"``, ``"1h30m"``,
-      ``90``); stored as a string.
-    * ``heartbeat_timeout``: seconds (> 0) without heartbeat before the server fails a run;
-      ``None`` = 3 x ``heartbeat_interval`` of the config; at least 2 x that interval
-      (checked when the loop starts).
+      ``90``) of at most ten years (the server's limit, ``timeutil.MAX_SECONDS``); stored as
+      a string.
+    * ``heartbeat_timeout``: seconds (> 0, at most ten years) without heartbeat before the
+      server fails a run; ``None`` = 3 x ``heartbeat_interval`` of the config; at least 2 x
+      that interval (checked when the loop starts).
     * ``grace_period``: seconds (>= 0, finite) between the SIGTERM/SIGINT sent to a job's
       process group (loop interrupted, task taken away, loop killed) and SIGKILL; default
       10. For ``@labtasker.loop``: the groups of ``labtasker.run_with_subprocess`` calls.
@@ -144,15 +145,22 @@ class LoopOptions:
         put("create_worker_kwargs", dict(kwargs))
         if self.eta_max is not None:
             try:
-                parse_duration(self.eta_max)
+                seconds = parse_duration(self.eta_max)
             except ValueError as exc:
                 raise LabtaskerValueError(f"Invalid eta_max: {exc}") from None
+            problem = over_max_seconds("eta_max", seconds, self.eta_max)
+            if problem:  # the server would refuse every fetch, after a worker was made
+                raise LabtaskerValueError(problem)
             put("eta_max", str(self.eta_max))
-        put(
-            "heartbeat_timeout",
-            check_seconds(
-                "heartbeat_timeout", self.heartbeat_timeout, allow_none=True, positive=True
-            ),
+        heartbeat_timeout = check_seconds(
+            "heartbeat_timeout", self.heartbeat_timeout, allow_none=True, positive=True
         )
+        if heartbeat_timeout is not None:
+            problem = over_max_seconds(
+                "heartbeat_timeout", heartbeat_timeout, f"{heartbeat_timeout:g}"
+            )
+            if problem:
+                raise LabtaskerValueError(problem)
+        put("heartbeat_timeout", heartbeat_timeout)
         put("grace_period", check_seconds("grace_period", self.grace_period))
         put("idle_timeout", check_seconds("idle_timeout", self.idle_timeout, allow_inf=True))
