@@ -606,6 +606,62 @@ def test_task_update_fields(cli, queue_env):
     assert "No tasks matched" in proc.stderr
 
 
+def _count(queue_env, extra_filter: dict) -> int:
+    with queue_env.http() as http:
+        resp = http.post("/api/v1/queues/me/tasks/count", json={"extra_filter": extra_filter})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["total"]
+
+
+def test_task_update_reaches_every_match_beyond_one_request(cli, queue_env):
+    """``task update`` updates every selected task, however many (the server takes 1,000 per
+    request: the CLI used to update the first 1,000 and say so, leaving the rest untouched);
+    ``--limit`` above 1,000 works and caps it; ids piped on stdin are looked up and sent in
+    batches too (one filter with 2,100 ids is over the server's filter size limit); the
+    prompt without a selection states the number that will really be updated."""
+    n = 2500
+    with queue_env.http() as http:
+        for start in range(0, n, 1250):
+            tasks = [{"args": {"a": i}} for i in range(start, start + 1250)]
+            resp = http.post("/api/v1/queues/me/tasks/batch", json={"tasks": tasks})
+            assert resp.status_code == 201, resp.text
+    by_a = {}
+    for line in ok(cli("task", "ls", "--fmt", "jsonl")).splitlines():
+        task = json.loads(line)
+        by_a[task["args"]["a"]] = task["task_id"]
+    assert len(by_a) == n
+
+    out = ok(cli("task", "update", "-f", "args.a < 2200", "-y", "priority=3"))
+    assert out.strip() == "2200 tasks updated."
+    assert _count(queue_env, {"priority": 3}) == 2200
+    assert _count(queue_env, {"priority": 3, "args.a": {"$gte": 2200}}) == 0
+
+    # --limit over 1000: the first (oldest) 1200 matches
+    out = ok(cli("task", "update", "-f", "args.a >= 500", "--limit", "1200", "priority=4"))
+    assert out.strip() == "1200 tasks updated."
+    assert _count(queue_env, {"priority": 4}) == 1200
+    assert _count(queue_env, {"priority": 4, "args.a": {"$gte": 500, "$lt": 1700}}) == 1200
+
+    # ids on stdin, more than one request and one filter hold; an unknown id is named
+    ids = [by_a[i] for i in range(100, 2200)] + ["no-such-task"]
+    proc = cli("task", "update", "priority=5", input="\n".join(ids) + "\n")
+    assert ok(proc).strip() == "2100 tasks updated."
+    assert "Not updated (no such task): no-such-task" in proc.stderr
+    assert _count(queue_env, {"priority": 5}) == 2100
+
+    # no selection: the prompt (refused without -y off a terminal) says how many, for real
+    proc = cli("task", "update", "priority=6", input="")
+    assert proc.returncode == 2, proc.stderr
+    assert "update all 2500 task(s) of the queue" in err_line(proc)
+    proc = cli("task", "update", "--limit", "1500", "priority=6", input="")
+    assert proc.returncode == 2, proc.stderr
+    assert "update 1500 of the 2500 task(s) of the queue" in err_line(proc)
+    assert _count(queue_env, {"priority": 6}) == 0
+    out = ok(cli("task", "update", "-y", "priority=6", input=""))
+    assert out.strip() == "2500 tasks updated."
+    assert _count(queue_env, {"priority": 6}) == n
+
+
 def test_task_update_running_task_reset(cli, queue_env):
     tid = submit(cli, "--name", "r1", "--args", "{'x': 1}")
     running = _fetch(queue_env)

@@ -66,6 +66,9 @@ SUBMIT_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if f.sub
 UPDATABLE_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if f.update)
 # The dict-valued updatable fields, merged key by key unless listed in ``replace_fields``.
 DICT_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if f.merged)
+# Most items one ``PUT /tasks`` takes (the server refuses a longer batch with 400); the CLI's
+# ``task update`` sends a larger selection in batches of this size.
+MAX_TASK_UPDATES = 1000
 # Fields set by the server only (shown, never changed by ``PUT /tasks``).
 READ_ONLY_TASK_FIELDS: tuple[str, ...] = tuple(f.name for f in TASK_FIELDS if not f.update)
 DATETIME_TASK_FIELDS: frozenset[str] = frozenset(

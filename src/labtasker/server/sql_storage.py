@@ -42,7 +42,12 @@ from sqlalchemy.exc import IntegrityError
 from labtasker import error_codes as codes
 from labtasker import fields as field_registry
 from labtasker import fsm
-from labtasker.fields import DICT_TASK_FIELDS, RUN_OUTCOME_KEYS, UPDATABLE_TASK_FIELDS
+from labtasker.fields import (
+    DICT_TASK_FIELDS,
+    MAX_TASK_UPDATES,
+    RUN_OUTCOME_KEYS,
+    UPDATABLE_TASK_FIELDS,
+)
 from labtasker.filters.mongo_sql import (
     PG_SELECTIVE,
     SELECTIVE,
@@ -1611,8 +1616,8 @@ class SqlStorage:
         ``updates``: dicts holding ``task_id``, ``replace_fields`` and only the fields the
         client set. Raises ``Invalid`` listing every failed element; nothing is written then.
         """
-        if len(updates) > 1000:
-            raise Invalid("Too many tasks to update. Maximum is 1000.")
+        if len(updates) > MAX_TASK_UPDATES:
+            raise Invalid(f"Too many tasks to update. Maximum is {MAX_TASK_UPDATES}.")
         errors: list[tuple[str, str]] = []
         results: list[str] = []
         conflict = False

@@ -561,8 +561,17 @@ def update(
         help="Update `key=value`, repeatable: `status=pending`, `args.lr=0.2` (patch one "
         "sub-field), `args={'lr': 0.2}` (replace the whole field).",
     ),
-    limit: int = typer.Option(1000, "--limit", min=1, max=1000, help="Update at most this many."),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many selected tasks."),
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        min=1,
+        help="Update at most this many of the selected tasks, oldest first (default: every "
+        "selected task).",
+        show_default=False,
+    ),
+    offset: int = typer.Option(
+        0, "--offset", min=0, help="Skip this many selected tasks first (oldest first)."
+    ),
     reset_pending: bool = typer.Option(
         False,
         "--reset-pending/--no-reset-pending",
@@ -577,10 +586,11 @@ def update(
 ) -> None:
     """Update tasks selected by id/name/status/filter (or ids on stdin).
 
-    Without updates, the selected tasks open in an editor as YAML. Without any selection
-    the change applies to every task of the queue: that asks first (saying how many) and
-    needs -y when stdin is not a terminal. To run tasks again, `labtasker task requeue` is
-    the simpler command.
+    Every selected task is updated (or the first --limit, oldest first); a large selection
+    is read and sent 1000 tasks per request, each request all or nothing. Without updates,
+    the selected tasks open in an editor as YAML. Without any selection the change applies
+    to every task of the queue: that asks first (saying how many) and needs -y when stdin is
+    not a terminal. To run tasks again, `labtasker task requeue` is the simpler command.
     """
     from labtasker.client import api
     from labtasker.client.cmdline import parse_updates
@@ -600,24 +610,28 @@ def update(
     if not selected_by_option and not stdin_is_tty():
         piped_ids = read_ids_from_stdin() or None
     if not selected_by_option and piped_ids is None and (fields is not None or reset_pending):
-        n = api.count_tasks().total
+        total = api.count_tasks().total
+        n = max(0, total - offset) if limit is None else max(0, min(limit, total - offset))
         if not n:
             print("No tasks matched.", file=sys.stderr)
             return
-        confirm_bulk(
-            f"No --id, --name, -s or -f given: update all {n} task(s) of the "
-            f"queue (at most --limit {limit})?",
-            yes,
-        )
-    sel = _selection(task_id, task_name, status, extra_filter, piped_ids)
+        what = f"all {n}" if n == total else f"{n} of the {total}"
+        confirm_bulk(f"No --id, --name, -s or -f given: update {what} task(s) of the queue?", yes)
     if verbose:
-        print_filter(sel["extra_filter"] or {})
-    tasks = api.ls_tasks(**sel, limit=limit, offset=offset, sort=[("created_at", 1)]).content
+        print_filter(
+            _selection(task_id, task_name, status, extra_filter, piped_ids)["extra_filter"] or {}
+        )
+    tasks = _tasks_to_update(task_id, task_name, status, extra_filter, piped_ids, limit, offset)
     if not tasks:
         if task_id is not None:  # one named task that does not exist: an error, as for cancel
             raise CliError(f"Task {task_id} not found.")
         print("No tasks matched.", file=sys.stderr)
         return
+    if piped_ids is not None and limit is None and offset == 0:
+        found = {t.task_id for t in tasks}
+        missing = [i for i in dict.fromkeys(piped_ids) if i not in found]
+        if missing:
+            print(f"Not updated (no such task): {' '.join(missing)}", file=sys.stderr)
 
     if fields is None and not reset_pending:
         requests = _edit_tasks(tasks, editor)
@@ -629,10 +643,62 @@ def update(
             TaskUpdateRequest.model_validate({"task_id": t.task_id, **(fields or {})})
             for t in tasks
         ]
-    result = api.update_tasks(requests, reset_pending=reset_pending)
+    n = _send_updates(requests, reset_pending)
     if not quiet:
-        n = len(result.content)
         print(f"{n} task{'' if n == 1 else 's'} updated.")
+
+
+def _tasks_to_update(task_id, task_name, status, extra_filter, piped_ids, limit, offset):
+    """The tasks ``task update`` selected, oldest first, after ``offset``, at most ``limit``
+    (``None``: all of them). Read in pages of at most ``MAX_TASK_UPDATES`` tasks, so no
+    request grows with the selection; ids from stdin are looked up that many at a time (one
+    filter with every id could pass the server's filter size limit)."""
+    import itertools
+
+    from labtasker.client import api
+    from labtasker.fields import MAX_TASK_UPDATES
+
+    order = [("created_at", 1)]  # ties by task id (the server adds it)
+    page_size = min(MAX_TASK_UPDATES, limit or MAX_TASK_UPDATES)
+    if piped_ids is None:
+        sel = _selection(task_id, task_name, status, extra_filter, None)
+        found = api.iter_tasks(**sel, page_size=page_size, offset=offset, sort=order)
+        return list(itertools.islice(found, limit))
+    ids = list(dict.fromkeys(piped_ids))  # each id once, in the order given
+    tasks = []
+    for start in range(0, len(ids), MAX_TASK_UPDATES):
+        chunk = ids[start : start + MAX_TASK_UPDATES]
+        sel = _selection(None, None, None, None, chunk)
+        tasks.extend(api.iter_tasks(**sel, page_size=MAX_TASK_UPDATES, sort=order))
+    tasks.sort(key=lambda t: (t.created_at, t.task_id))
+    end = None if limit is None else offset + limit
+    return tasks[offset:end]
+
+
+def _send_updates(requests, reset_pending: bool) -> int:
+    """Send the update requests ``MAX_TASK_UPDATES`` per ``PUT /tasks`` (the most the server
+    takes in one); return how many tasks were updated. Each request is all or nothing: when
+    one is refused, the error says how many tasks the earlier requests had already updated."""
+    from labtasker.client import api
+    from labtasker.client.cli.errors import convert_exception
+    from labtasker.exceptions import LabtaskerError
+    from labtasker.fields import MAX_TASK_UPDATES
+
+    done = 0
+    for start in range(0, len(requests), MAX_TASK_UPDATES):
+        batch = requests[start : start + MAX_TASK_UPDATES]
+        try:
+            done += len(api.update_tasks(batch, reset_pending=reset_pending).content)
+        except LabtaskerError as exc:
+            if not done:
+                raise
+            message, code = convert_exception(exc) or (str(exc), 1)
+            raise CliError(
+                f"{message} ({done} of the {len(requests)} selected tasks had been updated "
+                "by the requests before this one; the rest were not changed)",
+                code,
+            ) from None
+    return done
 
 
 def _edit_tasks(tasks, editor: str | None):
