@@ -209,6 +209,13 @@ QUOTED_PLACES = [
     ('printf "%s\\0" "a $(printf %s %(v)) b"', ["a {v} b"]),  # $(...) inside "...": bare again
     ("printf '%s\\0' \"`printf %s %(v)`\"", ["{v}"]),  # backticks inside "..."
     ('printf "%s\\0" \\"%(v)', ['"{v}']),  # an escaped quote opens nothing
+    # here-documents: unquoted (the body expands $, backticks and \\) and quoted (literal)
+    ("cat <<EOF\nval=%(v)\nEOF\nprintf '\\0'", ["val={v}\n"]),
+    ("cat <<'EOF'\nval=%(v)\nEOF\nprintf '\\0'", ["val={v}\n"]),
+    ("cat <<-EOF\n\tval=%(v)\n\tEOF\nprintf '\\0'", ["val={v}\n"]),
+    # not here-documents: arithmetic, a here-string, and after a comment that holds "<<"
+    ("printf '%s\\0' $((1<<2)) %(v)", ["4", "{v}"]),
+    ("printf '%s\\0' %(v) # a << b\nprintf '%s\\0' %(v)", ["{v}", "{v}"]),
 ]
 
 
@@ -223,6 +230,18 @@ def test_shell_mode_value_is_literal_inside_quotes(place, expected, value, tmp_p
         ["/bin/sh", "-c", script], capture_output=True, check=True, cwd=tmp_path
     ).stdout
     assert out.decode().split("\0")[:-1] == [e.replace("{v}", value) for e in expected], script
+
+
+def test_shell_mode_here_document_and_comment_values_cannot_end_them(tmp_path):
+    """A value holding the delimiter's line would end a here-document early (the rest would
+    run): refused when rendered. A newline would end a comment the same way: it becomes a
+    space there."""
+    tpl = CommandTemplate.from_shell("cat <<EOF\n%(v)\nEOF")
+    with pytest.raises(CmdTypeError, match="EOF"):
+        tpl.render({"v": "a\nEOF\ntouch pwned"})
+    script = CommandTemplate.from_shell("true # %(v)").render({"v": "x\ntouch pwned"})
+    subprocess.run(["/bin/sh", "-c", script], check=True, cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_shell_mode_refuses_a_variable_inside_ansi_c_quotes():

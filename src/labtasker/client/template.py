@@ -312,6 +312,52 @@ def _in_backticks(value: str) -> str:
     return "".join("\\" + ch if ch in "\\`$" else ch for ch in shlex.quote(value))
 
 
+def _in_here_document(delimiter: str, quoted: bool, strip_tabs: bool) -> Callable[[str], str]:
+    """The quoting of a value inside a here-document body (``<<EOF ... EOF``). Unquoted
+    delimiter: the body expands ``$``, backticks and backslashes, so those get a backslash;
+    quoted (``<<'EOF'``): the body is literal, the value goes in as it is. Either way a value
+    holding a line equal to the delimiter would end the document early (the rest would run as
+    shell code): such a value raises ``CmdTypeError``."""
+
+    def quote(value: str) -> str:
+        for line in value.split("\n"):
+            if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                raise CmdTypeError(
+                    f"a value holding the line {delimiter!r} cannot go inside the "
+                    f"here-document ending with {delimiter!r}: it would end it early"
+                )
+        if quoted:
+            return value
+        return "".join("\\" + ch if ch in "\\`$" else ch for ch in value)
+
+    return quote
+
+
+_WORD_END = frozenset(" \t\n;|&<>()")  # characters that end a shell word
+
+
+def _here_document_word(text: str, i: int) -> tuple[int, tuple[str, bool, bool]] | None:
+    """``text[i:]`` starts right after ``<<``: the index after the delimiter word and
+    ``(delimiter, quoted, strip_tabs)``, or ``None`` when the word is not all in ``text``."""
+    strip = i < len(text) and text[i] == "-"
+    i += strip
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    start = i
+    while i < len(text) and text[i] not in _WORD_END:
+        if text[i] in "'\"":
+            close = text.find(text[i], i + 1)
+            if close < 0:
+                return None
+            i = close
+        i += 1
+    word = text[start:i]
+    if not word or i >= len(text):
+        return None  # no word, or a variable right after it: not a document we can follow
+    quoted = any(c in word for c in "'\"\\")
+    return i, (word.replace("'", "").replace('"', "").replace("\\", ""), quoted, strip)
+
+
 def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
     """How to quote each variable of a shell-mode template so that its value reaches the
     program as literal text, by the quoting in force where it stands (by its column):
@@ -320,30 +366,66 @@ def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
       ``_in_backticks``;
     * inside ``'...'``: ``_in_single_quotes``; inside ``"..."``: ``_in_double_quotes``. So
       ``--name "%(name)"`` keeps ``my run`` one argument without extra quotes, and a value
-      ``$(rm ...)`` stays text instead of being run.
+      ``$(rm ...)`` stays text instead of being run;
+    * inside a here-document body: ``_in_here_document``.
 
     The literal text is read as POSIX ``sh`` reads quotes: ``\\`` escapes the next character
-    outside single quotes, ``$(`` and backticks open a nested command whose quotes are its own.
-    Raises ``CmdSyntaxError`` for a variable inside bash's ``$'...'``, where no quoting keeps
-    a value literal."""
+    outside single quotes, ``$(`` and backticks open a nested command whose quotes are its own,
+    ``<<WORD`` starts a here-document on the next line. Raises ``CmdSyntaxError`` for a
+    variable inside bash's ``$'...'``, where no quoting keeps a value literal."""
     quotes: dict[int, Callable[[str], str]] = {}
-    stack: list[list] = [["out", 0]]  # [context, open parentheses] of each nesting level
+    # [context, open parentheses, here-document (delimiter, quoted, strip_tabs), its line]
+    stack: list[list] = [["out", 0, None, ""]]
+    prev = "\n"  # the character before: a "#" starts a comment only at a word's start
+    pending: list[tuple[str, bool, bool]] = []  # here-documents that start on the next line
     for part in template.parts:
         if not isinstance(part, str):
-            where = stack[-1][0]
-            if where == "ansi":
+            top = stack[-1]
+            if top[0] == "ansi":
                 raise _syntax_error(
                     template.text,
                     part.column,
                     "a variable inside $'...' cannot be quoted safely; put it outside",
                 )
-            quotes[part.column] = _QUOTE_IN.get(where, shlex.quote)
+            if top[0] == "here":
+                quotes[part.column] = _in_here_document(*top[2])
+                top[3] += "\0"  # this line is no longer the delimiter alone
+            elif top[0] == "comment":
+                quotes[part.column] = _in_comment
+            else:
+                quotes[part.column] = _QUOTE_IN.get(top[0], shlex.quote)
+            prev = "x"  # a variable is part of a word
             continue
         i, n = 0, len(part)
         while i < n:
             ch, top = part[i], stack[-1]
             nxt = part[i + 1] if i + 1 < n else ""
-            if top[0] == "single":
+            if top[0] == "comment":
+                if ch == "\n":
+                    stack.pop()
+                    continue  # the newline itself is read by the context below
+            elif top[0] == "here":
+                if ch == "\n":
+                    doc = top[2]
+                    line = top[3].lstrip("\t") if doc[2] else top[3]
+                    top[3] = ""
+                    if line == doc[0]:
+                        stack.pop()
+                        if pending:
+                            stack.append(["here", 0, pending.pop(0), ""])
+                elif top[2][1]:  # a quoted delimiter: a literal body
+                    top[3] += ch
+                elif ch == "\\":
+                    top[3] += part[i : i + 2]
+                    i += 1
+                elif ch == "$" and nxt == "(":
+                    stack.append(["cmd", 0, None, ""])
+                    i += 1
+                elif ch == "`":
+                    stack.append(["tick", 0, None, ""])
+                else:
+                    top[3] += ch
+            elif top[0] == "single":
                 if ch == "'":
                     stack.pop()
             elif ch == "\\":
@@ -355,35 +437,57 @@ def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
                 if ch == '"':
                     stack.pop()
                 elif ch == "$" and nxt == "(":
-                    stack.append(["cmd", 0])
+                    stack.append(["cmd", 0, None, ""])
                     i += 1
                 elif ch == "`":
-                    stack.append(["tick", 0])
+                    stack.append(["tick", 0, None, ""])
             else:  # bare text, or a nested command: $(...) or `...`
                 if ch == "'":
-                    stack.append(["single", 0])
+                    stack.append(["single", 0, None, ""])
                 elif ch == '"':
-                    stack.append(["double", 0])
+                    stack.append(["double", 0, None, ""])
                 elif ch == "$" and nxt == "'":
-                    stack.append(["ansi", 0])
+                    stack.append(["ansi", 0, None, ""])
                     i += 1
+                elif ch == "$" and nxt == "(" and part[i + 2 : i + 3] == "(":
+                    stack.append(["arith", 1, None, ""])  # $(( ... )): no here-documents
+                    i += 2
                 elif ch == "$" and nxt == "(":
-                    stack.append(["cmd", 0])
+                    stack.append(["cmd", 0, None, ""])
                     i += 1
+                elif ch == "#" and prev in _WORD_END:
+                    stack.append(["comment", 0, None, ""])
+                elif ch == "<" and nxt == "<" and top[0] != "arith" and part[i + 2 : i + 3] != "<":
+                    found = _here_document_word(part, i + 2)
+                    if found is not None:
+                        i, doc = found
+                        pending.append(doc)
+                        continue
+                    i += 1
+                elif ch == "\n" and pending and top[0] == "out":
+                    stack.append(["here", 0, pending.pop(0), ""])
                 elif ch == "`":
                     if top[0] == "tick":
                         stack.pop()
                     else:
-                        stack.append(["tick", 0])
-                elif top[0] == "cmd" and ch == "(":
+                        stack.append(["tick", 0, None, ""])
+                elif top[0] in ("cmd", "arith") and ch == "(":
                     top[1] += 1
-                elif top[0] == "cmd" and ch == ")":
+                elif top[0] in ("cmd", "arith") and ch == ")":
                     if top[1]:
                         top[1] -= 1
                     else:
                         stack.pop()
+            prev = ch
             i += 1
     return quotes
+
+
+def _in_comment(value: str) -> str:
+    """A value inside a ``#`` comment (where ``labtasker loop`` lets a variable stand only to
+    be required): its newlines become spaces, since a newline would end the comment and run
+    the rest of the value as shell code; then ``shlex.quote``."""
+    return shlex.quote(value.replace("\n", " ").replace("\r", " "))
 
 
 _QUOTE_IN = {"single": _in_single_quotes, "double": _in_double_quotes, "tick": _in_backticks}
