@@ -109,6 +109,18 @@ def test_numbers_json_cannot_store_are_refused_not_stored_as_null(queue_env):
     # finite numbers, large and small, still go through
     tid = labtasker.submit_task(args={"x": 1e308, "y": -5e-324}).task_id
     assert api.get_task(tid).args == {"x": 1e308, "y": -5e-324}
+    # the other calls that carry free-form documents: updates, workers, queues, reports
+    with pytest.raises(LabtaskerValueError, match=r"^task_updates\[0\].summary.loss is nan"):
+        api.update_tasks([{"task_id": tid, "summary": {"loss": nan}}])
+    with pytest.raises(LabtaskerValueError, match="^metadata.gpu is inf"):
+        api.create_worker(worker_name="w", metadata={"gpu": inf})
+    with pytest.raises(LabtaskerValueError, match="^metadata_update.m is nan"):
+        api.update_queue(metadata_update={"m": nan})
+    with pytest.raises(LabtaskerValueError, match="^summary.loss is nan"):
+        api.report_task_status(tid, "failed", summary={"loss": nan})
+    task = api.get_task(tid)
+    assert (task.status, task.summary) == ("pending", {})
+    assert api.ls_workers().content == [] and api.get_queue().metadata == {}
 
 
 def test_iter_tasks_pages_through_everything(queue_env):

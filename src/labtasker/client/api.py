@@ -373,18 +373,28 @@ def _call(
 
 def _check_storable_numbers(value: Any, name: str) -> None:
     """Refuse a float JSON cannot store (infinite or NaN) anywhere in ``value`` (a task's
-    ``args`` or ``metadata``): JSON encoding would turn it into null, or fail. Raises
+    ``args``, ``metadata`` or ``summary``): JSON encoding would turn it into null, or fail. Raises
     :class:`LabtaskerValueError` naming where it is (``name``, then the path inside)."""
     found = non_finite_path(value, name)
     if found is not None:
         path, number = found
         raise LabtaskerValueError(
-            f"{path} is {number!r}, a number JSON cannot store (infinite or NaN); "
-            "it would be stored as null"
+            f"{path} is {number!r}, a number JSON cannot store (infinite or NaN); nothing was sent"
         )
 
 
+# The free-form fields of request models, checked for numbers JSON cannot store.
+_DOCUMENT_FIELDS = ("args", "metadata", "summary", "metadata_update")
+
+
 def _body(model) -> dict[str, Any]:
+    """A request model as a JSON body (``client_version`` added). Raises
+    :class:`LabtaskerValueError` for NaN or infinity in a free-form field, which the JSON
+    dump would otherwise turn into null."""
+    for name in _DOCUMENT_FIELDS:
+        value = getattr(model, name, None)
+        if value:
+            _check_storable_numbers(value, name)
     data = model.model_dump(mode="json", exclude_none=True)
     data["client_version"] = __version__
     return data
@@ -1191,7 +1201,7 @@ def update_tasks(
     merged one level deep unless named in ``replace_fields``. With ``reset_pending`` the tasks
     also go back to ``pending`` with ``retries=0``.
     """
-    items = []
+    items: list[dict[str, Any]] = []
     for upd in task_updates:
         if isinstance(upd, dict):
             upd = _wire.TaskUpdateRequest.model_validate(upd)
@@ -1199,6 +1209,10 @@ def update_tasks(
             raise LabtaskerTypeError(
                 f"task_updates items must be TaskUpdateRequest or dict, got {type(upd).__name__}"
             )
+        for name in ("args", "metadata", "summary"):
+            value = getattr(upd, name, None)
+            if value:
+                _check_storable_numbers(value, f"task_updates[{len(items)}].{name}")
         items.append(upd.model_dump(mode="json", exclude_unset=True))
     data = _call(
         "PUT",
