@@ -345,6 +345,13 @@ def test_random_without_seed_picks_and_records_one():
             "parameters.lr: q_uniform can draw numbers beyond the float range with these "
             "settings (rounded to q = 1e-320)",
         ),
+        (  # refused before a list of 10**12 values is built (it would exhaust the memory)
+            {
+                "method": "grid",
+                "parameters": {"n": {"distribution": "int_uniform", "min": 0, "max": 10**12}},
+            },
+            "parameters.n: int_uniform gives 1,000,000,000,001 values; at most 1,000,000",
+        ),
         (
             {
                 "method": "random",

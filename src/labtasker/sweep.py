@@ -400,6 +400,11 @@ class Distribution:
         if n == "categorical":
             return list(s["values"])
         if n == "int_uniform":
+            count = s["max"] - s["min"] + 1
+            if count > MAX_TASKS:  # checked before the list is built (bounded cost)
+                raise SweepError(
+                    f"{where}: int_uniform gives {count:,} values; at most {MAX_TASKS:,}"
+                )
             return list(range(s["min"], s["max"] + 1))
         if n == "q_uniform":
             q = s.get("q", 1)
