@@ -93,6 +93,25 @@ def test_job_stops_within_a_heartbeat_when_the_queue_goes(queue_env, change):
     assert loop.returncode == 1, err
     assert "queue was deleted or its password changed" in err.strip().splitlines()[-1], err
     assert took < 15, took  # heartbeat every 1 s; the job is stopped (SIGTERM) at once
+    if change == "new password":
+        # the task was handed back when the password changed: pending, no retry spent, its
+        # run ended as requeued, its worker not charged (it used to wait for its heartbeat
+        # timeout and spend a retry)
+        with httpx.Client(
+            base_url=queue_env.url, auth=(queue_env.queue_name, "changed-pw"), timeout=30
+        ) as http:
+            (task,) = http.post(f"{API}/tasks/search", json={}).json()["content"]
+            assert (task["status"], task["retries"]) == ("pending", 0), task
+            (run,) = http.get(f"{API}/tasks/{task['task_id']}/runs").json()["content"]
+            assert run["status"] == "requeued" and not run["charged"], run
+            assert "password changed" in run["summary"]["message"]
+            (worker,) = http.post(f"{API}/workers/search", json={}).json()["content"]
+            assert worker["retries"] == 0, worker
+            # the same password again changes nothing
+            http.post(f"{API}/tasks/next", json={"worker_id": worker["worker_id"]})
+            assert http.put(API, json={"new_password": "changed-pw"}).status_code == 200
+            (task,) = http.post(f"{API}/tasks/search", json={}).json()["content"]
+            assert task["status"] == "running", task
 
 
 def test_stop_ends_the_back_off_at_once(queue_env):

@@ -569,6 +569,13 @@ class SqlStorage:
             return self._queue(conn, queue_id)
 
     @staticmethod
+    def _queue_hash(conn: Connection, queue_id: str) -> str | None:
+        """The stored password hash of a queue (``None`` if it does not exist)."""
+        return conn.execute(
+            select(queues.c.password_hash).where(queues.c.queue_id == queue_id)
+        ).scalar()
+
+    @staticmethod
     def _queue(conn: Connection, queue_id: str, lock: bool = False) -> dict[str, Any]:
         stmt = select(
             queues.c.queue_id,
@@ -586,10 +593,22 @@ class SqlStorage:
 
     def update_queue(self, queue_id, new_name, new_password, metadata_update):
         """Rename / change password / patch metadata; ``Conflict`` on a taken
-        name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set."""
+        name. ``metadata_update``: None = untouched, {} = reset, else top-level keys set.
+
+        A new password (not the current one again) also hands the queue's running tasks
+        back to ``pending``: their loops, which hold the old password, can neither heartbeat
+        nor report any more (they stop their jobs at the next heartbeat), so each would
+        otherwise wait for its heartbeat timeout and spend a retry. Handed back, the run ends
+        as ``requeued``, no retry is spent and no worker is charged."""
+        if new_password is not None:
+            with self.db.read() as conn:
+                stored = self._queue_hash(conn, queue_id)
+            if auth.verify_password(queue_id, stored, new_password):
+                new_password = None  # the same password: nothing changes
         with self.db.write() as conn:
             current = self._queue(conn, queue_id, lock=True)
-            values: dict[str, Any] = {"last_modified": self.db.now(conn)}
+            now = self.db.now(conn)
+            values: dict[str, Any] = {"last_modified": now}
             if new_name is not None and new_name != current["queue_name"]:
                 if conn.execute(
                     select(queues.c.queue_id).where(queues.c.queue_name == new_name)
@@ -599,12 +618,51 @@ class SqlStorage:
             if new_password is not None:
                 values["password_hash"] = auth.hash_password(new_password)
                 eventlog.wake(conn, queue_id)  # its open streams end (sse.stream)
+                self._hand_back_running(conn, queue_id, now, "the queue's password changed")
             if metadata_update is not None:
                 values["metadata"] = (
                     _merge(current["metadata"], metadata_update) if metadata_update else {}
                 )
             conn.execute(update(queues).where(queues.c.queue_id == queue_id).values(**values))
             return self._queue(conn, queue_id)
+
+    def _hand_back_running(self, conn: Connection, queue_id: str, now: datetime, why: str):
+        """Every running task of the queue back to ``pending`` (retries kept, nobody
+        charged), its run ended as ``requeued`` with ``why``; one event each. Cost: the
+        queue's running tasks (at most one per live job)."""
+        running = [
+            r.run_id
+            for r in conn.execute(
+                select(tasks.c.run_id).where(
+                    tasks.c.queue_id == queue_id, tasks.c.status == RUNNING
+                )
+            )
+            if r.run_id
+        ]
+        if running:  # their runs end here, in the history too
+            conn.execute(
+                update(task_runs)
+                .where(task_runs.c.run_id.in_(running), task_runs.c.ended.is_(None))
+                .values(ended=now, status="requeued", summary={"message": f"handed back: {why}"})
+            )
+        rows = conn.execute(
+            update(tasks)
+            .where(tasks.c.queue_id == queue_id, tasks.c.status == RUNNING)
+            .values(status="pending", last_modified=now, **_END_RUN)
+            .returning(*_TASK_COLUMNS)
+        ).fetchall()
+        for row in rows:
+            task = task_row(row)
+            eventlog.record(
+                conn,
+                queue_id=queue_id,
+                entity_type="task",
+                entity_id=task["task_id"],
+                old="running",
+                new="pending",
+                data=task,
+                now=now,
+            )
 
     def delete_queue(self, queue_id: str, cascade: bool = True) -> None:
         """Delete a queue with its tasks, workers and events (no orphans, unlike 1.0.1).
