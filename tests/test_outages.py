@@ -354,11 +354,15 @@ def test_a_large_sweep_submit_rides_out_a_server_restart(tmp_path, scratch_dbs):
         saved = api._default.retry_policy
         api.set_retry_policy(attempts=1, initial=0.1, max_wait=0.1, jitter=0.0, budget=0.5)
         caught: list[BaseException] = []
+        answered = threading.Event()  # the client has the answer of a first batch
 
         def submit_more() -> None:
             try:
                 labtasker.submit_sweep(
-                    grid={"b": list(range(n))}, max_tasks=None, client=site.http()
+                    grid={"b": list(range(n))},
+                    max_tasks=None,
+                    client=site.http(),
+                    progress=lambda done, total: answered.set(),
                 )
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 caught.append(exc)
@@ -366,7 +370,7 @@ def test_a_large_sweep_submit_rides_out_a_server_restart(tmp_path, scratch_dbs):
         worker = threading.Thread(target=submit_more)
         try:
             worker.start()
-            wait_for(lambda: total() > n, timeout=60, interval=0.05, what="a batch of the second")
+            assert answered.wait(timeout=60), "no batch of the second sweep was answered"
             site.server.kill(signal.SIGKILL)
             worker.join(timeout=60)
         finally:

@@ -753,16 +753,17 @@ def submit_bodies(
     try:
         _send_bodies(lc, bodies, unique, chunk_size, progress, ids, created)
     except LabtaskerNetworkError as exc:
-        if isinstance(exc, LabtaskerHTTPStatusError) or not ids:
+        if isinstance(exc, LabtaskerHTTPStatusError):
             raise
-        # the server went away mid-way (retries spent): say what is stored already
-        exc.args = (
-            f"{exc.args[0] if exc.args else exc} ({len(ids)} of {len(bodies)} task(s) were "
-            "submitted before this; submitting again with --unique (unique=True) adds only "
-            "the rest)",
-        )
+        # the server went away mid-way (retries spent): say what is known to be stored
         exc.submitted_task_ids = list(ids)  # type: ignore[attr-defined]
         exc.first_index = len(ids)  # type: ignore[attr-defined]
+        if ids:
+            exc.args = (
+                f"{exc.args[0] if exc.args else exc} ({len(ids)} of {len(bodies)} task(s) "
+                "were submitted before this; submitting again with --unique (unique=True) "
+                "adds only the rest)",
+            )
         raise
     return ids, created
 
