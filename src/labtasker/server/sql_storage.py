@@ -639,18 +639,46 @@ class SqlStorage:
             )
             if r.run_id
         ]
-        if running:  # their runs end here, in the history too
+        self._back_to_pending(
+            conn,
+            queue_id,
+            where=(tasks.c.queue_id == queue_id, tasks.c.status == RUNNING),
+            runs=running,
+            old_state=lambda _task_id: "running",
+            now=now,
+            message=f"handed back: {why}",
+        )
+
+    @staticmethod
+    def _back_to_pending(
+        conn: Connection,
+        queue_id: str,
+        *,
+        where: tuple,
+        runs: list[str],
+        old_state: Callable[[str], str],
+        now: datetime,
+        message: str,
+        **values: Any,
+    ) -> list[str]:
+        """The tasks matching ``where`` back to ``pending`` (their claim fields cleared,
+        ``values`` set as well), the runs ``runs`` ended as ``requeued`` with ``message``
+        in their summary, one event each (from ``old_state(task_id)`` to ``pending``).
+        Returns the ids of the tasks it changed. Shared by requeue and the password change,
+        so that both leave the same history."""
+        if runs:  # their runs end here, in the history too
             conn.execute(
                 update(task_runs)
-                .where(task_runs.c.run_id.in_(running), task_runs.c.ended.is_(None))
-                .values(ended=now, status="requeued", summary={"message": f"handed back: {why}"})
+                .where(task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None))
+                .values(ended=now, status="requeued", summary={"message": message})
             )
         rows = conn.execute(
             update(tasks)
-            .where(tasks.c.queue_id == queue_id, tasks.c.status == RUNNING)
-            .values(status="pending", last_modified=now, **_END_RUN)
+            .where(*where)
+            .values(status="pending", last_modified=now, **values, **_END_RUN)
             .returning(*_TASK_COLUMNS)
         ).fetchall()
+        done: list[str] = []
         for row in rows:
             task = task_row(row)
             eventlog.record(
@@ -658,11 +686,13 @@ class SqlStorage:
                 queue_id=queue_id,
                 entity_type="task",
                 entity_id=task["task_id"],
-                old="running",
+                old=old_state(task["task_id"]),
                 new="pending",
                 data=task,
                 now=now,
             )
+            done.append(task["task_id"])
+        return done
 
     def delete_queue(self, queue_id: str, cascade: bool = True) -> None:
         """Delete a queue with its tasks, workers and events (no orphans, unlike 1.0.1).
@@ -1813,32 +1843,17 @@ class SqlStorage:
             old = {r.task_id: r.status for r in found[:limit]}
             runs = [r.run_id for r in found[:limit] if r.status == "running" and r.run_id]
             done: list[str] = []
-            if runs:  # their runs end here, in the history too
-                conn.execute(
-                    update(task_runs)
-                    .where(task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None))
-                    .values(ended=now, status="requeued", summary={"message": "requeued"})
-                )
             if old:
-                rows = conn.execute(
-                    update(tasks)
-                    .where(tasks.c.task_id.in_(list(old)), tasks.c.status.in_(statuses))
-                    .values(status="pending", retries=0, last_modified=now, **_END_RUN)
-                    .returning(*_TASK_COLUMNS)
-                ).fetchall()
-                for row in rows:
-                    task = task_row(row)
-                    eventlog.record(
-                        conn,
-                        queue_id=queue_id,
-                        entity_type="task",
-                        entity_id=task["task_id"],
-                        old=old[task["task_id"]],
-                        new="pending",
-                        data=task,
-                        now=now,
-                    )
-                    done.append(task["task_id"])
+                done = self._back_to_pending(
+                    conn,
+                    queue_id,
+                    where=(tasks.c.task_id.in_(list(old)), tasks.c.status.in_(statuses)),
+                    runs=runs,
+                    old_state=old.__getitem__,
+                    now=now,
+                    message="requeued",
+                    retries=0,
+                )
         return {"requeued": len(done), "task_ids": done, "more": more}
 
     def count_tasks(
