@@ -29,6 +29,12 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "backend: runs on every storage backend although it uses no backend fixture"
     )
+    config.addinivalue_line(
+        "markers",
+        "client_side: runs on SQLite only although it uses a server: it tests the client "
+        "(loop, slots, process tree, CLI parsing), whose requests the storage tests already "
+        "cover on every backend",
+    )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -44,13 +50,17 @@ def pytest_runtest_makereport(item, call):
 def pytest_collection_modifyitems(config, items):
     """On a non-default backend run only the tests that touch storage (those using a backend
     fixture, or marked ``backend``): the others (parsers, templates, the embedded demo...)
-    do not depend on the backend and already ran on SQLite."""
+    do not depend on the backend and already ran on SQLite. Tests marked ``client_side``
+    use a server but test the client: they run on SQLite only too."""
     if BACKEND == "sqlite":
         return
     keep, skip = [], []
     for item in items:
         touches = BACKEND_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        (keep if touches or item.get_closest_marker("backend") else skip).append(item)
+        touches = (touches or item.get_closest_marker("backend")) and not (
+            item.get_closest_marker("client_side")
+        )
+        (keep if touches else skip).append(item)
     if skip:
         config.hook.pytest_deselected(items=skip)
         items[:] = keep

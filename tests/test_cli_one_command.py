@@ -15,6 +15,9 @@ from typer.testing import CliRunner
 
 from labtasker.client.cli import main
 
+# Tests of the client against a real server: SQLite only (conftest, ``client_side``).
+pytestmark = pytest.mark.client_side
+
 
 def _paths() -> list[tuple[str, ...]]:
     """Every command of the whole CLI as the words that name it (``("task", "submit")``)."""

@@ -16,6 +16,9 @@ from labtasker.client import api
 from labtasker.client.config import ConfigError, load_client_config, load_connection
 from labtasker.wire import TaskSubmitRequest
 
+# Tests of the client against a real server: SQLite only (conftest, ``client_side``).
+pytestmark = pytest.mark.client_side
+
 BASE = dict(
     task_name=None,
     args={"i": 1},

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests of the client against a real server: SQLite only (conftest, ``client_side``).
+pytestmark = pytest.mark.client_side
+
 pytest.importorskip("sklearn", reason="the demo extra (scikit-learn) is not installed")
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "digits"

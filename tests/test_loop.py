@@ -20,6 +20,9 @@ import pytest
 from support.http import get_task, submit
 from support.wait import wait_for
 
+# Tests of the client against a real server: SQLite only (conftest, ``client_side``).
+pytestmark = pytest.mark.client_side
+
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 
 NASTY = [

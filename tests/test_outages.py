@@ -317,7 +317,7 @@ def test_postgresql_connections_terminated_under_four_loops(tmp_path, scratch_db
 
 
 def test_a_large_sweep_submit_rides_out_a_server_restart(tmp_path, scratch_dbs):
-    """``task submit --grid`` of 60,000 tasks (12 batches) while the server is killed and
+    """``task submit --grid`` of 30,000 tasks (6 batches) while the server is killed and
     started again after 2 s: the CLI retries the batch that failed (its idempotency key makes
     the retry safe) and finishes, exit 0, every task stored once. When the server stays down,
     the Python API's error says how many tasks were stored and carries their ids."""
@@ -325,7 +325,7 @@ def test_a_large_sweep_submit_rides_out_a_server_restart(tmp_path, scratch_dbs):
     from labtasker.client import api
 
     site = Site(tmp_path / "s", scratch_dbs.new_url())
-    n = 60_000
+    n = 30_000
 
     def total() -> int:
         with site.http() as http:

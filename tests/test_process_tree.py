@@ -17,9 +17,12 @@ import pytest
 from support.http import get_task, submit
 from support.wait import descendants, gone, proc_stat, wait_for
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the job watchdog is Linux only"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="the job watchdog is Linux only"
+    ),
+    pytest.mark.client_side,  # the client's process tree: SQLite only (conftest)
+]
 
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 API = "/api/v1/queues/me"

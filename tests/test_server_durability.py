@@ -14,8 +14,8 @@ API = "/api/v1/queues/me"
 
 def test_16_concurrent_fetchers_never_claim_a_task_twice(server, queue_env):
     with queue_env.http() as http:
-        for i in range(500):
-            assert http.post(f"{API}/tasks", json={"args": {"i": i}}).status_code == 201
+        batch = [{"args": {"i": i}} for i in range(500)]
+        assert http.post(f"{API}/tasks/batch", json={"tasks": batch}).status_code == 201
     claimed: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()

@@ -24,6 +24,9 @@ from labtasker.client.loop import slots as slots_mod
 from labtasker.client.loop.slots import Device, Slot, allowed_gpus, plan_slots
 from labtasker.exceptions import LabtaskerValueError
 
+# Tests of the client against a real server: SQLite only (conftest, ``client_side``).
+pytestmark = pytest.mark.client_side
+
 LABTASKER = str(Path(sys.executable).parent / "labtasker")
 
 
