@@ -547,6 +547,53 @@ def test_task_ls_bad_input(cli, args, needle):
     assert needle in err_line(proc)
 
 
+NOT_A_CONDITION = (
+    "Error: Invalid value for '-f' / '--extra-filter': the filter `{}` is not a condition "
+    """(e.g. 'args.lr > 0.1' or '{{"args.lr": {{"$gt": 0.1}}}}')."""
+)
+
+
+@pytest.mark.parametrize("literal", ["1", "True", "False", "-1", "(0)"])
+def test_a_filter_that_is_a_constant_is_a_usage_error(cli, queue_env, literal):
+    """``-f 1`` / ``-f True`` selected every task (``{"$expr": 1}``): each command taking
+    ``-f`` refuses it with one line naming it, and changes nothing; a condition still works,
+    so does ``{}`` (every task, as in 1.0.1). Over the API the server refuses the constant
+    filter a 1.0.1 client sends for ``-f 1`` with a 400 naming ``extra_filter``."""
+    tid = submit(cli, "--args", "{'lr': 0.2}")
+    before = get_task(queue_env, tid)
+    for command in (
+        ("task", "ls"),
+        ("task", "count"),
+        ("task", "update", "-y", "priority=99"),
+        ("task", "requeue", "-y"),
+        ("worker", "ls"),
+        ("wait", "--timeout", "5"),
+        ("loop", "-c", "echo %(lr)"),
+    ):
+        proc = cli(*command, "-f", literal)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert err_line(proc) == NOT_A_CONDITION.format(literal), command
+        assert proc.stdout == "", command
+    assert get_task(queue_env, tid) == before
+    assert ls_ids(cli, "-f", "args.lr > 0.1") == [tid]
+    assert ls_ids(cli, "-f", "{}") == [tid]
+    assert ls_ids(cli, "-f", "args.lr > 0.1 and True") == [tid]
+
+    with queue_env.http() as http:
+        for flt in ({"$expr": True}, {"$expr": 1}, {"$expr": False}, {"$expr": "x"}):
+            for path in ("tasks/count", "tasks/search", "tasks/next", "tasks/requeue",
+                         "workers/search"):  # fmt: skip
+                resp = http.post(f"/api/v1/queues/me/{path}", json={"extra_filter": flt})
+                assert resp.status_code == 400, (path, resp.text)
+                detail = resp.json()["detail"]
+                assert detail.startswith("extra_filter: the filter {") and "not a condition" in (
+                    detail
+                ), detail
+        resp = http.post("/api/v1/queues/me/tasks/count", json={"extra_filter": {}})
+        assert resp.status_code == 200 and resp.json()["total"] == 1, resp.text
+    assert get_task(queue_env, tid) == before
+
+
 def test_task_ls_empty_queue(cli):
     assert ok(cli("task", "ls")) == ""
     assert ok(cli("task", "ls", "--fmt", "jsonl")) == ""

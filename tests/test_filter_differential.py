@@ -1179,7 +1179,13 @@ def test_expr_semantics(store):
     assert store.matches(
         {"$expr": {"$and": [{"$gt": ["$args.a", 1]}, {"$not": [{"$eq": ["$args.a", 7]}]}]}}
     ) == {0, 1, 4, 6}
-    assert store.matches({"$expr": True}) == set(range(7))
+    # a constant inside $and/$or keeps its meaning; as the whole filter it is refused (it
+    # would select every task or none: `-f 1` / `-f True`)
+    assert store.matches({"$and": [{"$expr": True}]}) == set(range(7))
+    assert store.matches({"$or": [{"$expr": 0}, {"args.b": 0}]}) == {5}
+    for constant in (True, False, 1, 0, 2.5, None, "x"):
+        with pytest.raises(Invalid, match=r"^extra_filter: the filter \{"):
+            store.matches({"$expr": constant})
     assert store.matches({"$expr": "$args.a"}) == {0, 1, 4, 5, 6}
     assert store.matches({"$expr": {"$eq": ["$args.a", {"$literal": "x"}]}}) == {4}
     # columns in $expr

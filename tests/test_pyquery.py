@@ -404,18 +404,17 @@ def test_unparseable_date_is_query_transpiler_error():
 # --------------------------------------------------------------------------- bare values
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("True", {"$expr": True}),
-        ("False", {"$expr": False}),
-        ("1", {"$expr": 1}),
-        ("0", {"$expr": 0}),
-        ("-1", {"$expr": -1}),
-    ],
-)
-def test_bare_bool_or_int(text, expected):
-    assert transpile(text) == expected
+@pytest.mark.parametrize("text", ["True", "False", "1", "0", "-1", "(1)", "+ 2"])
+def test_a_filter_that_is_a_bool_or_int_is_refused(text):
+    """A whole filter that is a constant would match every task (or none): refused, naming
+    it; inside ``and``/``or`` the constant stays ``{"$expr": <value>}`` (test_boolean_logic)."""
+    with pytest.raises(QueryTranspilerValueError) as info:
+        transpile(text)
+    assert info.value.reason == (
+        f"the filter `{text}` is not a condition (e.g. 'args.lr > 0.1' or "
+        """'{"args.lr": {"$gt": 0.1}}')."""
+    )
+    assert info.value.column is not None
 
 
 def test_whitespace_and_multiline():

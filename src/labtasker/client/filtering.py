@@ -26,6 +26,7 @@ def parse_filter(text: str) -> dict[str, Any]:
     * any other text -> a Python-syntax expression transpiled by
       :func:`labtasker.filters.pyquery.transpile`, e.g. ``args.lr < 0.1 and priority >= 10``.
     * empty/blank text -> ``{}`` (no filter).
+    * a constant (``1``, ``True``) is no condition: refused (it would select every task).
 
     Raises :class:`~labtasker.exceptions.QueryTranspilerError` (or a subclass) when the text is
     neither a dict literal nor a valid filter expression.

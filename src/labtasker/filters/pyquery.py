@@ -66,7 +66,10 @@ Functions::
         exists(summary.acc)                -> {"summary.acc": {"$exists": true}}
         exists(summary.acc, False)         -> {"summary.acc": {"$exists": false}}
 
-A bare ``True``/``False``/integer becomes ``{"$expr": <value>}`` (``True`` matches everything).
+A filter that is only a constant (``True``, ``1``, ``-1``, a float, a string, ``None``) is not a
+condition and is refused: it would match every task or none. Inside ``and``/``or`` a bare
+``True``/``False``/integer becomes ``{"$expr": <value>}`` (``a == 1 and True`` ->
+``{"$and": [{"a": 1}, {"$expr": true}]}``).
 A string that is a dict literal (``{"status": "pending"}``, JSON or Python spelling) is taken as
 a MongoDB filter as it is.
 
@@ -319,6 +322,27 @@ def _fold_number(node: ast.AST) -> Any:
     return _NOT_A_NUMBER
 
 
+def _is_constant(node: ast.AST) -> bool:
+    """Whether ``node`` is a bool or an integer (signs folded): what ``_query`` would turn
+    into ``{"$expr": <value>}``, a filter matching every task or none."""
+    if isinstance(node, ast.Constant) and type(node.value) in (bool, int):
+        return True
+    return isinstance(_fold_number(node), int)
+
+
+def _not_a_condition_message(text: str) -> str:
+    """The error for a whole filter that is a constant (``1``, ``True``): it would match every
+    task (or none) instead of selecting some, so it is refused. ``text``: the filter as the
+    user wrote it (shortened when long)."""
+    shown = " ".join(text.split())
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return (
+        f"the filter `{shown}` is not a condition (e.g. 'args.lr > 0.1' or "
+        """'{"args.lr": {"$gt": 0.1}}')."""
+    )
+
+
 def _call_name(node: ast.Call) -> str:
     func = node.func
     if isinstance(func, ast.Name):
@@ -449,7 +473,10 @@ class _Transpiler:
                 if isinstance(value, dict):
                     return value
         try:
-            return self._query(self._parse())
+            node = self._parse()
+            if _is_constant(node):
+                raise self._error(_not_a_condition_message(self.text), node)
+            return self._query(node)
         except RecursionError:
             raise self._error("The filter is nested too deeply to be transpiled.") from None
 

@@ -57,6 +57,7 @@ from labtasker.filters.mongo_sql import (
     LeafIndex,
     backend_for,
     compile_filter,
+    is_constant_filter,
     sort_expression,
     value_expression,
 )
@@ -309,6 +310,24 @@ def _projection(
         return out
 
     return columns, decode
+
+
+def _compiled_filter(
+    extra_filter: dict | None, fields: FieldMap, dialect: str, index: LeafIndex | None = None
+):
+    """A request's ``extra_filter`` compiled (``compile_filter``); a bad one -> ``Invalid``
+    (HTTP 400). A constant (``{"$expr": 1}``, see ``is_constant_filter``) is refused naming
+    the field: it would select every task (or none) instead of some."""
+    if is_constant_filter(extra_filter):
+        shown = json.dumps(extra_filter, default=str)
+        raise Invalid(
+            f"extra_filter: the filter {shown} is not a condition (e.g. "
+            '{"args.lr": {"$gt": 0.1}}; {} selects everything)'
+        )
+    try:
+        return compile_filter(extra_filter, fields, dialect, index=index)
+    except FilterError as exc:
+        raise Invalid(str(exc)) from exc
 
 
 def worker_row(row) -> dict[str, Any]:
@@ -1065,10 +1084,7 @@ class SqlStorage:
             return own.execute(count).scalar_one()
 
     def _filter(self, fields: FieldMap, extra_filter: dict | None):
-        try:
-            return compile_filter(extra_filter, fields, self.db.dialect)
-        except FilterError as exc:
-            raise Invalid(str(exc)) from exc
+        return _compiled_filter(extra_filter, fields, self.db.dialect)
 
     def _task_filter(
         self, queue_id: str, extra_filter: dict | None, conn: Connection | None = None
@@ -1086,10 +1102,7 @@ class SqlStorage:
             lambda stmt, limit: self._count_rows(stmt, limit, conn),
             self._common_values,
         )
-        try:
-            where = compile_filter(extra_filter, TASK_FIELDS, self.db.dialect, index=index)
-        except FilterError as exc:
-            raise Invalid(str(exc)) from exc
+        where = _compiled_filter(extra_filter, TASK_FIELDS, self.db.dialect, index=index)
         if sqlite and index.drives:
             return tasks.c.queue_id.concat("") == queue_id, where
         return tasks.c.queue_id == queue_id, where

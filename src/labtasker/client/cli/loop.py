@@ -276,7 +276,11 @@ def register(app: typer.Typer) -> None:
                 idle_timeout=idle_timeout,
             )
         except QueryTranspilerError as exc:
-            raise _fail(f"invalid --extra-filter: {exc}") from None
+            # one line naming the option, as every command taking -f says it
+            from labtasker.client.cli.errors import convert_exception
+
+            message, code = convert_exception(exc) or (str(exc), 2)
+            raise _fail(message, code) from None
         except (LabtaskerError, ValueError) as exc:
             raise _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         from labtasker.client.loop.slots import plan_slots

@@ -82,6 +82,7 @@ from labtasker.filters.mongo_sql.common import (
 from labtasker.filters.mongo_sql.compiler import (
     Compiler,
     compile_filter,
+    is_constant_filter,
     sort_expression,
     value_expression,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "backend_for",
     "compile_filter",
     "decode_datetimes",
+    "is_constant_filter",
     "leaf_path",
     "register_sqlite_functions",
     "sort_expression",

@@ -611,6 +611,20 @@ def _type_names(value: Any) -> list[str]:
     return names
 
 
+def is_constant_filter(filt: Any) -> bool:
+    """Whether ``filt`` is a constant rather than a condition: the whole filter is
+    ``{"$expr": <bool, number, null or a string that is no $field path>}``, what a bare ``1``
+    or ``True`` turns into (1.0.1's transpiler makes ``{"$expr": 1}`` of ``-f 1``). It
+    matches every task or none, whatever the tasks hold. ``{}`` (no condition: every task)
+    is not one; a constant inside ``$and``/``$or`` is not judged."""
+    if not isinstance(filt, Mapping) or len(filt) != 1 or "$expr" not in filt:
+        return False
+    value = filt["$expr"]
+    if isinstance(value, str):
+        return not value.startswith("$")
+    return value is None or isinstance(value, (bool, int, float))
+
+
 def compile_filter(
     filt: Mapping[str, Any] | None,
     fields: FieldMap,
