@@ -766,6 +766,58 @@ def test_task_update_bad_input(cli, queue_env, args, needle):
     assert get_task(queue_env, tid) == before
 
 
+def test_task_update_refuses_to_leave_a_task_with_neither_args_nor_cmd(cli, queue_env, tmp_path):
+    """``task submit`` refuses a task without args and cmd; ``task update args={}`` on a
+    task without a cmd made one (accepted silently). Now the CLI refuses it (exit 2, one
+    line naming the update), the editor says so and offers to edit again, and the server
+    answers 400 naming ``args``; a task with a cmd may still have its args emptied."""
+    bare = submit(cli, "--args", "{'x': 1}")
+    with_cmd = submit(cli, "--cmd", "echo hi", "--args", "{'y': 2}")
+    before = get_task(queue_env, bare)
+
+    proc = cli("task", "update", "-y", "--id", bare, "args={}")
+    assert proc.returncode == 2, proc.stderr
+    assert err_line(proc) == (
+        "Error: Invalid update 'args={}': either cmd or args must be specified, as for "
+        f"`task submit` (task {bare} would have neither)."
+    )
+    proc = cli("task", "update", "-y", "-u", "args={}")  # both tasks selected
+    assert proc.returncode == 2 and f"(task {bare} would have neither)" in err_line(proc)
+    assert get_task(queue_env, bare) == before
+
+    # patching args or emptying them alongside a cmd stays allowed
+    ok(cli("task", "update", "--id", bare, "args={}", "args.z=3"))
+    assert get_task(queue_env, bare)["args"] == {"z": 3}
+    ok(cli("task", "update", "--id", with_cmd, "args={}"))
+    assert get_task(queue_env, with_cmd)["args"] == {}
+    proc = cli("task", "update", "--id", with_cmd, "cmd=None")
+    assert proc.returncode == 2 and "either cmd or args" in err_line(proc)
+    before = get_task(queue_env, bare)
+
+    editor = _editor_script(
+        tmp_path,
+        """
+        import sys, pathlib
+        p = pathlib.Path(sys.argv[1])
+        import yaml
+        tasks = yaml.safe_load(p.read_text())
+        tasks[0]["args"] = {}
+        p.write_text(yaml.safe_dump(tasks))
+        """,
+    )
+    proc = cli("task", "update", "--id", bare, "--editor", editor, input="n\n")
+    assert proc.returncode == 1, proc.stderr
+    assert f"Error: invalid edit: task {bare}: either cmd or args must be specified" in proc.stderr
+    assert get_task(queue_env, bare) == before
+
+    with queue_env.http() as http:
+        body = [{"task_id": bare, "args": {}, "replace_fields": ["args"]}]
+        resp = http.put("/api/v1/queues/me/tasks", json=body, params={"reset_pending": False})
+        assert resp.status_code == 400, resp.text
+        assert "args: either args or cmd must be provided" in resp.json()["detail"]
+    assert get_task(queue_env, bare) == before
+
+
 def test_editing_without_a_terminal_or_an_editor_is_a_usage_error(cli, queue_env):
     """No ``--editor`` and no ``$EDITOR``/``$VISUAL``: the default editor (vim...) would wait
     on a pipe forever, so the command says what to do instead."""

@@ -229,3 +229,26 @@ def parse_updates(
     if replace:
         result["replace_fields"] = replace
     return result
+
+
+NOTHING_TO_RUN = "either cmd or args must be specified, as for `task submit`"
+"""Why an update that leaves a task with neither args nor a cmd is refused."""
+
+
+def leaves_nothing_to_run(args: Any, cmd: Any, fields: dict[str, Any]) -> bool:
+    """Whether a task holding ``args`` and ``cmd`` would have neither after the update
+    ``fields`` (as :func:`parse_updates` returns them, or a ``TaskUpdateRequest``'s set
+    fields): ``task submit`` refuses such a task, so ``task update`` refuses to make one
+    (``args={}`` on a task without a cmd). An update touching neither field never does; a
+    ``None`` value of a dict field leaves it as it is (as the server does)."""
+    if "args" not in fields and "cmd" not in fields:
+        return False
+    new_args = fields.get("args")
+    if new_args is None:
+        args_after = args
+    elif "args" in (fields.get("replace_fields") or ()):
+        args_after = new_args
+    else:  # a patch only sets sub-fields
+        args_after = {**(args or {}), **new_args}
+    cmd_after = fields["cmd"] if "cmd" in fields else cmd
+    return not args_after and not cmd_after

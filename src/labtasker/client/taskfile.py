@@ -119,10 +119,11 @@ def edited_task_updates(
     without changes get none. ``ignored``: per task id, the read-only fields whose value was
     changed (they cannot be updated). Raises ``ValueError`` (a ``LabtaskerValueError``, or
     pydantic's ``ValidationError`` for a value the field does not accept) when the YAML does
-    not parse, is not a list of mappings, or does not hold the same task ids in the same
-    order."""
+    not parse, is not a list of mappings, does not hold the same task ids in the same
+    order, or leaves a task with neither args nor a cmd."""
     import yaml
 
+    from labtasker.client.cmdline import NOTHING_TO_RUN, leaves_nothing_to_run
     from labtasker.fields import READ_ONLY_TASK_FIELDS, UPDATABLE_TASK_FIELDS
     from labtasker.wire import TaskUpdateRequest
 
@@ -146,5 +147,7 @@ def edited_task_updates(
         if changed:
             body = {k: cur[k] for k in changed}
             body.update(task_id=old["task_id"], replace_fields=changed)
+            if leaves_nothing_to_run(old.get("args"), old.get("cmd"), body):
+                raise LabtaskerValueError(f"task {old['task_id']}: {NOTHING_TO_RUN}")
             requests.append(TaskUpdateRequest.model_validate(body))
     return requests, ignored

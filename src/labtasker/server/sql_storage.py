@@ -1766,6 +1766,14 @@ class SqlStorage:
                     continue
                 value = _unflatten(value, field) if field in replace else _merge(task[field], value)
             values[field] = value
+        if ("args" in values or "cmd" in values) and not (
+            values.get("args", task["args"]) or values.get("cmd", task["cmd"])
+        ):
+            # what a submit refuses (``TaskSubmitRequest``): a task with nothing to run
+            raise Invalid(
+                "args: either args or cmd must be provided; this update leaves the task "
+                "with neither"
+            )
         if any(field in values for field in DICT_TASK_FIELDS):
             self._check_task_size(
                 f"task {item['task_id']}: ",

@@ -639,6 +639,7 @@ def update(
             print("No changes.", file=sys.stderr)
             return
     else:
+        _refuse_nothing_to_run(tasks, fields or {}, updates)
         requests = [
             TaskUpdateRequest.model_validate({"task_id": t.task_id, **(fields or {})})
             for t in tasks
@@ -646,6 +647,22 @@ def update(
     n = _send_updates(requests, reset_pending)
     if not quiet:
         print(f"{n} task{'' if n == 1 else 's'} updated.")
+
+
+def _refuse_nothing_to_run(tasks, fields: dict, updates: list[str]) -> None:
+    """Usage error (exit 2) when the updates would leave a selected task with neither args
+    nor a cmd (``args={}`` on a task without a cmd), which ``task submit`` refuses too; the
+    server refuses it as well (HTTP 400 naming ``args``)."""
+    from labtasker.client.cmdline import NOTHING_TO_RUN, leaves_nothing_to_run
+
+    bare = [t.task_id for t in tasks if leaves_nothing_to_run(t.args, t.cmd, fields)]
+    if not bare:
+        return
+    named = [u for u in updates if u.partition("=")[0].strip() in ("args", "cmd")]
+    which = f"task {bare[0]}" if len(bare) == 1 else f"{len(bare)} of the selected tasks"
+    raise usage_error(
+        f"Invalid update {(named or updates)[-1]!r}: {NOTHING_TO_RUN} ({which} would have neither)."
+    )
 
 
 def _tasks_to_update(task_id, task_name, status, extra_filter, piped_ids, limit, offset):
