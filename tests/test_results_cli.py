@@ -17,6 +17,8 @@ from helpers import API, get_task
 from test_cli import ok, run_cli
 from test_results_api import _batch, _claim, _report
 
+from labtasker.fields import TASK_FIELD_NAMES
+
 BIN = str(Path(sys.executable).parent)
 
 
@@ -93,6 +95,46 @@ def test_ls_csv_json_columns_and_limit(cli, queue_env):
     assert flat == [{"summary.acc": 0.5}]
     header = ok(cli("task", "ls", "--fmt", "csv")).splitlines()[0].split(",")
     assert {"task_id", "args.lr", "summary.acc", "duration"} <= set(header)
+
+
+def test_ls_warns_of_a_column_no_task_has(cli, queue_env):
+    """``-c nosuchcol`` printed an empty column silently; now a warning on stderr names each
+    requested column that no listed task has (like ``-S`` for a field that orders nothing),
+    in every format, and the listing is printed all the same. Field names (``metadata``,
+    empty for every task here) and columns some task has are not warned about."""
+    http = queue_env.http()
+    ids = _finished_sweep(http, accs=(0.5, 0.9))
+    fields = ", ".join([*TASK_FIELD_NAMES, "duration"])
+
+    def warning(column: str, what: str = "no listed task has this field, so its column is empty"):
+        return (
+            f"Warning: -c {column}: {what} (fields: {fields}; dotted paths into args, "
+            "metadata or summary)."
+        )
+
+    proc = cli("task", "ls", "--fmt", "table", "-c", "task_id,nosuchcol,args.lr")
+    table = ok(proc)
+    assert all(i in table for i in ids) and "nosuchcol" in table and "args.lr" in table
+    assert proc.stderr.splitlines() == [warning("nosuchcol")]
+
+    proc = cli("task", "ls", "--fmt", "csv", "-c", "task_id,args.lrr", "-c", "sumary.*")
+    rows = list(csv.DictReader(io.StringIO(ok(proc))))
+    assert [r["task_id"] for r in rows] == ids and list(rows[0]) == ["task_id", "args.lrr"]
+    assert proc.stderr.splitlines() == [
+        warning("args.lrr"),
+        warning("sumary.*", "matches no field of any listed task, so it adds no column"),
+    ]
+
+    proc = cli("task", "ls", "--fmt", "jsonl", "-c", "nosuchcol")
+    assert [json.loads(line) for line in ok(proc).splitlines()] == [{"nosuchcol": None}] * 2
+    assert proc.stderr.splitlines() == [warning("nosuchcol")]
+
+    for fmt in ("table", "csv", "json", "yaml"):
+        proc = cli("task", "ls", "--fmt", fmt, "-c", "task_id,metadata,summary.*,args,duration")
+        assert ok(proc) and proc.stderr == "", (fmt, proc.stderr)
+    # nothing listed: nothing to judge
+    proc = cli("task", "ls", "-s", "running", "-c", "nosuchcol", "--fmt", "csv")
+    assert ok(proc) == "nosuchcol\n" and proc.stderr == ""
 
 
 def test_python_api_counts_dataframe_requeue(queue_env, monkeypatch):

@@ -9,6 +9,8 @@ or to now while it runs; empty before the first start). Datetimes are ISO-8601 U
 Columns (``-c/--columns``) pick keys: ``args`` takes every ``args.*`` key, ``args.lr`` that
 one, and shell-style patterns such as ``summary.*`` or ``*loss*`` match flattened keys.
 Without columns every key that occurs in any row is a column, in order of first appearance.
+A requested column that no row has and that is no field (``unknown_columns``) gets a warning
+from ``task ls``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,39 @@ def resolve_columns(columns: list[str] | None, keys: Iterable[str]) -> list[str]
             matched = [column]
         out.extend(k for k in matched if k not in out)
     return out
+
+
+def unknown_columns(
+    columns: list[str] | None, keys: Iterable[str], fields: Iterable[str]
+) -> list[str]:
+    """The requested ``columns`` that match none of ``keys`` (every key of every row printed)
+    and are none of the record's ``fields`` either: a typo (``-c nosuchcol``,
+    ``-c args.lrr``) that would print an empty column, or a pattern that adds none. A field
+    name (``metadata``, ``worker_id``) is never one: its column is empty when no row holds a
+    value, which is what it says."""
+    if not columns:
+        return []
+    seen = set(keys)
+    known = set(fields) | set(COMPUTED)
+    return [
+        column
+        for column in dict.fromkeys(columns)
+        if column not in known and not any(_matches(column, k) for k in seen)
+    ]
+
+
+def unknown_column_warning(column: str, fields: Iterable[str], kind: str = "task") -> str:
+    """The warning line for ``column`` of :func:`unknown_columns` (in the style of ``-S``'s
+    warning for a field that orders nothing)."""
+    what = (
+        "matches no field of any listed {kind}, so it adds no column"
+        if any(ch in column for ch in "*?[")
+        else "no listed {kind} has this field, so its column is empty"
+    ).format(kind=kind)
+    return (
+        f"Warning: -c {column}: {what} (fields: {', '.join([*fields, *COMPUTED])}; dotted "
+        "paths into args, metadata or summary)."
+    )
 
 
 def project(row: Mapping[str, Any], columns: list[str]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def columns_option():
         "--columns",
         help="Fields to print, repeatable or comma-separated: task fields, dotted paths "
         "(args.lr, summary.accuracy; `args` = every args.* field), patterns (summary.*) and "
-        "`duration` (seconds of the latest run). Nested values become dotted columns.",
+        "`duration` (seconds of the latest run). Nested values become dotted columns; one "
+        "that no listed task has is printed empty, with a warning.",
     )
 
 

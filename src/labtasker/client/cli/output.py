@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from labtasker.client.cli.options import OutputFormat
@@ -52,6 +52,7 @@ def emit_records(
     ansi: bool = True,
     columns: list[str] | None = None,
     row_builder: Callable[[Any], dict] | None = None,
+    fields: Sequence[str] | None = None,
 ) -> int:
     """Print records (pydantic models or dicts) as yaml / jsonl / json / csv / a Rich table.
 
@@ -59,14 +60,22 @@ def emit_records(
     :mod:`labtasker.client.tabular`) turns every format into flat rows of those columns,
     built by ``row_builder`` (default: the record flattened); csv is always flat. Records are
     streamed for yaml/jsonl/json (json as one array) and collected for csv and the table.
-    Returns the number of records printed.
+    ``fields``: the records' field names; when given, a requested column that no printed
+    record has (and no field: ``-c nosuchcol``) gets a warning on stderr after the output
+    (``tabular.unknown_columns``). Returns the number of records printed.
     """
     from labtasker.client import tabular
 
+    keys_seen: set[str] = set()
+
     def flat(record: Any) -> dict:
         if row_builder is not None:
-            return row_builder(record)
-        return tabular.flat_row(model_to_dict(record))
+            row = row_builder(record)
+        else:
+            row = tabular.flat_row(model_to_dict(record))
+        if columns:
+            keys_seen.update(row)
+        return row
 
     def item_of(record: Any) -> dict:
         if columns:
@@ -111,6 +120,9 @@ def emit_records(
         elif table_builder is not None:
             console.print(table_builder(collected))
     sys.stdout.flush()
+    if fields is not None and count and not quiet:
+        for column in tabular.unknown_columns(columns, keys_seen, fields):
+            print(tabular.unknown_column_warning(column, fields), file=sys.stderr)
     return count
 
 

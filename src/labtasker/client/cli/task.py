@@ -537,6 +537,7 @@ def ls(
         ansi=ansi,
         columns=cols,
         row_builder=tabular.task_row,
+        fields=TASK_FIELD_NAMES,
     )
 
 
