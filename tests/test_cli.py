@@ -743,6 +743,22 @@ def test_task_update_editor_mode(cli, queue_env, tmp_path):
     assert task["args"] == {"lr": 0.5} and task["priority"] == 15
 
 
+def test_task_update_editor_reads_1e_5_as_a_number(cli, queue_env, tmp_path):
+    """In the editor ``lr: 1e-5`` typed in is a float, as in task and sweep files; a string
+    that looks like one (``"1e-5"``) is written quoted, so it stays a string."""
+    tid = submit(cli, "--args", "{'lr': 0.1, 'tag': '1e-5'}")
+    editor = _editor_script(
+        tmp_path,
+        """
+        import sys, pathlib
+        p = pathlib.Path(sys.argv[1])
+        p.write_text(p.read_text().replace("lr: 0.1", "lr: 1e-5"))
+        """,
+    )
+    ok(cli("task", "update", "--id", tid, "--editor", editor))
+    assert get_task(queue_env, tid)["args"] == {"lr": 1e-5, "tag": "1e-5"}
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -173,6 +173,17 @@ def test_task_file_from_python(tmp_path):
         read_task_file(bad)
 
 
+def test_yaml_written_by_yamlread_reads_back_unchanged():
+    """``yamlread.dump`` quotes the strings ``yamlread.load`` would read as floats (PyYAML's
+    ``safe_dump`` writes ``1e-5`` bare); numbers and other text are written as before."""
+    from labtasker import yamlread
+
+    data = [{"a": "1e-5", "b": 1e-5, "c": "1E+3", "d": ".5e3", "e": "1e5x", "f": 3, "g": "x"}]
+    text = yamlread.dump(data, sort_keys=False)
+    assert yamlread.load(text) == data
+    assert "a: '1e-5'" in text and "e: 1e5x" in text and "g: x" in text
+
+
 def test_edited_task_updates():
     import yaml
 

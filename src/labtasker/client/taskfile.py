@@ -120,15 +120,18 @@ def edited_task_updates(
     changed (they cannot be updated). Raises ``ValueError`` (a ``LabtaskerValueError``, or
     pydantic's ``ValidationError`` for a value the field does not accept) when the YAML does
     not parse, is not a list of mappings, does not hold the same task ids in the same
-    order, or leaves a task with neither args nor a cmd."""
+    order, or leaves a task with neither args nor a cmd. The YAML is read by
+    :mod:`labtasker.yamlread`, like task files: ``lr: 1e-5`` typed in is a float (the editor's
+    text, written by ``yamlread.dump``, quotes a string that would read as one)."""
     import yaml
 
+    from labtasker import yamlread
     from labtasker.client.cmdline import NOTHING_TO_RUN, leaves_nothing_to_run
     from labtasker.fields import READ_ONLY_TASK_FIELDS, UPDATABLE_TASK_FIELDS
     from labtasker.wire import TaskUpdateRequest
 
     try:
-        new = yaml.safe_load(edited_yaml)
+        new = yamlread.load(edited_yaml)
     except yaml.YAMLError as exc:
         raise LabtaskerValueError(" ".join(str(exc).split())) from None
     if (

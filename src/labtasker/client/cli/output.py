@@ -28,13 +28,11 @@ def model_to_dict(model: Any) -> dict:
 
 def write_yaml_item(item: dict) -> None:
     """One YAML list item per record followed by a blank line (labtasker 1.0.1 layout)."""
-    import yaml
+    from labtasker import yamlread
 
-    # libyaml's emitter when PyYAML has it (several times faster than the pure-Python one)
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text = yaml.dump(
-        [item], Dumper=dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
-    )
+    # libyaml's emitter when PyYAML has it; a string such as "1e-5" quoted, so that a task
+    # file read back (``--file``, ``yamlread``) keeps it a string
+    text = yamlread.dump([item], sort_keys=False, allow_unicode=True, default_flow_style=False)
     sys.stdout.write(text + "\n")
 
 

@@ -725,7 +725,7 @@ def _edit_tasks(tasks, editor: str | None):
     import os
     import tempfile
 
-    import yaml
+    from labtasker import yamlread
 
     original = [t.model_dump(mode="json") for t in tasks]
     header = (
@@ -733,7 +733,8 @@ def _edit_tasks(tasks, editor: str | None):
         f"({', '.join(READ_ONLY_TASK_FIELDS)}) are ignored.\n"
         "# Do not add, remove or reorder tasks.\n"
     )
-    text = header + yaml.safe_dump(original, sort_keys=False, allow_unicode=True)
+    # read back by ``yamlread`` (``1e-5`` typed in is a float; a string "1e-5" stays quoted)
+    text = header + yamlread.dump(original, sort_keys=False, allow_unicode=True)
     fd, tmp = tempfile.mkstemp(prefix="labtasker.tmp.", suffix=".yaml")
     os.close(fd)
     try:
