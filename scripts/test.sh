@@ -37,7 +37,7 @@ export PATH="$VENV_DIR/bin:$PATH"
 
 # The suite runs twice: on SQLite (everything) and on PostgreSQL (every test that reaches the
 # storage through the server/queue_env/scratch_dbs fixtures, chosen in tests/conftest.py; the
-# backend-independent ones ran on SQLite already). PostgreSQL scratch databases are created
+# backend-independent ones, and those marked client_side, ran on SQLite already). PostgreSQL scratch databases are created
 # per run on $LABTASKER_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
 # The two halves run at the same time (most tests wait on servers, loops and timeouts rather
 # than on the CPU); LABTASKER_TEST_SERIAL=1 runs them one after the other. The PostgreSQL
