@@ -213,6 +213,9 @@ QUOTED_PLACES = [
     ("cat <<EOF\nval=%(v)\nEOF\nprintf '\\0'", ["val={v}\n"]),
     ("cat <<'EOF'\nval=%(v)\nEOF\nprintf '\\0'", ["val={v}\n"]),
     ("cat <<-EOF\n\tval=%(v)\n\tEOF\nprintf '\\0'", ["val={v}\n"]),
+    # a here-document opened inside $(...) (its output loses trailing newlines: hence "|")
+    ("printf '%s\\0' \"$(cat <<EOF\nval=%(v)|\nEOF\n)\"", ["val={v}|"]),
+    ("printf '%s\\0' \"$(cat <<'EOF'\n%(v)|\nEOF\n)\" x", ["{v}|", "x"]),
     # not here-documents: arithmetic, a here-string, and after a comment that holds "<<"
     ("printf '%s\\0' $((1<<2)) %(v)", ["4", "{v}"]),
     ("printf '%s\\0' %(v) # a << b\nprintf '%s\\0' %(v)", ["{v}", "{v}"]),

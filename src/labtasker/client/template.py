@@ -367,7 +367,7 @@ def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
     * inside ``'...'``: ``_in_single_quotes``; inside ``"..."``: ``_in_double_quotes``. So
       ``--name "%(name)"`` keeps ``my run`` one argument without extra quotes, and a value
       ``$(rm ...)`` stays text instead of being run;
-    * inside a here-document body: ``_in_here_document``.
+    * inside a here-document body (also one opened inside ``$(...)``): ``_in_here_document``.
 
     The literal text is read as POSIX ``sh`` reads quotes: ``\\`` escapes the next character
     outside single quotes, ``$(`` and backticks open a nested command whose quotes are its own,
@@ -464,7 +464,8 @@ def _shell_quoting(template: Template) -> dict[int, Callable[[str], str]]:
                         pending.append(doc)
                         continue
                     i += 1
-                elif ch == "\n" and pending and top[0] == "out":
+                elif ch == "\n" and pending and top[0] in ("out", "cmd"):
+                    # a here-document opened at the top or inside $(...) starts here
                     stack.append(["here", 0, pending.pop(0), ""])
                 elif ch == "`":
                     if top[0] == "tick":
