@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 
-from labtasker.server import eventlog
+from labtasker.server import eventlog, leaf_sort
 from labtasker.server.db import Database
 from labtasker.server.errors import Conflict, Forbidden, Invalid, NotFound
 from labtasker.server.sql_storage import SqlStorage
@@ -643,12 +643,27 @@ def test_submitted_leaf_rows_are_the_rows_the_triggers_make(store, qid):
     assert stored() == made
 
 
+def _pages_by_cursor(store, qid, sort, limit) -> list[str]:
+    """The task ids of every page of ``limit`` tasks in ``sort`` order, each page after the
+    cursor of the one before (``leaf_sort.next_cursor``); every cursor fits within
+    ``leaf_sort.MAX_CURSOR`` characters."""
+    seen, cursor = [], None
+    while True:
+        page = store.search_tasks(
+            qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
+        )
+        seen += [t["task_id"] for t in page]
+        if len(page) < limit:
+            return seen
+        cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
+        assert len(cursor) <= leaf_sort.MAX_CURSOR
+
+
 def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
     """A sort on one JSON path is read from the leaf index (``leaf_sort``): its pages, first
     page, cursor pages and offset pages, in both directions, equal a Python sort in the type order
     (missing/null, numbers, strings, objects, arrays, booleans; ties by task_id in the sort's
     direction) and the listing compiled from the JSON (a second key forces that path)."""
-    from labtasker.server import leaf_sort
 
     values = [1, 2.5, -3, 1.0, 1, "b", "a", "", "é", True, False, True, None, 10**15, 0.1]
     values += [{"k": 1}, {"k": 1}, [2], [1], -0.5, "a"]
@@ -679,16 +694,7 @@ def test_sort_on_a_summary_path_pages_by_cursor_like_a_python_sort(store, qid):
         assert [t["task_id"] for t in old] == reference
         for limit in (1, 4, 7):
             sort = [("summary.x", direction)]
-            seen, cursor = [], None
-            while True:
-                page = store.search_tasks(
-                    qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
-                )
-                seen += [t["task_id"] for t in page]
-                if len(page) < limit:
-                    break
-                cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
-            assert seen == reference, (direction, limit)
+            assert _pages_by_cursor(store, qid, sort, limit) == reference, (direction, limit)
             # pages by offset: the groups the offset passes whole are counted
             for offset in (1, 2, 5, 13, 14, len(reference) - 1, len(reference) + 3):
                 page = store.search_tasks(
@@ -716,7 +722,6 @@ def test_sort_on_large_values_pages_with_cursors_that_fit_a_url(store, qid):
     ``MAX_CURSOR_TEXT`` characters) are carried by reference: every cursor stays within
     ``MAX_CURSOR`` characters (the routes take 2,000), the pages equal the unpaged order,
     and a cursor whose task was deleted since is ``Invalid`` naming the cursor."""
-    from labtasker.server import leaf_sort
 
     values = [list(range(n, n + 400)) for n in (3, 1, 2)]
     values += [{"k": "v" * 1500, "n": n} for n in (2, 1)]
@@ -730,17 +735,7 @@ def test_sort_on_large_values_pages_with_cursors_that_fit_a_url(store, qid):
         ]
         assert sorted(reference) == sorted(ids)
         for limit in (1, 3):
-            seen, cursor = [], None
-            while True:
-                page = store.search_tasks(
-                    qid, **{**NO_FILTER, "sort": sort, "limit": limit, "cursor": cursor}
-                )
-                seen += [t["task_id"] for t in page]
-                if len(page) < limit:
-                    break
-                cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
-                assert len(cursor) <= leaf_sort.MAX_CURSOR
-            assert seen == reference, (direction, limit)
+            assert _pages_by_cursor(store, qid, sort, limit) == reference, (direction, limit)
     sort = [("args.big", 1)]
     page = store.search_tasks(qid, **{**NO_FILTER, "sort": sort, "limit": 3})
     cursor = leaf_sort.next_cursor(leaf_sort.json_sort(sort), page[-1])
