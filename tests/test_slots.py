@@ -43,6 +43,19 @@ def start_loop(queue_env, *args, **kw) -> subprocess.Popen:
     )
 
 
+def run_script(queue_env, script, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the Python ``script`` (a decorated loop) to its end in the queue's client root;
+    its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env=queue_env.env(),
+        cwd=queue_env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def finish(p: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
     try:
         return p.communicate(timeout=timeout)
@@ -371,14 +384,7 @@ def test_decorator_runs_one_fresh_process_per_gpu(queue_env):
     with queue_env.http() as http:
         ids = [submit(http, {"i": i}) for i in range(6)]
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=queue_env.env(),
-            cwd=queue_env.workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_script(queue_env, script)
         assert proc.returncode == 0, proc.stderr
         assert "ran 6" in proc.stdout, (proc.stdout, time.monotonic() - t0)
         tasks = [get_task(http, t) for t in ids]
@@ -414,14 +420,7 @@ def test_decorated_slots_without_the_main_guard_say_so(queue_env):
     )
     with queue_env.http() as http:
         tid = submit(http, {"i": 1})
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=queue_env.env(),
-            cwd=queue_env.workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_script(queue_env, script)
         assert proc.returncode != 0
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: train()")]
         assert len(said) == 2 and 'if __name__ == "__main__":' in said[0], proc.stderr
