@@ -262,6 +262,113 @@ def test_cancel_task_does_not_overwrite_a_run_that_ends_meanwhile(queue_env, ser
         assert "run_id" not in cancels[0] and cancels[0]["worker_id"] == wid
 
 
+class _Recording(httpx.HTTPTransport):
+    """A real transport that notes each request's method and path; ``refuse`` answers a
+    path with 405 without sending it, as a server without that route (labtasker 1.0.1,
+    whose ``/tasks/{task_id}`` takes only GET and DELETE) does."""
+
+    def __init__(self, refuse: str | None = None):
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+        self.refuse = refuse
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
+        if request.url.path == self.refuse:
+            return httpx.Response(405, json={"detail": "Method Not Allowed"}, request=request)
+        return super().handle_request(request)
+
+
+def _client(queue_env, transport: httpx.BaseTransport) -> httpx.Client:
+    return httpx.Client(
+        base_url=queue_env.url,
+        auth=(queue_env.queue_name, queue_env.password),
+        transport=transport,
+    )
+
+
+def _cancel_cases(queue_env) -> tuple[list[str], str, str, str]:
+    """1,200 pending tasks, one running (its run, worker), one that succeeded."""
+    pending = api.submit_tasks([{"args": {"i": i}} for i in range(1200)])
+    running = api.submit_task(args={"r": 1}).task_id
+    done = api.submit_task(args={"d": 1}).task_id
+    wid = api.create_worker()
+    run = api.fetch_task(worker_id=wid, required_fields=["d"]).task
+    api.report_task_status(done, "success", summary={"acc": 1}, run_id=run.run_id)
+    run = api.fetch_task(worker_id=wid, required_fields=["r"]).task
+    assert run.task_id == running
+    return pending, running, done, run.run_id
+
+
+def _check_cancelled(pending, running, done, run_id):
+    counts = {k: n for k, n in api.count_tasks().counts().items() if n}
+    assert counts == {"cancelled": 1201, "success": 1}
+    with pytest.raises(TaskNotOwned):  # the run is fenced off: its loop stops the job
+        api.refresh_task_heartbeat(running, run_id=run_id)
+    assert api.ls_task_runs(running).content[0].status == "cancelled"
+    assert api.ls_task_runs(running).content[0].charged is False
+    task = api.get_task(done)
+    assert (task.status, task.summary) == ("success", {"acc": 1})
+
+
+def test_cancel_tasks_sends_1000_ids_a_request(queue_env):
+    """``cancel_tasks`` with 1,203 ids (one unknown, one repeated) makes two requests to
+    ``/tasks/cancel`` and no other (``cancel_task`` per id made two per id): pending and
+    running tasks are cancelled, the running one's run is fenced off and ended as cancelled
+    without charging its worker, an ended task is unchanged; the answer is the status each
+    had, ``None`` for the unknown id, in the order given."""
+    pending, running, done, run_id = _cancel_cases(queue_env)
+    asked = [running, done, "no-such-task", *pending, pending[0]]
+    transport = _Recording()
+    with _client(queue_env, transport) as client:
+        before = api.cancel_tasks(asked, client=client)
+    assert list(before) == [running, done, "no-such-task", *pending]
+    assert before[running] == "running" and before[done] == "success"
+    assert before["no-such-task"] is None
+    assert {before[t] for t in pending} == {"pending"}
+    assert transport.seen == [("POST", "/api/v1/queues/me/tasks/cancel")] * 2
+    _check_cancelled(pending, running, done, run_id)
+    # again: every task has ended now, nothing changes
+    again = api.cancel_tasks([running, *pending[:3]])
+    assert set(again.values()) == {"cancelled"}
+    assert api.cancel_tasks([]) == {}
+
+
+def test_cancel_tasks_falls_back_to_one_by_one(queue_env):
+    """Against a server without ``/tasks/cancel`` (405), ``cancel_tasks`` cancels through
+    ``cancel_task`` per id, with the same answer."""
+    pending, running, done, run_id = _cancel_cases(queue_env)
+    asked = [running, done, "no-such-task", *pending]
+    transport = _Recording(refuse="/api/v1/queues/me/tasks/cancel")
+    with _client(queue_env, transport) as client:
+        before = api.cancel_tasks(asked, client=client)
+    assert before == {running: "running", done: "success", "no-such-task": None} | {
+        t: "pending" for t in pending
+    }
+    assert transport.seen[0] == ("POST", "/api/v1/queues/me/tasks/cancel")
+    assert ("GET", f"/api/v1/queues/me/tasks/{pending[0]}") in transport.seen
+    _check_cancelled(pending, running, done, run_id)
+
+
+def test_cancel_route_bounds(queue_env):
+    """``POST /tasks/cancel`` takes 1 to 1,000 ids of at most 100 characters: 422 naming
+    ``task_ids`` and the limit otherwise, and nothing is cancelled."""
+    tid = api.submit_task(args={"x": 1}).task_id
+    with queue_env.http() as http:
+        for ids, limit in (([], "at least 1"), ([tid] * 1001, "at most 1000"),
+                           (["x" * 101], "at most 100")):  # fmt: skip
+            resp = http.post("/api/v1/queues/me/tasks/cancel", json={"task_ids": ids})
+            assert resp.status_code == 422, resp.text
+            assert "task_ids" in resp.text and limit in resp.text, resp.text
+        # a repeated id counts once
+        resp = http.post("/api/v1/queues/me/tasks/cancel", json={"task_ids": [tid] * 1000})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["results"] == [{"task_id": tid, "before": "pending"}]
+    assert api.get_task(tid).status == "cancelled"
+    # an id no task can have is answered without a request
+    assert api.cancel_tasks(["y" * 101]) == {"y" * 101: None}
+
+
 def test_worker_suspended_and_fsm_errors(queue_env):
     api.submit_task(args={"x": 1})
     wid = api.create_worker()

@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "update_tasks": _API,
     "delete_task": _API,
     "cancel_task": _API,
+    "cancel_tasks": _API,
     "create_worker": _API,
     "ls_workers": _API,
     "report_worker_status": _API,

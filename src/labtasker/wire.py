@@ -374,6 +374,25 @@ class TaskRequeueResponse(_Response):
     more: bool = False  # more tasks matched than ``limit``: call again
 
 
+class TaskCancelRequest(_Request):
+    """``POST /tasks/cancel``: cancel these tasks (1 to 1,000 ids; a repeated id counts
+    once) if they have not ended."""
+
+    task_ids: list[Annotated[str, Field(max_length=100)]] = Field(min_length=1, max_length=1000)
+
+
+class TaskCancelResult(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    task_id: str
+    # the status before the cancel; None when the queue has no such task. "pending" and
+    # "running" tasks are cancelled now; ended ones (success, failed, cancelled) are unchanged.
+    before: str | None
+
+
+class TaskCancelResponse(_Response):
+    results: list[TaskCancelResult]  # one per distinct id, in the order asked
+
+
 ProgressNumber = float | int
 MAX_PROGRESS_METRICS = 32
 

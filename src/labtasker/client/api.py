@@ -241,6 +241,7 @@ __all__ = [
     "get_task",
     "update_tasks",
     "cancel_task",
+    "cancel_tasks",
     "delete_task",
     "delete_worker",
     "count_tasks",
@@ -1227,6 +1228,7 @@ def update_tasks(
 
 ENDED_TASK_STATUSES = ("success", "failed", "cancelled")
 _CANCEL_ATTEMPTS = 5
+_MAX_ID = 100  # characters of a task id in a batch cancel (``TaskCancelRequest``)
 
 
 def cancel_task(task_id: str, client: ClientLike | None = None) -> str:
@@ -1270,6 +1272,50 @@ def cancel_task(task_id: str, client: ClientLike | None = None) -> str:
         f"Task {task_id} changed its run {_CANCEL_ATTEMPTS} times while being cancelled; "
         "not cancelled"
     )
+
+
+def cancel_tasks(
+    task_ids: Sequence[str], client: ClientLike | None = None
+) -> dict[str, str | None]:
+    """Cancel many tasks; return ``{task_id: status before}`` for every distinct id, in the
+    order given, with ``None`` for an id the queue does not have.
+
+    As :func:`cancel_task` for each task (pending and running ones become ``cancelled``,
+    ended ones are left unchanged), but 1,000 ids per request (``POST /tasks/cancel``), each
+    request one transaction on the server: 2,000 ids take two requests instead of 4,000.
+    Against a server without that route (labtasker 1.0.1) it falls back to
+    :func:`cancel_task` per id. Raises :class:`LabtaskerRuntimeError` as
+    :func:`cancel_task` does in that fallback.
+    """
+    ids = list(dict.fromkeys(task_ids))
+    # an id longer than the route takes is no task's id: answered without asking
+    before: dict[str, str | None] = {t: None for t in ids if len(t) > _MAX_ID}
+    asked = [t for t in ids if len(t) <= _MAX_ID]
+    for start in range(0, len(asked), 1000):
+        chunk = asked[start : start + 1000]
+        req = _wire.TaskCancelRequest(task_ids=chunk)
+        try:
+            body = _call("POST", f"{_QUEUE_ME}/tasks/cancel", client=client, json_body=_body(req))
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code not in (404, 405) or start:
+                raise
+            return _cancel_one_by_one(ids, client)
+        for item in _wire.TaskCancelResponse.model_validate(body).results:
+            before[item.task_id] = item.before
+    return {t: before.get(t) for t in ids}  # in the order given
+
+
+def _cancel_one_by_one(ids: list[str], client: ClientLike | None) -> dict[str, str | None]:
+    """``cancel_tasks`` through ``cancel_task`` per id (a server without ``/tasks/cancel``)."""
+    before: dict[str, str | None] = {}
+    for task_id in ids:
+        try:
+            before[task_id] = cancel_task(task_id, client=client)
+        except LabtaskerHTTPStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            before[task_id] = None
+    return before
 
 
 def delete_task(task_id: str, client: ClientLike | None = None) -> None:

@@ -326,6 +326,15 @@ def requeue_tasks(body: wire.TaskRequeueRequest, qid: QueueId, store: Store):
     )
 
 
+@router.post("/api/v1/queues/me/tasks/cancel", response_model=wire.TaskCancelResponse)
+def cancel_tasks(body: wire.TaskCancelRequest, qid: QueueId, store: Store):
+    """Cancel up to 1,000 tasks by id in one transaction (ours): pending and running ones
+    become ``cancelled`` (a running task's loop stops its job at its next heartbeat), ended
+    ones are left unchanged. ``results``: for each distinct id in the order asked, the
+    status it had (``before``), ``null`` when the queue has no such task."""
+    return {"results": store.cancel_tasks(qid, body.task_ids)}
+
+
 @router.get("/api/v1/queues/me/overview", response_model=wire.QueueOverviewResponse)
 def overview(qid: QueueId, store: Store, window_seconds: float = 600.0):
     """The queue at a glance (ours): counts per status, runs finished in the last

@@ -144,6 +144,8 @@ _WORKER_COLUMNS = [workers.c[k] for k in WORKER_KEYS]
 MAX_REQUEUE = 1000  # tasks requeued by one call (``more`` tells the caller to call again)
 REQUEUE_STATUSES = ("success", "failed", "cancelled")  # requeued when no status is given
 MAX_PRUNE = 1000  # workers removed by one prune call
+MAX_CANCEL = 1000  # distinct task ids of one batch cancel
+_CANCELLABLE = ("pending", "running")  # the task states a cancel changes
 
 # What the timeout sweep reads: the running tasks with a timeout, of every queue. The status is
 # a literal (``RUNNING``) so that both planners read the partial ``ix_tasks_running``.
@@ -658,18 +660,20 @@ class SqlStorage:
             )
             if r.run_id
         ]
-        self._back_to_pending(
+        self._move_tasks(
             conn,
             queue_id,
             where=(tasks.c.queue_id == queue_id, tasks.c.status == RUNNING),
             runs=running,
             old_state=lambda _task_id: "running",
             now=now,
+            status="pending",
+            run_status="requeued",
             message=f"handed back: {why}",
         )
 
     @staticmethod
-    def _back_to_pending(
+    def _move_tasks(
         conn: Connection,
         queue_id: str,
         *,
@@ -677,24 +681,27 @@ class SqlStorage:
         runs: list[str],
         old_state: Callable[[str], str],
         now: datetime,
+        status: str,
+        run_status: str,
         message: str,
         **values: Any,
     ) -> list[str]:
-        """The tasks matching ``where`` back to ``pending`` (their claim fields cleared,
-        ``values`` set as well), the runs ``runs`` ended as ``requeued`` with ``message``
-        in their summary, one event each (from ``old_state(task_id)`` to ``pending``).
-        Returns the ids of the tasks it changed. Shared by requeue and the password change,
-        so that both leave the same history."""
+        """The tasks matching ``where`` to ``status`` (``pending`` or ``cancelled``; their
+        claim fields cleared, ``values`` set as well), the runs ``runs`` ended as
+        ``run_status`` with ``message`` in their summary, one event each (from
+        ``old_state(task_id)`` to ``status``). Returns the ids of the tasks it changed.
+        Shared by requeue, the password change's hand-back and the batch cancel, so that
+        all of them leave the same history."""
         if runs:  # their runs end here, in the history too
             conn.execute(
                 update(task_runs)
                 .where(task_runs.c.run_id.in_(runs), task_runs.c.ended.is_(None))
-                .values(ended=now, status="requeued", summary={"message": message})
+                .values(ended=now, status=run_status, summary={"message": message})
             )
         rows = conn.execute(
             update(tasks)
             .where(*where)
-            .values(status="pending", last_modified=now, **values, **_END_RUN)
+            .values(status=status, last_modified=now, **values, **_END_RUN)
             .returning(*_TASK_COLUMNS)
         ).fetchall()
         done: list[str] = []
@@ -706,7 +713,7 @@ class SqlStorage:
                 entity_type="task",
                 entity_id=task["task_id"],
                 old=old_state(task["task_id"]),
-                new="pending",
+                new=status,
                 data=task,
                 now=now,
             )
@@ -1865,17 +1872,66 @@ class SqlStorage:
             runs = [r.run_id for r in found[:limit] if r.status == "running" and r.run_id]
             done: list[str] = []
             if old:
-                done = self._back_to_pending(
+                done = self._move_tasks(
                     conn,
                     queue_id,
                     where=(tasks.c.task_id.in_(list(old)), tasks.c.status.in_(statuses)),
                     runs=runs,
                     old_state=old.__getitem__,
                     now=now,
+                    status="pending",
+                    run_status="requeued",
                     message="requeued",
                     retries=0,
                 )
         return {"requeued": len(done), "task_ids": done, "more": more}
+
+    def cancel_tasks(self, queue_id: str, task_ids: list[str]) -> list[dict[str, Any]]:
+        """Cancel the queue's tasks ``task_ids`` that have not ended, in one transaction.
+
+        A pending task will not be claimed any more; a running one has its run ended as
+        ``cancelled`` (not charged to its worker) and fenced off: its heartbeats and its
+        report are refused, so its loop stops the job. Tasks that already ended (success,
+        failed, cancelled) are left as they are. The read and the change happen in the same
+        write transaction, so a run that ends meanwhile cannot be overwritten.
+
+        Returns ``[{"task_id": str, "before": str | None}, ...]`` in the order asked (a
+        repeated id once): the status each task had, ``None`` when the queue has no such
+        task. Raises ``Invalid`` for more than ``MAX_CANCEL`` distinct ids.
+        """
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > MAX_CANCEL:
+            raise Invalid(f"task_ids: at most {MAX_CANCEL} per request, got {len(ids)}")
+        with self.db.write() as conn:
+            now = self.db.now(conn)
+            stmt = select(tasks.c.task_id, tasks.c.status, tasks.c.run_id).where(
+                tasks.c.queue_id == queue_id, tasks.c.task_id.in_(ids)
+            )
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(of=tasks)
+            before = {r.task_id: r for r in conn.execute(stmt)} if ids else {}
+            live = [t for t, r in before.items() if r.status in _CANCELLABLE]
+            if live:
+                self._move_tasks(
+                    conn,
+                    queue_id,
+                    where=(
+                        tasks.c.queue_id == queue_id,
+                        tasks.c.task_id.in_(live),
+                        tasks.c.status.in_(_CANCELLABLE),
+                    ),
+                    runs=[
+                        before[t].run_id
+                        for t in live
+                        if before[t].status == "running" and before[t].run_id
+                    ],
+                    old_state=lambda task_id: before[task_id].status,
+                    now=now,
+                    status="cancelled",
+                    run_status="cancelled",
+                    message="cancelled",
+                )
+        return [{"task_id": t, "before": before[t].status if t in before else None} for t in ids]
 
     def count_tasks(
         self,

@@ -110,6 +110,7 @@ class Storage(Protocol):
         extra_filter: dict | None = None,
         limit: int = 1000,
     ) -> dict[str, Any]: ...
+    def cancel_tasks(self, queue_id: str, task_ids: list[str]) -> list[dict[str, Any]]: ...
     def count_tasks(
         self,
         queue_id: str,

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from labtasker.client.cli.errors import CliError, handle_errors, usage_error
+from labtasker.client.cli.errors import EXIT_RUNTIME, CliError, handle_errors, usage_error
 from labtasker.client.cli.options import (
     OutputFormat,
     TaskStatusChoice,
@@ -30,7 +30,6 @@ from labtasker.client.cli.output import choose_format, emit_records, print_filte
 from labtasker.client.cli.prompts import (
     confirm_bulk,
     delete_by_ids,
-    for_each_id,
     ids_to_act_on,
     read_ids_from_stdin,
 )
@@ -799,16 +798,26 @@ def cancel(
       labtasker task ls -q -s pending -f 'args.lr > 0.1' | labtasker task cancel -y
     """
     from labtasker.client import api
+    from labtasker.client.terminal import escape_control
 
-    def act(task_id: str) -> str:
-        before = api.cancel_task(task_id)
+    ids = ids_to_act_on(task_ids, "task", "cancel", yes)
+    failed = 0
+    for given, before in api.cancel_tasks(ids).items():  # 1,000 ids a request
+        task_id = escape_control(given)
         if before == "cancelled":
-            return f"Task {task_id} was already cancelled."
-        if before in TERMINAL_TASK_STATES:
-            raise CliError(f"Task {task_id} already ended ({before}); not cancelled.")
-        return f"Task {task_id} cancelled (was {before})."
-
-    for_each_id(ids_to_act_on(task_ids, "task", "cancel", yes), "task", act)
+            print(f"Task {task_id} was already cancelled.")
+        elif before is None:
+            failed += 1
+            print(f"Error: Task {task_id} not found.", file=sys.stderr)
+        elif before in TERMINAL_TASK_STATES:
+            failed += 1
+            print(
+                f"Error: Task {task_id} already ended ({before}); not cancelled.", file=sys.stderr
+            )
+        else:
+            print(f"Task {task_id} cancelled (was {before}).")
+    if failed:
+        raise typer.Exit(EXIT_RUNTIME)
 
 
 @app.command()
