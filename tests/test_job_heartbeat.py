@@ -190,14 +190,15 @@ def make(fake, interval=0.2, **kw):
     return Heartbeat("t1", worker_id="w1", run_id="r1", interval=interval, refresh=fake, **kw)
 
 
-def test_first_beat_immediate_then_periodic():
+def test_first_beat_after_one_interval_then_periodic():
+    """The claim was the first beat: the thread's first comes one interval later."""
     fake = FakeServer([])
     t0 = time.monotonic()
     hb = make(fake).start()
     time.sleep(0.5)
     hb.stop()
-    assert fake.calls[0] - t0 < 0.1
-    assert 2 <= len(fake.calls) <= 5
+    assert 0.19 <= fake.calls[0] - t0 < 0.3
+    assert 2 <= len(fake.calls) <= 3
     n = len(fake.calls)
     time.sleep(0.4)
     assert len(fake.calls) == n  # nothing after stop

@@ -134,8 +134,9 @@ def test_stop_ends_the_back_off_at_once(queue_env):
         httpx.Client(base_url=queue_env.url, transport=httpx.MockTransport(handler)),
         retry_policy=RetryPolicy(attempts=10, budget=60),
     )
-    beat = Heartbeat("t1", worker_id=None, run_id="r1", interval=30, client=client).start()
-    wait_for(lambda: len(calls) >= 3, timeout=20, what="three failed beats")  # 0.5, 1 s waits
+    # the first beat is one interval (3 s) after the start, then back-off waits of 0.5, 1 s
+    beat = Heartbeat("t1", worker_id=None, run_id="r1", interval=3, client=client).start()
+    wait_for(lambda: len(calls) >= 3, timeout=20, what="three failed beats")
     time.sleep(0.5)  # asleep in the 2 s back-off now
     t0 = time.monotonic()
     beat.stop()

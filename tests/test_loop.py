@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -613,13 +614,20 @@ def test_sigint_forwarded_to_job_and_task_handed_back(queue_env):
 
 
 def test_heartbeat_keeps_long_task_alive(queue_env):
-    """heartbeat_interval is 1 s, timeout 3 s: a 5 s job must not be reclaimed."""
+    """heartbeat_interval is 1 s, timeout 3 s: a 5 s job must not be reclaimed, its beats
+    reach the server. A job shorter than the interval sends none: the claim was its beat
+    (the task's last heartbeat is its start time)."""
     http = queue_env.http()
     tid = submit(http, {"s": 5})
+    quick = submit(http, {"s": 0})
     proc = run_loop(queue_env, "-c", "sleep %(s)")
     assert proc.returncode == 0, proc.stderr
     task = get_task(http, tid)
     assert task["status"] == "success" and task["retries"] == 0
+    beat, start = (datetime.fromisoformat(task[k]) for k in ("last_heartbeat", "start_time"))
+    assert (beat - start).total_seconds() >= 3, task
+    task = get_task(http, quick)
+    assert task["status"] == "success" and task["last_heartbeat"] == task["start_time"], task
 
 
 # ------------------------------------------------------------------------------ usage errors
