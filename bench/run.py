@@ -579,7 +579,14 @@ def row_sweep(impl: Impl, sizes: Sizes, out: dict) -> None:
         out[key] = Result(rate, f"{rate:,.0f}/s ({wall:.1f} s)", True)
 
 
-def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
+def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict, combined: bool = False) -> None:
+    """``claim_<workers>``: claim + report by ``workers`` processes until the queue is empty;
+    ``combined`` (ours only, ``claim1_<workers>``): each report claims the next task in the
+    same request, as our loop does."""
+    key = f"claim1_{workers}" if combined else f"claim_{workers}"
+    if combined and (impl.is_ref or impl.is_v2):
+        out[key] = na(f"labtasker {impl.name} has no report that claims the next task")
+        return
     queue = impl.new_queue(f"claim{workers}")
     impl.seed(queue, "claim", 0, sizes.claim_tasks)
     _qid, password = impl.queues[queue]
@@ -601,7 +608,7 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
                     str(tmp / f"w{w}.json"),
                     repr(start_at),
                     repr(deadline),
-                    "v2" if impl.is_v2 else "v1",
+                    "v2" if impl.is_v2 else ("combined" if combined else "v1"),
                 ]
             )
         )
@@ -634,7 +641,7 @@ def row_claim(impl: Impl, sizes: Sizes, workers: int, out: dict) -> None:
         f"p99 {ms(percentile(lat, 99) * 1000)} ms; {check}; "
         f"server CPU {cpu / max(len(ids), 1) * 1000:.2f} ms/task"
     )
-    out[f"claim_{workers}"] = Result(rate, text, True)
+    out[key] = Result(rate, text, True)
 
 
 def _fetch_samples(
@@ -945,6 +952,14 @@ def row_labels(sizes: Sizes) -> list[tuple[str, str]]:
             )
         )
     top = max(sizes.claim_workers)
+    for w in sorted({min(sizes.claim_workers), top}):
+        labels.append(
+            (
+                f"claim1_{w}",
+                f"claim + report in one request (our loop's), {w} worker process(es), "
+                f"{sizes.claim_tasks:,} tasks (tasks/s; latency)",
+            )
+        )
     labels.append(
         (
             f"claim_{top}_procs2",
@@ -1074,6 +1089,10 @@ def run_impl(impl: Impl, sizes: Sizes, only: set[str] | None) -> dict[str, Resul
         ("submit", lambda: row_sweep(impl, sizes, out)),
         ("claim", lambda: row_http_floor(impl, sizes, out)),
         *[("claim", lambda w=w: row_claim(impl, sizes, w, out)) for w in sizes.claim_workers],
+        *[
+            ("claim", lambda w=w: row_claim(impl, sizes, w, out, combined=True))
+            for w in sorted({min(sizes.claim_workers), max(sizes.claim_workers)})
+        ],
         ("claim", lambda: row_claim_two_processes(impl, sizes, out)),
         ("loop", lambda: row_loop(impl, sizes, out)),
         ("fetch", lambda: rows_fetch_ls(impl, sizes, out)),

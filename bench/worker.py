@@ -5,7 +5,8 @@ in seconds, per task) as JSON to OUT.
     python bench/worker.py URL QUEUE PASSWORD FIELDS OUT START_AT DEADLINE [API]
 
 API is ``v1`` (default: ours and labtasker 1.0.1; PASSWORD is the queue password, FIELDS the
-comma list of required fields) or ``v2`` (labtasker 2.x's REST API v2: PASSWORD is the bearer
+comma list of required fields), ``combined`` (ours: each report also claims the next task,
+one request a task as our loop does; the latency is that request's) or ``v2`` (labtasker 2.x's REST API v2: PASSWORD is the bearer
 token, FIELDS the route; claim + complete with a fresh ``run_id`` per claim).
 """
 
@@ -24,6 +25,8 @@ def main() -> None:
     start_at, deadline = float(sys.argv[6]), float(sys.argv[7])
     if len(sys.argv) > 8 and sys.argv[8] == "v2":
         return main_v2(url, queue, password, fields, out, start_at, deadline)
+    if len(sys.argv) > 8 and sys.argv[8] == "combined":
+        return main_combined(url, queue, password, fields, out, start_at, deadline)
     required = fields.split(",")
     ids: list[str] = []
     lat: list[float] = []
@@ -56,6 +59,32 @@ def main() -> None:
     end = time.time()
     with open(out, "w") as fh:
         json.dump({"ids": ids, "lat": lat, "errors": errors, "end": end}, fh)
+
+
+def main_combined(
+    url: str, queue: str, password: str, fields: str, out: str, start_at: float, deadline: float
+) -> None:
+    ids: list[str] = []
+    lat: list[float] = []
+    errors = 0
+    claim = {"required_fields": fields.split(","), "heartbeat_timeout": 3600}
+    with httpx.Client(base_url=url, auth=(queue, password), timeout=120) as client:
+        client.get("/health")
+        time.sleep(max(0.0, start_at - time.time()))
+        answer = client.post("/api/v1/queues/me/tasks/next", json=claim).json()
+        while answer and answer.get("found") and time.time() < deadline:
+            task = answer["task"]
+            t0 = time.perf_counter()
+            report = {"status": "success", "run_id": task["run_id"], "claim_next": claim}
+            resp = client.post(f"/api/v1/queues/me/tasks/{task['task_id']}/status", json=report)
+            lat.append(time.perf_counter() - t0)
+            ids.append(task["task_id"])
+            if resp.status_code != 200:
+                errors += 1
+                break
+            answer = resp.json()["next"]
+    with open(out, "w") as fh:
+        json.dump({"ids": ids, "lat": lat, "errors": errors, "end": time.time()}, fh)
 
 
 def main_v2(

@@ -32,6 +32,8 @@ def test_bench_quick(tmp_path):
         "submit_one",
         "claim_1",
         "claim_2",
+        "claim1_1",
+        "claim1_2",
         "fetch_100",
         "fetch_1000",
         "fetch_ratio",
@@ -43,4 +45,5 @@ def test_bench_quick(tmp_path):
         "import",
     ):
         assert rows[key]["value"] is not None and rows[key]["value"] > 0, (key, rows[key])
-    assert "0 dup" in rows["claim_2"]["text"] and "claimed" not in rows["claim_2"]["text"]
+    for key in ("claim_2", "claim1_2"):
+        assert "0 dup" in rows[key]["text"] and "claimed" not in rows[key]["text"], rows[key]

@@ -454,3 +454,56 @@ def test_transient_503_is_retried_for_safe_calls(queue_env):
     with pytest.raises(LabtaskerHTTPStatusError) as info:
         api.create_worker(client=client)
     assert info.value.status_code == 503 and calls["n"] == 1
+
+
+class _LosesCombinedAnswer(_Recording):
+    """Sends every request; the answer of a report that claims the next task is lost on the
+    way back (``httpx.ReadTimeout`` after the server has handled it)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if b'"claim_next"' in request.content:
+            response.close()
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+def test_report_and_claim_next(queue_env):
+    """``report_task_and_claim_next`` reports and answers the next claim in one request
+    (``found`` False when nothing matches). When the answer is lost, the report is sent
+    again alone and counts as done (the task already has the reported status), the answer
+    is ``None``; the combined request itself is not repeated."""
+    tids = api.submit_tasks([{"args": {"rcn": i}} for i in range(3)])
+    wid = api.create_worker()
+    claim = {"worker_id": wid, "required_fields": ["rcn"]}
+    first = api.fetch_task(**claim).task
+    transport = _Recording()
+    with _client(queue_env, transport) as client:
+        nxt = api.report_task_and_claim_next(
+            first.task_id, "success", {"acc": 1}, wid, first.run_id, claim=claim, client=client
+        )
+    assert transport.seen == [("POST", f"/api/v1/queues/me/tasks/{first.task_id}/status")]
+    assert nxt is not None and nxt.found and nxt.task is not None
+    second = nxt.task
+    assert second.task_id in tids and second.task_id != first.task_id
+    assert api.get_task(second.task_id).run_id == second.run_id
+    assert api.get_task(first.task_id).summary == {"acc": 1}
+    # the answer is lost: the report alone again, found stored, no second claim
+    lossy = _LosesCombinedAnswer()
+    with _client(queue_env, lossy) as client:
+        nxt = api.report_task_and_claim_next(
+            second.task_id, "success", None, wid, second.run_id, claim=claim, client=client
+        )
+    assert nxt is None
+    status = f"/api/v1/queues/me/tasks/{second.task_id}/status"
+    assert lossy.seen[:2] == [("POST", status), ("POST", status)], lossy.seen
+    assert ("POST", "/api/v1/queues/me/tasks/next") not in lossy.seen
+    assert api.get_task(second.task_id).status == "success"
+    # the lost answer's claim holds the third task (its lease runs out as a lost fetch's)
+    third = next(t for t in tids if t not in (first.task_id, second.task_id))
+    assert api.get_task(third).status == "running"
+    # a bad claim is refused before anything is sent
+    with pytest.raises(LabtaskerValueError):
+        api.report_task_and_claim_next(
+            third, "success", None, wid, None, claim={"start_heartbeat": False}
+        )

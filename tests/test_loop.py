@@ -884,3 +884,87 @@ def test_decorated_job_interrupted_when_task_taken_away(queue_env):
     assert (out / f"{victim}.ended").exists()  # the job was interrupted, its finally ran
     assert get_task(http, victim)["status"] == "cancelled"
     assert get_task(http, follower)["status"] == "success"
+
+
+# ------------------------------------------------------------------------------ one request a task
+# ``labtasker loop`` in a child process whose httpx transport notes each request (method and
+# path) and prints them as JSON at exit; with ``stop_after_claim``, a SIGINT reaches the loop
+# right after its first report that claimed the next task.
+COUNTED_LOOP = textwrap.dedent(
+    """
+    import atexit, json, os, signal, sys
+    import httpx
+
+    seen = []
+    send = httpx.HTTPTransport.handle_request
+
+    def handle_request(self, request):
+        seen.append([request.method, request.url.path])
+        return send(self, request)
+
+    httpx.HTTPTransport.handle_request = handle_request
+    atexit.register(lambda: print("REQUESTS " + json.dumps(seen), flush=True))
+    if os.environ.get("STOP_AFTER_CLAIM"):
+        from labtasker.client import api
+        combined = api.report_task_and_claim_next
+
+        def report_then_stop(*args, **kwargs):
+            answer = combined(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)
+            return answer
+
+        api.report_task_and_claim_next = report_then_stop
+    from labtasker.client.cli.main import main
+    sys.argv = ["labtasker", "loop", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def _counted_loop(queue_env, *loop_args, stop_after_claim=False):
+    script = queue_env.workdir / "counted_loop.py"
+    script.write_text(COUNTED_LOOP)
+    env = {**queue_env.env(), **({"STOP_AFTER_CLAIM": "1"} if stop_after_claim else {})}
+    proc = subprocess.run(
+        [sys.executable, str(script), *loop_args],
+        env=env,
+        cwd=queue_env.workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("REQUESTS "))
+    return proc, [tuple(r) for r in json.loads(line.removeprefix("REQUESTS "))]
+
+
+def test_loop_makes_one_request_per_successful_task(queue_env):
+    """Five quick tasks that succeed: each report claims the next task in the same request,
+    so the loop sends one claim (the first) and five reports, not six claims and five
+    reports; every task succeeds, once."""
+    http = queue_env.http()
+    tids = [submit(http, {"one_req": i}) for i in range(5)]
+    proc, seen = _counted_loop(queue_env, "--", "true", "%(one_req)")
+    assert proc.returncode == 0, proc.stderr
+    claims = [r for r in seen if r == ("POST", "/api/v1/queues/me/tasks/next")]
+    reports = [r for r in seen if r[0] == "POST" and r[1].endswith("/status") and "/tasks/" in r[1]]
+    assert (len(claims), len(reports)) == (1, 5), seen
+    assert not [r for r in seen if r[1].endswith("/heartbeat")], seen
+    for tid in tids:
+        task = get_task(http, tid)
+        assert (task["status"], task["retries"]) == ("success", 0), task
+
+
+def test_loop_stopped_after_a_combined_report_hands_the_claimed_task_back(queue_env):
+    """A SIGINT that arrives after the report that claimed the next task: the loop exits
+    130 without running that task, which is back to pending, its retries untouched."""
+    http = queue_env.http()
+    tids = [submit(http, {"hand_back": i}) for i in range(3)]
+    proc, seen = _counted_loop(queue_env, "--", "true", "%(hand_back)", stop_after_claim=True)
+    assert proc.returncode == 130, proc.stderr
+    tasks = [get_task(http, tid) for tid in tids]
+    assert sorted(t["status"] for t in tasks) == ["pending", "pending", "success"], tasks
+    assert all(t["retries"] == 0 for t in tasks), tasks
+    # the claimed one was handed back (one update), not left running for its lease to expire
+    assert ("PUT", "/api/v1/queues/me/tasks") in seen, seen
+    assert seen.count(("POST", "/api/v1/queues/me/tasks/next")) == 1, seen

@@ -86,3 +86,96 @@ async def test_events_route_refuses_a_bad_last_event_id(asgi_queue):
     resp = await http.get(f"{API}/events", headers={"Last-Event-ID": "x"})
     assert resp.status_code == 400
     assert resp.json()["detail"] == "Last-Event-ID must be an integer event id"
+
+
+async def _claimed(http, key: str, n: int, **claim) -> tuple[list[str], dict]:
+    """Submit ``n`` tasks with args ``{key: i}``; claim one; return the ids and the claim."""
+    tids = [
+        (await http.post(f"{API}/tasks", json={"args": {key: i}})).json()["task_id"]
+        for i in range(n)
+    ]
+    body = {"required_fields": [key], **claim}
+    task = (await http.post(f"{API}/tasks/next", json=body)).json()["task"]
+    assert task["task_id"] in tids
+    return tids, task
+
+
+async def test_report_with_claim_next_answers_the_next_task(asgi_queue):
+    _, http = asgi_queue
+    tids, first = await _claimed(http, "rcn_next", 2)
+    resp = await http.post(
+        f"{API}/tasks/{first['task_id']}/status",
+        json={
+            "status": "success",
+            "run_id": first["run_id"],
+            "claim_next": {"required_fields": ["rcn_next"]},
+        },
+    )
+    assert resp.status_code == 200
+    nxt = resp.json()["next"]
+    assert nxt["found"] is True
+    second = nxt["task"]
+    assert second["task_id"] == next(t for t in tids if t != first["task_id"])
+    assert second["status"] == "running" and second["run_id"]
+    stored = (await http.get(f"{API}/tasks/{second['task_id']}")).json()
+    assert (stored["status"], stored["run_id"]) == ("running", second["run_id"])
+    assert (await http.get(f"{API}/tasks/{first['task_id']}")).json()["status"] == "success"
+    # the last one: reported, and the claim finds nothing
+    resp = await http.post(
+        f"{API}/tasks/{second['task_id']}/status",
+        json={
+            "status": "success",
+            "run_id": second["run_id"],
+            "claim_next": {"required_fields": ["rcn_next"]},
+        },
+    )
+    nxt = resp.json()["next"]
+    assert (nxt["found"], nxt["task"]) == (False, None)
+    assert (await http.get(f"{API}/tasks/{second['task_id']}")).json()["status"] == "success"
+
+
+async def test_report_without_claim_next_answers_null(asgi_queue):
+    """The 1.0.1 report body: the answer stays ``null``, nothing else is claimed."""
+    _, http = asgi_queue
+    tids, first = await _claimed(http, "rcn_plain", 2)
+    resp = await http.post(
+        f"{API}/tasks/{first['task_id']}/status",
+        json={"status": "success", "run_id": first["run_id"], "client_version": "1.0.1"},
+    )
+    assert (resp.status_code, resp.content) == (200, b"null")
+    other = next(t for t in tids if t != first["task_id"])
+    assert (await http.get(f"{API}/tasks/{other}")).json()["status"] == "pending"
+
+
+async def test_report_with_a_bad_claim_next_is_400_and_stores_nothing(asgi_queue):
+    _, http = asgi_queue
+    _, first = await _claimed(http, "rcn_bad", 1)
+    resp = await http.post(
+        f"{API}/tasks/{first['task_id']}/status",
+        json={"status": "success", "run_id": first["run_id"], "claim_next": {"eta_max": "soon"}},
+    )
+    assert resp.status_code == 400
+    assert "eta_max: Invalid duration" in resp.json()["detail"]
+    stored = (await http.get(f"{API}/tasks/{first['task_id']}")).json()
+    assert (stored["status"], stored["run_id"]) == ("running", first["run_id"])
+
+
+async def test_report_with_claim_next_of_a_suspended_worker_stores_the_report(asgi_queue):
+    _, http = asgi_queue
+    wid = (await http.post(f"{API}/workers", json={})).json()["worker_id"]
+    tids, first = await _claimed(http, "rcn_susp", 2, worker_id=wid)
+    resp = await http.post(f"{API}/workers/{wid}/status", json={"status": "suspended"})
+    assert resp.status_code < 300
+    resp = await http.post(
+        f"{API}/tasks/{first['task_id']}/status",
+        json={
+            "status": "success",
+            "run_id": first["run_id"],
+            "worker_id": wid,
+            "claim_next": {"required_fields": ["rcn_susp"], "worker_id": wid},
+        },
+    )
+    assert (resp.status_code, resp.json()["next"]) == (200, None)
+    assert (await http.get(f"{API}/tasks/{first['task_id']}")).json()["status"] == "success"
+    other = next(t for t in tids if t != first["task_id"])
+    assert (await http.get(f"{API}/tasks/{other}")).json()["status"] == "pending"

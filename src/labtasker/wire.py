@@ -278,10 +278,23 @@ class TaskFetchResponse(_Response):
 
 
 class TaskStatusUpdateRequest(_Request):
+    """A run's outcome. ``claim_next`` (ours; 1.0.1 servers ignore it): after the report,
+    claim the next task as ``POST /tasks/next`` would with this body, in the same request;
+    the answer is then ``TaskReportClaimResponse`` instead of ``null``."""
+
     status: ReportStatus
     worker_id: str | None = None
     summary: KeyedDict = None
     run_id: str | None = None
+    claim_next: TaskFetchRequest | None = None
+
+
+class TaskReportClaimResponse(_Response):
+    """The answer to a report with ``claim_next``: ``next`` is the claim's answer, or
+    ``None`` when the server made no claim (the worker is suspended, crashed or unknown: a
+    plain ``POST /tasks/next`` says why)."""
+
+    next: TaskFetchResponse | None = None
 
 
 # ``UPDATABLE_TASK_FIELDS``/``DICT_TASK_FIELDS`` (imported above from the task-field

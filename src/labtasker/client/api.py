@@ -31,7 +31,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -229,6 +229,7 @@ __all__ = [
     "task_body",
     "fetch_task",
     "report_task_status",
+    "report_task_and_claim_next",
     "refresh_task_heartbeat",
     "create_worker",
     "ls_workers",
@@ -860,7 +861,7 @@ def _bulk_error(
     return exc
 
 
-def fetch_task(
+def _fetch_body(
     worker_id: str | None = None,
     eta_max: str | None = None,
     heartbeat_timeout: float | None = None,
@@ -868,21 +869,10 @@ def fetch_task(
     required_fields: list[str] | None = None,
     extra_filter: str | dict[str, Any] | None = None,
     cmd: str | list[str] | None = None,
-    client: ClientLike | None = None,
     heartbeat_interval: float | None = None,
-) -> TaskFetchResponse:
-    """Claim the next pending task matching the criteria; returns ``TaskFetchResponse(found,
-    task)`` (``task`` carries ``run_id``, the token to pass to heartbeats/reports).
-
-    ``eta_max`` is a duration string (``"1h30m"``, ``"90"`` seconds) limiting the run time;
-    ``heartbeat_timeout`` is seconds; both apply to this run only. ``heartbeat_interval``
-    (seconds between the caller's heartbeats) lets the server refuse a ``heartbeat_timeout``
-    shorter than it (HTTP 400; 1.0.1 servers ignore it). ``extra_filter`` is a dict or a
-    string (see :func:`labtasker.client.filtering.parse_filter`). Raises
-    :class:`LabtaskerValueError` if ``start_heartbeat`` is False without ``eta_max`` or if
-    ``eta_max`` is not a duration of at most ten years (``timeutil.MAX_SECONDS``),
-    :class:`WorkerSuspended` on HTTP 403.
-    """
+) -> dict[str, Any]:
+    """The JSON body of a claim (``POST /tasks/next``, or a report's ``claim_next``) from
+    :func:`fetch_task`'s arguments; raises :class:`LabtaskerValueError` as it documents."""
     if not start_heartbeat and eta_max is None:
         raise LabtaskerValueError("Eta max must be specified when start_heartbeat is False")
     if eta_max is not None:
@@ -906,6 +896,42 @@ def fetch_task(
     )
     body = _body(req)
     body["start_heartbeat"] = bool(start_heartbeat)
+    return body
+
+
+def fetch_task(
+    worker_id: str | None = None,
+    eta_max: str | None = None,
+    heartbeat_timeout: float | None = None,
+    start_heartbeat: bool = True,
+    required_fields: list[str] | None = None,
+    extra_filter: str | dict[str, Any] | None = None,
+    cmd: str | list[str] | None = None,
+    client: ClientLike | None = None,
+    heartbeat_interval: float | None = None,
+) -> TaskFetchResponse:
+    """Claim the next pending task matching the criteria; returns ``TaskFetchResponse(found,
+    task)`` (``task`` carries ``run_id``, the token to pass to heartbeats/reports).
+
+    ``eta_max`` is a duration string (``"1h30m"``, ``"90"`` seconds) limiting the run time;
+    ``heartbeat_timeout`` is seconds; both apply to this run only. ``heartbeat_interval``
+    (seconds between the caller's heartbeats) lets the server refuse a ``heartbeat_timeout``
+    shorter than it (HTTP 400; 1.0.1 servers ignore it). ``extra_filter`` is a dict or a
+    string (see :func:`labtasker.client.filtering.parse_filter`). Raises
+    :class:`LabtaskerValueError` if ``start_heartbeat`` is False without ``eta_max`` or if
+    ``eta_max`` is not a duration of at most ten years (``timeutil.MAX_SECONDS``),
+    :class:`WorkerSuspended` on HTTP 403.
+    """
+    body = _fetch_body(
+        worker_id=worker_id,
+        eta_max=eta_max,
+        heartbeat_timeout=heartbeat_timeout,
+        start_heartbeat=start_heartbeat,
+        required_fields=required_fields,
+        extra_filter=extra_filter,
+        cmd=cmd,
+        heartbeat_interval=heartbeat_interval,
+    )
     try:
         data = _call("POST", f"{_QUEUE_ME}/tasks/next", client=client, json_body=body)
     except LabtaskerHTTPStatusError as exc:
@@ -974,19 +1000,48 @@ def report_task_status(
     report counts as done when the task already has the reported ``success``/``cancelled``
     status.
     """
+    _report(task_id, status, summary, worker_id, run_id, client, sent_before=False)
+
+
+def _report_body(
+    status: str, summary: dict[str, Any] | None, worker_id: str | None, run_id: str | None
+) -> dict[str, Any]:
     req = _wire.TaskStatusUpdateRequest(
         status=status, summary=summary, worker_id=worker_id, run_id=run_id
     )
     body = _body(req)
     if summary is not None:
         body["summary"] = summary  # keep explicit {} (resets the summary)
+    return body
+
+
+def _report(
+    task_id: str,
+    status: str,
+    summary: dict[str, Any] | None,
+    worker_id: str | None,
+    run_id: str | None,
+    client: ClientLike | None,
+    *,
+    sent_before: bool,
+) -> None:
+    """:func:`report_task_status`; ``sent_before``: an earlier request may have stored this
+    report already (its answer was lost), so a refusal is checked as for a retry."""
+    body = _report_body(status, summary, worker_id, run_id)
     response, attempts = _send(
         "POST", f"{_QUEUE_ME}/tasks/{task_id}/status", client=client, json_body=body, safe=True
     )
-    if not response.is_error:
-        return
+    if response.is_error:
+        _report_refused(response, task_id, status, client, again=sent_before or attempts > 1)
+
+
+def _report_refused(
+    response: httpx.Response, task_id: str, status: str, client: ClientLike | None, *, again: bool
+) -> None:
+    """Raise for a refused report, unless ``again`` (the report may have been stored by an
+    earlier attempt whose answer was lost) and the task already has the reported status."""
     exc = status_error(response)
-    if attempts > 1 and status in ("success", "cancelled") and response.status_code in (400, 409):
+    if again and status in ("success", "cancelled") and response.status_code in (400, 409):
         try:
             if get_task(task_id, client=client).status == status:
                 return  # an earlier attempt went through; only its answer was lost
@@ -995,6 +1050,55 @@ def report_task_status(
     if _run_gone(exc, (404, 409)):
         raise _not_owned(exc, "Status report", task_id) from exc
     raise exc
+
+
+def report_task_and_claim_next(
+    task_id: str,
+    status: str,
+    summary: dict[str, Any] | None = None,
+    worker_id: str | None = None,
+    run_id: str | None = None,
+    *,
+    claim: Mapping[str, Any],
+    client: ClientLike | None = None,
+) -> TaskFetchResponse | None:
+    """Report the outcome of a task as :func:`report_task_status` does and, in the same
+    request, claim the next one: ``claim`` holds :func:`fetch_task`'s keyword arguments
+    (without ``client``). One request instead of two for a loop.
+
+    Returns the claim's answer (``found`` False when no pending task matches), or ``None``
+    when no claim was made: the server refused it (the worker is unknown, suspended or
+    crashed: a plain :func:`fetch_task` says why), the server does not know the combined
+    request (labtasker 1.0.1 answers the report alone), or the request failed in transit,
+    in which case the report is sent again on its own (with the retries and the lost-answer
+    check of :func:`report_task_status`). Raises what :func:`report_task_status` raises,
+    and :class:`LabtaskerValueError` for a bad ``claim`` before anything is sent.
+
+    The combined request itself is not repeated once it may have reached the server (a
+    repeat could claim a second task); a claim whose answer was lost stays running until
+    its heartbeat timeout, as the claim of a :func:`fetch_task` whose answer was lost.
+    """
+    body = _report_body(status, summary, worker_id, run_id)
+    body["claim_next"] = _fetch_body(**claim)
+    path = f"{_QUEUE_ME}/tasks/{task_id}/status"
+    try:
+        response, _ = _send("POST", path, client=client, json_body=body)
+    except LabtaskerNetworkError:
+        _report(task_id, status, summary, worker_id, run_id, client, sent_before=True)
+        return None
+    if response.status_code >= 500:
+        # the report may or may not be stored: send it on its own, retried as usual
+        _report(task_id, status, summary, worker_id, run_id, client, sent_before=True)
+        return None
+    if response.is_error:
+        _report_refused(response, task_id, status, client, again=False)
+    try:
+        data = response.json() if response.content else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("next") is None:
+        return None
+    return _wire.TaskFetchResponse.model_validate(data["next"])
 
 
 def refresh_task_heartbeat(

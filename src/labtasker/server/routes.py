@@ -15,7 +15,7 @@ from labtasker import error_codes, wire
 from labtasker.keys import parse_required_fields
 from labtasker.server import paging
 from labtasker.server.deps import QueueId, Store, legacy_client
-from labtasker.server.errors import Invalid
+from labtasker.server.errors import Forbidden, Invalid, NotFound
 from labtasker.timeutil import ETA_MAX_REQUIRED, heartbeat_timeout_problem, parse_duration
 
 router = APIRouter()
@@ -225,10 +225,11 @@ def search_tasks(body: wire.TaskLsRequest, qid: QueueId, store: Store):
     )
 
 
-@router.post("/api/v1/queues/me/tasks/next", response_model=wire.TaskFetchResponse)
-def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
-    """Claim the next pending task whose args satisfy ``required_fields`` (no more, no
-    less) and ``extra_filter``. 404 unknown worker, 403 suspended/crashed worker."""
+def _claim_options(body: wire.TaskFetchRequest) -> dict[str, Any]:
+    """The keyword arguments of ``Storage.fetch_task`` for a claim request, checked: raises
+    ``Invalid`` (400) for an ``eta_max`` that is not a duration of at most ``MAX_SECONDS``,
+    a claim with neither heartbeat nor ``eta_max``, a ``heartbeat_timeout`` shorter than
+    the ``heartbeat_interval``, or malformed ``required_fields``."""
     task_timeout = None
     if body.eta_max:
         try:
@@ -248,16 +249,22 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
         parse_required_fields(body.required_fields)
     except ValueError as exc:
         raise Invalid(f"Invalid required fields. Detail: {exc}") from exc
-    task = store.fetch_task(
-        qid,
-        worker_id=body.worker_id,
-        task_timeout=task_timeout,
-        heartbeat_timeout=body.heartbeat_timeout,
-        start_heartbeat=body.start_heartbeat,
-        required_fields=body.required_fields,
-        extra_filter=body.extra_filter,
-        cmd=body.cmd,
-    )
+    return {
+        "worker_id": body.worker_id,
+        "task_timeout": task_timeout,
+        "heartbeat_timeout": body.heartbeat_timeout,
+        "start_heartbeat": body.start_heartbeat,
+        "required_fields": body.required_fields,
+        "extra_filter": body.extra_filter,
+        "cmd": body.cmd,
+    }
+
+
+@router.post("/api/v1/queues/me/tasks/next", response_model=wire.TaskFetchResponse)
+def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
+    """Claim the next pending task whose args satisfy ``required_fields`` (no more, no
+    less) and ``extra_filter``. 404 unknown worker, 403 suspended/crashed worker."""
+    task = store.fetch_task(qid, **_claim_options(body))
     answer = {"found": task is not None, "task": task}
     return _for_client(body, wire.TaskFetchResponse, answer, "task", _NEW_TASK_FIELDS)
 
@@ -266,7 +273,14 @@ def fetch_task(body: wire.TaskFetchRequest, qid: QueueId, store: Store):
 def report_task_status(
     task_id: str, body: wire.TaskStatusUpdateRequest, qid: QueueId, store: Store
 ):
-    """Report a run's outcome. 409 when ``run_id``/``worker_id`` do not own the task."""
+    """Report a run's outcome. 409 when ``run_id``/``worker_id`` do not own the task.
+    Answers ``null``; with ``claim_next`` (a ``POST /tasks/next`` body), the report is
+    followed by that claim and the answer is ``{"next": {"found", "task"}}``, or
+    ``{"next": null}`` when the claim was refused (worker unknown, suspended or crashed:
+    the refusal is for a plain claim to tell). A ``claim_next`` that is not a valid claim
+    is refused (400) before the report is stored. The report and the claim are two
+    transactions, as two requests would be: one request instead of two for a loop."""
+    claim = _claim_options(body.claim_next) if body.claim_next is not None else None
     store.report_task(
         qid,
         task_id,
@@ -275,7 +289,15 @@ def report_task_status(
         run_id=body.run_id,
         summary=body.summary,
     )
-    return Response(_NULL_JSON, media_type="application/json")
+    if claim is None:
+        return Response(_NULL_JSON, media_type="application/json")
+    try:
+        task = store.fetch_task(qid, **claim)
+    except (NotFound, Forbidden):
+        answer: dict[str, Any] = {"next": None}
+    else:
+        answer = {"next": {"found": task is not None, "task": task}}
+    return JSONResponse(wire.TaskReportClaimResponse.model_validate(answer).model_dump(mode="json"))
 
 
 @router.post("/api/v1/queues/me/tasks/{task_id}/heartbeat", status_code=204)

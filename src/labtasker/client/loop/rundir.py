@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,10 @@ STATUS = "status.json"
 RUN_LOG = "run.log"
 HEARTBEAT_LOCK = "heartbeat.lock"
 FINISH_CLAIM = ".finish.claim"
+
+# Sends one report: ``report(task_id, status, *, summary, worker_id, run_id)``; raises as
+# :func:`labtasker.client.api.report_task_status` does.
+Reporter = Callable[..., Any]
 
 
 def safe_name(text: str) -> str:
@@ -93,6 +97,7 @@ def finish_in_dir(
     run_id: str | None,
     status: str,
     summary: Mapping[str, Any] | None,
+    report: Reporter | None = None,
 ) -> bool:
     """First-finish-wins report of one task; returns False if already finished.
 
@@ -100,6 +105,8 @@ def finish_in_dir(
     ``.finish.claim``; report to the server; only then write ``summary.json`` and
     ``status.json``. If the report raises, the claim is removed (a later ``finish`` may retry)
     and the exception propagates (``TaskNotOwned``, ``LabtaskerHTTPStatusError``...).
+    ``report`` sends the report (default :func:`labtasker.client.api.report_task_status`;
+    the runner passes one that also claims the next task).
     """
     claim = run_dir / FINISH_CLAIM
     try:
@@ -108,12 +115,14 @@ def finish_in_dir(
         return False
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    from labtasker.client.api import report_task_status  # httpx only when reporting
+    if report is None:
+        from labtasker.client.api import report_task_status  # httpx only when reporting
 
+        report = report_task_status
     summary = reportable_summary(summary or {})
     try:
         try:
-            report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+            report(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
         except Exception as exc:
             if getattr(exc, "status_code", None) != 413:
                 raise
@@ -126,7 +135,7 @@ def finish_in_dir(
                 "labtasker_warning": f"the summary was too large for the server ({detail}); it "
                 f"is kept in {run_dir / SUMMARY} on the worker's machine"
             }
-            report_task_status(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
+            report(task_id, status, summary=summary, worker_id=worker_id, run_id=run_id)
             write_json(run_dir / STATUS, {"status": status})
             return True
     except BaseException:
@@ -227,10 +236,12 @@ class TaskRun:
             return json.loads((self.run_dir / STATUS).read_text()).get("status")
         return None
 
-    def finish(self, status: str, summary: Mapping[str, Any] | None) -> bool:
+    def finish(
+        self, status: str, summary: Mapping[str, Any] | None, report: Reporter | None = None
+    ) -> bool:
         """Report once (see :func:`finish_in_dir`); stops the heartbeat after the report."""
         done = finish_in_dir(
-            self.run_dir, self.task.task_id, self.worker_id, self.run_id, status, summary
+            self.run_dir, self.task.task_id, self.worker_id, self.run_id, status, summary, report
         )
         if done and self.heartbeat is not None:
             self.heartbeat.stop()

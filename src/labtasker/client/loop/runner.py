@@ -66,7 +66,7 @@ from labtasker.exceptions import (
     WorkerSuspended,
 )
 from labtasker.timeutil import heartbeat_timeout_problem
-from labtasker.wire import Task, TaskUpdateRequest
+from labtasker.wire import Task, TaskFetchResponse, TaskUpdateRequest
 
 logger = logging.getLogger("labtasker.loop")
 
@@ -178,6 +178,10 @@ class LoopRunner:
         # as this loop saw it): while one of them may still fail elsewhere, a crash of the
         # worker may be taken back (``_wait_for_blame``).
         self.streak_tasks: list[str] = []
+        # The answer of the claim made with the last success report (one request for both,
+        # ``api.report_task_and_claim_next``), used by the next turn of the loop instead of
+        # a fetch; a claimed task left here when the loop ends is handed back.
+        self.prefetched: TaskFetchResponse | None = None
 
     # ------------------------------------------------------------------ options, read
     @property
@@ -418,6 +422,30 @@ class LoopRunner:
 
     def _loop(self, execute: Executor, in_process: bool) -> LoopStopped | None:
         """The fetch -> dispatch -> report cycle; returns why going on cannot help, if so."""
+        try:
+            return self._cycle(execute, in_process)
+        finally:
+            left, self.prefetched = self.prefetched, None
+            if left is not None and left.task is not None:
+                self._hand_back(left.task)  # claimed with the last report, not run
+
+    def _claim_options(self) -> dict[str, Any]:
+        """The keyword arguments of this loop's claims (``api.fetch_task``)."""
+        session = self.session
+        assert session is not None
+        return {
+            "worker_id": session.worker_id,
+            "eta_max": self.options.eta_max,
+            "heartbeat_timeout": session.heartbeat_timeout,
+            "heartbeat_interval": session.heartbeat_interval,
+            "start_heartbeat": True,
+            "required_fields": self.required_fields,
+            "extra_filter": self.options.extra_filter,
+            "cmd": self.cmd,
+        }
+
+    def _cycle(self, execute: Executor, in_process: bool) -> LoopStopped | None:
+        """The body of :meth:`_loop`."""
         session = self.session
         assert session is not None
         intr = self.interrupts
@@ -426,16 +454,9 @@ class LoopRunner:
         idle_delay = 0.5
         while not intr.requested:
             try:
-                resp = api.fetch_task(
-                    worker_id=session.worker_id,
-                    eta_max=self.options.eta_max,
-                    heartbeat_timeout=session.heartbeat_timeout,
-                    heartbeat_interval=session.heartbeat_interval,
-                    start_heartbeat=True,
-                    required_fields=self.required_fields,
-                    extra_filter=self.options.extra_filter,
-                    cmd=self.cmd,
-                )
+                resp, self.prefetched = self.prefetched, None
+                if resp is None:
+                    resp = api.fetch_task(**self._claim_options())
                 failures = 0
                 if not resp.found or resp.task is None:
                     now = time.monotonic()
@@ -607,8 +628,16 @@ class LoopRunner:
                     self.ignored.add(task.task_id)
                     outcome = dataclasses.replace(outcome, status=None)
             if outcome.status is not None:
+                # a success is reported with the claim of the next task (one request), unless
+                # the loop is about to stop; a failure alone (the worker's failure count and
+                # the questions after it come first)
+                claim_next = outcome.status == "success" and not (
+                    outcome.stop_loop or intr.requested
+                )
                 try:
-                    if self._deliver_report(run, task, outcome.status, outcome.summary):
+                    if self._deliver_report(
+                        run, task, outcome.status, outcome.summary, claim_next=claim_next
+                    ):
                         logger.info("Task %s reported %s.", task.task_id, outcome.status)
                     else:
                         logger.info("Task %s was already finished by the job.", task.task_id)
@@ -655,19 +684,27 @@ class LoopRunner:
         )
 
     def _deliver_report(
-        self, run: TaskRun, task: Task, status: str, summary: dict[str, Any] | None
+        self,
+        run: TaskRun,
+        task: Task,
+        status: str,
+        summary: dict[str, Any] | None,
+        *,
+        claim_next: bool = False,
     ) -> bool:
         """``run.finish(status, summary)``, repeated while the server cannot be reached or
         answers 502/503/504 once the transport's own retries are spent: a finished result
         is kept until the server is back (a restart, a long outage), however long that takes,
         unless a signal stops the loop. Waits 5 s, doubling up to 60 s, between tries, with
         a warning naming the task each time. Returns what ``run.finish`` returns; raises
-        what it raises for any other error (``TaskNotOwned``, a 4xx)."""
+        what it raises for any other error (``TaskNotOwned``, a 4xx). ``claim_next``: the
+        report also claims the next task (``self.prefetched``)."""
+        report = self._report_and_claim if claim_next else None
         delay = 5.0
         started = time.monotonic()
         while True:
             try:
-                return run.finish(status, summary)
+                return run.finish(status, summary, report)
             except LabtaskerNetworkError as exc:
                 if (
                     isinstance(exc, LabtaskerHTTPStatusError)
@@ -698,6 +735,13 @@ class LoopRunner:
                 while time.monotonic() < until and not self.interrupts.requested:
                     time.sleep(0.2)
                 delay = min(2 * delay, 60.0)
+
+    def _report_and_claim(self, task_id: str, status: str, **report: Any) -> None:
+        """A report that claims the next task in the same request; its answer is kept in
+        ``self.prefetched`` (``None``: no claim was made, the next turn fetches)."""
+        self.prefetched = api.report_task_and_claim_next(
+            task_id, status, **report, claim=self._claim_options()
+        )
 
     # ------------------------------------------------------------------ failure handling
     def _ask_ignore(self, task: Task) -> bool:
