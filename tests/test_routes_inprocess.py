@@ -156,6 +156,16 @@ async def test_report_with_a_bad_claim_next_is_400_and_stores_nothing(asgi_queue
     )
     assert resp.status_code == 400
     assert "eta_max: Invalid duration" in resp.json()["detail"]
+    resp = await http.post(
+        f"{API}/tasks/{first['task_id']}/status",
+        json={
+            "status": "success",
+            "run_id": first["run_id"],
+            "claim_next": {"extra_filter": {"args.rcn_bad": {"$nope": 1}}},
+        },
+    )
+    assert resp.status_code == 400, resp.text
+    assert "$nope" in resp.json()["detail"]
     stored = (await http.get(f"{API}/tasks/{first['task_id']}")).json()
     assert (stored["status"], stored["run_id"]) == ("running", first["run_id"])
 

@@ -41,17 +41,19 @@ def qid(store):
     return store.create_queue("q-" + uuid.uuid4().hex[:12], "pw", {"team": "a"})
 
 
+CLAIM_ARGS = dict(
+    worker_id=None,
+    task_timeout=None,
+    heartbeat_timeout=None,
+    start_heartbeat=True,
+    required_fields=None,
+    extra_filter=None,
+    cmd=None,
+)
+
+
 def claim(store, qid, **kw):
-    args = dict(
-        worker_id=None,
-        task_timeout=None,
-        heartbeat_timeout=None,
-        start_heartbeat=True,
-        required_fields=None,
-        extra_filter=None,
-        cmd=None,
-    )
-    return store.fetch_task(qid, **{**args, **kw})
+    return store.fetch_task(qid, **{**CLAIM_ARGS, **kw})
 
 
 def test_queue_names_are_unique_and_queues_scoped(store, qid):
@@ -136,6 +138,60 @@ def test_claim_fences_the_run_and_reports_end_it(store, qid):
     assert (done["status"], done["run_id"], done["summary"]) == ("success", None, {"acc": 0.9})
     with pytest.raises(Invalid):
         store.report_task(qid, tid, status="success", worker_id=None, run_id=None, summary=None)
+
+
+def test_report_and_claim_is_one_transaction(store, qid):
+    """``report_and_claim`` stores the report and claims the next task in one transaction:
+    its events are the report's then the claim's, in one commit; a refused claim (worker
+    suspended) keeps the report; a stale run or a bad filter stores nothing."""
+    wid = store.create_worker(qid, "w1", None, 3)
+    tids = [store.submit_task(qid, {"args": {"a": i}}) for i in range(3)]
+    first = claim(store, qid, worker_id=wid)
+    report = dict(status="success", worker_id=wid, summary={"acc": 1})
+    next_claim = {**CLAIM_ARGS, "worker_id": wid}
+    with pytest.raises(Conflict):  # a stale run: nothing stored, nothing claimed
+        store.report_and_claim(
+            qid, first["task_id"], run_id="stale", **report, claim_next=next_claim
+        )
+    with pytest.raises(Invalid):  # a bad filter: refused before the report
+        store.report_and_claim(
+            qid,
+            first["task_id"],
+            run_id=first["run_id"],
+            **report,
+            claim_next={**next_claim, "extra_filter": {"args.a": {"$nope": 1}}},
+        )
+    assert store.get_task(qid, first["task_id"])["status"] == "running"
+    assert [store.get_task(qid, t)["status"] for t in tids].count("pending") == 2
+    after = eventlog.latest_id(store.db)
+    claimed, second = store.report_and_claim(
+        qid, first["task_id"], run_id=first["run_id"], **report, claim_next=next_claim
+    )
+    assert claimed and second is not None and second["task_id"] in tids
+    assert (second["status"], second["worker_id"]) == ("running", wid)
+    done = store.get_task(qid, first["task_id"])
+    assert (done["status"], done["summary"]) == ("success", {"acc": 1})
+    rows = eventlog.read_after(store.db, qid, after)
+    assert [(r.entity_id, r.old_state, r.new_state) for r in rows] == [
+        (first["task_id"], "running", "success"),
+        (second["task_id"], "pending", "running"),
+    ]
+    assert rows[0].created_at == rows[1].created_at  # one transaction: one reading of the clock
+    # the worker is suspended: the report is stored, no claim is made
+    store.report_worker(qid, wid, "suspended")
+    claimed, third = store.report_and_claim(
+        qid, second["task_id"], run_id=second["run_id"], **report, claim_next=next_claim
+    )
+    assert (claimed, third) == (False, None)
+    assert store.get_task(qid, second["task_id"])["status"] == "success"
+    assert [store.get_task(qid, t)["status"] for t in tids].count("pending") == 1
+    # an active worker and an empty queue: claimed, nothing found
+    store.report_worker(qid, wid, "active")
+    last = claim(store, qid, worker_id=wid)
+    claimed, none = store.report_and_claim(
+        qid, last["task_id"], run_id=last["run_id"], **report, claim_next=next_claim
+    )
+    assert (claimed, none) == (True, None)
 
 
 def test_failures_retry_until_max_retries(store, qid):

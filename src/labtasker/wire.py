@@ -279,8 +279,8 @@ class TaskFetchResponse(_Response):
 
 class TaskStatusUpdateRequest(_Request):
     """A run's outcome. ``claim_next`` (ours; 1.0.1 servers ignore it): after the report,
-    claim the next task as ``POST /tasks/next`` would with this body, in the same request;
-    the answer is then ``TaskReportClaimResponse`` instead of ``null``."""
+    claim the next task as ``POST /tasks/next`` would with this body, in the same request
+    and transaction; the answer is then ``TaskReportClaimResponse`` instead of ``null``."""
 
     status: ReportStatus
     worker_id: str | None = None

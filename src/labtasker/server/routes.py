@@ -15,7 +15,7 @@ from labtasker import error_codes, wire
 from labtasker.keys import parse_required_fields
 from labtasker.server import paging
 from labtasker.server.deps import QueueId, Store, legacy_client
-from labtasker.server.errors import Forbidden, Invalid, NotFound
+from labtasker.server.errors import Invalid
 from labtasker.timeutil import ETA_MAX_REQUIRED, heartbeat_timeout_problem, parse_duration
 
 router = APIRouter()
@@ -278,25 +278,22 @@ def report_task_status(
     followed by that claim and the answer is ``{"next": {"found", "task"}}``, or
     ``{"next": null}`` when the claim was refused (worker unknown, suspended or crashed:
     the refusal is for a plain claim to tell). A ``claim_next`` that is not a valid claim
-    is refused (400) before the report is stored. The report and the claim are two
-    transactions, as two requests would be: one request instead of two for a loop."""
-    claim = _claim_options(body.claim_next) if body.claim_next is not None else None
-    store.report_task(
-        qid,
-        task_id,
-        status=body.status,
-        worker_id=body.worker_id,
-        run_id=body.run_id,
-        summary=body.summary,
-    )
-    if claim is None:
+    is refused (400) and nothing is stored. The report and the claim are one transaction
+    (``Storage.report_and_claim``): one request and one commit instead of two for a loop."""
+    report: dict[str, Any] = {
+        "status": body.status,
+        "worker_id": body.worker_id,
+        "run_id": body.run_id,
+        "summary": body.summary,
+    }
+    if body.claim_next is None:
+        store.report_task(qid, task_id, **report)
         return Response(_NULL_JSON, media_type="application/json")
-    try:
-        task = store.fetch_task(qid, **claim)
-    except (NotFound, Forbidden):
-        answer: dict[str, Any] = {"next": None}
-    else:
-        answer = {"next": {"found": task is not None, "task": task}}
+    claim_next = _claim_options(body.claim_next)
+    claimed, task = store.report_and_claim(qid, task_id, **report, claim_next=claim_next)
+    answer: dict[str, Any] = {"next": {"found": task is not None, "task": task}}
+    if not claimed:
+        answer = {"next": None}
     return JSONResponse(wire.TaskReportClaimResponse.model_validate(answer).model_dump(mode="json"))
 
 

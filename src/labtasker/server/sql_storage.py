@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from json.decoder import JSONDecoder
 from json.scanner import make_scanner
@@ -1261,53 +1261,109 @@ class SqlStorage:
         """Claim the next matching pending task for a worker; see ``claim.claim_next``."""
         where = self._task_filter(queue_id, extra_filter)[1] if extra_filter else None
         with self.db.write() as conn:
-            if worker_id is not None:
-                worker = conn.execute(
-                    _WORKER_STATUS, {"worker_id": worker_id, "queue_id": queue_id}
-                ).first()
-                if worker is None:
-                    raise NotFound(
-                        f"Worker '{worker_id}' not found in queue '{queue_id}'",
-                        code=codes.WORKER_NOT_FOUND,
-                    )
-                if worker.status != "active":
-                    raise Forbidden(
-                        f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'",
-                        code=codes.WORKER_NOT_ACTIVE,
-                    )
-                if worker.gone_at is not None:  # its id is in use again: live once more
-                    conn.execute(
-                        update(workers).where(workers.c.worker_id == worker_id).values(gone_at=None)
-                    )
-            now = self.db.now(conn)
-            row = claim.claim_next(
+            return self._claim(
                 conn,
-                queue_id=queue_id,
-                required_fields=required_fields,
-                where=where,
+                self.db.now(conn),
+                queue_id,
+                where,
                 worker_id=worker_id,
-                run_id=new_id(),
-                now=now,
                 task_timeout=task_timeout,
                 heartbeat_timeout=heartbeat_timeout,
                 start_heartbeat=start_heartbeat,
+                required_fields=required_fields,
                 cmd=cmd,
             )
-            if row is None:
-                return None
-            task = task_row(row)
-            self._start_run(conn, task, now)
-            eventlog.record(
-                conn,
-                queue_id=queue_id,
-                entity_type="task",
-                entity_id=task["task_id"],
-                old="pending",
-                new="running",
-                data=task,
-                now=now,
-            )
-            return task
+
+    def report_and_claim(
+        self,
+        queue_id: str,
+        task_id: str,
+        *,
+        status: str,
+        worker_id: str | None,
+        run_id: str | None,
+        summary: dict | None,
+        claim_next: Mapping[str, Any],
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """``report_task`` with the report's arguments, then ``fetch_task(queue_id,
+        **claim_next)``, in one transaction. Returns ``(True, task or None)``, or ``(False,
+        None)`` when the claim was refused (its worker unknown, suspended or crashed: the
+        report is stored all the same). Raises what ``report_task`` raises, and ``Invalid``
+        for a bad ``claim_next["extra_filter"]``, with nothing stored."""
+        options = dict(claim_next)
+        extra_filter = options.pop("extra_filter", None)
+        where = self._task_filter(queue_id, extra_filter)[1] if extra_filter else None
+        with self.db.write() as conn:
+            now = self.db.now(conn)
+            self._report(conn, now, queue_id, task_id, status, worker_id, run_id, summary)
+            try:
+                return True, self._claim(conn, now, queue_id, where, **options)
+            except (NotFound, Forbidden):  # raised before the claim wrote anything
+                return False, None
+
+    def _claim(
+        self,
+        conn: Connection,
+        now: datetime,
+        queue_id: str,
+        where: Any,
+        *,
+        worker_id: str | None,
+        task_timeout: float | None,
+        heartbeat_timeout: float | None,
+        start_heartbeat: bool,
+        required_fields: list[str] | None,
+        cmd: Any,
+    ) -> dict[str, Any] | None:
+        """The claim of ``fetch_task`` inside the transaction ``conn``; ``where``: the
+        compiled extra filter. Raises ``NotFound``/``Forbidden`` for the worker before it
+        writes anything."""
+        if worker_id is not None:
+            worker = conn.execute(
+                _WORKER_STATUS, {"worker_id": worker_id, "queue_id": queue_id}
+            ).first()
+            if worker is None:
+                raise NotFound(
+                    f"Worker '{worker_id}' not found in queue '{queue_id}'",
+                    code=codes.WORKER_NOT_FOUND,
+                )
+            if worker.status != "active":
+                raise Forbidden(
+                    f"Worker '{worker_id}' is {worker.status} in queue '{queue_id}'",
+                    code=codes.WORKER_NOT_ACTIVE,
+                )
+            if worker.gone_at is not None:  # its id is in use again: live once more
+                conn.execute(
+                    update(workers).where(workers.c.worker_id == worker_id).values(gone_at=None)
+                )
+        row = claim.claim_next(
+            conn,
+            queue_id=queue_id,
+            required_fields=required_fields,
+            where=where,
+            worker_id=worker_id,
+            run_id=new_id(),
+            now=now,
+            task_timeout=task_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            start_heartbeat=start_heartbeat,
+            cmd=cmd,
+        )
+        if row is None:
+            return None
+        task = task_row(row)
+        self._start_run(conn, task, now)
+        eventlog.record(
+            conn,
+            queue_id=queue_id,
+            entity_type="task",
+            entity_id=task["task_id"],
+            old="pending",
+            new="running",
+            data=task,
+            now=now,
+        )
+        return task
 
     # ------------------------------------------------------------------ runs and blame
     @staticmethod
@@ -1564,64 +1620,79 @@ class SqlStorage:
         ``summary`` keys are merged into the task's summary (``{}`` resets).
         """
         with self.db.write() as conn:
-            now = self.db.now(conn)
-            task = self._task(conn, queue_id, task_id, lock=True)
-            if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
-                if self._already_reported(conn, queue_id, task_id, run_id, status):
-                    return  # a retry of a report that went through: same answer, no change
-                raise Conflict(
-                    f"Task {task_id} is no longer owned by run {run_id}", code=codes.RUN_NOT_OWNER
+            self._report(
+                conn, self.db.now(conn), queue_id, task_id, status, worker_id, run_id, summary
+            )
+
+    def _report(
+        self,
+        conn: Connection,
+        now: datetime,
+        queue_id: str,
+        task_id: str,
+        status: str,
+        worker_id: str | None,
+        run_id: str | None,
+        summary: dict | None,
+    ) -> None:
+        """The report of ``report_task`` inside the transaction ``conn``."""
+        task = self._task(conn, queue_id, task_id, lock=True)
+        if run_id is not None and (task["run_id"] != run_id or task["status"] != "running"):
+            if self._already_reported(conn, queue_id, task_id, run_id, status):
+                return  # a retry of a report that went through: same answer, no change
+            raise Conflict(
+                f"Task {task_id} is no longer owned by run {run_id}", code=codes.RUN_NOT_OWNER
+            )
+        if worker_id is not None and task["worker_id"] != worker_id:
+            raise Conflict(
+                f"Task {task_id} is assigned to worker {task['worker_id']}",
+                code=codes.WORKER_NOT_OWNER,
+            )
+        values: dict[str, Any] = {"last_modified": now}
+        if status == "success":
+            if task["status"] != "running":
+                raise Invalid(
+                    f"Cannot transition task from {task['status']} to success.",
+                    code=codes.INVALID_TRANSITION,
                 )
-            if worker_id is not None and task["worker_id"] != worker_id:
-                raise Conflict(
-                    f"Task {task_id} is assigned to worker {task['worker_id']}",
-                    code=codes.WORKER_NOT_OWNER,
+            values.update(status="success")
+            self._end_run(conn, task, "success", now, _run_summary(summary))
+            self._reset_streak(conn, queue_id, task["worker_id"], now)
+            self._crash_confirmed_streaks(conn, queue_id, task["worker_id"], now)
+        elif status == "failed":
+            try:
+                new_status, retries = fsm.task_after_failure(
+                    task["status"], task["retries"], task["max_retries"]
                 )
-            values: dict[str, Any] = {"last_modified": now}
-            if status == "success":
-                if task["status"] != "running":
-                    raise Invalid(
-                        f"Cannot transition task from {task['status']} to success.",
-                        code=codes.INVALID_TRANSITION,
-                    )
-                values.update(status="success")
-                self._end_run(conn, task, "success", now, _run_summary(summary))
-                self._reset_streak(conn, queue_id, task["worker_id"], now)
-                self._crash_confirmed_streaks(conn, queue_id, task["worker_id"], now)
-            elif status == "failed":
-                try:
-                    new_status, retries = fsm.task_after_failure(
-                        task["status"], task["retries"], task["max_retries"]
-                    )
-                except fsm.InvalidTransition as exc:
-                    raise Invalid(
-                        f"Cannot fail task in {task['status']} state", code=codes.INVALID_TRANSITION
-                    ) from exc
-                values.update(status=new_status, retries=retries)
-                if task["status"] == "running":
-                    charged = self._blame_failure(conn, queue_id, task, now)
-                    self._end_run(conn, task, "failed", now, _run_summary(summary), charged)
-            elif status == "cancelled":
-                values.update(status="cancelled")
-                if task["status"] == "running":
-                    self._end_run(conn, task, "cancelled", now, {"message": "cancelled"})
-            else:
-                raise Invalid(f"Invalid report status: {status}")
-            # A run ends here: the outcome keys of earlier runs go (each run keeps its own in
-            # the history); the report's summary is merged onto the rest ({} resets, as 1.0.1).
-            base = task["summary"]
+            except fsm.InvalidTransition as exc:
+                raise Invalid(
+                    f"Cannot fail task in {task['status']} state", code=codes.INVALID_TRANSITION
+                ) from exc
+            values.update(status=new_status, retries=retries)
             if task["status"] == "running":
-                base = _without_outcome(base)
-                if base != task["summary"]:
-                    values["summary"] = base
-            if summary is not None:
-                values["summary"] = _merge(base, summary) if summary else {}
-                self._check_task_size("", task["args"], task["metadata"], values["summary"])
-            values.update(_END_RUN)
-            values["p_task_id"] = task_id
-            row = conn.execute(_UPDATE_TASK, values).first()
-            if not (task["status"] == "failed" and values["status"] == "failed"):
-                self._task_event(conn, queue_id, task_id, task["status"], now, task=task_row(row))
+                charged = self._blame_failure(conn, queue_id, task, now)
+                self._end_run(conn, task, "failed", now, _run_summary(summary), charged)
+        elif status == "cancelled":
+            values.update(status="cancelled")
+            if task["status"] == "running":
+                self._end_run(conn, task, "cancelled", now, {"message": "cancelled"})
+        else:
+            raise Invalid(f"Invalid report status: {status}")
+        # A run ends here: the outcome keys of earlier runs go (each run keeps its own in
+        # the history); the report's summary is merged onto the rest ({} resets, as 1.0.1).
+        base = task["summary"]
+        if task["status"] == "running":
+            base = _without_outcome(base)
+            if base != task["summary"]:
+                values["summary"] = base
+        if summary is not None:
+            values["summary"] = _merge(base, summary) if summary else {}
+            self._check_task_size("", task["args"], task["metadata"], values["summary"])
+        values.update(_END_RUN)
+        values["p_task_id"] = task_id
+        row = conn.execute(_UPDATE_TASK, values).first()
+        if not (task["status"] == "failed" and values["status"] == "failed"):
+            self._task_event(conn, queue_id, task_id, task["status"], now, task=task_row(row))
 
     @staticmethod
     def _already_reported(

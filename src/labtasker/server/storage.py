@@ -9,7 +9,7 @@ errors of ``labtasker.server.errors``; they know nothing of HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -85,6 +85,17 @@ class Storage(Protocol):
         run_id: str | None,
         summary: dict | None,
     ) -> None: ...
+    def report_and_claim(
+        self,
+        queue_id: str,
+        task_id: str,
+        *,
+        status: str,
+        worker_id: str | None,
+        run_id: str | None,
+        summary: dict | None,
+        claim_next: Mapping[str, Any],
+    ) -> tuple[bool, dict[str, Any] | None]: ...
     def heartbeat(
         self, queue_id: str, task_id: str, *, worker_id: str | None, run_id: str | None
     ) -> None: ...
